@@ -1,0 +1,854 @@
+//! The CPU backend, built on faer: the reference every other backend is tested against.
+//!
+//! Heavy products go through faer's blocked GEMM. Symmetric results are computed on their lower
+//! triangle only and mirrored, and operands of `XᵀX`-shaped products are laid out with the
+//! contracted dimension contiguous, which is the layout faer's micro-kernels run fastest on.
+
+use std::sync::Arc;
+
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::matmul::matmul;
+use faer::linalg::matmul::triangular::{self, BlockStructure};
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+use super::{Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign};
+use crate::error::{Error, Result};
+use crate::scalar::Scalar;
+
+/// Rows of Φ handled per pass of the chunked kernels; bounds the scratch of `ggn_accumulate`
+/// and `predictive_covariance` to about this many elements.
+const SCRATCH_ELEMENTS: usize = 1 << 24;
+/// Side of the square tiles used when mirroring or transposing triangles.
+const MIRROR_TILE: usize = 64;
+
+/// The faer CPU backend, with its own thread pool.
+///
+/// ```
+/// use laplace_update::{CpuDevice, Device};
+/// let cpu = CpuDevice::new(2)?;
+/// let a = cpu.upload(&[1.0f64, 2.0, 3.0, 4.0], 2, 2)?;
+/// assert_eq!(cpu.download(&a)?, vec![1.0, 2.0, 3.0, 4.0]);
+/// # Ok::<(), laplace_update::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct CpuDevice {
+    pool: Arc<rayon::ThreadPool>,
+    threads: usize,
+}
+
+impl std::fmt::Debug for CpuDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuDevice").field("threads", &self.threads).finish()
+    }
+}
+
+impl CpuDevice {
+    /// A CPU device running on `threads` threads; `0` means one per available core.
+    pub fn new(threads: usize) -> Result<Self> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("laplace-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::BackendUnavailable {
+                backend: "cpu",
+                reason: e.to_string(),
+            })?;
+        Ok(CpuDevice {
+            pool: Arc::new(pool),
+            threads,
+        })
+    }
+
+    /// Number of worker threads.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn par(&self) -> Par {
+        if self.threads == 1 {
+            Par::Seq
+        } else {
+            Par::rayon(self.threads)
+        }
+    }
+
+    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+}
+
+type CpuMatrix<T> = Matrix<CpuDevice, T>;
+
+fn view<T: Scalar>(m: &CpuMatrix<T>) -> MatRef<'_, T> {
+    MatRef::from_row_major_slice(m.buffer().as_slice(), m.rows(), m.cols())
+}
+
+fn view_mut<T: Scalar>(m: &mut CpuMatrix<T>) -> MatMut<'_, T> {
+    let (rows, cols) = m.shape();
+    MatMut::from_row_major_slice_mut(m.buffer_mut().as_mut_slice(), rows, cols)
+}
+
+fn expect_square<T: Scalar>(argument: &'static str, m: &CpuMatrix<T>) -> Result<usize> {
+    if m.rows() != m.cols() {
+        return Err(Error::shape(argument, (m.rows(), m.rows()), m.shape()));
+    }
+    Ok(m.rows())
+}
+
+fn scale_in_place<T: Scalar>(buf: &mut [T], beta: T) {
+    if beta == T::zero() {
+        buf.par_iter_mut().for_each(|x| *x = T::zero());
+    } else if beta != T::one() {
+        buf.par_iter_mut().for_each(|x| *x *= beta);
+    }
+}
+
+/// How [`fill_triangle`] moves data between the triangles of a square matrix.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// Copy the lower triangle onto the upper one.
+    LowerToUpper,
+    /// Copy the upper triangle onto the lower one.
+    UpperToLower,
+    /// Copy the upper triangle onto the lower one, then zero the strict upper triangle.
+    MoveUpperToLower,
+}
+
+/// Mirrors the row-major n × n `buf` across its diagonal as `fill` says, tile by tile.
+fn fill_triangle<T: Scalar>(buf: &mut [T], n: usize, fill: Fill) {
+    let ptr = SyncPtr(buf.as_mut_ptr());
+    let tiles = n.div_ceil(MIRROR_TILE);
+    (0..tiles).into_par_iter().for_each(|bi| {
+        let ptr = &ptr;
+        for bj in bi..tiles {
+            for i in bi * MIRROR_TILE..((bi + 1) * MIRROR_TILE).min(n) {
+                for j in (bj * MIRROR_TILE).max(i + 1)..((bj + 1) * MIRROR_TILE).min(n) {
+                    let (upper, lower) = (i * n + j, j * n + i);
+                    // SAFETY: i < j < n, so both indices are in bounds, and the pair
+                    // (upper, lower) belongs to the task of tile row `bi` alone (i lies in it).
+                    unsafe {
+                        match fill {
+                            Fill::LowerToUpper => *ptr.0.add(upper) = *ptr.0.add(lower),
+                            Fill::UpperToLower => *ptr.0.add(lower) = *ptr.0.add(upper),
+                            Fill::MoveUpperToLower => {
+                                *ptr.0.add(lower) = *ptr.0.add(upper);
+                                *ptr.0.add(upper) = T::zero();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+struct SyncPtr<T>(*mut T);
+// SAFETY: the pointer is only dereferenced at disjoint indices by the tasks documented at each use.
+unsafe impl<T: Send> Send for SyncPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for SyncPtr<T> {}
+
+/// `Xᵀ` of the row-major rows × cols slice `x`, row-major (cols × rows), each row scaled by the
+/// matching entry of `row_scale` when given.
+fn transposed<T: Scalar>(x: &[T], rows: usize, cols: usize, row_scale: Option<&[T]>) -> Vec<T> {
+    let mut out = vec![T::zero(); rows * cols];
+    out.par_chunks_mut(rows.max(1)).enumerate().for_each(|(c, out_row)| {
+        for (r, o) in out_row.iter_mut().enumerate() {
+            let s = row_scale.map_or(T::one(), |w| w[r]);
+            *o = x[r * cols + c] * s;
+        }
+    });
+    out
+}
+
+/// Adds `alpha · Lt Ltᵀ` (lhs `Lt` is r × c row-major, i.e. each row contiguous along the
+/// contracted dimension) to the lower triangle of the square `dst`.
+fn syrk_lower_add<T: Scalar>(dst: MatMut<'_, T>, lhs: MatRef<'_, T>, rhs_t: MatRef<'_, T>, alpha: T, par: Par) {
+    triangular::matmul(
+        dst,
+        BlockStructure::TriangularLower,
+        Accum::Add,
+        lhs,
+        BlockStructure::Rectangular,
+        rhs_t.transpose(),
+        BlockStructure::Rectangular,
+        alpha,
+        par,
+    );
+}
+
+fn softmax_in_place<T: Scalar>(row: &mut [T]) {
+    let max = row.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
+    let mut sum = T::zero();
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    for x in row.iter_mut() {
+        *x /= sum;
+    }
+}
+
+/// Cholesky of a small PSD matrix (row-major k × k) in f64, in place; pivots that are not
+/// positive are treated as zero, so semidefinite inputs give a valid factor.
+fn small_psd_cholesky(a: &mut [f64], k: usize) {
+    for j in 0..k {
+        let mut d = a[j * k + j];
+        for p in 0..j {
+            d -= a[j * k + p] * a[j * k + p];
+        }
+        let d = if d > 0.0 { d.sqrt() } else { 0.0 };
+        a[j * k + j] = d;
+        for i in j + 1..k {
+            let mut s = a[i * k + j];
+            for p in 0..j {
+                s -= a[i * k + p] * a[j * k + p];
+            }
+            a[i * k + j] = if d > 0.0 { s / d } else { 0.0 };
+        }
+        for i in 0..j {
+            a[i * k + j] = 0.0;
+        }
+    }
+}
+
+/// The number of classes behind a logit-covariance matrix: n × K² or n × 1 (isotropic).
+fn cov_layout<T: Scalar>(mean: &CpuMatrix<T>, cov: &CpuMatrix<T>) -> Result<bool> {
+    let (n, k) = mean.shape();
+    if cov.shape() == (n, k * k) {
+        Ok(false)
+    } else if cov.shape() == (n, 1) {
+        Ok(true)
+    } else {
+        Err(Error::ShapeMismatch {
+            argument: "cov",
+            expected: format!("{n} x {} or {n} x 1", k * k),
+            got: format!("{} x {}", cov.rows(), cov.cols()),
+        })
+    }
+}
+
+impl Device for CpuDevice {
+    type Buffer<T: Scalar> = Vec<T>;
+
+    fn name(&self) -> String {
+        format!("cpu: faer, {} threads", self.threads)
+    }
+
+    fn upload<T: Scalar>(&self, data: &[T], rows: usize, cols: usize) -> Result<Matrix<Self, T>> {
+        if data.len() != rows * cols {
+            return Err(Error::ShapeMismatch {
+                argument: "data",
+                expected: format!("{} elements ({rows} x {cols})", rows * cols),
+                got: format!("{} elements", data.len()),
+            });
+        }
+        Ok(Matrix::from_parts(data.to_vec(), rows, cols))
+    }
+
+    fn download<T: Scalar>(&self, m: &Matrix<Self, T>) -> Result<Vec<T>> {
+        Ok(m.buffer()[..m.len()].to_vec())
+    }
+
+    fn zeros<T: Scalar>(&self, rows: usize, cols: usize) -> Result<Matrix<Self, T>> {
+        Ok(Matrix::from_parts(vec![T::zero(); rows * cols], rows, cols))
+    }
+
+    fn copy<T: Scalar>(&self, m: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
+        Ok(Matrix::from_parts(m.buffer().clone(), m.rows(), m.cols()))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn gemm<T: Scalar>(
+        &self,
+        c: &mut Matrix<Self, T>,
+        beta: T,
+        a: &Matrix<Self, T>,
+        ta: Op,
+        b: &Matrix<Self, T>,
+        tb: Op,
+        alpha: T,
+    ) -> Result<()> {
+        let av = if ta == Op::N { view(a) } else { view(a).transpose() };
+        let bv = if tb == Op::N { view(b) } else { view(b).transpose() };
+        if av.ncols() != bv.nrows() {
+            return Err(Error::shape("b", (av.ncols(), bv.ncols()), (bv.nrows(), bv.ncols())));
+        }
+        c.expect_shape("c", av.nrows(), bv.ncols())?;
+        let par = self.par();
+        self.run(|| {
+            let accum = if beta == T::zero() {
+                Accum::Replace
+            } else {
+                scale_in_place(c.buffer_mut(), beta);
+                Accum::Add
+            };
+            matmul(view_mut(c), accum, av, bv, alpha, par);
+        });
+        Ok(())
+    }
+
+    fn weighted_syrk<T: Scalar>(
+        &self,
+        c: &mut Matrix<Self, T>,
+        beta: T,
+        a: &Matrix<Self, T>,
+        weights: Option<&Matrix<Self, T>>,
+        alpha: T,
+    ) -> Result<()> {
+        let (n, d) = a.shape();
+        c.expect_shape("c", d, d)?;
+        if let Some(w) = weights {
+            w.expect_shape("weights", n, 1)?;
+        }
+        let par = self.par();
+        self.run(|| {
+            scale_in_place(c.buffer_mut(), beta);
+            let at = transposed(a.buffer(), n, d, None);
+            let wat = weights.map(|w| transposed(a.buffer(), n, d, Some(w.buffer())));
+            let lhs = MatRef::from_row_major_slice(&at, d, n);
+            let rhs_t = wat.as_deref().map_or(lhs, |x| MatRef::from_row_major_slice(x, d, n));
+            syrk_lower_add(view_mut(c), lhs, rhs_t, alpha, par);
+            fill_triangle(c.buffer_mut(), d, Fill::LowerToUpper);
+        });
+        Ok(())
+    }
+
+    fn ggn_accumulate<T: Scalar>(
+        &self,
+        precision: &mut Matrix<Self, T>,
+        phi: &Matrix<Self, T>,
+        probs: &Matrix<Self, T>,
+        alpha: T,
+    ) -> Result<()> {
+        let (n, d) = phi.shape();
+        let k = probs.cols();
+        probs.expect_shape("probs", n, k)?;
+        let p = k * d;
+        precision.expect_shape("precision", p, p)?;
+        if n == 0 || p == 0 {
+            return Ok(());
+        }
+        let par = self.par();
+        let chunk = (SCRATCH_ELEMENTS / p).clamp(64, 4096).min(n);
+        self.run(|| {
+            let mut a_t = vec![T::zero(); p * chunk];
+            let mut diag_t = vec![T::zero(); d * chunk];
+            for start in (0..n).step_by(chunk) {
+                let c = chunk.min(n - start);
+                let phi_c = &phi.buffer()[start * d..(start + c) * d];
+                let pr_c = &probs.buffer()[start * k..(start + c) * k];
+                // Aᵀ, with row (k, d) holding p_ik φ_id over the chunk's samples i.
+                a_t[..p * c].par_chunks_mut(c).enumerate().for_each(|(row, out)| {
+                    let (kk, dd) = (row / d, row % d);
+                    for (i, o) in out.iter_mut().enumerate() {
+                        *o = pr_c[i * k + kk] * phi_c[i * d + dd];
+                    }
+                });
+                let a_view = MatRef::from_row_major_slice(&a_t[..p * c], p, c);
+                syrk_lower_add(view_mut(precision), a_view, a_view, -alpha, par);
+                // Diagonal blocks: + Φᵀ diag(p_k) Φ, as (diag(√p_k) Φ)ᵀ (diag(√p_k) Φ).
+                for kk in 0..k {
+                    diag_t[..d * c].par_chunks_mut(c).enumerate().for_each(|(dd, out)| {
+                        for (i, o) in out.iter_mut().enumerate() {
+                            *o = pr_c[i * k + kk].sqrt() * phi_c[i * d + dd];
+                        }
+                    });
+                    let dv = MatRef::from_row_major_slice(&diag_t[..d * c], d, c);
+                    let block = view_mut(precision).submatrix_mut(kk * d, kk * d, d, d);
+                    syrk_lower_add(block, dv, dv, alpha, par);
+                }
+            }
+            fill_triangle(precision.buffer_mut(), p, Fill::LowerToUpper);
+        });
+        Ok(())
+    }
+
+    fn kron_products<T: Scalar>(
+        &self,
+        sigma: &Matrix<Self, T>,
+        phi: &Matrix<Self, T>,
+        factor: LowRankFactor<'_, Self, T>,
+    ) -> Result<(Matrix<Self, T>, Matrix<Self, T>)> {
+        let (m, d) = phi.shape();
+        let par = self.par();
+        match factor {
+            LowRankFactor::Shared { weights } => {
+                sigma.expect_shape("sigma", d, d)?;
+                if let Some(w) = weights {
+                    w.expect_shape("weights", m, 1)?;
+                }
+                self.run(|| {
+                    let mut u = vec![T::zero(); d * m];
+                    let uv = MatMut::from_row_major_slice_mut(&mut u, d, m);
+                    matmul(uv, Accum::Replace, view(sigma), view(phi).transpose(), T::one(), par);
+                    let sqrt_w: Option<Vec<T>> = weights.map(|w| w.buffer().iter().map(|x| x.sqrt()).collect());
+                    if let Some(sw) = &sqrt_w {
+                        u.par_chunks_mut(m.max(1)).for_each(|row| {
+                            for (x, s) in row.iter_mut().zip(sw) {
+                                *x *= *s;
+                            }
+                        });
+                    }
+                    let mut g = vec![T::zero(); m * m];
+                    let gv = MatMut::from_row_major_slice_mut(&mut g, m, m);
+                    matmul(
+                        gv,
+                        Accum::Replace,
+                        view(phi),
+                        MatRef::from_row_major_slice(&u, d, m),
+                        T::one(),
+                        par,
+                    );
+                    if let Some(sw) = &sqrt_w {
+                        for (row, s) in g.chunks_mut(m.max(1)).zip(sw) {
+                            row.iter_mut().for_each(|x| *x *= *s);
+                        }
+                    }
+                    symmetrize_small(&mut g, m);
+                    Ok((Matrix::from_parts(u, d, m), Matrix::from_parts(g, m, m)))
+                })
+            }
+            LowRankFactor::Kronecker { probs } => {
+                let k = probs.cols();
+                probs.expect_shape("probs", m, k)?;
+                let p = k * d;
+                sigma.expect_shape("sigma", p, p)?;
+                self.run(|| {
+                    // S_j = diag(√p_j) − p_j √p_jᵀ, stored m × K × K.
+                    let mut s = vec![T::zero(); m * k * k];
+                    for j in 0..m {
+                        let pj = &probs.buffer()[j * k..(j + 1) * k];
+                        for a in 0..k {
+                            for c in 0..k {
+                                let delta = if a == c { pj[a].sqrt() } else { T::zero() };
+                                s[(j * k + a) * k + c] = delta - pj[a] * pj[c].sqrt();
+                            }
+                        }
+                    }
+                    // T[(r, k), j] = Σ_d Σ[r, kD + d] φ_j[d]: Σ seen as (P·K) × D.
+                    let mut t = vec![T::zero(); p * k * m];
+                    let sigma_rows = MatRef::from_row_major_slice(sigma.buffer().as_slice(), p * k, d);
+                    matmul(
+                        MatMut::from_row_major_slice_mut(&mut t, p * k, m),
+                        Accum::Replace,
+                        sigma_rows,
+                        view(phi).transpose(),
+                        T::one(),
+                        par,
+                    );
+                    // U[r, (j, c)] = Σ_k T[(r, k), j] S_j[k, c].
+                    let mk = m * k;
+                    let mut u = vec![T::zero(); p * mk];
+                    u.par_chunks_mut(mk.max(1)).enumerate().for_each(|(r, urow)| {
+                        let trow = &t[r * k * m..(r + 1) * k * m];
+                        for j in 0..m {
+                            for c in 0..k {
+                                let mut acc = T::zero();
+                                for a in 0..k {
+                                    acc += trow[a * m + j] * s[(j * k + a) * k + c];
+                                }
+                                urow[j * k + c] = acc;
+                            }
+                        }
+                    });
+                    // Y_a = Φ · U[aD..(a+1)D, :] (m × mK); G[(j, c), :] = Σ_a S_j[a, c] Y_a[j, :].
+                    let mut y = vec![T::zero(); k * m * mk];
+                    for a in 0..k {
+                        let ua = MatRef::from_row_major_slice(&u[a * d * mk..(a + 1) * d * mk], d, mk);
+                        matmul(
+                            MatMut::from_row_major_slice_mut(&mut y[a * m * mk..(a + 1) * m * mk], m, mk),
+                            Accum::Replace,
+                            view(phi),
+                            ua,
+                            T::one(),
+                            par,
+                        );
+                    }
+                    let mut g = vec![T::zero(); mk * mk];
+                    g.par_chunks_mut(mk.max(1)).enumerate().for_each(|(row, grow)| {
+                        let (j, c) = (row / k, row % k);
+                        for a in 0..k {
+                            let coef = s[(j * k + a) * k + c];
+                            let yrow = &y[(a * m + j) * mk..(a * m + j + 1) * mk];
+                            for (gx, yx) in grow.iter_mut().zip(yrow) {
+                                *gx += coef * *yx;
+                            }
+                        }
+                    });
+                    symmetrize_small(&mut g, mk);
+                    Ok((Matrix::from_parts(u, p, mk), Matrix::from_parts(g, mk, mk)))
+                })
+            }
+        }
+    }
+
+    fn low_rank_update<T: Scalar>(
+        &self,
+        sigma: &mut Matrix<Self, T>,
+        u: &Matrix<Self, T>,
+        c_chol: &Matrix<Self, T>,
+        sign: Sign,
+    ) -> Result<()> {
+        let n = expect_square("sigma", sigma)?;
+        let r = u.cols();
+        u.expect_shape("u", n, r)?;
+        c_chol.expect_shape("c_chol", r, r)?;
+        if r == 0 || n == 0 {
+            return Ok(());
+        }
+        let par = self.par();
+        self.run(|| {
+            // V = U L⁻ᵀ (n × r, rows contiguous along r), solved as Vᵀ = L⁻¹ Uᵀ on a transposed
+            // view; then Σ ± V Vᵀ on the lower triangle.
+            let mut v = u.buffer()[..n * r].to_vec();
+            faer::linalg::triangular_solve::solve_lower_triangular_in_place(
+                view(c_chol),
+                MatMut::from_row_major_slice_mut(&mut v, n, r).transpose_mut(),
+                par,
+            );
+            let v_view = MatRef::from_row_major_slice(&v, n, r);
+            let alpha = if sign == Sign::Plus { T::one() } else { -T::one() };
+            syrk_lower_add(view_mut(sigma), v_view, v_view, alpha, par);
+            fill_triangle(sigma.buffer_mut(), n, Fill::LowerToUpper);
+        });
+        Ok(())
+    }
+
+    fn sherman_morrison_sequence<T: Scalar>(
+        &self,
+        sigma: &mut Matrix<Self, T>,
+        head: &mut Matrix<Self, T>,
+        bias: Option<&Matrix<Self, T>>,
+        phi: &Matrix<Self, T>,
+        targets: &Matrix<Self, T>,
+        gamma: T,
+        weighting: OutputWeighting,
+    ) -> Result<Matrix<Self, T>> {
+        let (m, d) = phi.shape();
+        let k = head.rows();
+        sigma.expect_shape("sigma", d, d)?;
+        head.expect_shape("head", k, d)?;
+        targets.expect_shape("targets", m, k)?;
+        if let Some(b) = bias {
+            b.expect_shape("bias", 1, k)?;
+        }
+        self.run(|| {
+            let mut used = vec![T::zero(); m];
+            let mut u = vec![T::zero(); d];
+            let mut p = vec![T::zero(); k];
+            for (j, used_j) in used.iter_mut().enumerate() {
+                let x = &phi.buffer()[j * d..(j + 1) * d];
+                let sig = sigma.buffer_mut();
+                u.par_iter_mut().enumerate().for_each(|(i, ui)| {
+                    *ui = sig[i * d..(i + 1) * d].iter().zip(x).map(|(a, b)| *a * *b).sum();
+                });
+                let s: T = x.iter().zip(&u).map(|(a, b)| *a * *b).sum();
+                let w = head.buffer();
+                for (c, pc) in p.iter_mut().enumerate() {
+                    let logit: T = w[c * d..(c + 1) * d].iter().zip(x).map(|(a, b)| *a * *b).sum();
+                    *pc = logit + bias.map_or(T::zero(), |b| b.buffer()[c]);
+                }
+                softmax_in_place(&mut p);
+                let mj = match weighting {
+                    OutputWeighting::Gaussian => T::one(),
+                    OutputWeighting::Categorical => {
+                        let pmax = p.iter().fold(T::zero(), |a, &b| a.max(b));
+                        pmax * (T::one() - pmax)
+                    }
+                };
+                let denom = T::one() + mj * s;
+                if denom.is_nan() || denom <= T::zero() || denom.is_infinite() {
+                    return Err(Error::NotPositiveDefinite { index: j });
+                }
+                *used_j = mj;
+                let coef = mj / denom;
+                sig.par_chunks_mut(d.max(1)).enumerate().for_each(|(i, row)| {
+                    for (jj, sx) in row.iter_mut().enumerate() {
+                        *sx -= coef * (u[i] * u[jj]);
+                    }
+                });
+                let t = &targets.buffer()[j * k..(j + 1) * k];
+                let w = head.buffer_mut();
+                for c in 0..k {
+                    let r = gamma * (t[c] - p[c]) / denom;
+                    for (wx, ux) in w[c * d..(c + 1) * d].iter_mut().zip(&u) {
+                        *wx += r * *ux;
+                    }
+                }
+            }
+            Ok(Matrix::from_parts(used, m, 1))
+        })
+    }
+
+    fn cholesky<T: Scalar>(&self, a: &mut Matrix<Self, T>) -> Result<()> {
+        let n = expect_square("a", a)?;
+        let par = self.par();
+        self.run(|| {
+            // A is symmetric, so its row-major buffer is also A in column-major order; faer
+            // factors that (fast layout) and the lower factor lands as Lᵀ in row-major terms.
+            let col_major = MatMut::from_column_major_slice_mut(a.buffer_mut().as_mut_slice(), n, n);
+            let mut mem = MemBuffer::new(faer::linalg::cholesky::llt::factor::cholesky_in_place_scratch::<T>(
+                n,
+                par,
+                Default::default(),
+            ));
+            faer::linalg::cholesky::llt::factor::cholesky_in_place(
+                col_major,
+                Default::default(),
+                par,
+                MemStack::new(&mut mem),
+                Default::default(),
+            )
+            .map_err(|e| match e {
+                faer::linalg::cholesky::llt::factor::LltError::NonPositivePivot { index } => {
+                    Error::NotPositiveDefinite { index }
+                }
+            })?;
+            fill_triangle(a.buffer_mut(), n, Fill::MoveUpperToLower);
+            Ok(())
+        })
+    }
+
+    fn triangular_solve<T: Scalar>(&self, l: &Matrix<Self, T>, b: &mut Matrix<Self, T>, op: Op) -> Result<()> {
+        let n = expect_square("l", l)?;
+        if b.rows() != n {
+            return Err(Error::shape("b", (n, b.cols()), b.shape()));
+        }
+        let par = self.par();
+        self.run(|| match op {
+            Op::N => faer::linalg::triangular_solve::solve_lower_triangular_in_place(view(l), view_mut(b), par),
+            Op::T => {
+                faer::linalg::triangular_solve::solve_upper_triangular_in_place(view(l).transpose(), view_mut(b), par)
+            }
+        });
+        Ok(())
+    }
+
+    fn cholesky_inverse<T: Scalar>(&self, l: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
+        let n = expect_square("l", l)?;
+        let par = self.par();
+        self.run(|| {
+            // Lower factor in column-major order is the row-major buffer's transpose.
+            let l_col = transposed(l.buffer(), n, n, None);
+            let mut out = vec![T::zero(); n * n];
+            let mut mem = MemBuffer::new(faer::linalg::cholesky::llt::inverse::inverse_scratch::<T>(n, par));
+            faer::linalg::cholesky::llt::inverse::inverse(
+                MatMut::from_column_major_slice_mut(&mut out, n, n),
+                MatRef::from_column_major_slice(&l_col, n, n),
+                par,
+                MemStack::new(&mut mem),
+            );
+            // The column-major lower triangle is the row-major upper triangle of the symmetric result.
+            fill_triangle(&mut out, n, Fill::UpperToLower);
+            Ok(Matrix::from_parts(out, n, n))
+        })
+    }
+
+    fn predictive_covariance<T: Scalar>(
+        &self,
+        sigma: &Matrix<Self, T>,
+        phi: &Matrix<Self, T>,
+    ) -> Result<Matrix<Self, T>> {
+        let (n, d) = phi.shape();
+        let p = expect_square("sigma", sigma)?;
+        if d == 0 || p % d != 0 {
+            return Err(Error::shape("sigma", (d, d), sigma.shape()));
+        }
+        let k = p / d;
+        let par = self.par();
+        self.run(|| {
+            let mut out = vec![T::zero(); n * k * k];
+            let chunk = (SCRATCH_ELEMENTS / p.max(1)).clamp(16, 4096).min(n.max(1));
+            let mut t = vec![T::zero(); chunk * p];
+            for start in (0..n).step_by(chunk) {
+                let c = chunk.min(n - start);
+                let phi_c = MatRef::from_row_major_slice(&phi.buffer()[start * d..(start + c) * d], c, d);
+                for a in 0..k {
+                    // T = Φ_c Σ[aD.., aD..] covers blocks (a, b ≥ a).
+                    let width = (k - a) * d;
+                    let block = view(sigma).submatrix(a * d, a * d, d, width);
+                    matmul(
+                        MatMut::from_row_major_slice_mut(&mut t[..c * width], c, width),
+                        Accum::Replace,
+                        phi_c,
+                        block,
+                        T::one(),
+                        par,
+                    );
+                    let t_ref = &t[..c * width];
+                    out[start * k * k..(start + c) * k * k]
+                        .par_chunks_mut(k * k)
+                        .enumerate()
+                        .for_each(|(i, o)| {
+                            let x = &phi.buffer()[(start + i) * d..(start + i + 1) * d];
+                            for b in a..k {
+                                let row = &t_ref[i * width + (b - a) * d..i * width + (b - a + 1) * d];
+                                let v: T = row.iter().zip(x).map(|(r, xv)| *r * *xv).sum();
+                                o[a * k + b] = v;
+                                o[b * k + a] = v;
+                            }
+                        });
+                }
+            }
+            Ok(Matrix::from_parts(out, n, k * k))
+        })
+    }
+
+    fn softmax_rows<T: Scalar>(&self, logits: &mut Matrix<Self, T>) -> Result<()> {
+        let k = logits.cols();
+        if k == 0 {
+            return Ok(());
+        }
+        self.run(|| logits.buffer_mut().par_chunks_mut(k).for_each(softmax_in_place));
+        Ok(())
+    }
+
+    fn probit_softmax<T: Scalar>(
+        &self,
+        mean: &Matrix<Self, T>,
+        cov: &Matrix<Self, T>,
+        lambda: T,
+    ) -> Result<Matrix<Self, T>> {
+        let isotropic = cov_layout(mean, cov)?;
+        let k = mean.cols();
+        let mut out = mean.buffer().clone();
+        if k == 0 {
+            return Ok(Matrix::from_parts(out, mean.rows(), k));
+        }
+        let cw = cov.cols();
+        self.run(|| {
+            out.par_chunks_mut(k).enumerate().for_each(|(n, row)| {
+                let c = &cov.buffer()[n * cw..(n + 1) * cw];
+                for (kk, x) in row.iter_mut().enumerate() {
+                    let var = if isotropic { c[0] } else { c[kk * k + kk] };
+                    *x /= (T::one() + lambda * var.max(T::zero())).sqrt();
+                }
+                softmax_in_place(row);
+            })
+        });
+        Ok(Matrix::from_parts(out, mean.rows(), k))
+    }
+
+    fn monte_carlo_softmax<T: Scalar>(
+        &self,
+        mean: &Matrix<Self, T>,
+        cov: &Matrix<Self, T>,
+        eps: &Matrix<Self, T>,
+    ) -> Result<Matrix<Self, T>> {
+        let isotropic = cov_layout(mean, cov)?;
+        let (n, k) = mean.shape();
+        let samples = eps.rows();
+        eps.expect_shape("eps", samples, k)?;
+        if samples == 0 {
+            return Err(Error::invalid("samples", "at least one Monte Carlo sample is required"));
+        }
+        let cw = cov.cols();
+        let mut out = vec![T::zero(); n * k];
+        if k == 0 {
+            return Ok(Matrix::from_parts(out, n, k));
+        }
+        self.run(|| {
+            out.par_chunks_mut(k).enumerate().for_each(|(i, row)| {
+                let c = &cov.buffer()[i * cw..(i + 1) * cw];
+                let mut l = vec![0.0f64; k * k];
+                if isotropic {
+                    let s = c[0].as_f64().max(0.0).sqrt();
+                    (0..k).for_each(|a| l[a * k + a] = s);
+                } else {
+                    let max_diag = (0..k).map(|a| c[a * k + a].as_f64()).fold(0.0, f64::max);
+                    let jitter = 1e-6 * (1.0 + max_diag);
+                    for (li, ci) in l.iter_mut().zip(c) {
+                        *li = ci.as_f64();
+                    }
+                    (0..k).for_each(|a| l[a * k + a] += jitter);
+                    small_psd_cholesky(&mut l, k);
+                }
+                let f = &mean.buffer()[i * k..(i + 1) * k];
+                let mut z = vec![T::zero(); k];
+                let mut acc = vec![0.0f64; k];
+                for s in 0..samples {
+                    let e = &eps.buffer()[s * k..(s + 1) * k];
+                    for a in 0..k {
+                        let noise: f64 = (0..=a).map(|b| l[a * k + b] * e[b].as_f64()).sum();
+                        z[a] = f[a] + T::from_f64(noise);
+                    }
+                    softmax_in_place(&mut z);
+                    acc.iter_mut().zip(&z).for_each(|(x, zv)| *x += zv.as_f64());
+                }
+                for (o, a) in row.iter_mut().zip(&acc) {
+                    *o = T::from_f64(a / samples as f64);
+                }
+            })
+        });
+        Ok(Matrix::from_parts(out, n, k))
+    }
+
+    fn categorical_weights<T: Scalar>(&self, probs: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
+        let (n, k) = probs.shape();
+        let out = (0..n)
+            .map(|i| {
+                let pmax = probs.buffer()[i * k..(i + 1) * k]
+                    .iter()
+                    .fold(T::zero(), |a, &b| a.max(b));
+                pmax * (T::one() - pmax)
+            })
+            .collect();
+        Ok(Matrix::from_parts(out, n, 1))
+    }
+
+    fn axpy<T: Scalar>(&self, y: &mut Matrix<Self, T>, alpha: T, x: &Matrix<Self, T>) -> Result<()> {
+        x.expect_shape("x", y.rows(), y.cols())?;
+        self.run(|| {
+            y.buffer_mut()
+                .par_iter_mut()
+                .zip(x.buffer().par_iter())
+                .for_each(|(a, b)| *a += alpha * *b)
+        });
+        Ok(())
+    }
+
+    fn add_row<T: Scalar>(&self, a: &mut Matrix<Self, T>, row: &Matrix<Self, T>) -> Result<()> {
+        let cols = a.cols();
+        row.expect_shape("row", 1, cols)?;
+        if cols == 0 {
+            return Ok(());
+        }
+        for r in a.buffer_mut().chunks_mut(cols) {
+            r.iter_mut().zip(row.buffer()).for_each(|(x, b)| *x += *b);
+        }
+        Ok(())
+    }
+
+    fn add_diagonal<T: Scalar>(&self, a: &mut Matrix<Self, T>, value: T) -> Result<()> {
+        let n = expect_square("a", a)?;
+        let buf = a.buffer_mut();
+        (0..n).for_each(|i| buf[i * n + i] += value);
+        Ok(())
+    }
+
+    fn max_abs<T: Scalar>(&self, a: &Matrix<Self, T>) -> Result<T> {
+        Ok(self.run(|| a.buffer().par_iter().map(|x| x.abs()).reduce(T::zero, |x, y| x.max(y))))
+    }
+}
+
+/// `G ← (G + Gᵀ) / 2` for a small row-major square matrix.
+fn symmetrize_small<T: Scalar>(g: &mut [T], n: usize) {
+    let half = T::from_f64(0.5);
+    for i in 0..n {
+        for j in i + 1..n {
+            let v = (g[i * n + j] + g[j * n + i]) * half;
+            g[i * n + j] = v;
+            g[j * n + i] = v;
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The [`Device`] trait: device-resident buffers and every kernel the posteriors need.
+//!
+//! Kernel families, each one method of the trait. The faer implementation in [`cpu`] is the
+//! reference that every other backend is tested against; GPU backends keep each family in one
+//! source file named after it (`kernels/<family>.cu`, `shaders/<family>.wgsl`).
+//!
+//! | family | methods |
+//! |---|---|
+//! | gemm | [`Device::gemm`], [`Device::weighted_syrk`] |
+//! | ggn | [`Device::ggn_accumulate`] |
+//! | kron | [`Device::kron_products`] |
+//! | low_rank | [`Device::low_rank_update`], [`Device::sherman_morrison_sequence`] |
+//! | cholesky | [`Device::cholesky`], [`Device::triangular_solve`], [`Device::cholesky_inverse`] |
+//! | predictive | [`Device::predictive_covariance`], [`Device::probit_softmax`], [`Device::monte_carlo_softmax`], [`Device::softmax_rows`], [`Device::categorical_weights`] |
+//! | elementwise | [`Device::axpy`], [`Device::add_row`], [`Device::add_diagonal`], [`Device::max_abs`] |
+//!
+//! Matrices are dense and row-major; their shape travels with the buffer. Data moves between
+//! host and device only through [`Device::upload`] and [`Device::download`].
+
+pub mod cpu;
+
+use crate::error::{Error, Result};
+use crate::scalar::Scalar;
+
+pub use cpu::CpuDevice;
+
+/// Whether a gemm operand is used as stored or transposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// As stored.
+    N,
+    /// Transposed.
+    T,
+}
+
+/// Direction of a low-rank correction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sign {
+    /// `Σ ← Σ + U C⁻¹ Uᵀ` (a downdate of the precision).
+    Plus,
+    /// `Σ ← Σ − U C⁻¹ Uᵀ` (an update of the precision, Woodbury).
+    Minus,
+}
+
+/// Output weights m_n of the `Shared` structure's curvature `Σ_n m_n φ_n φ_nᵀ`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputWeighting {
+    /// m_n = 1: the seed paper's default ("gaussian").
+    #[default]
+    Gaussian,
+    /// m_n = p_max(1 − p_max), SNGP style ("categorical").
+    Categorical,
+}
+
+/// The low-rank factor B whose products [`Device::kron_products`] forms without building B.
+pub enum LowRankFactor<'a, D: Device, T: Scalar> {
+    /// Full GGN: column (j, c) of B is `S_j[:, c] ⊗ φ_j` with `S_j = diag(√p_j) − p_j √p_jᵀ`,
+    /// so `B Bᵀ = Σ_j Λ_j ⊗ φ_j φ_jᵀ`. `probs` is m × K.
+    Kronecker {
+        /// Class probabilities p_j, one row per sample.
+        probs: &'a Matrix<D, T>,
+    },
+    /// Shared: `B = Φᵀ diag(√w)`; `weights` is m × 1, `None` means all ones.
+    Shared {
+        /// Output weights m_j.
+        weights: Option<&'a Matrix<D, T>>,
+    },
+}
+
+/// A dense row-major matrix living on device `D`.
+pub struct Matrix<D: Device, T: Scalar> {
+    buf: D::Buffer<T>,
+    rows: usize,
+    cols: usize,
+}
+
+impl<D: Device, T: Scalar> Matrix<D, T> {
+    /// Wraps a backend buffer that holds at least `rows * cols` elements.
+    pub fn from_parts(buf: D::Buffer<T>, rows: usize, cols: usize) -> Self {
+        Matrix { buf, rows, cols }
+    }
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// `(rows, cols)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+    /// `rows * cols`.
+    pub fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+    /// Whether the matrix has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The backend buffer.
+    pub fn buffer(&self) -> &D::Buffer<T> {
+        &self.buf
+    }
+    /// The backend buffer, mutably.
+    pub fn buffer_mut(&mut self) -> &mut D::Buffer<T> {
+        &mut self.buf
+    }
+    /// Reinterprets the same row-major data with another shape of equal size.
+    pub fn reshape(&mut self, rows: usize, cols: usize) -> Result<()> {
+        if rows * cols != self.len() {
+            return Err(Error::shape("reshape", (rows, cols), self.shape()));
+        }
+        self.rows = rows;
+        self.cols = cols;
+        Ok(())
+    }
+    pub(crate) fn expect_shape(&self, argument: &'static str, rows: usize, cols: usize) -> Result<()> {
+        if self.shape() != (rows, cols) {
+            return Err(Error::shape(argument, (rows, cols), self.shape()));
+        }
+        Ok(())
+    }
+}
+
+/// A compute backend: buffers plus the kernels of the library.
+///
+/// All kernels take device-resident [`Matrix`] values; none moves data to the host.
+/// Matrices the kernels call symmetric are stored in full (both triangles).
+pub trait Device: Clone + Send + Sync + 'static {
+    /// Storage for `T` elements on this device.
+    type Buffer<T: Scalar>: Send + Sync;
+
+    /// Human-readable name, e.g. `"cpu: faer, 2 threads"`.
+    fn name(&self) -> String;
+    /// Copies row-major host data to a new device matrix.
+    fn upload<T: Scalar>(&self, data: &[T], rows: usize, cols: usize) -> Result<Matrix<Self, T>>;
+    /// Copies a device matrix back to row-major host memory.
+    fn download<T: Scalar>(&self, m: &Matrix<Self, T>) -> Result<Vec<T>>;
+    /// A new zero-filled matrix.
+    fn zeros<T: Scalar>(&self, rows: usize, cols: usize) -> Result<Matrix<Self, T>>;
+    /// A device-side copy.
+    fn copy<T: Scalar>(&self, m: &Matrix<Self, T>) -> Result<Matrix<Self, T>>;
+    /// Waits for all queued work.
+    fn synchronize(&self) -> Result<()>;
+
+    /// `C ← β·C + α·op(A)·op(B)`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm<T: Scalar>(
+        &self,
+        c: &mut Matrix<Self, T>,
+        beta: T,
+        a: &Matrix<Self, T>,
+        ta: Op,
+        b: &Matrix<Self, T>,
+        tb: Op,
+        alpha: T,
+    ) -> Result<()>;
+    /// `C ← β·C + α·Aᵀ diag(w) A` for A (n × d), w (n × 1, `None` = ones), C (d × d) symmetric.
+    fn weighted_syrk<T: Scalar>(
+        &self,
+        c: &mut Matrix<Self, T>,
+        beta: T,
+        a: &Matrix<Self, T>,
+        weights: Option<&Matrix<Self, T>>,
+        alpha: T,
+    ) -> Result<()>;
+    /// `Π ← Π + α·Σ_n Λ_n ⊗ φ_n φ_nᵀ` with `Λ_n = diag(p_n) − p_n p_nᵀ`; Π is (K·D) × (K·D),
+    /// Φ is n × D, P is n × K. Block (k, l) is `δ_kl Φᵀ diag(p_k) Φ − A_kᵀ A_l`, `A_k = diag(p_k) Φ`.
+    fn ggn_accumulate<T: Scalar>(
+        &self,
+        precision: &mut Matrix<Self, T>,
+        phi: &Matrix<Self, T>,
+        probs: &Matrix<Self, T>,
+        alpha: T,
+    ) -> Result<()>;
+    /// The Woodbury products `(U, G) = (Σ B, Bᵀ Σ B)` for the factor B of `factor`,
+    /// without forming B. Σ is (K·D) × (K·D) for `Kronecker`, D × D for `Shared`; Φ is m × D.
+    fn kron_products<T: Scalar>(
+        &self,
+        sigma: &Matrix<Self, T>,
+        phi: &Matrix<Self, T>,
+        factor: LowRankFactor<'_, Self, T>,
+    ) -> Result<(Matrix<Self, T>, Matrix<Self, T>)>;
+    /// `Σ ← Σ ± U C⁻¹ Uᵀ` where `c_chol` is the lower Cholesky factor L of `C = L Lᵀ`.
+    fn low_rank_update<T: Scalar>(
+        &self,
+        sigma: &mut Matrix<Self, T>,
+        u: &Matrix<Self, T>,
+        c_chol: &Matrix<Self, T>,
+        sign: Sign,
+    ) -> Result<()>;
+    /// The seed paper's per-sample loop for the `Shared` structure, fused over all m samples.
+    ///
+    /// For each j in order: `u = Σφ_j`, `s = φ_jᵀu`, `p = softmax(Wφ_j + b)`, `m_j` from
+    /// `weighting`, `Σ ← Σ − m_j u uᵀ / (1 + m_j s)`, `W ← W + γ (t_j − p)(u / (1 + m_j s))ᵀ`
+    /// (the last factor is Σφ_j after the update). Returns the m × 1 weights `m_j` used.
+    /// Fails with `NotPositiveDefinite { index: j }` when `1 + m_j s ≤ 0`; Σ and W are then
+    /// partially updated, so callers work on copies.
+    #[allow(clippy::too_many_arguments)]
+    fn sherman_morrison_sequence<T: Scalar>(
+        &self,
+        sigma: &mut Matrix<Self, T>,
+        head: &mut Matrix<Self, T>,
+        bias: Option<&Matrix<Self, T>>,
+        phi: &Matrix<Self, T>,
+        targets: &Matrix<Self, T>,
+        gamma: T,
+        weighting: OutputWeighting,
+    ) -> Result<Matrix<Self, T>>;
+    /// In-place lower Cholesky factor `A = L Lᵀ`; the strict upper triangle is zeroed.
+    fn cholesky<T: Scalar>(&self, a: &mut Matrix<Self, T>) -> Result<()>;
+    /// `B ← L⁻¹ B` (`Op::N`) or `B ← L⁻ᵀ B` (`Op::T`) for lower-triangular L.
+    fn triangular_solve<T: Scalar>(&self, l: &Matrix<Self, T>, b: &mut Matrix<Self, T>, op: Op) -> Result<()>;
+    /// `(L Lᵀ)⁻¹`, both triangles, from the lower Cholesky factor L.
+    fn cholesky_inverse<T: Scalar>(&self, l: &Matrix<Self, T>) -> Result<Matrix<Self, T>>;
+    /// Logit covariances `Σ_f[n, k, l] = φ_nᵀ Σ_{kl} φ_n` for Σ (K·D) × (K·D) and Φ (n × D);
+    /// returns n × K² (row n holds the K × K matrix row-major). K = 1 gives `φ_nᵀ Σ φ_n`.
+    fn predictive_covariance<T: Scalar>(
+        &self,
+        sigma: &Matrix<Self, T>,
+        phi: &Matrix<Self, T>,
+    ) -> Result<Matrix<Self, T>>;
+    /// Row-wise stable softmax in place.
+    fn softmax_rows<T: Scalar>(&self, logits: &mut Matrix<Self, T>) -> Result<()>;
+    /// Mean-field probit: `p_nk = softmax_k(f_nk / √(1 + λ Σ_f[n,k,k]))`. `cov` is n × K²,
+    /// or n × 1 for an isotropic `v_n I`.
+    fn probit_softmax<T: Scalar>(
+        &self,
+        mean: &Matrix<Self, T>,
+        cov: &Matrix<Self, T>,
+        lambda: T,
+    ) -> Result<Matrix<Self, T>>;
+    /// Monte Carlo link: `p_n = (1/S) Σ_s softmax(f_n + L_n ε_s)` with `L_n = chol(Σ_f[n] + δI)`,
+    /// δ = 1e-6·(1 + max diag). `cov` as in [`Device::probit_softmax`]; `eps` is S × K.
+    fn monte_carlo_softmax<T: Scalar>(
+        &self,
+        mean: &Matrix<Self, T>,
+        cov: &Matrix<Self, T>,
+        eps: &Matrix<Self, T>,
+    ) -> Result<Matrix<Self, T>>;
+    /// `m_n = p_max,n (1 − p_max,n)` for each row of `probs`; returns n × 1.
+    fn categorical_weights<T: Scalar>(&self, probs: &Matrix<Self, T>) -> Result<Matrix<Self, T>>;
+    /// `Y ← Y + α X`, elementwise, same shapes.
+    fn axpy<T: Scalar>(&self, y: &mut Matrix<Self, T>, alpha: T, x: &Matrix<Self, T>) -> Result<()>;
+    /// `A ← A + 1 rᵀ`: adds the 1 × cols row r to every row.
+    fn add_row<T: Scalar>(&self, a: &mut Matrix<Self, T>, row: &Matrix<Self, T>) -> Result<()>;
+    /// `A[i, i] ← A[i, i] + v` for a square A.
+    fn add_diagonal<T: Scalar>(&self, a: &mut Matrix<Self, T>, value: T) -> Result<()>;
+    /// `max_ij |A_ij|` (0 for an empty matrix).
+    fn max_abs<T: Scalar>(&self, a: &Matrix<Self, T>) -> Result<T>;
+}

@@ -1,0 +1,94 @@
+//! The one error type of the library. Its variants are the same whatever features are enabled.
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong, with the data needed to act on it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An argument has the wrong shape.
+    #[error("shape mismatch in `{argument}`: expected {expected}, got {got}")]
+    ShapeMismatch {
+        /// Name of the offending argument.
+        argument: &'static str,
+        /// The shape that was expected, e.g. `"10 x 64"`.
+        expected: String,
+        /// The shape that was received.
+        got: String,
+    },
+    /// An input holds NaN or ±Inf.
+    #[error("non-finite value in `{argument}` at flat index {index}")]
+    NonFinite {
+        /// Name of the offending argument.
+        argument: &'static str,
+        /// Row-major flat index of the first non-finite value.
+        index: usize,
+    },
+    /// A class label is not in `0..classes`.
+    #[error("label {label} at index {index} is out of range for {classes} classes")]
+    LabelOutOfRange {
+        /// Position of the label in its batch.
+        index: usize,
+        /// The label received.
+        label: i64,
+        /// Number of classes K.
+        classes: usize,
+    },
+    /// A batch that must hold at least one sample is empty.
+    #[error("`{argument}` is empty: at least one sample is required")]
+    EmptyBatch {
+        /// Name of the offending argument.
+        argument: &'static str,
+    },
+    /// A scalar or option is outside its valid range.
+    #[error("invalid `{argument}`: {reason}")]
+    InvalidArgument {
+        /// Name of the offending argument.
+        argument: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A Cholesky factorisation met a non-positive pivot.
+    #[error("matrix is not positive definite: non-positive pivot at index {index}")]
+    NotPositiveDefinite {
+        /// Index of the first failing pivot.
+        index: usize,
+    },
+    /// A backend cannot be started on this machine.
+    #[error("backend `{backend}` is unavailable: {reason}")]
+    BackendUnavailable {
+        /// Backend name: `"cpu"`, `"cuda"`, `"wgpu"`.
+        backend: &'static str,
+        /// Why it cannot start.
+        reason: String,
+    },
+    /// The operation is valid but not supported by this backend or configuration.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// A device reported a fault (allocation, launch, lost device).
+    #[error("device error on `{backend}`: {reason}")]
+    Device {
+        /// Backend name.
+        backend: &'static str,
+        /// What the device reported.
+        reason: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn shape(argument: &'static str, expected: (usize, usize), got: (usize, usize)) -> Self {
+        Error::ShapeMismatch {
+            argument,
+            expected: format!("{} x {}", expected.0, expected.1),
+            got: format!("{} x {}", got.0, got.1),
+        }
+    }
+
+    pub(crate) fn invalid(argument: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            argument,
+            reason: reason.into(),
+        }
+    }
+}

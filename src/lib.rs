@@ -1,0 +1,44 @@
+//! # laplace-update
+//!
+//! Closed-form Bayesian updates of a trained network's last layer. Hand the library the
+//! penultimate features Φ and the linear head (W, b); it fits a Laplace posterior over the head
+//! and folds new labelled samples in with one Newton step, the inverse Hessian coming from
+//! Sherman–Morrison and Woodbury updates, instead of retraining.
+//!
+//! The method is from Huseljic et al., "Efficient Bayesian Updates for Deep Learning via Laplace
+//! Approximations" (arXiv 2210.06112).
+//!
+//! - [`Device`]: device-resident buffers and every kernel; [`CpuDevice`] (faer) is the reference.
+//! - [`Posterior`]: `Full` and `Shared` structures, [`Posterior::fit`], [`Posterior::update`],
+//!   [`Posterior::predict`], [`Posterior::drift`], [`Posterior::refresh`].
+//! - [`Error`]: one typed error enum for everything.
+//!
+//! ```
+//! use laplace_update::{CpuDevice, FitConfig, HostMatrix, Link, Posterior, UpdateConfig, UpdateRule};
+//! let cpu = CpuDevice::new(0)?;
+//! let (n, d, k) = (6, 3, 3);
+//! let phi: Vec<f32> = (0..n * d).map(|i| ((i * 7) % 5) as f32 / 5.0 - 0.4).collect();
+//! let labels: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
+//! let head = vec![0.1f32; k * d];
+//! let mut post = Posterior::fit(&cpu, HostMatrix::new(&phi, n, d)?, &labels,
+//!                               HostMatrix::new(&head, k, d)?, None, &FitConfig::default())?;
+//! let rule = UpdateConfig { rule: UpdateRule::Sequential, ..Default::default() };
+//! post.update(HostMatrix::new(&phi[..d], 1, d)?, &[2u32], &rule)?;
+//! let pred = post.predict(HostMatrix::new(&phi, n, d)?, Link::default())?;
+//! assert_eq!(pred.probs.len(), n * k);
+//! # Ok::<(), laplace_update::Error>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod device;
+pub mod error;
+pub mod host;
+pub mod posterior;
+pub mod scalar;
+
+pub use device::{CpuDevice, Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign};
+pub use error::{Error, Result};
+pub use host::{HostMatrix, Label};
+pub use posterior::{BiasMode, FitConfig, Link, Posterior, Prediction, Structure, UpdateConfig, UpdateRule};
+pub use scalar::{DType, Scalar};

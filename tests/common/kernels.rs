@@ -1,0 +1,376 @@
+//! Single-kernel checks with adversarial shape sweeps against plain f64 loops, generic over
+//! backend and dtype. Instantiated per backend by `kernel_suite!`.
+
+use super::*;
+use laplace_update::*;
+
+/// Sizes that straddle tile and vector widths.
+pub const SIZES: [usize; 9] = [0, 1, 15, 16, 17, 31, 32, 33, 63];
+
+fn up<D: Device, T: Scalar>(dev: &D, m: &Dense) -> Matrix<D, T> {
+    dev.upload(&Problem::cast::<T>(&m.a), m.rows, m.cols).unwrap()
+}
+
+fn down<D: Device, T: Scalar>(dev: &D, m: &Matrix<D, T>) -> Vec<T> {
+    dev.download(m).unwrap()
+}
+
+fn random(rng: &mut Rng, rows: usize, cols: usize) -> Dense {
+    Dense::from(rows, cols, rng.normals(rows * cols, 1.0))
+}
+
+/// A random SPD matrix `A Aᵀ / n + I`.
+fn spd(rng: &mut Rng, n: usize) -> Dense {
+    let a = random(rng, n, n);
+    a.mul(&a.t()).scale(1.0 / n.max(1) as f64).add(&Dense::identity(n), 1.0)
+}
+
+fn probs(rng: &mut Rng, n: usize, k: usize) -> Dense {
+    let mut p = Dense::zeros(n, k);
+    for i in 0..n {
+        let row = softmax(&rng.normals(k, 1.5));
+        p.a[i * k..(i + 1) * k].copy_from_slice(&row);
+    }
+    p
+}
+
+pub fn check_gemm<D: Device, T: Scalar>(dev: &D) {
+    let mut rng = Rng::new(1);
+    for &m in &SIZES {
+        for &n in &[0usize, 1, 16, 17, 33] {
+            for &k in &[0usize, 1, 15, 32, 63] {
+                for (ta, tb) in [(Op::N, Op::N), (Op::T, Op::N), (Op::N, Op::T), (Op::T, Op::T)] {
+                    let a = random(&mut rng, m, k);
+                    let b = random(&mut rng, k, n);
+                    let c0 = random(&mut rng, m, n);
+                    let stored_a = if ta == Op::N { a.clone() } else { a.t() };
+                    let stored_b = if tb == Op::N { b.clone() } else { b.t() };
+                    let (alpha, beta) = (0.75, -0.5);
+                    let want = c0.scale(beta).add(&a.mul(&b), alpha);
+                    let mut c = up::<D, T>(dev, &c0);
+                    dev.gemm(
+                        &mut c,
+                        T::from_f64(beta),
+                        &up(dev, &stored_a),
+                        ta,
+                        &up(dev, &stored_b),
+                        tb,
+                        T::from_f64(alpha),
+                    )
+                    .unwrap();
+                    let e = rel_err(&down(dev, &c), &want.a);
+                    assert!(e < tol::<T>(k, 4.0), "gemm {m}x{k}x{n} {ta:?}{tb:?}: err {e}");
+                }
+            }
+        }
+    }
+    // beta = 0 must not read C (NaN there must not leak).
+    let mut c = dev.upload(&[T::nan(); 4], 2, 2).unwrap();
+    let eye = up::<D, T>(dev, &Dense::identity(2));
+    dev.gemm(&mut c, T::zero(), &eye, Op::N, &eye, Op::N, T::one()).unwrap();
+    assert_eq!(down(dev, &c), Problem::cast::<T>(&[1.0, 0.0, 0.0, 1.0]));
+    let mut bad = dev.zeros::<T>(3, 3).unwrap();
+    assert!(matches!(
+        dev.gemm(&mut bad, T::zero(), &eye, Op::N, &eye, Op::N, T::one()),
+        Err(Error::ShapeMismatch { .. })
+    ));
+}
+
+pub fn check_weighted_syrk<D: Device, T: Scalar>(dev: &D) {
+    let mut rng = Rng::new(2);
+    for &n in &SIZES {
+        for &d in &[1usize, 16, 17, 33] {
+            let a = random(&mut rng, n, d);
+            let w: Vec<f64> = (0..n).map(|_| rng.uniform()).collect();
+            let c0 = spd(&mut rng, d);
+            let mut want = c0.scale(0.5);
+            for i in 0..n {
+                for x in 0..d {
+                    for y in 0..d {
+                        want.a[x * d + y] += 2.0 * w[i] * a.at(i, x) * a.at(i, y);
+                    }
+                }
+            }
+            let mut c = up::<D, T>(dev, &c0);
+            let wm = up::<D, T>(dev, &Dense::from(n, 1, w.clone()));
+            dev.weighted_syrk(&mut c, T::from_f64(0.5), &up(dev, &a), Some(&wm), T::from_f64(2.0))
+                .unwrap();
+            let e = rel_err(&down(dev, &c), &want.a);
+            assert!(e < tol::<T>(n, 8.0), "weighted_syrk n={n} d={d}: err {e}");
+        }
+    }
+}
+
+pub fn check_ggn_accumulate<D: Device, T: Scalar>(dev: &D) {
+    let mut rng = Rng::new(3);
+    for &(n, d, k) in &[
+        (0usize, 3usize, 2usize),
+        (1, 1, 2),
+        (17, 5, 3),
+        (33, 16, 4),
+        (64, 7, 10),
+    ] {
+        let phi = random(&mut rng, n, d);
+        let p = probs(&mut rng, n, k);
+        let base = spd(&mut rng, k * d);
+        let mut want = base.clone();
+        for i in 0..n {
+            want = want.add(&ggn(phi.row(i), p.row(i)), 1.5);
+        }
+        let mut prec = up::<D, T>(dev, &base);
+        dev.ggn_accumulate(&mut prec, &up(dev, &phi), &up(dev, &p), T::from_f64(1.5))
+            .unwrap();
+        let e = rel_err(&down(dev, &prec), &want.a);
+        assert!(e < tol::<T>(n.max(k * d), 8.0), "ggn n={n} d={d} k={k}: err {e}");
+    }
+}
+
+/// The explicit Woodbury factor B (Full): column (j, c) is `S_j[:, c] ⊗ φ_j`.
+fn explicit_b(phi: &Dense, p: &Dense) -> Dense {
+    let (m, d, k) = (phi.rows, phi.cols, p.cols);
+    let mut b = Dense::zeros(k * d, m * k);
+    for j in 0..m {
+        let pj = p.row(j);
+        for a in 0..k {
+            for c in 0..k {
+                let s = if a == c { pj[a].sqrt() } else { 0.0 } - pj[a] * pj[c].sqrt();
+                for x in 0..d {
+                    b.set(a * d + x, j * k + c, s * phi.at(j, x));
+                }
+            }
+        }
+    }
+    b
+}
+
+pub fn check_kron_products<D: Device, T: Scalar>(dev: &D) {
+    let mut rng = Rng::new(4);
+    for &(m, d, k) in &[(1usize, 1usize, 2usize), (3, 5, 3), (7, 16, 4), (2, 17, 10)] {
+        let phi = random(&mut rng, m, d);
+        let p = probs(&mut rng, m, k);
+        let sigma = spd(&mut rng, k * d);
+        let b = explicit_b(&phi, &p);
+        // The factor really is a square root of the GGN sum.
+        let mut ggn_sum = Dense::zeros(k * d, k * d);
+        (0..m).for_each(|j| ggn_sum = ggn_sum.add(&ggn(phi.row(j), p.row(j)), 1.0));
+        assert!(b.mul(&b.t()).add(&ggn_sum, -1.0).max_abs() < 1e-12);
+        let u_want = sigma.mul(&b);
+        let g_want = b.t().mul(&u_want);
+        let pd = up::<D, T>(dev, &p);
+        let (u, g) = dev
+            .kron_products(
+                &up(dev, &sigma),
+                &up(dev, &phi),
+                LowRankFactor::Kronecker { probs: &pd },
+            )
+            .unwrap();
+        assert_eq!((u.shape(), g.shape()), ((k * d, m * k), (m * k, m * k)));
+        let e = rel_err(&down(dev, &u), &u_want.a);
+        assert!(e < tol::<T>(k * d, 8.0), "kron U m={m} d={d} k={k}: err {e}");
+        let e = rel_err(&down(dev, &g), &g_want.a);
+        assert!(e < tol::<T>(k * d, 8.0), "kron G m={m} d={d} k={k}: err {e}");
+    }
+    for &(m, d) in &[(1usize, 1usize), (5, 16), (17, 33)] {
+        let phi = random(&mut rng, m, d);
+        let w: Vec<f64> = (0..m).map(|_| rng.uniform()).collect();
+        let sigma = spd(&mut rng, d);
+        let mut b = phi.t();
+        for x in 0..d {
+            for j in 0..m {
+                b.a[x * m + j] *= w[j].sqrt();
+            }
+        }
+        let wd = up::<D, T>(dev, &Dense::from(m, 1, w));
+        let (u, g) = dev
+            .kron_products(
+                &up(dev, &sigma),
+                &up(dev, &phi),
+                LowRankFactor::Shared { weights: Some(&wd) },
+            )
+            .unwrap();
+        let e = rel_err(&down(dev, &u), &sigma.mul(&b).a);
+        assert!(e < tol::<T>(d, 8.0), "shared U m={m} d={d}: err {e}");
+        let e = rel_err(&down(dev, &g), &b.t().mul(&sigma).mul(&b).a);
+        assert!(e < tol::<T>(d, 8.0), "shared G m={m} d={d}: err {e}");
+    }
+}
+
+pub fn check_cholesky_family<D: Device, T: Scalar>(dev: &D) {
+    let mut rng = Rng::new(5);
+    for &n in &SIZES {
+        let a = spd(&mut rng, n);
+        let mut l = up::<D, T>(dev, &a);
+        dev.cholesky(&mut l).unwrap();
+        let lh = Dense::from(n, n, down(dev, &l).iter().map(|x| x.as_f64()).collect());
+        for i in 0..n {
+            for j in i + 1..n {
+                assert_eq!(lh.at(i, j), 0.0, "cholesky n={n}: upper triangle not zeroed");
+            }
+        }
+        let e = rel_err(&Problem::cast::<T>(&lh.mul(&lh.t()).a), &a.a);
+        assert!(e < tol::<T>(n, 8.0), "cholesky n={n}: residual {e}");
+        // Triangular solves against the same factor.
+        let b = random(&mut rng, n, 5);
+        for op in [Op::N, Op::T] {
+            let mut x = up::<D, T>(dev, &b);
+            dev.triangular_solve(&l, &mut x, op).unwrap();
+            let xh = Dense::from(n, 5, down(dev, &x).iter().map(|v| v.as_f64()).collect());
+            let lhs = if op == Op::N { lh.mul(&xh) } else { lh.t().mul(&xh) };
+            let e = rel_err(&Problem::cast::<T>(&lhs.a), &b.a);
+            assert!(e < tol::<T>(n, 50.0), "triangular_solve n={n} {op:?}: residual {e}");
+        }
+        let inv = dev.cholesky_inverse(&l).unwrap();
+        let e = rel_err(&down(dev, &inv), &a.inverse().a);
+        assert!(e < tol::<T>(n, 50.0), "cholesky_inverse n={n}: err {e}");
+    }
+    // Not positive definite: the failing pivot is reported.
+    let mut bad = up::<D, T>(
+        dev,
+        &Dense::from(3, 3, vec![4.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0]),
+    );
+    assert_eq!(dev.cholesky(&mut bad), Err(Error::NotPositiveDefinite { index: 1 }));
+}
+
+pub fn check_low_rank_update<D: Device, T: Scalar>(dev: &D) {
+    let mut rng = Rng::new(6);
+    for &n in &[1usize, 16, 17, 33, 63] {
+        for &r in &[1usize, 3, 16] {
+            let sigma = spd(&mut rng, n);
+            let u = random(&mut rng, n, r).scale(0.3);
+            let c = spd(&mut rng, r);
+            let mut l = up::<D, T>(dev, &c);
+            dev.cholesky(&mut l).unwrap();
+            let corr = u.mul(&c.inverse()).mul(&u.t());
+            for (sign, s) in [(Sign::Minus, -1.0), (Sign::Plus, 1.0)] {
+                let mut sg = up::<D, T>(dev, &sigma);
+                dev.low_rank_update(&mut sg, &up(dev, &u), &l, sign).unwrap();
+                let e = rel_err(&down(dev, &sg), &sigma.add(&corr, s).a);
+                assert!(e < tol::<T>(n, 20.0), "low_rank_update n={n} r={r} {sign:?}: err {e}");
+            }
+        }
+    }
+}
+
+pub fn check_predictive<D: Device, T: Scalar>(dev: &D) {
+    let mut rng = Rng::new(7);
+    for &(n, d, k) in &[(1usize, 1usize, 1usize), (17, 5, 3), (33, 16, 1), (15, 7, 10)] {
+        let phi = random(&mut rng, n, d);
+        let sigma = spd(&mut rng, k * d);
+        let cov = dev
+            .predictive_covariance(&up::<D, T>(dev, &sigma), &up(dev, &phi))
+            .unwrap();
+        assert_eq!(cov.shape(), (n, k * k));
+        let got = down(dev, &cov);
+        let mut want = Vec::new();
+        for i in 0..n {
+            let j = jacobian(phi.row(i), k);
+            want.extend(j.mul(&sigma).mul(&j.t()).a);
+        }
+        let e = rel_err(&got, &want);
+        assert!(
+            e < tol::<T>(k * d, 8.0),
+            "predictive_covariance n={n} d={d} k={k}: err {e}"
+        );
+    }
+    // Links and softmax on rows with extreme logits.
+    let mean = Dense::from(
+        3,
+        4,
+        vec![1e4, -1e4, 0.0, 3.0, -2.0, 0.5, 0.25, 1.0, 0.0, 0.0, 0.0, 0.0],
+    );
+    let cov_iso = Dense::from(3, 1, vec![0.5, 2.0, 0.0]);
+    let mut full = Dense::zeros(3, 16);
+    for i in 0..3 {
+        for a in 0..4 {
+            full.set(i, a * 4 + a, 0.3 + i as f64);
+        }
+    }
+    let lambda = std::f64::consts::PI / 8.0;
+    for (cov, iso) in [(&cov_iso, true), (&full, false)] {
+        let got = down(
+            dev,
+            &dev.probit_softmax(&up(dev, &mean), &up(dev, cov), T::from_f64(lambda))
+                .unwrap(),
+        );
+        for i in 0..3 {
+            let scaled: Vec<f64> = (0..4)
+                .map(|a| {
+                    let var = if iso { cov.at(i, 0) } else { cov.at(i, a * 4 + a) };
+                    mean.at(i, a) / (1.0 + lambda * var).sqrt()
+                })
+                .collect();
+            let e = rel_err(&got[i * 4..(i + 1) * 4], &softmax(&scaled));
+            assert!(
+                e < tol::<T>(4, 8.0) && got.iter().all(|x| x.is_finite()),
+                "probit row {i}: err {e}"
+            );
+        }
+    }
+    let mut logits = up::<D, T>(dev, &mean);
+    dev.softmax_rows(&mut logits).unwrap();
+    let got = down(dev, &logits);
+    for i in 0..3 {
+        let e = rel_err(&got[i * 4..(i + 1) * 4], &softmax(mean.row(i)));
+        assert!(e < tol::<T>(4, 8.0), "softmax row {i}: err {e}");
+    }
+    let p = probs(&mut Rng::new(8), 5, 3);
+    let w = down(dev, &dev.categorical_weights(&up::<D, T>(dev, &p)).unwrap());
+    let want: Vec<f64> = (0..5).map(|i| shared_weight(p.row(i), true)).collect();
+    assert!(rel_err(&w, &want) < tol::<T>(3, 4.0));
+    // Zero covariance: Monte Carlo is the plain softmax whatever the draws.
+    let eps = up::<D, T>(dev, &random(&mut Rng::new(9), 50, 4));
+    let zero = up::<D, T>(dev, &Dense::zeros(3, 1));
+    let mc = down(dev, &dev.monte_carlo_softmax(&up(dev, &mean), &zero, &eps).unwrap());
+    for i in 0..3 {
+        let e = rel_err(&mc[i * 4..(i + 1) * 4], &softmax(mean.row(i)));
+        assert!(
+            e < tol::<T>(4, 8.0),
+            "monte carlo with zero covariance row {i}: err {e}"
+        );
+    }
+}
+
+pub fn check_elementwise<D: Device, T: Scalar>(dev: &D) {
+    let mut rng = Rng::new(10);
+    let a = random(&mut rng, 17, 5);
+    let b = random(&mut rng, 17, 5);
+    let mut y = up::<D, T>(dev, &a);
+    dev.axpy(&mut y, T::from_f64(-2.0), &up(dev, &b)).unwrap();
+    assert!(rel_err(&down(dev, &y), &a.add(&b, -2.0).a) < tol::<T>(1, 4.0));
+    let row = random(&mut rng, 1, 5);
+    let mut y = up::<D, T>(dev, &a);
+    dev.add_row(&mut y, &up(dev, &row)).unwrap();
+    let want: Vec<f64> = a.a.iter().enumerate().map(|(i, x)| x + row.a[i % 5]).collect();
+    assert!(rel_err(&down(dev, &y), &want) < tol::<T>(1, 4.0));
+    let s = spd(&mut rng, 6);
+    let mut y = up::<D, T>(dev, &s);
+    dev.add_diagonal(&mut y, T::from_f64(3.0)).unwrap();
+    assert!(rel_err(&down(dev, &y), &s.add(&Dense::identity(6), 3.0).a) < tol::<T>(1, 4.0));
+    let got = dev.max_abs(&up::<D, T>(dev, &a)).unwrap().as_f64();
+    assert!((got - a.max_abs()).abs() <= a.max_abs() * tol::<T>(1, 1.0));
+    let mut r = up::<D, T>(dev, &a);
+    assert!(r.reshape(5, 17).is_ok() && r.reshape(4, 4).is_err());
+}
+
+#[macro_export]
+macro_rules! kernel_suite {
+    ($backend:literal, $make:expr, $($t:ident),+) => {
+        $(
+        mod $t {
+            use super::common::{backend_or_skip, kernels};
+            use laplace_update::Device;
+            fn device() -> Option<impl Device> {
+                backend_or_skip($backend, $make)
+            }
+            #[test] fn gemm() { if let Some(d) = device() { kernels::check_gemm::<_, $t>(&d) } }
+            #[test] fn weighted_syrk() { if let Some(d) = device() { kernels::check_weighted_syrk::<_, $t>(&d) } }
+            #[test] fn ggn_accumulate() { if let Some(d) = device() { kernels::check_ggn_accumulate::<_, $t>(&d) } }
+            #[test] fn kron_products() { if let Some(d) = device() { kernels::check_kron_products::<_, $t>(&d) } }
+            #[test] fn cholesky_family() { if let Some(d) = device() { kernels::check_cholesky_family::<_, $t>(&d) } }
+            #[test] fn low_rank_update() { if let Some(d) = device() { kernels::check_low_rank_update::<_, $t>(&d) } }
+            #[test] fn predictive() { if let Some(d) = device() { kernels::check_predictive::<_, $t>(&d) } }
+            #[test] fn elementwise() { if let Some(d) = device() { kernels::check_elementwise::<_, $t>(&d) } }
+        }
+        )+
+    };
+}

@@ -1,0 +1,857 @@
+//! Posterior-level checks against the dense f64 reference, generic over backend and dtype.
+//! Instantiated per backend by `posterior_suite!`.
+
+use super::*;
+use laplace_update::*;
+
+pub const TAU: f64 = 0.7;
+
+pub fn structures() -> [(Structure, &'static str); 3] {
+    [
+        (Structure::Full, "full"),
+        (Structure::Shared(OutputWeighting::Gaussian), "shared-gaussian"),
+        (Structure::Shared(OutputWeighting::Categorical), "shared-categorical"),
+    ]
+}
+
+pub fn fit<D: Device, T: Scalar>(dev: &D, pb: &Problem, structure: Structure) -> Posterior<D, T> {
+    let config = FitConfig {
+        structure,
+        prior_precision: TAU,
+        bias: if pb.bias_in {
+            BiasMode::InPosterior
+        } else {
+            BiasMode::Fixed
+        },
+        chunk_rows: 7, // several chunks, and a ragged last one
+    };
+    let phi = Problem::cast::<T>(&pb.phi);
+    let head = Problem::cast::<T>(&pb.head);
+    let bias = Problem::cast::<T>(&pb.bias);
+    Posterior::fit(
+        dev,
+        HostMatrix::new(&phi, pb.n, pb.d).unwrap(),
+        &pb.labels,
+        HostMatrix::new(&head, pb.k, pb.d).unwrap(),
+        Some(&bias),
+        &config,
+    )
+    .unwrap()
+}
+
+pub fn dense_precision(pb: &Problem, w: &Dense, rows: &[usize], structure: Structure) -> Dense {
+    match structure {
+        Structure::Full => full_precision(pb, w, rows, TAU),
+        Structure::Shared(weighting) => shared_precision(pb, w, rows, TAU, weighting == OutputWeighting::Categorical),
+    }
+}
+
+/// Adds the curvature of `rows` at head `w` to `prec` (same structure).
+pub fn add_dense_curvature(pb: &Problem, w: &Dense, rows: &[usize], structure: Structure, prec: &Dense) -> Dense {
+    let zero = dense_precision(pb, w, &[], structure);
+    prec.add(&dense_precision(pb, w, rows, structure), 1.0).add(&zero, -1.0)
+}
+
+/// `w + γ Σ g` in weight space for either structure.
+pub fn dense_step(w: &Dense, sigma: &Dense, g: &Dense, gamma: f64, structure: Structure) -> Dense {
+    match structure {
+        Structure::Full => {
+            let step = sigma.mul(&Dense::from(g.rows * g.cols, 1, g.a.clone()));
+            w.add(&Dense::from(w.rows, w.cols, step.a), gamma)
+        }
+        Structure::Shared(_) => w.add(&g.mul(sigma), gamma),
+    }
+}
+
+pub fn dense_head_of<D: Device, T: Scalar>(post: &Posterior<D, T>, pb: &Problem) -> Vec<f64> {
+    let head = post.head().unwrap();
+    let bias = post.bias().unwrap();
+    let mut out = Vec::new();
+    for c in 0..pb.k {
+        out.extend(head[c * pb.d..(c + 1) * pb.d].iter().map(|x| x.as_f64()));
+        if pb.bias_in {
+            out.push(bias[c].as_f64());
+        }
+    }
+    out
+}
+
+pub fn check_fit<D: Device, T: Scalar>(dev: &D) {
+    for bias_in in [true, false] {
+        for (structure, name) in structures() {
+            let pb = Problem::random(11, 23, 5, 3, bias_in);
+            let post = fit::<D, T>(dev, &pb, structure);
+            let all: Vec<usize> = (0..pb.n).collect();
+            let prec = dense_precision(&pb, &pb.head_aug(), &all, structure);
+            let cov = prec.inverse();
+            let dim = prec.rows;
+            let e = rel_err(&post.precision().unwrap(), &prec.a);
+            assert!(e < tol::<T>(dim, 20.0), "{name} bias_in={bias_in}: precision err {e}");
+            let e = rel_err(&post.covariance().unwrap(), &cov.a);
+            assert!(e < tol::<T>(dim, 200.0), "{name} bias_in={bias_in}: covariance err {e}");
+            assert_eq!(post.samples_seen(), pb.n);
+        }
+    }
+}
+
+pub fn check_joint_update<D: Device, T: Scalar>(dev: &D) {
+    for (structure, name) in structures() {
+        for bias_in in [true, false] {
+            let pb = Problem::random(5, 30, 6, 4, bias_in);
+            let fit_rows: Vec<usize> = (0..20).collect();
+            let new_rows: Vec<usize> = (20..30).collect();
+            let pb_fit = Problem {
+                n: 20,
+                phi: pb.phi[..20 * pb.d].to_vec(),
+                labels: pb.labels[..20].to_vec(),
+                ..pb.clone()
+            };
+            let mut post = fit::<D, T>(dev, &pb_fit, structure);
+            let phi_new = Problem::cast::<T>(&pb.phi[20 * pb.d..]);
+            let gamma = 1.5;
+            let config = UpdateConfig {
+                rule: UpdateRule::Joint,
+                gamma,
+                iterations: 1,
+            };
+            post.update(HostMatrix::new(&phi_new, 10, pb.d).unwrap(), &pb.labels[20..], &config)
+                .unwrap();
+
+            let w0 = pb.head_aug();
+            let prec0 = dense_precision(&pb, &w0, &fit_rows, structure);
+            let prec1 = add_dense_curvature(&pb, &w0, &new_rows, structure, &prec0);
+            let cov1 = prec1.inverse();
+            let g = gradient(&pb, &w0, &new_rows);
+            let w1 = dense_step(&w0, &cov1, &g, gamma, structure);
+            let dim = prec1.rows;
+            let e = rel_err(&post.covariance().unwrap(), &cov1.a);
+            assert!(e < tol::<T>(dim, 500.0), "{name}/{bias_in}: joint covariance err {e}");
+            let e = rel_err(&post.precision().unwrap(), &prec1.a);
+            assert!(e < tol::<T>(dim, 20.0), "{name}/{bias_in}: joint precision err {e}");
+            let e = rel_err(&dense_head_of(&post, &pb), &w1.a);
+            assert!(e < tol::<T>(dim, 500.0), "{name}/{bias_in}: joint mean err {e}");
+            assert_eq!(post.samples_seen(), 30);
+        }
+    }
+}
+
+/// Several Newton steps: `w_{t+1} = w_t + γ (Π + Σ H(w_t))⁻¹ (Σ Jᵀ(e − p(w_t)) − Π (w_t − ŵ))`.
+pub fn check_joint_iterations<D: Device, T: Scalar>(dev: &D) {
+    for (structure, name) in structures() {
+        let pb = Problem::random(9, 26, 4, 3, true);
+        let fit_rows: Vec<usize> = (0..18).collect();
+        let new_rows: Vec<usize> = (18..26).collect();
+        let pb_fit = Problem {
+            n: 18,
+            phi: pb.phi[..18 * pb.d].to_vec(),
+            labels: pb.labels[..18].to_vec(),
+            ..pb.clone()
+        };
+        let mut post = fit::<D, T>(dev, &pb_fit, structure);
+        let phi_new = Problem::cast::<T>(&pb.phi[18 * pb.d..]);
+        let iterations = 3;
+        let config = UpdateConfig {
+            rule: UpdateRule::Joint,
+            gamma: 1.0,
+            iterations,
+        };
+        post.update(HostMatrix::new(&phi_new, 8, pb.d).unwrap(), &pb.labels[18..], &config)
+            .unwrap();
+
+        let w0 = pb.head_aug();
+        let prec0 = dense_precision(&pb, &w0, &fit_rows, structure);
+        let mut w = w0.clone();
+        let mut cov = Dense::zeros(0, 0);
+        for _ in 0..iterations {
+            let prec_t = add_dense_curvature(&pb, &w, &new_rows, structure, &prec0);
+            cov = prec_t.inverse();
+            let diff = w.add(&w0, -1.0);
+            let prior = match structure {
+                Structure::Full => Dense::from(
+                    w.rows,
+                    w.cols,
+                    prec0.mul(&Dense::from(diff.a.len(), 1, diff.a.clone())).a,
+                ),
+                Structure::Shared(_) => diff.mul(&prec0),
+            };
+            let g = gradient(&pb, &w, &new_rows).add(&prior, -1.0);
+            w = dense_step(&w, &cov, &g, 1.0, structure);
+        }
+        let e = rel_err(&dense_head_of(&post, &pb), &w.a);
+        assert!(e < tol::<T>(cov.rows, 1000.0), "{name}: iterated mean err {e}");
+        let e = rel_err(&post.covariance().unwrap(), &cov.a);
+        assert!(e < tol::<T>(cov.rows, 1000.0), "{name}: iterated covariance err {e}");
+    }
+}
+
+/// The seed paper's per-sample loop, written plainly in dense f64.
+pub fn paper_sequential_shared(
+    pb: &Problem,
+    rows: &[usize],
+    sigma: &mut Dense,
+    w: &mut Dense,
+    gamma: f64,
+    categorical: bool,
+) {
+    for &j in rows {
+        let x = pb.phi_aug(pb.x(j));
+        let xm = Dense::from(x.len(), 1, x.clone());
+        let u = sigma.mul(&xm);
+        let s: f64 = x.iter().zip(&u.a).map(|(a, b)| a * b).sum();
+        let p = pb.probs(w, pb.x(j));
+        let m = shared_weight(&p, categorical);
+        *sigma = sigma.add(&u.mul(&u.t()), -m / (1.0 + m * s));
+        let sigma_x = sigma.mul(&xm);
+        for c in 0..pb.k {
+            let r = f64::from(u8::from(pb.labels[j] as usize == c)) - p[c];
+            for i in 0..x.len() {
+                w.a[c * x.len() + i] += gamma * r * sigma_x.a[i];
+            }
+        }
+    }
+}
+
+pub fn check_sequential_shared<D: Device, T: Scalar>(dev: &D) {
+    for categorical in [false, true] {
+        let weighting = if categorical {
+            OutputWeighting::Categorical
+        } else {
+            OutputWeighting::Gaussian
+        };
+        let structure = Structure::Shared(weighting);
+        for bias_in in [true, false] {
+            let pb = Problem::random(21, 40, 7, 5, bias_in);
+            let fit_rows: Vec<usize> = (0..25).collect();
+            let new_rows: Vec<usize> = (25..40).collect();
+            let pb_fit = Problem {
+                n: 25,
+                phi: pb.phi[..25 * pb.d].to_vec(),
+                labels: pb.labels[..25].to_vec(),
+                ..pb.clone()
+            };
+            let mut post = fit::<D, T>(dev, &pb_fit, structure);
+            let gamma = 10.0;
+            let phi_new = Problem::cast::<T>(&pb.phi[25 * pb.d..]);
+            let config = UpdateConfig {
+                rule: UpdateRule::Sequential,
+                gamma,
+                iterations: 1,
+            };
+            post.update(HostMatrix::new(&phi_new, 15, pb.d).unwrap(), &pb.labels[25..], &config)
+                .unwrap();
+
+            let mut w = pb.head_aug();
+            let prec0 = dense_precision(&pb, &w, &fit_rows, structure);
+            let mut sigma = prec0.inverse();
+            let mut prec = prec0.clone();
+            for &j in &new_rows {
+                // The precision gains m_j φ_j φ_jᵀ with m_j at the head the step starts from.
+                prec = add_dense_curvature(&pb, &w, &[j], structure, &prec);
+                paper_sequential_shared(&pb, &[j], &mut sigma, &mut w, gamma, categorical);
+            }
+            let dim = sigma.rows;
+            let e = rel_err(&post.covariance().unwrap(), &sigma.a);
+            assert!(
+                e < tol::<T>(dim, 2000.0),
+                "categorical={categorical}/{bias_in}: covariance err {e}"
+            );
+            let e = rel_err(&post.precision().unwrap(), &prec.a);
+            assert!(
+                e < tol::<T>(dim, 200.0),
+                "categorical={categorical}/{bias_in}: precision err {e}"
+            );
+            let e = rel_err(&dense_head_of(&post, &pb), &w.a);
+            assert!(
+                e < tol::<T>(dim, 2000.0),
+                "categorical={categorical}/{bias_in}: mean err {e}"
+            );
+        }
+    }
+}
+
+pub fn check_sequential_full<D: Device, T: Scalar>(dev: &D) {
+    let pb = Problem::random(33, 24, 5, 3, true);
+    let pb_fit = Problem {
+        n: 20,
+        phi: pb.phi[..20 * pb.d].to_vec(),
+        labels: pb.labels[..20].to_vec(),
+        ..pb.clone()
+    };
+    let fit_rows: Vec<usize> = (0..20).collect();
+    // m = 1: Sequential and Joint are the same update.
+    let one = Problem::cast::<T>(&pb.phi[20 * pb.d..21 * pb.d]);
+    let mut seq = fit::<D, T>(dev, &pb_fit, Structure::Full);
+    let mut joint = seq.try_clone().unwrap();
+    let cfg = |rule| UpdateConfig {
+        rule,
+        gamma: 2.0,
+        iterations: 1,
+    };
+    seq.update(
+        HostMatrix::new(&one, 1, pb.d).unwrap(),
+        &pb.labels[20..21],
+        &cfg(UpdateRule::Sequential),
+    )
+    .unwrap();
+    joint
+        .update(
+            HostMatrix::new(&one, 1, pb.d).unwrap(),
+            &pb.labels[20..21],
+            &cfg(UpdateRule::Joint),
+        )
+        .unwrap();
+    let dim = pb.k * pb.da();
+    let e = rel_err(
+        &seq.covariance().unwrap(),
+        &joint
+            .covariance()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64())
+            .collect::<Vec<_>>(),
+    );
+    assert!(e < tol::<T>(dim, 50.0), "sequential m=1 vs joint covariance err {e}");
+    let e = rel_err(
+        &seq.head().unwrap(),
+        &joint.head().unwrap().iter().map(|x| x.as_f64()).collect::<Vec<_>>(),
+    );
+    assert!(e < tol::<T>(dim, 50.0), "sequential m=1 vs joint mean err {e}");
+
+    // m = 4 against a dense per-sample loop.
+    let mut post = fit::<D, T>(dev, &pb_fit, Structure::Full);
+    let four = Problem::cast::<T>(&pb.phi[20 * pb.d..]);
+    post.update(
+        HostMatrix::new(&four, 4, pb.d).unwrap(),
+        &pb.labels[20..],
+        &cfg(UpdateRule::Sequential),
+    )
+    .unwrap();
+    let mut w = pb.head_aug();
+    let mut prec = dense_precision(&pb, &w, &fit_rows, Structure::Full);
+    for j in 20..24 {
+        prec = add_dense_curvature(&pb, &w, &[j], Structure::Full, &prec);
+        let cov = prec.inverse();
+        let g = gradient(&pb, &w, &[j]);
+        w = dense_step(&w, &cov, &g, 2.0, Structure::Full);
+    }
+    let e = rel_err(&post.covariance().unwrap(), &prec.inverse().a);
+    assert!(e < tol::<T>(dim, 1000.0), "sequential full covariance err {e}");
+    let e = rel_err(&dense_head_of(&post, &pb), &w.a);
+    assert!(e < tol::<T>(dim, 1000.0), "sequential full mean err {e}");
+}
+
+pub fn check_predict<D: Device, T: Scalar>(dev: &D) {
+    for (structure, name) in structures() {
+        for bias_in in [true, false] {
+            let pb = Problem::random(44, 30, 6, 4, bias_in);
+            let post = fit::<D, T>(dev, &pb, structure);
+            let all: Vec<usize> = (0..pb.n).collect();
+            let w = pb.head_aug();
+            let cov = dense_precision(&pb, &w, &all, structure).inverse();
+            let test = Problem::random(45, 9, 6, 4, bias_in);
+            let x = Problem::cast::<T>(&test.phi);
+            let lambda = std::f64::consts::PI / 8.0;
+            let pred = post
+                .predict(HostMatrix::new(&x, 9, 6).unwrap(), Link::Probit { lambda })
+                .unwrap();
+            let dim = cov.rows;
+            for i in 0..9 {
+                let xa = pb.phi_aug(test.x(i));
+                let j = jacobian(&xa, pb.k);
+                let full_cov = match structure {
+                    Structure::Full => cov.clone(),
+                    Structure::Shared(_) => kron_identity(&cov, pb.k),
+                };
+                let sf = j.mul(&full_cov).mul(&j.t());
+                let f: Vec<f64> = (0..pb.k)
+                    .map(|c| {
+                        w.row(c).iter().zip(&xa).map(|(a, b)| a * b).sum::<f64>()
+                            + if bias_in { 0.0 } else { pb.bias[c] }
+                    })
+                    .collect();
+                let scaled: Vec<f64> = (0..pb.k).map(|c| f[c] / (1.0 + lambda * sf.at(c, c)).sqrt()).collect();
+                let probs = softmax(&scaled);
+                let got_mean: Vec<T> = pred.logit_mean[i * pb.k..(i + 1) * pb.k].to_vec();
+                let e = rel_err(&got_mean, &f);
+                assert!(e < tol::<T>(dim, 20.0), "{name}: logit mean err {e}");
+                let got_cov: Vec<T> = (0..pb.k * pb.k)
+                    .map(|kl| pred.logit_cov_at(i, kl / pb.k, kl % pb.k))
+                    .collect();
+                let e = rel_err(&got_cov, &sf.a);
+                assert!(e < tol::<T>(dim, 500.0), "{name}: logit cov err {e}");
+                let e = rel_err(&pred.probs[i * pb.k..(i + 1) * pb.k], &probs);
+                assert!(e < tol::<T>(dim, 500.0), "{name}: probit err {e}");
+            }
+            let plain = post.predict(HostMatrix::new(&x, 9, 6).unwrap(), Link::None).unwrap();
+            for i in 0..9 {
+                let want = softmax(
+                    &plain.logit_mean[i * pb.k..(i + 1) * pb.k]
+                        .iter()
+                        .map(|v| v.as_f64())
+                        .collect::<Vec<_>>(),
+                );
+                let e = rel_err(&plain.probs[i * pb.k..(i + 1) * pb.k], &want);
+                assert!(e < tol::<T>(pb.k, 20.0), "{name}: plain softmax err {e}");
+            }
+        }
+    }
+}
+
+/// `I_K ⊗ A`.
+pub fn kron_identity(a: &Dense, k: usize) -> Dense {
+    let d = a.rows;
+    let mut m = Dense::zeros(k * d, k * d);
+    for c in 0..k {
+        for i in 0..d {
+            for j in 0..d {
+                m.set(c * d + i, c * d + j, a.at(i, j));
+            }
+        }
+    }
+    m
+}
+
+/// With two classes the exact predictive is `E[σ(f₀ − f₁)]`, `f₀ − f₁ ~ N(μ, s²)`: a 1-D
+/// integral done here by the trapezoid rule. Monte Carlo must approach it as samples grow.
+pub fn check_monte_carlo<D: Device, T: Scalar>(dev: &D) {
+    let pb = Problem::random(77, 6, 3, 2, true);
+    // Few samples and a weak prior: a wide predictive, so the link matters.
+    let config = FitConfig {
+        structure: Structure::Full,
+        prior_precision: 0.05,
+        bias: BiasMode::InPosterior,
+        chunk_rows: 64,
+    };
+    let (phi, head) = (Problem::cast::<T>(&pb.phi), Problem::cast::<T>(&pb.head));
+    let post = Posterior::fit(
+        dev,
+        HostMatrix::new(&phi, pb.n, pb.d).unwrap(),
+        &pb.labels,
+        HostMatrix::new(&head, 2, pb.d).unwrap(),
+        None,
+        &config,
+    )
+    .unwrap();
+    let x = Problem::cast::<T>(&[0.8, -1.1, 0.4]);
+    let probit = post
+        .predict(HostMatrix::new(&x, 1, 3).unwrap(), Link::default())
+        .unwrap();
+    let mu = probit.logit_mean[0].as_f64() - probit.logit_mean[1].as_f64();
+    let s2 = probit.logit_cov_at(0, 0, 0).as_f64() + probit.logit_cov_at(0, 1, 1).as_f64()
+        - 2.0 * probit.logit_cov_at(0, 0, 1).as_f64();
+    assert!(s2 > 1.0, "test needs a wide predictive, got s² = {s2}");
+    let s = s2.sqrt();
+    let steps = 20_000;
+    let exact: f64 = (0..=steps)
+        .map(|i| {
+            let z = -10.0 + 20.0 * i as f64 / steps as f64;
+            let wgt = if i == 0 || i == steps { 0.5 } else { 1.0 };
+            wgt * (-0.5 * z * z).exp() / (2.0 * std::f64::consts::PI).sqrt() / (1.0 + (-(mu + s * z)).exp())
+        })
+        .sum::<f64>()
+        * (20.0 / steps as f64);
+    let err_at = |samples| {
+        let pred = post
+            .predict(
+                HostMatrix::new(&x, 1, 3).unwrap(),
+                Link::MonteCarlo { samples, seed: 3 },
+            )
+            .unwrap();
+        let again = post
+            .predict(
+                HostMatrix::new(&x, 1, 3).unwrap(),
+                Link::MonteCarlo { samples, seed: 3 },
+            )
+            .unwrap();
+        assert_eq!(pred.probs, again.probs, "Monte Carlo must be deterministic for a seed");
+        (pred.probs[0].as_f64() - exact).abs()
+    };
+    let (e_small, e_large) = (err_at(100), err_at(200_000));
+    assert!(
+        e_large < 5e-3,
+        "MC with 200k samples is {e_large} from the exact {exact}"
+    );
+    assert!(
+        e_large < e_small.max(1e-3),
+        "MC error did not shrink: {e_small} -> {e_large}"
+    );
+}
+
+/// Sizes 0 (a clear error), 1, 15, 16, 17, 33, 64 with non-square heads.
+pub fn check_shape_sweep<D: Device, T: Scalar>(dev: &D) {
+    for d in [1usize, 15, 16, 17, 33, 64] {
+        for k in [2usize, 3, 5] {
+            for (structure, name) in structures() {
+                if matches!(structure, Structure::Full) && d * k > 200 {
+                    continue; // dense reference inverse cost; the large Full sizes run below
+                }
+                let n = 12;
+                let pb = Problem::random((d * 31 + k) as u64, n + 3, d, k, d % 2 == 1);
+                let pb_fit = Problem {
+                    n,
+                    phi: pb.phi[..n * d].to_vec(),
+                    labels: pb.labels[..n].to_vec(),
+                    ..pb.clone()
+                };
+                let mut post = fit::<D, T>(dev, &pb_fit, structure);
+                let phi_new = Problem::cast::<T>(&pb.phi[n * d..]);
+                post.update(
+                    HostMatrix::new(&phi_new, 3, d).unwrap(),
+                    &pb.labels[n..],
+                    &UpdateConfig::default(),
+                )
+                .unwrap();
+                let w0 = pb.head_aug();
+                let fit_rows: Vec<usize> = (0..n).collect();
+                let prec = add_dense_curvature(
+                    &pb,
+                    &w0,
+                    &[n, n + 1, n + 2],
+                    structure,
+                    &dense_precision(&pb, &w0, &fit_rows, structure),
+                );
+                let cov = prec.inverse();
+                let dim = cov.rows;
+                let e = rel_err(&post.covariance().unwrap(), &cov.a);
+                assert!(e < tol::<T>(dim, 1000.0), "{name} d={d} k={k}: covariance err {e}");
+                let w1 = dense_step(&w0, &cov, &gradient(&pb, &w0, &[n, n + 1, n + 2]), 1.0, structure);
+                let e = rel_err(&dense_head_of(&post, &pb), &w1.a);
+                assert!(e < tol::<T>(dim, 1000.0), "{name} d={d} k={k}: mean err {e}");
+                let pred = post
+                    .predict(HostMatrix::new(&phi_new, 3, d).unwrap(), Link::default())
+                    .unwrap();
+                assert_eq!(pred.probs.len(), 3 * k);
+            }
+        }
+    }
+    // Size 0: a clear error, not a panic.
+    let pb = Problem::random(1, 4, 3, 2, true);
+    let post = fit::<D, T>(dev, &pb, Structure::Full);
+    let empty: [T; 0] = [];
+    let err = post
+        .predict(HostMatrix::new(&empty, 0, 3).unwrap(), Link::default())
+        .unwrap_err();
+    assert!(matches!(err, Error::EmptyBatch { .. }), "{err}");
+    let zero_cols = Posterior::<D, T>::fit(
+        dev,
+        HostMatrix::new(&empty, 4, 0).unwrap(),
+        &[0u32, 1, 0, 1],
+        HostMatrix::new(&empty, 2, 0).unwrap(),
+        None,
+        &FitConfig::default(),
+    );
+    assert!(matches!(zero_cols, Err(Error::InvalidArgument { .. })));
+    let no_rows = Posterior::<D, T>::fit(
+        dev,
+        HostMatrix::new(&empty, 0, 3).unwrap(),
+        &[] as &[u32],
+        HostMatrix::new(&Problem::cast::<T>(&[0.0; 6]), 2, 3).unwrap(),
+        None,
+        &FitConfig::default(),
+    );
+    assert!(matches!(no_rows, Err(Error::EmptyBatch { .. })));
+}
+
+/// Snapshot of everything observable about a posterior, for bit-for-bit comparisons.
+pub fn snapshot<D: Device, T: Scalar>(p: &Posterior<D, T>) -> (Vec<T>, Vec<T>, Vec<T>, Vec<T>, usize) {
+    (
+        p.head().unwrap(),
+        p.bias().unwrap(),
+        p.precision().unwrap(),
+        p.covariance().unwrap(),
+        p.samples_seen(),
+    )
+}
+
+pub fn check_bad_inputs_leave_posterior_unchanged<D: Device, T: Scalar>(dev: &D) {
+    for (structure, name) in structures() {
+        let pb = Problem::random(3, 10, 4, 3, true);
+        let mut post = fit::<D, T>(dev, &pb, structure);
+        let before = snapshot(&post);
+        let good = Problem::cast::<T>(&pb.phi[..8]);
+        let mut nan = good.clone();
+        nan[5] = T::nan();
+        let mut inf = good.clone();
+        inf[0] = T::infinity();
+        let cfg = UpdateConfig::default();
+        for rule in [UpdateRule::Joint, UpdateRule::Sequential] {
+            let cfg = UpdateConfig { rule, ..cfg };
+            let e = post
+                .update(HostMatrix::new(&nan, 2, 4).unwrap(), &[0u32, 1], &cfg)
+                .unwrap_err();
+            assert_eq!(
+                e,
+                Error::NonFinite {
+                    argument: "features",
+                    index: 5
+                },
+                "{name}"
+            );
+            let e = post
+                .update(HostMatrix::new(&inf, 2, 4).unwrap(), &[0u32, 1], &cfg)
+                .unwrap_err();
+            assert_eq!(
+                e,
+                Error::NonFinite {
+                    argument: "features",
+                    index: 0
+                },
+                "{name}"
+            );
+            let e = post
+                .update(HostMatrix::new(&good, 2, 4).unwrap(), &[0u32, 3], &cfg)
+                .unwrap_err();
+            assert_eq!(
+                e,
+                Error::LabelOutOfRange {
+                    index: 1,
+                    label: 3,
+                    classes: 3
+                },
+                "{name}"
+            );
+            let e = post
+                .update(HostMatrix::new(&good, 2, 4).unwrap(), &[0i64, -1], &cfg)
+                .unwrap_err();
+            assert!(matches!(e, Error::LabelOutOfRange { label: -1, .. }), "{name}: {e}");
+            let e = post
+                .update(HostMatrix::new(&good, 4, 2).unwrap(), &[0u32, 1, 2, 0], &cfg)
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::ShapeMismatch {
+                        argument: "features",
+                        ..
+                    }
+                ),
+                "{name}: {e}"
+            );
+            let e = post
+                .update(HostMatrix::new(&good[..0], 0, 4).unwrap(), &[] as &[u32], &cfg)
+                .unwrap_err();
+            assert!(matches!(e, Error::EmptyBatch { .. }), "{name}: {e}");
+            let e = post
+                .update(HostMatrix::new(&good, 2, 4).unwrap(), &[0u32], &cfg)
+                .unwrap_err();
+            assert!(
+                matches!(e, Error::ShapeMismatch { argument: "labels", .. }),
+                "{name}: {e}"
+            );
+            let bad_gamma = UpdateConfig { gamma: f64::NAN, ..cfg };
+            let e = post
+                .update(HostMatrix::new(&good, 2, 4).unwrap(), &[0u32, 1], &bad_gamma)
+                .unwrap_err();
+            assert!(
+                matches!(e, Error::InvalidArgument { argument: "gamma", .. }),
+                "{name}: {e}"
+            );
+            let no_steps = UpdateConfig { iterations: 0, ..cfg };
+            let e = post
+                .update(HostMatrix::new(&good, 2, 4).unwrap(), &[0u32, 1], &no_steps)
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::InvalidArgument {
+                        argument: "iterations",
+                        ..
+                    }
+                ),
+                "{name}: {e}"
+            );
+            assert!(
+                snapshot(&post) == before,
+                "{name}: posterior changed by a failed update"
+            );
+        }
+        // Fit-time checks: wrong head shape, NaN head, label = K, τ ≤ 0.
+        let phi = Problem::cast::<T>(&pb.phi);
+        let head = Problem::cast::<T>(&pb.head);
+        let x = HostMatrix::new(&phi, pb.n, pb.d).unwrap();
+        let fit_with = |head: HostMatrix<'_, T>, labels: &[u32], tau: f64| {
+            Posterior::<D, T>::fit(
+                dev,
+                x,
+                labels,
+                head,
+                None,
+                &FitConfig {
+                    structure,
+                    prior_precision: tau,
+                    ..Default::default()
+                },
+            )
+        };
+        let e = fit_with(HostMatrix::new(&head[..8], 2, 4).unwrap(), &pb.labels, TAU)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(e, Error::LabelOutOfRange { .. } | Error::ShapeMismatch { .. }),
+            "{name}: {e}"
+        );
+        let e = fit_with(HostMatrix::new(&head, 4, 3).unwrap(), &pb.labels, TAU)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                e,
+                Error::ShapeMismatch {
+                    argument: "features",
+                    ..
+                }
+            ),
+            "{name}: {e}"
+        );
+        let mut bad_head = head.clone();
+        bad_head[7] = T::nan();
+        let e = fit_with(HostMatrix::new(&bad_head, 3, 4).unwrap(), &pb.labels, TAU)
+            .err()
+            .unwrap();
+        assert_eq!(
+            e,
+            Error::NonFinite {
+                argument: "head",
+                index: 7
+            }
+        );
+        let mut labels = pb.labels.clone();
+        labels[4] = 3;
+        let e = fit_with(HostMatrix::new(&head, 3, 4).unwrap(), &labels, TAU)
+            .err()
+            .unwrap();
+        assert_eq!(
+            e,
+            Error::LabelOutOfRange {
+                index: 4,
+                label: 3,
+                classes: 3
+            }
+        );
+        for tau in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let e = fit_with(HostMatrix::new(&head, 3, 4).unwrap(), &pb.labels, tau)
+                .err()
+                .unwrap();
+            assert!(
+                matches!(
+                    e,
+                    Error::InvalidArgument {
+                        argument: "prior_precision",
+                        ..
+                    }
+                ),
+                "{name}: {e}"
+            );
+        }
+        // Predict-time checks.
+        let e = post
+            .predict(HostMatrix::new(&nan, 2, 4).unwrap(), Link::default())
+            .unwrap_err();
+        assert_eq!(
+            e,
+            Error::NonFinite {
+                argument: "features",
+                index: 5
+            }
+        );
+        let e = post
+            .predict(
+                HostMatrix::new(&good, 2, 4).unwrap(),
+                Link::MonteCarlo { samples: 0, seed: 1 },
+            )
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            Error::InvalidArgument {
+                argument: "samples",
+                ..
+            }
+        ));
+        assert!(snapshot(&post) == before, "{name}: posterior changed by failed calls");
+    }
+}
+
+/// 1,000 sequential updates at D = 64 keep ‖ΠΣ − I‖_max small, and refresh() resets it.
+pub fn check_drift<D: Device, T: Scalar>(dev: &D, bound: f64) {
+    for (structure, name) in [
+        (Structure::Shared(OutputWeighting::Gaussian), "shared-gaussian"),
+        (Structure::Shared(OutputWeighting::Categorical), "shared-categorical"),
+        (Structure::Full, "full"),
+    ] {
+        let k = 10;
+        let pb = Problem::random(99, 1100, 64, k, true);
+        let pb_fit = Problem {
+            n: 100,
+            phi: pb.phi[..100 * 64].to_vec(),
+            labels: pb.labels[..100].to_vec(),
+            ..pb.clone()
+        };
+        let mut post = fit::<D, T>(dev, &pb_fit, structure);
+        let phi = Problem::cast::<T>(&pb.phi[100 * 64..]);
+        let cfg = UpdateConfig {
+            rule: UpdateRule::Sequential,
+            gamma: 1.0,
+            iterations: 1,
+        };
+        for chunk in 0..10 {
+            let rows = chunk * 100..(chunk + 1) * 100;
+            let x = HostMatrix::new(&phi[rows.start * 64..rows.end * 64], 100, 64).unwrap();
+            post.update(x, &pb.labels[100 + rows.start..100 + rows.end], &cfg)
+                .unwrap();
+        }
+        assert_eq!(post.samples_seen(), 1100);
+        let drift = post.drift().unwrap().as_f64();
+        let mut fresh = post.try_clone().unwrap();
+        fresh.refresh().unwrap();
+        let host_drift = |p: &Posterior<D, T>| {
+            let n = p.dim();
+            let a = Dense::from(n, n, p.precision().unwrap().iter().map(|x| x.as_f64()).collect());
+            let b = Dense::from(n, n, p.covariance().unwrap().iter().map(|x| x.as_f64()).collect());
+            a.mul(&b).add(&Dense::identity(n), -1.0).max_abs()
+        };
+        eprintln!(
+            "{name}: drift {drift:e}, after refresh {:e}; f64 product {:e} / {:e}",
+            fresh.drift().unwrap().as_f64(),
+            host_drift(&post),
+            host_drift(&fresh)
+        );
+        assert!(
+            drift < bound,
+            "{name}: drift {drift} after 1000 sequential updates (bound {bound})"
+        );
+        post.refresh().unwrap();
+        let after = post.drift().unwrap().as_f64();
+        assert!(
+            after < bound && after <= drift.max(tol::<T>(64, 10.0)),
+            "{name}: refresh left drift {after} (was {drift})"
+        );
+    }
+}
+
+#[macro_export]
+macro_rules! posterior_suite {
+    ($backend:literal, $make:expr, $($t:ident),+) => {
+        $(
+        mod $t {
+            use super::common::{backend_or_skip, suite};
+            use laplace_update::Device;
+            fn device() -> Option<impl Device> {
+                backend_or_skip($backend, $make)
+            }
+            #[test] fn fit_matches_dense() { if let Some(d) = device() { suite::check_fit::<_, $t>(&d) } }
+            #[test] fn joint_update_matches_dense() { if let Some(d) = device() { suite::check_joint_update::<_, $t>(&d) } }
+            #[test] fn joint_iterations_match_dense_newton() { if let Some(d) = device() { suite::check_joint_iterations::<_, $t>(&d) } }
+            #[test] fn sequential_shared_matches_paper_loop() { if let Some(d) = device() { suite::check_sequential_shared::<_, $t>(&d) } }
+            #[test] fn sequential_full_matches_joint_and_dense() { if let Some(d) = device() { suite::check_sequential_full::<_, $t>(&d) } }
+            #[test] fn predict_matches_dense() { if let Some(d) = device() { suite::check_predict::<_, $t>(&d) } }
+            #[test] fn monte_carlo_converges() { if let Some(d) = device() { suite::check_monte_carlo::<_, $t>(&d) } }
+            #[test] fn shape_sweep() { if let Some(d) = device() { suite::check_shape_sweep::<_, $t>(&d) } }
+            #[test] fn bad_inputs_leave_posterior_unchanged() { if let Some(d) = device() { suite::check_bad_inputs_leave_posterior_unchanged::<_, $t>(&d) } }
+            #[test] fn drift_stays_bounded() {
+                let bound = if <$t as laplace_update::Scalar>::DTYPE == laplace_update::DType::F32 { 1e-4 } else { 1e-10 };
+                if let Some(d) = device() { suite::check_drift::<_, $t>(&d, bound) }
+            }
+        }
+        )+
+    };
+}
