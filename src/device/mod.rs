@@ -7,10 +7,10 @@
 //! | family | methods |
 //! |---|---|
 //! | gemm | [`Device::gemm`], [`Device::weighted_syrk`] |
-//! | ggn | [`Device::ggn_accumulate`] |
+//! | ggn | [`Device::ggn_accumulate`], [`Device::kron_congruence`] |
 //! | kron | [`Device::kron_products`] |
 //! | low_rank | [`Device::low_rank_update`], [`Device::sherman_morrison_sequence`] |
-//! | cholesky | [`Device::cholesky`], [`Device::triangular_solve`], [`Device::cholesky_inverse`] |
+//! | cholesky | [`Device::cholesky`], [`Device::triangular_solve`], [`Device::spd_inverse`] |
 //! | predictive | [`Device::predictive_covariance`], [`Device::probit_softmax`], [`Device::monte_carlo_softmax`], [`Device::softmax_rows`], [`Device::categorical_weights`] |
 //! | elementwise | [`Device::axpy`], [`Device::add_row`], [`Device::add_diagonal`], [`Device::max_abs`] |
 //!
@@ -166,15 +166,26 @@ pub trait Device: Clone + Send + Sync + 'static {
         weights: Option<&Matrix<Self, T>>,
         alpha: T,
     ) -> Result<()>;
-    /// `Π ← Π + α·Σ_n Λ_n ⊗ φ_n φ_nᵀ` with `Λ_n = diag(p_n) − p_n p_nᵀ`; Π is (K·D) × (K·D),
-    /// Φ is n × D, P is n × K. Block (k, l) is `δ_kl Φᵀ diag(p_k) Φ − A_kᵀ A_l`, `A_k = diag(p_k) Φ`.
+    /// `Π ← Π + α·Σ_n (Rᵀ Λ_n R) ⊗ φ_n φ_nᵀ` with `Λ_n = diag(p_n) − p_n p_nᵀ`, Φ n × D, P n × K,
+    /// and R (K × K') the `basis` (`None` = I_K); Π is (K'·D) × (K'·D). Block (a, b) is
+    /// `Σ_k R_ka R_kb Φᵀ diag(p_k) Φ − Ã_aᵀ Ã_b` with `Ã_a = diag(Pr_a) Φ`, streamed over n.
     fn ggn_accumulate<T: Scalar>(
         &self,
         precision: &mut Matrix<Self, T>,
         phi: &Matrix<Self, T>,
         probs: &Matrix<Self, T>,
+        basis: Option<&Matrix<Self, T>>,
         alpha: T,
     ) -> Result<()>;
+    /// `Y = (R ⊗ I_D) X (Rᵀ ⊗ I_D) + c·(I_K − R Rᵀ) ⊗ I_D` for X (K'D × K'D) symmetric and
+    /// R (K × K'): lifts a matrix from the span of R back to all K classes, with `c` on the
+    /// orthogonal complement when R has orthonormal columns.
+    fn kron_congruence<T: Scalar>(
+        &self,
+        x: &Matrix<Self, T>,
+        basis: &Matrix<Self, T>,
+        complement: T,
+    ) -> Result<Matrix<Self, T>>;
     /// The Woodbury products `(U, G) = (Σ B, Bᵀ Σ B)` for the factor B of `factor`,
     /// without forming B. Σ is (K·D) × (K·D) for `Kronecker`, D × D for `Shared`; Φ is m × D.
     fn kron_products<T: Scalar>(
@@ -213,8 +224,9 @@ pub trait Device: Clone + Send + Sync + 'static {
     fn cholesky<T: Scalar>(&self, a: &mut Matrix<Self, T>) -> Result<()>;
     /// `B ← L⁻¹ B` (`Op::N`) or `B ← L⁻ᵀ B` (`Op::T`) for lower-triangular L.
     fn triangular_solve<T: Scalar>(&self, l: &Matrix<Self, T>, b: &mut Matrix<Self, T>, op: Op) -> Result<()>;
-    /// `(L Lᵀ)⁻¹`, both triangles, from the lower Cholesky factor L.
-    fn cholesky_inverse<T: Scalar>(&self, l: &Matrix<Self, T>) -> Result<Matrix<Self, T>>;
+    /// `A⁻¹` of a symmetric positive definite A by Cholesky, both triangles;
+    /// `NotPositiveDefinite { index }` at the first failing pivot.
+    fn spd_inverse<T: Scalar>(&self, a: &Matrix<Self, T>) -> Result<Matrix<Self, T>>;
     /// Logit covariances `Σ_f[n, k, l] = φ_nᵀ Σ_{kl} φ_n` for Σ (K·D) × (K·D) and Φ (n × D);
     /// returns n × K² (row n holds the K × K matrix row-major). K = 1 gives `φ_nᵀ Σ φ_n`.
     fn predictive_covariance<T: Scalar>(

@@ -220,16 +220,9 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// Recomputes `Σ = Π⁻¹` from the precision by Cholesky, discarding accumulated drift.
     /// On failure the posterior is unchanged.
     pub fn refresh(&mut self) -> Result<()> {
-        self.moments.covariance = spd_inverse(&self.device, &self.moments.precision)?;
+        self.moments.covariance = self.device.spd_inverse(&self.moments.precision)?;
         Ok(())
     }
-}
-
-/// `A⁻¹` of a symmetric positive definite device matrix, by Cholesky.
-pub(crate) fn spd_inverse<D: Device, T: Scalar>(device: &D, a: &Matrix<D, T>) -> Result<Matrix<D, T>> {
-    let mut l = device.copy(a)?;
-    device.cholesky(&mut l)?;
-    device.cholesky_inverse(&l)
 }
 
 /// Validates a finite, positive scalar setting and converts it.
@@ -278,7 +271,7 @@ pub(crate) fn add_curvature<D: Device, T: Scalar>(
     probs: &Matrix<D, T>,
 ) -> Result<()> {
     match structure {
-        Structure::Full => device.ggn_accumulate(precision, phi, probs, T::one()),
+        Structure::Full => device.ggn_accumulate(precision, phi, probs, None, T::one()),
         Structure::Shared(weighting) => {
             let weights = shared_weights(device, weighting, probs)?;
             device.weighted_syrk(precision, T::one(), phi, weights.as_ref(), T::one())

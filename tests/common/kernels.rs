@@ -118,10 +118,71 @@ pub fn check_ggn_accumulate<D: Device, T: Scalar>(dev: &D) {
             want = want.add(&ggn(phi.row(i), p.row(i)), 1.5);
         }
         let mut prec = up::<D, T>(dev, &base);
-        dev.ggn_accumulate(&mut prec, &up(dev, &phi), &up(dev, &p), T::from_f64(1.5))
+        dev.ggn_accumulate(&mut prec, &up(dev, &phi), &up(dev, &p), None, T::from_f64(1.5))
             .unwrap();
         let e = rel_err(&down(dev, &prec), &want.a);
         assert!(e < tol::<T>(n.max(k * d), 8.0), "ggn n={n} d={d} k={k}: err {e}");
+    }
+}
+
+/// `A ⊗ B` for dense matrices.
+fn kron(a: &Dense, b: &Dense) -> Dense {
+    let mut m = Dense::zeros(a.rows * b.rows, a.cols * b.cols);
+    for i in 0..a.rows {
+        for j in 0..a.cols {
+            for x in 0..b.rows {
+                for y in 0..b.cols {
+                    m.set(i * b.rows + x, j * b.cols + y, a.at(i, j) * b.at(x, y));
+                }
+            }
+        }
+    }
+    m
+}
+
+pub fn check_ggn_basis_and_congruence<D: Device, T: Scalar>(dev: &D) {
+    let mut rng = Rng::new(31);
+    for &(n, d, k, kr) in &[
+        (1usize, 1usize, 2usize, 1usize),
+        (17, 5, 3, 2),
+        (33, 16, 4, 3),
+        (20, 7, 10, 9),
+        (9, 3, 3, 3),
+    ] {
+        let phi = random(&mut rng, n, d);
+        let p = probs(&mut rng, n, k);
+        let r = random(&mut rng, k, kr);
+        let base = spd(&mut rng, kr * d);
+        let mut want = base.clone();
+        for i in 0..n {
+            let lam = r.t().mul(&output_hessian(p.row(i))).mul(&r);
+            let x = Dense::from(d, 1, phi.row(i).to_vec());
+            want = want.add(&kron(&lam, &x.mul(&x.t())), 0.5);
+        }
+        let mut prec = up::<D, T>(dev, &base);
+        let rd = up::<D, T>(dev, &r);
+        dev.ggn_accumulate(&mut prec, &up(dev, &phi), &up(dev, &p), Some(&rd), T::from_f64(0.5))
+            .unwrap();
+        let e = rel_err(&down(dev, &prec), &want.a);
+        assert!(
+            e < tol::<T>(n.max(kr * d), 8.0),
+            "ggn with basis n={n} d={d} k={k} k'={kr}: err {e}"
+        );
+
+        let x = spd(&mut rng, kr * d);
+        let c = 0.37;
+        let eye_d = Dense::identity(d);
+        let want = kron(&r, &eye_d)
+            .mul(&x)
+            .mul(&kron(&r.t(), &eye_d))
+            .add(&kron(&Dense::identity(k).add(&r.mul(&r.t()), -1.0), &eye_d), c);
+        let y = dev.kron_congruence(&up::<D, T>(dev, &x), &rd, T::from_f64(c)).unwrap();
+        assert_eq!(y.shape(), (k * d, k * d));
+        let e = rel_err(&down(dev, &y), &want.a);
+        assert!(
+            e < tol::<T>(kr * d, 8.0),
+            "kron_congruence d={d} k={k} k'={kr}: err {e}"
+        );
     }
 }
 
@@ -219,15 +280,19 @@ pub fn check_cholesky_family<D: Device, T: Scalar>(dev: &D) {
             let e = rel_err(&Problem::cast::<T>(&lhs.a), &b.a);
             assert!(e < tol::<T>(n, 50.0), "triangular_solve n={n} {op:?}: residual {e}");
         }
-        let inv = dev.cholesky_inverse(&l).unwrap();
+        let inv = dev.spd_inverse(&up::<D, T>(dev, &a)).unwrap();
         let e = rel_err(&down(dev, &inv), &a.inverse().a);
-        assert!(e < tol::<T>(n, 50.0), "cholesky_inverse n={n}: err {e}");
+        assert!(e < tol::<T>(n, 50.0), "spd_inverse n={n}: err {e}");
     }
     // Not positive definite: the failing pivot is reported.
     let mut bad = up::<D, T>(
         dev,
         &Dense::from(3, 3, vec![4.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0]),
     );
+    assert!(matches!(
+        dev.spd_inverse(&bad),
+        Err(Error::NotPositiveDefinite { index: 1 })
+    ));
     assert_eq!(dev.cholesky(&mut bad), Err(Error::NotPositiveDefinite { index: 1 }));
 }
 
@@ -365,6 +430,7 @@ macro_rules! kernel_suite {
             #[test] fn gemm() { if let Some(d) = device() { kernels::check_gemm::<_, $t>(&d) } }
             #[test] fn weighted_syrk() { if let Some(d) = device() { kernels::check_weighted_syrk::<_, $t>(&d) } }
             #[test] fn ggn_accumulate() { if let Some(d) = device() { kernels::check_ggn_accumulate::<_, $t>(&d) } }
+            #[test] fn ggn_basis_and_congruence() { if let Some(d) = device() { kernels::check_ggn_basis_and_congruence::<_, $t>(&d) } }
             #[test] fn kron_products() { if let Some(d) = device() { kernels::check_kron_products::<_, $t>(&d) } }
             #[test] fn cholesky_family() { if let Some(d) = device() { kernels::check_cholesky_family::<_, $t>(&d) } }
             #[test] fn low_rank_update() { if let Some(d) = device() { kernels::check_low_rank_update::<_, $t>(&d) } }
