@@ -115,21 +115,9 @@ fn bench_fit(c: &mut Criterion) {
             black_box(&c_out);
         })
     });
-    let (n, d) = (10_000, 1536);
-    let (phi, labels, head) = problem(n, d, k, 2);
+    let shared = Problem::new(n, 1536, k, 2);
     group.bench_function("shared f32 N=10000 D=1536 K=10", |b| {
-        b.iter(|| {
-            black_box(fit(
-                &cpu,
-                Structure::Shared(OutputWeighting::Gaussian),
-                &phi,
-                &labels,
-                &head,
-                n,
-                d,
-                k,
-            ))
-        })
+        b.iter(|| black_box(shared.fit(&cpu, Structure::Shared(OutputWeighting::Gaussian), n)))
     });
     group.finish();
 }
@@ -175,13 +163,12 @@ fn bench_predict(c: &mut Criterion) {
     let cpu = CpuDevice::new(threads()).unwrap();
     let mut group = c.benchmark_group(format!("predict [{}]", laplace_update::Device::name(&cpu)));
     group.sample_size(10).measurement_time(Duration::from_secs(10));
-    let (n, d, k) = (2_000, 512, 10);
-    let (phi, labels, head) = problem(n, d, k, 4);
-    let post = fit(&cpu, Structure::Full, &phi, &labels, &head, n, d, k);
+    let pb = Problem::new(2_000, 512, 10, 4);
+    let post = pb.fit(&cpu, Structure::Full, pb.n);
     group.bench_function("full f32 probit 2000 points D=512 K=10", |b| {
         b.iter(|| {
             black_box(
-                post.predict(HostMatrix::new(&phi, n, d).unwrap(), Link::default())
+                post.predict(HostMatrix::new(&pb.phi, pb.n, pb.d).unwrap(), Link::default())
                     .unwrap(),
             )
         })
