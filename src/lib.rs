@@ -42,3 +42,7 @@ pub use error::{Error, Result};
 pub use host::{HostMatrix, Label};
 pub use posterior::{BiasMode, FitConfig, Link, Posterior, Prediction, Structure, UpdateConfig, UpdateRule};
 pub use scalar::{DType, Scalar};
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -114,6 +114,17 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     }
 }
 
+/// The covariance part of a Newton step, computed before anything is committed.
+enum CovarianceStep<D: Device, T: Scalar> {
+    /// `Σ' = Σ − U C⁻¹ Uᵀ` with `c_chol = chol(C)`; Π gains the samples' curvature.
+    Woodbury { u: Matrix<D, T>, c_chol: Matrix<D, T> },
+    /// Π' and `Σ' = Π'⁻¹`, refactored.
+    Refactor {
+        precision: Matrix<D, T>,
+        covariance: Matrix<D, T>,
+    },
+}
+
 /// What a Newton step reads of a posterior besides its moments.
 struct Model<'a, D: Device, T: Scalar> {
     device: &'a D,
@@ -141,7 +152,7 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
         for t in 0..iterations {
             let head = iterate.as_ref().unwrap_or(&moments.head);
             let probs = probabilities(device, phi, head, bias)?;
-            let (u, c_chol) = self.woodbury_factor(&moments.covariance, phi, &probs)?;
+            let step = self.covariance_step(moments, phi, &probs)?;
 
             // Gradient of the log-likelihood, K × D_aug: G = (T − P)ᵀ Φ, plus −Π(w_t − ŵ).
             let mut residual = device.copy(targets)?;
@@ -160,18 +171,55 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
             };
             if t + 1 == iterations {
                 // Commit: from here on only device faults can fail.
-                device.low_rank_update(&mut moments.covariance, &u, &c_chol, Sign::Minus)?;
+                match step {
+                    CovarianceStep::Woodbury { u, c_chol } => {
+                        device.low_rank_update(&mut moments.covariance, &u, &c_chol, Sign::Minus)?;
+                        add_curvature(device, self.structure, &mut moments.precision, phi, &probs)?;
+                    }
+                    CovarianceStep::Refactor { precision, covariance } => {
+                        moments.precision = precision;
+                        moments.covariance = covariance;
+                    }
+                }
                 self.apply_matrix(&moments.covariance, &grad, &mut new_head, gamma)?;
-                add_curvature(device, self.structure, &mut moments.precision, phi, &probs)?;
                 moments.head = new_head;
             } else {
-                let mut cov_t = device.copy(&moments.covariance)?;
-                device.low_rank_update(&mut cov_t, &u, &c_chol, Sign::Minus)?;
+                let cov_t = match step {
+                    CovarianceStep::Woodbury { u, c_chol } => {
+                        let mut cov_t = device.copy(&moments.covariance)?;
+                        device.low_rank_update(&mut cov_t, &u, &c_chol, Sign::Minus)?;
+                        cov_t
+                    }
+                    CovarianceStep::Refactor { covariance, .. } => covariance,
+                };
                 self.apply_matrix(&cov_t, &grad, &mut new_head, gamma)?;
                 iterate = Some(new_head);
             }
         }
         Ok(())
+    }
+
+    /// The new covariance `(Π + Σ_j H_j)⁻¹` of a step, in the cheaper of two forms: Woodbury
+    /// factors while the rank r of `Σ_j H_j` (m·K for Full, m for Shared) is below half the side
+    /// n of Σ (cost ≈ 2n²r + r³/3), else the refactored pair (cost ≈ n³).
+    fn covariance_step(
+        &self,
+        moments: &Moments<D, T>,
+        phi: &Matrix<D, T>,
+        probs: &Matrix<D, T>,
+    ) -> Result<CovarianceStep<D, T>> {
+        let rank = match self.structure {
+            Structure::Full => phi.rows() * probs.cols(),
+            Structure::Shared(_) => phi.rows(),
+        };
+        if 2 * rank < moments.covariance.rows() {
+            let (u, c_chol) = self.woodbury_factor(&moments.covariance, phi, probs)?;
+            return Ok(CovarianceStep::Woodbury { u, c_chol });
+        }
+        let mut precision = self.device.copy(&moments.precision)?;
+        add_curvature(self.device, self.structure, &mut precision, phi, probs)?;
+        let covariance = self.device.spd_inverse(&precision)?;
+        Ok(CovarianceStep::Refactor { precision, covariance })
     }
 
     /// `(U, L)` with `U = ΣB` and `L = chol(I + BᵀΣB)` for the curvature factor B of the samples.

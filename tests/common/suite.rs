@@ -94,53 +94,63 @@ pub fn check_fit<D: Device, T: Scalar>(dev: &D) {
     }
 }
 
+/// m = 1 and 2 take the Woodbury path (rank m·K or m below half of Σ's side), m = 10 the
+/// refactoring path; both must equal the dense inverse.
 pub fn check_joint_update<D: Device, T: Scalar>(dev: &D) {
     for (structure, name) in structures() {
         for bias_in in [true, false] {
-            let pb = Problem::random(5, 30, 6, 4, bias_in);
-            let fit_rows: Vec<usize> = (0..20).collect();
-            let new_rows: Vec<usize> = (20..30).collect();
-            let pb_fit = Problem {
-                n: 20,
-                phi: pb.phi[..20 * pb.d].to_vec(),
-                labels: pb.labels[..20].to_vec(),
-                ..pb.clone()
-            };
-            let mut post = fit::<D, T>(dev, &pb_fit, structure);
-            let phi_new = Problem::cast::<T>(&pb.phi[20 * pb.d..]);
-            let gamma = 1.5;
-            let config = UpdateConfig {
-                rule: UpdateRule::Joint,
-                gamma,
-                iterations: 1,
-            };
-            post.update(HostMatrix::new(&phi_new, 10, pb.d).unwrap(), &pb.labels[20..], &config)
-                .unwrap();
+            for m in [1usize, 2, 10] {
+                let pb = Problem::random(5 + m as u64, 20 + m, 9, 4, bias_in);
+                let fit_rows: Vec<usize> = (0..20).collect();
+                let new_rows: Vec<usize> = (20..20 + m).collect();
+                let pb_fit = Problem {
+                    n: 20,
+                    phi: pb.phi[..20 * pb.d].to_vec(),
+                    labels: pb.labels[..20].to_vec(),
+                    ..pb.clone()
+                };
+                let mut post = fit::<D, T>(dev, &pb_fit, structure);
+                let phi_new = Problem::cast::<T>(&pb.phi[20 * pb.d..]);
+                let gamma = 1.5;
+                let config = UpdateConfig {
+                    rule: UpdateRule::Joint,
+                    gamma,
+                    iterations: 1,
+                };
+                post.update(HostMatrix::new(&phi_new, m, pb.d).unwrap(), &pb.labels[20..], &config)
+                    .unwrap();
 
-            let w0 = pb.head_aug();
-            let prec0 = dense_precision(&pb, &w0, &fit_rows, structure);
-            let prec1 = add_dense_curvature(&pb, &w0, &new_rows, structure, &prec0);
-            let cov1 = prec1.inverse();
-            let g = gradient(&pb, &w0, &new_rows);
-            let w1 = dense_step(&w0, &cov1, &g, gamma, structure);
-            let dim = prec1.rows;
-            let e = rel_err(&post.covariance().unwrap(), &cov1.a);
-            assert!(e < tol::<T>(dim, 500.0), "{name}/{bias_in}: joint covariance err {e}");
-            let e = rel_err(&post.precision().unwrap(), &prec1.a);
-            assert!(e < tol::<T>(dim, 20.0), "{name}/{bias_in}: joint precision err {e}");
-            let e = rel_err(&dense_head_of(&post, &pb), &w1.a);
-            assert!(e < tol::<T>(dim, 500.0), "{name}/{bias_in}: joint mean err {e}");
-            assert_eq!(post.samples_seen(), 30);
+                let w0 = pb.head_aug();
+                let prec0 = dense_precision(&pb, &w0, &fit_rows, structure);
+                let prec1 = add_dense_curvature(&pb, &w0, &new_rows, structure, &prec0);
+                let cov1 = prec1.inverse();
+                let g = gradient(&pb, &w0, &new_rows);
+                let w1 = dense_step(&w0, &cov1, &g, gamma, structure);
+                let dim = prec1.rows;
+                let e = rel_err(&post.covariance().unwrap(), &cov1.a);
+                assert!(
+                    e < tol::<T>(dim, 500.0),
+                    "{name}/{bias_in}/m={m}: joint covariance err {e}"
+                );
+                let e = rel_err(&post.precision().unwrap(), &prec1.a);
+                assert!(
+                    e < tol::<T>(dim, 20.0),
+                    "{name}/{bias_in}/m={m}: joint precision err {e}"
+                );
+                let e = rel_err(&dense_head_of(&post, &pb), &w1.a);
+                assert!(e < tol::<T>(dim, 500.0), "{name}/{bias_in}/m={m}: joint mean err {e}");
+                assert_eq!(post.samples_seen(), 20 + m);
+            }
         }
     }
 }
 
 /// Several Newton steps: `w_{t+1} = w_t + γ (Π + Σ H(w_t))⁻¹ (Σ Jᵀ(e − p(w_t)) − Π (w_t − ŵ))`.
 pub fn check_joint_iterations<D: Device, T: Scalar>(dev: &D) {
-    for (structure, name) in structures() {
-        let pb = Problem::random(9, 26, 4, 3, true);
+    for ((structure, name), m) in structures().into_iter().flat_map(|s| [(s, 1usize), (s, 8)]) {
+        let pb = Problem::random(9, 18 + m, 6, 3, true);
         let fit_rows: Vec<usize> = (0..18).collect();
-        let new_rows: Vec<usize> = (18..26).collect();
+        let new_rows: Vec<usize> = (18..18 + m).collect();
         let pb_fit = Problem {
             n: 18,
             phi: pb.phi[..18 * pb.d].to_vec(),
@@ -155,7 +165,7 @@ pub fn check_joint_iterations<D: Device, T: Scalar>(dev: &D) {
             gamma: 1.0,
             iterations,
         };
-        post.update(HostMatrix::new(&phi_new, 8, pb.d).unwrap(), &pb.labels[18..], &config)
+        post.update(HostMatrix::new(&phi_new, m, pb.d).unwrap(), &pb.labels[18..], &config)
             .unwrap();
 
         let w0 = pb.head_aug();
