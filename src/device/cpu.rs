@@ -191,20 +191,32 @@ fn transposed<T: Scalar>(x: &[T], rows: usize, cols: usize, row_scale: Option<&[
     out
 }
 
-/// Adds `alpha · Lt Ltᵀ` (lhs `Lt` is r × c row-major, i.e. each row contiguous along the
-/// contracted dimension) to the lower triangle of the square `dst`.
-fn syrk_lower_add<T: Scalar>(dst: MatMut<'_, T>, lhs: MatRef<'_, T>, rhs_t: MatRef<'_, T>, alpha: T, par: Par) {
+/// Rank below which a symmetric update computes both triangles with one plain GEMM: the extra
+/// `n²r/2` multiply-adds cost less than mirroring the triangle afterwards.
+const FULL_GEMM_MAX_RANK: usize = 64;
+
+/// Adds `alpha · L Rᵀ` to the square `dst`, where `L` and `R` are n × r with rows contiguous along
+/// the contracted dimension r, and `L Rᵀ` is symmetric. Small r writes both triangles; large r
+/// writes the lower triangle only and returns `true`, and the caller mirrors it with
+/// [`fill_triangle`] once its accumulation is done.
+#[must_use]
+fn symmetric_add<T: Scalar>(dst: MatMut<'_, T>, lhs: MatRef<'_, T>, rhs: MatRef<'_, T>, alpha: T, par: Par) -> bool {
+    if lhs.ncols() <= FULL_GEMM_MAX_RANK {
+        matmul(dst, Accum::Add, lhs, rhs.transpose(), alpha, par);
+        return false;
+    }
     triangular::matmul(
         dst,
         BlockStructure::TriangularLower,
         Accum::Add,
         lhs,
         BlockStructure::Rectangular,
-        rhs_t.transpose(),
+        rhs.transpose(),
         BlockStructure::Rectangular,
         alpha,
         par,
     );
+    true
 }
 
 fn softmax_in_place<T: Scalar>(row: &mut [T]) {
@@ -341,8 +353,9 @@ impl Device for CpuDevice {
             let wat = weights.map(|w| transposed(a.buffer(), n, d, Some(w.buffer())));
             let lhs = MatRef::from_row_major_slice(&at, d, n);
             let rhs_t = wat.as_deref().map_or(lhs, |x| MatRef::from_row_major_slice(x, d, n));
-            syrk_lower_add(view_mut(c), lhs, rhs_t, alpha, par);
-            fill_triangle(c.buffer_mut(), d, Fill::LowerToUpper);
+            if symmetric_add(view_mut(c), lhs, rhs_t, alpha, par) {
+                fill_triangle(c.buffer_mut(), d, Fill::LowerToUpper);
+            }
         });
         Ok(())
     }
@@ -373,6 +386,8 @@ impl Device for CpuDevice {
             let mut a_t = zeroed(p * chunk);
             let mut diag_t = zeroed(d * chunk);
             let mut grams = basis.map(|_| zeroed::<T>(k * d * d));
+            // The grams are combined into lower blocks only, so the basis path always mirrors.
+            let mut mirror = basis.is_some();
             for start in (0..n).step_by(chunk) {
                 let c = chunk.min(n - start);
                 // Φ_cᵀ (D × c) and P_cᵀ (K × c): every packed row below is then a contiguous
@@ -407,7 +422,7 @@ impl Device for CpuDevice {
                         .for_each(|(o, (a, b))| *o = *a * *b);
                 });
                 let a_view = MatRef::from_row_major_slice(&a_t[..p * c], p, c);
-                syrk_lower_add(view_mut(precision), a_view, a_view, -alpha, par);
+                mirror |= symmetric_add(view_mut(precision), a_view, a_view, -alpha, par);
                 // G_k = Φᵀ diag(p_k) Φ as (diag(√p_k) Φ)ᵀ (diag(√p_k) Φ): straight into block
                 // (k, k) without a basis, else kept for the combination below.
                 for kk in 0..k {
@@ -422,13 +437,14 @@ impl Device for CpuDevice {
                     match grams.as_mut() {
                         None => {
                             let block = view_mut(precision).submatrix_mut(kk * d, kk * d, d, d);
-                            syrk_lower_add(block, dv, dv, alpha, par);
+                            mirror |= symmetric_add(block, dv, dv, alpha, par);
                         }
                         Some(g) => {
                             let gk = &mut g[kk * d * d..(kk + 1) * d * d];
                             gk.fill(T::zero());
-                            syrk_lower_add(MatMut::from_row_major_slice_mut(gk, d, d), dv, dv, alpha, par);
-                            fill_triangle(gk, d, Fill::LowerToUpper);
+                            if symmetric_add(MatMut::from_row_major_slice_mut(gk, d, d), dv, dv, alpha, par) {
+                                fill_triangle(gk, d, Fill::LowerToUpper);
+                            }
                         }
                     }
                 }
@@ -453,7 +469,9 @@ impl Device for CpuDevice {
                         });
                 }
             }
-            fill_triangle(precision.buffer_mut(), p, Fill::LowerToUpper);
+            if mirror {
+                fill_triangle(precision.buffer_mut(), p, Fill::LowerToUpper);
+            }
         });
         Ok(())
     }
@@ -655,8 +673,9 @@ impl Device for CpuDevice {
             );
             let v_view = MatRef::from_row_major_slice(&v, n, r);
             let alpha = if sign == Sign::Plus { T::one() } else { -T::one() };
-            syrk_lower_add(view_mut(sigma), v_view, v_view, alpha, par);
-            fill_triangle(sigma.buffer_mut(), n, Fill::LowerToUpper);
+            if symmetric_add(view_mut(sigma), v_view, v_view, alpha, par) {
+                fill_triangle(sigma.buffer_mut(), n, Fill::LowerToUpper);
+            }
         });
         Ok(())
     }

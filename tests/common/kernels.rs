@@ -78,7 +78,7 @@ pub fn check_gemm<D: Device, T: Scalar>(dev: &D) {
 
 pub fn check_weighted_syrk<D: Device, T: Scalar>(dev: &D) {
     let mut rng = Rng::new(2);
-    for &n in &SIZES {
+    for &n in SIZES.iter().chain(&[64, 65, 200]) {
         for &d in &[1usize, 16, 17, 33] {
             let a = random(&mut rng, n, d);
             let w: Vec<f64> = (0..n).map(|_| rng.uniform()).collect();
@@ -109,6 +109,8 @@ pub fn check_ggn_accumulate<D: Device, T: Scalar>(dev: &D) {
         (17, 5, 3),
         (33, 16, 4),
         (64, 7, 10),
+        (65, 3, 3),
+        (150, 9, 4),
     ] {
         let phi = random(&mut rng, n, d);
         let p = probs(&mut rng, n, k);
@@ -148,6 +150,7 @@ pub fn check_ggn_basis_and_congruence<D: Device, T: Scalar>(dev: &D) {
         (33, 16, 4, 3),
         (20, 7, 10, 9),
         (9, 3, 3, 3),
+        (130, 6, 4, 3),
     ] {
         let phi = random(&mut rng, n, d);
         let p = probs(&mut rng, n, k);
@@ -299,7 +302,7 @@ pub fn check_cholesky_family<D: Device, T: Scalar>(dev: &D) {
 pub fn check_low_rank_update<D: Device, T: Scalar>(dev: &D) {
     let mut rng = Rng::new(6);
     for &n in &[1usize, 16, 17, 33, 63] {
-        for &r in &[1usize, 3, 16] {
+        for &r in &[1usize, 3, 16, 64, 65, 90] {
             let sigma = spd(&mut rng, n);
             let u = random(&mut rng, n, r).scale(0.3);
             let c = spd(&mut rng, r);
