@@ -66,6 +66,22 @@ pub enum Error {
     /// The operation is valid but not supported by this backend or configuration.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// A file could not be read or written.
+    #[error("cannot access `{path}`: {reason}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the operating system said.
+        reason: String,
+    },
+    /// A file's contents are malformed, truncated, corrupted or of an unsupported kind.
+    #[error("bad file `{what}`: {reason}")]
+    Format {
+        /// The file (and tensor, where it applies).
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A device reported a fault (allocation, launch, lost device).
     #[error("device error on `{backend}`: {reason}")]
     Device {
@@ -77,7 +93,8 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn shape(argument: &'static str, expected: (usize, usize), got: (usize, usize)) -> Self {
+    /// `ShapeMismatch` for a matrix argument: expected and received `(rows, cols)`.
+    pub fn shape(argument: &'static str, expected: (usize, usize), got: (usize, usize)) -> Self {
         Error::ShapeMismatch {
             argument,
             expected: format!("{} x {}", expected.0, expected.1),
@@ -85,7 +102,8 @@ impl Error {
         }
     }
 
-    pub(crate) fn invalid(argument: &'static str, reason: impl Into<String>) -> Self {
+    /// `InvalidArgument` with a reason.
+    pub fn invalid(argument: &'static str, reason: impl Into<String>) -> Self {
         Error::InvalidArgument {
             argument,
             reason: reason.into(),

@@ -34,13 +34,19 @@
 pub mod device;
 pub mod error;
 pub mod host;
+pub mod io;
+pub mod metrics;
 pub mod posterior;
+pub mod random;
 pub mod scalar;
 
 pub use device::{CpuDevice, Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign};
 pub use error::{Error, Result};
 pub use host::{HostMatrix, Label};
-pub use posterior::{BiasMode, FitConfig, Link, Posterior, Prediction, Structure, UpdateConfig, UpdateRule};
+pub use posterior::{
+    BiasMode, FitConfig, HeadConfig, HeadFit, Link, Posterior, Prediction, Structure, UpdateConfig, UpdateRule,
+    fit_head,
+};
 pub use scalar::{DType, Scalar};
 
 #[doc = include_str!("../README.md")]

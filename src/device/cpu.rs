@@ -193,7 +193,7 @@ fn transposed<T: Scalar>(x: &[T], rows: usize, cols: usize, row_scale: Option<&[
 
 /// Rank below which a symmetric update computes both triangles with one plain GEMM: the extra
 /// `n²r/2` multiply-adds cost less than mirroring the triangle afterwards.
-const FULL_GEMM_MAX_RANK: usize = 64;
+const FULL_GEMM_MAX_RANK: usize = 128;
 
 /// Adds `alpha · L Rᵀ` to the square `dst`, where `L` and `R` are n × r with rows contiguous along
 /// the contracted dimension r, and `L Rᵀ` is symmetric. Small r writes both triangles; large r

@@ -7,9 +7,11 @@
 //! `w' = ŵ + γ Σ' Σ_j (e_{y_j} − p_j) ⊗ φ_j`.
 
 mod fit;
+mod head;
 mod predict;
 mod update;
 
+pub use head::{HeadConfig, HeadFit, fit_head};
 pub use predict::{Link, Prediction};
 pub use update::{UpdateConfig, UpdateRule};
 
@@ -231,6 +233,114 @@ pub(crate) fn positive<T: Scalar>(argument: &'static str, value: f64) -> Result<
         return Err(Error::invalid(argument, format!("must be finite and > 0, got {value}")));
     }
     Ok(T::from_f64(value))
+}
+
+/// A posterior's contents in host memory, row-major: what a posterior file stores.
+pub(crate) struct RawPosterior<T> {
+    pub structure: Structure,
+    pub bias_mode: BiasMode,
+    pub prior_precision: T,
+    pub classes: usize,
+    pub features: usize,
+    /// K × D_aug.
+    pub head: Vec<T>,
+    /// 1 × K, when the bias is fixed and was given.
+    pub fixed_bias: Option<Vec<T>>,
+    pub precision: Vec<T>,
+    pub covariance: Vec<T>,
+    pub samples_seen: usize,
+}
+
+impl<T> RawPosterior<T> {
+    pub fn precision_dim(&self) -> usize {
+        let da = self.features + usize::from(self.bias_mode == BiasMode::InPosterior);
+        match self.structure {
+            Structure::Full => self.classes * da,
+            Structure::Shared(_) => da,
+        }
+    }
+}
+
+impl<D: Device, T: Scalar> Posterior<D, T> {
+    pub(crate) fn to_raw(&self) -> Result<RawPosterior<T>> {
+        Ok(RawPosterior {
+            structure: self.structure,
+            bias_mode: self.bias_mode,
+            prior_precision: self.prior_precision,
+            classes: self.classes,
+            features: self.features,
+            head: self.device.download(&self.moments.head)?,
+            fixed_bias: self.fixed_bias.as_ref().map(|b| self.device.download(b)).transpose()?,
+            precision: self.device.download(&self.moments.precision)?,
+            covariance: self.device.download(&self.moments.covariance)?,
+            samples_seen: self.samples_seen,
+        })
+    }
+
+    /// Rebuilds a posterior from its contents, checking every shape and value.
+    pub(crate) fn from_raw(device: &D, raw: RawPosterior<T>) -> Result<Self> {
+        use crate::host::check_finite;
+        if raw.classes < 2 || raw.features == 0 {
+            return Err(Error::invalid(
+                "shape",
+                format!("K = {}, D = {}", raw.classes, raw.features),
+            ));
+        }
+        if !(raw.prior_precision.is_finite() && raw.prior_precision > T::zero()) {
+            return Err(Error::invalid("prior_precision", "must be finite and > 0"));
+        }
+        let da = raw.features + usize::from(raw.bias_mode == BiasMode::InPosterior);
+        let n = raw.precision_dim();
+        for (name, len, want) in [
+            ("head", raw.head.len(), raw.classes * da),
+            ("precision", raw.precision.len(), n * n),
+            ("covariance", raw.covariance.len(), n * n),
+        ] {
+            if len != want {
+                return Err(Error::ShapeMismatch {
+                    argument: name,
+                    expected: format!("{want} elements"),
+                    got: format!("{len} elements"),
+                });
+            }
+        }
+        check_finite("head", &raw.head)?;
+        check_finite("precision", &raw.precision)?;
+        check_finite("covariance", &raw.covariance)?;
+        let fixed_bias = match (&raw.fixed_bias, raw.bias_mode) {
+            (None, _) => None,
+            (Some(b), BiasMode::Fixed) if b.len() == raw.classes => {
+                check_finite("bias", b)?;
+                Some(device.upload(b, 1, raw.classes)?)
+            }
+            (Some(b), _) => {
+                return Err(Error::invalid(
+                    "bias",
+                    format!(
+                        "{} values for mode {:?} and K = {}",
+                        b.len(),
+                        raw.bias_mode,
+                        raw.classes
+                    ),
+                ));
+            }
+        };
+        Ok(Posterior {
+            device: device.clone(),
+            structure: raw.structure,
+            bias_mode: raw.bias_mode,
+            prior_precision: raw.prior_precision,
+            classes: raw.classes,
+            features: raw.features,
+            fixed_bias,
+            moments: Moments {
+                head: device.upload(&raw.head, raw.classes, da)?,
+                precision: device.upload(&raw.precision, n, n)?,
+                covariance: device.upload(&raw.covariance, n, n)?,
+            },
+            samples_seen: raw.samples_seen,
+        })
+    }
 }
 
 /// Logits `f = Φ Wᵀ (+ b)` for Φ (n × D_aug) on the device; n × K.

@@ -93,7 +93,11 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let probs = match link {
             Link::Probit { lambda } => device.probit_softmax(&mean, &cov, T::from_f64(lambda))?,
             Link::MonteCarlo { samples, seed } => {
-                let eps = standard_normal::<T>(seed, samples * self.classes);
+                let eps: Vec<T> = crate::random::SplitMix64::new(seed)
+                    .normals(samples * self.classes)
+                    .into_iter()
+                    .map(T::from_f64)
+                    .collect();
                 let eps = device.upload(&eps, samples, self.classes)?;
                 device.monte_carlo_softmax(&mean, &cov, &eps)?
             }
@@ -111,29 +115,4 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             classes: self.classes,
         })
     }
-}
-
-/// `count` standard normal draws from `seed` (SplitMix64 and Box–Muller, in f64): the same
-/// sequence on every platform.
-pub(crate) fn standard_normal<T: Scalar>(seed: u64, count: usize) -> Vec<T> {
-    let mut state = seed;
-    let mut next_uniform = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        // 53 random bits in (0, 1].
-        ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64
-    };
-    let mut out = Vec::with_capacity(count + 1);
-    while out.len() < count {
-        let (u1, u2) = (next_uniform(), next_uniform());
-        let r = (-2.0 * u1.ln()).sqrt();
-        let theta = 2.0 * std::f64::consts::PI * u2;
-        out.push(T::from_f64(r * theta.cos()));
-        out.push(T::from_f64(r * theta.sin()));
-    }
-    out.truncate(count);
-    out
 }

@@ -64,8 +64,10 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let augment = self.bias_mode == BiasMode::InPosterior;
         let da = self.augmented_features();
         let targets_host = one_hot::<T, L>(labels, self.classes);
+        // One sample: both rules are the same update, and Joint needs no working copy.
+        let rule = if m == 1 { UpdateRule::Joint } else { config.rule };
 
-        match (config.rule, self.structure) {
+        match (rule, self.structure) {
             (UpdateRule::Joint, _) => {
                 let phi = self.device.upload(&feature_rows(&features, 0, m, augment), m, da)?;
                 let targets = self.device.upload(&targets_host, m, self.classes)?;

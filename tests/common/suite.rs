@@ -857,6 +857,7 @@ macro_rules! posterior_suite {
             #[test] fn monte_carlo_converges() { if let Some(d) = device() { suite::check_monte_carlo::<_, $t>(&d) } }
             #[test] fn shape_sweep() { if let Some(d) = device() { suite::check_shape_sweep::<_, $t>(&d) } }
             #[test] fn bad_inputs_leave_posterior_unchanged() { if let Some(d) = device() { suite::check_bad_inputs_leave_posterior_unchanged::<_, $t>(&d) } }
+            #[test] fn fit_head_matches_dense_newton() { if let Some(d) = device() { suite::check_fit_head::<_, $t>(&d) } }
             #[test] fn drift_stays_bounded() {
                 let bound = if <$t as laplace_update::Scalar>::DTYPE == laplace_update::DType::F32 { 1e-4 } else { 1e-10 };
                 if let Some(d) = device() { suite::check_drift::<_, $t>(&d, bound) }
@@ -864,4 +865,78 @@ macro_rules! posterior_suite {
         }
         )+
     };
+}
+
+/// `fit_head` against Newton's method on the same objective in dense f64, and the gradient at
+/// the solution below the tolerance.
+pub fn check_fit_head<D: Device, T: Scalar>(dev: &D) {
+    for bias in [true, false] {
+        let pb = Problem::random(61, 40, 5, 3, bias);
+        let tau = 0.5;
+        let config = HeadConfig {
+            prior_precision: tau,
+            bias,
+            max_iterations: 500,
+            tolerance: 1e-7,
+            memory: 10,
+        };
+        let x = Problem::cast::<T>(&pb.phi);
+        let fit = fit_head(dev, HostMatrix::new(&x, pb.n, pb.d).unwrap(), &pb.labels, pb.k, &config).unwrap();
+        assert!(fit.converged || T::DTYPE == DType::F32, "did not converge: {fit:?}");
+        // Dense Newton from zero.
+        let rows: Vec<usize> = (0..pb.n).collect();
+        let mut w = Dense::zeros(pb.k, pb.da());
+        let zero_head = Problem {
+            bias: vec![0.0; pb.k],
+            ..pb.clone()
+        };
+        for _ in 0..50 {
+            let h = full_precision(&zero_head, &w, &rows, tau);
+            let g = gradient(&zero_head, &w, &rows).scale(-1.0).add(&w, tau);
+            let step = h.inverse().mul(&Dense::from(g.a.len(), 1, g.a.clone()));
+            w = w.add(&Dense::from(pb.k, pb.da(), step.a), -1.0);
+        }
+        let g = gradient(&zero_head, &w, &rows).scale(-1.0).add(&w, tau);
+        assert!(g.max_abs() < 1e-10, "reference Newton did not converge");
+        let mut got = Vec::new();
+        for c in 0..pb.k {
+            got.extend(fit.weights[c * pb.d..(c + 1) * pb.d].iter().copied());
+            if bias {
+                got.push(fit.bias[c]);
+            } else {
+                assert_eq!(fit.bias[c], T::zero());
+            }
+        }
+        let e = rel_err(&got, &w.a);
+        let bound = if T::DTYPE == DType::F32 { 1e-3 } else { 1e-5 };
+        assert!(e < bound, "bias={bias}: head err {e}");
+        if T::DTYPE == DType::F64 {
+            assert!(fit.gradient_norm <= 1e-7 * 40.0, "gradient norm {}", fit.gradient_norm);
+        }
+    }
+    let x = Problem::cast::<T>(&[0.0, 1.0]);
+    let e = fit_head(
+        dev,
+        HostMatrix::new(&x, 1, 2).unwrap(),
+        &[0u8],
+        1,
+        &HeadConfig::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(
+        e,
+        Error::InvalidArgument {
+            argument: "classes",
+            ..
+        }
+    ));
+    let e = fit_head(
+        dev,
+        HostMatrix::new(&x, 1, 2).unwrap(),
+        &[5u8],
+        2,
+        &HeadConfig::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::LabelOutOfRange { .. }));
 }

@@ -1,0 +1,424 @@
+//! The demo: labelled digits arrive in small batches; each method folds them in its own way and
+//! is scored on held-out digits after every batch.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use laplace_update::metrics::{Scores, score};
+use laplace_update::random::SplitMix64;
+use laplace_update::{
+    BiasMode, CpuDevice, Device, Error, FitConfig, HeadConfig, HostMatrix, Link, OutputWeighting, Posterior, Result,
+    Structure, UpdateConfig, UpdateRule, fit_head,
+};
+use plotters::prelude::*;
+
+use super::{DeviceArg, select_device};
+
+/// The bundled UCI optical digits test set: 1797 rows of 64 pixels (0..16) and a label.
+const DIGITS: &[u8] = include_bytes!("../../../data/digits.csv.gz");
+const FONT: &[u8] = include_bytes!("../../../data/fonts/DejaVuSans.ttf");
+const PIXELS: usize = 64;
+const CLASSES: usize = 10;
+/// Random Fourier features of the backbone.
+const FEATURES: usize = 512;
+const INITIAL: usize = 100;
+const BATCHES: usize = 10;
+const BATCH: usize = 10;
+const PRIOR_PRECISION: f64 = 0.1;
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Compute backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Folder for the table (CSV) and the figure (PNG).
+    #[arg(long, default_value = "demo-out")]
+    out_dir: PathBuf,
+    /// Seed of the data split and of the feature map.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// How a method folds a batch in.
+#[derive(Clone, Copy)]
+enum Method {
+    NoUpdate,
+    Update {
+        structure: Structure,
+        rule: UpdateRule,
+        gamma: f64,
+    },
+    Retrain,
+}
+
+const METHODS: [(&str, Method); 6] = [
+    ("no update", Method::NoUpdate),
+    (
+        "sequential γ=1",
+        Method::Update {
+            structure: Structure::Shared(OutputWeighting::Gaussian),
+            rule: UpdateRule::Sequential,
+            gamma: 1.0,
+        },
+    ),
+    (
+        "sequential γ=10",
+        Method::Update {
+            structure: Structure::Shared(OutputWeighting::Gaussian),
+            rule: UpdateRule::Sequential,
+            gamma: 10.0,
+        },
+    ),
+    (
+        "joint",
+        Method::Update {
+            structure: Structure::Shared(OutputWeighting::Gaussian),
+            rule: UpdateRule::Joint,
+            gamma: 1.0,
+        },
+    ),
+    (
+        "full-GGN joint",
+        Method::Update {
+            structure: Structure::Full,
+            rule: UpdateRule::Joint,
+            gamma: 1.0,
+        },
+    ),
+    ("retrain (MAP refit)", Method::Retrain),
+];
+
+struct Row {
+    labels: usize,
+    method: &'static str,
+    scores: Scores,
+    update_ms: f64,
+}
+
+pub fn run(args: &DemoArgs) -> Result<()> {
+    let started = Instant::now();
+    let device = select_device(args.device)?;
+    println!("device: {}", device.name());
+    let (pixels, labels) = load_digits()?;
+    let n = labels.len();
+    let phi = random_fourier_features(&pixels, n, args.seed);
+    let order = SplitMix64::new(args.seed ^ 0xD161_7500).permutation(n);
+    let rows_of = |idx: &[usize]| -> (Vec<f32>, Vec<u32>) {
+        (
+            idx.iter()
+                .flat_map(|&i| phi[i * FEATURES..(i + 1) * FEATURES].iter().copied())
+                .collect(),
+            idx.iter().map(|&i| labels[i]).collect(),
+        )
+    };
+    let stream_end = INITIAL + BATCHES * BATCH;
+    let (test_x, test_y) = rows_of(&order[stream_end..]);
+    println!(
+        "digits: {n} images, {INITIAL} labelled to start, {BATCHES} batches of {BATCH} arriving, {} held out; \
+         backbone: {FEATURES} random Fourier features",
+        test_y.len()
+    );
+
+    // The head every method starts from: MAP on the initial labels.
+    let (x0, y0) = rows_of(&order[..INITIAL]);
+    let head = fit_map(&device, &x0, &y0)?;
+    let mut states: Vec<Option<Posterior<CpuDevice, f32>>> = Vec::with_capacity(METHODS.len());
+    for (_, method) in METHODS {
+        let structure = match method {
+            Method::Update { structure, .. } => structure,
+            _ => Structure::Shared(OutputWeighting::Gaussian),
+        };
+        states.push(Some(fit_posterior(&device, &x0, &y0, &head, structure)?));
+    }
+
+    let mut table: Vec<Row> = Vec::new();
+    for (i, (name, _)) in METHODS.iter().enumerate() {
+        if let Some(post) = &states[i] {
+            table.push(Row {
+                labels: INITIAL,
+                method: name,
+                scores: evaluate(post, &test_x, &test_y)?,
+                update_ms: 0.0,
+            });
+        }
+    }
+    let bar = ProgressBar::new((BATCHES * METHODS.len()) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} updates  {msg}")
+            .map_err(|e| Error::invalid("progress", e.to_string()))?,
+    );
+    for b in 0..BATCHES {
+        let seen = INITIAL + (b + 1) * BATCH;
+        let (xb, yb) = rows_of(&order[seen - BATCH..seen]);
+        for (i, (name, method)) in METHODS.iter().enumerate() {
+            bar.set_message(format!("{seen} labels, {name}"));
+            let start = Instant::now();
+            match *method {
+                Method::NoUpdate => {}
+                Method::Update { rule, gamma, .. } => {
+                    let config = UpdateConfig {
+                        rule,
+                        gamma,
+                        iterations: 1,
+                    };
+                    if let Some(post) = states[i].as_mut() {
+                        post.update(HostMatrix::new(&xb, BATCH, FEATURES)?, &yb, &config)?;
+                    }
+                }
+                Method::Retrain => {
+                    let (xs, ys) = rows_of(&order[..seen]);
+                    let head = fit_map(&device, &xs, &ys)?;
+                    states[i] = Some(fit_posterior(
+                        &device,
+                        &xs,
+                        &ys,
+                        &head,
+                        Structure::Shared(OutputWeighting::Gaussian),
+                    )?);
+                }
+            }
+            let update_ms = start.elapsed().as_secs_f64() * 1e3;
+            if let Some(post) = &states[i] {
+                table.push(Row {
+                    labels: seen,
+                    method: name,
+                    scores: evaluate(post, &test_x, &test_y)?,
+                    update_ms,
+                });
+            }
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+
+    print_summary(&table);
+    std::fs::create_dir_all(&args.out_dir).map_err(|e| Error::Io {
+        path: args.out_dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let csv = args.out_dir.join("demo.csv");
+    write_csv(&csv, &table)?;
+    let png = args.out_dir.join("demo.png");
+    plot(&png, &table)?;
+    println!(
+        "wrote {} and {} in {:.1} s",
+        csv.display(),
+        png.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn load_digits() -> Result<(Vec<f32>, Vec<u32>)> {
+    let fail = |reason: String| Error::Format {
+        what: "bundled digits".into(),
+        reason,
+    };
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(DIGITS)
+        .read_to_string(&mut text)
+        .map_err(|e| fail(e.to_string()))?;
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let values: Vec<f32> = line
+            .split(',')
+            .map(|t| t.trim().parse::<f32>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| fail(e.to_string()))?;
+        if values.len() != PIXELS + 1 {
+            return Err(fail(format!(
+                "a row has {} columns, expected {}",
+                values.len(),
+                PIXELS + 1
+            )));
+        }
+        x.extend(values[..PIXELS].iter().map(|p| p / 16.0));
+        y.push(values[PIXELS] as u32);
+    }
+    Ok((x, y))
+}
+
+/// A fixed, seeded random-Fourier-feature backbone (the SNGP-style feature map):
+/// `φ(x) = √(2/D) cos(Ω x + β)`, `Ω_ij ~ N(0, 1/ℓ²)`, `β_i ~ U(0, 2π)`, ℓ = 4.
+fn random_fourier_features(pixels: &[f32], n: usize, seed: u64) -> Vec<f32> {
+    let lengthscale = 4.0;
+    let mut rng = SplitMix64::new(seed ^ 0x0BAC_CB0E);
+    let omega: Vec<f64> = rng
+        .normals(FEATURES * PIXELS)
+        .into_iter()
+        .map(|w| w / lengthscale)
+        .collect();
+    let beta: Vec<f64> = (0..FEATURES)
+        .map(|_| 2.0 * std::f64::consts::PI * rng.uniform())
+        .collect();
+    let scale = (2.0 / FEATURES as f64).sqrt();
+    let mut out = Vec::with_capacity(n * FEATURES);
+    for i in 0..n {
+        let x = &pixels[i * PIXELS..(i + 1) * PIXELS];
+        for j in 0..FEATURES {
+            let w = &omega[j * PIXELS..(j + 1) * PIXELS];
+            let z: f64 = w.iter().zip(x).map(|(a, b)| a * f64::from(*b)).sum::<f64>() + beta[j];
+            out.push((scale * z.cos()) as f32);
+        }
+    }
+    out
+}
+
+struct Head {
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+fn fit_map(device: &CpuDevice, x: &[f32], y: &[u32]) -> Result<Head> {
+    let config = HeadConfig {
+        prior_precision: PRIOR_PRECISION,
+        tolerance: 1e-4,
+        ..Default::default()
+    };
+    let fit = fit_head(device, HostMatrix::new(x, y.len(), FEATURES)?, y, CLASSES, &config)?;
+    Ok(Head {
+        weights: fit.weights,
+        bias: fit.bias,
+    })
+}
+
+fn fit_posterior(
+    device: &CpuDevice,
+    x: &[f32],
+    y: &[u32],
+    head: &Head,
+    structure: Structure,
+) -> Result<Posterior<CpuDevice, f32>> {
+    let config = FitConfig {
+        structure,
+        prior_precision: PRIOR_PRECISION,
+        bias: BiasMode::InPosterior,
+        ..Default::default()
+    };
+    Posterior::fit(
+        device,
+        HostMatrix::new(x, y.len(), FEATURES)?,
+        y,
+        HostMatrix::new(&head.weights, CLASSES, FEATURES)?,
+        Some(&head.bias),
+        &config,
+    )
+}
+
+fn evaluate(post: &Posterior<CpuDevice, f32>, x: &[f32], y: &[u32]) -> Result<Scores> {
+    let pred = post.predict(HostMatrix::new(x, y.len(), FEATURES)?, Link::default())?;
+    score(&pred.probs, y, CLASSES, 15)
+}
+
+fn print_summary(table: &[Row]) {
+    let last = table.iter().map(|r| r.labels).max().unwrap_or(0);
+    let mean_ms = |method: &str| {
+        let times: Vec<f64> = table
+            .iter()
+            .filter(|r| r.method == method && r.labels > INITIAL)
+            .map(|r| r.update_ms)
+            .collect();
+        times.iter().sum::<f64>() / times.len().max(1) as f64
+    };
+    let retrain_ms = mean_ms(METHODS[METHODS.len() - 1].0);
+    println!("\nafter {last} labels ({BATCHES} batches of {BATCH}), held-out digits, probit predictive:\n");
+    println!(
+        "{:<20} {:>9} {:>7} {:>7} {:>11} {:>10}",
+        "method", "accuracy", "NLL", "ECE", "ms/update", "speed-up"
+    );
+    for (name, method) in METHODS {
+        let Some(row) = table.iter().find(|r| r.method == name && r.labels == last) else {
+            continue;
+        };
+        let ms = mean_ms(name);
+        let speedup = match method {
+            Method::NoUpdate => "-".to_string(),
+            _ => format!("{:.0}x", retrain_ms / ms.max(1e-9)),
+        };
+        println!(
+            "{:<20} {:>9.3} {:>7.3} {:>7.3} {:>11.2} {:>10}",
+            name, row.scores.accuracy, row.scores.nll, row.scores.ece, ms, speedup
+        );
+    }
+    println!();
+}
+
+fn write_csv(path: &Path, table: &[Row]) -> Result<()> {
+    let mut text = String::from("labels,method,accuracy,nll,ece,update_ms\n");
+    for r in table {
+        text.push_str(&format!(
+            "{},{},{:.6},{:.6},{:.6},{:.4}\n",
+            r.labels, r.method, r.scores.accuracy, r.scores.nll, r.scores.ece, r.update_ms
+        ));
+    }
+    std::fs::write(path, text).map_err(|e| Error::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Accuracy and NLL against the number of labels, one line per method.
+fn plot(path: &Path, table: &[Row]) -> Result<()> {
+    let fail = |e: String| Error::Io {
+        path: path.display().to_string(),
+        reason: e,
+    };
+    // Registering twice (a second demo in one process) is harmless.
+    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+    let panels = root.split_evenly((1, 2));
+    let x_range = INITIAL as f64..(INITIAL + BATCHES * BATCH) as f64;
+    for (panel, (title, metric)) in panels.iter().zip([("test accuracy", 0usize), ("test NLL", 1)]) {
+        let values: Vec<f64> = table
+            .iter()
+            .map(|r| if metric == 0 { r.scores.accuracy } else { r.scores.nll })
+            .collect();
+        let (lo, hi) = values
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(*v), b.max(*v)));
+        let pad = ((hi - lo) * 0.08).max(1e-3);
+        let mut chart = ChartBuilder::on(panel)
+            .caption(title, ("sans-serif", 24))
+            .margin(16)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x_range.clone(), (lo - pad)..(hi + pad))
+            .map_err(|e| fail(e.to_string()))?;
+        chart
+            .configure_mesh()
+            .x_desc("labels seen")
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(|e| fail(e.to_string()))?;
+        for (i, (name, _)) in METHODS.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let points: Vec<(f64, f64)> = table
+                .iter()
+                .filter(|r| r.method == *name)
+                .map(|r| {
+                    (
+                        r.labels as f64,
+                        if metric == 0 { r.scores.accuracy } else { r.scores.nll },
+                    )
+                })
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                .map_err(|e| fail(e.to_string()))?
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    root.present().map_err(|e| fail(e.to_string()))
+}

@@ -1,0 +1,389 @@
+//! `laplace-update`: fit, update and query last-layer Laplace posteriors from `.npy` and
+//! `.safetensors` files, and run the demo.
+
+mod demo;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use laplace_update::io::{load_posterior, peek_posterior, read_array, save_posterior, write_npy};
+use laplace_update::{
+    BiasMode, CpuDevice, DType, Device, Error, FitConfig, HeadConfig, HostMatrix, Link, OutputWeighting, Posterior,
+    Result, Scalar, Structure, UpdateConfig, UpdateRule, fit_head,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "laplace-update",
+    version,
+    about = "Closed-form Bayesian updates of a network's last layer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fit a posterior from features, labels and (optionally) a head; without --weights the
+    /// head is fitted first (MAP).
+    Fit(FitArgs),
+    /// Fold new labelled samples into a posterior.
+    Update(UpdateArgs),
+    /// Predict class probabilities (and logit variances) at new features.
+    Predict(PredictArgs),
+    /// Describe a posterior file.
+    Info {
+        /// Posterior file.
+        #[arg(long)]
+        posterior: PathBuf,
+    },
+    /// List the compute backends and why any is unavailable.
+    Devices,
+    /// Stream labelled digits into posteriors and compare update rules with retraining.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StructureArg {
+    /// Exact softmax GGN over all K·D weights.
+    Full,
+    /// One D × D covariance for all classes, unit output weights (the seed paper's form).
+    Shared,
+    /// Shared with output weights p_max(1 − p_max).
+    SharedCategorical,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub(crate) enum DeviceArg {
+    /// The best available backend.
+    Auto,
+    /// The faer CPU backend.
+    Cpu,
+    /// NVIDIA GPUs through CUDA.
+    Cuda,
+    /// Vulkan, Metal or DX12 GPUs through wgpu.
+    Wgpu,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DTypeArg {
+    F32,
+    F64,
+}
+
+#[derive(Args)]
+struct FitArgs {
+    /// Features Φ, N × D (.npy or FILE.safetensors:TENSOR).
+    #[arg(long)]
+    features: String,
+    /// Labels, N integers in 0..K.
+    #[arg(long)]
+    labels: String,
+    /// Head W, K × D; fitted by MAP when absent.
+    #[arg(long)]
+    weights: Option<String>,
+    /// Bias b, length K (zero when absent; fitted with the head when --weights is absent).
+    #[arg(long)]
+    bias_vector: Option<String>,
+    /// Put the bias in the posterior; without it the bias stays fixed.
+    #[arg(long)]
+    bias: bool,
+    /// Covariance structure.
+    #[arg(long, value_enum, default_value = "full")]
+    structure: StructureArg,
+    /// Number of classes K when --weights is absent (default: largest label + 1).
+    #[arg(long)]
+    classes: Option<usize>,
+    /// Prior precision τ.
+    #[arg(long, default_value_t = 1.0)]
+    prior_precision: f64,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Element type of the posterior.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DTypeArg,
+    /// Output posterior file (.safetensors).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RuleArg {
+    Joint,
+    Sequential,
+}
+
+#[derive(Args)]
+struct UpdateArgs {
+    /// Posterior file to update.
+    #[arg(long)]
+    posterior: PathBuf,
+    /// New features, m × D.
+    #[arg(long)]
+    features: String,
+    /// New labels, m integers.
+    #[arg(long)]
+    labels: String,
+    /// Step scale γ of the Newton step.
+    #[arg(long, default_value_t = 1.0)]
+    gamma: f64,
+    /// Update rule.
+    #[arg(long, value_enum, default_value = "joint")]
+    rule: RuleArg,
+    /// Newton steps.
+    #[arg(long, default_value_t = 1)]
+    iterations: usize,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Output posterior file; may be the input file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LinkArg {
+    Probit,
+    Mc,
+    None,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    /// Posterior file.
+    #[arg(long)]
+    posterior: PathBuf,
+    /// Features, n × D.
+    #[arg(long)]
+    features: String,
+    /// How logit uncertainty becomes probabilities.
+    #[arg(long, value_enum, default_value = "probit")]
+    link: LinkArg,
+    /// Monte Carlo samples (with --link mc).
+    #[arg(long, default_value_t = 100)]
+    samples: usize,
+    /// Monte Carlo seed (with --link mc).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Mean-field factor λ of the probit link.
+    #[arg(long, default_value_t = std::f64::consts::PI / 8.0)]
+    mean_field_factor: f64,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Output probabilities, n × K (.npy).
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write the logit variances Σ_f[k, k], n × K (.npy).
+    #[arg(long)]
+    logit_var: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Fit(args) => fit(&args),
+        Command::Update(args) => update(&args),
+        Command::Predict(args) => predict(&args),
+        Command::Info { posterior } => info(&posterior),
+        Command::Devices => devices(),
+        Command::Demo(args) => demo::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The device for `choice`. GPU backends that this build lacks are typed errors; `auto`
+/// takes the best one present.
+pub(crate) fn select_device(choice: DeviceArg) -> Result<CpuDevice> {
+    match choice {
+        DeviceArg::Auto | DeviceArg::Cpu => CpuDevice::new(0),
+        DeviceArg::Cuda => Err(unavailable("cuda")),
+        DeviceArg::Wgpu => Err(unavailable("wgpu")),
+    }
+}
+
+fn unavailable(backend: &'static str) -> Error {
+    Error::BackendUnavailable {
+        backend,
+        reason: format!("this build has no `{backend}` backend"),
+    }
+}
+
+fn devices() -> Result<()> {
+    let cpu = CpuDevice::new(0)?;
+    println!("cpu   available    {}", cpu.name());
+    for backend in ["cuda", "wgpu"] {
+        println!("{backend:<5} unavailable  {}", unavailable(backend));
+    }
+    Ok(())
+}
+
+fn fit(args: &FitArgs) -> Result<()> {
+    let device = select_device(args.device)?;
+    match args.dtype {
+        DTypeArg::F32 => fit_as::<f32>(&device, args),
+        DTypeArg::F64 => fit_as::<f64>(&device, args),
+    }
+}
+
+fn labels_of(spec: &str) -> Result<Vec<i64>> {
+    read_array(spec)?.to_labels()
+}
+
+fn fit_as<T: Scalar>(device: &CpuDevice, args: &FitArgs) -> Result<()> {
+    let (phi, n, d) = read_array(&args.features)?.to_matrix::<T>()?;
+    let labels = labels_of(&args.labels)?;
+    let features = HostMatrix::new(&phi, n, d)?;
+    let (head, bias, classes) = match &args.weights {
+        Some(spec) => {
+            let (w, k, dw) = read_array(spec)?.to_matrix::<T>()?;
+            if dw != d {
+                return Err(Error::shape("weights", (k, d), (k, dw)));
+            }
+            let bias = args
+                .bias_vector
+                .as_deref()
+                .map(|b| read_array(b)?.to_vector::<T>())
+                .transpose()?;
+            (w, bias, k)
+        }
+        None => {
+            let classes = match args.classes {
+                Some(k) => k,
+                None => labels.iter().copied().max().map_or(0, |m| m.max(0) as usize + 1),
+            };
+            let config = HeadConfig {
+                prior_precision: args.prior_precision,
+                ..Default::default()
+            };
+            let head = fit_head(device, features, &labels, classes, &config)?;
+            eprintln!(
+                "head fitted by MAP: {} iterations, |grad|_inf = {:.2e}{}",
+                head.iterations,
+                head.gradient_norm,
+                if head.converged { "" } else { " (iteration cap reached)" }
+            );
+            (head.weights, Some(head.bias), classes)
+        }
+    };
+    let config = FitConfig {
+        structure: match args.structure {
+            StructureArg::Full => Structure::Full,
+            StructureArg::Shared => Structure::Shared(OutputWeighting::Gaussian),
+            StructureArg::SharedCategorical => Structure::Shared(OutputWeighting::Categorical),
+        },
+        prior_precision: args.prior_precision,
+        bias: if args.bias {
+            BiasMode::InPosterior
+        } else {
+            BiasMode::Fixed
+        },
+        ..Default::default()
+    };
+    let post = Posterior::fit(
+        device,
+        features,
+        &labels,
+        HostMatrix::new(&head, classes, d)?,
+        bias.as_deref(),
+        &config,
+    )?;
+    save_posterior(&post, &args.out)?;
+    eprintln!(
+        "fitted on {n} samples (K = {classes}, D = {d}) on {}; wrote {}",
+        device.name(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn update(args: &UpdateArgs) -> Result<()> {
+    let device = select_device(args.device)?;
+    match peek_posterior(&args.posterior)?.dtype {
+        DType::F32 => update_as::<f32>(&device, args),
+        DType::F64 => update_as::<f64>(&device, args),
+    }
+}
+
+fn update_as<T: Scalar>(device: &CpuDevice, args: &UpdateArgs) -> Result<()> {
+    let mut post: Posterior<CpuDevice, T> = load_posterior(device, &args.posterior)?;
+    let (phi, m, d) = read_array(&args.features)?.to_matrix::<T>()?;
+    let labels = labels_of(&args.labels)?;
+    let config = UpdateConfig {
+        rule: match args.rule {
+            RuleArg::Joint => UpdateRule::Joint,
+            RuleArg::Sequential => UpdateRule::Sequential,
+        },
+        gamma: args.gamma,
+        iterations: args.iterations,
+    };
+    let start = std::time::Instant::now();
+    post.update(HostMatrix::new(&phi, m, d)?, &labels, &config)?;
+    let elapsed = start.elapsed();
+    save_posterior(&post, &args.out)?;
+    eprintln!(
+        "updated with {m} samples in {:.2} ms; wrote {}",
+        elapsed.as_secs_f64() * 1e3,
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn predict(args: &PredictArgs) -> Result<()> {
+    let device = select_device(args.device)?;
+    match peek_posterior(&args.posterior)?.dtype {
+        DType::F32 => predict_as::<f32>(&device, args),
+        DType::F64 => predict_as::<f64>(&device, args),
+    }
+}
+
+fn predict_as<T: Scalar>(device: &CpuDevice, args: &PredictArgs) -> Result<()> {
+    let post: Posterior<CpuDevice, T> = load_posterior(device, &args.posterior)?;
+    let (phi, n, d) = read_array(&args.features)?.to_matrix::<T>()?;
+    let link = match args.link {
+        LinkArg::Probit => Link::Probit {
+            lambda: args.mean_field_factor,
+        },
+        LinkArg::Mc => Link::MonteCarlo {
+            samples: args.samples,
+            seed: args.seed,
+        },
+        LinkArg::None => Link::None,
+    };
+    let pred = post.predict(HostMatrix::new(&phi, n, d)?, link)?;
+    let k = pred.classes;
+    write_npy(&args.out, &pred.probs, &[n, k])?;
+    if let Some(path) = &args.logit_var {
+        let var: Vec<T> = (0..n)
+            .flat_map(|i| (0..k).map(move |c| (i, c)))
+            .map(|(i, c)| pred.logit_cov_at(i, c, c))
+            .collect();
+        write_npy(path, &var, &[n, k])?;
+    }
+    Ok(())
+}
+
+fn info(path: &Path) -> Result<()> {
+    let h = peek_posterior(path)?;
+    println!("file           {}", path.display());
+    println!("format version {}", h.version);
+    println!("structure      {:?}", h.structure);
+    println!("likelihood     {}", h.likelihood);
+    println!("curvature      {}", h.curvature);
+    println!("dtype          {}", h.dtype.name());
+    println!("classes K      {}", h.classes);
+    println!("features D     {}", h.features);
+    println!("bias           {:?}", h.bias);
+    println!("prior τ        {}", h.prior_precision);
+    println!("samples seen   {}", h.samples_seen);
+    Ok(())
+}

@@ -1,0 +1,398 @@
+//! The `laplace-update` program end to end, on small files made here.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::Problem;
+use laplace_update::io::{load_posterior, read_npy, write_npy};
+use laplace_update::{CpuDevice, HostMatrix, Link, Posterior};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_laplace-update"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("the binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that must fail with one clean `error:` line and no panic.
+fn fails(args: &[&str]) -> String {
+    let out = run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{args:?} panicked: {stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: not one line: {stderr}");
+    assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+    stderr
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("laplace-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Labels as an i64 `.npy`, written byte by byte here.
+fn write_labels(path: &Path, labels: &[u32]) {
+    let mut header = format!(
+        "{{'descr': '<i8', 'fortran_order': False, 'shape': ({},), }}",
+        labels.len()
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    labels
+        .iter()
+        .for_each(|&l| out.extend_from_slice(&i64::from(l).to_le_bytes()));
+    std::fs::write(path, out).unwrap();
+}
+
+struct Files {
+    dir: PathBuf,
+    pb: Problem,
+}
+
+impl Files {
+    fn new(name: &str) -> Self {
+        let dir = temp_dir(name);
+        let mut pb = Problem::random(17, 40, 6, 3, false);
+        // Labels the head explains, so that a fitted head has something to find.
+        let w = pb.head_aug();
+        pb.labels = (0..pb.n)
+            .map(|i| {
+                let p = pb.probs(&w, pb.x(i));
+                (0..3).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap() as u32
+            })
+            .collect();
+        let f32s = |v: &[f64]| v.iter().map(|x| *x as f32).collect::<Vec<f32>>();
+        write_npy(&dir.join("x.npy"), &f32s(&pb.phi[..30 * 6]), &[30, 6]).unwrap();
+        write_labels(&dir.join("y.npy"), &pb.labels[..30]);
+        write_npy(&dir.join("x_new.npy"), &f32s(&pb.phi[30 * 6..]), &[10, 6]).unwrap();
+        write_labels(&dir.join("y_new.npy"), &pb.labels[30..]);
+        write_npy(&dir.join("w.npy"), &f32s(&pb.head), &[3, 6]).unwrap();
+        write_npy(&dir.join("b.npy"), &f32s(&pb.bias), &[3]).unwrap();
+        Files { dir, pb }
+    }
+    fn p(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+#[test]
+fn fit_update_predict_info_round_trip() {
+    let f = Files::new("flow");
+    let post = f.p("post.safetensors");
+    ok(&[
+        "fit",
+        "--features",
+        &f.p("x.npy"),
+        "--labels",
+        &f.p("y.npy"),
+        "--weights",
+        &f.p("w.npy"),
+        "--bias-vector",
+        &f.p("b.npy"),
+        "--structure",
+        "full",
+        "--prior-precision",
+        "0.5",
+        "--out",
+        &post,
+    ]);
+    let info = ok(&["info", "--posterior", &post]);
+    assert!(info.contains("samples seen   30") && info.contains("Full"), "{info}");
+    // Update in place (POST2 = POST), then predict with logit variances.
+    ok(&[
+        "update",
+        "--posterior",
+        &post,
+        "--features",
+        &f.p("x_new.npy"),
+        "--labels",
+        &f.p("y_new.npy"),
+        "--rule",
+        "sequential",
+        "--gamma",
+        "2",
+        "--out",
+        &post,
+    ]);
+    assert!(ok(&["info", "--posterior", &post]).contains("samples seen   40"));
+    ok(&[
+        "predict",
+        "--posterior",
+        &post,
+        "--features",
+        &f.p("x_new.npy"),
+        "--out",
+        &f.p("p.npy"),
+        "--logit-var",
+        &f.p("v.npy"),
+    ]);
+
+    // The same computation through the library.
+    let cpu = CpuDevice::new(1).unwrap();
+    let loaded: Posterior<CpuDevice, f32> = load_posterior(&cpu, Path::new(&post)).unwrap();
+    let x: Vec<f32> = f.pb.phi[30 * 6..].iter().map(|v| *v as f32).collect();
+    let want = loaded
+        .predict(HostMatrix::new(&x, 10, 6).unwrap(), Link::default())
+        .unwrap();
+    let probs = read_npy(&f.dir.join("p.npy")).unwrap();
+    assert_eq!(probs.shape, vec![10, 3]);
+    assert_eq!(probs.to_matrix::<f32>().unwrap().0, want.probs);
+    let var = read_npy(&f.dir.join("v.npy")).unwrap().to_matrix::<f32>().unwrap().0;
+    for i in 0..10 {
+        for k in 0..3 {
+            assert_eq!(var[i * 3 + k], want.logit_cov_at(i, k, k));
+        }
+    }
+    // Monte Carlo link, f64 posterior, shared structure, bias in the posterior.
+    let post64 = f.p("post64.safetensors");
+    ok(&[
+        "fit",
+        "--features",
+        &f.p("x.npy"),
+        "--labels",
+        &f.p("y.npy"),
+        "--weights",
+        &f.p("w.npy"),
+        "--structure",
+        "shared-categorical",
+        "--bias",
+        "--dtype",
+        "f64",
+        "--out",
+        &post64,
+    ]);
+    ok(&[
+        "predict",
+        "--posterior",
+        &post64,
+        "--features",
+        &f.p("x.npy"),
+        "--link",
+        "mc",
+        "--samples",
+        "50",
+        "--seed",
+        "3",
+        "--out",
+        &f.p("p64.npy"),
+    ]);
+    let p64 = read_npy(&f.dir.join("p64.npy")).unwrap().to_matrix::<f64>().unwrap().0;
+    assert!(p64.chunks(3).all(|r| (r.iter().sum::<f64>() - 1.0).abs() < 1e-9));
+}
+
+#[test]
+fn fit_without_weights_fits_the_head_by_map() {
+    let f = Files::new("map");
+    let post = f.p("post.safetensors");
+    ok(&[
+        "fit",
+        "--features",
+        &f.p("x.npy"),
+        "--labels",
+        &f.p("y.npy"),
+        "--structure",
+        "shared",
+        "--prior-precision",
+        "0.1",
+        "--out",
+        &post,
+    ]);
+    ok(&[
+        "predict",
+        "--posterior",
+        &post,
+        "--features",
+        &f.p("x.npy"),
+        "--link",
+        "none",
+        "--out",
+        &f.p("p.npy"),
+    ]);
+    let p = read_npy(&f.dir.join("p.npy")).unwrap().to_matrix::<f32>().unwrap().0;
+    let correct = p
+        .chunks(3)
+        .zip(&f.pb.labels)
+        .filter(|(row, y)| (0..3).max_by(|&a, &b| row[a].total_cmp(&row[b])) == Some(**y as usize))
+        .count();
+    assert!(correct >= 24, "the MAP head fits only {correct}/30 training labels");
+}
+
+#[test]
+fn user_errors_are_one_line_and_leave_files_untouched() {
+    let f = Files::new("errors");
+    let post = f.p("post.safetensors");
+    ok(&[
+        "fit",
+        "--features",
+        &f.p("x.npy"),
+        "--labels",
+        &f.p("y.npy"),
+        "--weights",
+        &f.p("w.npy"),
+        "--out",
+        &post,
+    ]);
+    let before = std::fs::read(&post).unwrap();
+    let e = fails(&[
+        "update",
+        "--posterior",
+        &post,
+        "--features",
+        &f.p("missing.npy"),
+        "--labels",
+        &f.p("y_new.npy"),
+        "--out",
+        &post,
+    ]);
+    assert!(e.contains("missing.npy"), "{e}");
+    // Labels out of range (K = 3).
+    write_labels(&f.dir.join("bad_y.npy"), &[0, 1, 2, 3, 0, 1, 2, 0, 1, 2]);
+    let e = fails(&[
+        "update",
+        "--posterior",
+        &post,
+        "--features",
+        &f.p("x_new.npy"),
+        "--labels",
+        &f.p("bad_y.npy"),
+        "--out",
+        &post,
+    ]);
+    assert!(e.contains("label 3"), "{e}");
+    // Features of the wrong width.
+    write_npy(&f.dir.join("wide.npy"), &[0.0f32; 14], &[2, 7]).unwrap();
+    fails(&[
+        "predict",
+        "--posterior",
+        &post,
+        "--features",
+        &f.p("wide.npy"),
+        "--out",
+        &f.p("p.npy"),
+    ]);
+    // NaN features.
+    write_npy(&f.dir.join("nan.npy"), &[0.0f32, f32::NAN, 0.0, 0.0, 0.0, 0.0], &[1, 6]).unwrap();
+    let e = fails(&[
+        "update",
+        "--posterior",
+        &post,
+        "--features",
+        &f.p("nan.npy"),
+        "--labels",
+        &f.p("y_new.npy"),
+        "--out",
+        &post,
+    ]);
+    assert!(e.contains("non-finite") || e.contains("shape"), "{e}");
+    assert_eq!(
+        std::fs::read(&post).unwrap(),
+        before,
+        "a failed update changed the posterior file"
+    );
+    // Not a posterior, an unavailable backend, a labels file of floats.
+    fails(&["info", "--posterior", &f.p("x.npy")]);
+    let e = fails(&[
+        "fit",
+        "--features",
+        &f.p("x.npy"),
+        "--labels",
+        &f.p("y.npy"),
+        "--device",
+        "cuda",
+        "--out",
+        &post,
+    ]);
+    assert!(e.contains("cuda"), "{e}");
+    fails(&[
+        "fit",
+        "--features",
+        &f.p("x.npy"),
+        "--labels",
+        &f.p("x.npy"),
+        "--out",
+        &post,
+    ]);
+    fails(&[
+        "fit",
+        "--features",
+        &f.p("x.npy"),
+        "--labels",
+        &f.p("y.npy"),
+        "--prior-precision=0",
+        "--out",
+        &post,
+    ]);
+    assert_eq!(std::fs::read(&post).unwrap(), before);
+}
+
+#[test]
+fn devices_and_help() {
+    let out = ok(&["devices"]);
+    assert!(
+        out.contains("cpu") && out.contains("cuda") && out.contains("wgpu"),
+        "{out}"
+    );
+    for sub in ["fit", "update", "predict", "info", "devices", "demo"] {
+        assert!(ok(&[sub, "--help"]).contains("Usage"), "{sub} --help");
+    }
+}
+
+#[test]
+fn demo_writes_table_csv_and_figure() {
+    let dir = temp_dir("demo");
+    let out = ok(&["demo", "--out-dir", &dir.display().to_string()]);
+    for method in [
+        "no update",
+        "sequential γ=1",
+        "sequential γ=10",
+        "joint",
+        "full-GGN joint",
+        "retrain (MAP refit)",
+    ] {
+        assert!(out.contains(method), "table lacks {method}: {out}");
+    }
+    let csv = std::fs::read_to_string(dir.join("demo.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 6 * 11, "one row per method and step");
+    let final_accuracy = |method: &str| -> f64 {
+        rows.iter()
+            .find(|r| r[0] == "200" && r[1] == method)
+            .map(|r| r[2].parse().unwrap())
+            .unwrap()
+    };
+    let baseline = final_accuracy("no update");
+    for method in [
+        "sequential γ=1",
+        "sequential γ=10",
+        "joint",
+        "full-GGN joint",
+        "retrain (MAP refit)",
+    ] {
+        assert!(final_accuracy(method) > baseline, "{method} does not beat no update");
+    }
+    let png = std::fs::read(dir.join("demo.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+}
