@@ -6,7 +6,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group, criterion_main};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 use laplace_update::{
@@ -142,16 +142,15 @@ fn bench_update(c: &mut Criterion) {
                     gamma: 1.0,
                     iterations: 1,
                 };
+                // Updates streamed into one posterior, as in use: the cost of an update does not
+                // depend on how many came before.
+                let mut streamed = post.try_clone().unwrap();
                 group.bench_function(format!("{name} f32 {rule:?} D={d} K={k} m={m}"), |b| {
-                    b.iter_batched(
-                        || post.try_clone().unwrap(),
-                        |mut p| {
-                            p.update(HostMatrix::new(new_phi, m, d).unwrap(), new_labels, &config)
-                                .unwrap();
-                            p
-                        },
-                        BatchSize::LargeInput,
-                    )
+                    b.iter(|| {
+                        streamed
+                            .update(HostMatrix::new(new_phi, m, d).unwrap(), new_labels, &config)
+                            .unwrap()
+                    })
                 });
             }
         }

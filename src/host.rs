@@ -44,13 +44,16 @@ impl<'a, T: Scalar> HostMatrix<'a, T> {
         self.data
     }
     /// Row `i`.
+    ///
+    /// # Panics
+    /// If `i >= rows()`, like slice indexing.
     pub fn row(&self, i: usize) -> &'a [T] {
         &self.data[i * self.cols..(i + 1) * self.cols]
     }
 }
 
 /// Integer types accepted as class labels.
-pub trait Label: Copy {
+pub trait Label: Copy + Send + Sync {
     /// The label as a signed integer, so that negative values can be reported.
     fn to_i64(self) -> i64;
 }

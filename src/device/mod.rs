@@ -144,6 +144,11 @@ pub trait Device: Clone + Send + Sync + 'static {
     fn copy<T: Scalar>(&self, m: &Matrix<Self, T>) -> Result<Matrix<Self, T>>;
     /// Waits for all queued work.
     fn synchronize(&self) -> Result<()>;
+    /// Runs `f`, a sequence of this device's kernels, with whatever per-call setup the device
+    /// needs done once for all of them (the CPU backend enters its thread pool once).
+    fn scope<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
 
     /// `C ← β·C + α·op(A)·op(B)`.
     #[allow(clippy::too_many_arguments)]

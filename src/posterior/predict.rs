@@ -69,6 +69,10 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// whole batch by GEMMs. Errors: `EmptyBatch`, `ShapeMismatch`, `NonFinite`,
     /// `InvalidArgument` (λ < 0 or not finite, 0 Monte Carlo samples).
     pub fn predict(&self, features: HostMatrix<'_, T>, link: Link) -> Result<Prediction<T>> {
+        self.device.scope(|| self.predict_in_scope(features, link))
+    }
+
+    fn predict_in_scope(&self, features: HostMatrix<'_, T>, link: Link) -> Result<Prediction<T>> {
         match link {
             Link::Probit { lambda } if !(lambda.is_finite() && lambda >= 0.0) => {
                 return Err(Error::invalid(

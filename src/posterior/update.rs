@@ -51,6 +51,16 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// Errors: `EmptyBatch`, `ShapeMismatch`, `NonFinite`, `LabelOutOfRange`, `InvalidArgument`
     /// (γ not finite, `iterations == 0`), `NotPositiveDefinite`.
     pub fn update<L: Label>(&mut self, features: HostMatrix<'_, T>, labels: &[L], config: &UpdateConfig) -> Result<()> {
+        let device = self.device.clone();
+        device.scope(|| self.update_in_scope(features, labels, config))
+    }
+
+    fn update_in_scope<L: Label>(
+        &mut self,
+        features: HostMatrix<'_, T>,
+        labels: &[L],
+        config: &UpdateConfig,
+    ) -> Result<()> {
         if !config.gamma.is_finite() {
             return Err(Error::invalid("gamma", format!("must be finite, got {}", config.gamma)));
         }

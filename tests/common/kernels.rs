@@ -78,8 +78,13 @@ pub fn check_gemm<D: Device, T: Scalar>(dev: &D) {
 
 pub fn check_weighted_syrk<D: Device, T: Scalar>(dev: &D) {
     let mut rng = Rng::new(2);
-    for &n in SIZES.iter().chain(&[64, 65, 200]) {
-        for &d in &[1usize, 16, 17, 33] {
+    for (n, d) in SIZES
+        .iter()
+        .chain(&[64, 65, 200])
+        .flat_map(|&n| [1usize, 16, 17, 33].map(|d| (n, d)))
+        .chain([(100, 600), (1100, 520)])
+    {
+        {
             let a = random(&mut rng, n, d);
             let w: Vec<f64> = (0..n).map(|_| rng.uniform()).collect();
             let c0 = spd(&mut rng, d);
@@ -111,6 +116,7 @@ pub fn check_ggn_accumulate<D: Device, T: Scalar>(dev: &D) {
         (64, 7, 10),
         (65, 3, 3),
         (150, 9, 4),
+        (100, 130, 5),
     ] {
         let phi = random(&mut rng, n, d);
         let p = probs(&mut rng, n, k);
@@ -301,8 +307,12 @@ pub fn check_cholesky_family<D: Device, T: Scalar>(dev: &D) {
 
 pub fn check_low_rank_update<D: Device, T: Scalar>(dev: &D) {
     let mut rng = Rng::new(6);
-    for &n in &[1usize, 16, 17, 33, 63] {
-        for &r in &[1usize, 3, 16, 64, 65, 90] {
+    for (n, r) in [1usize, 16, 17, 33, 63]
+        .iter()
+        .flat_map(|&n| [1usize, 3, 16, 64, 65, 90].map(|r| (n, r)))
+        .chain([(600, 90), (530, 200)])
+    {
+        {
             let sigma = spd(&mut rng, n);
             let u = random(&mut rng, n, r).scale(0.3);
             let c = spd(&mut rng, r);
