@@ -13,31 +13,39 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_laplace-update"))
 }
 
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("the binary runs")
+/// Runs the program with a whitespace-separated command line (the test paths have no spaces).
+fn run(command: &str) -> Output {
+    bin()
+        .args(command.split_whitespace())
+        .output()
+        .expect("the binary runs")
 }
 
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
+fn ok(command: &str) -> String {
+    let out = run(command);
     assert!(
         out.status.success(),
-        "{args:?} failed: {}",
+        "{command} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs a command that must fail with one clean `error:` line and no panic.
-fn fails(args: &[&str]) -> String {
-    let out = run(args);
+fn fails(command: &str) -> String {
+    let out = run(command);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(!out.status.success(), "{command} should fail");
     assert!(
         !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
-        "{args:?} panicked: {stderr}"
+        "{command} panicked: {stderr}"
     );
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: not one line: {stderr}");
-    assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{command}: not one line: {stderr}"
+    );
+    assert!(stderr.starts_with("error: "), "{command}: {stderr}");
     stderr
 }
 
@@ -48,23 +56,19 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Labels as an i64 `.npy`, written byte by byte here.
+/// Labels as an i64 `.npy`.
 fn write_labels(path: &Path, labels: &[u32]) {
-    let mut header = format!(
-        "{{'descr': '<i8', 'fortran_order': False, 'shape': ({},), }}",
-        labels.len()
-    );
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    labels
-        .iter()
-        .for_each(|&l| out.extend_from_slice(&i64::from(l).to_le_bytes()));
-    std::fs::write(path, out).unwrap();
+    let values: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
+    std::fs::write(
+        path,
+        common::npy_bytes(
+            "<i8",
+            false,
+            &format!("({},)", labels.len()),
+            &common::le_bytes(&values),
+        ),
+    )
+    .unwrap();
 }
 
 struct Files {
@@ -102,53 +106,32 @@ impl Files {
 fn fit_update_predict_info_round_trip() {
     let f = Files::new("flow");
     let post = f.p("post.safetensors");
-    ok(&[
-        "fit",
-        "--features",
-        &f.p("x.npy"),
-        "--labels",
-        &f.p("y.npy"),
-        "--weights",
-        &f.p("w.npy"),
-        "--bias-vector",
-        &f.p("b.npy"),
-        "--structure",
-        "full",
-        "--prior-precision",
-        "0.5",
-        "--out",
-        &post,
-    ]);
-    let info = ok(&["info", "--posterior", &post]);
+    ok(&format!(
+        "fit --features {} --labels {} --weights {} --bias-vector {} --structure full --prior-precision 0.5 --out {}",
+        f.p("x.npy"),
+        f.p("y.npy"),
+        f.p("w.npy"),
+        f.p("b.npy"),
+        post
+    ));
+    let info = ok(&format!("info --posterior {post}"));
     assert!(info.contains("samples seen   30") && info.contains("Full"), "{info}");
     // Update in place (POST2 = POST), then predict with logit variances.
-    ok(&[
-        "update",
-        "--posterior",
-        &post,
-        "--features",
-        &f.p("x_new.npy"),
-        "--labels",
-        &f.p("y_new.npy"),
-        "--rule",
-        "sequential",
-        "--gamma",
-        "2",
-        "--out",
-        &post,
-    ]);
-    assert!(ok(&["info", "--posterior", &post]).contains("samples seen   40"));
-    ok(&[
-        "predict",
-        "--posterior",
-        &post,
-        "--features",
-        &f.p("x_new.npy"),
-        "--out",
-        &f.p("p.npy"),
-        "--logit-var",
-        &f.p("v.npy"),
-    ]);
+    ok(&format!(
+        "update --posterior {} --features {} --labels {} --rule sequential --gamma 2 --out {}",
+        post,
+        f.p("x_new.npy"),
+        f.p("y_new.npy"),
+        post
+    ));
+    assert!(ok(&format!("info --posterior {post}")).contains("samples seen   40"));
+    ok(&format!(
+        "predict --posterior {} --features {} --out {} --logit-var {}",
+        post,
+        f.p("x_new.npy"),
+        f.p("p.npy"),
+        f.p("v.npy")
+    ));
 
     // The same computation through the library.
     let cpu = CpuDevice::new(1).unwrap();
@@ -168,37 +151,19 @@ fn fit_update_predict_info_round_trip() {
     }
     // Monte Carlo link, f64 posterior, shared structure, bias in the posterior.
     let post64 = f.p("post64.safetensors");
-    ok(&[
-        "fit",
-        "--features",
-        &f.p("x.npy"),
-        "--labels",
-        &f.p("y.npy"),
-        "--weights",
-        &f.p("w.npy"),
-        "--structure",
-        "shared-categorical",
-        "--bias",
-        "--dtype",
-        "f64",
-        "--out",
-        &post64,
-    ]);
-    ok(&[
-        "predict",
-        "--posterior",
-        &post64,
-        "--features",
-        &f.p("x.npy"),
-        "--link",
-        "mc",
-        "--samples",
-        "50",
-        "--seed",
-        "3",
-        "--out",
-        &f.p("p64.npy"),
-    ]);
+    ok(&format!(
+        "fit --features {} --labels {} --weights {} --structure shared-categorical --bias --dtype f64 --out {}",
+        f.p("x.npy"),
+        f.p("y.npy"),
+        f.p("w.npy"),
+        post64
+    ));
+    ok(&format!(
+        "predict --posterior {} --features {} --link mc --samples 50 --seed 3 --out {}",
+        post64,
+        f.p("x.npy"),
+        f.p("p64.npy")
+    ));
     let p64 = read_npy(&f.dir.join("p64.npy")).unwrap().to_matrix::<f64>().unwrap().0;
     assert!(p64.chunks(3).all(|r| (r.iter().sum::<f64>() - 1.0).abs() < 1e-9));
 }
@@ -207,30 +172,18 @@ fn fit_update_predict_info_round_trip() {
 fn fit_without_weights_fits_the_head_by_map() {
     let f = Files::new("map");
     let post = f.p("post.safetensors");
-    ok(&[
-        "fit",
-        "--features",
-        &f.p("x.npy"),
-        "--labels",
-        &f.p("y.npy"),
-        "--structure",
-        "shared",
-        "--prior-precision",
-        "0.1",
-        "--out",
-        &post,
-    ]);
-    ok(&[
-        "predict",
-        "--posterior",
-        &post,
-        "--features",
-        &f.p("x.npy"),
-        "--link",
-        "none",
-        "--out",
-        &f.p("p.npy"),
-    ]);
+    ok(&format!(
+        "fit --features {} --labels {} --structure shared --prior-precision 0.1 --out {}",
+        f.p("x.npy"),
+        f.p("y.npy"),
+        post
+    ));
+    ok(&format!(
+        "predict --posterior {} --features {} --link none --out {}",
+        post,
+        f.p("x.npy"),
+        f.p("p.npy")
+    ));
     let p = read_npy(&f.dir.join("p.npy")).unwrap().to_matrix::<f32>().unwrap().0;
     let correct = p
         .chunks(3)
@@ -244,68 +197,49 @@ fn fit_without_weights_fits_the_head_by_map() {
 fn user_errors_are_one_line_and_leave_files_untouched() {
     let f = Files::new("errors");
     let post = f.p("post.safetensors");
-    ok(&[
-        "fit",
-        "--features",
-        &f.p("x.npy"),
-        "--labels",
-        &f.p("y.npy"),
-        "--weights",
-        &f.p("w.npy"),
-        "--out",
-        &post,
-    ]);
+    ok(&format!(
+        "fit --features {} --labels {} --weights {} --out {}",
+        f.p("x.npy"),
+        f.p("y.npy"),
+        f.p("w.npy"),
+        post
+    ));
     let before = std::fs::read(&post).unwrap();
-    let e = fails(&[
-        "update",
-        "--posterior",
-        &post,
-        "--features",
-        &f.p("missing.npy"),
-        "--labels",
-        &f.p("y_new.npy"),
-        "--out",
-        &post,
-    ]);
+    let e = fails(&format!(
+        "update --posterior {} --features {} --labels {} --out {}",
+        post,
+        f.p("missing.npy"),
+        f.p("y_new.npy"),
+        post
+    ));
     assert!(e.contains("missing.npy"), "{e}");
     // Labels out of range (K = 3).
     write_labels(&f.dir.join("bad_y.npy"), &[0, 1, 2, 3, 0, 1, 2, 0, 1, 2]);
-    let e = fails(&[
-        "update",
-        "--posterior",
-        &post,
-        "--features",
-        &f.p("x_new.npy"),
-        "--labels",
-        &f.p("bad_y.npy"),
-        "--out",
-        &post,
-    ]);
+    let e = fails(&format!(
+        "update --posterior {} --features {} --labels {} --out {}",
+        post,
+        f.p("x_new.npy"),
+        f.p("bad_y.npy"),
+        post
+    ));
     assert!(e.contains("label 3"), "{e}");
     // Features of the wrong width.
     write_npy(&f.dir.join("wide.npy"), &[0.0f32; 14], &[2, 7]).unwrap();
-    fails(&[
-        "predict",
-        "--posterior",
-        &post,
-        "--features",
-        &f.p("wide.npy"),
-        "--out",
-        &f.p("p.npy"),
-    ]);
+    fails(&format!(
+        "predict --posterior {} --features {} --out {}",
+        post,
+        f.p("wide.npy"),
+        f.p("p.npy")
+    ));
     // NaN features.
     write_npy(&f.dir.join("nan.npy"), &[0.0f32, f32::NAN, 0.0, 0.0, 0.0, 0.0], &[1, 6]).unwrap();
-    let e = fails(&[
-        "update",
-        "--posterior",
-        &post,
-        "--features",
-        &f.p("nan.npy"),
-        "--labels",
-        &f.p("y_new.npy"),
-        "--out",
-        &post,
-    ]);
+    let e = fails(&format!(
+        "update --posterior {} --features {} --labels {} --out {}",
+        post,
+        f.p("nan.npy"),
+        f.p("y_new.npy"),
+        post
+    ));
     assert!(e.contains("non-finite") || e.contains("shape"), "{e}");
     assert_eq!(
         std::fs::read(&post).unwrap(),
@@ -313,57 +247,45 @@ fn user_errors_are_one_line_and_leave_files_untouched() {
         "a failed update changed the posterior file"
     );
     // Not a posterior, an unavailable backend, a labels file of floats.
-    fails(&["info", "--posterior", &f.p("x.npy")]);
-    let e = fails(&[
-        "fit",
-        "--features",
-        &f.p("x.npy"),
-        "--labels",
-        &f.p("y.npy"),
-        "--device",
-        "cuda",
-        "--out",
-        &post,
-    ]);
+    fails(&format!("info --posterior {}", f.p("x.npy")));
+    let e = fails(&format!(
+        "fit --features {} --labels {} --device cuda --out {}",
+        f.p("x.npy"),
+        f.p("y.npy"),
+        post
+    ));
     assert!(e.contains("cuda"), "{e}");
-    fails(&[
-        "fit",
-        "--features",
-        &f.p("x.npy"),
-        "--labels",
-        &f.p("x.npy"),
-        "--out",
-        &post,
-    ]);
-    fails(&[
-        "fit",
-        "--features",
-        &f.p("x.npy"),
-        "--labels",
-        &f.p("y.npy"),
-        "--prior-precision=0",
-        "--out",
-        &post,
-    ]);
+    fails(&format!(
+        "fit --features {} --labels {} --out {}",
+        f.p("x.npy"),
+        f.p("x.npy"),
+        post
+    ));
+    fails(&format!(
+        "fit --features {} --labels {} --prior-precision=0 --out {}",
+        f.p("x.npy"),
+        f.p("y.npy"),
+        post
+    ));
     assert_eq!(std::fs::read(&post).unwrap(), before);
 }
 
 #[test]
 fn devices_and_help() {
-    let out = ok(&["devices"]);
+    let out = ok("devices");
     assert!(
         out.contains("cpu") && out.contains("cuda") && out.contains("wgpu"),
         "{out}"
     );
     for sub in ["fit", "update", "predict", "info", "devices", "demo"] {
-        assert!(ok(&[sub, "--help"]).contains("Usage"), "{sub} --help");
+        assert!(ok(&format!("{sub} --help")).contains("Usage"), "{sub} --help");
     }
 }
 
 #[test]
 fn demo_writes_table_csv_and_figure() {
     let dir = temp_dir("demo");
-    let out = ok(&["demo", "--out-dir", &dir.display().to_string()]);
+    let out = ok(&format!("demo --out-dir {}", dir.display()));
     for method in [
         "no update",
         "sequential γ=1",

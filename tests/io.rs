@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use common::{Problem, suite};
+use common::{Problem, le_bytes as le, npy_bytes as npy, suite};
 use laplace_update::io::{
     ArrayData, load_posterior, parse_npy, peek_posterior, read_array, read_npy, save_posterior, write_npy,
 };
@@ -17,27 +17,6 @@ fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// A hand-built `.npy` (version 1) with the given header dict and raw little-endian body.
-fn npy(descr: &str, fortran: bool, shape: &str, body: &[u8]) -> Vec<u8> {
-    let mut header = format!(
-        "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}",
-        if fortran { "True" } else { "False" }
-    );
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-fn le<T: bytemuck::Pod>(v: &[T]) -> Vec<u8> {
-    bytemuck::cast_slice(v).to_vec()
 }
 
 #[test]

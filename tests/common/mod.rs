@@ -322,6 +322,26 @@ pub fn tol<T: Scalar>(dim: usize, c: f64) -> f64 {
     c * (dim.max(4) as f64) * T::EPS.as_f64()
 }
 
+/// A hand-built `.npy` (version 1): header dict fields and the raw little-endian body.
+pub fn npy_bytes(descr: &str, fortran: bool, shape: &str, body: &[u8]) -> Vec<u8> {
+    let order = if fortran { "True" } else { "False" };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': {order}, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// The little-endian bytes of plain values.
+pub fn le_bytes<T: bytemuck::Pod>(v: &[T]) -> Vec<u8> {
+    bytemuck::cast_slice(v).to_vec()
+}
+
 /// Whether the environment demands this backend (`LAPLACE_REQUIRE=wgpu,nvrtc,...`).
 pub fn required(backend: &str) -> bool {
     std::env::var("LAPLACE_REQUIRE").is_ok_and(|v| v.split(',').any(|b| b.trim() == backend))
