@@ -44,8 +44,8 @@ pub use device::{CpuDevice, Device, LowRankFactor, Matrix, Op, OutputWeighting, 
 pub use error::{Error, Result};
 pub use host::{HostMatrix, Label};
 pub use posterior::{
-    BiasMode, FitConfig, HeadConfig, HeadFit, Link, Posterior, Prediction, Structure, UpdateConfig, UpdateRule,
-    fit_head,
+    BiasMode, FitConfig, HeadConfig, HeadFit, Link, Posterior, Prediction, Structure, UnlearnConfig, UpdateConfig,
+    UpdateRule, fit_head,
 };
 pub use scalar::{DType, Scalar};
 

@@ -166,6 +166,32 @@ fn fit_update_predict_info_round_trip() {
     ));
     let p64 = read_npy(&f.dir.join("p64.npy")).unwrap().to_matrix::<f64>().unwrap().0;
     assert!(p64.chunks(3).all(|r| (r.iter().sum::<f64>() - 1.0).abs() < 1e-9));
+    ok(&format!(
+        "predict --posterior {post64} --features {} --link bridge --out {}",
+        f.p("x.npy"),
+        f.p("pb.npy")
+    ));
+    let pb = read_npy(&f.dir.join("pb.npy")).unwrap().to_matrix::<f64>().unwrap().0;
+    assert!(pb.chunks(3).all(|r| (r.iter().sum::<f64>() - 1.0).abs() < 1e-9));
+    // Update then unlearn the same samples: the file's covariance comes back.
+    let before = load_posterior::<CpuDevice, f64>(&cpu, Path::new(&post64))
+        .unwrap()
+        .covariance()
+        .unwrap();
+    let (xn, yn) = (f.p("x_new.npy"), f.p("y_new.npy"));
+    ok(&format!(
+        "update --posterior {post64} --features {xn} --labels {yn} --out {post64}"
+    ));
+    ok(&format!(
+        "unlearn --posterior {post64} --features {xn} --labels {yn} --out {post64}"
+    ));
+    let after = load_posterior::<CpuDevice, f64>(&cpu, Path::new(&post64))
+        .unwrap()
+        .covariance()
+        .unwrap();
+    let scale = before.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    assert!(before.iter().zip(&after).all(|(a, b)| (a - b).abs() <= 1e-9 * scale));
+    assert!(ok(&format!("info --posterior {post64}")).contains("samples seen   30"));
 }
 
 #[test]
@@ -277,7 +303,7 @@ fn devices_and_help() {
         out.contains("cpu") && out.contains("cuda") && out.contains("wgpu"),
         "{out}"
     );
-    for sub in ["fit", "update", "predict", "info", "devices", "demo"] {
+    for sub in ["fit", "update", "unlearn", "predict", "info", "devices", "demo"] {
         assert!(ok(&format!("{sub} --help")).contains("Usage"), "{sub} --help");
     }
 }

@@ -268,6 +268,51 @@ fn small_psd_cholesky(a: &mut [f64], k: usize) {
     }
 }
 
+/// The normalised Laplace bridge of one row (see [`Device::bridge_dirichlet`]), in f64, with the
+/// Dirichlet parameters handled in log space so that large logits cannot overflow.
+fn laplace_bridge(f: &[f64], sigma: &[f64]) -> Vec<f64> {
+    let k = f.len();
+    let kf = k as f64;
+    let row_sums: Vec<f64> = (0..k).map(|a| sigma[a * k..(a + 1) * k].iter().sum()).collect();
+    let total: f64 = row_sums.iter().sum();
+    let (mut mu, mut diag) = (f.to_vec(), (0..k).map(|a| sigma[a * k + a]).collect::<Vec<f64>>());
+    if total > 0.0 {
+        let f_sum: f64 = f.iter().sum();
+        for a in 0..k {
+            mu[a] -= row_sums[a] * f_sum / total;
+            diag[a] -= row_sums[a] * row_sums[a] / total;
+        }
+    }
+    let mean_diag = diag.iter().sum::<f64>() / kf / (kf / 2.0).sqrt();
+    if mean_diag.is_nan() || mean_diag <= 0.0 || diag.iter().any(|d| d.is_nan() || *d <= 0.0) {
+        let max = f.iter().fold(f64::NEG_INFINITY, |m, x| m.max(*x));
+        let e: Vec<f64> = f.iter().map(|x| (x - max).exp()).collect();
+        let s: f64 = e.iter().sum();
+        return e.iter().map(|x| x / s).collect();
+    }
+    mu.iter_mut().for_each(|m| *m /= mean_diag.sqrt());
+    diag.iter_mut().for_each(|d| *d /= mean_diag);
+    // log Σ_l e^{−μ_l}
+    let max_neg = mu.iter().fold(f64::NEG_INFINITY, |m, x| m.max(-x));
+    let lse_neg = max_neg + mu.iter().map(|x| (-x - max_neg).exp()).sum::<f64>().ln();
+    let base = 1.0 - 2.0 / kf;
+    let log_alpha: Vec<f64> = (0..k)
+        .map(|a| {
+            let t = mu[a] + lse_neg - 2.0 * kf.ln();
+            let log_num = if base > 0.0 {
+                t.max(base.ln()) + (-(t - base.ln()).abs()).exp().ln_1p()
+            } else {
+                t
+            };
+            log_num - diag[a].ln()
+        })
+        .collect();
+    let max = log_alpha.iter().fold(f64::NEG_INFINITY, |m, x| m.max(*x));
+    let e: Vec<f64> = log_alpha.iter().map(|x| (x - max).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|x| x / s).collect()
+}
+
 /// The number of classes behind a logit-covariance matrix: n × K² or n × 1 (isotropic).
 fn cov_layout<T: Scalar>(mean: &CpuMatrix<T>, cov: &CpuMatrix<T>) -> Result<bool> {
     let (n, k) = mean.shape();
@@ -950,6 +995,35 @@ impl Device for CpuDevice {
                 for (o, a) in row.iter_mut().zip(&acc) {
                     *o = T::from_f64(a / samples as f64);
                 }
+            })
+        });
+        Ok(Matrix::from_parts(out, n, k))
+    }
+
+    fn bridge_dirichlet<T: Scalar>(&self, mean: &Matrix<Self, T>, cov: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
+        let isotropic = cov_layout(mean, cov)?;
+        let (n, k) = mean.shape();
+        let cw = cov.cols();
+        let mut out = vec![T::zero(); n * k];
+        if k == 0 {
+            return Ok(Matrix::from_parts(out, n, k));
+        }
+        self.run(|| {
+            out.par_chunks_mut(k).enumerate().for_each(|(i, row)| {
+                let c = &cov.buffer()[i * cw..(i + 1) * cw];
+                let sigma: Vec<f64> = (0..k * k)
+                    .map(|ab| {
+                        let (a, b) = (ab / k, ab % k);
+                        if isotropic {
+                            if a == b { c[0].as_f64() } else { 0.0 }
+                        } else {
+                            c[ab].as_f64()
+                        }
+                    })
+                    .collect();
+                let f: Vec<f64> = mean.buffer()[i * k..(i + 1) * k].iter().map(|x| x.as_f64()).collect();
+                let probs = laplace_bridge(&f, &sigma);
+                row.iter_mut().zip(probs).for_each(|(o, p)| *o = T::from_f64(p));
             })
         });
         Ok(Matrix::from_parts(out, n, k))

@@ -11,7 +11,7 @@
 //! | kron | [`Device::kron_products`] |
 //! | low_rank | [`Device::low_rank_update`], [`Device::sherman_morrison_sequence`] |
 //! | cholesky | [`Device::cholesky`], [`Device::triangular_solve`], [`Device::spd_inverse`] |
-//! | predictive | [`Device::predictive_covariance`], [`Device::probit_softmax`], [`Device::monte_carlo_softmax`], [`Device::softmax_rows`], [`Device::categorical_weights`] |
+//! | predictive | [`Device::predictive_covariance`], [`Device::probit_softmax`], [`Device::monte_carlo_softmax`], [`Device::bridge_dirichlet`], [`Device::softmax_rows`], [`Device::categorical_weights`] |
 //! | elementwise | [`Device::axpy`], [`Device::add_row`], [`Device::add_diagonal`], [`Device::max_abs`] |
 //!
 //! Matrices are dense and row-major; their shape travels with the buffer. Data moves between
@@ -257,6 +257,13 @@ pub trait Device: Clone + Send + Sync + 'static {
         cov: &Matrix<Self, T>,
         eps: &Matrix<Self, T>,
     ) -> Result<Matrix<Self, T>>;
+    /// Laplace bridge to a Dirichlet (Hobbhahn et al. 2022), normalised as in their paper and in
+    /// laplace-torch's `bridge_norm`, returning the Dirichlet mean `α / Σα` per row. Per row:
+    /// zero-mean correction `f ← f − s (1ᵀf)/S`, `Σ ← Σ − s sᵀ/S` (`s = Σ 1`, `S = 1ᵀΣ1`); with
+    /// `d = diag Σ` and `c = mean(d)/√(K/2)`: `f ← f/√c`, `d ← d/c`; then
+    /// `α_k = (1 − 2/K + e^{f_k} Σ_l e^{−f_l} / K²) / d_k`. Where the corrected variance vanishes
+    /// the bridge is undefined and the row is `softmax(f)`. `cov` as in [`Device::probit_softmax`].
+    fn bridge_dirichlet<T: Scalar>(&self, mean: &Matrix<Self, T>, cov: &Matrix<Self, T>) -> Result<Matrix<Self, T>>;
     /// `m_n = p_max,n (1 − p_max,n)` for each row of `probs`; returns n × 1.
     fn categorical_weights<T: Scalar>(&self, probs: &Matrix<Self, T>) -> Result<Matrix<Self, T>>;
     /// `Y ← Y + α X`, elementwise, same shapes.

@@ -63,7 +63,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 let probs = probabilities(device, &phi, &post.moments.head, post.fixed_bias.as_ref())?;
                 match &basis {
                     Some(r) => device.ggn_accumulate(&mut precision, &phi, &probs, Some(r), T::one())?,
-                    None => add_curvature(device, post.structure, &mut precision, &phi, &probs)?,
+                    None => add_curvature(device, post.structure, &mut precision, &phi, &probs, T::one())?,
                 }
             }
             let covariance = device.spd_inverse(&precision)?;

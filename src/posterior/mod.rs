@@ -9,10 +9,12 @@
 mod fit;
 mod head;
 mod predict;
+mod unlearn;
 mod update;
 
 pub use head::{HeadConfig, HeadFit, fit_head};
 pub use predict::{Link, Prediction};
+pub use unlearn::UnlearnConfig;
 pub use update::{UpdateConfig, UpdateRule};
 
 use crate::device::{Device, Matrix, OutputWeighting};
@@ -371,20 +373,21 @@ pub(crate) fn probabilities<D: Device, T: Scalar>(
     Ok(p)
 }
 
-/// Adds the curvature of the samples Φ (with probabilities `probs`) to the precision:
-/// `Σ_n Λ_n ⊗ φ_nφ_nᵀ` (Full) or `Σ_n m_n φ_nφ_nᵀ` (Shared).
+/// Adds `alpha` times the curvature of the samples Φ (with probabilities `probs`) to the
+/// precision: `Σ_n Λ_n ⊗ φ_nφ_nᵀ` (Full) or `Σ_n m_n φ_nφ_nᵀ` (Shared).
 pub(crate) fn add_curvature<D: Device, T: Scalar>(
     device: &D,
     structure: Structure,
     precision: &mut Matrix<D, T>,
     phi: &Matrix<D, T>,
     probs: &Matrix<D, T>,
+    alpha: T,
 ) -> Result<()> {
     match structure {
-        Structure::Full => device.ggn_accumulate(precision, phi, probs, None, T::one()),
+        Structure::Full => device.ggn_accumulate(precision, phi, probs, None, alpha),
         Structure::Shared(weighting) => {
             let weights = shared_weights(device, weighting, probs)?;
-            device.weighted_syrk(precision, T::one(), phi, weights.as_ref(), T::one())
+            device.weighted_syrk(precision, T::one(), phi, weights.as_ref(), alpha)
         }
     }
 }

@@ -22,6 +22,9 @@ pub enum Link {
         /// Seed of the draws.
         seed: u64,
     },
+    /// The normalised Laplace bridge to a Dirichlet (Hobbhahn et al. 2022), its mean
+    /// `α / Σα`; see [`Device::bridge_dirichlet`](crate::Device::bridge_dirichlet).
+    Bridge,
     /// Plain `softmax(f)`, ignoring the covariance.
     None,
 }
@@ -105,6 +108,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 let eps = device.upload(&eps, samples, self.classes)?;
                 device.monte_carlo_softmax(&mean, &cov, &eps)?
             }
+            Link::Bridge => device.bridge_dirichlet(&mean, &cov)?,
             Link::None => {
                 let mut p = device.copy(&mean)?;
                 device.softmax_rows(&mut p)?;

@@ -138,10 +138,10 @@ enum CovarianceStep<D: Device, T: Scalar> {
 }
 
 /// What a Newton step reads of a posterior besides its moments.
-struct Model<'a, D: Device, T: Scalar> {
-    device: &'a D,
-    structure: Structure,
-    fixed_bias: Option<&'a Matrix<D, T>>,
+pub(super) struct Model<'a, D: Device, T: Scalar> {
+    pub(super) device: &'a D,
+    pub(super) structure: Structure,
+    pub(super) fixed_bias: Option<&'a Matrix<D, T>>,
 }
 
 impl<D: Device, T: Scalar> Model<'_, D, T> {
@@ -158,19 +158,13 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
         iterations: usize,
     ) -> Result<()> {
         let device = self.device;
-        let bias = self.fixed_bias;
         // Iterate w_t; `None` while it is still the anchor ŵ = moments.head.
         let mut iterate: Option<Matrix<D, T>> = None;
         for t in 0..iterations {
             let head = iterate.as_ref().unwrap_or(&moments.head);
-            let probs = probabilities(device, phi, head, bias)?;
-            let step = self.covariance_step(moments, phi, &probs)?;
-
             // Gradient of the log-likelihood, K × D_aug: G = (T − P)ᵀ Φ, plus −Π(w_t − ŵ).
-            let mut residual = device.copy(targets)?;
-            device.axpy(&mut residual, -T::one(), &probs)?;
-            let mut grad = device.zeros(targets.cols(), phi.cols())?;
-            device.gemm(&mut grad, T::zero(), &residual, Op::T, phi, Op::N, T::one())?;
+            let (probs, mut grad) = self.likelihood_gradient(phi, targets, head)?;
+            let step = self.covariance_step(moments, phi, &probs)?;
             if let Some(w_t) = &iterate {
                 let mut diff = device.copy(w_t)?;
                 device.axpy(&mut diff, -T::one(), &moments.head)?;
@@ -186,7 +180,7 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
                 match step {
                     CovarianceStep::Woodbury { u, c_chol } => {
                         device.low_rank_update(&mut moments.covariance, &u, &c_chol, Sign::Minus)?;
-                        add_curvature(device, self.structure, &mut moments.precision, phi, &probs)?;
+                        add_curvature(device, self.structure, &mut moments.precision, phi, &probs, T::one())?;
                     }
                     CovarianceStep::Refactor { precision, covariance } => {
                         moments.precision = precision;
@@ -225,21 +219,23 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
             Structure::Shared(_) => phi.rows(),
         };
         if 2 * rank < moments.covariance.rows() {
-            let (u, c_chol) = self.woodbury_factor(&moments.covariance, phi, probs)?;
+            let (u, c_chol) = self.woodbury_factor(&moments.covariance, phi, probs, Sign::Minus)?;
             return Ok(CovarianceStep::Woodbury { u, c_chol });
         }
         let mut precision = self.device.copy(&moments.precision)?;
-        add_curvature(self.device, self.structure, &mut precision, phi, probs)?;
+        add_curvature(self.device, self.structure, &mut precision, phi, probs, T::one())?;
         let covariance = self.device.spd_inverse(&precision)?;
         Ok(CovarianceStep::Refactor { precision, covariance })
     }
 
-    /// `(U, L)` with `U = ΣB` and `L = chol(I + BᵀΣB)` for the curvature factor B of the samples.
-    fn woodbury_factor(
+    /// `(U, L)` with `U = ΣB` and `L = chol(I ± BᵀΣB)` for the curvature factor B of the samples:
+    /// `+` for an update (`Sign::Minus` in Σ' = Σ − U C⁻¹ Uᵀ), `−` for a downdate (`Sign::Plus`).
+    pub(super) fn woodbury_factor(
         &self,
         covariance: &Matrix<D, T>,
         phi: &Matrix<D, T>,
         probs: &Matrix<D, T>,
+        sign: Sign,
     ) -> Result<(Matrix<D, T>, Matrix<D, T>)> {
         let device = self.device;
         let weights;
@@ -252,15 +248,39 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
                 }
             }
         };
-        let (u, mut c) = device.kron_products(covariance, phi, factor)?;
+        let (u, g) = device.kron_products(covariance, phi, factor)?;
+        let mut c = device.zeros(g.rows(), g.cols())?;
         device.add_diagonal(&mut c, T::one())?;
+        device.axpy(&mut c, if sign == Sign::Minus { T::one() } else { -T::one() }, &g)?;
         device.cholesky(&mut c)?;
         Ok((u, c))
     }
 
+    /// Probabilities at `head` and the log-likelihood gradient `G = (T − P)ᵀ Φ` (K × D_aug).
+    pub(super) fn likelihood_gradient(
+        &self,
+        phi: &Matrix<D, T>,
+        targets: &Matrix<D, T>,
+        head: &Matrix<D, T>,
+    ) -> Result<(Matrix<D, T>, Matrix<D, T>)> {
+        let device = self.device;
+        let probs = probabilities(device, phi, head, self.fixed_bias)?;
+        let mut residual = device.copy(targets)?;
+        device.axpy(&mut residual, -T::one(), &probs)?;
+        let mut grad = device.zeros(targets.cols(), phi.cols())?;
+        device.gemm(&mut grad, T::zero(), &residual, Op::T, phi, Op::N, T::one())?;
+        Ok((probs, grad))
+    }
+
     /// `out ← out + α · A x` for a matrix A acting on weight space and x a K × D_aug head-shaped
     /// matrix: `vec(out) += α A vec(x)` for Full, `out += α x A` for Shared (`A = I_K ⊗ A_D`).
-    fn apply_matrix(&self, a: &Matrix<D, T>, x: &Matrix<D, T>, out: &mut Matrix<D, T>, alpha: T) -> Result<()> {
+    pub(super) fn apply_matrix(
+        &self,
+        a: &Matrix<D, T>,
+        x: &Matrix<D, T>,
+        out: &mut Matrix<D, T>,
+        alpha: T,
+    ) -> Result<()> {
         let device = self.device;
         match self.structure {
             Structure::Full => {

@@ -408,6 +408,66 @@ pub fn check_predictive<D: Device, T: Scalar>(dev: &D) {
     }
 }
 
+/// laplace-torch's `bridge_norm` written out step by step in f64.
+fn bridge_reference(f: &[f64], sigma: &Dense) -> Vec<f64> {
+    let k = f.len();
+    let kf = k as f64;
+    let s: Vec<f64> = (0..k).map(|a| (0..k).map(|b| sigma.at(a, b)).sum()).collect();
+    let total: f64 = s.iter().sum();
+    let f_sum: f64 = f.iter().sum();
+    let mut mu: Vec<f64> = (0..k).map(|a| f[a] - s[a] * f_sum / total).collect();
+    let mut var: Vec<f64> = (0..k).map(|a| sigma.at(a, a) - s[a] * s[a] / total).collect();
+    let mean_var = var.iter().sum::<f64>() / kf / (kf / 2.0).sqrt();
+    mu.iter_mut().for_each(|m| *m /= mean_var.sqrt());
+    var.iter_mut().for_each(|v| *v /= mean_var);
+    let sum_exp: f64 = mu.iter().map(|m| (-m).exp()).sum();
+    let alpha: Vec<f64> = (0..k)
+        .map(|a| (1.0 - 2.0 / kf + mu[a].exp() / (kf * kf) * sum_exp) / var[a])
+        .collect();
+    let total_alpha: f64 = alpha.iter().sum();
+    alpha.iter().map(|a| a / total_alpha).collect()
+}
+
+pub fn check_bridge<D: Device, T: Scalar>(dev: &D) {
+    let mut rng = Rng::new(12);
+    for k in [2usize, 3, 10] {
+        let n = 7;
+        let mean = random(&mut rng, n, k);
+        let mut covs = Dense::zeros(n, k * k);
+        let mut iso = Dense::zeros(n, 1);
+        for i in 0..n {
+            let c = spd(&mut rng, k).scale(0.5 + i as f64);
+            covs.a[i * k * k..(i + 1) * k * k].copy_from_slice(&c.a);
+            iso.a[i] = 0.3 + i as f64;
+        }
+        let full = down(
+            dev,
+            &dev.bridge_dirichlet(&up::<D, T>(dev, &mean), &up(dev, &covs)).unwrap(),
+        );
+        let isotropic = down(
+            dev,
+            &dev.bridge_dirichlet(&up::<D, T>(dev, &mean), &up(dev, &iso)).unwrap(),
+        );
+        for i in 0..n {
+            let c = Dense::from(k, k, covs.a[i * k * k..(i + 1) * k * k].to_vec());
+            let e = rel_err(&full[i * k..(i + 1) * k], &bridge_reference(mean.row(i), &c));
+            assert!(e < tol::<T>(k, 50.0), "bridge k={k} row {i}: err {e}");
+            let c = Dense::identity(k).scale(iso.a[i]);
+            let e = rel_err(&isotropic[i * k..(i + 1) * k], &bridge_reference(mean.row(i), &c));
+            assert!(e < tol::<T>(k, 50.0), "isotropic bridge k={k} row {i}: err {e}");
+        }
+    }
+    // Extreme logits stay finite; zero covariance falls back to the softmax.
+    let mean = Dense::from(2, 3, vec![1e4, -1e4, 0.0, 0.5, 0.1, -0.3]);
+    let cov = Dense::from(2, 1, vec![2.0, 0.0]);
+    let p = down(
+        dev,
+        &dev.bridge_dirichlet(&up::<D, T>(dev, &mean), &up(dev, &cov)).unwrap(),
+    );
+    assert!(p.iter().all(|x| x.is_finite()) && (p[..3].iter().map(|x| x.as_f64()).sum::<f64>() - 1.0).abs() < 1e-5);
+    assert!(rel_err(&p[3..], &softmax(mean.row(1))) < tol::<T>(3, 8.0));
+}
+
 pub fn check_elementwise<D: Device, T: Scalar>(dev: &D) {
     let mut rng = Rng::new(10);
     let a = random(&mut rng, 17, 5);
@@ -448,6 +508,7 @@ macro_rules! kernel_suite {
             #[test] fn cholesky_family() { if let Some(d) = device() { kernels::check_cholesky_family::<_, $t>(&d) } }
             #[test] fn low_rank_update() { if let Some(d) = device() { kernels::check_low_rank_update::<_, $t>(&d) } }
             #[test] fn predictive() { if let Some(d) = device() { kernels::check_predictive::<_, $t>(&d) } }
+            #[test] fn bridge() { if let Some(d) = device() { kernels::check_bridge::<_, $t>(&d) } }
             #[test] fn elementwise() { if let Some(d) = device() { kernels::check_elementwise::<_, $t>(&d) } }
         }
         )+

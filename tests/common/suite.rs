@@ -857,6 +857,7 @@ macro_rules! posterior_suite {
             #[test] fn monte_carlo_converges() { if let Some(d) = device() { suite::check_monte_carlo::<_, $t>(&d) } }
             #[test] fn shape_sweep() { if let Some(d) = device() { suite::check_shape_sweep::<_, $t>(&d) } }
             #[test] fn bad_inputs_leave_posterior_unchanged() { if let Some(d) = device() { suite::check_bad_inputs_leave_posterior_unchanged::<_, $t>(&d) } }
+            #[test] fn unlearn_inverts_joint_update() { if let Some(d) = device() { suite::check_unlearn::<_, $t>(&d) } }
             #[test] fn fit_head_matches_dense_newton() { if let Some(d) = device() { suite::check_fit_head::<_, $t>(&d) } }
             #[test] fn drift_stays_bounded() {
                 let bound = if <$t as laplace_update::Scalar>::DTYPE == laplace_update::DType::F32 { 1e-4 } else { 1e-10 };
@@ -939,4 +940,75 @@ pub fn check_fit_head<D: Device, T: Scalar>(dev: &D) {
     )
     .unwrap_err();
     assert!(matches!(e, Error::LabelOutOfRange { .. }));
+}
+
+/// Unlearn inverts a Joint update: covariance, precision and mean come back.
+pub fn check_unlearn<D: Device, T: Scalar>(dev: &D) {
+    let bound = if T::DTYPE == DType::F64 { 1e-9 } else { 2e-3 };
+    for (structure, name) in structures() {
+        for (bias_in, gamma, m) in [(true, 1.0, 3usize), (false, 1.0, 1), (true, 0.5, 12)] {
+            let pb = Problem::random(71 + m as u64, 20 + m, 5, 3, bias_in);
+            let pb_fit = Problem {
+                n: 20,
+                phi: pb.phi[..20 * pb.d].to_vec(),
+                labels: pb.labels[..20].to_vec(),
+                ..pb.clone()
+            };
+            let mut post = fit::<D, T>(dev, &pb_fit, structure);
+            let before = snapshot(&post);
+            let x = Problem::cast::<T>(&pb.phi[20 * pb.d..]);
+            let new = HostMatrix::new(&x, m, pb.d).unwrap();
+            post.update(
+                new,
+                &pb.labels[20..],
+                &UpdateConfig {
+                    rule: UpdateRule::Joint,
+                    gamma,
+                    iterations: 1,
+                },
+            )
+            .unwrap();
+            post.unlearn(
+                new,
+                &pb.labels[20..],
+                &UnlearnConfig {
+                    gamma,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let after = snapshot(&post);
+            let f64s = |v: &[T]| v.iter().map(|x| x.as_f64()).collect::<Vec<f64>>();
+            for (what, got, want) in [
+                ("covariance", &after.3, &before.3),
+                ("precision", &after.2, &before.2),
+                ("head", &after.0, &before.0),
+                ("bias", &after.1, &before.1),
+            ] {
+                let e = rel_err(got, &f64s(want));
+                assert!(e < bound, "{name} bias_in={bias_in} γ={gamma} m={m}: {what} err {e}");
+            }
+            assert_eq!(after.4, 20);
+        }
+        // Samples that were never added can make I − BᵀΣB indefinite: a typed error, no change.
+        // With unit output weights B = Φᵀ does not depend on the recovered head.
+        let pb = Problem::random(5, 2, 4, 3, true);
+        let mut post = fit::<D, T>(dev, &pb, structure);
+        let before = snapshot(&post);
+        let big: Vec<T> = Problem::cast::<T>(&[3.0, -3.0, 3.0, 3.0, 3.0, 3.0, -3.0, 3.0]);
+        if structure == Structure::Shared(OutputWeighting::Gaussian) {
+            let e = post
+                .unlearn(
+                    HostMatrix::new(&big, 2, 4).unwrap(),
+                    &[0u8, 1],
+                    &UnlearnConfig::default(),
+                )
+                .unwrap_err();
+            assert!(matches!(e, Error::NotPositiveDefinite { .. }), "{name}: {e}");
+        }
+        assert!(
+            snapshot(&post) == before,
+            "{name}: a failed unlearn changed the posterior"
+        );
+    }
 }

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use laplace_update::io::{load_posterior, peek_posterior, read_array, save_posterior, write_npy};
 use laplace_update::{
     BiasMode, CpuDevice, DType, Device, Error, FitConfig, HeadConfig, HostMatrix, Link, OutputWeighting, Posterior,
-    Result, Scalar, Structure, UpdateConfig, UpdateRule, fit_head,
+    Result, Scalar, Structure, UnlearnConfig, UpdateConfig, UpdateRule, fit_head,
 };
 
 #[derive(Parser)]
@@ -31,6 +31,8 @@ enum Command {
     Fit(FitArgs),
     /// Fold new labelled samples into a posterior.
     Update(UpdateArgs),
+    /// Remove samples that a Joint update added (its exact inverse).
+    Unlearn(UnlearnArgs),
     /// Predict class probabilities (and logit variances) at new features.
     Predict(PredictArgs),
     /// Describe a posterior file.
@@ -144,10 +146,33 @@ struct UpdateArgs {
     out: PathBuf,
 }
 
+#[derive(Args)]
+struct UnlearnArgs {
+    /// Posterior file to remove samples from.
+    #[arg(long)]
+    posterior: PathBuf,
+    /// The features of the samples to remove, m × D.
+    #[arg(long)]
+    features: String,
+    /// Their labels.
+    #[arg(long)]
+    labels: String,
+    /// The step scale γ they were added with (0 < γ ≤ 1).
+    #[arg(long, default_value_t = 1.0)]
+    gamma: f64,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Output posterior file; may be the input file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LinkArg {
     Probit,
     Mc,
+    Bridge,
     None,
 }
 
@@ -187,6 +212,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Fit(args) => fit(&args),
         Command::Update(args) => update(&args),
+        Command::Unlearn(args) => unlearn(&args),
         Command::Predict(args) => predict(&args),
         Command::Info { posterior } => info(&posterior),
         Command::Devices => devices(),
@@ -338,6 +364,28 @@ fn update_as<T: Scalar>(device: &CpuDevice, args: &UpdateArgs) -> Result<()> {
     Ok(())
 }
 
+fn unlearn(args: &UnlearnArgs) -> Result<()> {
+    let device = select_device(args.device)?;
+    match peek_posterior(&args.posterior)?.dtype {
+        DType::F32 => unlearn_as::<f32>(&device, args),
+        DType::F64 => unlearn_as::<f64>(&device, args),
+    }
+}
+
+fn unlearn_as<T: Scalar>(device: &CpuDevice, args: &UnlearnArgs) -> Result<()> {
+    let mut post: Posterior<CpuDevice, T> = load_posterior(device, &args.posterior)?;
+    let (phi, m, d) = read_array(&args.features)?.to_matrix::<T>()?;
+    let labels = labels_of(&args.labels)?;
+    let config = UnlearnConfig {
+        gamma: args.gamma,
+        ..Default::default()
+    };
+    post.unlearn(HostMatrix::new(&phi, m, d)?, &labels, &config)?;
+    save_posterior(&post, &args.out)?;
+    eprintln!("removed {m} samples; wrote {}", args.out.display());
+    Ok(())
+}
+
 fn predict(args: &PredictArgs) -> Result<()> {
     let device = select_device(args.device)?;
     match peek_posterior(&args.posterior)?.dtype {
@@ -357,6 +405,7 @@ fn predict_as<T: Scalar>(device: &CpuDevice, args: &PredictArgs) -> Result<()> {
             samples: args.samples,
             seed: args.seed,
         },
+        LinkArg::Bridge => Link::Bridge,
         LinkArg::None => Link::None,
     };
     let pred = post.predict(HostMatrix::new(&phi, n, d)?, link)?;
