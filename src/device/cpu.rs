@@ -81,6 +81,40 @@ impl CpuDevice {
     fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         self.pool.install(f)
     }
+
+    /// Applies a link to every input, in parallel: `link(f, Σ_f)` gets the logit mean (K) and
+    /// the dense K × K logit covariance in f64 (`v I` for an isotropic n × 1 `cov`) and returns
+    /// the K probabilities.
+    fn map_predictive<T: Scalar>(
+        &self,
+        mean: &CpuMatrix<T>,
+        cov: &CpuMatrix<T>,
+        link: impl Fn(&[f64], &[f64]) -> Vec<f64> + Sync,
+    ) -> Result<CpuMatrix<T>> {
+        let isotropic = cov_layout(mean, cov)?;
+        let (n, k) = mean.shape();
+        let cw = cov.cols();
+        let mut out = vec![T::zero(); n * k];
+        if k > 0 {
+            self.run(|| {
+                out.par_chunks_mut(k).enumerate().for_each(|(i, row)| {
+                    let c = &cov.buffer()[i * cw..(i + 1) * cw];
+                    let sigma: Vec<f64> = (0..k * k)
+                        .map(|ab| match (isotropic, ab / k == ab % k) {
+                            (true, true) => c[0].as_f64(),
+                            (true, false) => 0.0,
+                            (false, _) => c[ab].as_f64(),
+                        })
+                        .collect();
+                    let f: Vec<f64> = mean.buffer()[i * k..(i + 1) * k].iter().map(|x| x.as_f64()).collect();
+                    row.iter_mut()
+                        .zip(link(&f, &sigma))
+                        .for_each(|(o, p)| *o = T::from_f64(p));
+                })
+            });
+        }
+        Ok(Matrix::from_parts(out, n, k))
+    }
 }
 
 type CpuMatrix<T> = Matrix<CpuDevice, T>;
@@ -245,15 +279,26 @@ fn softmax_in_place<T: Scalar>(row: &mut [T]) {
     }
 }
 
+/// Stable softmax in f64.
+fn softmax_f64(f: &[f64]) -> Vec<f64> {
+    let max = f.iter().fold(f64::NEG_INFINITY, |m, x| m.max(*x));
+    let e: Vec<f64> = f.iter().map(|x| (x - max).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|x| x / s).collect()
+}
+
 /// Cholesky of a small PSD matrix (row-major k × k) in f64, in place; pivots that are not
 /// positive are treated as zero, so semidefinite inputs give a valid factor.
 fn small_psd_cholesky(a: &mut [f64], k: usize) {
+    // Pivots at rounding level relative to the largest variance count as zero too: a rank-
+    // deficient covariance must not divide rounding noise by rounding noise.
+    let floor = 1e3 * f64::EPSILON * (0..k).map(|j| a[j * k + j]).fold(0.0, f64::max) * k as f64;
     for j in 0..k {
         let mut d = a[j * k + j];
         for p in 0..j {
             d -= a[j * k + p] * a[j * k + p];
         }
-        let d = if d > 0.0 { d.sqrt() } else { 0.0 };
+        let d = if d > floor { d.sqrt() } else { 0.0 };
         a[j * k + j] = d;
         for i in j + 1..k {
             let mut s = a[i * k + j];
@@ -285,10 +330,7 @@ fn laplace_bridge(f: &[f64], sigma: &[f64]) -> Vec<f64> {
     }
     let mean_diag = diag.iter().sum::<f64>() / kf / (kf / 2.0).sqrt();
     if mean_diag.is_nan() || mean_diag <= 0.0 || diag.iter().any(|d| d.is_nan() || *d <= 0.0) {
-        let max = f.iter().fold(f64::NEG_INFINITY, |m, x| m.max(*x));
-        let e: Vec<f64> = f.iter().map(|x| (x - max).exp()).collect();
-        let s: f64 = e.iter().sum();
-        return e.iter().map(|x| x / s).collect();
+        return softmax_f64(f);
     }
     mu.iter_mut().for_each(|m| *m /= mean_diag.sqrt());
     diag.iter_mut().for_each(|d| *d /= mean_diag);
@@ -307,10 +349,7 @@ fn laplace_bridge(f: &[f64], sigma: &[f64]) -> Vec<f64> {
             log_num - diag[a].ln()
         })
         .collect();
-    let max = log_alpha.iter().fold(f64::NEG_INFINITY, |m, x| m.max(*x));
-    let e: Vec<f64> = log_alpha.iter().map(|x| (x - max).exp()).collect();
-    let s: f64 = e.iter().sum();
-    e.iter().map(|x| x / s).collect()
+    softmax_f64(&log_alpha)
 }
 
 /// The number of classes behind a logit-covariance matrix: n × K² or n × 1 (isotropic).
@@ -926,24 +965,14 @@ impl Device for CpuDevice {
         cov: &Matrix<Self, T>,
         lambda: T,
     ) -> Result<Matrix<Self, T>> {
-        let isotropic = cov_layout(mean, cov)?;
-        let k = mean.cols();
-        let mut out = mean.buffer().clone();
-        if k == 0 {
-            return Ok(Matrix::from_parts(out, mean.rows(), k));
-        }
-        let cw = cov.cols();
-        self.run(|| {
-            out.par_chunks_mut(k).enumerate().for_each(|(n, row)| {
-                let c = &cov.buffer()[n * cw..(n + 1) * cw];
-                for (kk, x) in row.iter_mut().enumerate() {
-                    let var = if isotropic { c[0] } else { c[kk * k + kk] };
-                    *x /= (T::one() + lambda * var.max(T::zero())).sqrt();
-                }
-                softmax_in_place(row);
-            })
-        });
-        Ok(Matrix::from_parts(out, mean.rows(), k))
+        let lambda = lambda.as_f64();
+        self.map_predictive(mean, cov, |f, sigma| {
+            let k = f.len();
+            let scaled: Vec<f64> = (0..k)
+                .map(|a| f[a] / (1.0 + lambda * sigma[a * k + a].max(0.0)).sqrt())
+                .collect();
+            softmax_f64(&scaled)
+        })
     }
 
     fn monte_carlo_softmax<T: Scalar>(
@@ -952,81 +981,29 @@ impl Device for CpuDevice {
         cov: &Matrix<Self, T>,
         eps: &Matrix<Self, T>,
     ) -> Result<Matrix<Self, T>> {
-        let isotropic = cov_layout(mean, cov)?;
-        let (n, k) = mean.shape();
         let samples = eps.rows();
-        eps.expect_shape("eps", samples, k)?;
+        eps.expect_shape("eps", samples, mean.cols())?;
         if samples == 0 {
             return Err(Error::invalid("samples", "at least one Monte Carlo sample is required"));
         }
-        let cw = cov.cols();
-        let mut out = vec![T::zero(); n * k];
-        if k == 0 {
-            return Ok(Matrix::from_parts(out, n, k));
-        }
-        self.run(|| {
-            out.par_chunks_mut(k).enumerate().for_each(|(i, row)| {
-                let c = &cov.buffer()[i * cw..(i + 1) * cw];
-                let mut l = vec![0.0f64; k * k];
-                if isotropic {
-                    let s = c[0].as_f64().max(0.0).sqrt();
-                    (0..k).for_each(|a| l[a * k + a] = s);
-                } else {
-                    let max_diag = (0..k).map(|a| c[a * k + a].as_f64()).fold(0.0, f64::max);
-                    let jitter = 1e-6 * (1.0 + max_diag);
-                    for (li, ci) in l.iter_mut().zip(c) {
-                        *li = ci.as_f64();
-                    }
-                    (0..k).for_each(|a| l[a * k + a] += jitter);
-                    small_psd_cholesky(&mut l, k);
-                }
-                let f = &mean.buffer()[i * k..(i + 1) * k];
-                let mut z = vec![T::zero(); k];
-                let mut acc = vec![0.0f64; k];
-                for s in 0..samples {
-                    let e = &eps.buffer()[s * k..(s + 1) * k];
-                    for a in 0..k {
-                        let noise: f64 = (0..=a).map(|b| l[a * k + b] * e[b].as_f64()).sum();
-                        z[a] = f[a] + T::from_f64(noise);
-                    }
-                    softmax_in_place(&mut z);
-                    acc.iter_mut().zip(&z).for_each(|(x, zv)| *x += zv.as_f64());
-                }
-                for (o, a) in row.iter_mut().zip(&acc) {
-                    *o = T::from_f64(a / samples as f64);
-                }
-            })
-        });
-        Ok(Matrix::from_parts(out, n, k))
+        let eps: Vec<f64> = eps.buffer().iter().map(|x| x.as_f64()).collect();
+        self.map_predictive(mean, cov, |f, sigma| {
+            let k = f.len();
+            let mut l = sigma.to_vec();
+            small_psd_cholesky(&mut l, k);
+            let mut acc = vec![0.0f64; k];
+            for e in eps.chunks_exact(k) {
+                let z: Vec<f64> = (0..k)
+                    .map(|a| f[a] + (0..=a).map(|b| l[a * k + b] * e[b]).sum::<f64>())
+                    .collect();
+                acc.iter_mut().zip(softmax_f64(&z)).for_each(|(x, p)| *x += p);
+            }
+            acc.iter().map(|x| x / samples as f64).collect()
+        })
     }
 
     fn bridge_dirichlet<T: Scalar>(&self, mean: &Matrix<Self, T>, cov: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
-        let isotropic = cov_layout(mean, cov)?;
-        let (n, k) = mean.shape();
-        let cw = cov.cols();
-        let mut out = vec![T::zero(); n * k];
-        if k == 0 {
-            return Ok(Matrix::from_parts(out, n, k));
-        }
-        self.run(|| {
-            out.par_chunks_mut(k).enumerate().for_each(|(i, row)| {
-                let c = &cov.buffer()[i * cw..(i + 1) * cw];
-                let sigma: Vec<f64> = (0..k * k)
-                    .map(|ab| {
-                        let (a, b) = (ab / k, ab % k);
-                        if isotropic {
-                            if a == b { c[0].as_f64() } else { 0.0 }
-                        } else {
-                            c[ab].as_f64()
-                        }
-                    })
-                    .collect();
-                let f: Vec<f64> = mean.buffer()[i * k..(i + 1) * k].iter().map(|x| x.as_f64()).collect();
-                let probs = laplace_bridge(&f, &sigma);
-                row.iter_mut().zip(probs).for_each(|(o, p)| *o = T::from_f64(p));
-            })
-        });
-        Ok(Matrix::from_parts(out, n, k))
+        self.map_predictive(mean, cov, laplace_bridge)
     }
 
     fn categorical_weights<T: Scalar>(&self, probs: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {

@@ -249,8 +249,10 @@ pub trait Device: Clone + Send + Sync + 'static {
         cov: &Matrix<Self, T>,
         lambda: T,
     ) -> Result<Matrix<Self, T>>;
-    /// Monte Carlo link: `p_n = (1/S) Σ_s softmax(f_n + L_n ε_s)` with `L_n = chol(Σ_f[n] + δI)`,
-    /// δ = 1e-6·(1 + max diag). `cov` as in [`Device::probit_softmax`]; `eps` is S × K.
+    /// Monte Carlo link: `p_n = (1/S) Σ_s softmax(f_n + L_n ε_s)` with `L_n L_nᵀ = Σ_f[n]`, a
+    /// Cholesky factor in which pivots that are not positive count as zero, so semidefinite
+    /// covariances (rank K − 1 is usual for softmax) are fine. `cov` as in
+    /// [`Device::probit_softmax`]; `eps` is S × K.
     fn monte_carlo_softmax<T: Scalar>(
         &self,
         mean: &Matrix<Self, T>,

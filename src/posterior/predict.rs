@@ -14,7 +14,7 @@ pub enum Link {
         /// Mean-field factor λ ≥ 0.
         lambda: f64,
     },
-    /// `(1/S) Σ_s softmax(f + L ε_s)` with `L = chol(Σ_f + δI)` and ε_s standard normal,
+    /// `(1/S) Σ_s softmax(f + L ε_s)` with `L Lᵀ = Σ_f` and ε_s standard normal,
     /// drawn from `seed` (the same draws for every input and backend).
     MonteCarlo {
         /// Number of samples S ≥ 1.

@@ -211,9 +211,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Fit(args) => fit(&args),
-        Command::Update(args) => update(&args),
-        Command::Unlearn(args) => unlearn(&args),
-        Command::Predict(args) => predict(&args),
+        Command::Update(args) => on_posterior(
+            args.device,
+            &args.posterior,
+            |d| update_as::<f32>(d, &args),
+            |d| update_as::<f64>(d, &args),
+        ),
+        Command::Unlearn(args) => on_posterior(
+            args.device,
+            &args.posterior,
+            |d| unlearn_as::<f32>(d, &args),
+            |d| unlearn_as::<f64>(d, &args),
+        ),
+        Command::Predict(args) => on_posterior(
+            args.device,
+            &args.posterior,
+            |d| predict_as::<f32>(d, &args),
+            |d| predict_as::<f64>(d, &args),
+        ),
         Command::Info { posterior } => info(&posterior),
         Command::Devices => devices(),
         Command::Demo(args) => demo::run(&args),
@@ -242,6 +257,26 @@ fn unavailable(backend: &'static str) -> Error {
         backend,
         reason: format!("this build has no `{backend}` backend"),
     }
+}
+
+/// Runs the f32 or the f64 variant of a command, as the posterior file's dtype says.
+fn on_posterior(
+    choice: DeviceArg,
+    posterior: &Path,
+    as_f32: impl FnOnce(&CpuDevice) -> Result<()>,
+    as_f64: impl FnOnce(&CpuDevice) -> Result<()>,
+) -> Result<()> {
+    let device = select_device(choice)?;
+    match peek_posterior(posterior)?.dtype {
+        DType::F32 => as_f32(&device),
+        DType::F64 => as_f64(&device),
+    }
+}
+
+/// A batch of labelled samples from files: row-major features, rows, columns, labels.
+fn read_batch<T: Scalar>(features: &str, labels: &str) -> Result<(Vec<T>, usize, usize, Vec<i64>)> {
+    let (phi, m, d) = read_array(features)?.to_matrix::<T>()?;
+    Ok((phi, m, d, labels_of(labels)?))
 }
 
 fn devices() -> Result<()> {
@@ -332,18 +367,9 @@ fn fit_as<T: Scalar>(device: &CpuDevice, args: &FitArgs) -> Result<()> {
     Ok(())
 }
 
-fn update(args: &UpdateArgs) -> Result<()> {
-    let device = select_device(args.device)?;
-    match peek_posterior(&args.posterior)?.dtype {
-        DType::F32 => update_as::<f32>(&device, args),
-        DType::F64 => update_as::<f64>(&device, args),
-    }
-}
-
 fn update_as<T: Scalar>(device: &CpuDevice, args: &UpdateArgs) -> Result<()> {
     let mut post: Posterior<CpuDevice, T> = load_posterior(device, &args.posterior)?;
-    let (phi, m, d) = read_array(&args.features)?.to_matrix::<T>()?;
-    let labels = labels_of(&args.labels)?;
+    let (phi, m, d, labels) = read_batch::<T>(&args.features, &args.labels)?;
     let config = UpdateConfig {
         rule: match args.rule {
             RuleArg::Joint => UpdateRule::Joint,
@@ -364,18 +390,9 @@ fn update_as<T: Scalar>(device: &CpuDevice, args: &UpdateArgs) -> Result<()> {
     Ok(())
 }
 
-fn unlearn(args: &UnlearnArgs) -> Result<()> {
-    let device = select_device(args.device)?;
-    match peek_posterior(&args.posterior)?.dtype {
-        DType::F32 => unlearn_as::<f32>(&device, args),
-        DType::F64 => unlearn_as::<f64>(&device, args),
-    }
-}
-
 fn unlearn_as<T: Scalar>(device: &CpuDevice, args: &UnlearnArgs) -> Result<()> {
     let mut post: Posterior<CpuDevice, T> = load_posterior(device, &args.posterior)?;
-    let (phi, m, d) = read_array(&args.features)?.to_matrix::<T>()?;
-    let labels = labels_of(&args.labels)?;
+    let (phi, m, d, labels) = read_batch::<T>(&args.features, &args.labels)?;
     let config = UnlearnConfig {
         gamma: args.gamma,
         ..Default::default()
@@ -384,14 +401,6 @@ fn unlearn_as<T: Scalar>(device: &CpuDevice, args: &UnlearnArgs) -> Result<()> {
     save_posterior(&post, &args.out)?;
     eprintln!("removed {m} samples; wrote {}", args.out.display());
     Ok(())
-}
-
-fn predict(args: &PredictArgs) -> Result<()> {
-    let device = select_device(args.device)?;
-    match peek_posterior(&args.posterior)?.dtype {
-        DType::F32 => predict_as::<f32>(&device, args),
-        DType::F64 => predict_as::<f64>(&device, args),
-    }
 }
 
 fn predict_as<T: Scalar>(device: &CpuDevice, args: &PredictArgs) -> Result<()> {
