@@ -247,6 +247,15 @@ impl Problem {
             .collect();
         softmax(&f)
     }
+    /// The same problem restricted to its first `n` samples.
+    pub fn first(&self, n: usize) -> Problem {
+        Problem {
+            n,
+            phi: self.phi[..n * self.d].to_vec(),
+            labels: self.labels[..n].to_vec(),
+            ..self.clone()
+        }
+    }
     pub fn x(&self, i: usize) -> &[f64] {
         &self.phi[i * self.d..(i + 1) * self.d]
     }

@@ -103,12 +103,7 @@ pub fn check_joint_update<D: Device, T: Scalar>(dev: &D) {
                 let pb = Problem::random(5 + m as u64, 20 + m, 9, 4, bias_in);
                 let fit_rows: Vec<usize> = (0..20).collect();
                 let new_rows: Vec<usize> = (20..20 + m).collect();
-                let pb_fit = Problem {
-                    n: 20,
-                    phi: pb.phi[..20 * pb.d].to_vec(),
-                    labels: pb.labels[..20].to_vec(),
-                    ..pb.clone()
-                };
+                let pb_fit = pb.first(20);
                 let mut post = fit::<D, T>(dev, &pb_fit, structure);
                 let phi_new = Problem::cast::<T>(&pb.phi[20 * pb.d..]);
                 let gamma = 1.5;
@@ -151,12 +146,7 @@ pub fn check_joint_iterations<D: Device, T: Scalar>(dev: &D) {
         let pb = Problem::random(9, 18 + m, 6, 3, true);
         let fit_rows: Vec<usize> = (0..18).collect();
         let new_rows: Vec<usize> = (18..18 + m).collect();
-        let pb_fit = Problem {
-            n: 18,
-            phi: pb.phi[..18 * pb.d].to_vec(),
-            labels: pb.labels[..18].to_vec(),
-            ..pb.clone()
-        };
+        let pb_fit = pb.first(18);
         let mut post = fit::<D, T>(dev, &pb_fit, structure);
         let phi_new = Problem::cast::<T>(&pb.phi[18 * pb.d..]);
         let iterations = 3;
@@ -233,12 +223,7 @@ pub fn check_sequential_shared<D: Device, T: Scalar>(dev: &D) {
             let pb = Problem::random(21, 40, 7, 5, bias_in);
             let fit_rows: Vec<usize> = (0..25).collect();
             let new_rows: Vec<usize> = (25..40).collect();
-            let pb_fit = Problem {
-                n: 25,
-                phi: pb.phi[..25 * pb.d].to_vec(),
-                labels: pb.labels[..25].to_vec(),
-                ..pb.clone()
-            };
+            let pb_fit = pb.first(25);
             let mut post = fit::<D, T>(dev, &pb_fit, structure);
             let gamma = 10.0;
             let phi_new = Problem::cast::<T>(&pb.phi[25 * pb.d..]);
@@ -281,12 +266,7 @@ pub fn check_sequential_shared<D: Device, T: Scalar>(dev: &D) {
 
 pub fn check_sequential_full<D: Device, T: Scalar>(dev: &D) {
     let pb = Problem::random(33, 24, 5, 3, true);
-    let pb_fit = Problem {
-        n: 20,
-        phi: pb.phi[..20 * pb.d].to_vec(),
-        labels: pb.labels[..20].to_vec(),
-        ..pb.clone()
-    };
+    let pb_fit = pb.first(20);
     let fit_rows: Vec<usize> = (0..20).collect();
     // m = 1: Sequential and Joint are the same update.
     let one = Problem::cast::<T>(&pb.phi[20 * pb.d..21 * pb.d]);
@@ -497,12 +477,7 @@ pub fn check_shape_sweep<D: Device, T: Scalar>(dev: &D) {
                 }
                 let n = 12;
                 let pb = Problem::random((d * 31 + k) as u64, n + 3, d, k, d % 2 == 1);
-                let pb_fit = Problem {
-                    n,
-                    phi: pb.phi[..n * d].to_vec(),
-                    labels: pb.labels[..n].to_vec(),
-                    ..pb.clone()
-                };
+                let pb_fit = pb.first(n);
                 let mut post = fit::<D, T>(dev, &pb_fit, structure);
                 let phi_new = Problem::cast::<T>(&pb.phi[n * d..]);
                 post.update(
@@ -790,12 +765,7 @@ pub fn check_drift<D: Device, T: Scalar>(dev: &D, bound: f64) {
     ] {
         let k = 10;
         let pb = Problem::random(99, 1100, 64, k, true);
-        let pb_fit = Problem {
-            n: 100,
-            phi: pb.phi[..100 * 64].to_vec(),
-            labels: pb.labels[..100].to_vec(),
-            ..pb.clone()
-        };
+        let pb_fit = pb.first(100);
         let mut post = fit::<D, T>(dev, &pb_fit, structure);
         let phi = Problem::cast::<T>(&pb.phi[100 * 64..]);
         let cfg = UpdateConfig {
@@ -948,12 +918,7 @@ pub fn check_unlearn<D: Device, T: Scalar>(dev: &D) {
     for (structure, name) in structures() {
         for (bias_in, gamma, m) in [(true, 1.0, 3usize), (false, 1.0, 1), (true, 0.5, 12)] {
             let pb = Problem::random(71 + m as u64, 20 + m, 5, 3, bias_in);
-            let pb_fit = Problem {
-                n: 20,
-                phi: pb.phi[..20 * pb.d].to_vec(),
-                labels: pb.labels[..20].to_vec(),
-                ..pb.clone()
-            };
+            let pb_fit = pb.first(20);
             let mut post = fit::<D, T>(dev, &pb_fit, structure);
             let before = snapshot(&post);
             let x = Problem::cast::<T>(&pb.phi[20 * pb.d..]);

@@ -118,26 +118,18 @@ enum RuleArg {
     Sequential,
 }
 
+/// A posterior file, a batch of labelled samples, and where the result goes.
 #[derive(Args)]
-struct UpdateArgs {
-    /// Posterior file to update.
+struct BatchArgs {
+    /// Posterior file to change.
     #[arg(long)]
     posterior: PathBuf,
-    /// New features, m × D.
+    /// The samples' features, m × D.
     #[arg(long)]
     features: String,
-    /// New labels, m integers.
+    /// Their labels, m integers.
     #[arg(long)]
     labels: String,
-    /// Step scale γ of the Newton step.
-    #[arg(long, default_value_t = 1.0)]
-    gamma: f64,
-    /// Update rule.
-    #[arg(long, value_enum, default_value = "joint")]
-    rule: RuleArg,
-    /// Newton steps.
-    #[arg(long, default_value_t = 1)]
-    iterations: usize,
     /// Compute backend.
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
@@ -147,25 +139,27 @@ struct UpdateArgs {
 }
 
 #[derive(Args)]
-struct UnlearnArgs {
-    /// Posterior file to remove samples from.
-    #[arg(long)]
-    posterior: PathBuf,
-    /// The features of the samples to remove, m × D.
-    #[arg(long)]
-    features: String,
-    /// Their labels.
-    #[arg(long)]
-    labels: String,
-    /// The step scale γ they were added with (0 < γ ≤ 1).
+struct UpdateArgs {
+    #[command(flatten)]
+    batch: BatchArgs,
+    /// Step scale γ of the Newton step.
     #[arg(long, default_value_t = 1.0)]
     gamma: f64,
-    /// Compute backend.
-    #[arg(long, value_enum, default_value = "auto")]
-    device: DeviceArg,
-    /// Output posterior file; may be the input file.
-    #[arg(long)]
-    out: PathBuf,
+    /// Update rule.
+    #[arg(long, value_enum, default_value = "joint")]
+    rule: RuleArg,
+    /// Newton steps.
+    #[arg(long, default_value_t = 1)]
+    iterations: usize,
+}
+
+#[derive(Args)]
+struct UnlearnArgs {
+    #[command(flatten)]
+    batch: BatchArgs,
+    /// The step scale γ the samples were added with (0 < γ ≤ 1).
+    #[arg(long, default_value_t = 1.0)]
+    gamma: f64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -212,14 +206,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Fit(args) => fit(&args),
         Command::Update(args) => on_posterior(
-            args.device,
-            &args.posterior,
+            args.batch.device,
+            &args.batch.posterior,
             |d| update_as::<f32>(d, &args),
             |d| update_as::<f64>(d, &args),
         ),
         Command::Unlearn(args) => on_posterior(
-            args.device,
-            &args.posterior,
+            args.batch.device,
+            &args.batch.posterior,
             |d| unlearn_as::<f32>(d, &args),
             |d| unlearn_as::<f64>(d, &args),
         ),
@@ -271,12 +265,6 @@ fn on_posterior(
         DType::F32 => as_f32(&device),
         DType::F64 => as_f64(&device),
     }
-}
-
-/// A batch of labelled samples from files: row-major features, rows, columns, labels.
-fn read_batch<T: Scalar>(features: &str, labels: &str) -> Result<(Vec<T>, usize, usize, Vec<i64>)> {
-    let (phi, m, d) = read_array(features)?.to_matrix::<T>()?;
-    Ok((phi, m, d, labels_of(labels)?))
 }
 
 fn devices() -> Result<()> {
@@ -367,39 +355,52 @@ fn fit_as<T: Scalar>(device: &CpuDevice, args: &FitArgs) -> Result<()> {
     Ok(())
 }
 
+/// Loads the posterior, applies `change` to it with the batch, and saves it; returns the batch size.
+fn change_posterior<T: Scalar>(
+    device: &CpuDevice,
+    batch: &BatchArgs,
+    change: impl FnOnce(&mut Posterior<CpuDevice, T>, HostMatrix<'_, T>, &[i64]) -> Result<()>,
+) -> Result<usize> {
+    let mut post: Posterior<CpuDevice, T> = load_posterior(device, &batch.posterior)?;
+    let (phi, m, d) = read_array(&batch.features)?.to_matrix::<T>()?;
+    let labels = labels_of(&batch.labels)?;
+    change(&mut post, HostMatrix::new(&phi, m, d)?, &labels)?;
+    save_posterior(&post, &batch.out)?;
+    Ok(m)
+}
+
 fn update_as<T: Scalar>(device: &CpuDevice, args: &UpdateArgs) -> Result<()> {
-    let mut post: Posterior<CpuDevice, T> = load_posterior(device, &args.posterior)?;
-    let (phi, m, d, labels) = read_batch::<T>(&args.features, &args.labels)?;
+    let rule = match args.rule {
+        RuleArg::Joint => UpdateRule::Joint,
+        RuleArg::Sequential => UpdateRule::Sequential,
+    };
     let config = UpdateConfig {
-        rule: match args.rule {
-            RuleArg::Joint => UpdateRule::Joint,
-            RuleArg::Sequential => UpdateRule::Sequential,
-        },
+        rule,
         gamma: args.gamma,
         iterations: args.iterations,
     };
-    let start = std::time::Instant::now();
-    post.update(HostMatrix::new(&phi, m, d)?, &labels, &config)?;
-    let elapsed = start.elapsed();
-    save_posterior(&post, &args.out)?;
+    let mut elapsed = std::time::Duration::ZERO;
+    let m = change_posterior::<T>(device, &args.batch, |post, x, y| {
+        let start = std::time::Instant::now();
+        post.update(x, y, &config)?;
+        elapsed = start.elapsed();
+        Ok(())
+    })?;
+    let ms = elapsed.as_secs_f64() * 1e3;
     eprintln!(
-        "updated with {m} samples in {:.2} ms; wrote {}",
-        elapsed.as_secs_f64() * 1e3,
-        args.out.display()
+        "updated with {m} samples in {ms:.2} ms; wrote {}",
+        args.batch.out.display()
     );
     Ok(())
 }
 
 fn unlearn_as<T: Scalar>(device: &CpuDevice, args: &UnlearnArgs) -> Result<()> {
-    let mut post: Posterior<CpuDevice, T> = load_posterior(device, &args.posterior)?;
-    let (phi, m, d, labels) = read_batch::<T>(&args.features, &args.labels)?;
     let config = UnlearnConfig {
         gamma: args.gamma,
         ..Default::default()
     };
-    post.unlearn(HostMatrix::new(&phi, m, d)?, &labels, &config)?;
-    save_posterior(&post, &args.out)?;
-    eprintln!("removed {m} samples; wrote {}", args.out.display());
+    let m = change_posterior::<T>(device, &args.batch, |post, x, y| post.unlearn(x, y, &config))?;
+    eprintln!("removed {m} samples; wrote {}", args.batch.out.display());
     Ok(())
 }
 
