@@ -34,3 +34,43 @@ fn impossible_allocation_is_a_typed_error() {
         result.err()
     );
 }
+
+/// A posterior is `Send + Sync`: many threads predict from one `&Posterior` while another thread
+/// updates a clone, and every prediction equals the one made before the threads started.
+#[test]
+fn concurrent_predictions_while_a_clone_updates() {
+    use common::Problem;
+    use laplace_update::{CpuDevice, HostMatrix, Link, Posterior, Structure, UpdateConfig};
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Posterior<CpuDevice, f32>>();
+    let cpu = CpuDevice::new(2).unwrap();
+    let pb = Problem::random(3, 60, 8, 4, true);
+    let post = common::suite::fit::<CpuDevice, f32>(&cpu, &pb.first(40), Structure::Full);
+    let x = Problem::cast::<f32>(&pb.phi[40 * 8..]);
+    let reference = post
+        .predict(HostMatrix::new(&x, 20, 8).unwrap(), Link::default())
+        .unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for _ in 0..20 {
+                    let p = post
+                        .predict(HostMatrix::new(&x, 20, 8).unwrap(), Link::default())
+                        .unwrap();
+                    assert_eq!(p, reference);
+                }
+            });
+        }
+        s.spawn(|| {
+            let mut clone = post.try_clone().unwrap();
+            for j in 0..20 {
+                let row = HostMatrix::new(&x[j * 8..(j + 1) * 8], 1, 8).unwrap();
+                clone
+                    .update(row, &pb.labels[40 + j..41 + j], &UpdateConfig::default())
+                    .unwrap();
+            }
+            assert_eq!(clone.samples_seen(), 60);
+        });
+    });
+    assert_eq!(post.samples_seen(), 40);
+}
