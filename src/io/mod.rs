@@ -1,7 +1,7 @@
 //! Files: `.npy` and `.safetensors` arrays in, `.npy` out, and durable posterior files.
 //!
-//! Every reader validates what it parses and fails with [`Error::Format`](crate::Error::Format)
-//! or [`Error::Io`](crate::Error::Io); none panics on malformed input.
+//! Every reader validates what it parses and fails with [`Error::Format`]
+//! or [`Error::Io`]; none panics on malformed input.
 
 mod array;
 mod npy;
