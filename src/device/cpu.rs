@@ -805,19 +805,24 @@ impl Device for CpuDevice {
         }
         self.run(|| {
             let mut used = vec![T::zero(); m];
-            let mut u = vec![T::zero(); d];
             let mut p = vec![T::zero(); k];
+            let dot = |a: &[T], b: &[T]| -> T { a.iter().zip(b).map(|(x, y)| *x * *y).sum() };
+            // u = Σφ_j. The rank-1 pass over Σ for sample j also forms Σφ_{j+1} from the rows
+            // it has just updated, so each sample reads Σ once.
+            let mut u: Vec<T> = {
+                let (sig, x) = (sigma.buffer(), &phi.buffer()[..d.min(m * d)]);
+                (0..if m > 0 { d } else { 0 })
+                    .into_par_iter()
+                    .map(|i| dot(&sig[i * d..(i + 1) * d], x))
+                    .collect()
+            };
+            let mut u_next = vec![T::zero(); d];
             for (j, used_j) in used.iter_mut().enumerate() {
                 let x = &phi.buffer()[j * d..(j + 1) * d];
-                let sig = sigma.buffer_mut();
-                u.par_iter_mut().enumerate().for_each(|(i, ui)| {
-                    *ui = sig[i * d..(i + 1) * d].iter().zip(x).map(|(a, b)| *a * *b).sum();
-                });
-                let s: T = x.iter().zip(&u).map(|(a, b)| *a * *b).sum();
+                let s = dot(x, &u);
                 let w = head.buffer();
                 for (c, pc) in p.iter_mut().enumerate() {
-                    let logit: T = w[c * d..(c + 1) * d].iter().zip(x).map(|(a, b)| *a * *b).sum();
-                    *pc = logit + bias.map_or(T::zero(), |b| b.buffer()[c]);
+                    *pc = dot(&w[c * d..(c + 1) * d], x) + bias.map_or(T::zero(), |b| b.buffer()[c]);
                 }
                 softmax_in_place(&mut p);
                 let mj = match weighting {
@@ -833,11 +838,21 @@ impl Device for CpuDevice {
                 }
                 *used_j = mj;
                 let coef = mj / denom;
-                sig.par_chunks_mut(d.max(1)).enumerate().for_each(|(i, row)| {
-                    for (jj, sx) in row.iter_mut().enumerate() {
-                        *sx -= coef * (u[i] * u[jj]);
-                    }
-                });
+                let next_x = (j + 1 < m).then(|| &phi.buffer()[(j + 1) * d..(j + 2) * d]);
+                let u_ref = &u;
+                sigma
+                    .buffer_mut()
+                    .par_chunks_mut(d.max(1))
+                    .zip(u_next.par_iter_mut())
+                    .enumerate()
+                    .for_each(|(i, (row, next))| {
+                        for (sx, uj) in row.iter_mut().zip(u_ref) {
+                            *sx -= coef * (u_ref[i] * *uj);
+                        }
+                        if let Some(nx) = next_x {
+                            *next = dot(row, nx);
+                        }
+                    });
                 let t = &targets.buffer()[j * k..(j + 1) * k];
                 let w = head.buffer_mut();
                 for c in 0..k {
@@ -846,6 +861,7 @@ impl Device for CpuDevice {
                         *wx += r * *ux;
                     }
                 }
+                std::mem::swap(&mut u, &mut u_next);
             }
             Ok(Matrix::from_parts(used, m, 1))
         })
