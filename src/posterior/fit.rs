@@ -3,7 +3,7 @@
 use super::{BiasMode, FitConfig, Moments, Posterior, Structure, add_curvature, positive, probabilities};
 use crate::device::{Device, Matrix};
 use crate::error::{Error, Result};
-use crate::host::{HostMatrix, Label, check_features, check_finite, check_labels, feature_rows};
+use crate::host::{HostMatrix, Label, check_features, check_finite, check_labels};
 use crate::scalar::Scalar;
 
 impl<D: Device, T: Scalar> Posterior<D, T> {
@@ -48,7 +48,6 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let mut post = Self::assemble(device, head, bias, config, |post| {
             check_features("features", &features, post.features)?;
             check_labels(labels, features.rows(), post.classes)?;
-            let augment = post.bias_mode == BiasMode::InPosterior;
             let (da, k, tau) = (post.augmented_features(), post.classes, post.prior_precision);
             let basis = match post.structure {
                 Structure::Full => Some(device.upload(&null_free_basis::<T>(k), k, k - 1)?),
@@ -59,7 +58,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             device.add_diagonal(&mut precision, tau)?;
             for start in (0..features.rows()).step_by(config.chunk_rows) {
                 let rows = config.chunk_rows.min(features.rows() - start);
-                let phi = device.upload(&feature_rows(&features, start, rows, augment), rows, da)?;
+                let phi = post.upload_features(&features, start, rows)?;
                 let probs = probabilities(device, &phi, &post.moments.head, post.fixed_bias.as_ref())?;
                 match &basis {
                     Some(r) => device.ggn_accumulate(&mut precision, &phi, &probs, Some(r), T::one())?,

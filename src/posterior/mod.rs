@@ -19,6 +19,7 @@ pub use update::{UpdateConfig, UpdateRule};
 
 use crate::device::{Device, Matrix, OutputWeighting};
 use crate::error::{Error, Result};
+use crate::host::{HostMatrix, Label, feature_rows, one_hot};
 use crate::scalar::Scalar;
 
 /// Which covariance the posterior keeps.
@@ -189,6 +190,37 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// Π, same layout as [`Posterior::covariance`].
     pub fn precision(&self) -> Result<Vec<T>> {
         self.device.download(&self.moments.precision)
+    }
+
+    /// Uploads rows `start..start + count` of `features`, with the column of ones appended when
+    /// the bias is in the posterior: the Φ (count × D_aug) every kernel sees.
+    pub(crate) fn upload_features(
+        &self,
+        features: &HostMatrix<'_, T>,
+        start: usize,
+        count: usize,
+    ) -> Result<Matrix<D, T>> {
+        let augment = self.bias_mode == BiasMode::InPosterior;
+        self.device.upload(
+            &feature_rows(features, start, count, augment),
+            count,
+            self.augmented_features(),
+        )
+    }
+
+    /// [`Posterior::upload_features`] and the one-hot targets (count × K) of the same rows.
+    pub(crate) fn upload_batch<L: Label>(
+        &self,
+        features: &HostMatrix<'_, T>,
+        labels: &[L],
+        start: usize,
+        count: usize,
+    ) -> Result<(Matrix<D, T>, Matrix<D, T>)> {
+        let targets = one_hot::<T, L>(&labels[start..start + count], self.classes);
+        Ok((
+            self.upload_features(features, start, count)?,
+            self.device.upload(&targets, count, self.classes)?,
+        ))
     }
 
     /// A device-side deep copy.

@@ -1,9 +1,9 @@
 //! [`Posterior::predict`]: the predictive distribution at new inputs.
 
-use super::{BiasMode, Posterior, Structure, logits};
+use super::{Posterior, Structure, logits};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::host::{HostMatrix, check_features, feature_rows};
+use crate::host::{HostMatrix, check_features};
 use crate::scalar::Scalar;
 
 /// How logit uncertainty is turned into class probabilities.
@@ -91,9 +91,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         check_features("features", &features, self.features)?;
         let device = &self.device;
         let n = features.rows();
-        let augment = self.bias_mode == BiasMode::InPosterior;
-        let da = self.augmented_features();
-        let phi = device.upload(&feature_rows(&features, 0, n, augment), n, da)?;
+        let phi = self.upload_features(&features, 0, n)?;
         let mean = logits(device, &phi, &self.moments.head, self.fixed_bias.as_ref())?;
         let cov = device.predictive_covariance(&self.moments.covariance, &phi)?;
         debug_assert!(matches!(self.structure, Structure::Full) || cov.cols() == 1);

@@ -1,10 +1,10 @@
 //! [`Posterior::unlearn`]: remove samples that a Joint update added.
 
 use super::update::Model;
-use super::{BiasMode, Posterior, add_curvature};
+use super::{Posterior, add_curvature};
 use crate::device::{Device, Sign};
 use crate::error::{Error, Result};
-use crate::host::{HostMatrix, Label, check_features, check_labels, feature_rows, one_hot};
+use crate::host::{HostMatrix, Label, check_features, check_labels};
 use crate::scalar::Scalar;
 
 /// Settings of [`Posterior::unlearn`].
@@ -86,13 +86,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             ));
         }
         let device = &self.device;
-        let da = self.augmented_features();
-        let phi = device.upload(
-            &feature_rows(&features, 0, m, self.bias_mode == BiasMode::InPosterior),
-            m,
-            da,
-        )?;
-        let targets = device.upload(&one_hot::<T, L>(labels, self.classes), m, self.classes)?;
+        let (phi, targets) = self.upload_batch(&features, labels, 0, m)?;
         let gamma = T::from_f64(config.gamma);
         let model = Model {
             device,

@@ -1,9 +1,9 @@
 //! [`Posterior::update`]: closed-form Bayesian updates with new labelled samples.
 
-use super::{BiasMode, Moments, Posterior, Structure, add_curvature, probabilities, shared_weights};
+use super::{Moments, Posterior, Structure, add_curvature, probabilities, shared_weights};
 use crate::device::{Device, LowRankFactor, Matrix, Op, Sign};
 use crate::error::{Error, Result};
-use crate::host::{HostMatrix, Label, check_features, check_labels, feature_rows, one_hot};
+use crate::host::{HostMatrix, Label, check_features, check_labels};
 use crate::scalar::Scalar;
 
 /// How the m new samples are folded in.
@@ -71,16 +71,12 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         check_labels(labels, features.rows(), self.classes)?;
         let gamma = T::from_f64(config.gamma);
         let m = features.rows();
-        let augment = self.bias_mode == BiasMode::InPosterior;
-        let da = self.augmented_features();
-        let targets_host = one_hot::<T, L>(labels, self.classes);
         // One sample: both rules are the same update, and Joint needs no working copy.
         let rule = if m == 1 { UpdateRule::Joint } else { config.rule };
 
         match (rule, self.structure) {
             (UpdateRule::Joint, _) => {
-                let phi = self.device.upload(&feature_rows(&features, 0, m, augment), m, da)?;
-                let targets = self.device.upload(&targets_host, m, self.classes)?;
+                let (phi, targets) = self.upload_batch(&features, labels, 0, m)?;
                 let model = Model {
                     device: &self.device,
                     structure: self.structure,
@@ -89,8 +85,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 model.newton(&mut self.moments, &phi, &targets, gamma, config.iterations)?;
             }
             (UpdateRule::Sequential, Structure::Shared(weighting)) if config.iterations == 1 => {
-                let phi = self.device.upload(&feature_rows(&features, 0, m, augment), m, da)?;
-                let targets = self.device.upload(&targets_host, m, self.classes)?;
+                let (phi, targets) = self.upload_batch(&features, labels, 0, m)?;
                 let mut work = self.moments.copy(&self.device)?;
                 let used = self.device.sherman_morrison_sequence(
                     &mut work.covariance,
@@ -113,9 +108,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                     fixed_bias: self.fixed_bias.as_ref(),
                 };
                 for j in 0..m {
-                    let phi = self.device.upload(&feature_rows(&features, j, 1, augment), 1, da)?;
-                    let k = self.classes;
-                    let targets = self.device.upload(&targets_host[j * k..(j + 1) * k], 1, k)?;
+                    let (phi, targets) = self.upload_batch(&features, labels, j, 1)?;
                     model.newton(&mut work, &phi, &targets, gamma, config.iterations)?;
                 }
                 self.moments = work;
