@@ -69,6 +69,85 @@ macro_rules! impl_label {
 }
 impl_label!(u8, u16, u32, u64, usize, i8, i16, i32, i64);
 
+/// What a batch is labelled with: class labels (`&[L]`, `&Vec<L>`, `&[L; N]`) for
+/// classification, or an n × K [`HostMatrix`] of real values for regression.
+pub trait Targets<T: Scalar>: Sync {
+    /// Number of samples.
+    fn count(&self) -> usize;
+    /// Checks the targets of `rows` samples with `outputs` classes (or outputs), for a
+    /// regression likelihood when `regression` is set.
+    ///
+    /// Errors: `ShapeMismatch`, `LabelOutOfRange`, `NonFinite`, and `InvalidArgument` for
+    /// labels under regression or real values under classification.
+    fn check(&self, rows: usize, outputs: usize, regression: bool) -> Result<()>;
+    /// Rows `start..start + count` as a row-major `count × outputs` matrix: one-hot rows for
+    /// labels, the values for regression. Only called after [`Targets::check`] succeeded.
+    fn target_rows(&self, start: usize, count: usize, outputs: usize) -> Vec<T>;
+}
+
+impl<T: Scalar, L: Label> Targets<T> for [L] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn check(&self, rows: usize, outputs: usize, regression: bool) -> Result<()> {
+        if regression {
+            return Err(Error::invalid(
+                "targets",
+                "a regression likelihood needs real-valued targets (n x K), not class labels",
+            ));
+        }
+        check_labels(self, rows, outputs)
+    }
+    fn target_rows(&self, start: usize, count: usize, outputs: usize) -> Vec<T> {
+        one_hot(&self[start..start + count], outputs)
+    }
+}
+
+impl<T: Scalar, L: Label> Targets<T> for Vec<L> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn check(&self, rows: usize, outputs: usize, regression: bool) -> Result<()> {
+        Targets::<T>::check(self.as_slice(), rows, outputs, regression)
+    }
+    fn target_rows(&self, start: usize, count: usize, outputs: usize) -> Vec<T> {
+        one_hot(&self[start..start + count], outputs)
+    }
+}
+
+impl<T: Scalar, L: Label, const N: usize> Targets<T> for [L; N] {
+    fn count(&self) -> usize {
+        N
+    }
+    fn check(&self, rows: usize, outputs: usize, regression: bool) -> Result<()> {
+        Targets::<T>::check(self.as_slice(), rows, outputs, regression)
+    }
+    fn target_rows(&self, start: usize, count: usize, outputs: usize) -> Vec<T> {
+        one_hot(&self[start..start + count], outputs)
+    }
+}
+
+impl<T: Scalar> Targets<T> for HostMatrix<'_, T> {
+    fn count(&self) -> usize {
+        self.rows
+    }
+    fn check(&self, rows: usize, outputs: usize, regression: bool) -> Result<()> {
+        if !regression {
+            return Err(Error::invalid(
+                "targets",
+                "a classification likelihood needs class labels, not real-valued targets",
+            ));
+        }
+        if (self.rows, self.cols) != (rows, outputs) {
+            return Err(Error::shape("targets", (rows, outputs), (self.rows, self.cols)));
+        }
+        check_finite("targets", self.data)
+    }
+    fn target_rows(&self, start: usize, count: usize, _outputs: usize) -> Vec<T> {
+        self.data[start * self.cols..(start + count) * self.cols].to_vec()
+    }
+}
+
 /// Fails with `NonFinite` at the first NaN or ±Inf.
 pub(crate) fn check_finite<T: Scalar>(argument: &'static str, data: &[T]) -> Result<()> {
     match data.iter().position(|x| !x.is_finite()) {

@@ -9,8 +9,13 @@
 //! Approximations" (arXiv 2210.06112).
 //!
 //! - [`Device`]: device-resident buffers and every kernel; [`CpuDevice`] (faer) is the reference.
-//! - [`Posterior`]: `Full` and `Shared` structures, [`Posterior::fit`], [`Posterior::update`],
-//!   [`Posterior::predict`], [`Posterior::drift`], [`Posterior::refresh`].
+//! - [`Posterior`]: `Full`, `Shared`, `Diag` and `Kron` structures; classification and
+//!   regression; GGN, empirical and Monte Carlo Fisher curvature. [`Posterior::fit`],
+//!   [`Posterior::update`], [`Posterior::unlearn`], [`Posterior::predict`],
+//!   [`Posterior::log_marginal_likelihood`], [`Posterior::optimize_prior_precision`],
+//!   [`Posterior::drift`], [`Posterior::refresh`].
+//! - [`CurvatureAccumulator`]: fits sharded over machines, merged, finished anywhere.
+//! - [`fit_head`]: the MAP head, when there is none.
 //! - [`Error`]: one typed error enum for everything.
 //!
 //! ```
@@ -42,10 +47,10 @@ pub mod scalar;
 
 pub use device::{CpuDevice, Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign};
 pub use error::{Error, Result};
-pub use host::{HostMatrix, Label};
+pub use host::{HostMatrix, Label, Targets};
 pub use posterior::{
-    BiasMode, FitConfig, HeadConfig, HeadFit, Link, Posterior, Prediction, Structure, UnlearnConfig, UpdateConfig,
-    UpdateRule, fit_head,
+    BiasMode, Curvature, CurvatureAccumulator, FitConfig, HeadConfig, HeadFit, HeadSolver, Likelihood, Link, Posterior,
+    Prediction, PriorShape, Structure, UnlearnConfig, UpdateConfig, UpdateRule, fit_head,
 };
 pub use scalar::{DType, Scalar};
 

@@ -115,7 +115,10 @@ fn fit_update_predict_info_round_trip() {
         post
     ));
     let info = ok(&format!("info --posterior {post}"));
-    assert!(info.contains("samples seen   30") && info.contains("Full"), "{info}");
+    assert!(
+        info.contains("samples seen   30") && info.contains("structure      full"),
+        "{info}"
+    );
     // Update in place (POST2 = POST), then predict with logit variances.
     ok(&format!(
         "update --posterior {} --features {} --labels {} --rule sequential --gamma 2 --out {}",

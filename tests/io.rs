@@ -157,7 +157,7 @@ fn posterior_files_round_trip_bit_for_bit() {
         assert_eq!(header.bias, post.bias_mode());
         let back: Posterior<CpuDevice, f32> = load_posterior(&cpu, &path).unwrap();
         assert!(suite::snapshot(&back) == suite::snapshot(&post));
-        assert_eq!(back.prior_precision().to_bits(), post.prior_precision().to_bits());
+        assert_eq!(back.prior_precision()[0].to_bits(), post.prior_precision()[0].to_bits());
         assert_eq!(
             (back.structure(), back.bias_mode()),
             (post.structure(), post.bias_mode())

@@ -83,15 +83,15 @@ impl CpuDevice {
     }
 
     /// Applies a link to every input, in parallel: `link(f, Σ_f)` gets the logit mean (K) and
-    /// the dense K × K logit covariance in f64 (`v I` for an isotropic n × 1 `cov`) and returns
-    /// the K probabilities.
+    /// the dense K × K logit covariance in f64 (expanded from an isotropic n × 1 or a diagonal
+    /// n × K `cov`) and returns the K probabilities.
     fn map_predictive<T: Scalar>(
         &self,
         mean: &CpuMatrix<T>,
         cov: &CpuMatrix<T>,
         link: impl Fn(&[f64], &[f64]) -> Vec<f64> + Sync,
     ) -> Result<CpuMatrix<T>> {
-        let isotropic = cov_layout(mean, cov)?;
+        let layout = cov_layout(mean, cov)?;
         let (n, k) = mean.shape();
         let cw = cov.cols();
         let mut out = vec![T::zero(); n * k];
@@ -100,10 +100,14 @@ impl CpuDevice {
                 out.par_chunks_mut(k).enumerate().for_each(|(i, row)| {
                     let c = &cov.buffer()[i * cw..(i + 1) * cw];
                     let sigma: Vec<f64> = (0..k * k)
-                        .map(|ab| match (isotropic, ab / k == ab % k) {
-                            (true, true) => c[0].as_f64(),
-                            (true, false) => 0.0,
-                            (false, _) => c[ab].as_f64(),
+                        .map(|ab| {
+                            let (a, b) = (ab / k, ab % k);
+                            match layout {
+                                CovLayout::Full => c[ab].as_f64(),
+                                _ if a != b => 0.0,
+                                CovLayout::Isotropic => c[0].as_f64(),
+                                CovLayout::Diagonal => c[a].as_f64(),
+                            }
                         })
                         .collect();
                     let f: Vec<f64> = mean.buffer()[i * k..(i + 1) * k].iter().map(|x| x.as_f64()).collect();
@@ -352,19 +356,30 @@ fn laplace_bridge(f: &[f64], sigma: &[f64]) -> Vec<f64> {
     softmax_f64(&log_alpha)
 }
 
-/// The number of classes behind a logit-covariance matrix: n × K² or n × 1 (isotropic).
-fn cov_layout<T: Scalar>(mean: &CpuMatrix<T>, cov: &CpuMatrix<T>) -> Result<bool> {
+/// How a logit-covariance matrix is stored per input.
+#[derive(Clone, Copy)]
+enum CovLayout {
+    /// n × K²: the K × K matrix, row-major.
+    Full,
+    /// n × 1: `v I_K`.
+    Isotropic,
+    /// n × K: the diagonal.
+    Diagonal,
+}
+
+/// The layout of a logit-covariance matrix for n inputs and K classes (K ≥ 2).
+fn cov_layout<T: Scalar>(mean: &CpuMatrix<T>, cov: &CpuMatrix<T>) -> Result<CovLayout> {
     let (n, k) = mean.shape();
-    if cov.shape() == (n, k * k) {
-        Ok(false)
-    } else if cov.shape() == (n, 1) {
-        Ok(true)
-    } else {
-        Err(Error::ShapeMismatch {
+    match cov.shape() {
+        (rows, _) if rows != n => Err(Error::shape("cov", (n, k * k), cov.shape())),
+        (_, c) if c == k * k => Ok(CovLayout::Full),
+        (_, 1) => Ok(CovLayout::Isotropic),
+        (_, c) if c == k => Ok(CovLayout::Diagonal),
+        _ => Err(Error::ShapeMismatch {
             argument: "cov",
-            expected: format!("{n} x {} or {n} x 1", k * k),
+            expected: format!("{n} x {}, {n} x {k} or {n} x 1", k * k),
             got: format!("{} x {}", cov.rows(), cov.cols()),
-        })
+        }),
     }
 }
 
@@ -1044,6 +1059,43 @@ impl Device for CpuDevice {
                 .for_each(|(a, b)| *a += alpha * *b)
         });
         Ok(())
+    }
+
+    fn hadamard<T: Scalar>(&self, y: &mut Matrix<Self, T>, x: &Matrix<Self, T>) -> Result<()> {
+        x.expect_shape("x", y.rows(), y.cols())?;
+        self.run(|| {
+            y.buffer_mut()
+                .par_iter_mut()
+                .zip(x.buffer().par_iter())
+                .for_each(|(a, b)| *a *= *b)
+        });
+        Ok(())
+    }
+
+    fn kron_rows<T: Scalar>(
+        &self,
+        factors: &Matrix<Self, T>,
+        phi: &Matrix<Self, T>,
+        rank: usize,
+    ) -> Result<Matrix<Self, T>> {
+        let (n, d) = phi.shape();
+        let k = factors.cols();
+        factors.expect_shape("factors", n * rank, k)?;
+        let width = k * d;
+        let mut out = reserve::<T>(n * rank, width)?;
+        out.resize(n * rank * width, T::zero());
+        if width > 0 {
+            self.run(|| {
+                out.par_chunks_mut(width).enumerate().for_each(|(row, dst)| {
+                    let x = &phi.buffer()[(row / rank) * d..(row / rank + 1) * d];
+                    let s = &factors.buffer()[row * k..(row + 1) * k];
+                    for (block, &sa) in dst.chunks_mut(d).zip(s) {
+                        block.iter_mut().zip(x).for_each(|(o, &xv)| *o = sa * xv);
+                    }
+                })
+            });
+        }
+        Ok(Matrix::from_parts(out, n * rank, width))
     }
 
     fn add_row<T: Scalar>(&self, a: &mut Matrix<Self, T>, row: &Matrix<Self, T>) -> Result<()> {

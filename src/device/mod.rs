@@ -7,12 +7,12 @@
 //! | family | methods |
 //! |---|---|
 //! | gemm | [`Device::gemm`], [`Device::weighted_syrk`] |
-//! | ggn | [`Device::ggn_accumulate`], [`Device::kron_congruence`] |
+//! | ggn | [`Device::ggn_accumulate`], [`Device::kron_congruence`], [`Device::kron_rows`] |
 //! | kron | [`Device::kron_products`] |
 //! | low_rank | [`Device::low_rank_update`], [`Device::sherman_morrison_sequence`] |
 //! | cholesky | [`Device::cholesky`], [`Device::triangular_solve`], [`Device::spd_inverse`] |
 //! | predictive | [`Device::predictive_covariance`], [`Device::probit_softmax`], [`Device::monte_carlo_softmax`], [`Device::bridge_dirichlet`], [`Device::softmax_rows`], [`Device::categorical_weights`] |
-//! | elementwise | [`Device::axpy`], [`Device::add_row`], [`Device::add_diagonal`], [`Device::max_abs`] |
+//! | elementwise | [`Device::axpy`], [`Device::hadamard`], [`Device::add_row`], [`Device::add_diagonal`], [`Device::max_abs`] |
 //!
 //! Matrices are dense and row-major; their shape travels with the buffer. Data moves between
 //! host and device only through [`Device::upload`] and [`Device::download`].
@@ -191,6 +191,16 @@ pub trait Device: Clone + Send + Sync + 'static {
         basis: &Matrix<Self, T>,
         complement: T,
     ) -> Result<Matrix<Self, T>>;
+    /// The rows `s_r ⊗ φ_{⌊r/rank⌋}` for the (n·rank) × K' factors S and Φ (n × D): returns
+    /// (n·rank) × (K'·D). Each sample n owns `rank` consecutive factor rows, the columns of its
+    /// output factor S_n with `S_n S_nᵀ` its output curvature; the rows A then give the curvature
+    /// `Σ_n (S_n S_nᵀ) ⊗ φ_n φ_nᵀ = Aᵀ A` (empirical and Monte Carlo Fisher, regression).
+    fn kron_rows<T: Scalar>(
+        &self,
+        factors: &Matrix<Self, T>,
+        phi: &Matrix<Self, T>,
+        rank: usize,
+    ) -> Result<Matrix<Self, T>>;
     /// The Woodbury products `(U, G) = (Σ B, Bᵀ Σ B)` for the factor B of `factor`,
     /// without forming B. Σ is (K·D) × (K·D) for `Kronecker`, D × D for `Shared`; Φ is m × D.
     fn kron_products<T: Scalar>(
@@ -242,7 +252,7 @@ pub trait Device: Clone + Send + Sync + 'static {
     /// Row-wise stable softmax in place.
     fn softmax_rows<T: Scalar>(&self, logits: &mut Matrix<Self, T>) -> Result<()>;
     /// Mean-field probit: `p_nk = softmax_k(f_nk / √(1 + λ Σ_f[n,k,k]))`. `cov` is n × K²,
-    /// or n × 1 for an isotropic `v_n I`.
+    /// n × K for a diagonal Σ_f, or n × 1 for an isotropic `v_n I`.
     fn probit_softmax<T: Scalar>(
         &self,
         mean: &Matrix<Self, T>,
@@ -270,6 +280,8 @@ pub trait Device: Clone + Send + Sync + 'static {
     fn categorical_weights<T: Scalar>(&self, probs: &Matrix<Self, T>) -> Result<Matrix<Self, T>>;
     /// `Y ← Y + α X`, elementwise, same shapes.
     fn axpy<T: Scalar>(&self, y: &mut Matrix<Self, T>, alpha: T, x: &Matrix<Self, T>) -> Result<()>;
+    /// `Y ← Y ∘ X`, the elementwise product, same shapes.
+    fn hadamard<T: Scalar>(&self, y: &mut Matrix<Self, T>, x: &Matrix<Self, T>) -> Result<()>;
     /// `A ← A + 1 rᵀ`: adds the 1 × cols row r to every row.
     fn add_row<T: Scalar>(&self, a: &mut Matrix<Self, T>, row: &Matrix<Self, T>) -> Result<()>;
     /// `A[i, i] ← A[i, i] + v` for a square A.

@@ -10,7 +10,9 @@ mod safetensors_array;
 
 pub use array::{Array, ArrayData};
 pub use npy::{parse_npy, read_npy, write_npy};
-pub use posterior_file::{PosteriorHeader, load_posterior, peek_posterior, save_posterior};
+pub use posterior_file::{
+    PosteriorHeader, load_accumulator, load_posterior, peek_posterior, save_accumulator, save_posterior, structure_name,
+};
 pub use safetensors_array::read_safetensors_tensor;
 
 use crate::error::{Error, Result};

@@ -1,4 +1,4 @@
-//! Posterior files: safetensors holding the posterior's tensors, with JSON metadata and a
+//! Posterior and accumulator files: safetensors holding the tensors, with JSON metadata and a
 //! checksum, written durably (temporary file in the same folder, fsync, rename, fsync folder).
 
 use std::collections::HashMap;
@@ -10,26 +10,40 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use super::io_error;
 use crate::device::{Device, OutputWeighting};
 use crate::error::{Error, Result};
-use crate::posterior::{BiasMode, Posterior, RawPosterior, Structure};
+use crate::posterior::{
+    BiasMode, Curvature, CurvatureAccumulator, Likelihood, Posterior, RawAccumulator, RawPosterior, Structure,
+};
 use crate::scalar::{DType, Scalar};
 
-const FORMAT: &str = "laplace-update.posterior";
-const VERSION: &str = "1";
-const TENSORS: [&str; 4] = ["bias", "covariance", "head", "precision"];
+const POSTERIOR_FORMAT: &str = "laplace-update.posterior";
+const ACCUMULATOR_FORMAT: &str = "laplace-update.accumulator";
+const VERSION: &str = "2";
+/// Every tensor a file may hold; the checksum covers those present, in this (sorted) order.
+const TENSORS: [&str; 9] = [
+    "bias",
+    "covariance",
+    "head",
+    "kron_a",
+    "kron_a_vectors",
+    "kron_g",
+    "kron_g_vectors",
+    "precision",
+    "sum",
+];
 
-/// What a posterior file says about itself, readable without loading its tensors.
+/// What a posterior or accumulator file says about itself, readable without its tensors.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PosteriorHeader {
     /// Format version.
     pub version: String,
     /// Covariance structure.
     pub structure: Structure,
-    /// Likelihood (`"classification"`).
-    pub likelihood: String,
-    /// Curvature (`"ggn"`).
-    pub curvature: String,
-    /// Prior precision τ.
-    pub prior_precision: f64,
+    /// Likelihood.
+    pub likelihood: Likelihood,
+    /// Curvature approximation.
+    pub curvature: Curvature,
+    /// Prior precision τ: one value, or one per class (empty for an accumulator).
+    pub prior_precision: Vec<f64>,
     /// Bias mode.
     pub bias: BiasMode,
     /// Element type of the tensors.
@@ -38,16 +52,30 @@ pub struct PosteriorHeader {
     pub classes: usize,
     /// Feature dimension D (without the bias column).
     pub features: usize,
-    /// Samples folded in.
+    /// Samples folded in (accumulated, for an accumulator).
     pub samples_seen: usize,
 }
 
-fn structure_name(s: Structure) -> &'static str {
+/// The metadata name of a structure.
+pub fn structure_name(s: Structure) -> &'static str {
     match s {
         Structure::Full => "full",
         Structure::Shared(OutputWeighting::Gaussian) => "shared-gaussian",
         Structure::Shared(OutputWeighting::Categorical) => "shared-categorical",
+        Structure::Diag => "diag",
+        Structure::Kron => "kron",
     }
+}
+
+fn parse_structure(name: &str) -> Option<Structure> {
+    Some(match name {
+        "full" => Structure::Full,
+        "shared-gaussian" => Structure::Shared(OutputWeighting::Gaussian),
+        "shared-categorical" => Structure::Shared(OutputWeighting::Categorical),
+        "diag" => Structure::Diag,
+        "kron" => Structure::Kron,
+        _ => return None,
+    })
 }
 
 fn st_dtype(d: DType) -> Dtype {
@@ -57,32 +85,50 @@ fn st_dtype(d: DType) -> Dtype {
     }
 }
 
-/// Saves `post` to `path` durably: a crash mid-write leaves any previous file intact.
-pub fn save_posterior<D: Device, T: Scalar>(post: &Posterior<D, T>, path: &Path) -> Result<()> {
-    let raw = post.to_raw()?;
-    let bytes_of = |v: &[T]| -> Vec<u8> { bytemuck::cast_slice(v).to_vec() };
-    let n = raw.precision_dim();
-    let mut tensors: Vec<(&str, Vec<usize>, Vec<u8>)> = vec![
-        ("covariance", vec![n, n], bytes_of(&raw.covariance)),
-        (
-            "head",
-            vec![raw.classes, raw.head.len() / raw.classes],
-            bytes_of(&raw.head),
-        ),
-        ("precision", vec![n, n], bytes_of(&raw.precision)),
-    ];
+fn bytes_of<T: Scalar>(v: &[T]) -> Vec<u8> {
+    bytemuck::cast_slice(v).to_vec()
+}
+
+/// The tensors and metadata every file shares: head, bias, Kron sums, settings.
+fn common_parts<T: Scalar>(
+    raw: &RawPosterior<T>,
+    format: &str,
+) -> (Vec<(&'static str, Vec<usize>, Vec<u8>)>, Vec<(&'static str, String)>) {
+    let mut tensors = vec![(
+        "head",
+        vec![raw.classes, raw.head.len() / raw.classes],
+        bytes_of(&raw.head),
+    )];
     if let Some(b) = &raw.fixed_bias {
         tensors.push(("bias", vec![1, raw.classes], bytes_of(b)));
     }
-    tensors.sort_by(|a, b| a.0.cmp(b.0));
-    let checksum = checksum(tensors.iter().map(|t| t.2.as_slice()));
-    let metadata: HashMap<String, String> = [
-        ("format", FORMAT.to_string()),
+    if let Some([a, g, ua, ug]) = &raw.kron {
+        let (k, da) = (raw.classes, raw.augmented_features());
+        tensors.push(("kron_a", vec![k, k], bytes_of(a)));
+        tensors.push(("kron_g", vec![da, da], bytes_of(g)));
+        if !ua.is_empty() {
+            tensors.push(("kron_a_vectors", vec![k, k], bytes_of(ua)));
+            tensors.push(("kron_g_vectors", vec![da, da], bytes_of(ug)));
+        }
+    }
+    let (likelihood, sigma) = match raw.likelihood {
+        Likelihood::Classification => ("classification", String::new()),
+        Likelihood::Regression { sigma_noise } => ("regression", sigma_noise.to_string()),
+    };
+    let (curvature, samples, seed) = match raw.curvature {
+        Curvature::Ggn => ("ggn", String::new(), String::new()),
+        Curvature::EmpiricalFisher => ("ef", String::new(), String::new()),
+        Curvature::MonteCarloFisher { samples, seed } => ("mc", samples.to_string(), seed.to_string()),
+    };
+    let metadata = vec![
+        ("format", format.to_string()),
         ("version", VERSION.to_string()),
         ("structure", structure_name(raw.structure).to_string()),
-        ("likelihood", "classification".to_string()),
-        ("curvature", "ggn".to_string()),
-        ("prior_precision", raw.prior_precision.to_string()),
+        ("likelihood", likelihood.to_string()),
+        ("sigma_noise", sigma),
+        ("curvature", curvature.to_string()),
+        ("mc_samples", samples),
+        ("mc_seed", seed),
         (
             "bias",
             if raw.bias_mode == BiasMode::InPosterior {
@@ -96,83 +142,191 @@ pub fn save_posterior<D: Device, T: Scalar>(post: &Posterior<D, T>, path: &Path)
         ("classes", raw.classes.to_string()),
         ("features", raw.features.to_string()),
         ("samples_seen", raw.samples_seen.to_string()),
-        ("checksum", format!("crc32:{checksum:08x}")),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    ];
+    (tensors, metadata)
+}
+
+/// Serialises tensors and metadata with the checksum, and writes them durably.
+fn write_file(
+    path: &Path,
+    dtype: DType,
+    mut tensors: Vec<(&'static str, Vec<usize>, Vec<u8>)>,
+    metadata: Vec<(&'static str, String)>,
+) -> Result<()> {
+    tensors.sort_by(|a, b| a.0.cmp(b.0));
+    let checksum = checksum(tensors.iter().map(|t| t.2.as_slice()));
+    let metadata: HashMap<String, String> = metadata
+        .into_iter()
+        .chain([("checksum", format!("crc32:{checksum:08x}"))])
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let fail = |e: safetensors::SafeTensorError| Error::Format {
+        what: path.display().to_string(),
+        reason: e.to_string(),
+    };
     let views = tensors
         .iter()
         .map(|(name, shape, data)| {
-            TensorView::new(st_dtype(T::DTYPE), shape.clone(), data)
+            TensorView::new(st_dtype(dtype), shape.clone(), data)
                 .map(|v| (name.to_string(), v))
-                .map_err(|e| Error::Format {
-                    what: path.display().to_string(),
-                    reason: e.to_string(),
-                })
+                .map_err(fail)
         })
         .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Format {
-        what: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(fail)?;
     write_durably(path, &bytes)
 }
 
-/// Reads the header of the posterior file at `path`.
+/// Saves `post` to `path` durably: a crash mid-write leaves any previous file intact.
+pub fn save_posterior<D: Device, T: Scalar>(post: &Posterior<D, T>, path: &Path) -> Result<()> {
+    let raw = post.to_raw()?;
+    let (mut tensors, mut metadata) = common_parts(&raw, POSTERIOR_FORMAT);
+    let (rows, cols) = raw.stored_shape();
+    tensors.push(("covariance", vec![rows, cols], bytes_of(&raw.covariance)));
+    tensors.push(("precision", vec![rows, cols], bytes_of(&raw.precision)));
+    let tau: Vec<String> = raw.prior_precision.iter().map(|t| t.as_f64().to_string()).collect();
+    metadata.push(("prior_precision", tau.join(",")));
+    write_file(path, T::DTYPE, tensors, metadata)
+}
+
+/// Saves a partial [`CurvatureAccumulator`] durably, for merging elsewhere.
+pub fn save_accumulator<D: Device, T: Scalar>(acc: &CurvatureAccumulator<D, T>, path: &Path) -> Result<()> {
+    let stored = acc.to_raw()?;
+    let (mut tensors, mut metadata) = common_parts(&stored.raw, ACCUMULATOR_FORMAT);
+    let (rows, cols) = stored.sum_shape;
+    tensors.push(("sum", vec![rows, cols], bytes_of(&stored.raw.precision)));
+    metadata.push(("prior_precision", String::new()));
+    write_file(path, T::DTYPE, tensors, metadata)
+}
+
+/// Reads the header of the posterior or accumulator file at `path`.
 pub fn peek_posterior(path: &Path) -> Result<PosteriorHeader> {
     let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
-    let (_, header) = parse(&bytes, path)?;
+    let (_, header, _) = parse(&bytes, path)?;
     Ok(header)
 }
 
 /// Loads the posterior at `path` onto `device`. The file's dtype must be `T`.
 pub fn load_posterior<D: Device, T: Scalar>(device: &D, path: &Path) -> Result<Posterior<D, T>> {
     let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+    let (file, header, format) = parse(&bytes, path)?;
     let fail = |reason: String| Error::Format {
         what: path.display().to_string(),
         reason,
     };
-    let (file, header) = parse(&bytes, path)?;
-    if header.dtype != T::DTYPE {
-        return Err(fail(format!(
-            "holds {} tensors, asked for {}",
-            header.dtype.name(),
-            T::DTYPE.name()
-        )));
+    if format != POSTERIOR_FORMAT {
+        return Err(fail("a curvature accumulator, not a posterior: finish it first".into()));
     }
-    let tensor = |name: &str| -> Result<Option<Vec<T>>> {
-        match file.tensor(name) {
+    let (raw, tensors) = raw_parts::<T>(&file, &header, path)?;
+    let mut raw = raw;
+    raw.precision = tensors.require("precision")?;
+    raw.covariance = tensors.require("covariance")?;
+    Posterior::from_raw(device, raw).map_err(|e| fail(format!("inconsistent contents: {e}")))
+}
+
+/// Loads a partial accumulator saved by [`save_accumulator`] onto `device`; `chunk_rows` is
+/// the chunk size of its further accumulation.
+pub fn load_accumulator<D: Device, T: Scalar>(
+    device: &D,
+    path: &Path,
+    chunk_rows: usize,
+) -> Result<CurvatureAccumulator<D, T>> {
+    let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+    let (file, header, format) = parse(&bytes, path)?;
+    let fail = |reason: String| Error::Format {
+        what: path.display().to_string(),
+        reason,
+    };
+    if format != ACCUMULATOR_FORMAT {
+        return Err(fail("a posterior, not a curvature accumulator".into()));
+    }
+    let (mut raw, tensors) = raw_parts::<T>(&file, &header, path)?;
+    raw.precision = tensors.require("sum")?;
+    let shape = file.tensor("sum").map(|v| v.shape().to_vec()).unwrap_or_default();
+    if shape.len() != 2 {
+        return Err(fail("tensor `sum` must have rank 2".into()));
+    }
+    let stored = RawAccumulator {
+        sum_shape: (shape[0], shape[1]),
+        raw,
+    };
+    CurvatureAccumulator::from_raw(device, stored, chunk_rows).map_err(|e| fail(format!("inconsistent contents: {e}")))
+}
+
+/// Typed access to a parsed file's tensors.
+struct Tensors<'a, 'b> {
+    file: &'b SafeTensors<'a>,
+    path: &'b Path,
+    dtype: DType,
+}
+
+impl Tensors<'_, '_> {
+    fn get<T: Scalar>(&self, name: &str) -> Result<Option<Vec<T>>> {
+        match self.file.tensor(name) {
             Ok(view) => {
-                if view.dtype() != st_dtype(T::DTYPE) {
-                    return Err(fail(format!(
-                        "tensor `{name}` is {:?}, expected {}",
-                        view.dtype(),
-                        T::DTYPE.name()
-                    )));
+                if view.dtype() != st_dtype(self.dtype) {
+                    return Err(Error::Format {
+                        what: self.path.display().to_string(),
+                        reason: format!("tensor `{name}` is {:?}, expected {}", view.dtype(), self.dtype.name()),
+                    });
                 }
                 Ok(Some(bytemuck::pod_collect_to_vec(view.data())))
             }
             Err(_) => Ok(None),
         }
-    };
-    let require = |name: &str| tensor(name)?.ok_or_else(|| fail(format!("missing tensor `{name}`")));
-    let raw = RawPosterior {
-        structure: header.structure,
-        bias_mode: header.bias,
-        prior_precision: T::from_f64(header.prior_precision),
-        classes: header.classes,
-        features: header.features,
-        head: require("head")?,
-        fixed_bias: tensor("bias")?,
-        precision: require("precision")?,
-        covariance: require("covariance")?,
-        samples_seen: header.samples_seen,
-    };
-    Posterior::from_raw(device, raw).map_err(|e| fail(format!("inconsistent contents: {e}")))
+    }
+    fn require<T: Scalar>(&self, name: &str) -> Result<Vec<T>> {
+        self.get(name)?.ok_or_else(|| Error::Format {
+            what: self.path.display().to_string(),
+            reason: format!("missing tensor `{name}`"),
+        })
+    }
 }
 
-fn parse<'a>(bytes: &'a [u8], path: &Path) -> Result<(SafeTensors<'a>, PosteriorHeader)> {
+/// The parts every file shares, as a raw posterior (precision and covariance left empty).
+fn raw_parts<'a, 'b, T: Scalar>(
+    file: &'b SafeTensors<'a>,
+    header: &PosteriorHeader,
+    path: &'b Path,
+) -> Result<(RawPosterior<T>, Tensors<'a, 'b>)> {
+    if header.dtype != T::DTYPE {
+        return Err(Error::Format {
+            what: path.display().to_string(),
+            reason: format!("holds {} tensors, asked for {}", header.dtype.name(), T::DTYPE.name()),
+        });
+    }
+    let tensors = Tensors {
+        file,
+        path,
+        dtype: header.dtype,
+    };
+    let kron = match header.structure {
+        Structure::Kron => Some([
+            tensors.require::<T>("kron_a")?,
+            tensors.require::<T>("kron_g")?,
+            tensors.get::<T>("kron_a_vectors")?.unwrap_or_default(),
+            tensors.get::<T>("kron_g_vectors")?.unwrap_or_default(),
+        ]),
+        _ => None,
+    };
+    let raw = RawPosterior {
+        structure: header.structure,
+        likelihood: header.likelihood,
+        curvature: header.curvature,
+        bias_mode: header.bias,
+        prior_precision: header.prior_precision.iter().map(|&t| T::from_f64(t)).collect(),
+        classes: header.classes,
+        features: header.features,
+        head: tensors.require("head")?,
+        fixed_bias: tensors.get("bias")?,
+        precision: Vec::new(),
+        covariance: Vec::new(),
+        kron,
+        samples_seen: header.samples_seen,
+    };
+    Ok((raw, tensors))
+}
+
+fn parse<'a>(bytes: &'a [u8], path: &Path) -> Result<(SafeTensors<'a>, PosteriorHeader, String)> {
     let fail = |reason: String| Error::Format {
         what: path.display().to_string(),
         reason,
@@ -192,7 +346,8 @@ fn parse<'a>(bytes: &'a [u8], path: &Path) -> Result<(SafeTensors<'a>, Posterior
             .map(String::as_str)
             .ok_or_else(|| fail(format!("metadata lacks `{key}`")))
     };
-    if get("format")? != FORMAT {
+    let format = get("format")?;
+    if format != POSTERIOR_FORMAT && format != ACCUMULATOR_FORMAT {
         return Err(fail("not a laplace-update posterior file".into()));
     }
     let version = get("version")?;
@@ -203,20 +358,44 @@ fn parse<'a>(bytes: &'a [u8], path: &Path) -> Result<(SafeTensors<'a>, Posterior
     }
     let number =
         |key: &str| -> Result<usize> { get(key)?.parse().map_err(|_| fail(format!("bad `{key}` in metadata"))) };
-    let structure = match get("structure")? {
-        "full" => Structure::Full,
-        "shared-gaussian" => Structure::Shared(OutputWeighting::Gaussian),
-        "shared-categorical" => Structure::Shared(OutputWeighting::Categorical),
-        other => return Err(fail(format!("unknown structure `{other}`"))),
+    let real = |key: &str| -> Result<f64> { get(key)?.parse().map_err(|_| fail(format!("bad `{key}` in metadata"))) };
+    let structure = get("structure")?;
+    let structure = parse_structure(structure).ok_or_else(|| fail(format!("unknown structure `{structure}`")))?;
+    let likelihood = match get("likelihood")? {
+        "classification" => Likelihood::Classification,
+        "regression" => Likelihood::Regression {
+            sigma_noise: real("sigma_noise")?,
+        },
+        other => return Err(fail(format!("unknown likelihood `{other}`"))),
+    };
+    let curvature = match get("curvature")? {
+        "ggn" => Curvature::Ggn,
+        "ef" => Curvature::EmpiricalFisher,
+        "mc" => Curvature::MonteCarloFisher {
+            samples: number("mc_samples")?,
+            seed: get("mc_seed")?
+                .parse()
+                .map_err(|_| fail("bad `mc_seed` in metadata".into()))?,
+        },
+        other => return Err(fail(format!("unknown curvature `{other}`"))),
+    };
+    let tau = get("prior_precision")?;
+    let prior_precision = if tau.is_empty() {
+        Vec::new()
+    } else {
+        tau.split(',')
+            .map(|t| {
+                t.parse::<f64>()
+                    .map_err(|_| fail("bad `prior_precision` in metadata".into()))
+            })
+            .collect::<Result<Vec<f64>>>()?
     };
     let header = PosteriorHeader {
         version: version.to_string(),
         structure,
-        likelihood: get("likelihood")?.to_string(),
-        curvature: get("curvature")?.to_string(),
-        prior_precision: get("prior_precision")?
-            .parse()
-            .map_err(|_| fail("bad `prior_precision`".into()))?,
+        likelihood,
+        curvature,
+        prior_precision,
         bias: match get("bias")? {
             "posterior" => BiasMode::InPosterior,
             "fixed" => BiasMode::Fixed,
@@ -231,8 +410,7 @@ fn parse<'a>(bytes: &'a [u8], path: &Path) -> Result<(SafeTensors<'a>, Posterior
         features: number("features")?,
         samples_seen: number("samples_seen")?,
     };
-    let mut names: Vec<&str> = TENSORS.iter().copied().filter(|n| file.tensor(n).is_ok()).collect();
-    names.sort_unstable();
+    let names: Vec<&str> = TENSORS.iter().copied().filter(|n| file.tensor(n).is_ok()).collect();
     let stored = checksum(
         names
             .iter()
@@ -244,7 +422,7 @@ fn parse<'a>(bytes: &'a [u8], path: &Path) -> Result<(SafeTensors<'a>, Posterior
     if get("checksum")? != format!("crc32:{stored:08x}") {
         return Err(fail("checksum mismatch: the tensor data is corrupted".into()));
     }
-    Ok((file, header))
+    Ok((file, header, format.to_string()))
 }
 
 fn checksum<'a>(parts: impl Iterator<Item = &'a [u8]>) -> u32 {

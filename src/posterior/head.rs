@@ -20,7 +20,25 @@ pub struct HeadConfig {
     pub tolerance: f64,
     /// Number of curvature pairs L-BFGS keeps.
     pub memory: usize,
+    /// Which search direction the iterations take.
+    pub solver: HeadSolver,
 }
+
+/// The search direction of [`fit_head`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeadSolver {
+    /// Newton while `P = K·D_aug ≤ 4096`, L-BFGS above.
+    #[default]
+    Auto,
+    /// Newton with the Full GGN `τI + Σ_n Λ_n ⊗ φ_nφ_nᵀ` (the exact Hessian of softmax
+    /// regression): one P × P Cholesky per iteration, quadratic convergence.
+    Newton,
+    /// L-BFGS: O(P · memory) per iteration, for large P.
+    Lbfgs,
+}
+
+/// Largest P for which [`HeadSolver::Auto`] takes Newton steps.
+const NEWTON_MAX_WEIGHTS: usize = 4096;
 
 impl Default for HeadConfig {
     fn default() -> Self {
@@ -30,6 +48,7 @@ impl Default for HeadConfig {
             max_iterations: 500,
             tolerance: 1e-5,
             memory: 10,
+            solver: HeadSolver::Auto,
         }
     }
 }
@@ -51,11 +70,13 @@ pub struct HeadFit<T> {
     pub converged: bool,
 }
 
-/// The MAP head of softmax regression with an L2 prior, by L-BFGS with a backtracking
-/// (Armijo) line search, minimising `J(w) = −Σ_n log softmax(W φ_n + b)_{y_n} + τ/2 ‖w‖²`.
+/// The MAP head of softmax regression with an L2 prior, minimising
+/// `J(w) = −Σ_n log softmax(W φ_n + b)_{y_n} + τ/2 ‖w‖²` by Newton (Full GGN Hessian) or
+/// L-BFGS steps (see [`HeadSolver`]) with a backtracking (Armijo) line search.
 ///
-/// Logits and gradients (`∇J = (P − Y)ᵀ Φ + τ w`) are computed on the device; the L-BFGS
-/// recursion runs in f64 on the host over the `K·D` weights. Starts from zero.
+/// Logits, gradients (`∇J = (P − Y)ᵀ Φ + τ w`) and the Newton system are computed on the
+/// device; the L-BFGS recursion runs in f64 on the host over the `K·D` weights. Starts from
+/// zero.
 ///
 /// ```
 /// use laplace_update::{CpuDevice, HostMatrix, posterior::{fit_head, HeadConfig}};
@@ -118,6 +139,26 @@ pub fn fit_head<D: Device, T: Scalar, L: Label>(
         loss += 0.5 * tau * w.iter().map(|x| x * x).sum::<f64>();
         Ok((loss, g))
     };
+    let newton = match config.solver {
+        HeadSolver::Newton => true,
+        HeadSolver::Lbfgs => false,
+        HeadSolver::Auto => dim <= NEWTON_MAX_WEIGHTS,
+    };
+    // −H⁻¹ g with H = τI + Σ_n Λ_n ⊗ φ_nφ_nᵀ at w.
+    let newton_direction = |w: &[f64], g: &[f64]| -> Result<Vec<f64>> {
+        let cast = |v: &[f64]| v.iter().map(|&x| T::from_f64(x)).collect::<Vec<T>>();
+        let head = device.upload(&cast(w), classes, da)?;
+        let mut probs = logits(device, &phi, &head, None)?;
+        device.softmax_rows(&mut probs)?;
+        let mut hessian = device.zeros(dim, dim)?;
+        device.add_diagonal(&mut hessian, T::from_f64(tau))?;
+        device.ggn_accumulate(&mut hessian, &phi, &probs, None, T::one())?;
+        device.cholesky(&mut hessian)?;
+        let mut x = device.upload(&cast(g), dim, 1)?;
+        device.triangular_solve(&hessian, &mut x, Op::N)?;
+        device.triangular_solve(&hessian, &mut x, Op::T)?;
+        Ok(device.download(&x)?.iter().map(|v| -v.as_f64()).collect())
+    };
     let norm_inf = |v: &[f64]| v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
     let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
 
@@ -128,24 +169,13 @@ pub fn fit_head<D: Device, T: Scalar, L: Label>(
     let mut iterations = 0;
     let mut converged = norm_inf(&g) <= target;
     while !converged && iterations < config.max_iterations {
-        // Two-loop recursion: direction = −H g.
-        let mut q = g.clone();
-        let mut alphas = Vec::with_capacity(history.len());
-        for (s, yv, rho) in history.iter().rev() {
-            let a = rho * dot(s, &q);
-            q.iter_mut().zip(yv).for_each(|(qi, yi)| *qi -= a * yi);
-            alphas.push(a);
-        }
-        let scale = history
-            .back()
-            .map_or(1.0 / norm_inf(&g).max(1.0), |(s, yv, _)| dot(s, yv) / dot(yv, yv));
-        q.iter_mut().for_each(|x| *x *= scale);
-        for ((s, yv, rho), a) in history.iter().zip(alphas.iter().rev()) {
-            let b = rho * dot(yv, &q);
-            q.iter_mut().zip(s).for_each(|(qi, si)| *qi += (a - b) * si);
-        }
-        let mut direction: Vec<f64> = q.iter().map(|x| -x).collect();
-        let mut slope = dot(&g, &direction);
+        let (mut direction, mut slope) = if newton {
+            let direction = newton_direction(&w, &g)?;
+            let slope = dot(&g, &direction);
+            (direction, slope)
+        } else {
+            lbfgs_direction(&history, &g)
+        };
         if slope >= 0.0 {
             // Not a descent direction: restart from steepest descent.
             history.clear();
@@ -200,4 +230,29 @@ pub fn fit_head<D: Device, T: Scalar, L: Label>(
         objective: loss,
         converged,
     })
+}
+
+/// L-BFGS two-loop recursion: the direction `−H g` for the inverse-Hessian estimate H of the
+/// stored pairs `(s, y, 1/sᵀy)`, and its slope `gᵀ d`.
+fn lbfgs_direction(history: &std::collections::VecDeque<(Vec<f64>, Vec<f64>, f64)>, g: &[f64]) -> (Vec<f64>, f64) {
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let norm_inf = g.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let mut q = g.to_vec();
+    let mut alphas = Vec::with_capacity(history.len());
+    for (s, yv, rho) in history.iter().rev() {
+        let a = rho * dot(s, &q);
+        q.iter_mut().zip(yv).for_each(|(qi, yi)| *qi -= a * yi);
+        alphas.push(a);
+    }
+    let scale = history
+        .back()
+        .map_or(1.0 / norm_inf.max(1.0), |(s, yv, _)| dot(s, yv) / dot(yv, yv));
+    q.iter_mut().for_each(|x| *x *= scale);
+    for ((s, yv, rho), a) in history.iter().zip(alphas.iter().rev()) {
+        let b = rho * dot(yv, &q);
+        q.iter_mut().zip(s).for_each(|(qi, si)| *qi += (a - b) * si);
+    }
+    let direction: Vec<f64> = q.iter().map(|x| -x).collect();
+    let slope = dot(g, &direction);
+    (direction, slope)
 }

@@ -6,30 +6,84 @@
 //! samples in with one Newton step, `Σ' = (Σ⁻¹ + Σ_j H_j)⁻¹` by Woodbury and
 //! `w' = ŵ + γ Σ' Σ_j (e_{y_j} − p_j) ⊗ φ_j`.
 
+mod accumulate;
+mod evidence;
 mod fit;
 mod head;
+mod model;
 mod predict;
 mod unlearn;
 mod update;
 
-pub use head::{HeadConfig, HeadFit, fit_head};
+pub use accumulate::CurvatureAccumulator;
+pub(crate) use accumulate::RawAccumulator;
+pub use evidence::PriorShape;
+pub use head::{HeadConfig, HeadFit, HeadSolver, fit_head};
 pub use predict::{Link, Prediction};
 pub use unlearn::UnlearnConfig;
 pub use update::{UpdateConfig, UpdateRule};
 
 use crate::device::{Device, Matrix, OutputWeighting};
 use crate::error::{Error, Result};
-use crate::host::{HostMatrix, Label, feature_rows, one_hot};
+use crate::host::{HostMatrix, Targets, feature_rows};
 use crate::scalar::Scalar;
+use model::{Batch, KronFactors};
 
 /// Which covariance the posterior keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Structure {
-    /// The exact softmax GGN over all `P = K·D` weights: Π and Σ are P × P.
+    /// The exact curvature over all `P = K·D` weights: Π and Σ are P × P.
     Full,
     /// One D × D covariance shared by all classes (`Π = I_K ⊗ Π_D`), the seed paper's form,
-    /// with curvature `Π_D = τ I + Σ_n m_n φ_n φ_nᵀ`.
+    /// with curvature `Π_D = τ I + Σ_n m_n φ_n φ_nᵀ`. The weighting sets m_n for the softmax GGN;
+    /// every other curvature uses `m_n = tr(M_n)/K` for the output curvature M_n, the nearest
+    /// `I_K ⊗ ·` form in Frobenius norm.
     Shared(OutputWeighting),
+    /// The diagonal of the curvature: `Π_kd = τ + Σ_n M_n[k,k] φ_nd²`, P values. Updates are
+    /// exact for this structure.
+    Diag,
+    /// KFAC: `Σ_n M_n ⊗ φ_nφ_nᵀ ≈ (1/N)(Σ_n M_n) ⊗ (Σ_n φ_nφ_nᵀ) = (1/N) A ⊗ G`, kept as the
+    /// eigendecompositions `A = U_A diag(a) U_Aᵀ`, `G = U_G diag(g) U_Gᵀ` with the prior added on
+    /// the eigenvalues: `Π = (U_A ⊗ U_G) diag(a_i g_j / N + τ) (U_A ⊗ U_G)ᵀ`. An update adds the
+    /// new samples to the running sums A, G and N and refactors them, an approximation: the
+    /// Kronecker factorisation of a sum is not the sum of the factorisations.
+    Kron,
+}
+
+/// The likelihood of a target given the logits `f = W φ + b`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Likelihood {
+    /// Softmax cross-entropy over K classes; targets are class labels.
+    #[default]
+    Classification,
+    /// Gaussian `N(y | f, σ² I_K)` over K outputs; targets are n × K real values. The GGN is
+    /// `I_K ⊗ φφᵀ / σ²`, independent of the head, so the Newton step is exact and an update
+    /// equals a refit on all data (the Bayesian linear model).
+    Regression {
+        /// Observation noise σ > 0.
+        sigma_noise: f64,
+    },
+}
+
+/// Which curvature approximates the Hessian of the negative log-likelihood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Curvature {
+    /// The generalised Gauss–Newton `J_nᵀ M_n J_n`: for softmax `M_n = diag(p_n) − p_n p_nᵀ`
+    /// (equal to the Fisher), for regression `I_K / σ²`.
+    #[default]
+    Ggn,
+    /// The empirical Fisher `Σ_n g_n g_nᵀ` with `g_n = ∂_f log p(y_n | f_n) ⊗ φ_n`:
+    /// `M_n = r_n r_nᵀ`, `r_n = e_{y_n} − p_n` (classification) or `(y_n − f_n)/σ²` (regression).
+    EmpiricalFisher,
+    /// The empirical Fisher with targets drawn from the model, averaged over `samples` draws:
+    /// `M_n = (1/S) Σ_s r_s r_sᵀ`. The draws for a sample are seeded by `seed` and the sample's
+    /// own feature values, so they do not depend on chunking, sharding or order.
+    MonteCarloFisher {
+        /// Draws per sample S ≥ 1.
+        samples: usize,
+        /// Seed of the draws.
+        seed: u64,
+    },
 }
 
 /// Where the head's bias lives.
@@ -48,6 +102,10 @@ pub enum BiasMode {
 pub struct FitConfig {
     /// Covariance structure.
     pub structure: Structure,
+    /// Likelihood of the targets.
+    pub likelihood: Likelihood,
+    /// Curvature approximation.
+    pub curvature: Curvature,
     /// Prior precision τ > 0 (`Π = τ I + curvature`).
     pub prior_precision: f64,
     /// Whether the bias is part of the posterior.
@@ -60,6 +118,8 @@ impl Default for FitConfig {
     fn default() -> Self {
         FitConfig {
             structure: Structure::Full,
+            likelihood: Likelihood::Classification,
+            curvature: Curvature::Ggn,
             prior_precision: 1.0,
             bias: BiasMode::InPosterior,
             chunk_rows: 32_768,
@@ -67,15 +127,35 @@ impl Default for FitConfig {
     }
 }
 
+impl FitConfig {
+    /// Checks the settings that do not depend on data.
+    pub(crate) fn validate(&self) -> Result<()> {
+        positive::<f64>("prior_precision", self.prior_precision)?;
+        if let Likelihood::Regression { sigma_noise } = self.likelihood {
+            positive::<f64>("sigma_noise", sigma_noise)?;
+        }
+        if let Curvature::MonteCarloFisher { samples: 0, .. } = self.curvature {
+            return Err(Error::invalid("samples", "at least one Monte Carlo sample is required"));
+        }
+        if self.chunk_rows == 0 {
+            return Err(Error::invalid("chunk_rows", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 /// Mean, precision and covariance: everything an update changes, kept together so that an
 /// update can work on a copy and commit by a move.
-struct Moments<D: Device, T: Scalar> {
+pub(crate) struct Moments<D: Device, T: Scalar> {
     /// Head `[W, b]` (K × D_aug) when the bias is in the posterior, W (K × D) otherwise.
     head: Matrix<D, T>,
-    /// Π: P × P (Full) or D_aug × D_aug (Shared).
+    /// Π: P × P (Full), D_aug × D_aug (Shared), or K × D_aug eigenvalues of Π (Diag: its
+    /// diagonal; Kron: `a_i g_j / N + τ` in the basis of `kron`).
     precision: Matrix<D, T>,
-    /// Σ = Π⁻¹, same shape.
+    /// Σ = Π⁻¹, same shape (Diag and Kron: the reciprocals).
     covariance: Matrix<D, T>,
+    /// The Kron structure's running sums and eigenbases.
+    kron: Option<KronFactors<D, T>>,
 }
 
 impl<D: Device, T: Scalar> Moments<D, T> {
@@ -84,6 +164,7 @@ impl<D: Device, T: Scalar> Moments<D, T> {
             head: device.copy(&self.head)?,
             precision: device.copy(&self.precision)?,
             covariance: device.copy(&self.covariance)?,
+            kron: self.kron.as_ref().map(|f| f.copy(device)).transpose()?,
         })
     }
 }
@@ -108,8 +189,11 @@ impl<D: Device, T: Scalar> Moments<D, T> {
 pub struct Posterior<D: Device, T: Scalar> {
     device: D,
     structure: Structure,
+    likelihood: Likelihood,
+    curvature: Curvature,
     bias_mode: BiasMode,
-    prior_precision: T,
+    /// τ: one value, or one per class.
+    prior_precision: Vec<T>,
     classes: usize,
     features: usize,
     fixed_bias: Option<Matrix<D, T>>,
@@ -130,9 +214,22 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     pub fn bias_mode(&self) -> BiasMode {
         self.bias_mode
     }
-    /// Prior precision τ.
-    pub fn prior_precision(&self) -> T {
-        self.prior_precision
+    /// Likelihood.
+    pub fn likelihood(&self) -> Likelihood {
+        self.likelihood
+    }
+    /// Curvature approximation.
+    pub fn curvature(&self) -> Curvature {
+        self.curvature
+    }
+    /// Prior precision τ: one value, or K (one per class) after
+    /// [`Posterior::optimize_prior_precision`] with [`PriorShape::PerClass`].
+    pub fn prior_precision(&self) -> &[T] {
+        &self.prior_precision
+    }
+    /// τ of class `k`.
+    pub(crate) fn prior_of(&self, k: usize) -> T {
+        self.prior_precision[if self.prior_precision.len() == 1 { 0 } else { k }]
     }
     /// Number of classes K.
     pub fn classes(&self) -> usize {
@@ -150,12 +247,23 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     pub fn augmented_features(&self) -> usize {
         self.features + usize::from(self.bias_mode == BiasMode::InPosterior)
     }
-    /// Side of the stored Π and Σ: K·D_aug (Full) or D_aug (Shared).
-    pub fn dim(&self) -> usize {
-        match self.structure {
-            Structure::Full => self.classes * self.augmented_features(),
-            Structure::Shared(_) => self.augmented_features(),
-        }
+    /// Shape of the stored Π and Σ: P × P (Full, `P = K·D_aug`), D_aug × D_aug (Shared), or
+    /// K × D_aug (Diag and Kron, their eigenvalues).
+    pub fn stored_shape(&self) -> (usize, usize) {
+        stored_shape(self.structure, self.classes, self.augmented_features())
+    }
+    /// The Kron factors `(A, G, U_A, U_G)`, row-major, the eigenvectors as columns, with N =
+    /// [`Posterior::samples_seen`]; `None` for the other structures.
+    #[allow(clippy::type_complexity)]
+    pub fn kron_factors(&self) -> Result<Option<(Vec<T>, Vec<T>, Vec<T>, Vec<T>)>> {
+        let Some(f) = &self.moments.kron else { return Ok(None) };
+        let d = &self.device;
+        Ok(Some((
+            d.download(&f.a_sum)?,
+            d.download(&f.g_sum)?,
+            d.download(&f.a_vecs)?,
+            d.download(&f.g_vecs)?,
+        )))
     }
 
     /// The posterior mean of W (K × D, row-major), without the bias column.
@@ -183,7 +291,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             (None, BiasMode::Fixed) => Ok(vec![T::zero(); self.classes]),
         }
     }
-    /// Σ, row-major `dim() × dim()`, index `(k, d) ↦ k·D_aug + d` for Full.
+    /// Σ, row-major in [`Posterior::stored_shape`], index `(k, d) ↦ k·D_aug + d` for Full.
     pub fn covariance(&self) -> Result<Vec<T>> {
         self.device.download(&self.moments.covariance)
     }
@@ -208,19 +316,33 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         )
     }
 
-    /// [`Posterior::upload_features`] and the one-hot targets (count × K) of the same rows.
-    pub(crate) fn upload_batch<L: Label>(
+    /// Validates a batch of features and targets against the posterior.
+    pub(crate) fn check_batch<Y: Targets<T> + ?Sized>(&self, features: &HostMatrix<'_, T>, targets: &Y) -> Result<()> {
+        crate::host::check_features("features", features, self.features)?;
+        targets.check(features.rows(), self.classes, self.is_regression())
+    }
+
+    pub(crate) fn is_regression(&self) -> bool {
+        matches!(self.likelihood, Likelihood::Regression { .. })
+    }
+
+    /// Rows `start..start + count` of a checked batch on the device.
+    pub(crate) fn upload_batch<Y: Targets<T> + ?Sized>(
         &self,
         features: &HostMatrix<'_, T>,
-        labels: &[L],
+        targets: &Y,
         start: usize,
         count: usize,
-    ) -> Result<(Matrix<D, T>, Matrix<D, T>)> {
-        let targets = one_hot::<T, L>(&labels[start..start + count], self.classes);
-        Ok((
-            self.upload_features(features, start, count)?,
-            self.device.upload(&targets, count, self.classes)?,
-        ))
+    ) -> Result<Batch<D, T>> {
+        Batch::upload(
+            &self.device,
+            features,
+            targets,
+            start,
+            count,
+            self.classes,
+            self.bias_mode == BiasMode::InPosterior,
+        )
     }
 
     /// A device-side deep copy.
@@ -228,8 +350,10 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         Ok(Posterior {
             device: self.device.clone(),
             structure: self.structure,
+            likelihood: self.likelihood,
+            curvature: self.curvature,
             bias_mode: self.bias_mode,
-            prior_precision: self.prior_precision,
+            prior_precision: self.prior_precision.clone(),
             classes: self.classes,
             features: self.features,
             fixed_bias: self.fixed_bias.as_ref().map(|b| self.device.copy(b)).transpose()?,
@@ -238,42 +362,77 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         })
     }
 
-    /// Numerical drift of the stored pair: `max_ij |(Π Σ − I)_ij|`, the entrywise max-abs norm.
+    /// Numerical drift of the stored pair: `max_ij |(Π Σ − I)_ij|`, the entrywise max-abs norm
+    /// (Diag and Kron: `max |π σ − 1|` over their eigenvalues).
     ///
-    /// Costs one `dim()³` product. Exact arithmetic gives 0; updates in floating point let it
-    /// grow, and [`Posterior::refresh`] resets it.
+    /// Costs one product of the stored matrices. Exact arithmetic gives 0; updates in floating
+    /// point let it grow, and [`Posterior::refresh`] resets it.
     pub fn drift(&self) -> Result<T> {
-        let n = self.dim();
-        let mut product = self.device.zeros(n, n)?;
         let (prec, cov) = (&self.moments.precision, &self.moments.covariance);
+        let device = &self.device;
+        if self.moments.kron.is_some() || self.structure == Structure::Diag {
+            let mut product = device.copy(prec)?;
+            device.hadamard(&mut product, cov)?;
+            let ones = device.upload(&vec![T::one(); product.len()], product.rows(), product.cols())?;
+            device.axpy(&mut product, -T::one(), &ones)?;
+            return device.max_abs(&product);
+        }
+        let n = prec.rows();
+        let mut product = device.zeros(n, n)?;
         use crate::device::Op;
-        self.device
-            .gemm(&mut product, T::zero(), prec, Op::N, cov, Op::N, T::one())?;
-        self.device.add_diagonal(&mut product, -T::one())?;
-        self.device.max_abs(&product)
+        device.gemm(&mut product, T::zero(), prec, Op::N, cov, Op::N, T::one())?;
+        device.add_diagonal(&mut product, -T::one())?;
+        device.max_abs(&product)
     }
 
-    /// Recomputes `Σ = Π⁻¹` from the precision by Cholesky, discarding accumulated drift.
-    /// On failure the posterior is unchanged.
+    /// Recomputes `Σ = Π⁻¹` from the precision (Cholesky, or the reciprocals of the
+    /// eigenvalues), discarding accumulated drift. On failure the posterior is unchanged.
     pub fn refresh(&mut self) -> Result<()> {
-        self.moments.covariance = self.device.spd_inverse(&self.moments.precision)?;
+        self.moments.covariance = self.model().covariance_of(&self.moments.precision)?;
         Ok(())
+    }
+
+    /// What the per-structure operations read of the posterior.
+    pub(crate) fn model(&self) -> model::Model<'_, D, T> {
+        model::Model {
+            device: &self.device,
+            structure: self.structure,
+            likelihood: self.likelihood,
+            curvature: self.curvature,
+            fixed_bias: self.fixed_bias.as_ref(),
+        }
+    }
+
+    /// [`Posterior::model`] beside the moments, mutably.
+    pub(crate) fn split(&mut self) -> (model::Model<'_, D, T>, &mut Moments<D, T>) {
+        let model = model::Model {
+            device: &self.device,
+            structure: self.structure,
+            likelihood: self.likelihood,
+            curvature: self.curvature,
+            fixed_bias: self.fixed_bias.as_ref(),
+        };
+        (model, &mut self.moments)
     }
 }
 
-/// Validates a finite, positive scalar setting and converts it.
-pub(crate) fn positive<T: Scalar>(argument: &'static str, value: f64) -> Result<T> {
-    if !(value.is_finite() && value > 0.0) {
-        return Err(Error::invalid(argument, format!("must be finite and > 0, got {value}")));
+/// Shape of the stored Π and Σ for a structure, K classes and D_aug columns.
+pub(crate) fn stored_shape(structure: Structure, classes: usize, da: usize) -> (usize, usize) {
+    match structure {
+        Structure::Full => (classes * da, classes * da),
+        Structure::Shared(_) => (da, da),
+        Structure::Diag | Structure::Kron => (classes, da),
     }
-    Ok(T::from_f64(value))
 }
 
 /// A posterior's contents in host memory, row-major: what a posterior file stores.
 pub(crate) struct RawPosterior<T> {
     pub structure: Structure,
+    pub likelihood: Likelihood,
+    pub curvature: Curvature,
     pub bias_mode: BiasMode,
-    pub prior_precision: T,
+    /// 1 or K values.
+    pub prior_precision: Vec<T>,
     pub classes: usize,
     pub features: usize,
     /// K × D_aug.
@@ -282,16 +441,17 @@ pub(crate) struct RawPosterior<T> {
     pub fixed_bias: Option<Vec<T>>,
     pub precision: Vec<T>,
     pub covariance: Vec<T>,
+    /// Kron: A (K × K), G (D_aug × D_aug), U_A, U_G.
+    pub kron: Option<[Vec<T>; 4]>,
     pub samples_seen: usize,
 }
 
 impl<T> RawPosterior<T> {
-    pub fn precision_dim(&self) -> usize {
-        let da = self.features + usize::from(self.bias_mode == BiasMode::InPosterior);
-        match self.structure {
-            Structure::Full => self.classes * da,
-            Structure::Shared(_) => da,
-        }
+    pub fn augmented_features(&self) -> usize {
+        self.features + usize::from(self.bias_mode == BiasMode::InPosterior)
+    }
+    pub fn stored_shape(&self) -> (usize, usize) {
+        stored_shape(self.structure, self.classes, self.augmented_features())
     }
 }
 
@@ -299,14 +459,17 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     pub(crate) fn to_raw(&self) -> Result<RawPosterior<T>> {
         Ok(RawPosterior {
             structure: self.structure,
+            likelihood: self.likelihood,
+            curvature: self.curvature,
             bias_mode: self.bias_mode,
-            prior_precision: self.prior_precision,
+            prior_precision: self.prior_precision.clone(),
             classes: self.classes,
             features: self.features,
             head: self.device.download(&self.moments.head)?,
             fixed_bias: self.fixed_bias.as_ref().map(|b| self.device.download(b)).transpose()?,
             precision: self.device.download(&self.moments.precision)?,
             covariance: self.device.download(&self.moments.covariance)?,
+            kron: self.kron_factors()?.map(|(a, g, ua, ug)| [a, g, ua, ug]),
             samples_seen: self.samples_seen,
         })
     }
@@ -320,16 +483,45 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 format!("K = {}, D = {}", raw.classes, raw.features),
             ));
         }
-        if !(raw.prior_precision.is_finite() && raw.prior_precision > T::zero()) {
-            return Err(Error::invalid("prior_precision", "must be finite and > 0"));
+        let config = FitConfig {
+            structure: raw.structure,
+            likelihood: raw.likelihood,
+            curvature: raw.curvature,
+            prior_precision: 1.0,
+            bias: raw.bias_mode,
+            chunk_rows: 1,
+        };
+        config.validate()?;
+        if !(raw.prior_precision.len() == 1 || raw.prior_precision.len() == raw.classes)
+            || raw.prior_precision.iter().any(|t| !(t.is_finite() && *t > T::zero()))
+        {
+            return Err(Error::invalid(
+                "prior_precision",
+                "must be 1 or K values, finite and > 0",
+            ));
         }
-        let da = raw.features + usize::from(raw.bias_mode == BiasMode::InPosterior);
-        let n = raw.precision_dim();
-        for (name, len, want) in [
+        let da = raw.augmented_features();
+        let (rows, cols) = raw.stored_shape();
+        let mut expected = vec![
             ("head", raw.head.len(), raw.classes * da),
-            ("precision", raw.precision.len(), n * n),
-            ("covariance", raw.covariance.len(), n * n),
-        ] {
+            ("precision", raw.precision.len(), rows * cols),
+            ("covariance", raw.covariance.len(), rows * cols),
+        ];
+        match (&raw.kron, raw.structure) {
+            (Some([a, g, ua, ug]), Structure::Kron) => {
+                let k2 = raw.classes * raw.classes;
+                expected.extend([
+                    ("kron_a", a.len(), k2),
+                    ("kron_g", g.len(), da * da),
+                    ("kron_a_vectors", ua.len(), k2),
+                    ("kron_g_vectors", ug.len(), da * da),
+                ]);
+            }
+            (None, Structure::Kron) => return Err(Error::invalid("kron", "missing Kronecker factors")),
+            (Some(_), _) => return Err(Error::invalid("kron", "Kronecker factors for a non-Kron structure")),
+            (None, _) => {}
+        }
+        for (name, len, want) in expected {
             if len != want {
                 return Err(Error::ShapeMismatch {
                     argument: name,
@@ -341,6 +533,9 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         check_finite("head", &raw.head)?;
         check_finite("precision", &raw.precision)?;
         check_finite("covariance", &raw.covariance)?;
+        if let Some(parts) = &raw.kron {
+            parts.iter().try_for_each(|p| check_finite("kron", p))?;
+        }
         let fixed_bias = match (&raw.fixed_bias, raw.bias_mode) {
             (None, _) => None,
             (Some(b), BiasMode::Fixed) if b.len() == raw.classes => {
@@ -359,20 +554,34 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 ));
             }
         };
+        let (k, samples_seen) = (raw.classes, raw.samples_seen);
+        let kron = match &raw.kron {
+            Some([a, g, ua, ug]) => Some(KronFactors {
+                a_sum: device.upload(a, k, k)?,
+                g_sum: device.upload(g, da, da)?,
+                a_vecs: device.upload(ua, k, k)?,
+                g_vecs: device.upload(ug, da, da)?,
+                count: samples_seen,
+            }),
+            None => None,
+        };
         Ok(Posterior {
             device: device.clone(),
             structure: raw.structure,
+            likelihood: raw.likelihood,
+            curvature: raw.curvature,
             bias_mode: raw.bias_mode,
             prior_precision: raw.prior_precision,
-            classes: raw.classes,
+            classes: k,
             features: raw.features,
             fixed_bias,
             moments: Moments {
-                head: device.upload(&raw.head, raw.classes, da)?,
-                precision: device.upload(&raw.precision, n, n)?,
-                covariance: device.upload(&raw.covariance, n, n)?,
+                head: device.upload(&raw.head, k, da)?,
+                precision: device.upload(&raw.precision, rows, cols)?,
+                covariance: device.upload(&raw.covariance, rows, cols)?,
+                kron,
             },
-            samples_seen: raw.samples_seen,
+            samples_seen,
         })
     }
 }
@@ -393,45 +602,10 @@ pub(crate) fn logits<D: Device, T: Scalar>(
     Ok(f)
 }
 
-/// Class probabilities `softmax(Φ Wᵀ + b)`; n × K.
-pub(crate) fn probabilities<D: Device, T: Scalar>(
-    device: &D,
-    phi: &Matrix<D, T>,
-    head: &Matrix<D, T>,
-    fixed_bias: Option<&Matrix<D, T>>,
-) -> Result<Matrix<D, T>> {
-    let mut p = logits(device, phi, head, fixed_bias)?;
-    device.softmax_rows(&mut p)?;
-    Ok(p)
-}
-
-/// Adds `alpha` times the curvature of the samples Φ (with probabilities `probs`) to the
-/// precision: `Σ_n Λ_n ⊗ φ_nφ_nᵀ` (Full) or `Σ_n m_n φ_nφ_nᵀ` (Shared).
-pub(crate) fn add_curvature<D: Device, T: Scalar>(
-    device: &D,
-    structure: Structure,
-    precision: &mut Matrix<D, T>,
-    phi: &Matrix<D, T>,
-    probs: &Matrix<D, T>,
-    alpha: T,
-) -> Result<()> {
-    match structure {
-        Structure::Full => device.ggn_accumulate(precision, phi, probs, None, alpha),
-        Structure::Shared(weighting) => {
-            let weights = shared_weights(device, weighting, probs)?;
-            device.weighted_syrk(precision, T::one(), phi, weights.as_ref(), alpha)
-        }
+/// Validates a finite, positive scalar setting and converts it.
+pub(crate) fn positive<T: Scalar>(argument: &'static str, value: f64) -> Result<T> {
+    if !(value.is_finite() && value > 0.0) {
+        return Err(Error::invalid(argument, format!("must be finite and > 0, got {value}")));
     }
-}
-
-/// The Shared structure's output weights m_n: `None` (all ones) for Gaussian.
-pub(crate) fn shared_weights<D: Device, T: Scalar>(
-    device: &D,
-    weighting: OutputWeighting,
-    probs: &Matrix<D, T>,
-) -> Result<Option<Matrix<D, T>>> {
-    match weighting {
-        OutputWeighting::Gaussian => Ok(None),
-        OutputWeighting::Categorical => device.categorical_weights(probs).map(Some),
-    }
+    Ok(T::from_f64(value))
 }

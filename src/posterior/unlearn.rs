@@ -1,10 +1,9 @@
 //! [`Posterior::unlearn`]: remove samples that a Joint update added.
 
-use super::update::Model;
-use super::{Posterior, add_curvature};
+use super::Posterior;
 use crate::device::{Device, Sign};
 use crate::error::{Error, Result};
-use crate::host::{HostMatrix, Label, check_features, check_labels};
+use crate::host::{HostMatrix, Targets};
 use crate::scalar::Scalar;
 
 /// Settings of [`Posterior::unlearn`].
@@ -43,20 +42,20 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// removed than were seen, or when the head recovery does not converge;
     /// `NotPositiveDefinite` when `I − BᵀΣ'B` is not positive definite (the samples cannot have
     /// been added). On any error the posterior is unchanged.
-    pub fn unlearn<L: Label>(
+    pub fn unlearn<Y: Targets<T> + ?Sized>(
         &mut self,
         features: HostMatrix<'_, T>,
-        labels: &[L],
+        targets: &Y,
         config: &UnlearnConfig,
     ) -> Result<()> {
         let device = self.device.clone();
-        device.scope(|| self.unlearn_in_scope(features, labels, config))
+        device.scope(|| self.unlearn_in_scope(features, targets, config))
     }
 
-    fn unlearn_in_scope<L: Label>(
+    fn unlearn_in_scope<Y: Targets<T> + ?Sized>(
         &mut self,
         features: HostMatrix<'_, T>,
-        labels: &[L],
+        targets: &Y,
         config: &UnlearnConfig,
     ) -> Result<()> {
         if !(config.gamma.is_finite() && config.gamma > 0.0) {
@@ -76,8 +75,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         if !(config.tolerance.is_finite() && config.tolerance >= 0.0) {
             return Err(Error::invalid("tolerance", "must be finite and >= 0"));
         }
-        check_features("features", &features, self.features)?;
-        check_labels(labels, features.rows(), self.classes)?;
+        self.check_batch(&features, targets)?;
         let m = features.rows();
         if m > self.samples_seen {
             return Err(Error::invalid(
@@ -85,24 +83,20 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 format!("removes {m} samples from a posterior that saw {}", self.samples_seen),
             ));
         }
-        let device = &self.device;
-        let (phi, targets) = self.upload_batch(&features, labels, 0, m)?;
+        let batch = self.upload_batch(&features, targets, 0, m)?;
         let gamma = T::from_f64(config.gamma);
-        let model = Model {
-            device,
-            structure: self.structure,
-            fixed_bias: self.fixed_bias.as_ref(),
-        };
-        let moments = &self.moments;
+        let tau = self.prior_precision[0];
+        let (model, moments) = self.split();
+        let device = model.device;
 
         let tolerance = config.tolerance.max(8.0 * T::EPS.as_f64());
         // Fixed point w ← w' − γ Σ' g(w), from w = w'.
         let mut head = device.copy(&moments.head)?;
         let mut converged = false;
         for _ in 0..config.max_iterations {
-            let (_, grad) = model.likelihood_gradient(&phi, &targets, &head)?;
+            let (_, grad) = model.evaluate(&batch, &head)?;
             let mut next = device.copy(&moments.head)?;
-            model.apply_matrix(&moments.covariance, &grad, &mut next, -gamma)?;
+            model.apply(&moments.covariance, moments.kron.as_ref(), &grad, &mut next, -gamma)?;
             let mut change = device.copy(&next)?;
             device.axpy(&mut change, -T::one(), &head)?;
             let (moved, size) = (device.max_abs(&change)?, device.max_abs(&next)?);
@@ -124,14 +118,12 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 ),
             ));
         }
-        let (probs, _) = model.likelihood_gradient(&phi, &targets, &head)?;
-        let (u, c_chol) = model.woodbury_factor(&moments.covariance, &phi, &probs, Sign::Plus)?;
-        let mut precision = device.copy(&moments.precision)?;
-        add_curvature(device, self.structure, &mut precision, &phi, &probs, -T::one())?;
+        let (outputs, _) = model.evaluate(&batch, &head)?;
+        let term = model.curvature_term(&batch, &outputs, None)?;
+        let step = model.covariance_step(moments, &batch.phi, &term, Sign::Plus, tau)?;
         // Commit: only device faults can fail from here.
-        device.low_rank_update(&mut self.moments.covariance, &u, &c_chol, Sign::Plus)?;
-        self.moments.precision = precision;
-        self.moments.head = head;
+        model.commit(moments, step, &batch.phi, &term, Sign::Plus)?;
+        moments.head = head;
         self.samples_seen -= m;
         Ok(())
     }

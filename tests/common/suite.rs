@@ -24,6 +24,7 @@ pub fn fit<D: Device, T: Scalar>(dev: &D, pb: &Problem, structure: Structure) ->
             BiasMode::Fixed
         },
         chunk_rows: 7, // several chunks, and a ragged last one
+        ..Default::default()
     };
     let phi = Problem::cast::<T>(&pb.phi);
     let head = Problem::cast::<T>(&pb.head);
@@ -43,6 +44,7 @@ pub fn dense_precision(pb: &Problem, w: &Dense, rows: &[usize], structure: Struc
     match structure {
         Structure::Full => full_precision(pb, w, rows, TAU),
         Structure::Shared(weighting) => shared_precision(pb, w, rows, TAU, weighting == OutputWeighting::Categorical),
+        _ => unreachable!("see complete.rs"),
     }
 }
 
@@ -60,6 +62,7 @@ pub fn dense_step(w: &Dense, sigma: &Dense, g: &Dense, gamma: f64, structure: St
             w.add(&Dense::from(w.rows, w.cols, step.a), gamma)
         }
         Structure::Shared(_) => w.add(&g.mul(sigma), gamma),
+        _ => unreachable!("see complete.rs"),
     }
 }
 
@@ -173,6 +176,7 @@ pub fn check_joint_iterations<D: Device, T: Scalar>(dev: &D) {
                     prec0.mul(&Dense::from(diff.a.len(), 1, diff.a.clone())).a,
                 ),
                 Structure::Shared(_) => diff.mul(&prec0),
+                _ => unreachable!(),
             };
             let g = gradient(&pb, &w, &new_rows).add(&prior, -1.0);
             w = dense_step(&w, &cov, &g, 1.0, structure);
@@ -351,6 +355,7 @@ pub fn check_predict<D: Device, T: Scalar>(dev: &D) {
                 let full_cov = match structure {
                     Structure::Full => cov.clone(),
                     Structure::Shared(_) => kron_identity(&cov, pb.k),
+                    _ => unreachable!(),
                 };
                 let sf = j.mul(&full_cov).mul(&j.t());
                 let f: Vec<f64> = (0..pb.k)
@@ -411,6 +416,7 @@ pub fn check_monte_carlo<D: Device, T: Scalar>(dev: &D) {
         prior_precision: 0.05,
         bias: BiasMode::InPosterior,
         chunk_rows: 64,
+        ..Default::default()
     };
     let (phi, head) = (Problem::cast::<T>(&pb.phi), Problem::cast::<T>(&pb.head));
     let post = Posterior::fit(
@@ -784,7 +790,7 @@ pub fn check_drift<D: Device, T: Scalar>(dev: &D, bound: f64) {
         let mut fresh = post.try_clone().unwrap();
         fresh.refresh().unwrap();
         let host_drift = |p: &Posterior<D, T>| {
-            let n = p.dim();
+            let n = p.stored_shape().0;
             let a = Dense::from(n, n, p.precision().unwrap().iter().map(|x| x.as_f64()).collect());
             let b = Dense::from(n, n, p.covariance().unwrap().iter().map(|x| x.as_f64()).collect());
             a.mul(&b).add(&Dense::identity(n), -1.0).max_abs()
@@ -841,7 +847,12 @@ macro_rules! posterior_suite {
 /// `fit_head` against Newton's method on the same objective in dense f64, and the gradient at
 /// the solution below the tolerance.
 pub fn check_fit_head<D: Device, T: Scalar>(dev: &D) {
-    for bias in [true, false] {
+    for (bias, solver) in [
+        (true, HeadSolver::Newton),
+        (false, HeadSolver::Newton),
+        (true, HeadSolver::Lbfgs),
+        (false, HeadSolver::Lbfgs),
+    ] {
         let pb = Problem::random(61, 40, 5, 3, bias);
         let tau = 0.5;
         let config = HeadConfig {
@@ -850,6 +861,7 @@ pub fn check_fit_head<D: Device, T: Scalar>(dev: &D) {
             max_iterations: 500,
             tolerance: 1e-7,
             memory: 10,
+            solver,
         };
         let x = Problem::cast::<T>(&pb.phi);
         let fit = fit_head(dev, HostMatrix::new(&x, pb.n, pb.d).unwrap(), &pb.labels, pb.k, &config).unwrap();

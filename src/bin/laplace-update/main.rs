@@ -9,8 +9,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use laplace_update::io::{load_posterior, peek_posterior, read_array, save_posterior, write_npy};
 use laplace_update::{
-    BiasMode, CpuDevice, DType, Device, Error, FitConfig, HeadConfig, HostMatrix, Link, OutputWeighting, Posterior,
-    Result, Scalar, Structure, UnlearnConfig, UpdateConfig, UpdateRule, fit_head,
+    BiasMode, CpuDevice, Curvature, DType, Device, Error, FitConfig, HeadConfig, HostMatrix, Likelihood, Link,
+    OutputWeighting, Posterior, PriorShape, Result, Scalar, Structure, UnlearnConfig, UpdateConfig, UpdateRule,
+    fit_head,
 };
 
 #[derive(Parser)]
@@ -55,6 +56,28 @@ enum StructureArg {
     Shared,
     /// Shared with output weights p_max(1 − p_max).
     SharedCategorical,
+    /// The diagonal of the curvature, K·D values.
+    Diag,
+    /// KFAC: Kronecker factors K × K and D × D.
+    Kron,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CurvatureArg {
+    /// Generalised Gauss–Newton (the Fisher for softmax).
+    Ggn,
+    /// Empirical Fisher from the labels.
+    Ef,
+    /// Monte Carlo Fisher from labels drawn from the model.
+    Mc,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum LikelihoodArg {
+    /// Softmax over K classes; labels are integers.
+    Classification,
+    /// Gaussian over K outputs; labels are an N × K array of reals.
+    Regression,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -80,7 +103,7 @@ struct FitArgs {
     /// Features Φ, N × D (.npy or FILE.safetensors:TENSOR).
     #[arg(long)]
     features: String,
-    /// Labels, N integers in 0..K.
+    /// Labels, N integers in 0..K (classification) or N × K reals (regression).
     #[arg(long)]
     labels: String,
     /// Head W, K × D; fitted by MAP when absent.
@@ -95,12 +118,31 @@ struct FitArgs {
     /// Covariance structure.
     #[arg(long, value_enum, default_value = "full")]
     structure: StructureArg,
+    /// Curvature approximation.
+    #[arg(long, value_enum, default_value = "ggn")]
+    curvature: CurvatureArg,
+    /// Label draws per sample of the Monte Carlo Fisher (with --curvature mc).
+    #[arg(long, default_value_t = 10)]
+    mc_samples: usize,
+    /// Seed of the Monte Carlo Fisher's draws (with --curvature mc).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Likelihood of the labels.
+    #[arg(long, value_enum, default_value = "classification")]
+    likelihood: LikelihoodArg,
+    /// Observation noise σ of the regression likelihood.
+    #[arg(long, default_value_t = 1.0)]
+    sigma_noise: f64,
     /// Number of classes K when --weights is absent (default: largest label + 1).
     #[arg(long)]
     classes: Option<usize>,
     /// Prior precision τ.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, conflicts_with = "optimize_prior")]
     prior_precision: f64,
+    /// Choose τ by maximising the Laplace marginal likelihood (the head's MAP, when fitted
+    /// here, uses τ = 1).
+    #[arg(long)]
+    optimize_prior: bool,
     /// Compute backend.
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
@@ -127,7 +169,7 @@ struct BatchArgs {
     /// The samples' features, m × D.
     #[arg(long)]
     features: String,
-    /// Their labels, m integers.
+    /// Their labels: m integers, or m × K reals for a regression posterior.
     #[arg(long)]
     labels: String,
     /// Compute backend.
@@ -193,7 +235,7 @@ struct PredictArgs {
     /// Compute backend.
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
-    /// Output probabilities, n × K (.npy).
+    /// Output probabilities, n × K (.npy); the predictive mean for regression.
     #[arg(long)]
     out: PathBuf,
     /// Also write the logit variances Σ_f[k, k], n × K (.npy).
@@ -284,16 +326,43 @@ fn fit(args: &FitArgs) -> Result<()> {
     }
 }
 
-fn labels_of(spec: &str) -> Result<Vec<i64>> {
-    read_array(spec)?.to_labels()
+/// A batch's labels as the command line reads them.
+enum CliTargets<T> {
+    /// Class labels.
+    Labels(Vec<i64>),
+    /// Regression targets, rows × cols.
+    Values(Vec<T>, usize, usize),
+}
+
+fn targets_of<T: Scalar>(spec: &str, regression: bool) -> Result<CliTargets<T>> {
+    let array = read_array(spec)?;
+    if regression {
+        let (v, rows, cols) = array.to_matrix::<T>()?;
+        Ok(CliTargets::Values(v, rows, cols))
+    } else {
+        Ok(CliTargets::Labels(array.to_labels()?))
+    }
 }
 
 fn fit_as<T: Scalar>(device: &CpuDevice, args: &FitArgs) -> Result<()> {
     let (phi, n, d) = read_array(&args.features)?.to_matrix::<T>()?;
-    let labels = labels_of(&args.labels)?;
+    let regression = args.likelihood == LikelihoodArg::Regression;
+    let targets = targets_of::<T>(&args.labels, regression)?;
     let features = HostMatrix::new(&phi, n, d)?;
-    let (head, bias, classes) = match &args.weights {
-        Some(spec) => {
+    let likelihood = match args.likelihood {
+        LikelihoodArg::Classification => Likelihood::Classification,
+        LikelihoodArg::Regression => Likelihood::Regression {
+            sigma_noise: args.sigma_noise,
+        },
+    };
+    let prior_precision = if args.optimize_prior { 1.0 } else { args.prior_precision };
+    let bias_mode = if args.bias {
+        BiasMode::InPosterior
+    } else {
+        BiasMode::Fixed
+    };
+    let (head, bias, classes) = match (&args.weights, &targets) {
+        (Some(spec), _) => {
             let (w, k, dw) = read_array(spec)?.to_matrix::<T>()?;
             if dw != d {
                 return Err(Error::shape("weights", (k, d), (k, dw)));
@@ -305,16 +374,16 @@ fn fit_as<T: Scalar>(device: &CpuDevice, args: &FitArgs) -> Result<()> {
                 .transpose()?;
             (w, bias, k)
         }
-        None => {
+        (None, CliTargets::Labels(labels)) => {
             let classes = match args.classes {
                 Some(k) => k,
                 None => labels.iter().copied().max().map_or(0, |m| m.max(0) as usize + 1),
             };
             let config = HeadConfig {
-                prior_precision: args.prior_precision,
+                prior_precision,
                 ..Default::default()
             };
-            let head = fit_head(device, features, &labels, classes, &config)?;
+            let head = fit_head(device, features, labels, classes, &config)?;
             eprintln!(
                 "head fitted by MAP: {} iterations, |grad|_inf = {:.2e}{}",
                 head.iterations,
@@ -323,29 +392,59 @@ fn fit_as<T: Scalar>(device: &CpuDevice, args: &FitArgs) -> Result<()> {
             );
             (head.weights, Some(head.bias), classes)
         }
+        (None, CliTargets::Values(y, rows, k)) => {
+            // The MAP of the Bayesian linear model: one exact Newton step from the prior.
+            let config = FitConfig {
+                structure: Structure::Shared(OutputWeighting::Gaussian),
+                likelihood,
+                prior_precision,
+                bias: BiasMode::InPosterior,
+                ..Default::default()
+            };
+            let zero = vec![T::zero(); k * d];
+            let mut map = Posterior::prior(device, HostMatrix::new(&zero, *k, d)?, None, &config)?;
+            map.update(features, &HostMatrix::new(y, *rows, *k)?, &UpdateConfig::default())?;
+            eprintln!("head fitted by MAP (exact for the Gaussian likelihood)");
+            (map.head()?, Some(map.bias()?), *k)
+        }
     };
     let config = FitConfig {
         structure: match args.structure {
             StructureArg::Full => Structure::Full,
             StructureArg::Shared => Structure::Shared(OutputWeighting::Gaussian),
             StructureArg::SharedCategorical => Structure::Shared(OutputWeighting::Categorical),
+            StructureArg::Diag => Structure::Diag,
+            StructureArg::Kron => Structure::Kron,
         },
-        prior_precision: args.prior_precision,
-        bias: if args.bias {
-            BiasMode::InPosterior
-        } else {
-            BiasMode::Fixed
+        likelihood,
+        curvature: match args.curvature {
+            CurvatureArg::Ggn => Curvature::Ggn,
+            CurvatureArg::Ef => Curvature::EmpiricalFisher,
+            CurvatureArg::Mc => Curvature::MonteCarloFisher {
+                samples: args.mc_samples,
+                seed: args.seed,
+            },
         },
+        prior_precision,
+        bias: bias_mode,
         ..Default::default()
     };
-    let post = Posterior::fit(
-        device,
-        features,
-        &labels,
-        HostMatrix::new(&head, classes, d)?,
-        bias.as_deref(),
-        &config,
-    )?;
+    let head = HostMatrix::new(&head, classes, d)?;
+    let mut post = match &targets {
+        CliTargets::Labels(y) => Posterior::fit(device, features, y.as_slice(), head, bias.as_deref(), &config)?,
+        CliTargets::Values(y, rows, k) => Posterior::fit(
+            device,
+            features,
+            &HostMatrix::new(y, *rows, *k)?,
+            head,
+            bias.as_deref(),
+            &config,
+        )?,
+    };
+    if args.optimize_prior {
+        let tau = post.optimize_prior_precision(PriorShape::Scalar)?;
+        eprintln!("prior precision τ = {:.6e} maximises the marginal likelihood", tau[0]);
+    }
     save_posterior(&post, &args.out)?;
     eprintln!(
         "fitted on {n} samples (K = {classes}, D = {d}) on {}; wrote {}",
@@ -359,12 +458,13 @@ fn fit_as<T: Scalar>(device: &CpuDevice, args: &FitArgs) -> Result<()> {
 fn change_posterior<T: Scalar>(
     device: &CpuDevice,
     batch: &BatchArgs,
-    change: impl FnOnce(&mut Posterior<CpuDevice, T>, HostMatrix<'_, T>, &[i64]) -> Result<()>,
+    change: impl FnOnce(&mut Posterior<CpuDevice, T>, HostMatrix<'_, T>, &CliTargets<T>) -> Result<()>,
 ) -> Result<usize> {
     let mut post: Posterior<CpuDevice, T> = load_posterior(device, &batch.posterior)?;
     let (phi, m, d) = read_array(&batch.features)?.to_matrix::<T>()?;
-    let labels = labels_of(&batch.labels)?;
-    change(&mut post, HostMatrix::new(&phi, m, d)?, &labels)?;
+    let regression = matches!(post.likelihood(), Likelihood::Regression { .. });
+    let targets = targets_of::<T>(&batch.labels, regression)?;
+    change(&mut post, HostMatrix::new(&phi, m, d)?, &targets)?;
     save_posterior(&post, &batch.out)?;
     Ok(m)
 }
@@ -382,7 +482,10 @@ fn update_as<T: Scalar>(device: &CpuDevice, args: &UpdateArgs) -> Result<()> {
     let mut elapsed = std::time::Duration::ZERO;
     let m = change_posterior::<T>(device, &args.batch, |post, x, y| {
         let start = std::time::Instant::now();
-        post.update(x, y, &config)?;
+        match y {
+            CliTargets::Labels(y) => post.update(x, y.as_slice(), &config)?,
+            CliTargets::Values(v, r, c) => post.update(x, &HostMatrix::new(v, *r, *c)?, &config)?,
+        }
         elapsed = start.elapsed();
         Ok(())
     })?;
@@ -399,7 +502,10 @@ fn unlearn_as<T: Scalar>(device: &CpuDevice, args: &UnlearnArgs) -> Result<()> {
         gamma: args.gamma,
         ..Default::default()
     };
-    let m = change_posterior::<T>(device, &args.batch, |post, x, y| post.unlearn(x, y, &config))?;
+    let m = change_posterior::<T>(device, &args.batch, |post, x, y| match y {
+        CliTargets::Labels(y) => post.unlearn(x, y.as_slice(), &config),
+        CliTargets::Values(v, r, c) => post.unlearn(x, &HostMatrix::new(v, *r, *c)?, &config),
+    })?;
     eprintln!("removed {m} samples; wrote {}", args.batch.out.display());
     Ok(())
 }
@@ -435,14 +541,15 @@ fn info(path: &Path) -> Result<()> {
     let h = peek_posterior(path)?;
     println!("file           {}", path.display());
     println!("format version {}", h.version);
-    println!("structure      {:?}", h.structure);
-    println!("likelihood     {}", h.likelihood);
-    println!("curvature      {}", h.curvature);
+    println!("structure      {}", laplace_update::io::structure_name(h.structure));
+    println!("likelihood     {:?}", h.likelihood);
+    println!("curvature      {:?}", h.curvature);
     println!("dtype          {}", h.dtype.name());
     println!("classes K      {}", h.classes);
     println!("features D     {}", h.features);
     println!("bias           {:?}", h.bias);
-    println!("prior τ        {}", h.prior_precision);
+    let tau: Vec<String> = h.prior_precision.iter().map(|t| format!("{t}")).collect();
+    println!("prior τ        {}", tau.join(", "));
     println!("samples seen   {}", h.samples_seen);
     Ok(())
 }

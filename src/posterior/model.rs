@@ -1,0 +1,658 @@
+//! The operations every structure, likelihood and curvature provides, written once over the
+//! [`Device`] trait: the output curvature of a batch, adding it to the precision, the new
+//! covariance of a Newton step, and products with Σ or Π in weight space.
+
+use super::{Curvature, Likelihood, Moments, Structure, logits};
+use crate::device::{Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign};
+use crate::error::{Error, Result};
+use crate::host::{HostMatrix, Targets, feature_rows};
+use crate::random::SplitMix64;
+use crate::scalar::Scalar;
+
+/// A batch on the device, with what the host-side curvature needs.
+pub(crate) struct Batch<D: Device, T: Scalar> {
+    /// Φ, m × D_aug.
+    pub phi: Matrix<D, T>,
+    /// Targets, m × K: one-hot rows (classification) or values (regression).
+    pub targets: Matrix<D, T>,
+    /// The same targets on the host.
+    pub host_targets: Vec<T>,
+    /// Per-sample keys that seed Monte Carlo draws: a hash of the sample's features.
+    pub keys: Vec<u64>,
+}
+
+impl<D: Device, T: Scalar> Batch<D, T> {
+    /// Rows `start..start + count` of checked features and targets.
+    pub fn upload<Y: Targets<T> + ?Sized>(
+        device: &D,
+        features: &HostMatrix<'_, T>,
+        targets: &Y,
+        start: usize,
+        count: usize,
+        classes: usize,
+        augment: bool,
+    ) -> Result<Self> {
+        let da = features.cols() + usize::from(augment);
+        let host_targets = targets.target_rows(start, count, classes);
+        Ok(Batch {
+            phi: device.upload(&feature_rows(features, start, count, augment), count, da)?,
+            targets: device.upload(&host_targets, count, classes)?,
+            host_targets,
+            keys: (start..start + count).map(|i| sample_key(features.row(i))).collect(),
+        })
+    }
+
+    /// Number of samples m.
+    pub fn rows(&self) -> usize {
+        self.phi.rows()
+    }
+}
+
+/// FNV-1a over the bytes of a feature row.
+fn sample_key<T: Scalar>(row: &[T]) -> u64 {
+    bytemuck::cast_slice::<T, u8>(row)
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
+/// The Kron structure's state: running sums `A = Σ_n M_n` (K × K) and `G = Σ_n φ_nφ_nᵀ`
+/// (D_aug × D_aug) over `count` samples, and their eigenvectors (columns of U_A and U_G).
+pub(crate) struct KronFactors<D: Device, T: Scalar> {
+    pub a_sum: Matrix<D, T>,
+    pub g_sum: Matrix<D, T>,
+    pub a_vecs: Matrix<D, T>,
+    pub g_vecs: Matrix<D, T>,
+    pub count: usize,
+}
+
+impl<D: Device, T: Scalar> KronFactors<D, T> {
+    pub fn copy(&self, device: &D) -> Result<Self> {
+        Ok(KronFactors {
+            a_sum: device.copy(&self.a_sum)?,
+            g_sum: device.copy(&self.g_sum)?,
+            a_vecs: device.copy(&self.a_vecs)?,
+            g_vecs: device.copy(&self.g_vecs)?,
+            count: self.count,
+        })
+    }
+
+    /// Empty sums with identity bases.
+    pub fn empty(device: &D, classes: usize, da: usize) -> Result<Self> {
+        let identity = |n: usize| -> Result<Matrix<D, T>> {
+            let mut m = device.zeros(n, n)?;
+            device.add_diagonal(&mut m, T::one())?;
+            Ok(m)
+        };
+        Ok(KronFactors {
+            a_sum: device.zeros(classes, classes)?,
+            g_sum: device.zeros(da, da)?,
+            a_vecs: identity(classes)?,
+            g_vecs: identity(da)?,
+            count: 0,
+        })
+    }
+}
+
+/// One batch's curvature, in the form its structure consumes.
+pub(crate) enum CurvatureTerm<D: Device, T: Scalar> {
+    /// Softmax GGN for Full: the device kernels build `Λ_n` from the probabilities.
+    Softmax { probs: Matrix<D, T> },
+    /// Shared: `Σ_n m_n φ_nφ_nᵀ`, `None` for all ones.
+    Weighted { weights: Option<Matrix<D, T>> },
+    /// Full, any other curvature: rows `s ⊗ φ` whose Gram matrix is the curvature.
+    Rows { rows: Matrix<D, T> },
+    /// Diag: `Q_nk = M_n[k,k]`, n × K; the curvature is `Qᵀ (Φ ∘ Φ)`.
+    Diagonal { weights: Matrix<D, T> },
+    /// Kron: `Σ_n M_n` (K × K); G gains `ΦᵀΦ`.
+    Kronecker { gram: Matrix<D, T> },
+}
+
+/// The covariance part of a Newton step, computed before anything is committed.
+pub(crate) enum CovarianceStep<D: Device, T: Scalar> {
+    /// `Σ' = Σ ∓ U C⁻¹ Uᵀ` with `c_chol = chol(C)`; Π gains (or loses) the curvature.
+    Woodbury { u: Matrix<D, T>, c_chol: Matrix<D, T> },
+    /// The new pair, refactored (and the new Kron factors).
+    Replace {
+        precision: Matrix<D, T>,
+        covariance: Matrix<D, T>,
+        kron: Option<KronFactors<D, T>>,
+    },
+}
+
+/// Output curvature factors of a batch on the host: sample n owns `rank` rows, the columns of
+/// S_n (K × rank), with `S_n S_nᵀ = M_n` its output curvature. Row-major (n·rank) × K, f64.
+pub(crate) struct OutputFactors {
+    pub classes: usize,
+    pub rank: usize,
+    pub values: Vec<f64>,
+}
+
+impl OutputFactors {
+    /// `S_n` for each sample: `outputs` are probabilities (classification) or logits
+    /// (regression), `targets` one-hot rows or values, both n × K.
+    pub fn new(likelihood: Likelihood, curvature: Curvature, outputs: &[f64], targets: &[f64], keys: &[u64]) -> Self {
+        let n = keys.len();
+        let k = outputs.len() / n.max(1);
+        let mut values = Vec::new();
+        let rank = match (likelihood, curvature) {
+            (Likelihood::Classification, Curvature::Ggn) => {
+                // S = diag(√p) − p √pᵀ; its columns are rows of Sᵀ.
+                for p in outputs.chunks_exact(k) {
+                    for c in 0..k {
+                        let sc = p[c].max(0.0).sqrt();
+                        values.extend((0..k).map(|a| f64::from(u8::from(a == c)) * sc - p[a] * sc));
+                    }
+                }
+                k
+            }
+            (Likelihood::Regression { sigma_noise }, Curvature::Ggn) => {
+                for _ in 0..n {
+                    for c in 0..k {
+                        values.extend((0..k).map(|a| f64::from(u8::from(a == c)) / sigma_noise));
+                    }
+                }
+                k
+            }
+            (_, Curvature::EmpiricalFisher) => {
+                let scale = match likelihood {
+                    Likelihood::Classification => 1.0,
+                    Likelihood::Regression { sigma_noise } => 1.0 / (sigma_noise * sigma_noise),
+                };
+                values.extend(outputs.iter().zip(targets).map(|(o, t)| (t - o) * scale));
+                1
+            }
+            (_, Curvature::MonteCarloFisher { samples, seed }) => {
+                let norm = 1.0 / (samples as f64).sqrt();
+                for (i, out) in outputs.chunks_exact(k).enumerate() {
+                    let mut rng = SplitMix64::new(seed ^ keys[i].rotate_left(17));
+                    for _ in 0..samples {
+                        match likelihood {
+                            Likelihood::Classification => {
+                                let u = rng.uniform();
+                                let mut cum = 0.0;
+                                let mut drawn = k - 1;
+                                for (c, &p) in out.iter().enumerate() {
+                                    cum += p;
+                                    if u < cum {
+                                        drawn = c;
+                                        break;
+                                    }
+                                }
+                                values.extend((0..k).map(|a| (f64::from(u8::from(a == drawn)) - out[a]) * norm));
+                            }
+                            Likelihood::Regression { sigma_noise } => {
+                                // y ~ N(f, σ²I): the residual gradient is ε/σ.
+                                let eps = rng.normals(k);
+                                values.extend(eps.iter().map(|e| e / sigma_noise * norm));
+                            }
+                        }
+                    }
+                }
+                samples
+            }
+        };
+        OutputFactors {
+            classes: k,
+            rank,
+            values,
+        }
+    }
+
+    fn samples(&self) -> usize {
+        self.values.len() / (self.classes * self.rank).max(1)
+    }
+
+    /// `M_n[k,k] = Σ_c S_n[k,c]²`, n × K.
+    pub fn diagonals(&self) -> Vec<f64> {
+        let (k, r) = (self.classes, self.rank);
+        let mut out = vec![0.0; self.samples() * k];
+        for (row, s) in self.values.chunks_exact(k).enumerate() {
+            let n = row / r;
+            out[n * k..(n + 1) * k].iter_mut().zip(s).for_each(|(o, v)| *o += v * v);
+        }
+        out
+    }
+
+    /// `tr(M_n) / K` per sample.
+    pub fn mean_traces(&self) -> Vec<f64> {
+        let k = self.classes;
+        self.diagonals()
+            .chunks_exact(k)
+            .map(|d| d.iter().sum::<f64>() / k as f64)
+            .collect()
+    }
+
+    /// `Σ_n M_n`, K × K.
+    pub fn gram(&self) -> Vec<f64> {
+        let k = self.classes;
+        let mut out = vec![0.0; k * k];
+        for s in self.values.chunks_exact(k) {
+            for a in 0..k {
+                for b in 0..k {
+                    out[a * k + b] += s[a] * s[b];
+                }
+            }
+        }
+        out
+    }
+
+    /// The factors in the basis R (K × K', row-major): rows `Rᵀ s`.
+    pub fn reduced(&self, basis: Option<(&[f64], usize)>) -> (Vec<f64>, usize) {
+        let k = self.classes;
+        match basis {
+            None => (self.values.clone(), k),
+            Some((r, kk)) => {
+                let mut out = Vec::with_capacity(self.values.len() / k * kk);
+                for s in self.values.chunks_exact(k) {
+                    out.extend((0..kk).map(|j| (0..k).map(|a| r[a * kk + j] * s[a]).sum::<f64>()));
+                }
+                (out, kk)
+            }
+        }
+    }
+}
+
+fn cast<T: Scalar>(v: &[f64]) -> Vec<T> {
+    v.iter().map(|&x| T::from_f64(x)).collect()
+}
+
+/// What the per-structure operations read of a posterior besides its moments.
+pub(crate) struct Model<'a, D: Device, T: Scalar> {
+    pub device: &'a D,
+    pub structure: Structure,
+    pub likelihood: Likelihood,
+    pub curvature: Curvature,
+    pub fixed_bias: Option<&'a Matrix<D, T>>,
+}
+
+impl<D: Device, T: Scalar> Model<'_, D, T> {
+    fn is_classification(&self) -> bool {
+        self.likelihood == Likelihood::Classification
+    }
+
+    /// The likelihood's mean at `head`: probabilities `softmax(f)` (classification) or the
+    /// logits f (regression); n × K.
+    pub fn outputs(&self, phi: &Matrix<D, T>, head: &Matrix<D, T>) -> Result<Matrix<D, T>> {
+        let mut f = logits(self.device, phi, head, self.fixed_bias)?;
+        if self.is_classification() {
+            self.device.softmax_rows(&mut f)?;
+        }
+        Ok(f)
+    }
+
+    /// Outputs at `head` and the log-likelihood gradient `G = c (T − outputs)ᵀ Φ` (K × D_aug),
+    /// with `c = 1` (classification) or `1/σ²` (regression).
+    pub fn evaluate(&self, batch: &Batch<D, T>, head: &Matrix<D, T>) -> Result<(Matrix<D, T>, Matrix<D, T>)> {
+        let device = self.device;
+        let outputs = self.outputs(&batch.phi, head)?;
+        let mut residual = device.copy(&batch.targets)?;
+        device.axpy(&mut residual, -T::one(), &outputs)?;
+        let scale = match self.likelihood {
+            Likelihood::Classification => 1.0,
+            Likelihood::Regression { sigma_noise } => 1.0 / (sigma_noise * sigma_noise),
+        };
+        let mut grad = device.zeros(batch.targets.cols(), batch.phi.cols())?;
+        device.gemm(
+            &mut grad,
+            T::zero(),
+            &residual,
+            Op::T,
+            &batch.phi,
+            Op::N,
+            T::from_f64(scale),
+        )?;
+        Ok((outputs, grad))
+    }
+
+    /// The batch's curvature at the head that gave `outputs`. For Full, `basis` (R, K') asks
+    /// for the curvature in the reduced class basis `(Rᵀ M_n R) ⊗ φφᵀ`.
+    pub fn curvature_term(
+        &self,
+        batch: &Batch<D, T>,
+        outputs: &Matrix<D, T>,
+        basis: Option<(&[f64], usize)>,
+    ) -> Result<CurvatureTerm<D, T>> {
+        let device = self.device;
+        let softmax_ggn = self.is_classification() && self.curvature == Curvature::Ggn;
+        match self.structure {
+            Structure::Full if softmax_ggn => {
+                return Ok(CurvatureTerm::Softmax {
+                    probs: device.copy(outputs)?,
+                });
+            }
+            Structure::Shared(weighting) if softmax_ggn => {
+                let weights = match weighting {
+                    OutputWeighting::Gaussian => None,
+                    OutputWeighting::Categorical => Some(device.categorical_weights(outputs)?),
+                };
+                return Ok(CurvatureTerm::Weighted { weights });
+            }
+            _ => {}
+        }
+        let host = |v: Vec<T>| v.into_iter().map(|x| x.as_f64()).collect::<Vec<f64>>();
+        let factors = OutputFactors::new(
+            self.likelihood,
+            self.curvature,
+            &host(device.download(outputs)?),
+            &host(batch.host_targets.clone()),
+            &batch.keys,
+        );
+        let (n, k) = (batch.rows(), factors.classes);
+        Ok(match self.structure {
+            Structure::Full => {
+                let (values, width) = factors.reduced(basis);
+                let s = device.upload(&cast::<T>(&values), n * factors.rank, width)?;
+                CurvatureTerm::Rows {
+                    rows: device.kron_rows(&s, &batch.phi, factors.rank)?,
+                }
+            }
+            Structure::Shared(_) => CurvatureTerm::Weighted {
+                weights: Some(device.upload(&cast::<T>(&factors.mean_traces()), n, 1)?),
+            },
+            Structure::Diag => CurvatureTerm::Diagonal {
+                weights: device.upload(&cast::<T>(&factors.diagonals()), n, k)?,
+            },
+            Structure::Kron => CurvatureTerm::Kronecker {
+                gram: device.upload(&cast::<T>(&factors.gram()), k, k)?,
+            },
+        })
+    }
+
+    /// Adds `alpha` times the term's curvature: to `precision` (Full, Shared: the dense matrix;
+    /// Diag: its K × D_aug diagonal) or to the Kron sums. `basis` is the reduced class basis
+    /// the Softmax term is accumulated in (Full fit).
+    pub fn add_curvature(
+        &self,
+        precision: &mut Matrix<D, T>,
+        kron: Option<&mut KronFactors<D, T>>,
+        phi: &Matrix<D, T>,
+        term: &CurvatureTerm<D, T>,
+        alpha: T,
+        basis: Option<&Matrix<D, T>>,
+    ) -> Result<()> {
+        let device = self.device;
+        match term {
+            CurvatureTerm::Softmax { probs } => device.ggn_accumulate(precision, phi, probs, basis, alpha),
+            CurvatureTerm::Weighted { weights } => {
+                device.weighted_syrk(precision, T::one(), phi, weights.as_ref(), alpha)
+            }
+            CurvatureTerm::Rows { rows } => device.weighted_syrk(precision, T::one(), rows, None, alpha),
+            CurvatureTerm::Diagonal { weights } => {
+                let mut squares = device.copy(phi)?;
+                device.hadamard(&mut squares, phi)?;
+                device.gemm(precision, T::one(), weights, Op::T, &squares, Op::N, alpha)
+            }
+            CurvatureTerm::Kronecker { gram } => {
+                let kron = kron.ok_or_else(|| Error::invalid("structure", "Kron sums missing"))?;
+                device.axpy(&mut kron.a_sum, alpha, gram)?;
+                device.weighted_syrk(&mut kron.g_sum, T::one(), phi, None, alpha)?;
+                kron.count = if alpha > T::zero() {
+                    kron.count + phi.rows()
+                } else {
+                    kron.count.saturating_sub(phi.rows())
+                };
+                Ok(())
+            }
+        }
+    }
+
+    /// `Σ = Π⁻¹` of a stored precision: Cholesky inverse (Full, Shared) or reciprocals
+    /// (Diag, Kron), `NotPositiveDefinite` at the first value that is not positive.
+    pub fn covariance_of(&self, precision: &Matrix<D, T>) -> Result<Matrix<D, T>> {
+        match self.structure {
+            Structure::Full | Structure::Shared(_) => self.device.spd_inverse(precision),
+            Structure::Diag | Structure::Kron => {
+                let mut values = self.device.download(precision)?;
+                for (index, v) in values.iter_mut().enumerate() {
+                    if !(*v > T::zero() && v.is_finite()) {
+                        return Err(Error::NotPositiveDefinite { index });
+                    }
+                    *v = T::one() / *v;
+                }
+                self.device.upload(&values, precision.rows(), precision.cols())
+            }
+        }
+    }
+
+    /// Refactors the Kron sums: eigenbases of A and G and the precision eigenvalues
+    /// `λ_ij = a_i g_j / N + τ` (negative rounding in a_i, g_j clipped to 0; N = 0 gives τ).
+    /// Returns `(precision, covariance)`, K × D_aug each; the eigenvectors go into `kron`.
+    pub fn kron_refactor(&self, kron: &mut KronFactors<D, T>, tau: T) -> Result<(Matrix<D, T>, Matrix<D, T>)> {
+        let device = self.device;
+        let (k, da) = (kron.a_sum.rows(), kron.g_sum.rows());
+        let (a_vals, a_vecs) = symmetric_eigen(&device.download(&kron.a_sum)?, k)?;
+        let (g_vals, g_vecs) = symmetric_eigen(&device.download(&kron.g_sum)?, da)?;
+        let inv_n = if kron.count == 0 { 0.0 } else { 1.0 / kron.count as f64 };
+        let tau = tau.as_f64();
+        let lambda: Vec<f64> = a_vals
+            .iter()
+            .flat_map(|&a| g_vals.iter().map(move |&g| a.max(0.0) * g.max(0.0) * inv_n + tau))
+            .collect();
+        kron.a_vecs = device.upload(&cast::<T>(&a_vecs), k, k)?;
+        kron.g_vecs = device.upload(&cast::<T>(&g_vecs), da, da)?;
+        let precision = device.upload(&cast::<T>(&lambda), k, da)?;
+        let inverse: Vec<f64> = lambda.iter().map(|l| 1.0 / l).collect();
+        Ok((precision, device.upload(&cast::<T>(&inverse), k, da)?))
+    }
+
+    /// The rank of the term's curvature (Woodbury columns), for the dense structures.
+    fn rank(&self, term: &CurvatureTerm<D, T>, phi: &Matrix<D, T>) -> usize {
+        match term {
+            CurvatureTerm::Softmax { probs } => phi.rows() * probs.cols(),
+            CurvatureTerm::Rows { rows } => rows.rows(),
+            _ => phi.rows(),
+        }
+    }
+
+    /// The covariance after adding (`Sign::Minus`, an update) or removing (`Sign::Plus`, a
+    /// downdate) the term's curvature. Dense structures take Woodbury factors while the
+    /// rank r is below half the side n of Σ (cost ≈ 2n²r + r³/3), else refactor (≈ n³).
+    pub fn covariance_step(
+        &self,
+        moments: &Moments<D, T>,
+        phi: &Matrix<D, T>,
+        term: &CurvatureTerm<D, T>,
+        sign: Sign,
+        tau: T,
+    ) -> Result<CovarianceStep<D, T>> {
+        let device = self.device;
+        let alpha = if sign == Sign::Minus { T::one() } else { -T::one() };
+        match self.structure {
+            Structure::Full | Structure::Shared(_) if 2 * self.rank(term, phi) < moments.covariance.rows() => {
+                let (u, c_chol) = self.woodbury_factor(&moments.covariance, phi, term, sign)?;
+                Ok(CovarianceStep::Woodbury { u, c_chol })
+            }
+            Structure::Kron => {
+                let source = moments
+                    .kron
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid("structure", "Kron sums missing"))?;
+                let mut kron = source.copy(device)?;
+                let mut unused = device.zeros(1, 1)?;
+                self.add_curvature(&mut unused, Some(&mut kron), phi, term, alpha, None)?;
+                let (precision, covariance) = self.kron_refactor(&mut kron, tau)?;
+                Ok(CovarianceStep::Replace {
+                    precision,
+                    covariance,
+                    kron: Some(kron),
+                })
+            }
+            _ => {
+                let mut precision = device.copy(&moments.precision)?;
+                self.add_curvature(&mut precision, None, phi, term, alpha, None)?;
+                let covariance = self.covariance_of(&precision)?;
+                Ok(CovarianceStep::Replace {
+                    precision,
+                    covariance,
+                    kron: None,
+                })
+            }
+        }
+    }
+
+    /// Writes a step into `moments`; only device faults can fail here.
+    pub fn commit(
+        &self,
+        moments: &mut Moments<D, T>,
+        step: CovarianceStep<D, T>,
+        phi: &Matrix<D, T>,
+        term: &CurvatureTerm<D, T>,
+        sign: Sign,
+    ) -> Result<()> {
+        match step {
+            CovarianceStep::Woodbury { u, c_chol } => {
+                self.device
+                    .low_rank_update(&mut moments.covariance, &u, &c_chol, sign)?;
+                let alpha = if sign == Sign::Minus { T::one() } else { -T::one() };
+                self.add_curvature(&mut moments.precision, None, phi, term, alpha, None)
+            }
+            CovarianceStep::Replace {
+                precision,
+                covariance,
+                kron,
+            } => {
+                moments.precision = precision;
+                moments.covariance = covariance;
+                moments.kron = kron;
+                Ok(())
+            }
+        }
+    }
+
+    /// The covariance a step leads to, without touching `moments`.
+    pub fn stepped_covariance(
+        &self,
+        moments: &Moments<D, T>,
+        step: CovarianceStep<D, T>,
+        sign: Sign,
+    ) -> Result<Moments<D, T>> {
+        let device = self.device;
+        Ok(match step {
+            CovarianceStep::Woodbury { u, c_chol } => {
+                let mut covariance = device.copy(&moments.covariance)?;
+                device.low_rank_update(&mut covariance, &u, &c_chol, sign)?;
+                Moments {
+                    head: device.copy(&moments.head)?,
+                    precision: device.zeros(1, 1)?,
+                    covariance,
+                    kron: None,
+                }
+            }
+            CovarianceStep::Replace {
+                precision,
+                covariance,
+                kron,
+            } => Moments {
+                head: device.copy(&moments.head)?,
+                precision,
+                covariance,
+                kron,
+            },
+        })
+    }
+
+    /// `(U, L)` with `U = ΣB` and `L = chol(I ± BᵀΣB)` for the term's factor B: `+` for an
+    /// update (`Sign::Minus` in Σ' = Σ − U C⁻¹ Uᵀ), `−` for a downdate (`Sign::Plus`).
+    pub fn woodbury_factor(
+        &self,
+        covariance: &Matrix<D, T>,
+        phi: &Matrix<D, T>,
+        term: &CurvatureTerm<D, T>,
+        sign: Sign,
+    ) -> Result<(Matrix<D, T>, Matrix<D, T>)> {
+        let device = self.device;
+        let (u, g) = match term {
+            CurvatureTerm::Softmax { probs } => {
+                device.kron_products(covariance, phi, LowRankFactor::Kronecker { probs })?
+            }
+            CurvatureTerm::Weighted { weights } => device.kron_products(
+                covariance,
+                phi,
+                LowRankFactor::Shared {
+                    weights: weights.as_ref(),
+                },
+            )?,
+            CurvatureTerm::Rows { rows } => {
+                let mut u = device.zeros(covariance.rows(), rows.rows())?;
+                device.gemm(&mut u, T::zero(), covariance, Op::N, rows, Op::T, T::one())?;
+                let mut g = device.zeros(rows.rows(), rows.rows())?;
+                device.gemm(&mut g, T::zero(), rows, Op::N, &u, Op::N, T::one())?;
+                (u, g)
+            }
+            _ => return Err(Error::invalid("structure", "no Woodbury factor for Diag or Kron")),
+        };
+        let mut c = device.zeros(g.rows(), g.cols())?;
+        device.add_diagonal(&mut c, T::one())?;
+        device.axpy(&mut c, if sign == Sign::Minus { T::one() } else { -T::one() }, &g)?;
+        device.cholesky(&mut c)?;
+        Ok((u, c))
+    }
+
+    /// `out ← out + α · A x` for A = Σ or Π of `moments` (`values` is the stored matrix)
+    /// acting on weight space and x a K × D_aug head-shaped matrix: `vec(out) += α A vec(x)`
+    /// (Full), `out += α x A` (Shared, `A = I_K ⊗ A_D`), `out += α x ∘ A` (Diag),
+    /// `out += α U_A ((U_Aᵀ x U_G) ∘ A) U_Gᵀ` (Kron).
+    pub fn apply(
+        &self,
+        values: &Matrix<D, T>,
+        kron: Option<&KronFactors<D, T>>,
+        x: &Matrix<D, T>,
+        out: &mut Matrix<D, T>,
+        alpha: T,
+    ) -> Result<()> {
+        let device = self.device;
+        match self.structure {
+            Structure::Full => {
+                let (k, da) = x.shape();
+                let mut x_vec = device.copy(x)?;
+                x_vec.reshape(k * da, 1)?;
+                out.reshape(k * da, 1)?;
+                let result = device.gemm(out, T::one(), values, Op::N, &x_vec, Op::N, alpha);
+                out.reshape(k, da)?;
+                result
+            }
+            Structure::Shared(_) => device.gemm(out, T::one(), x, Op::N, values, Op::N, alpha),
+            Structure::Diag => {
+                let mut scaled = device.copy(x)?;
+                device.hadamard(&mut scaled, values)?;
+                device.axpy(out, alpha, &scaled)
+            }
+            Structure::Kron => {
+                let kron = kron.ok_or_else(|| Error::invalid("structure", "Kron factors missing"))?;
+                let (k, da) = x.shape();
+                let mut left = device.zeros(k, da)?;
+                device.gemm(&mut left, T::zero(), &kron.a_vecs, Op::T, x, Op::N, T::one())?;
+                let mut rotated = device.zeros(k, da)?;
+                device.gemm(&mut rotated, T::zero(), &left, Op::N, &kron.g_vecs, Op::N, T::one())?;
+                device.hadamard(&mut rotated, values)?;
+                device.gemm(&mut left, T::zero(), &kron.a_vecs, Op::N, &rotated, Op::N, T::one())?;
+                device.gemm(out, T::one(), &left, Op::N, &kron.g_vecs, Op::T, alpha)
+            }
+        }
+    }
+}
+
+/// Eigendecomposition of a symmetric n × n matrix (row-major, in f64 on the host): ascending
+/// eigenvalues and the eigenvectors as the columns of a row-major n × n matrix.
+pub(crate) fn symmetric_eigen<T: Scalar>(a: &[T], n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    let m = faer::Mat::<f64>::from_fn(n, n, |i, j| 0.5 * (a[i * n + j].as_f64() + a[j * n + i].as_f64()));
+    let eig = m.self_adjoint_eigen(faer::Side::Lower).map_err(|e| Error::Device {
+        backend: "cpu",
+        reason: format!("eigendecomposition failed: {e:?}"),
+    })?;
+    let values = (0..n).map(|i| eig.S()[i]).collect();
+    let vectors = (0..n * n).map(|ij| eig.U()[(ij / n, ij % n)]).collect();
+    Ok((values, vectors))
+}
+
+/// Ascending eigenvalues of a symmetric n × n matrix, in f64 on the host.
+pub(crate) fn symmetric_eigenvalues<T: Scalar>(a: &[T], n: usize) -> Result<Vec<f64>> {
+    let m = faer::Mat::<f64>::from_fn(n, n, |i, j| 0.5 * (a[i * n + j].as_f64() + a[j * n + i].as_f64()));
+    m.self_adjoint_eigenvalues(faer::Side::Lower)
+        .map_err(|e| Error::Device {
+            backend: "cpu",
+            reason: format!("eigendecomposition failed: {e:?}"),
+        })
+}
