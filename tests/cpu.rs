@@ -7,6 +7,11 @@ mod posterior {
     crate::posterior_suite!("cpu", laplace_update::CpuDevice::new(2), f32, f64);
 }
 
+mod complete {
+    use super::common;
+    crate::complete_suite!("cpu", laplace_update::CpuDevice::new(2), f32, f64);
+}
+
 mod kernels {
     use super::common;
     crate::kernel_suite!("cpu", laplace_update::CpuDevice::new(2), f32, f64);

@@ -31,6 +31,11 @@ const TENSORS: [&str; 9] = [
     "sum",
 ];
 
+/// A named tensor to write: name, shape, little-endian bytes.
+type NamedTensor = (&'static str, Vec<usize>, Vec<u8>);
+/// A metadata entry.
+type MetadataEntry = (&'static str, String);
+
 /// What a posterior or accumulator file says about itself, readable without its tensors.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PosteriorHeader {
@@ -93,7 +98,7 @@ fn bytes_of<T: Scalar>(v: &[T]) -> Vec<u8> {
 fn common_parts<T: Scalar>(
     raw: &RawPosterior<T>,
     format: &str,
-) -> (Vec<(&'static str, Vec<usize>, Vec<u8>)>, Vec<(&'static str, String)>) {
+) -> (Vec<NamedTensor>, Vec<MetadataEntry>) {
     let mut tensors = vec![(
         "head",
         vec![raw.classes, raw.head.len() / raw.classes],
@@ -150,8 +155,8 @@ fn common_parts<T: Scalar>(
 fn write_file(
     path: &Path,
     dtype: DType,
-    mut tensors: Vec<(&'static str, Vec<usize>, Vec<u8>)>,
-    metadata: Vec<(&'static str, String)>,
+    mut tensors: Vec<NamedTensor>,
+    metadata: Vec<MetadataEntry>,
 ) -> Result<()> {
     tensors.sort_by(|a, b| a.0.cmp(b.0));
     let checksum = checksum(tensors.iter().map(|t| t.2.as_slice()));

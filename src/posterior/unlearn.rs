@@ -34,7 +34,10 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     ///
     /// The head ŵ the update started from solves `w' = ŵ + γ Σ' g(ŵ)`, with Σ' the current
     /// covariance and `g(w) = Σ_j (e_{y_j} − p_j(w)) ⊗ φ_j`; it is found by the fixed-point
-    /// iteration `w ← w' − γ Σ' g(w)`. With B evaluated at ŵ, the covariance is downdated by
+    /// iteration `w ← w' − γ Σ' g(w)`, which contracts when `γ ‖Σ' G‖ < 1` for the curvature
+    /// G of the removed samples: always for the GGN (Σ' is the inverse of a precision that
+    /// contains G), not necessarily for the Fisher variants, where a non-contracting recovery is
+    /// an `InvalidArgument` error. With B evaluated at ŵ, the covariance is downdated by
     /// `Σ = Σ' + Σ'B (I − BᵀΣ'B)⁻¹ BᵀΣ'`, the precision loses `Σ_j H_j(ŵ)`, and the mean becomes ŵ.
     ///
     /// Errors: the input errors of [`Posterior::update`]; `Unsupported` for γ > 1 (the map

@@ -113,7 +113,6 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                     let batch = self.upload_batch(&features, targets, j, 1)?;
                     newton(&model, &mut work, &batch, gamma, config.iterations, tau)?;
                 }
-                drop(model);
                 self.moments = work;
             }
         }

@@ -369,5 +369,6 @@ pub fn backend_or_skip<D>(backend: &str, made: laplace_update::Result<D>) -> Opt
     }
 }
 
+pub mod complete;
 pub mod kernels;
 pub mod suite;

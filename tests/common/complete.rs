@@ -1,0 +1,739 @@
+//! Diag, Kron, regression, Fisher variants, marginal likelihood, sharded accumulation and
+//! unlearning, each against a dense f64 evaluation of its formula in weight space (P × P).
+//! Instantiated per backend by `complete_suite!`.
+
+use super::*;
+use laplace_update::io::{load_accumulator, save_accumulator};
+use laplace_update::*;
+
+pub const TAU: f64 = 0.7;
+pub const SIGMA: f64 = 0.7;
+
+pub const STRUCTURES: [Structure; 5] = [
+    Structure::Full,
+    Structure::Shared(OutputWeighting::Gaussian),
+    Structure::Shared(OutputWeighting::Categorical),
+    Structure::Diag,
+    Structure::Kron,
+];
+
+/// A problem with both kinds of targets: `pb.labels` and regression values `y` (n × K).
+pub struct Case {
+    pub pb: Problem,
+    pub y: Vec<f64>,
+}
+
+impl Case {
+    pub fn new(seed: u64, n: usize, d: usize, k: usize, bias_in: bool) -> Case {
+        let pb = Problem::random(seed, n, d, k, bias_in);
+        let y = Rng::new(seed ^ 0xabc).normals(n * k, 1.0);
+        Case { pb, y }
+    }
+
+    /// Logits `W φ (+ b)` of raw sample i under the augmented head `w`.
+    pub fn logits(&self, w: &Dense, i: usize) -> Vec<f64> {
+        let pb = &self.pb;
+        let xa = pb.phi_aug(pb.x(i));
+        (0..pb.k)
+            .map(|c| {
+                let dot: f64 = w.row(c).iter().zip(&xa).map(|(a, b)| a * b).sum();
+                dot + if pb.bias_in { 0.0 } else { pb.bias[c] }
+            })
+            .collect()
+    }
+
+    /// The log-likelihood's gradient in output space, `∂_f log p(y_i | f)`.
+    pub fn residual(&self, w: &Dense, i: usize, likelihood: Likelihood) -> Vec<f64> {
+        let k = self.pb.k;
+        let f = self.logits(w, i);
+        match likelihood {
+            Likelihood::Classification => {
+                let p = softmax(&f);
+                (0..k)
+                    .map(|c| f64::from(u8::from(self.pb.labels[i] as usize == c)) - p[c])
+                    .collect()
+            }
+            Likelihood::Regression { sigma_noise } => (0..k)
+                .map(|c| (self.y[i * k + c] - f[c]) / (sigma_noise * sigma_noise))
+                .collect(),
+        }
+    }
+
+    /// Output curvature M_i (K × K): GGN or empirical Fisher.
+    pub fn output_curvature(&self, w: &Dense, i: usize, likelihood: Likelihood, curvature: Curvature) -> Dense {
+        let k = self.pb.k;
+        match (likelihood, curvature) {
+            (Likelihood::Classification, Curvature::Ggn) => output_hessian(&softmax(&self.logits(w, i))),
+            (Likelihood::Regression { sigma_noise }, Curvature::Ggn) => {
+                Dense::identity(k).scale(1.0 / (sigma_noise * sigma_noise))
+            }
+            (_, Curvature::EmpiricalFisher) => {
+                let r = self.residual(w, i, likelihood);
+                let r = Dense::from(k, 1, r);
+                r.mul(&r.t())
+            }
+            _ => panic!("no closed form for Monte Carlo"),
+        }
+    }
+
+    /// The curvature of `rows` at head `w` in weight space (P × P) for a structure.
+    pub fn curvature(&self, w: &Dense, rows: &[usize], s: Structure, lik: Likelihood, curv: Curvature) -> Dense {
+        let pb = &self.pb;
+        let (k, da) = (pb.k, pb.da());
+        let outer = |i: usize| {
+            let x = Dense::from(da, 1, pb.phi_aug(pb.x(i)));
+            x.mul(&x.t())
+        };
+        let full = || {
+            rows.iter().fold(Dense::zeros(k * da, k * da), |acc, &i| {
+                acc.add(&kron(&self.output_curvature(w, i, lik, curv), &outer(i)), 1.0)
+            })
+        };
+        match s {
+            Structure::Full => full(),
+            Structure::Shared(weighting) => {
+                let softmax_ggn = lik == Likelihood::Classification && curv == Curvature::Ggn;
+                let shared = rows.iter().fold(Dense::zeros(da, da), |acc, &i| {
+                    let m = if softmax_ggn {
+                        shared_weight(&softmax(&self.logits(w, i)), weighting == OutputWeighting::Categorical)
+                    } else {
+                        let mi = self.output_curvature(w, i, lik, curv);
+                        (0..k).map(|c| mi.at(c, c)).sum::<f64>() / k as f64
+                    };
+                    acc.add(&outer(i).scale(m), 1.0)
+                });
+                kron(&Dense::identity(k), &shared)
+            }
+            Structure::Diag => {
+                let f = full();
+                let mut d = Dense::zeros(k * da, k * da);
+                (0..k * da).for_each(|i| d.set(i, i, f.at(i, i)));
+                d
+            }
+            Structure::Kron => {
+                if rows.is_empty() {
+                    return Dense::zeros(k * da, k * da);
+                }
+                let a = rows.iter().fold(Dense::zeros(k, k), |acc, &i| {
+                    acc.add(&self.output_curvature(w, i, lik, curv), 1.0)
+                });
+                let g = rows
+                    .iter()
+                    .fold(Dense::zeros(da, da), |acc, &i| acc.add(&outer(i), 1.0));
+                kron(&a, &g).scale(1.0 / rows.len() as f64)
+            }
+        }
+    }
+
+    /// `Σ_i Jᵢᵀ r_i` as a K × D_aug matrix.
+    pub fn gradient(&self, w: &Dense, rows: &[usize], lik: Likelihood) -> Dense {
+        let (k, da) = (self.pb.k, self.pb.da());
+        let mut g = Dense::zeros(k, da);
+        for &i in rows {
+            let r = self.residual(w, i, lik);
+            let x = self.pb.phi_aug(self.pb.x(i));
+            for c in 0..k {
+                for j in 0..da {
+                    g.a[c * da + j] += r[c] * x[j];
+                }
+            }
+        }
+        g
+    }
+
+    /// `Σ_i log p(y_i | ŵ)`.
+    pub fn log_likelihood(&self, w: &Dense, rows: &[usize], lik: Likelihood) -> f64 {
+        let k = self.pb.k;
+        rows.iter()
+            .map(|&i| {
+                let f = self.logits(w, i);
+                match lik {
+                    Likelihood::Classification => softmax(&f)[self.pb.labels[i] as usize].ln(),
+                    Likelihood::Regression { sigma_noise } => {
+                        let s2 = sigma_noise * sigma_noise;
+                        (0..k)
+                            .map(|c| {
+                                let r = self.y[i * k + c] - f[c];
+                                -0.5 * r * r / s2 - 0.5 * (2.0 * std::f64::consts::PI * s2).ln()
+                            })
+                            .sum::<f64>()
+                    }
+                }
+            })
+            .sum()
+    }
+
+    pub fn config(&self, s: Structure, lik: Likelihood, curv: Curvature, chunk_rows: usize) -> FitConfig {
+        FitConfig {
+            structure: s,
+            likelihood: lik,
+            curvature: curv,
+            prior_precision: TAU,
+            bias: if self.pb.bias_in {
+                BiasMode::InPosterior
+            } else {
+                BiasMode::Fixed
+            },
+            chunk_rows,
+        }
+    }
+
+    /// Fits on rows `0..n` around the problem's head.
+    pub fn fit<D: Device, T: Scalar>(&self, dev: &D, n: usize, config: &FitConfig) -> Result<Posterior<D, T>> {
+        let pb = &self.pb;
+        let phi = Problem::cast::<T>(&pb.phi[..n * pb.d]);
+        let head = Problem::cast::<T>(&pb.head);
+        let bias = Problem::cast::<T>(&pb.bias);
+        let features = HostMatrix::new(&phi, n, pb.d)?;
+        let head = HostMatrix::new(&head, pb.k, pb.d)?;
+        match config.likelihood {
+            Likelihood::Classification => Posterior::fit(dev, features, &pb.labels[..n], head, Some(&bias), config),
+            Likelihood::Regression { .. } => {
+                let y = Problem::cast::<T>(&self.y[..n * pb.k]);
+                Posterior::fit(dev, features, &HostMatrix::new(&y, n, pb.k)?, head, Some(&bias), config)
+            }
+        }
+    }
+}
+
+/// Updates `post` with rows `range` of the case.
+pub fn update_rows<D: Device, T: Scalar>(
+    case: &Case,
+    post: &mut Posterior<D, T>,
+    range: std::ops::Range<usize>,
+    lik: Likelihood,
+    config: &UpdateConfig,
+) -> Result<()> {
+    let pb = &case.pb;
+    let phi = Problem::cast::<T>(&pb.phi[range.start * pb.d..range.end * pb.d]);
+    let features = HostMatrix::new(&phi, range.len(), pb.d)?;
+    match lik {
+        Likelihood::Classification => post.update(features, &pb.labels[range], config),
+        Likelihood::Regression { .. } => {
+            let y = Problem::cast::<T>(&case.y[range.start * pb.k..range.end * pb.k]);
+            post.update(features, &HostMatrix::new(&y, range.len(), pb.k)?, config)
+        }
+    }
+}
+
+/// Removes rows `range` of the case from `post`.
+pub fn unlearn_rows<D: Device, T: Scalar>(
+    case: &Case,
+    post: &mut Posterior<D, T>,
+    range: std::ops::Range<usize>,
+    lik: Likelihood,
+    config: &UnlearnConfig,
+) -> Result<()> {
+    let pb = &case.pb;
+    let phi = Problem::cast::<T>(&pb.phi[range.start * pb.d..range.end * pb.d]);
+    let features = HostMatrix::new(&phi, range.len(), pb.d)?;
+    match lik {
+        Likelihood::Classification => post.unlearn(features, &pb.labels[range], config),
+        Likelihood::Regression { .. } => {
+            let y = Problem::cast::<T>(&case.y[range.start * pb.k..range.end * pb.k]);
+            post.unlearn(features, &HostMatrix::new(&y, range.len(), pb.k)?, config)
+        }
+    }
+}
+
+/// `A ⊗ B`.
+pub fn kron(a: &Dense, b: &Dense) -> Dense {
+    let mut out = Dense::zeros(a.rows * b.rows, a.cols * b.cols);
+    for i in 0..a.rows {
+        for j in 0..a.cols {
+            for p in 0..b.rows {
+                for q in 0..b.cols {
+                    out.set(i * b.rows + p, j * b.cols + q, a.at(i, j) * b.at(p, q));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `log det A` of an SPD matrix by a plain Cholesky.
+pub fn log_det(a: &Dense) -> f64 {
+    let n = a.rows;
+    let mut l = vec![0.0; n * n];
+    for j in 0..n {
+        let s = a.at(j, j) - (0..j).map(|p| l[j * n + p] * l[j * n + p]).sum::<f64>();
+        assert!(s > 0.0, "not positive definite");
+        l[j * n + j] = s.sqrt();
+        for i in j + 1..n {
+            let t = a.at(i, j) - (0..j).map(|p| l[i * n + p] * l[j * n + p]).sum::<f64>();
+            l[i * n + j] = t / l[j * n + j];
+        }
+    }
+    2.0 * (0..n).map(|i| l[i * n + i].ln()).sum::<f64>()
+}
+
+/// A posterior's (Π, Σ) in weight space, P × P, whatever its structure.
+pub fn dense_of<D: Device, T: Scalar>(post: &Posterior<D, T>) -> (Dense, Dense) {
+    let (k, da) = (post.classes(), post.augmented_features());
+    let (rows, cols) = post.stored_shape();
+    let f64s = |v: Vec<T>| v.into_iter().map(|x| x.as_f64()).collect::<Vec<f64>>();
+    let prec = Dense::from(rows, cols, f64s(post.precision().unwrap()));
+    let cov = Dense::from(rows, cols, f64s(post.covariance().unwrap()));
+    match post.structure() {
+        Structure::Full => (prec, cov),
+        Structure::Shared(_) => (kron(&Dense::identity(k), &prec), kron(&Dense::identity(k), &cov)),
+        Structure::Diag => {
+            let diag = |m: &Dense| {
+                let mut d = Dense::zeros(k * da, k * da);
+                (0..k * da).for_each(|i| d.set(i, i, m.a[i]));
+                d
+            };
+            (diag(&prec), diag(&cov))
+        }
+        Structure::Kron => {
+            let (_, _, ua, ug) = post.kron_factors().unwrap().unwrap();
+            let u = kron(&Dense::from(k, k, f64s(ua)), &Dense::from(da, da, f64s(ug)));
+            let scaled = |m: &Dense| {
+                let mut d = Dense::zeros(k * da, k * da);
+                (0..k * da).for_each(|i| d.set(i, i, m.a[i]));
+                u.mul(&d).mul(&u.t())
+            };
+            (scaled(&prec), scaled(&cov))
+        }
+    }
+}
+
+/// `w + γ Σ vec(g)`, all in weight space.
+pub fn step(w: &Dense, sigma: &Dense, g: &Dense, gamma: f64) -> Dense {
+    let s = sigma.mul(&Dense::from(g.a.len(), 1, g.a.clone()));
+    w.add(&Dense::from(w.rows, w.cols, s.a), gamma)
+}
+
+pub fn likelihoods() -> [Likelihood; 2] {
+    [
+        Likelihood::Classification,
+        Likelihood::Regression { sigma_noise: SIGMA },
+    ]
+}
+
+/// Fit, Joint update and predictive covariance for every structure, likelihood and closed-form
+/// curvature, against the dense weight-space formulas.
+pub fn check_structures<D: Device, T: Scalar>(dev: &D) {
+    for s in STRUCTURES {
+        for lik in likelihoods() {
+            for curv in [Curvature::Ggn, Curvature::EmpiricalFisher] {
+                for bias_in in [true, false] {
+                    let name = format!("{s:?} {lik:?} {curv:?} bias_in={bias_in}");
+                    let case = Case::new(31, 26, 5, 3, bias_in);
+                    let pb = &case.pb;
+                    let p = pb.k * pb.da();
+                    let mut post = case.fit::<D, T>(dev, 20, &case.config(s, lik, curv, 7)).unwrap();
+                    let w0 = pb.head_aug();
+                    let fit_rows: Vec<usize> = (0..20).collect();
+                    let prec0 = Dense::identity(p)
+                        .scale(TAU)
+                        .add(&case.curvature(&w0, &fit_rows, s, lik, curv), 1.0);
+                    let (got_p, got_c) = dense_of(&post);
+                    let e = rel_err(&Problem::cast::<T>(&got_p.a), &prec0.a);
+                    assert!(e < tol::<T>(p, 50.0), "{name}: fit precision err {e}");
+                    let e = rel_err(&Problem::cast::<T>(&got_c.a), &prec0.inverse().a);
+                    assert!(e < tol::<T>(p, 500.0), "{name}: fit covariance err {e}");
+
+                    let gamma = 1.5;
+                    let config = UpdateConfig {
+                        rule: UpdateRule::Joint,
+                        gamma,
+                        iterations: 1,
+                    };
+                    update_rows(&case, &mut post, 20..23, lik, &config).unwrap();
+                    let new_rows: Vec<usize> = (20..23).collect();
+                    let all: Vec<usize> = (0..23).collect();
+                    let prec1 = match s {
+                        // Kron refactors its sums over all samples seen.
+                        Structure::Kron => Dense::identity(p)
+                            .scale(TAU)
+                            .add(&case.curvature(&w0, &all, s, lik, curv), 1.0),
+                        _ => prec0.add(&case.curvature(&w0, &new_rows, s, lik, curv), 1.0),
+                    };
+                    let cov1 = prec1.inverse();
+                    let w1 = step(&w0, &cov1, &case.gradient(&w0, &new_rows, lik), gamma);
+                    let (got_p, got_c) = dense_of(&post);
+                    let e = rel_err(&Problem::cast::<T>(&got_p.a), &prec1.a);
+                    assert!(e < tol::<T>(p, 100.0), "{name}: updated precision err {e}");
+                    let e = rel_err(&Problem::cast::<T>(&got_c.a), &cov1.a);
+                    assert!(e < tol::<T>(p, 1000.0), "{name}: updated covariance err {e}");
+                    let e = rel_err(&Problem::cast::<T>(&suite::dense_head_of(&post, pb)), &w1.a);
+                    assert!(e < tol::<T>(p, 1000.0), "{name}: updated mean err {e}");
+
+                    // Predictive logit covariance J Σ Jᵀ at unseen inputs.
+                    let x = Problem::cast::<T>(&pb.phi[23 * pb.d..]);
+                    let pred = post
+                        .predict(HostMatrix::new(&x, 3, pb.d).unwrap(), Link::default())
+                        .unwrap();
+                    for i in 0..3 {
+                        let j = jacobian(&pb.phi_aug(pb.x(23 + i)), pb.k);
+                        let sf = j.mul(&cov1).mul(&j.t());
+                        let got: Vec<T> = (0..pb.k * pb.k)
+                            .map(|kl| pred.logit_cov_at(i, kl / pb.k, kl % pb.k))
+                            .collect();
+                        let e = rel_err(&got, &sf.a);
+                        assert!(e < tol::<T>(p, 1000.0), "{name}: logit covariance err {e}");
+                        if let Likelihood::Regression { .. } = lik {
+                            let f = case.logits(&w1, 23 + i);
+                            let e = rel_err(&pred.probs[i * pb.k..(i + 1) * pb.k], &f);
+                            assert!(e < tol::<T>(p, 1000.0), "{name}: regression mean err {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The Monte Carlo Fisher tends to the GGN (its expectation for softmax), is the same for any
+/// chunking, and Diag and Kron see the same draws as Full.
+pub fn check_monte_carlo_fisher<D: Device, T: Scalar>(dev: &D) {
+    let case = Case::new(5, 12, 4, 3, true);
+    let lik = Likelihood::Classification;
+    let mc = Curvature::MonteCarloFisher { samples: 4000, seed: 9 };
+    let full_mc = case
+        .fit::<D, T>(dev, 12, &case.config(Structure::Full, lik, mc, 5))
+        .unwrap();
+    let full_ggn = case
+        .fit::<D, T>(dev, 12, &case.config(Structure::Full, lik, Curvature::Ggn, 5))
+        .unwrap();
+    let (pm, _) = dense_of(&full_mc);
+    let (pg, _) = dense_of(&full_ggn);
+    let e = pm.add(&pg, -1.0).max_abs() / pg.add(&Dense::identity(pg.rows).scale(-TAU), 1.0).max_abs();
+    assert!(e < 0.08, "Monte Carlo Fisher far from the GGN: {e}");
+
+    let few = Curvature::MonteCarloFisher { samples: 3, seed: 4 };
+    let a = case
+        .fit::<D, T>(dev, 12, &case.config(Structure::Full, lik, few, 5))
+        .unwrap();
+    let b = case
+        .fit::<D, T>(dev, 12, &case.config(Structure::Full, lik, few, 64))
+        .unwrap();
+    let e = rel_err(&a.precision().unwrap(), &dense_of(&b).0.a);
+    assert!(e < tol::<T>(45, 20.0), "chunking changed the draws: {e}");
+    let diag = case
+        .fit::<D, T>(dev, 12, &case.config(Structure::Diag, lik, few, 5))
+        .unwrap();
+    let (pa, _) = dense_of(&a);
+    let want: Vec<f64> = (0..pa.rows).map(|i| pa.at(i, i)).collect();
+    let e = rel_err(&diag.precision().unwrap(), &want);
+    assert!(e < tol::<T>(45, 20.0), "Diag and Full saw different draws: {e}");
+}
+
+/// Regression: an update equals a refit on all the data (the Bayesian linear model), to 1e-9
+/// in f64, for both rules.
+pub fn check_regression_update_is_refit<D: Device, T: Scalar>(dev: &D) {
+    if T::DTYPE != DType::F64 {
+        return;
+    }
+    let lik = Likelihood::Regression { sigma_noise: SIGMA };
+    for s in [Structure::Full, Structure::Shared(OutputWeighting::Gaussian)] {
+        for rule in [UpdateRule::Joint, UpdateRule::Sequential] {
+            for bias_in in [true, false] {
+                let case = Case::new(8, 30, 6, 2, bias_in);
+                let pb = &case.pb;
+                let p = pb.k * pb.da();
+                // The MAP of the first 24 rows, in dense f64: (τI + H) w = Σ Jᵀ y/σ² at w = 0
+                // (the gradient at 0 of the Gaussian log-likelihood).
+                let map = |rows: &[usize]| -> Dense {
+                    let zero = Dense::zeros(pb.k, pb.da());
+                    let prec = Dense::identity(p)
+                        .scale(TAU)
+                        .add(&case.curvature(&zero, rows, Structure::Full, lik, Curvature::Ggn), 1.0);
+                    step(&zero, &prec.inverse(), &case.gradient(&zero, rows, lik), 1.0)
+                };
+                let first: Vec<usize> = (0..24).collect();
+                let w_a = map(&first);
+                let mut start = case.pb.clone();
+                for c in 0..pb.k {
+                    start.head[c * pb.d..(c + 1) * pb.d].copy_from_slice(&w_a.row(c)[..pb.d]);
+                    if bias_in {
+                        start.bias[c] = w_a.at(c, pb.d);
+                    }
+                }
+                let case_a = Case {
+                    pb: start,
+                    y: case.y.clone(),
+                };
+                let mut post = case_a
+                    .fit::<D, T>(dev, 24, &case_a.config(s, lik, Curvature::Ggn, 7))
+                    .unwrap();
+                let config = UpdateConfig {
+                    rule,
+                    ..Default::default()
+                };
+                update_rows(&case_a, &mut post, 24..30, lik, &config).unwrap();
+                let all: Vec<usize> = (0..30).collect();
+                let w_all = map(&all);
+                let zero = Dense::zeros(pb.k, pb.da());
+                let cov_all = Dense::identity(p)
+                    .scale(TAU)
+                    .add(&case.curvature(&zero, &all, Structure::Full, lik, Curvature::Ggn), 1.0)
+                    .inverse();
+                let name = format!("{s:?} {rule:?} bias_in={bias_in}");
+                let e = rel_err(&Problem::cast::<T>(&suite::dense_head_of(&post, &case_a.pb)), &w_all.a);
+                assert!(e < 1e-9, "{name}: mean differs from the refit by {e}");
+                let e = rel_err(&Problem::cast::<T>(&dense_of(&post).1.a), &cov_all.a);
+                assert!(e < 1e-9, "{name}: covariance differs from the refit by {e}");
+            }
+        }
+    }
+}
+
+/// The dense evidence `log p(D|ŵ) − ½Σ_k τ_k‖ŵ_k‖² + ½Σ_k D_aug log τ_k − ½ log det(H + T)`.
+fn dense_evidence(case: &Case, w: &Dense, h: &Dense, tau: &[f64], lik: Likelihood, rows: &[usize]) -> f64 {
+    let (k, da) = (case.pb.k, case.pb.da());
+    let mut prec = h.clone();
+    let mut prior = 0.0;
+    for c in 0..k {
+        let t = tau[if tau.len() == 1 { 0 } else { c }];
+        let norm: f64 = w.row(c).iter().map(|x| x * x).sum();
+        prior += -0.5 * t * norm + 0.5 * da as f64 * t.ln();
+        (c * da..(c + 1) * da).for_each(|i| prec.a[i * k * da + i] += t);
+    }
+    case.log_likelihood(w, rows, lik) + prior - 0.5 * log_det(&prec)
+}
+
+/// The log marginal likelihood against its dense formula, and the optimised τ against a
+/// brute-force grid (scalar) or the stationarity of the dense evidence (per class).
+pub fn check_marginal_likelihood<D: Device, T: Scalar>(dev: &D) {
+    let cases = [
+        (Structure::Full, Likelihood::Classification),
+        (Structure::Shared(OutputWeighting::Gaussian), Likelihood::Classification),
+        (Structure::Diag, Likelihood::Classification),
+        (Structure::Kron, Likelihood::Classification),
+        (Structure::Full, Likelihood::Regression { sigma_noise: SIGMA }),
+        (Structure::Diag, Likelihood::Regression { sigma_noise: SIGMA }),
+    ];
+    for (s, lik) in cases {
+        let case = Case::new(12, 25, 4, 3, true);
+        let pb = &case.pb;
+        let rows: Vec<usize> = (0..25).collect();
+        let w = pb.head_aug();
+        let h = case.curvature(&w, &rows, s, lik, Curvature::Ggn);
+        let name = format!("{s:?} {lik:?}");
+        let mut post = case
+            .fit::<D, T>(dev, 25, &case.config(s, lik, Curvature::Ggn, 7))
+            .unwrap();
+        let phi = Problem::cast::<T>(&pb.phi);
+        let x = HostMatrix::new(&phi, 25, pb.d).unwrap();
+        let y = Problem::cast::<T>(&case.y);
+        let evidence = |post: &Posterior<D, T>| match lik {
+            Likelihood::Classification => post.log_marginal_likelihood(x, &pb.labels),
+            Likelihood::Regression { .. } => post.log_marginal_likelihood(x, &HostMatrix::new(&y, 25, pb.k).unwrap()),
+        };
+        let want = dense_evidence(&case, &w, &h, &[TAU], lik, &rows);
+        let got = evidence(&post).unwrap();
+        let scale = want.abs().max(1.0);
+        assert!(
+            (got - want).abs() < tol::<T>(60, 2000.0) * scale,
+            "{name}: log Z {got} vs {want}"
+        );
+
+        // Scalar τ: the best of a fine grid over log τ.
+        let grid: Vec<f64> = (0..=4000).map(|i| 10f64.powf(-3.0 + 6.0 * i as f64 / 4000.0)).collect();
+        let best = grid
+            .iter()
+            .copied()
+            .max_by(|a, b| {
+                let ea = dense_evidence(&case, &w, &h, &[*a], lik, &rows);
+                let eb = dense_evidence(&case, &w, &h, &[*b], lik, &rows);
+                ea.total_cmp(&eb)
+            })
+            .unwrap();
+        let tau = post.optimize_prior_precision(PriorShape::Scalar).unwrap();
+        let spacing = 6.0 * std::f64::consts::LN_10 / 4000.0;
+        assert!(
+            (tau[0].ln() - best.ln()).abs() <= spacing + 1e-3,
+            "{name}: τ = {} but the grid's best is {best}",
+            tau[0]
+        );
+        let at = dense_evidence(&case, &w, &h, &tau, lik, &rows);
+        assert!(
+            at >= dense_evidence(&case, &w, &h, &[best], lik, &rows) - 1e-6 * scale,
+            "{name}: not a maximum"
+        );
+        let got = evidence(&post).unwrap();
+        assert!(
+            (got - at).abs() < tol::<T>(60, 2000.0) * scale,
+            "{name}: log Z after optimising {got} vs {at}"
+        );
+
+        // One τ per class: a stationary point of the dense evidence, better than its neighbours.
+        if matches!(s, Structure::Full | Structure::Diag) {
+            let tau = post.optimize_prior_precision(PriorShape::PerClass).unwrap();
+            assert_eq!(tau.len(), pb.k);
+            let base = dense_evidence(&case, &w, &h, &tau, lik, &rows);
+            for c in 0..pb.k {
+                for factor in [0.98, 1.02] {
+                    let mut t = tau.clone();
+                    t[c] *= factor;
+                    let e = dense_evidence(&case, &w, &h, &t, lik, &rows);
+                    assert!(
+                        e <= base + 1e-9 * scale,
+                        "{name}: τ_{c}·{factor} is better ({e} > {base})"
+                    );
+                }
+            }
+            assert_eq!(post.prior_precision().len(), pb.k);
+        } else {
+            assert!(matches!(
+                post.optimize_prior_precision(PriorShape::PerClass),
+                Err(Error::Unsupported(_))
+            ));
+        }
+    }
+}
+
+/// Four shards, saved, loaded and merged, equal one pass over all rows; mismatched heads do
+/// not merge.
+pub fn check_accumulator_shards<D: Device, T: Scalar>(dev: &D) {
+    let dir = std::env::temp_dir().join(format!("laplace-acc-{}-{}", std::process::id(), T::DTYPE.name()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let curvatures = [
+        Curvature::Ggn,
+        Curvature::EmpiricalFisher,
+        Curvature::MonteCarloFisher { samples: 4, seed: 2 },
+    ];
+    for s in STRUCTURES {
+        for lik in likelihoods() {
+            for curv in curvatures {
+                let case = Case::new(21, 40, 4, 3, true);
+                let pb = &case.pb;
+                let config = case.config(s, lik, curv, 10);
+                let head = Problem::cast::<T>(&pb.head);
+                let bias = Problem::cast::<T>(&pb.bias);
+                let new_acc = || {
+                    CurvatureAccumulator::new(dev, HostMatrix::new(&head, pb.k, pb.d).unwrap(), Some(&bias), &config)
+                        .unwrap()
+                };
+                let add = |acc: &mut CurvatureAccumulator<D, T>, r: std::ops::Range<usize>| {
+                    let phi = Problem::cast::<T>(&pb.phi[r.start * pb.d..r.end * pb.d]);
+                    let x = HostMatrix::new(&phi, r.len(), pb.d).unwrap();
+                    match lik {
+                        Likelihood::Classification => acc.accumulate(x, &pb.labels[r]).unwrap(),
+                        Likelihood::Regression { .. } => {
+                            let y = Problem::cast::<T>(&case.y[r.start * pb.k..r.end * pb.k]);
+                            acc.accumulate(x, &HostMatrix::new(&y, r.len(), pb.k).unwrap()).unwrap()
+                        }
+                    }
+                };
+                let mut one = new_acc();
+                add(&mut one, 0..40);
+                let mut merged = new_acc();
+                for shard in 0..4 {
+                    let mut part = new_acc();
+                    add(&mut part, shard * 10..(shard + 1) * 10);
+                    let path = dir.join(format!("shard{shard}.safetensors"));
+                    save_accumulator(&part, &path).unwrap();
+                    let back: CurvatureAccumulator<D, T> = load_accumulator(dev, &path, 10).unwrap();
+                    merged.merge(&back).unwrap();
+                }
+                assert_eq!(merged.count(), 40);
+                let (a, b) = (one.finish(TAU).unwrap(), merged.finish(TAU).unwrap());
+                let name = format!("{s:?} {lik:?} {curv:?}");
+                let limit = if T::DTYPE == DType::F64 {
+                    1e-12
+                } else {
+                    tol::<T>(45, 20.0)
+                };
+                let (da, db) = (dense_of(&a), dense_of(&b));
+                let e = rel_err(&Problem::cast::<T>(&db.0.a), &da.0.a);
+                assert!(e <= limit, "{name}: merged precision differs by {e}");
+                let e = rel_err(&Problem::cast::<T>(&db.1.a), &da.1.a);
+                assert!(e <= limit * 100.0, "{name}: merged covariance differs by {e}");
+            }
+        }
+    }
+    // A shard around another head is refused, and the accumulator is unchanged.
+    let case = Case::new(21, 10, 4, 3, true);
+    let pb = &case.pb;
+    let config = case.config(Structure::Full, Likelihood::Classification, Curvature::Ggn, 10);
+    let head = Problem::cast::<T>(&pb.head);
+    let other: Vec<T> = head.iter().map(|&h| h + T::one()).collect();
+    let mut a = CurvatureAccumulator::new(dev, HostMatrix::new(&head, pb.k, pb.d).unwrap(), None, &config).unwrap();
+    let b = CurvatureAccumulator::new(dev, HostMatrix::new(&other, pb.k, pb.d).unwrap(), None, &config).unwrap();
+    let phi = Problem::cast::<T>(&pb.phi);
+    a.accumulate(HostMatrix::new(&phi, 10, pb.d).unwrap(), &pb.labels)
+        .unwrap();
+    assert!(matches!(a.merge(&b), Err(Error::InvalidArgument { .. })));
+    assert_eq!(a.count(), 10);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Unlearning inverts a Joint update for Diag, Kron and regression too: Σ and the mean come back.
+pub fn check_unlearn_structures<D: Device, T: Scalar>(dev: &D) {
+    let cases = [
+        (Structure::Diag, Likelihood::Classification),
+        (Structure::Kron, Likelihood::Classification),
+        (Structure::Full, Likelihood::Regression { sigma_noise: SIGMA }),
+        (
+            Structure::Shared(OutputWeighting::Gaussian),
+            Likelihood::Regression { sigma_noise: SIGMA },
+        ),
+        (Structure::Diag, Likelihood::Regression { sigma_noise: SIGMA }),
+        (Structure::Full, Likelihood::Classification),
+    ];
+    for (s, lik) in cases {
+        for curv in [Curvature::Ggn, Curvature::EmpiricalFisher] {
+            let case = Case::new(44, 24, 4, 3, true);
+            let mut post = case.fit::<D, T>(dev, 20, &case.config(s, lik, curv, 7)).unwrap();
+            let (p0, c0) = dense_of(&post);
+            let w0 = suite::dense_head_of(&post, &case.pb);
+            let gamma = 0.8;
+            let update = UpdateConfig {
+                gamma,
+                ..Default::default()
+            };
+            update_rows(&case, &mut post, 20..24, lik, &update).unwrap();
+            let unlearn = UnlearnConfig {
+                gamma,
+                ..Default::default()
+            };
+            let name = format!("{s:?} {lik:?} {curv:?}");
+            let before = dense_of(&post);
+            if let Err(e) = unlearn_rows(&case, &mut post, 20..24, lik, &unlearn) {
+                // The head recovery w ← w' − γΣ'g(w) contracts when γ‖Σ'G‖ < 1, which the GGN
+                // guarantees and a Fisher variant need not: then a typed error, nothing changed.
+                assert!(curv != Curvature::Ggn, "{name}: {e}");
+                assert!(matches!(e, Error::InvalidArgument { .. }), "{name}: {e}");
+                let after = dense_of(&post);
+                assert!(
+                    after.0.a == before.0.a && after.1.a == before.1.a,
+                    "{name}: changed on error"
+                );
+                continue;
+            }
+            let (p1, c1) = dense_of(&post);
+            let limit = if T::DTYPE == DType::F64 { 1e-9 } else { 2e-3 };
+            let e = rel_err(&Problem::cast::<T>(&c1.a), &c0.a);
+            assert!(e < limit, "{name}: covariance err {e}");
+            let e = rel_err(&Problem::cast::<T>(&p1.a), &p0.a);
+            assert!(e < limit, "{name}: precision err {e}");
+            let e = rel_err(&Problem::cast::<T>(&suite::dense_head_of(&post, &case.pb)), &w0);
+            assert!(e < limit, "{name}: mean err {e}");
+            assert_eq!(post.samples_seen(), 20);
+        }
+    }
+}
+
+#[macro_export]
+macro_rules! complete_suite {
+    ($backend:literal, $make:expr, $($t:ident),+) => {
+        $(
+
+        mod $t {
+            use super::common::{backend_or_skip, complete};
+            fn device() -> Option<impl laplace_update::Device> {
+                backend_or_skip($backend, $make)
+            }
+            #[test] fn structures_match_dense() { if let Some(d) = device() { complete::check_structures::<_, $t>(&d) } }
+            #[test] fn monte_carlo_fisher() { if let Some(d) = device() { complete::check_monte_carlo_fisher::<_, $t>(&d) } }
+            #[test] fn regression_update_is_refit() { if let Some(d) = device() { complete::check_regression_update_is_refit::<_, $t>(&d) } }
+            #[test] fn marginal_likelihood() { if let Some(d) = device() { complete::check_marginal_likelihood::<_, $t>(&d) } }
+            #[test] fn accumulator_shards_merge() { if let Some(d) = device() { complete::check_accumulator_shards::<_, $t>(&d) } }
+            #[test] fn unlearn_structures() { if let Some(d) = device() { complete::check_unlearn_structures::<_, $t>(&d) } }
+        }
+        )+
+    };
+}
