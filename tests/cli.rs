@@ -347,3 +347,138 @@ fn demo_writes_table_csv_and_figure() {
     let png = std::fs::read(dir.join("demo.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
 }
+
+/// Every structure and curvature through the program; the flags reach the posterior file.
+#[test]
+fn structures_curvatures_and_prior_optimisation() {
+    let f = Files::new("structures");
+    for (flags, structure, curvature) in [
+        ("--structure diag --curvature ef", "diag", "EmpiricalFisher"),
+        (
+            "--structure kron --curvature mc --mc-samples 3 --seed 5",
+            "kron",
+            "MonteCarloFisher { samples: 3, seed: 5 }",
+        ),
+        ("--structure shared --optimize-prior", "shared-gaussian", "Ggn"),
+    ] {
+        let post = f.p("s.safetensors");
+        ok(&format!(
+            "fit --features {} --labels {} --bias {flags} --out {post}",
+            f.p("x.npy"),
+            f.p("y.npy")
+        ));
+        let info = ok(&format!("info --posterior {post}"));
+        assert!(info.contains(&format!("structure      {structure}")), "{info}");
+        assert!(info.contains(&format!("curvature      {curvature}")), "{info}");
+        ok(&format!(
+            "update --posterior {post} --features {} --labels {} --out {post}",
+            f.p("x_new.npy"),
+            f.p("y_new.npy")
+        ));
+        ok(&format!(
+            "predict --posterior {post} --features {} --out {}",
+            f.p("x_new.npy"),
+            f.p("probs.npy")
+        ));
+    }
+    // The optimised τ, not the default 1, is what the file records.
+    let info = ok(&format!("info --posterior {}", f.p("s.safetensors")));
+    assert!(!info.contains("prior τ        1\n"), "{info}");
+    fails(&format!(
+        "fit --features {} --labels {} --prior-precision 2 --optimize-prior --out {}",
+        f.p("x.npy"),
+        f.p("y.npy"),
+        f.p("z.safetensors")
+    ));
+    fails(&format!(
+        "fit --features {} --labels {} --curvature mc --mc-samples 0 --out {}",
+        f.p("x.npy"),
+        f.p("y.npy"),
+        f.p("z.safetensors")
+    ));
+}
+
+/// Regression end to end in f64: the fitted head is the ridge solution and an update equals
+/// the refit, both checked against dense normal equations solved here.
+#[test]
+fn regression_fit_update_predict() {
+    let f = Files::new("regression");
+    let pb = &f.pb;
+    let (n, d, k, sigma, tau) = (40usize, 6usize, 2usize, 0.5f64, 2.0f64);
+    let mut rng = common::Rng::new(3);
+    let targets: Vec<f64> = (0..n)
+        .flat_map(|i| {
+            let x = pb.x(i).to_vec();
+            let noise = rng.normals(k, 0.1);
+            (0..k).map(move |c| {
+                x.iter()
+                    .enumerate()
+                    .map(|(j, v)| v * ((j + c) as f64 - 2.0))
+                    .sum::<f64>()
+                    + noise[c]
+            })
+        })
+        .collect();
+    write_npy(&f.dir.join("xr.npy"), &pb.phi[..30 * d], &[30, d]).unwrap();
+    write_npy(&f.dir.join("yr.npy"), &targets[..30 * k], &[30, k]).unwrap();
+    write_npy(&f.dir.join("xr_new.npy"), &pb.phi[30 * d..], &[10, d]).unwrap();
+    write_npy(&f.dir.join("yr_new.npy"), &targets[30 * k..], &[10, k]).unwrap();
+    let post = f.p("r.safetensors");
+    ok(&format!(
+        "fit --features {} --labels {} --likelihood regression --sigma-noise {sigma} --bias --prior-precision {tau} \
+         --dtype f64 --structure full --out {post}",
+        f.p("xr.npy"),
+        f.p("yr.npy")
+    ));
+    ok(&format!(
+        "update --posterior {post} --features {} --labels {} --out {post}",
+        f.p("xr_new.npy"),
+        f.p("yr_new.npy")
+    ));
+    ok(&format!(
+        "predict --posterior {post} --features {} --out {}",
+        f.p("xr_new.npy"),
+        f.p("mean.npy")
+    ));
+    // Ridge on all 40 rows: (τσ² I + Φ̃ᵀΦ̃) W̃ᵀ = Φ̃ᵀ Y with Φ̃ = [Φ, 1].
+    let da = d + 1;
+    let aug = |i: usize| {
+        pb.phi_aug(pb.x(i))
+            .into_iter()
+            .chain([1.0])
+            .take(da)
+            .collect::<Vec<f64>>()
+    };
+    let mut a = common::Dense::identity(da).scale(tau * sigma * sigma);
+    let mut b = common::Dense::zeros(da, k);
+    for i in 0..n {
+        let x = aug(i);
+        for p in 0..da {
+            for q in 0..da {
+                a.a[p * da + q] += x[p] * x[q];
+            }
+            for c in 0..k {
+                b.a[p * k + c] += x[p] * targets[i * k + c];
+            }
+        }
+    }
+    let w = a.inverse().mul(&b); // D_aug × K
+    let mean = read_npy(&f.dir.join("mean.npy")).unwrap().to_matrix::<f64>().unwrap().0;
+    for i in 0..10 {
+        let x = aug(30 + i);
+        for c in 0..k {
+            let want: f64 = (0..da).map(|p| x[p] * w.at(p, c)).sum();
+            let got = mean[i * k + c];
+            assert!(
+                (got - want).abs() < 1e-8 * want.abs().max(1.0),
+                "row {i} output {c}: {got} vs {want}"
+            );
+        }
+    }
+    // Class labels for a regression posterior are a clear error.
+    fails(&format!(
+        "update --posterior {post} --features {} --labels {} --out {post}",
+        f.p("x_new.npy"),
+        f.p("y_new.npy")
+    ));
+}

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use common::{Problem, le_bytes as le, npy_bytes as npy, suite};
+use common::{Problem, complete, le_bytes as le, npy_bytes as npy, suite};
 use laplace_update::io::{
     ArrayData, load_posterior, parse_npy, peek_posterior, read_array, read_npy, save_posterior, write_npy,
 };
@@ -130,6 +130,7 @@ fn safetensors_tensors_are_read_by_name() {
 }
 
 fn posteriors(cpu: &CpuDevice) -> Vec<Posterior<CpuDevice, f32>> {
+    use laplace_update::{Curvature, Likelihood, PriorShape};
     let mut out = Vec::new();
     for (structure, bias_in) in [
         (Structure::Full, false),
@@ -138,6 +139,28 @@ fn posteriors(cpu: &CpuDevice) -> Vec<Posterior<CpuDevice, f32>> {
     ] {
         let pb = Problem::random(8, 12, 4, 3, bias_in);
         out.push(suite::fit::<CpuDevice, f32>(cpu, &pb, structure));
+    }
+    // Every other structure, likelihood and curvature, and a per-class prior.
+    let regression = Likelihood::Regression { sigma_noise: 0.3 };
+    let mc = Curvature::MonteCarloFisher { samples: 3, seed: 7 };
+    for (structure, likelihood, curvature, per_class) in [
+        (
+            Structure::Diag,
+            Likelihood::Classification,
+            Curvature::EmpiricalFisher,
+            true,
+        ),
+        (Structure::Kron, Likelihood::Classification, mc, false),
+        (Structure::Full, regression, Curvature::Ggn, true),
+        (Structure::Kron, regression, Curvature::EmpiricalFisher, false),
+    ] {
+        let case = complete::Case::new(9, 12, 4, 3, true);
+        let config = case.config(structure, likelihood, curvature, 5);
+        let mut post = case.fit::<CpuDevice, f32>(cpu, 12, &config).unwrap();
+        if per_class {
+            post.optimize_prior_precision(PriorShape::PerClass).unwrap();
+        }
+        out.push(post);
     }
     out
 }
@@ -151,13 +174,19 @@ fn posterior_files_round_trip_bit_for_bit() {
         save_posterior(&post, &path).unwrap();
         let header = peek_posterior(&path).unwrap();
         assert_eq!(
-            (header.structure, header.classes, header.features),
-            (post.structure(), 3, 4)
+            (header.structure, header.classes, header.features, header.likelihood),
+            (post.structure(), 3, 4, post.likelihood())
         );
         assert_eq!(header.bias, post.bias_mode());
         let back: Posterior<CpuDevice, f32> = load_posterior(&cpu, &path).unwrap();
         assert!(suite::snapshot(&back) == suite::snapshot(&post));
-        assert_eq!(back.prior_precision()[0].to_bits(), post.prior_precision()[0].to_bits());
+        let bits = |p: &Posterior<CpuDevice, f32>| p.prior_precision().iter().map(|t| t.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&back), bits(&post));
+        assert_eq!(back.kron_factors().unwrap(), post.kron_factors().unwrap());
+        assert_eq!(
+            (back.likelihood(), back.curvature()),
+            (post.likelihood(), post.curvature())
+        );
         assert_eq!(
             (back.structure(), back.bias_mode()),
             (post.structure(), post.bias_mode())

@@ -95,10 +95,7 @@ fn bytes_of<T: Scalar>(v: &[T]) -> Vec<u8> {
 }
 
 /// The tensors and metadata every file shares: head, bias, Kron sums, settings.
-fn common_parts<T: Scalar>(
-    raw: &RawPosterior<T>,
-    format: &str,
-) -> (Vec<NamedTensor>, Vec<MetadataEntry>) {
+fn common_parts<T: Scalar>(raw: &RawPosterior<T>, format: &str) -> (Vec<NamedTensor>, Vec<MetadataEntry>) {
     let mut tensors = vec![(
         "head",
         vec![raw.classes, raw.head.len() / raw.classes],
@@ -152,12 +149,7 @@ fn common_parts<T: Scalar>(
 }
 
 /// Serialises tensors and metadata with the checksum, and writes them durably.
-fn write_file(
-    path: &Path,
-    dtype: DType,
-    mut tensors: Vec<NamedTensor>,
-    metadata: Vec<MetadataEntry>,
-) -> Result<()> {
+fn write_file(path: &Path, dtype: DType, mut tensors: Vec<NamedTensor>, metadata: Vec<MetadataEntry>) -> Result<()> {
     tensors.sort_by(|a, b| a.0.cmp(b.0));
     let checksum = checksum(tensors.iter().map(|t| t.2.as_slice()));
     let metadata: HashMap<String, String> = metadata

@@ -128,8 +128,10 @@ impl Default for FitConfig {
 }
 
 impl FitConfig {
-    /// Checks the settings that do not depend on data.
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Checks the settings that do not depend on data: τ, σ, Monte Carlo samples, chunk size.
+    ///
+    /// Errors: `InvalidArgument`.
+    pub fn validate(&self) -> Result<()> {
         positive::<f64>("prior_precision", self.prior_precision)?;
         if let Likelihood::Regression { sigma_noise } = self.likelihood {
             positive::<f64>("sigma_noise", sigma_noise)?;

@@ -244,7 +244,17 @@ struct PredictArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help and --version
+        Err(e) => {
+            // One line: clap's first, without its usage block.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("error: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Fit(args) => fit(&args),
         Command::Update(args) => on_posterior(
@@ -361,6 +371,28 @@ fn fit_as<T: Scalar>(device: &CpuDevice, args: &FitArgs) -> Result<()> {
     } else {
         BiasMode::Fixed
     };
+    let config = FitConfig {
+        structure: match args.structure {
+            StructureArg::Full => Structure::Full,
+            StructureArg::Shared => Structure::Shared(OutputWeighting::Gaussian),
+            StructureArg::SharedCategorical => Structure::Shared(OutputWeighting::Categorical),
+            StructureArg::Diag => Structure::Diag,
+            StructureArg::Kron => Structure::Kron,
+        },
+        likelihood,
+        curvature: match args.curvature {
+            CurvatureArg::Ggn => Curvature::Ggn,
+            CurvatureArg::Ef => Curvature::EmpiricalFisher,
+            CurvatureArg::Mc => Curvature::MonteCarloFisher {
+                samples: args.mc_samples,
+                seed: args.seed,
+            },
+        },
+        prior_precision,
+        bias: bias_mode,
+        ..Default::default()
+    };
+    config.validate()?;
     let (head, bias, classes) = match (&args.weights, &targets) {
         (Some(spec), _) => {
             let (w, k, dw) = read_array(spec)?.to_matrix::<T>()?;
@@ -407,27 +439,6 @@ fn fit_as<T: Scalar>(device: &CpuDevice, args: &FitArgs) -> Result<()> {
             eprintln!("head fitted by MAP (exact for the Gaussian likelihood)");
             (map.head()?, Some(map.bias()?), *k)
         }
-    };
-    let config = FitConfig {
-        structure: match args.structure {
-            StructureArg::Full => Structure::Full,
-            StructureArg::Shared => Structure::Shared(OutputWeighting::Gaussian),
-            StructureArg::SharedCategorical => Structure::Shared(OutputWeighting::Categorical),
-            StructureArg::Diag => Structure::Diag,
-            StructureArg::Kron => Structure::Kron,
-        },
-        likelihood,
-        curvature: match args.curvature {
-            CurvatureArg::Ggn => Curvature::Ggn,
-            CurvatureArg::Ef => Curvature::EmpiricalFisher,
-            CurvatureArg::Mc => Curvature::MonteCarloFisher {
-                samples: args.mc_samples,
-                seed: args.seed,
-            },
-        },
-        prior_precision,
-        bias: bias_mode,
-        ..Default::default()
     };
     let head = HostMatrix::new(&head, classes, d)?;
     let mut post = match &targets {
