@@ -199,20 +199,38 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
     /// Errors: `InvalidArgument` (τ ≤ 0), `NotPositiveDefinite`.
     pub fn finish(&self, prior_precision: f64) -> Result<Posterior<D, T>> {
         let device = self.shell.device.clone();
-        device.scope(|| self.finish_in_scope(prior_precision))
+        device.scope(|| {
+            let sum = device.copy(&self.sum)?;
+            self.finish_with(self.shell.try_clone()?, sum, prior_precision)
+        })
     }
 
-    fn finish_in_scope(&self, prior_precision: f64) -> Result<Posterior<D, T>> {
+    /// [`CurvatureAccumulator::finish`] without copying the sum: the accumulator is consumed.
+    pub fn into_posterior(mut self, prior_precision: f64) -> Result<Posterior<D, T>> {
+        let device = self.shell.device.clone();
+        device.scope(|| {
+            let sum = std::mem::replace(&mut self.sum, device.zeros(1, 1)?);
+            let shell = self.shell.try_clone()?;
+            self.finish_with(shell, sum, prior_precision)
+        })
+    }
+
+    /// The posterior around `out` (the shell) from the data term `sum` (taken).
+    fn finish_with(
+        &self,
+        mut out: Posterior<D, T>,
+        sum: Matrix<D, T>,
+        prior_precision: f64,
+    ) -> Result<Posterior<D, T>> {
         let tau: T = positive("prior_precision", prior_precision)?;
         let post = &self.shell;
         let device = &post.device;
         let model = post.model();
-        let mut out = post.try_clone()?;
         out.prior_precision = vec![tau];
         out.samples_seen = self.count;
         match post.structure {
             Structure::Full | Structure::Shared(_) => {
-                let mut precision = device.copy(&self.sum)?;
+                let mut precision = sum;
                 device.add_diagonal(&mut precision, tau)?;
                 let covariance = device.spd_inverse(&precision)?;
                 match &self.basis {
@@ -227,7 +245,7 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
                 }
             }
             Structure::Diag => {
-                let mut precision = device.copy(&self.sum)?;
+                let mut precision = sum;
                 let prior = device.upload(&vec![tau; precision.len()], precision.rows(), precision.cols())?;
                 device.axpy(&mut precision, T::one(), &prior)?;
                 out.moments.covariance = model.covariance_of(&precision)?;

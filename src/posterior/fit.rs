@@ -14,7 +14,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     ///
     /// Errors: `ShapeMismatch`, `NonFinite`, `InvalidArgument` (τ ≤ 0, K < 2, D = 0).
     pub fn prior(device: &D, head: HostMatrix<'_, T>, bias: Option<&[T]>, config: &FitConfig) -> Result<Self> {
-        CurvatureAccumulator::new(device, head, bias, config)?.finish(config.prior_precision)
+        CurvatureAccumulator::new(device, head, bias, config)?.into_posterior(config.prior_precision)
     }
 
     /// Fits the posterior `N(ŵ, Σ)` around the head `(W, b)` from features Φ (N × D) and their
@@ -36,7 +36,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     ) -> Result<Self> {
         let mut accumulator = CurvatureAccumulator::new(device, head, bias, config)?;
         accumulator.accumulate(features, targets)?;
-        accumulator.finish(config.prior_precision)
+        accumulator.into_posterior(config.prior_precision)
     }
 
     /// Validates the head and settings and uploads them: a posterior whose moments are

@@ -427,7 +427,12 @@ pub fn check_regression_update_is_refit<D: Device, T: Scalar>(dev: &D) {
         return;
     }
     let lik = Likelihood::Regression { sigma_noise: SIGMA };
-    for s in [Structure::Full, Structure::Shared(OutputWeighting::Gaussian)] {
+    // Kron is exact here too: A = N I/σ², so (1/N) A ⊗ G = I ⊗ ΦᵀΦ/σ².
+    for s in [
+        Structure::Full,
+        Structure::Shared(OutputWeighting::Gaussian),
+        Structure::Kron,
+    ] {
         for rule in [UpdateRule::Joint, UpdateRule::Sequential] {
             for bias_in in [true, false] {
                 let case = Case::new(8, 30, 6, 2, bias_in);
