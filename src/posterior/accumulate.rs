@@ -300,7 +300,7 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
             chunk_rows,
         };
         let da = raw.augmented_features();
-        if raw.classes < 2 || raw.features == 0 || raw.head.len() != raw.classes * da {
+        if raw.classes == 0 || raw.features == 0 || raw.head.len() != raw.classes * da {
             return Err(Error::invalid("head", "inconsistent with K and D"));
         }
         let (head, bias) = split_head(

@@ -129,6 +129,21 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     ///
     /// Errors: `Unsupported` for per-class τ with Shared or Kron; `NotPositiveDefinite`. On
     /// error the posterior is unchanged.
+    ///
+    /// ```
+    /// use laplace_update::{CpuDevice, FitConfig, HostMatrix, Likelihood, Posterior, PriorShape, UpdateConfig};
+    /// let cpu = CpuDevice::new(1)?;
+    /// // Bayesian linear regression with one output: y ≈ 2x.
+    /// let (x, y) = ([0.0f64, 1.0, 2.0, 3.0], [0.1f64, 1.9, 4.1, 5.9]);
+    /// let (features, targets) = (HostMatrix::new(&x, 4, 1)?, HostMatrix::new(&y, 4, 1)?);
+    /// let config = FitConfig { likelihood: Likelihood::Regression { sigma_noise: 0.2 }, ..Default::default() };
+    /// let mut post = Posterior::prior(&cpu, HostMatrix::new(&[0.0], 1, 1)?, None, &config)?;
+    /// post.update(features, &targets, &UpdateConfig::default())?; // exact for a Gaussian likelihood
+    /// assert!((post.head()?[0] - 2.0).abs() < 0.1);
+    /// let tau = post.optimize_prior_precision(PriorShape::Scalar)?;
+    /// assert!(tau[0] > 0.0 && post.log_marginal_likelihood(features, &targets)?.is_finite());
+    /// # Ok::<(), laplace_update::Error>(())
+    /// ```
     pub fn optimize_prior_precision(&mut self, shape: PriorShape) -> Result<Vec<f64>> {
         let device = self.device.clone();
         device.scope(|| {

@@ -1,6 +1,6 @@
 //! [`Posterior::fit`] and [`Posterior::prior`]: the Laplace posterior around a given head.
 
-use super::{BiasMode, CurvatureAccumulator, FitConfig, Moments, Posterior};
+use super::{BiasMode, CurvatureAccumulator, FitConfig, Likelihood, Moments, Posterior};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::host::{HostMatrix, Targets, check_finite};
@@ -12,7 +12,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// Updating it with data and `iterations > 1` is Newton's method for the MAP head under
     /// an L2 prior, ending at the Laplace posterior there; for regression one update is exact.
     ///
-    /// Errors: `ShapeMismatch`, `NonFinite`, `InvalidArgument` (τ ≤ 0, K < 2, D = 0).
+    /// Errors: `ShapeMismatch`, `NonFinite`, `InvalidArgument` (τ ≤ 0, K < 2 classes, D = 0).
     pub fn prior(device: &D, head: HostMatrix<'_, T>, bias: Option<&[T]>, config: &FitConfig) -> Result<Self> {
         CurvatureAccumulator::new(device, head, bias, config)?.into_posterior(config.prior_precision)
     }
@@ -25,7 +25,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// `bias` (length K) defaults to zero.
     ///
     /// Errors: `EmptyBatch`, `ShapeMismatch`, `NonFinite`, `LabelOutOfRange`, `InvalidArgument`
-    /// (τ ≤ 0, σ ≤ 0, K < 2, D = 0, targets of the wrong kind), `NotPositiveDefinite`.
+    /// (τ ≤ 0, σ ≤ 0, K < 2 classes or no output, D = 0, targets of the wrong kind), `NotPositiveDefinite`.
     pub fn fit<Y: Targets<T> + ?Sized>(
         device: &D,
         features: HostMatrix<'_, T>,
@@ -49,10 +49,15 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     ) -> Result<Self> {
         config.validate()?;
         let (classes, dim) = (head.rows(), head.cols());
-        if classes < 2 {
+        let fewest = if config.likelihood == Likelihood::Classification {
+            2
+        } else {
+            1
+        };
+        if classes < fewest {
             return Err(Error::invalid(
                 "head",
-                format!("needs at least 2 classes (rows), got {classes}"),
+                format!("needs at least {fewest} rows (classes or outputs), got {classes}"),
             ));
         }
         if dim == 0 {

@@ -479,7 +479,12 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// Rebuilds a posterior from its contents, checking every shape and value.
     pub(crate) fn from_raw(device: &D, raw: RawPosterior<T>) -> Result<Self> {
         use crate::host::check_finite;
-        if raw.classes < 2 || raw.features == 0 {
+        let fewest = if raw.likelihood == Likelihood::Classification {
+            2
+        } else {
+            1
+        };
+        if raw.classes < fewest || raw.features == 0 {
             return Err(Error::invalid(
                 "shape",
                 format!("K = {}, D = {}", raw.classes, raw.features),
