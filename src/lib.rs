@@ -36,6 +36,7 @@
 
 #![warn(missing_docs)]
 
+pub mod active;
 pub mod device;
 pub mod error;
 pub mod host;

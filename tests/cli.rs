@@ -482,3 +482,44 @@ fn regression_fit_update_predict() {
         f.p("y_new.npy")
     ));
 }
+
+/// `al` on the bundled digits (tiny: 2 cycles, 2 seeds) and on user files, with every output.
+#[test]
+fn active_learning_simulation_writes_curves_and_auc() {
+    let dir = temp_dir("al");
+    let out = ok(&format!(
+        "al --strategies random,margin+update,lookahead --cycles 2 --batch 5 --seeds 2 --out-dir {}",
+        dir.display()
+    ));
+    for name in ["random", "margin+update", "lookahead"] {
+        assert!(out.contains(name), "AUC table lacks {name}: {out}");
+    }
+    let csv = std::fs::read_to_string(dir.join("al.csv")).unwrap();
+    assert_eq!(
+        csv.lines().count(),
+        1 + 3 * 2 * 3,
+        "one row per strategy, seed and cycle"
+    );
+    let auc = std::fs::read_to_string(dir.join("auc.csv")).unwrap();
+    assert_eq!(auc.lines().count(), 4);
+    assert!(std::fs::metadata(dir.join("al.png")).unwrap().len() > 1000);
+    // User data: the flow's features and labels.
+    let f = Files::new("al-files");
+    let x: Vec<f64> = (0..200)
+        .flat_map(|i| {
+            let c = (i % 3) as f64;
+            [c + 0.1 * (i as f64).sin(), -c + 0.1 * (i as f64).cos()]
+        })
+        .collect();
+    let y: Vec<u32> = (0..200).map(|i| (i % 3) as u32).collect();
+    write_npy(&f.dir.join("al_x.npy"), &x, &[200, 2]).unwrap();
+    write_labels(&f.dir.join("al_y.npy"), &y);
+    ok(&format!(
+        "al --data {} --labels {} --strategies entropy,coreset --initial 6 --cycles 2 --batch 3 --seeds 1 --out-dir {}",
+        f.p("al_x.npy"),
+        f.p("al_y.npy"),
+        f.p("al-out")
+    ));
+    fails(&format!("al --strategies nonsense --out-dir {}", dir.display()));
+    fails(&format!("al --cycles 1000 --out-dir {}", dir.display()));
+}

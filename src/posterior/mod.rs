@@ -12,6 +12,7 @@ mod fit;
 mod head;
 mod model;
 mod predict;
+mod sample;
 mod unlearn;
 mod update;
 

@@ -1,7 +1,9 @@
 //! `laplace-update`: fit, update and query last-layer Laplace posteriors from `.npy` and
 //! `.safetensors` files, and run the demo.
 
+mod al;
 mod demo;
+mod digits;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -46,6 +48,8 @@ enum Command {
     Devices,
     /// Stream labelled digits into posteriors and compare update rules with retraining.
     Demo(demo::DemoArgs),
+    /// Simulate pool-based active learning and draw learning curves.
+    Al(al::AlArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -278,6 +282,7 @@ fn main() -> ExitCode {
         Command::Info { posterior } => info(&posterior),
         Command::Devices => devices(),
         Command::Demo(args) => demo::run(&args),
+        Command::Al(args) => al::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
