@@ -43,6 +43,7 @@ pub mod host;
 pub mod io;
 pub mod metrics;
 pub mod posterior;
+pub mod profile;
 pub mod random;
 pub mod scalar;
 

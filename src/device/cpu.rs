@@ -469,10 +469,18 @@ impl Device for CpuDevice {
         let par = self.par();
         self.run(|| {
             scale_in_place(c.buffer_mut(), beta);
-            let at = transposed(a.buffer(), n, d, None);
-            let wat = weights.map(|w| transposed(a.buffer(), n, d, Some(w.buffer())));
-            let lhs = MatRef::from_row_major_slice(&at, d, n);
-            let rhs_t = wat.as_deref().map_or(lhs, |x| MatRef::from_row_major_slice(x, d, n));
+            // Aᵀ and (diag(w) A)ᵀ as strided views of the row-major data: no transposing copy.
+            let wa: Option<Vec<T>> = weights.map(|w| {
+                let mut out = a.buffer()[..n * d].to_vec();
+                out.par_chunks_mut(d.max(1))
+                    .zip(w.buffer().par_iter())
+                    .for_each(|(row, &s)| row.iter_mut().for_each(|x| *x *= s));
+                out
+            });
+            let lhs = view(a).transpose();
+            let rhs_t = wa
+                .as_deref()
+                .map_or(lhs, |x| MatRef::from_row_major_slice(x, n, d).transpose());
             if symmetric_add(view_mut(c), lhs, rhs_t, alpha, par) {
                 fill_triangle(c.buffer_mut(), d, Fill::LowerToUpper);
             }

@@ -4,6 +4,7 @@
 mod al;
 mod demo;
 mod digits;
+mod profile;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -50,6 +51,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Simulate pool-based active learning and draw learning curves.
     Al(al::AlArgs),
+    /// Time every kernel: throughput and fraction of the device's measured peak.
+    Profile(profile::ProfileArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -97,7 +100,7 @@ pub(crate) enum DeviceArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum DTypeArg {
+pub(crate) enum DTypeArg {
     F32,
     F64,
 }
@@ -283,6 +286,7 @@ fn main() -> ExitCode {
         Command::Devices => devices(),
         Command::Demo(args) => demo::run(&args),
         Command::Al(args) => al::run(&args),
+        Command::Profile(args) => profile::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
