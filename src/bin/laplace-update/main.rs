@@ -450,6 +450,7 @@ fn fit_as<T: Scalar>(device: &CpuDevice, args: &FitArgs) -> Result<()> {
         }
     };
     let head = HostMatrix::new(&head, classes, d)?;
+    let started = std::time::Instant::now();
     let mut post = match &targets {
         CliTargets::Labels(y) => Posterior::fit(device, features, y.as_slice(), head, bias.as_deref(), &config)?,
         CliTargets::Values(y, rows, k) => Posterior::fit(
@@ -461,13 +462,14 @@ fn fit_as<T: Scalar>(device: &CpuDevice, args: &FitArgs) -> Result<()> {
             &config,
         )?,
     };
+    let fit_ms = started.elapsed().as_secs_f64() * 1e3;
     if args.optimize_prior {
         let tau = post.optimize_prior_precision(PriorShape::Scalar)?;
         eprintln!("prior precision τ = {:.6e} maximises the marginal likelihood", tau[0]);
     }
     save_posterior(&post, &args.out)?;
     eprintln!(
-        "fitted on {n} samples (K = {classes}, D = {d}) on {}; wrote {}",
+        "fitted on {n} samples (K = {classes}, D = {d}) in {fit_ms:.2} ms on {}; wrote {}",
         device.name(),
         args.out.display()
     );
@@ -544,7 +546,12 @@ fn predict_as<T: Scalar>(device: &CpuDevice, args: &PredictArgs) -> Result<()> {
         LinkArg::Bridge => Link::Bridge,
         LinkArg::None => Link::None,
     };
+    let started = std::time::Instant::now();
     let pred = post.predict(HostMatrix::new(&phi, n, d)?, link)?;
+    eprintln!(
+        "predicted {n} inputs in {:.2} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
     let k = pred.classes;
     write_npy(&args.out, &pred.probs, &[n, k])?;
     if let Some(path) = &args.logit_var {

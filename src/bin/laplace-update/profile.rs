@@ -27,6 +27,9 @@ pub struct ProfileArgs {
     /// Side n of the square GEMM whose throughput is the peak.
     #[arg(long, default_value_t = 2048)]
     peak_size: usize,
+    /// Comma-separated kernel families to run (default: all).
+    #[arg(long, default_value = "")]
+    kernels: String,
     /// Also write the table as CSV.
     #[arg(long)]
     csv: Option<PathBuf>,
@@ -49,7 +52,13 @@ fn profile_as<T: Scalar>(device: &impl Device, sizes: Sizes, args: &ProfileArgs)
         "peak: {:.1} GFLOP/s, measured with this device's gemm on {n}x{n}x{n} (median of 3)",
         peak / 1e9
     );
-    let mut cases = kernel_cases::<_, T>(device, sizes)?;
+    let only: Vec<&str> = args
+        .kernels
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut cases = kernel_cases::<_, T>(device, sizes, &only)?;
     let bar = ProgressBar::new(cases.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")

@@ -1,0 +1,146 @@
+//! One criterion group per kernel family of the `Device` trait, on every available device, at
+//! the sizes users have (D ∈ {384, 768, 1536}, K ∈ {10, 100}). Throughput is in GFLOP/s (or
+//! GB/s for the memory-bound kernels): the workloads and their operation counts come from
+//! `laplace_update::profile`, the same ones the `profile` command times.
+//!
+//! `cargo bench --bench kernels`; `LAPLACE_BENCH_THREADS` pins the CPU thread count,
+//! `LAPLACE_BENCH_SIZES` (`D,K,N,m;D,K,N,m`) replaces the size list.
+//!
+//! Sizes that do not fit the 2-core, 24 GiB reference machine in reasonable time are scaled
+//! down: the Full (P × P) kernels run at K = 10 only (K = 100 at D = 768 is a 59 GB covariance),
+//! with N = 10,000 instead of 100,000 for the accumulation (N·P² = 5.9e12 FLOP is about 30 s per
+//! run there); the Shared and per-sample kernels run at every size.
+
+use std::time::{Duration, Instant};
+
+use criterion::measurement::{Measurement, ValueFormatter};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use laplace_update::profile::{FAMILIES, Sizes, Work, kernel_cases};
+use laplace_update::{CpuDevice, Device};
+
+/// Wall time, with throughput shown as FLOP/s (criterion's `Elements` carry FLOP here) or B/s.
+struct FlopClock;
+
+struct FlopFormatter;
+
+impl ValueFormatter for FlopFormatter {
+    fn scale_values(&self, ns: f64, values: &mut [f64]) -> &'static str {
+        let (factor, unit) = match ns {
+            x if x < 1e3 => (1.0, "ns"),
+            x if x < 1e6 => (1e-3, "µs"),
+            x if x < 1e9 => (1e-6, "ms"),
+            _ => (1e-9, "s"),
+        };
+        values.iter_mut().for_each(|v| *v *= factor);
+        unit
+    }
+
+    fn scale_throughputs(&self, _typical: f64, throughput: &Throughput, values: &mut [f64]) -> &'static str {
+        // values are nanoseconds per iteration; work per ns is G-units per second.
+        let (work, unit) = match *throughput {
+            Throughput::Elements(flops) => (flops as f64, "GFLOP/s"),
+            Throughput::Bytes(b) | Throughput::BytesDecimal(b) => (b as f64, "GB/s"),
+        };
+        values.iter_mut().for_each(|v| *v = work / *v);
+        unit
+    }
+
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
+
+impl Measurement for FlopClock {
+    type Intermediate = Instant;
+    type Value = Duration;
+    fn start(&self) -> Instant {
+        Instant::now()
+    }
+    fn end(&self, i: Instant) -> Duration {
+        i.elapsed()
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, v: &Duration) -> f64 {
+        v.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &FlopFormatter
+    }
+}
+
+fn sizes() -> Vec<(Sizes, &'static [&'static str])> {
+    const ALL: &[&str] = &FAMILIES;
+    const SHARED: &[&str] = &["gemm", "weighted_syrk", "sherman_morrison_sequence", "softmax_rows"];
+    if let Ok(list) = std::env::var("LAPLACE_BENCH_SIZES") {
+        return list
+            .split(';')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| (Sizes::parse(s).expect("LAPLACE_BENCH_SIZES: D,K,N,m;..."), ALL))
+            .collect();
+    }
+    let mut out = Vec::new();
+    for d in [384, 768, 1536] {
+        // Full kernels: K = 10, N = 10,000 (scaled down from 100,000), m = 100.
+        out.push((
+            Sizes {
+                d,
+                k: 10,
+                n: 10_000,
+                m: 100,
+            },
+            ALL,
+        ));
+        // Shared and per-sample kernels also at K = 100 and N = 100,000.
+        out.push((
+            Sizes {
+                d,
+                k: 100,
+                n: 100_000,
+                m: 100,
+            },
+            SHARED,
+        ));
+    }
+    out
+}
+
+fn bench_kernels<D: Device>(c: &mut Criterion<FlopClock>, device: &D) {
+    for (sizes, families) in sizes() {
+        let cases = kernel_cases::<D, f32>(device, sizes, families).expect("inputs fit");
+        for mut case in cases {
+            let mut group = c.benchmark_group(format!("{} [{}]", case.family, device.name()));
+            group
+                .sample_size(10)
+                .warm_up_time(Duration::from_millis(500))
+                .measurement_time(Duration::from_secs(3));
+            group.throughput(match case.work {
+                Work::Flops(f) => Throughput::Elements(f as u64),
+                Work::Bytes(b) => Throughput::Bytes(b as u64),
+            });
+            let name = format!("f32 {}", case.shape);
+            group.bench_function(name, |b| b.iter(|| case.run().expect("kernel runs")));
+            group.finish();
+        }
+    }
+}
+
+fn kernels(c: &mut Criterion<FlopClock>) {
+    let threads = std::env::var("LAPLACE_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let cpu = CpuDevice::new(threads).expect("cpu backend");
+    bench_kernels(c, &cpu);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().with_measurement(FlopClock);
+    targets = kernels
+}
+criterion_main!(benches);
