@@ -253,8 +253,9 @@ pub fn kernel_cases<'a, D: Device, T: Scalar>(
         cases.push(KernelCase {
             family: "sherman_morrison_sequence",
             shape: format!("D={d} K={k} m={m}"),
-            // Memory-bound: per sample Σ is read for Σφ and read and written by the rank-1 update.
-            work: Work::Bytes(mf * 3.0 * df * df * std::mem::size_of::<T>() as f64),
+            // The per-sample recursion's count: Σφ and the rank-1 update (4D²), logits and the
+            // mean step (4KD), whatever blocking the kernel uses.
+            work: Work::Flops(mf * (4.0 * df * df + 4.0 * kf * df)),
             run: Box::new(move || {
                 device.sherman_morrison_sequence(
                     &mut sigma_work,

@@ -826,64 +826,119 @@ impl Device for CpuDevice {
         if let Some(b) = bias {
             b.expect_shape("bias", 1, k)?;
         }
+        let par = self.par();
         self.run(|| {
             let mut used = vec![T::zero(); m];
+            // Blocks of samples: Σ_{j−1} = Σ₀ − Σ_{i<j} c_i u_i u_iᵀ and W_j = W₀ + Σ_{i<j} r_i v_iᵀ
+            // within a block, so Σ₀φ_j and W₀φ_j come from two GEMMs at the block's start, the
+            // per-sample corrections cost O(j·(D + K)), and Σ and W change once per block by a
+            // rank-B update. Exactly the sequential recursion, read from memory once per block.
+            const BLOCK: usize = 64;
             let mut p = vec![T::zero(); k];
-            // u = Σφ_j. The rank-1 pass over Σ for sample j also forms Σφ_{j+1} from the rows
-            // it has just updated, so each sample reads Σ once.
-            let mut u: Vec<T> = {
-                let (sig, x) = (sigma.buffer(), &phi.buffer()[..d.min(m * d)]);
-                (0..if m > 0 { d } else { 0 })
-                    .into_par_iter()
-                    .map(|i| dot(&sig[i * d..(i + 1) * d], x))
-                    .collect()
-            };
-            let mut u_next = vec![T::zero(); d];
-            for (j, used_j) in used.iter_mut().enumerate() {
-                let x = &phi.buffer()[j * d..(j + 1) * d];
-                let s = dot(x, &u);
-                let w = head.buffer();
-                for (c, pc) in p.iter_mut().enumerate() {
-                    *pc = dot(&w[c * d..(c + 1) * d], x) + bias.map_or(T::zero(), |b| b.buffer()[c]);
-                }
-                softmax_in_place(&mut p);
-                let mj = match weighting {
-                    OutputWeighting::Gaussian => T::one(),
-                    OutputWeighting::Categorical => {
-                        let pmax = p.iter().fold(T::zero(), |a, &b| a.max(b));
-                        pmax * (T::one() - pmax)
+            for start in (0..m).step_by(BLOCK) {
+                let b = BLOCK.min(m - start);
+                let xb = MatRef::from_row_major_slice(&phi.buffer()[start * d..(start + b) * d], b, d);
+                // Y = Φ_B Σ₀ (row j is (Σ₀φ_j)ᵀ, Σ symmetric) and F = Φ_B W₀ᵀ.
+                let mut y = zeroed(b * d);
+                matmul(
+                    MatMut::from_row_major_slice_mut(&mut y, b, d),
+                    Accum::Replace,
+                    xb,
+                    view(sigma),
+                    T::one(),
+                    par,
+                );
+                let mut f = zeroed(b * k);
+                matmul(
+                    MatMut::from_row_major_slice_mut(&mut f, b, k),
+                    Accum::Replace,
+                    xb,
+                    view(head).transpose(),
+                    T::one(),
+                    par,
+                );
+                // Per sample i of the block: u_i = Σ_{i−1}φ_i (rows of `y`, corrected in place),
+                // c_i = m_i/(1 + m_i s_i), 1/(1 + m_i s_i), and γ r_i = γ (t_i − p_i).
+                let mut c = vec![T::zero(); b];
+                let mut inv = vec![T::zero(); b];
+                let mut r = vec![T::zero(); b * k];
+                let mut proj = vec![T::zero(); b];
+                for jj in 0..b {
+                    let j = start + jj;
+                    let x = &phi.buffer()[j * d..(j + 1) * d];
+                    let (done, rest) = y.split_at_mut(jj * d);
+                    let u = &mut rest[..d];
+                    for i in 0..jj {
+                        proj[i] = dot(&done[i * d..(i + 1) * d], x);
                     }
-                };
-                let denom = T::one() + mj * s;
-                if denom.is_nan() || denom <= T::zero() || denom.is_infinite() {
-                    return Err(Error::NotPositiveDefinite { index: j });
-                }
-                *used_j = mj;
-                let coef = mj / denom;
-                let next_x = (j + 1 < m).then(|| &phi.buffer()[(j + 1) * d..(j + 2) * d]);
-                let u_ref = &u;
-                sigma
-                    .buffer_mut()
-                    .par_chunks_mut(d.max(1))
-                    .zip(u_next.par_iter_mut())
-                    .enumerate()
-                    .for_each(|(i, (row, next))| {
-                        for (sx, uj) in row.iter_mut().zip(u_ref) {
-                            *sx -= coef * (u_ref[i] * *uj);
+                    for i in 0..jj {
+                        let coef = c[i] * proj[i];
+                        u.iter_mut()
+                            .zip(&done[i * d..(i + 1) * d])
+                            .for_each(|(a, ui)| *a -= coef * *ui);
+                    }
+                    let s = dot(x, u);
+                    for (cc, pc) in p.iter_mut().enumerate() {
+                        let correction = (0..jj).fold(T::zero(), |acc, i| acc + r[i * k + cc] * proj[i] * inv[i]);
+                        *pc = f[jj * k + cc] + correction + bias.map_or(T::zero(), |bv| bv.buffer()[cc]);
+                    }
+                    softmax_in_place(&mut p);
+                    let mj = match weighting {
+                        OutputWeighting::Gaussian => T::one(),
+                        OutputWeighting::Categorical => {
+                            let pmax = p.iter().fold(T::zero(), |a, &b| a.max(b));
+                            pmax * (T::one() - pmax)
                         }
-                        if let Some(nx) = next_x {
-                            *next = dot(row, nx);
-                        }
-                    });
-                let t = &targets.buffer()[j * k..(j + 1) * k];
-                let w = head.buffer_mut();
-                for c in 0..k {
-                    let r = gamma * (t[c] - p[c]) / denom;
-                    for (wx, ux) in w[c * d..(c + 1) * d].iter_mut().zip(&u) {
-                        *wx += r * *ux;
+                    };
+                    let denom = T::one() + mj * s;
+                    if denom.is_nan() || denom <= T::zero() || denom.is_infinite() {
+                        return Err(Error::NotPositiveDefinite { index: j });
+                    }
+                    used[j] = mj;
+                    c[jj] = mj / denom;
+                    inv[jj] = T::one() / denom;
+                    let t = &targets.buffer()[j * k..(j + 1) * k];
+                    for cc in 0..k {
+                        r[jj * k + cc] = gamma * (t[cc] - p[cc]);
                     }
                 }
-                std::mem::swap(&mut u, &mut u_next);
+                // Σ ← Σ − Uᵀ diag(c) U, written as Σ − (diag(√c)U)ᵀ(diag(√c)U) on the lower
+                // triangle and mirrored, so that Σ stays exactly symmetric.
+                let scaled: Vec<T> = y
+                    .chunks(d)
+                    .zip(&c)
+                    .flat_map(|(row, &ci)| {
+                        let sc = ci.sqrt();
+                        row.iter().map(move |v| *v * sc)
+                    })
+                    .collect();
+                let su = MatRef::from_row_major_slice(&scaled, b, d);
+                triangular::matmul(
+                    view_mut(sigma),
+                    BlockStructure::TriangularLower,
+                    Accum::Add,
+                    su.transpose(),
+                    BlockStructure::Rectangular,
+                    su,
+                    BlockStructure::Rectangular,
+                    -T::one(),
+                    par,
+                );
+                fill_triangle(sigma.buffer_mut(), d, Fill::LowerToUpper);
+                // W ← W + Σ_i γ r_i v_iᵀ with v_i = u_i / (1 + m_i s_i).
+                let v: Vec<T> = y
+                    .chunks(d)
+                    .zip(&inv)
+                    .flat_map(|(row, &w)| row.iter().map(move |x| *x * w))
+                    .collect();
+                matmul(
+                    view_mut(head),
+                    Accum::Add,
+                    MatRef::from_row_major_slice(&r, b, k).transpose(),
+                    MatRef::from_row_major_slice(&v, b, d),
+                    T::one(),
+                    par,
+                );
             }
             Ok(Matrix::from_parts(used, m, 1))
         })
