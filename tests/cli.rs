@@ -523,3 +523,23 @@ fn active_learning_simulation_writes_curves_and_auc() {
     fails(&format!("al --strategies nonsense --out-dir {}", dir.display()));
     fails(&format!("al --cycles 1000 --out-dir {}", dir.display()));
 }
+
+/// `profile` at tiny sizes: every kernel family, its unit, and the CSV.
+#[test]
+fn profile_reports_every_kernel() {
+    let dir = temp_dir("profile");
+    let csv = dir.join("profile.csv");
+    let out = ok(&format!(
+        "profile --sizes 16,3,50,4 --peak-size 64 --repeats 1 --csv {}",
+        csv.display()
+    ));
+    assert!(out.contains("peak:") && out.contains("measured"), "{out}");
+    for family in laplace_update::profile::FAMILIES {
+        assert!(out.contains(family), "{family} missing: {out}");
+    }
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.lines().count(), 1 + laplace_update::profile::FAMILIES.len());
+    assert!(text.contains("GFLOP/s") && text.contains("GB/s"));
+    fails("profile --sizes 16,1,50,4");
+    fails("profile --kernels nonsense");
+}

@@ -88,7 +88,7 @@ fn profile_as<T: Scalar>(device: &impl Device, sizes: Sizes, args: &ProfileArgs)
         let mut text = String::from("kernel,shape,time_ms,throughput,unit,fraction_of_peak\n");
         for (family, shape, ms, rate, unit, fraction) in &rows {
             text.push_str(&format!(
-                "{family},{shape},{ms:.4},{rate:.3},{unit},{}\n",
+                "{family},\"{shape}\",{ms:.4},{rate:.3},{unit},{}\n",
                 fraction.map_or(String::new(), |f| format!("{f:.4}"))
             ));
         }
