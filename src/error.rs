@@ -55,6 +55,15 @@ pub enum Error {
         /// Index of the first failing pivot.
         index: usize,
     },
+    /// The precision is positive definite but too close to singular for the element type: the
+    /// computed Σ = Π⁻¹ misses the identity `ΠΣ = I` by more than [`ILL_CONDITIONED_DRIFT`].
+    #[error(
+        "precision is too ill-conditioned for this element type: |ΠΣ − I| reaches {drift:.3e}; raise the prior precision or use f64"
+    )]
+    IllConditioned {
+        /// The estimated `max |ΠΣ − I|`.
+        drift: f64,
+    },
     /// A backend cannot be started on this machine.
     #[error("backend `{backend}` is unavailable: {reason}")]
     BackendUnavailable {
@@ -110,3 +119,7 @@ impl Error {
         }
     }
 }
+
+/// The drift `max |ΠΣ − I|` above which a freshly inverted precision is rejected as
+/// [`Error::IllConditioned`] rather than returned as a covariance.
+pub const ILL_CONDITIONED_DRIFT: f64 = 0.05;

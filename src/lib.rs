@@ -52,7 +52,7 @@ pub use error::{Error, Result};
 pub use host::{HostMatrix, Label, Targets};
 pub use posterior::{
     BiasMode, Curvature, CurvatureAccumulator, FitConfig, HeadConfig, HeadFit, HeadSolver, Likelihood, Link, Posterior,
-    Prediction, PriorShape, Structure, UnlearnConfig, UpdateConfig, UpdateRule, fit_head,
+    Prediction, PriorShape, RefreshPolicy, Structure, UnlearnConfig, UpdateConfig, UpdateRule, fit_head,
 };
 pub use scalar::{DType, Scalar};
 

@@ -4,6 +4,7 @@
 //! or [`Error::Io`]; none panics on malformed input.
 
 mod array;
+pub mod fuzz;
 mod npy;
 mod posterior_file;
 mod safetensors_array;

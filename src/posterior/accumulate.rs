@@ -233,6 +233,7 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
                 let mut precision = sum;
                 device.add_diagonal(&mut precision, tau)?;
                 let covariance = device.spd_inverse(&precision)?;
+                super::model::check_inverse(device, &precision, &covariance)?;
                 match &self.basis {
                     Some((_, r)) => {
                         out.moments.precision = device.kron_congruence(&precision, r, tau)?;

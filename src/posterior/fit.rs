@@ -99,6 +99,8 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 kron: None,
             },
             samples_seen: 0,
+            refresh_policy: Some(super::RefreshPolicy::default()),
+            since_check: 0,
         })
     }
 }

@@ -21,6 +21,7 @@ pub(crate) use accumulate::RawAccumulator;
 pub use evidence::PriorShape;
 pub use head::{HeadConfig, HeadFit, HeadSolver, fit_head};
 pub use predict::{Link, Prediction};
+
 pub use unlearn::UnlearnConfig;
 pub use update::{UpdateConfig, UpdateRule};
 
@@ -202,6 +203,38 @@ pub struct Posterior<D: Device, T: Scalar> {
     fixed_bias: Option<Matrix<D, T>>,
     moments: Moments<D, T>,
     samples_seen: usize,
+    /// Automatic drift checks after updates; `None` turns them off.
+    refresh_policy: Option<RefreshPolicy>,
+    /// Samples folded in by updates since the last drift check.
+    since_check: usize,
+}
+
+/// When [`Posterior::update`] checks the drift of Σ against Π and refreshes Σ from Π.
+///
+/// After every `every` updated samples, the drift is estimated on `probes` seeded columns,
+/// `max |(ΠΣ − I)[:, j]|` (two n × probes products), and Σ is recomputed from Π when it exceeds
+/// `threshold`. So at every check the drift is at most `threshold`; between checks it grows by
+/// what `every` updates add. The check costs about `4 n² · probes` flops (n the side of Σ), the
+/// refresh one Cholesky inverse; a refresh that fails leaves the (successful) update as it is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RefreshPolicy {
+    /// Updated samples between checks (≥ 1).
+    pub every: usize,
+    /// Largest drift left in place.
+    pub threshold: f64,
+    /// Columns of ΠΣ − I examined per check (≥ 1).
+    pub probes: usize,
+}
+
+impl Default for RefreshPolicy {
+    /// Every 1,000 samples, threshold 1e-4, 8 probe columns.
+    fn default() -> Self {
+        RefreshPolicy {
+            every: 1000,
+            threshold: 1e-4,
+            probes: 8,
+        }
+    }
 }
 
 impl<D: Device, T: Scalar> Posterior<D, T> {
@@ -362,6 +395,8 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             fixed_bias: self.fixed_bias.as_ref().map(|b| self.device.copy(b)).transpose()?,
             moments: self.moments.copy(&self.device)?,
             samples_seen: self.samples_seen,
+            refresh_policy: self.refresh_policy,
+            since_check: self.since_check,
         })
     }
 
@@ -386,6 +421,70 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         device.gemm(&mut product, T::zero(), prec, Op::N, cov, Op::N, T::one())?;
         device.add_diagonal(&mut product, -T::one())?;
         device.max_abs(&product)
+    }
+
+    /// The automatic drift check of [`Posterior::update`] (on by default).
+    pub fn refresh_policy(&self) -> Option<RefreshPolicy> {
+        self.refresh_policy
+    }
+
+    /// Sets (or, with `None`, turns off) the automatic drift check.
+    ///
+    /// Errors: `InvalidArgument` for `every` or `probes` of 0, or a threshold that is not
+    /// finite and positive.
+    pub fn set_refresh_policy(&mut self, policy: Option<RefreshPolicy>) -> Result<()> {
+        if let Some(p) = policy {
+            if p.every == 0 || p.probes == 0 {
+                return Err(Error::invalid(
+                    "refresh_policy",
+                    "`every` and `probes` must be at least 1",
+                ));
+            }
+            positive::<f64>("threshold", p.threshold)?;
+        }
+        self.refresh_policy = policy;
+        self.since_check = 0;
+        Ok(())
+    }
+
+    /// `max_j |(ΠΣ − I)[:, j]|` over `probes` columns j drawn from `seed`: a lower bound of
+    /// [`Posterior::drift`] at O(n² · probes) cost.
+    pub fn drift_estimate(&self, probes: usize, seed: u64) -> Result<T> {
+        let (prec, cov) = (&self.moments.precision, &self.moments.covariance);
+        if self.moments.kron.is_some() || self.structure == Structure::Diag {
+            return self.drift();
+        }
+        let device = &self.device;
+        let n = prec.rows();
+        let mut rng = crate::random::SplitMix64::new(seed);
+        let count = probes.clamp(1, n.max(1));
+        let mut e = vec![T::zero(); n * count];
+        for c in 0..count {
+            e[(rng.next_u64() % n as u64) as usize * count + c] = T::one();
+        }
+        let e = device.upload(&e, n, count)?;
+        use crate::device::Op;
+        let mut x = device.zeros(n, count)?;
+        device.gemm(&mut x, T::zero(), cov, Op::N, &e, Op::N, T::one())?;
+        let mut y = device.copy(&e)?;
+        device.gemm(&mut y, -T::one(), prec, Op::N, &x, Op::N, T::one())?;
+        device.max_abs(&y)
+    }
+
+    /// Runs the refresh policy after `m` updated samples.
+    pub(crate) fn after_update(&mut self, m: usize) {
+        let Some(policy) = self.refresh_policy else { return };
+        self.since_check += m;
+        if self.since_check < policy.every {
+            return;
+        }
+        self.since_check = 0;
+        let seed = self.samples_seen as u64;
+        if let Ok(drift) = self.drift_estimate(policy.probes, seed) {
+            if drift.is_nan() || drift.as_f64() > policy.threshold {
+                let _ = self.refresh();
+            }
+        }
     }
 
     /// Recomputes `Σ = Π⁻¹` from the precision (Cholesky, or the reciprocals of the
@@ -590,6 +689,8 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 kron,
             },
             samples_seen,
+            refresh_policy: Some(RefreshPolicy::default()),
+            since_check: 0,
         })
     }
 }

@@ -402,7 +402,11 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
     /// (Diag, Kron), `NotPositiveDefinite` at the first value that is not positive.
     pub fn covariance_of(&self, precision: &Matrix<D, T>) -> Result<Matrix<D, T>> {
         match self.structure {
-            Structure::Full | Structure::Shared(_) => self.device.spd_inverse(precision),
+            Structure::Full | Structure::Shared(_) => {
+                let covariance = self.device.spd_inverse(precision)?;
+                check_inverse(self.device, precision, &covariance)?;
+                Ok(covariance)
+            }
             Structure::Diag | Structure::Kron => {
                 let mut values = self.device.download(precision)?;
                 for (index, v) in values.iter_mut().enumerate() {
@@ -632,6 +636,35 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
             }
         }
     }
+}
+
+/// Rejects an inverse whose `max |(ΠΣ − I)[:, j]|` over 8 fixed probe columns exceeds
+/// [`ILL_CONDITIONED_DRIFT`](crate::error::ILL_CONDITIONED_DRIFT): a Cholesky that succeeded on a
+/// nearly singular matrix.
+pub(crate) fn check_inverse<D: Device, T: Scalar>(
+    device: &D,
+    precision: &Matrix<D, T>,
+    covariance: &Matrix<D, T>,
+) -> Result<()> {
+    let n = precision.rows();
+    if n == 0 {
+        return Ok(());
+    }
+    let probes = 8.min(n);
+    let mut e = vec![T::zero(); n * probes];
+    for c in 0..probes {
+        e[(c * n / probes) * probes + c] = T::one();
+    }
+    let e = device.upload(&e, n, probes)?;
+    let mut x = device.zeros(n, probes)?;
+    device.gemm(&mut x, T::zero(), covariance, Op::N, &e, Op::N, T::one())?;
+    let mut y = device.copy(&e)?;
+    device.gemm(&mut y, -T::one(), precision, Op::N, &x, Op::N, T::one())?;
+    let drift = device.max_abs(&y)?.as_f64();
+    if drift.is_nan() || drift > crate::error::ILL_CONDITIONED_DRIFT {
+        return Err(Error::IllConditioned { drift });
+    }
+    Ok(())
 }
 
 /// Eigendecomposition of a symmetric n × n matrix (row-major, in f64 on the host): ascending

@@ -50,7 +50,8 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// `Π' = Π + Σ_j H_j`, and `w' = ŵ + γ Σ' Σ_j g_j` with the log-likelihood gradient
     /// `g_j = (e_{y_j} − p_j) ⊗ φ_j` (or `(y_j − f_j)/σ² ⊗ φ_j` for regression).
     ///
-    /// The update is a transaction: on any error the posterior is exactly as before.
+    /// The update is a transaction: on any error the posterior is exactly as before. After it,
+    /// the [`RefreshPolicy`](super::RefreshPolicy) may recompute Σ from Π to bound drift.
     ///
     /// Errors: `EmptyBatch`, `ShapeMismatch`, `NonFinite`, `LabelOutOfRange`, `InvalidArgument`
     /// (γ not finite, `iterations == 0`, targets of the wrong kind), `NotPositiveDefinite`.
@@ -117,6 +118,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             }
         }
         self.samples_seen += m;
+        self.after_update(m);
         Ok(())
     }
 }

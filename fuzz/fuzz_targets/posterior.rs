@@ -1,0 +1,7 @@
+//! The posterior and accumulator loaders on arbitrary bytes.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    laplace_update::io::fuzz::posterior(data);
+});
