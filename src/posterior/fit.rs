@@ -101,6 +101,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             samples_seen: 0,
             refresh_policy: Some(super::RefreshPolicy::default()),
             since_check: 0,
+            drift_floor: 0.0,
         })
     }
 }

@@ -207,6 +207,8 @@ pub struct Posterior<D: Device, T: Scalar> {
     refresh_policy: Option<RefreshPolicy>,
     /// Samples folded in by updates since the last drift check.
     since_check: usize,
+    /// The drift a policy refresh last achieved: the floor this precision and element type allow.
+    drift_floor: f64,
 }
 
 /// When [`Posterior::update`] checks the drift of Σ against Π and refreshes Σ from Π.
@@ -214,8 +216,10 @@ pub struct Posterior<D: Device, T: Scalar> {
 /// After every `every` updated samples, the drift is estimated on `probes` seeded columns,
 /// `max |(ΠΣ − I)[:, j]|` (two n × probes products), and Σ is recomputed from Π when it exceeds
 /// `threshold`. So at every check the drift is at most `threshold`; between checks it grows by
-/// what `every` updates add. The check costs about `4 n² · probes` flops (n the side of Σ), the
-/// refresh one Cholesky inverse; a refresh that fails leaves the (successful) update as it is.
+/// what `every` updates add, unless the element type cannot do better: after a refresh that
+/// leaves the drift at `f`, the next refresh waits for `2f`. The check costs about
+/// `4 n² · probes` flops (n the side of Σ), the refresh one Cholesky inverse; a refresh that
+/// fails leaves the (successful) update as it is.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RefreshPolicy {
     /// Updated samples between checks (≥ 1).
@@ -397,6 +401,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             samples_seen: self.samples_seen,
             refresh_policy: self.refresh_policy,
             since_check: self.since_check,
+            drift_floor: self.drift_floor,
         })
     }
 
@@ -480,10 +485,16 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         }
         self.since_check = 0;
         let seed = self.samples_seen as u64;
-        if let Ok(drift) = self.drift_estimate(policy.probes, seed) {
-            if drift.is_nan() || drift.as_f64() > policy.threshold {
-                let _ = self.refresh();
-            }
+        let Ok(drift) = self.drift_estimate(policy.probes, seed) else {
+            return;
+        };
+        let drift = drift.as_f64();
+        // Refresh above the threshold, unless the last refresh could do no better: an f32
+        // inverse of a badly conditioned precision has a floor, and refreshing down to it
+        // again would cost a Cholesky inverse every check for nothing.
+        let due = drift.is_nan() || (drift > policy.threshold && drift > 2.0 * self.drift_floor);
+        if due && self.refresh().is_ok() {
+            self.drift_floor = self.drift_estimate(policy.probes, seed).map_or(0.0, |d| d.as_f64());
         }
     }
 
@@ -691,6 +702,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             samples_seen,
             refresh_policy: Some(RefreshPolicy::default()),
             since_check: 0,
+            drift_floor: 0.0,
         })
     }
 }
