@@ -461,11 +461,24 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
         sign: Sign,
         tau: T,
     ) -> Result<CovarianceStep<D, T>> {
+        self.scaled_covariance_step(moments, phi, term, sign, tau, T::one())
+    }
+
+    /// [`Model::covariance_step`] for `scale` times the term's curvature (scale > 0).
+    pub fn scaled_covariance_step(
+        &self,
+        moments: &Moments<D, T>,
+        phi: &Matrix<D, T>,
+        term: &CurvatureTerm<D, T>,
+        sign: Sign,
+        tau: T,
+        scale: T,
+    ) -> Result<CovarianceStep<D, T>> {
         let device = self.device;
-        let alpha = if sign == Sign::Minus { T::one() } else { -T::one() };
+        let alpha = if sign == Sign::Minus { scale } else { -scale };
         match self.structure {
             Structure::Full | Structure::Shared(_) if 2 * self.rank(term, phi) < moments.covariance.rows() => {
-                let (u, c_chol) = self.woodbury_factor(&moments.covariance, phi, term, sign)?;
+                let (u, c_chol) = self.woodbury_factor(&moments.covariance, phi, term, sign, scale)?;
                 Ok(CovarianceStep::Woodbury { u, c_chol })
             }
             Structure::Kron => {
@@ -557,14 +570,16 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
         })
     }
 
-    /// `(U, L)` with `U = ΣB` and `L = chol(I ± BᵀΣB)` for the term's factor B: `+` for an
-    /// update (`Sign::Minus` in Σ' = Σ − U C⁻¹ Uᵀ), `−` for a downdate (`Sign::Plus`).
+    /// `(U, L)` with `U = ΣB` and `L = chol(I/s ± BᵀΣB)` for the term's factor B and the
+    /// curvature's scale s: `+` for an update (`Sign::Minus` in Σ' = Σ − U C⁻¹ Uᵀ), `−` for a
+    /// downdate (`Sign::Plus`).
     pub fn woodbury_factor(
         &self,
         covariance: &Matrix<D, T>,
         phi: &Matrix<D, T>,
         term: &CurvatureTerm<D, T>,
         sign: Sign,
+        scale: T,
     ) -> Result<(Matrix<D, T>, Matrix<D, T>)> {
         let device = self.device;
         let (u, g) = match term {
@@ -588,7 +603,7 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
             _ => return Err(Error::invalid("structure", "no Woodbury factor for Diag or Kron")),
         };
         let mut c = device.zeros(g.rows(), g.cols())?;
-        device.add_diagonal(&mut c, T::one())?;
+        device.add_diagonal(&mut c, T::one() / scale)?;
         device.axpy(&mut c, if sign == Sign::Minus { T::one() } else { -T::one() }, &g)?;
         device.cholesky(&mut c)?;
         Ok((u, c))

@@ -1,6 +1,7 @@
 //! [`Posterior::unlearn`]: remove samples that a Joint update added.
 
-use super::Posterior;
+use super::model::Model;
+use super::{Curvature, Posterior, Structure};
 use crate::device::{Device, Sign};
 use crate::error::{Error, Result};
 use crate::host::{HostMatrix, Targets};
@@ -35,9 +36,11 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// The head ŵ the update started from solves `w' = ŵ + γ Σ' g(ŵ)`, with Σ' the current
     /// covariance and `g(w) = Σ_j (e_{y_j} − p_j(w)) ⊗ φ_j`; it is found by the fixed-point
     /// iteration `w ← w' − γ Σ' g(w)`, which contracts when `γ ‖Σ' G‖ < 1` for the curvature
-    /// G of the removed samples: always for the GGN (Σ' is the inverse of a precision that
-    /// contains G), not necessarily for the Fisher variants, where a non-contracting recovery is
-    /// an `InvalidArgument` error. With B evaluated at ŵ, the covariance is downdated by
+    /// G of the removed samples: for the GGN (Σ' is the inverse of a precision that contains G),
+    /// not necessarily for the Fisher variants. When it has not converged after 100 iterations,
+    /// Newton's method on `F(w) = w + γ Σ' g(w) − w'` takes over (all structures but Kron):
+    /// `w ← w − (Π' − γ G(w))⁻¹ Π' F(w)`, G the GGN in the posterior's structure. A recovery
+    /// that converges neither way is an `InvalidArgument` error. With B evaluated at ŵ, the covariance is downdated by
     /// `Σ = Σ' + Σ'B (I − BᵀΣ'B)⁻¹ BᵀΣ'`, the precision loses `Σ_j H_j(ŵ)`, and the mean becomes ŵ.
     ///
     /// Errors: the input errors of [`Posterior::update`]; `Unsupported` for γ > 1 (the map
@@ -93,13 +96,14 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let device = model.device;
 
         let tolerance = config.tolerance.max(8.0 * T::EPS.as_f64());
-        // Fixed point w ← w' − γ Σ' g(w), from w = w'.
+        let kron = moments.kron.as_ref();
+        // Fixed point w ← w' − γ Σ' g(w), from w = w': cheap, and contracting for the GGN.
         let mut head = device.copy(&moments.head)?;
         let mut converged = false;
-        for _ in 0..config.max_iterations {
+        for _ in 0..config.max_iterations.min(FIXED_POINT_ITERATIONS) {
             let (_, grad) = model.evaluate(&batch, &head)?;
             let mut next = device.copy(&moments.head)?;
-            model.apply(&moments.covariance, moments.kron.as_ref(), &grad, &mut next, -gamma)?;
+            model.apply(&moments.covariance, kron, &grad, &mut next, -gamma)?;
             let mut change = device.copy(&next)?;
             device.axpy(&mut change, -T::one(), &head)?;
             let (moved, size) = (device.max_abs(&change)?, device.max_abs(&next)?);
@@ -110,6 +114,35 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             if moved.as_f64() <= tolerance * size.as_f64().max(1.0) {
                 converged = true;
                 break;
+            }
+        }
+        if !converged && newton_applies(model.structure) {
+            // Newton on F(w) = w + γ Σ' g(w) − w': F'(w) = I − γ Σ' G(w) with G the GGN of the
+            // removed samples, so w ← w − (Π' − γ G(w))⁻¹ Π' F(w), from w = w' again.
+            let newton = Model {
+                curvature: Curvature::Ggn,
+                ..model
+            };
+            head = device.copy(&moments.head)?;
+            for _ in 0..config.max_iterations {
+                let (outputs, grad) = model.evaluate(&batch, &head)?;
+                let mut residual = device.copy(&head)?;
+                model.apply(&moments.covariance, kron, &grad, &mut residual, gamma)?;
+                device.axpy(&mut residual, -T::one(), &moments.head)?;
+                let (size, norm) = (device.max_abs(&residual)?, device.max_abs(&head)?);
+                if !size.is_finite() {
+                    break;
+                }
+                if size.as_f64() <= tolerance * norm.as_f64().max(1.0) {
+                    converged = true;
+                    break;
+                }
+                let mut rhs = device.zeros(residual.rows(), residual.cols())?;
+                model.apply(&moments.precision, kron, &residual, &mut rhs, T::one())?;
+                let term = newton.curvature_term(&batch, &outputs, None)?;
+                let step = newton.scaled_covariance_step(moments, &batch.phi, &term, Sign::Plus, tau, gamma)?;
+                let jacobian = newton.stepped_covariance(moments, step, Sign::Plus)?;
+                newton.apply(&jacobian.covariance, jacobian.kron.as_ref(), &rhs, &mut head, -T::one())?;
             }
         }
         if !converged {
@@ -130,4 +163,13 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         self.samples_seen -= m;
         Ok(())
     }
+}
+
+/// Fixed-point iterations tried before Newton's method takes over.
+const FIXED_POINT_ITERATIONS: usize = 100;
+
+/// Whether the Newton recovery applies: Kron refactors its sums, so a scaled removal of the
+/// curvature is not an operation it has.
+fn newton_applies(structure: Structure) -> bool {
+    structure != Structure::Kron
 }
