@@ -163,12 +163,7 @@ impl Strategy {
         } else if pool.labeled.cols() != post.features() && !pool.labeled.data().is_empty() {
             return Err(Error::shape("labeled", (0, post.features()), (0, pool.labeled.cols())));
         }
-        if batch == 0 || batch > n {
-            return Err(Error::invalid(
-                "batch",
-                format!("must be in 1..={n} (the pool size), got {batch}"),
-            ));
-        }
+        check_batch_size(batch, n)?;
         let mut rng = SplitMix64::new(seed);
         match *self {
             Strategy::Random => {
@@ -189,6 +184,17 @@ impl Strategy {
             _ => unreachable!("every strategy is handled"),
         }
     }
+}
+
+/// `InvalidArgument` unless `1 ≤ batch ≤ pool`.
+pub(crate) fn check_batch_size(batch: usize, pool: usize) -> Result<()> {
+    if batch == 0 || batch > pool {
+        return Err(Error::invalid(
+            "batch",
+            format!("must be in 1..={pool} (the pool size), got {batch}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Indices of the `count` largest scores, ties to the lower index.

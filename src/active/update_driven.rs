@@ -1,7 +1,7 @@
 //! Update-driven batch selection, the seed paper's contribution: pick one candidate, fold it
 //! into a copy of the posterior, rescore, repeat.
 
-use super::strategy::{Pool, Strategy};
+use super::strategy::{Pool, Strategy, check_batch_size};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::host::HostMatrix;
@@ -53,12 +53,7 @@ impl UpdateDriven<'_> {
                 return Err(Error::shape("labels", (n, 1), (labels.len(), 1)));
             }
         }
-        if batch == 0 || batch > n {
-            return Err(Error::invalid(
-                "batch",
-                format!("must be in 1..={n} (the pool size), got {batch}"),
-            ));
-        }
+        check_batch_size(batch, n)?;
         let mut work: Option<Posterior<D, T>> = None;
         let mut remaining: Vec<usize> = (0..n).collect();
         let mut chosen = Vec::with_capacity(batch);

@@ -507,25 +507,31 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
 
     /// What the per-structure operations read of the posterior.
     pub(crate) fn model(&self) -> model::Model<'_, D, T> {
-        model::Model {
-            device: &self.device,
-            structure: self.structure,
-            likelihood: self.likelihood,
-            curvature: self.curvature,
-            fixed_bias: self.fixed_bias.as_ref(),
-        }
+        Self::model_of(&self.device, self.settings(), self.fixed_bias.as_ref())
     }
 
     /// [`Posterior::model`] beside the moments, mutably.
     pub(crate) fn split(&mut self) -> (model::Model<'_, D, T>, &mut Moments<D, T>) {
-        let model = model::Model {
-            device: &self.device,
-            structure: self.structure,
-            likelihood: self.likelihood,
-            curvature: self.curvature,
-            fixed_bias: self.fixed_bias.as_ref(),
-        };
+        let model = Self::model_of(&self.device, self.settings(), self.fixed_bias.as_ref());
         (model, &mut self.moments)
+    }
+
+    fn settings(&self) -> (Structure, Likelihood, Curvature) {
+        (self.structure, self.likelihood, self.curvature)
+    }
+
+    fn model_of<'a>(
+        device: &'a D,
+        (structure, likelihood, curvature): (Structure, Likelihood, Curvature),
+        fixed_bias: Option<&'a Matrix<D, T>>,
+    ) -> model::Model<'a, D, T> {
+        model::Model {
+            device,
+            structure,
+            likelihood,
+            curvature,
+            fixed_bias,
+        }
     }
 }
 

@@ -451,21 +451,10 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
     }
 
     /// The covariance after adding (`Sign::Minus`, an update) or removing (`Sign::Plus`, a
-    /// downdate) the term's curvature. Dense structures take Woodbury factors while the
-    /// rank r is below half the side n of Σ (cost ≈ 2n²r + r³/3), else refactor (≈ n³).
+    /// downdate) `scale` (> 0) times the term's curvature. Dense structures take Woodbury
+    /// factors while the rank r is below half the side n of Σ (cost ≈ 2n²r + r³/3), else
+    /// refactor (≈ n³).
     pub fn covariance_step(
-        &self,
-        moments: &Moments<D, T>,
-        phi: &Matrix<D, T>,
-        term: &CurvatureTerm<D, T>,
-        sign: Sign,
-        tau: T,
-    ) -> Result<CovarianceStep<D, T>> {
-        self.scaled_covariance_step(moments, phi, term, sign, tau, T::one())
-    }
-
-    /// [`Model::covariance_step`] for `scale` times the term's curvature (scale > 0).
-    pub fn scaled_covariance_step(
         &self,
         moments: &Moments<D, T>,
         phi: &Matrix<D, T>,

@@ -140,7 +140,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 let mut rhs = device.zeros(residual.rows(), residual.cols())?;
                 model.apply(&moments.precision, kron, &residual, &mut rhs, T::one())?;
                 let term = newton.curvature_term(&batch, &outputs, None)?;
-                let step = newton.scaled_covariance_step(moments, &batch.phi, &term, Sign::Plus, tau, gamma)?;
+                let step = newton.covariance_step(moments, &batch.phi, &term, Sign::Plus, tau, gamma)?;
                 let jacobian = newton.stepped_covariance(moments, step, Sign::Plus)?;
                 newton.apply(&jacobian.covariance, jacobian.kron.as_ref(), &rhs, &mut head, -T::one())?;
             }
@@ -156,7 +156,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         }
         let (outputs, _) = model.evaluate(&batch, &head)?;
         let term = model.curvature_term(&batch, &outputs, None)?;
-        let step = model.covariance_step(moments, &batch.phi, &term, Sign::Plus, tau)?;
+        let step = model.covariance_step(moments, &batch.phi, &term, Sign::Plus, tau, T::one())?;
         // Commit: only device faults can fail from here.
         model.commit(moments, step, &batch.phi, &term, Sign::Plus)?;
         moments.head = head;

@@ -142,7 +142,7 @@ fn newton<D: Device, T: Scalar>(
         // Gradient of the log-likelihood, K × D_aug, plus −Π(w_t − ŵ) after the first step.
         let (outputs, mut grad) = model.evaluate(batch, head)?;
         let term = model.curvature_term(batch, &outputs, None)?;
-        let step = model.covariance_step(moments, &batch.phi, &term, Sign::Minus, tau)?;
+        let step = model.covariance_step(moments, &batch.phi, &term, Sign::Minus, tau, T::one())?;
         if let Some(w_t) = &iterate {
             let mut diff = device.copy(w_t)?;
             device.axpy(&mut diff, -T::one(), &moments.head)?;

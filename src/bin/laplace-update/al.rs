@@ -15,7 +15,8 @@ use laplace_update::{
 };
 use plotters::prelude::*;
 
-use super::digits::{CLASSES, FEATURES, FONT, load_digits, random_fourier_features};
+use super::digits::{CLASSES, FEATURES, load_digits, random_fourier_features};
+use super::figure;
 use super::{DeviceArg, select_device};
 
 #[derive(Args)]
@@ -376,13 +377,6 @@ fn print_auc(table: &[Auc], seeds: usize) {
     println!();
 }
 
-fn io_error(path: &Path, e: impl ToString) -> Error {
-    Error::Io {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    }
-}
-
 fn write_csv(path: &Path, names: &[String], points: &[Point]) -> Result<()> {
     let mut text = String::from("strategy,seed,labels,accuracy,nll\n");
     for p in points {
@@ -391,7 +385,7 @@ fn write_csv(path: &Path, names: &[String], points: &[Point]) -> Result<()> {
             names[p.strategy], p.seed, p.labels, p.accuracy, p.nll
         ));
     }
-    std::fs::write(path, text).map_err(|e| io_error(path, e))
+    std::fs::write(path, text).map_err(|e| figure::failure(path, e))
 }
 
 fn write_auc(path: &Path, table: &[Auc]) -> Result<()> {
@@ -402,16 +396,12 @@ fn write_auc(path: &Path, table: &[Auc]) -> Result<()> {
             r.name, r.accuracy.0, r.accuracy.1, r.nll.0, r.nll.1
         ));
     }
-    std::fs::write(path, text).map_err(|e| io_error(path, e))
+    std::fs::write(path, text).map_err(|e| figure::failure(path, e))
 }
 
 /// Accuracy and NLL against labels: per strategy the mean over seeds, with a ± std band.
 fn plot(path: &Path, names: &[String], points: &[Point]) -> Result<()> {
-    let fail = |e: String| io_error(path, e);
-    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
-    let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
-    let panels = root.split_evenly((1, 2));
+    let (root, panels) = figure::two_panels(path)?;
     let mut labels: Vec<usize> = points.iter().map(|p| p.labels).collect();
     labels.sort_unstable();
     labels.dedup();
@@ -435,26 +425,13 @@ fn plot(path: &Path, names: &[String], points: &[Point]) -> Result<()> {
                     .collect()
             })
             .collect();
-        let (lo, hi) = curves
+        let span = curves
             .iter()
             .flatten()
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (_, m, sd)| {
                 (a.min(m - sd), b.max(m + sd))
             });
-        let pad = ((hi - lo) * 0.05).max(1e-3);
-        let mut chart = ChartBuilder::on(panel)
-            .caption(title, ("sans-serif", 24))
-            .margin(16)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x_range.clone(), (lo - pad)..(hi + pad))
-            .map_err(|e| fail(e.to_string()))?;
-        chart
-            .configure_mesh()
-            .x_desc("labels")
-            .label_style(("sans-serif", 14))
-            .draw()
-            .map_err(|e| fail(e.to_string()))?;
+        let mut chart = figure::chart(panel, path, title, "labels", x_range.clone(), span, 0.05)?;
         for (s, curve) in curves.iter().enumerate() {
             let color = Palette99::pick(s).to_rgba();
             let band: Vec<(f64, f64)> = curve
@@ -464,23 +441,17 @@ fn plot(path: &Path, names: &[String], points: &[Point]) -> Result<()> {
                 .collect();
             chart
                 .draw_series(std::iter::once(Polygon::new(band, color.mix(0.15).filled())))
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| figure::failure(path, e))?;
             chart
                 .draw_series(LineSeries::new(
                     curve.iter().map(|(x, m, _)| (*x, *m)),
                     color.stroke_width(2),
                 ))
-                .map_err(|e| fail(e.to_string()))?
+                .map_err(|e| figure::failure(path, e))?
                 .label(names[s].as_str())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 14))
-            .draw()
-            .map_err(|e| fail(e.to_string()))?;
+        figure::legend(&mut chart, path)?;
     }
-    root.present().map_err(|e| fail(e.to_string()))
+    root.present().map_err(|e| figure::failure(path, e))
 }

@@ -16,7 +16,8 @@ use plotters::prelude::*;
 
 use super::{DeviceArg, select_device};
 
-use super::digits::{CLASSES, FEATURES, FONT, load_digits, random_fourier_features};
+use super::digits::{CLASSES, FEATURES, load_digits, random_fourier_features};
+use super::figure;
 
 const INITIAL: usize = 100;
 const BATCHES: usize = 10;
@@ -301,63 +302,29 @@ fn write_csv(path: &Path, table: &[Row]) -> Result<()> {
 
 /// Accuracy and NLL against the number of labels, one line per method.
 fn plot(path: &Path, table: &[Row]) -> Result<()> {
-    let fail = |e: String| Error::Io {
-        path: path.display().to_string(),
-        reason: e,
-    };
-    // Registering twice (a second demo in one process) is harmless.
-    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
-    let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
-    let panels = root.split_evenly((1, 2));
+    let (root, panels) = figure::two_panels(path)?;
     let x_range = INITIAL as f64..(INITIAL + BATCHES * BATCH) as f64;
     for (panel, (title, metric)) in panels.iter().zip([("test accuracy", 0usize), ("test NLL", 1)]) {
-        let values: Vec<f64> = table
+        let value = |r: &Row| if metric == 0 { r.scores.accuracy } else { r.scores.nll };
+        let span = table
             .iter()
-            .map(|r| if metric == 0 { r.scores.accuracy } else { r.scores.nll })
-            .collect();
-        let (lo, hi) = values
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(*v), b.max(*v)));
-        let pad = ((hi - lo) * 0.08).max(1e-3);
-        let mut chart = ChartBuilder::on(panel)
-            .caption(title, ("sans-serif", 24))
-            .margin(16)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x_range.clone(), (lo - pad)..(hi + pad))
-            .map_err(|e| fail(e.to_string()))?;
-        chart
-            .configure_mesh()
-            .x_desc("labels seen")
-            .label_style(("sans-serif", 14))
-            .draw()
-            .map_err(|e| fail(e.to_string()))?;
+            .map(value)
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+        let mut chart = figure::chart(panel, path, title, "labels seen", x_range.clone(), span, 0.08)?;
         for (i, (name, _)) in METHODS.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             let points: Vec<(f64, f64)> = table
                 .iter()
                 .filter(|r| r.method == *name)
-                .map(|r| {
-                    (
-                        r.labels as f64,
-                        if metric == 0 { r.scores.accuracy } else { r.scores.nll },
-                    )
-                })
+                .map(|r| (r.labels as f64, value(r)))
                 .collect();
             chart
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))
-                .map_err(|e| fail(e.to_string()))?
+                .map_err(|e| figure::failure(path, e))?
                 .label(*name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 14))
-            .draw()
-            .map_err(|e| fail(e.to_string()))?;
+        figure::legend(&mut chart, path)?;
     }
-    root.present().map_err(|e| fail(e.to_string()))
+    root.present().map_err(|e| figure::failure(path, e))
 }

@@ -4,6 +4,7 @@
 mod al;
 mod demo;
 mod digits;
+mod figure;
 mod profile;
 
 use std::path::{Path, PathBuf};
