@@ -229,14 +229,12 @@ fn scratch(req: faer::dyn_stack::StackReq) -> MemBuffer {
     mem
 }
 
-/// `Xᵀ` of the row-major rows × cols slice `x`, row-major (cols × rows), each row scaled by the
-/// matching entry of `row_scale` when given.
-fn transposed<T: Scalar>(x: &[T], rows: usize, cols: usize, row_scale: Option<&[T]>) -> Vec<T> {
+/// `Xᵀ` of the row-major rows × cols slice `x`, row-major (cols × rows).
+fn transposed<T: Scalar>(x: &[T], rows: usize, cols: usize) -> Vec<T> {
     let mut out = zeroed(rows * cols);
     out.par_chunks_mut(rows.max(1)).enumerate().for_each(|(c, out_row)| {
         for (r, o) in out_row.iter_mut().enumerate() {
-            let s = row_scale.map_or(T::one(), |w| w[r]);
-            *o = x[r * cols + c] * s;
+            *o = x[r * cols + c];
         }
     });
     out
@@ -520,8 +518,8 @@ impl Device for CpuDevice {
                 let c = chunk.min(n - start);
                 // Φ_cᵀ (D × c) and P_cᵀ (K × c): every packed row below is then a contiguous
                 // elementwise product.
-                let phi_t = transposed(&phi.buffer()[start * d..(start + c) * d], c, d, None);
-                let pr_t = transposed(&probs.buffer()[start * k..(start + c) * k], c, k, None);
+                let phi_t = transposed(&phi.buffer()[start * d..(start + c) * d], c, d);
+                let pr_t = transposed(&probs.buffer()[start * k..(start + c) * k], c, k);
                 // Rᵀ p_i for every sample, K' × c (P_cᵀ itself without a basis).
                 let pr_red = match basis {
                     None => None,

@@ -292,14 +292,7 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
     /// Rebuilds an accumulator from its contents, checking every shape and value.
     pub(crate) fn from_raw(device: &D, stored: RawAccumulator<T>, chunk_rows: usize) -> Result<Self> {
         let raw = stored.raw;
-        let config = FitConfig {
-            structure: raw.structure,
-            likelihood: raw.likelihood,
-            curvature: raw.curvature,
-            prior_precision: 1.0,
-            bias: raw.bias_mode,
-            chunk_rows,
-        };
+        let config = raw.config(chunk_rows);
         let da = raw.augmented_features();
         if raw.classes == 0 || raw.features == 0 || raw.head.len() != raw.classes * da {
             return Err(Error::invalid("head", "inconsistent with K and D"));

@@ -374,15 +374,19 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         start: usize,
         count: usize,
     ) -> Result<Batch<D, T>> {
-        Batch::upload(
-            &self.device,
-            features,
-            targets,
-            start,
-            count,
-            self.classes,
-            self.bias_mode == BiasMode::InPosterior,
-        )
+        let host_targets = targets.target_rows(start, count, self.classes);
+        let keys = match self.curvature {
+            Curvature::MonteCarloFisher { .. } => (start..start + count)
+                .map(|i| model::sample_key(features.row(i)))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(Batch {
+            phi: self.upload_features(features, start, count)?,
+            targets: self.device.upload(&host_targets, count, self.classes)?,
+            host_targets,
+            keys,
+        })
     }
 
     /// A device-side deep copy.
@@ -566,6 +570,17 @@ pub(crate) struct RawPosterior<T> {
 }
 
 impl<T> RawPosterior<T> {
+    /// The settings the contents were made with (τ, stored apart, set to 1).
+    pub fn config(&self, chunk_rows: usize) -> FitConfig {
+        FitConfig {
+            structure: self.structure,
+            likelihood: self.likelihood,
+            curvature: self.curvature,
+            prior_precision: 1.0,
+            bias: self.bias_mode,
+            chunk_rows,
+        }
+    }
     pub fn augmented_features(&self) -> usize {
         self.features + usize::from(self.bias_mode == BiasMode::InPosterior)
     }
@@ -607,15 +622,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 format!("K = {}, D = {}", raw.classes, raw.features),
             ));
         }
-        let config = FitConfig {
-            structure: raw.structure,
-            likelihood: raw.likelihood,
-            curvature: raw.curvature,
-            prior_precision: 1.0,
-            bias: raw.bias_mode,
-            chunk_rows: 1,
-        };
-        config.validate()?;
+        raw.config(1).validate()?;
         if !(raw.prior_precision.len() == 1 || raw.prior_precision.len() == raw.classes)
             || raw.prior_precision.iter().any(|t| !(t.is_finite() && *t > T::zero()))
         {

@@ -5,7 +5,6 @@
 use super::{Curvature, Likelihood, Moments, Structure, logits};
 use crate::device::{Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign};
 use crate::error::{Error, Result};
-use crate::host::{HostMatrix, Targets, feature_rows};
 use crate::random::SplitMix64;
 use crate::scalar::Scalar;
 
@@ -17,31 +16,12 @@ pub(crate) struct Batch<D: Device, T: Scalar> {
     pub targets: Matrix<D, T>,
     /// The same targets on the host.
     pub host_targets: Vec<T>,
-    /// Per-sample keys that seed Monte Carlo draws: a hash of the sample's features.
+    /// Per-sample keys that seed Monte Carlo draws, a hash of the sample's features; empty
+    /// unless the curvature draws.
     pub keys: Vec<u64>,
 }
 
 impl<D: Device, T: Scalar> Batch<D, T> {
-    /// Rows `start..start + count` of checked features and targets.
-    pub fn upload<Y: Targets<T> + ?Sized>(
-        device: &D,
-        features: &HostMatrix<'_, T>,
-        targets: &Y,
-        start: usize,
-        count: usize,
-        classes: usize,
-        augment: bool,
-    ) -> Result<Self> {
-        let da = features.cols() + usize::from(augment);
-        let host_targets = targets.target_rows(start, count, classes);
-        Ok(Batch {
-            phi: device.upload(&feature_rows(features, start, count, augment), count, da)?,
-            targets: device.upload(&host_targets, count, classes)?,
-            host_targets,
-            keys: (start..start + count).map(|i| sample_key(features.row(i))).collect(),
-        })
-    }
-
     /// Number of samples m.
     pub fn rows(&self) -> usize {
         self.phi.rows()
@@ -49,7 +29,7 @@ impl<D: Device, T: Scalar> Batch<D, T> {
 }
 
 /// FNV-1a over the bytes of a feature row.
-fn sample_key<T: Scalar>(row: &[T]) -> u64 {
+pub(crate) fn sample_key<T: Scalar>(row: &[T]) -> u64 {
     bytemuck::cast_slice::<T, u8>(row)
         .iter()
         .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
@@ -132,8 +112,14 @@ pub(crate) struct OutputFactors {
 impl OutputFactors {
     /// `S_n` for each sample: `outputs` are probabilities (classification) or logits
     /// (regression), `targets` one-hot rows or values, both n × K.
-    pub fn new(likelihood: Likelihood, curvature: Curvature, outputs: &[f64], targets: &[f64], keys: &[u64]) -> Self {
-        let n = keys.len();
+    pub fn new(
+        likelihood: Likelihood,
+        curvature: Curvature,
+        outputs: &[f64],
+        targets: &[f64],
+        keys: &[u64],
+        n: usize,
+    ) -> Self {
         let k = outputs.len() / n.max(1);
         let mut values = Vec::new();
         let rank = match (likelihood, curvature) {
@@ -338,6 +324,7 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
             &host(device.download(outputs)?),
             &host(batch.host_targets.clone()),
             &batch.keys,
+            batch.rows(),
         );
         let (n, k) = (batch.rows(), factors.classes);
         Ok(match self.structure {

@@ -180,17 +180,29 @@ impl Case {
 
     /// Fits on rows `0..n` around the problem's head.
     pub fn fit<D: Device, T: Scalar>(&self, dev: &D, n: usize, config: &FitConfig) -> Result<Posterior<D, T>> {
+        let head = Problem::cast::<T>(&self.pb.head);
+        let bias = Problem::cast::<T>(&self.pb.bias);
+        let head = HostMatrix::new(&head, self.pb.k, self.pb.d)?;
+        self.with_rows(0..n, config.likelihood, |x, y| {
+            Posterior::fit(dev, x, y, head, Some(&bias), config)
+        })
+    }
+
+    /// Runs `f` with rows `range` as features and the targets of the likelihood.
+    pub fn with_rows<T: Scalar, R>(
+        &self,
+        range: std::ops::Range<usize>,
+        lik: Likelihood,
+        f: impl FnOnce(HostMatrix<'_, T>, &dyn Targets<T>) -> Result<R>,
+    ) -> Result<R> {
         let pb = &self.pb;
-        let phi = Problem::cast::<T>(&pb.phi[..n * pb.d]);
-        let head = Problem::cast::<T>(&pb.head);
-        let bias = Problem::cast::<T>(&pb.bias);
-        let features = HostMatrix::new(&phi, n, pb.d)?;
-        let head = HostMatrix::new(&head, pb.k, pb.d)?;
-        match config.likelihood {
-            Likelihood::Classification => Posterior::fit(dev, features, &pb.labels[..n], head, Some(&bias), config),
+        let phi = Problem::cast::<T>(&pb.phi[range.start * pb.d..range.end * pb.d]);
+        let features = HostMatrix::new(&phi, range.len(), pb.d)?;
+        match lik {
+            Likelihood::Classification => f(features, &pb.labels[range].to_vec()),
             Likelihood::Regression { .. } => {
-                let y = Problem::cast::<T>(&self.y[..n * pb.k]);
-                Posterior::fit(dev, features, &HostMatrix::new(&y, n, pb.k)?, head, Some(&bias), config)
+                let y = Problem::cast::<T>(&self.y[range.start * pb.k..range.end * pb.k]);
+                f(features, &HostMatrix::new(&y, range.len(), pb.k)?)
             }
         }
     }
@@ -204,16 +216,7 @@ pub fn update_rows<D: Device, T: Scalar>(
     lik: Likelihood,
     config: &UpdateConfig,
 ) -> Result<()> {
-    let pb = &case.pb;
-    let phi = Problem::cast::<T>(&pb.phi[range.start * pb.d..range.end * pb.d]);
-    let features = HostMatrix::new(&phi, range.len(), pb.d)?;
-    match lik {
-        Likelihood::Classification => post.update(features, &pb.labels[range], config),
-        Likelihood::Regression { .. } => {
-            let y = Problem::cast::<T>(&case.y[range.start * pb.k..range.end * pb.k]);
-            post.update(features, &HostMatrix::new(&y, range.len(), pb.k)?, config)
-        }
-    }
+    case.with_rows(range, lik, |x, y| post.update(x, y, config))
 }
 
 /// Removes rows `range` of the case from `post`.
@@ -224,16 +227,7 @@ pub fn unlearn_rows<D: Device, T: Scalar>(
     lik: Likelihood,
     config: &UnlearnConfig,
 ) -> Result<()> {
-    let pb = &case.pb;
-    let phi = Problem::cast::<T>(&pb.phi[range.start * pb.d..range.end * pb.d]);
-    let features = HostMatrix::new(&phi, range.len(), pb.d)?;
-    match lik {
-        Likelihood::Classification => post.unlearn(features, &pb.labels[range], config),
-        Likelihood::Regression { .. } => {
-            let y = Problem::cast::<T>(&case.y[range.start * pb.k..range.end * pb.k]);
-            post.unlearn(features, &HostMatrix::new(&y, range.len(), pb.k)?, config)
-        }
-    }
+    case.with_rows(range, lik, |x, y| post.unlearn(x, y, config))
 }
 
 /// `A ⊗ B`.
@@ -613,15 +607,7 @@ pub fn check_accumulator_shards<D: Device, T: Scalar>(dev: &D) {
                         .unwrap()
                 };
                 let add = |acc: &mut CurvatureAccumulator<D, T>, r: std::ops::Range<usize>| {
-                    let phi = Problem::cast::<T>(&pb.phi[r.start * pb.d..r.end * pb.d]);
-                    let x = HostMatrix::new(&phi, r.len(), pb.d).unwrap();
-                    match lik {
-                        Likelihood::Classification => acc.accumulate(x, &pb.labels[r]).unwrap(),
-                        Likelihood::Regression { .. } => {
-                            let y = Problem::cast::<T>(&case.y[r.start * pb.k..r.end * pb.k]);
-                            acc.accumulate(x, &HostMatrix::new(&y, r.len(), pb.k).unwrap()).unwrap()
-                        }
-                    }
+                    case.with_rows(r, lik, |x, y| acc.accumulate(x, y)).unwrap()
                 };
                 let mut one = new_acc();
                 add(&mut one, 0..40);

@@ -14,8 +14,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use laplace_update::io::{load_posterior, peek_posterior, read_array, save_posterior, write_npy};
 use laplace_update::{
     BiasMode, CpuDevice, Curvature, DType, Device, Error, FitConfig, HeadConfig, HostMatrix, Likelihood, Link,
-    OutputWeighting, Posterior, PriorShape, Result, Scalar, Structure, UnlearnConfig, UpdateConfig, UpdateRule,
-    fit_head,
+    OutputWeighting, Posterior, PriorShape, Result, Scalar, Structure, Targets, UnlearnConfig, UpdateConfig,
+    UpdateRule, fit_head,
 };
 
 #[derive(Parser)]
@@ -358,6 +358,16 @@ enum CliTargets<T> {
     Values(Vec<T>, usize, usize),
 }
 
+impl<T: Scalar> CliTargets<T> {
+    /// Runs `f` with the targets in the form the library takes.
+    fn with<R>(&self, f: impl FnOnce(&dyn Targets<T>) -> Result<R>) -> Result<R> {
+        match self {
+            CliTargets::Labels(y) => f(y),
+            CliTargets::Values(v, rows, cols) => f(&HostMatrix::new(v, *rows, *cols)?),
+        }
+    }
+}
+
 fn targets_of<T: Scalar>(spec: &str, regression: bool) -> Result<CliTargets<T>> {
     let array = read_array(spec)?;
     if regression {
@@ -456,17 +466,7 @@ fn fit_as<T: Scalar>(device: &CpuDevice, args: &FitArgs) -> Result<()> {
     };
     let head = HostMatrix::new(&head, classes, d)?;
     let started = std::time::Instant::now();
-    let mut post = match &targets {
-        CliTargets::Labels(y) => Posterior::fit(device, features, y.as_slice(), head, bias.as_deref(), &config)?,
-        CliTargets::Values(y, rows, k) => Posterior::fit(
-            device,
-            features,
-            &HostMatrix::new(y, *rows, *k)?,
-            head,
-            bias.as_deref(),
-            &config,
-        )?,
-    };
+    let mut post = targets.with(|y| Posterior::fit(device, features, y, head, bias.as_deref(), &config))?;
     let fit_ms = started.elapsed().as_secs_f64() * 1e3;
     if args.optimize_prior {
         let tau = post.optimize_prior_precision(PriorShape::Scalar)?;
@@ -485,13 +485,14 @@ fn fit_as<T: Scalar>(device: &CpuDevice, args: &FitArgs) -> Result<()> {
 fn change_posterior<T: Scalar>(
     device: &CpuDevice,
     batch: &BatchArgs,
-    change: impl FnOnce(&mut Posterior<CpuDevice, T>, HostMatrix<'_, T>, &CliTargets<T>) -> Result<()>,
+    change: impl FnOnce(&mut Posterior<CpuDevice, T>, HostMatrix<'_, T>, &dyn Targets<T>) -> Result<()>,
 ) -> Result<usize> {
     let mut post: Posterior<CpuDevice, T> = load_posterior(device, &batch.posterior)?;
     let (phi, m, d) = read_array(&batch.features)?.to_matrix::<T>()?;
     let regression = matches!(post.likelihood(), Likelihood::Regression { .. });
     let targets = targets_of::<T>(&batch.labels, regression)?;
-    change(&mut post, HostMatrix::new(&phi, m, d)?, &targets)?;
+    let features = HostMatrix::new(&phi, m, d)?;
+    targets.with(|y| change(&mut post, features, y))?;
     save_posterior(&post, &batch.out)?;
     Ok(m)
 }
@@ -510,10 +511,7 @@ fn update_as<T: Scalar>(device: &CpuDevice, args: &UpdateArgs) -> Result<()> {
     let m = change_posterior::<T>(device, &args.batch, |post, x, y| {
         let update = |p: &mut Posterior<CpuDevice, T>| -> Result<std::time::Duration> {
             let start = std::time::Instant::now();
-            match y {
-                CliTargets::Labels(y) => p.update(x, y.as_slice(), &config)?,
-                CliTargets::Values(v, r, c) => p.update(x, &HostMatrix::new(v, *r, *c)?, &config)?,
-            }
+            p.update(x, y, &config)?;
             Ok(start.elapsed())
         };
         for _ in 1..args.repeat.max(1) {
@@ -537,10 +535,7 @@ fn unlearn_as<T: Scalar>(device: &CpuDevice, args: &UnlearnArgs) -> Result<()> {
         gamma: args.gamma,
         ..Default::default()
     };
-    let m = change_posterior::<T>(device, &args.batch, |post, x, y| match y {
-        CliTargets::Labels(y) => post.unlearn(x, y.as_slice(), &config),
-        CliTargets::Values(v, r, c) => post.unlearn(x, &HostMatrix::new(v, *r, *c)?, &config),
-    })?;
+    let m = change_posterior::<T>(device, &args.batch, |post, x, y| post.unlearn(x, y, &config))?;
     eprintln!("removed {m} samples; wrote {}", args.batch.out.display());
     Ok(())
 }
