@@ -48,6 +48,8 @@ pub mod random;
 pub mod scalar;
 
 pub use device::{CpuDevice, Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign};
+#[cfg(feature = "wgpu")]
+pub use device::{WgpuDevice, WgpuOptions};
 pub use error::{Error, Result};
 pub use host::{HostMatrix, Label, Targets};
 pub use posterior::{

@@ -12,7 +12,7 @@ use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use super::{Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign};
+use super::{CovLayout, Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign, cov_layout};
 use crate::error::{Error, Result};
 use crate::scalar::Scalar;
 
@@ -132,12 +132,6 @@ fn view_mut<T: Scalar>(m: &mut CpuMatrix<T>) -> MatMut<'_, T> {
     MatMut::from_row_major_slice_mut(m.buffer_mut().as_mut_slice(), rows, cols)
 }
 
-fn expect_square<T: Scalar>(argument: &'static str, m: &CpuMatrix<T>) -> Result<usize> {
-    if m.rows() != m.cols() {
-        return Err(Error::shape(argument, (m.rows(), m.rows()), m.shape()));
-    }
-    Ok(m.rows())
-}
 
 fn scale_in_place<T: Scalar>(buf: &mut [T], beta: T) {
     if beta == T::zero() {
@@ -352,33 +346,6 @@ fn laplace_bridge(f: &[f64], sigma: &[f64]) -> Vec<f64> {
         })
         .collect();
     softmax_f64(&log_alpha)
-}
-
-/// How a logit-covariance matrix is stored per input.
-#[derive(Clone, Copy)]
-enum CovLayout {
-    /// n × K²: the K × K matrix, row-major.
-    Full,
-    /// n × 1: `v I_K`.
-    Isotropic,
-    /// n × K: the diagonal.
-    Diagonal,
-}
-
-/// The layout of a logit-covariance matrix for n inputs and K classes (K ≥ 2).
-fn cov_layout<T: Scalar>(mean: &CpuMatrix<T>, cov: &CpuMatrix<T>) -> Result<CovLayout> {
-    let (n, k) = mean.shape();
-    match cov.shape() {
-        (rows, _) if rows != n => Err(Error::shape("cov", (n, k * k), cov.shape())),
-        (_, c) if c == k * k => Ok(CovLayout::Full),
-        (_, 1) => Ok(CovLayout::Isotropic),
-        (_, c) if c == k => Ok(CovLayout::Diagonal),
-        _ => Err(Error::ShapeMismatch {
-            argument: "cov",
-            expected: format!("{n} x {}, {n} x {k} or {n} x 1", k * k),
-            got: format!("{} x {}", cov.rows(), cov.cols()),
-        }),
-    }
 }
 
 impl Device for CpuDevice {
@@ -609,7 +576,7 @@ impl Device for CpuDevice {
         complement: T,
     ) -> Result<Matrix<Self, T>> {
         let (k, kr) = basis.shape();
-        let n_red = expect_square("x", x)?;
+        let n_red = x.expect_square("x")?;
         if kr == 0 || n_red % kr != 0 {
             return Err(Error::shape("x", (kr, kr), x.shape()));
         }
@@ -780,7 +747,7 @@ impl Device for CpuDevice {
         c_chol: &Matrix<Self, T>,
         sign: Sign,
     ) -> Result<()> {
-        let n = expect_square("sigma", sigma)?;
+        let n = sigma.expect_square("sigma")?;
         let r = u.cols();
         u.expect_shape("u", n, r)?;
         c_chol.expect_shape("c_chol", r, r)?;
@@ -943,7 +910,7 @@ impl Device for CpuDevice {
     }
 
     fn cholesky<T: Scalar>(&self, a: &mut Matrix<Self, T>) -> Result<()> {
-        let n = expect_square("a", a)?;
+        let n = a.expect_square("a")?;
         let par = self.par();
         self.run(|| {
             // A is symmetric, so its row-major buffer is also A in column-major order; faer
@@ -955,7 +922,7 @@ impl Device for CpuDevice {
     }
 
     fn triangular_solve<T: Scalar>(&self, l: &Matrix<Self, T>, b: &mut Matrix<Self, T>, op: Op) -> Result<()> {
-        let n = expect_square("l", l)?;
+        let n = l.expect_square("l")?;
         if b.rows() != n {
             return Err(Error::shape("b", (n, b.cols()), b.shape()));
         }
@@ -970,7 +937,7 @@ impl Device for CpuDevice {
     }
 
     fn spd_inverse<T: Scalar>(&self, a: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
-        let n = expect_square("a", a)?;
+        let n = a.expect_square("a")?;
         let par = self.par();
         self.run(|| {
             // A symmetric row-major buffer is also A in column-major order: factor and invert in
@@ -997,7 +964,7 @@ impl Device for CpuDevice {
         phi: &Matrix<Self, T>,
     ) -> Result<Matrix<Self, T>> {
         let (n, d) = phi.shape();
-        let p = expect_square("sigma", sigma)?;
+        let p = sigma.expect_square("sigma")?;
         if d == 0 || p % d != 0 {
             return Err(Error::shape("sigma", (d, d), sigma.shape()));
         }
@@ -1171,7 +1138,7 @@ impl Device for CpuDevice {
     }
 
     fn add_diagonal<T: Scalar>(&self, a: &mut Matrix<Self, T>, value: T) -> Result<()> {
-        let n = expect_square("a", a)?;
+        let n = a.expect_square("a")?;
         let buf = a.buffer_mut();
         (0..n).for_each(|i| buf[i * n + i] += value);
         Ok(())

@@ -18,11 +18,15 @@
 //! host and device only through [`Device::upload`] and [`Device::download`].
 
 pub mod cpu;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use crate::error::{Error, Result};
 use crate::scalar::Scalar;
 
 pub use cpu::CpuDevice;
+#[cfg(feature = "wgpu")]
+pub use self::wgpu::{WgpuDevice, WgpuOptions};
 
 /// Whether a gemm operand is used as stored or transposed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +119,13 @@ impl<D: Device, T: Scalar> Matrix<D, T> {
         self.rows = rows;
         self.cols = cols;
         Ok(())
+    }
+    /// The side of a square matrix, or `ShapeMismatch` naming `argument`.
+    pub(crate) fn expect_square(&self, argument: &'static str) -> Result<usize> {
+        if self.rows != self.cols {
+            return Err(Error::shape(argument, (self.rows, self.rows), self.shape()));
+        }
+        Ok(self.rows)
     }
     pub(crate) fn expect_shape(&self, argument: &'static str, rows: usize, cols: usize) -> Result<()> {
         if self.shape() != (rows, cols) {
@@ -288,4 +299,31 @@ pub trait Device: Clone + Send + Sync + 'static {
     fn add_diagonal<T: Scalar>(&self, a: &mut Matrix<Self, T>, value: T) -> Result<()>;
     /// `max_ij |A_ij|` (0 for an empty matrix).
     fn max_abs<T: Scalar>(&self, a: &Matrix<Self, T>) -> Result<T>;
+}
+
+/// How a logit-covariance matrix is stored per input.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum CovLayout {
+    /// n × K²: the K × K matrix, row-major.
+    Full,
+    /// n × 1: `v I_K`.
+    Isotropic,
+    /// n × K: the diagonal.
+    Diagonal,
+}
+
+/// The layout of a logit-covariance matrix for n inputs and K classes (K ≥ 2).
+pub(crate) fn cov_layout<D: Device, T: Scalar>(mean: &Matrix<D, T>, cov: &Matrix<D, T>) -> Result<CovLayout> {
+    let (n, k) = mean.shape();
+    match cov.shape() {
+        (rows, _) if rows != n => Err(Error::shape("cov", (n, k * k), cov.shape())),
+        (_, c) if c == k * k => Ok(CovLayout::Full),
+        (_, 1) => Ok(CovLayout::Isotropic),
+        (_, c) if c == k => Ok(CovLayout::Diagonal),
+        _ => Err(Error::ShapeMismatch {
+            argument: "cov",
+            expected: format!("{n} x {}, {n} x {k} or {n} x 1", k * k),
+            got: format!("{} x {}", cov.rows(), cov.cols()),
+        }),
+    }
 }

@@ -1,0 +1,421 @@
+//! The WGSL kernel table, the pipeline cache and the command recorder.
+//!
+//! Every entry point of `shaders/*.wgsl` appears once in [`Kernel`], with the shader file it
+//! lives in and its bindings. Pipelines and their bind group layouts are built on first use and
+//! cached for the life of the device; shader creation runs inside an error scope so that a WGSL
+//! error surfaces as a typed error naming the shader.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use super::{Context, backend_error};
+use crate::error::{Error, Result};
+
+/// How a kernel binds a storage buffer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// `var<storage, read>`.
+    Read,
+    /// `var<storage, read_write>`.
+    Write,
+}
+
+use Access::{Read, Write};
+
+/// One WGSL source file: a kernel family.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) enum Shader {
+    Gemm,
+    Ggn,
+    Kron,
+    LowRank,
+    Cholesky,
+    Predictive,
+    Elementwise,
+}
+
+impl Shader {
+    /// Every shader, for validation.
+    pub(crate) const ALL: [Shader; 7] = [
+        Shader::Gemm,
+        Shader::Ggn,
+        Shader::Kron,
+        Shader::LowRank,
+        Shader::Cholesky,
+        Shader::Predictive,
+        Shader::Elementwise,
+    ];
+
+    /// The file name under `shaders/`.
+    pub(crate) fn file(self) -> &'static str {
+        match self {
+            Shader::Gemm => "gemm.wgsl",
+            Shader::Ggn => "ggn.wgsl",
+            Shader::Kron => "kron.wgsl",
+            Shader::LowRank => "low_rank.wgsl",
+            Shader::Cholesky => "cholesky.wgsl",
+            Shader::Predictive => "predictive.wgsl",
+            Shader::Elementwise => "elementwise.wgsl",
+        }
+    }
+
+    /// The storage bindings 1, 2, … of every entry point in the file, in order. Entry points
+    /// that use fewer get a placeholder buffer in the others.
+    pub(crate) fn storage(self) -> &'static [Access] {
+        match self {
+            // a, b, w, c
+            Shader::Gemm => &[Read, Read, Read, Write],
+            // two inputs, one output
+            Shader::Ggn | Shader::Kron => &[Read, Read, Write],
+            // sigma, head, bias, phi, targets, state, used, status
+            Shader::LowRank => &[Write, Write, Read, Read, Read, Write, Write, Write],
+            // l, a, out, status
+            Shader::Cholesky => &[Read, Write, Write, Write],
+            // mean, cov, eps, out, scratch
+            Shader::Predictive => &[Read, Read, Read, Write, Write],
+            // x, y, result
+            Shader::Elementwise => &[Read, Write, Write],
+        }
+    }
+
+    /// The WGSL source, built into the library.
+    pub(crate) fn source(self) -> &'static str {
+        match self {
+            Shader::Gemm => include_str!("../../../shaders/gemm.wgsl"),
+            Shader::Ggn => include_str!("../../../shaders/ggn.wgsl"),
+            Shader::Kron => include_str!("../../../shaders/kron.wgsl"),
+            Shader::LowRank => include_str!("../../../shaders/low_rank.wgsl"),
+            Shader::Cholesky => include_str!("../../../shaders/cholesky.wgsl"),
+            Shader::Predictive => include_str!("../../../shaders/predictive.wgsl"),
+            Shader::Elementwise => include_str!("../../../shaders/elementwise.wgsl"),
+        }
+    }
+}
+
+/// Every compute entry point. Binding 0 of each is its uniform parameter block; the storage
+/// buffers follow at bindings 1, 2, … as its file's [`Shader::storage`] lists.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) enum Kernel {
+    Gemm,
+    GgnWeights,
+    KronRows,
+    KronMixColumns,
+    KronFactors,
+    KronMixU,
+    KronMixG,
+    SmProject,
+    SmScalars,
+    SmApply,
+    PotrfDiagonal,
+    TrsmPanel,
+    TrsmBlock,
+    RowDot,
+    SoftmaxRows,
+    Probit,
+    MonteCarlo,
+    Bridge,
+    CategoricalWeights,
+    Axpy,
+    Hadamard,
+    AddRow,
+    AddDiagonal,
+    MaxAbs,
+    MirrorLower,
+    ZeroUpper,
+    Symmetrize,
+    Transpose,
+    SetIdentity,
+    ScaleRows,
+    ScaleColumns,
+}
+
+impl Kernel {
+    /// The shader file and entry point.
+    pub(crate) fn entry(self) -> (Shader, &'static str) {
+        use Kernel::*;
+        match self {
+            Gemm => (Shader::Gemm, "gemm"),
+            GgnWeights => (Shader::Ggn, "ggn_weights"),
+            KronRows => (Shader::Ggn, "kron_rows"),
+            KronMixColumns => (Shader::Ggn, "kron_mix_columns"),
+            KronFactors => (Shader::Kron, "kron_factors"),
+            KronMixU => (Shader::Kron, "kron_mix_u"),
+            KronMixG => (Shader::Kron, "kron_mix_g"),
+            SmProject => (Shader::LowRank, "sm_project"),
+            SmScalars => (Shader::LowRank, "sm_scalars"),
+            SmApply => (Shader::LowRank, "sm_apply"),
+            PotrfDiagonal => (Shader::Cholesky, "potrf_diagonal"),
+            TrsmPanel => (Shader::Cholesky, "trsm_panel"),
+            TrsmBlock => (Shader::Cholesky, "trsm_block"),
+            RowDot => (Shader::Predictive, "row_dot"),
+            SoftmaxRows => (Shader::Predictive, "softmax_rows"),
+            Probit => (Shader::Predictive, "probit"),
+            MonteCarlo => (Shader::Predictive, "monte_carlo"),
+            Bridge => (Shader::Predictive, "bridge"),
+            CategoricalWeights => (Shader::Predictive, "categorical_weights"),
+            Axpy => (Shader::Elementwise, "axpy"),
+            Hadamard => (Shader::Elementwise, "hadamard"),
+            AddRow => (Shader::Elementwise, "add_row"),
+            AddDiagonal => (Shader::Elementwise, "add_diagonal"),
+            MaxAbs => (Shader::Elementwise, "max_abs"),
+            MirrorLower => (Shader::Elementwise, "mirror_lower"),
+            ZeroUpper => (Shader::Elementwise, "zero_upper"),
+            Symmetrize => (Shader::Elementwise, "symmetrize"),
+            Transpose => (Shader::Elementwise, "transpose"),
+            SetIdentity => (Shader::Elementwise, "set_identity"),
+            ScaleRows => (Shader::Elementwise, "scale_rows"),
+            ScaleColumns => (Shader::Elementwise, "scale_columns"),
+        }
+    }
+}
+
+/// A built pipeline and the layout its bind groups are made against.
+pub(crate) struct Pipeline {
+    pub(crate) pipeline: wgpu::ComputePipeline,
+    pub(crate) layout: wgpu::BindGroupLayout,
+}
+
+/// Shader modules and pipelines, built once per device.
+#[derive(Default)]
+pub(crate) struct PipelineCache {
+    modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<Kernel, Arc<Pipeline>>>,
+}
+
+impl PipelineCache {
+    /// The pipeline of `kernel`, built now if this is its first use.
+    pub(crate) fn get(&self, device: &wgpu::Device, kernel: Kernel) -> Result<Arc<Pipeline>> {
+        if let Some(p) = lock(&self.pipelines).get(&kernel) {
+            return Ok(p.clone());
+        }
+        let (shader, entry) = kernel.entry();
+        let module = self.module(device, shader)?;
+        let mut entries = vec![wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        }];
+        for (i, access) in shader.storage().iter().enumerate() {
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding: i as u32 + 1,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage {
+                        read_only: *access == Read,
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            });
+        }
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(entry),
+            entries: &entries,
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(entry),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(backend_error(format!(
+                "pipeline `{entry}` of shader `{}`: {e}",
+                shader.file()
+            )));
+        }
+        let built = Arc::new(Pipeline { pipeline, layout });
+        lock(&self.pipelines).insert(kernel, built.clone());
+        Ok(built)
+    }
+
+    fn module(&self, device: &wgpu::Device, shader: Shader) -> Result<wgpu::ShaderModule> {
+        if let Some(m) = lock(&self.modules).get(&shader) {
+            return Ok(m.clone());
+        }
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(shader.file()),
+            source: wgpu::ShaderSource::Wgsl(shader.source().into()),
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(backend_error(format!("shader `{}` does not compile: {e}", shader.file())));
+        }
+        lock(&self.modules).insert(shader, module.clone());
+        Ok(module)
+    }
+}
+
+/// Locks a cache mutex; a poisoned lock still holds a consistent map (entries are inserted
+/// whole), so it is used as is.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Words in every uniform parameter block (the largest `Params` struct, gemm's, has 28).
+const PARAMS_WORDS: usize = 32;
+
+/// A kernel's uniform parameters: 32-bit words in the order of the shader's `Params` struct.
+#[derive(Default, Clone)]
+pub(crate) struct Params(Vec<u32>);
+
+impl Params {
+    pub(crate) fn new() -> Self {
+        Params(Vec::with_capacity(32))
+    }
+    /// Appends a `u32` field.
+    pub(crate) fn u(mut self, v: usize) -> Self {
+        self.0.push(u32::try_from(v).expect("kernel sizes are checked against u32 before launch"));
+        self
+    }
+    /// Appends an `f32` field.
+    pub(crate) fn f(mut self, v: f32) -> Self {
+        self.0.push(v.to_bits());
+        self
+    }
+    /// The bytes, zero-padded to [`PARAMS_WORDS`] words: every shader's `Params` struct fits,
+    /// and fields a kernel leaves out read as zero.
+    fn bytes(&self) -> Vec<u8> {
+        debug_assert!(self.0.len() <= PARAMS_WORDS);
+        let mut words = self.0.clone();
+        words.resize(PARAMS_WORDS, 0);
+        bytemuck::cast_slice(&words).to_vec()
+    }
+}
+
+/// Workgroups for `threads` invocations of a 1-D kernel of `size` invocations per workgroup,
+/// folded into (x, y) so that neither exceeds the per-dimension limit. Shaders recover the
+/// linear index as `gid.x + gid.y * num_workgroups.x * size`.
+pub(crate) fn groups_1d(ctx: &Context, threads: usize, size: usize) -> Result<[u32; 3]> {
+    let groups = threads.div_ceil(size).max(1);
+    let max = ctx.limits.max_compute_workgroups_per_dimension as usize;
+    let x = groups.min(max);
+    let y = groups.div_ceil(x);
+    if y > max {
+        return Err(Error::Unsupported(format!(
+            "{threads} invocations exceed the adapter's {max} x {max} workgroups"
+        )));
+    }
+    Ok([x as u32, y as u32, 1])
+}
+
+/// Checks a 3-D grid against the per-dimension limit.
+pub(crate) fn groups_3d(ctx: &Context, x: usize, y: usize, z: usize) -> Result<[u32; 3]> {
+    let max = ctx.limits.max_compute_workgroups_per_dimension as usize;
+    if x > max || y > max || z > max {
+        return Err(Error::Unsupported(format!(
+            "grid {x} x {y} x {z} exceeds the adapter's {max} workgroups per dimension"
+        )));
+    }
+    Ok([x.max(1) as u32, y.max(1) as u32, z.max(1) as u32])
+}
+
+/// Records dispatches and copies into one command buffer, submitted at once.
+pub(crate) struct Recorder<'c> {
+    ctx: &'c Context,
+    encoder: wgpu::CommandEncoder,
+}
+
+impl<'c> Recorder<'c> {
+    pub(crate) fn new(ctx: &'c Context) -> Self {
+        let encoder = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        Recorder { ctx, encoder }
+    }
+
+    /// Records one dispatch of `kernel` over `groups` workgroups.
+    pub(crate) fn dispatch(
+        &mut self,
+        kernel: Kernel,
+        params: Params,
+        buffers: &[Option<&wgpu::Buffer>],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        let bind_group = self.bind(kernel, params, buffers)?;
+        self.dispatch_bound(&[(kernel, &bind_group, groups)], 1)
+    }
+
+    /// A bind group for `kernel`, to be dispatched (possibly many times) with
+    /// [`Recorder::dispatch_bound`].
+    pub(crate) fn bind(&mut self, kernel: Kernel, params: Params, buffers: &[Option<&wgpu::Buffer>]) -> Result<wgpu::BindGroup> {
+        let slots = kernel.entry().0.storage().len();
+        debug_assert!(buffers.len() <= slots, "{kernel:?}: too many buffers");
+        let pipeline = self.ctx.pipelines.get(&self.ctx.device, kernel)?;
+        let uniform = self.ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: &params.bytes(),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        for slot in 0..slots {
+            let buffer = buffers.get(slot).copied().flatten().unwrap_or(&self.ctx.placeholders[slot]);
+            entries.push(wgpu::BindGroupEntry {
+                binding: slot as u32 + 1,
+                resource: buffer.as_entire_binding(),
+            });
+        }
+        Ok(self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.layout,
+            entries: &entries,
+        }))
+    }
+
+    /// Records `steps` (kernel, bind group, workgroups), in order, `times` times over, in one
+    /// compute pass: a loop run entirely on the device, with no host round trip between steps.
+    pub(crate) fn dispatch_bound(
+        &mut self,
+        steps: &[(Kernel, &wgpu::BindGroup, [u32; 3])],
+        times: usize,
+    ) -> Result<()> {
+        let pipelines = steps
+            .iter()
+            .map(|(kernel, _, _)| self.ctx.pipelines.get(&self.ctx.device, *kernel))
+            .collect::<Result<Vec<_>>>()?;
+        let mut pass = self.encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: None,
+        });
+        for _ in 0..times {
+            for ((_, bind_group, groups), pipeline) in steps.iter().zip(&pipelines) {
+                pass.set_pipeline(&pipeline.pipeline);
+                pass.set_bind_group(0, *bind_group, &[]);
+                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a copy of `bytes` bytes between two distinct buffers.
+    pub(crate) fn copy(&mut self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, bytes: u64) {
+        if bytes > 0 {
+            self.encoder.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, bytes);
+        }
+    }
+
+    /// Submits everything recorded and waits for it to finish.
+    pub(crate) fn submit(self) -> Result<()> {
+        self.ctx.queue.submit([self.encoder.finish()]);
+        self.ctx.wait()
+    }
+}

@@ -1,0 +1,328 @@
+//! The wgpu backend: WGSL compute kernels on Vulkan, Metal or DX12 (f32 only).
+//!
+//! Each kernel family of the [`Device`](super::Device) trait is one file under `shaders/`
+//! (`gemm.wgsl`, `ggn.wgsl`, `kron.wgsl`, `low_rank.wgsl`, `cholesky.wgsl`, `predictive.wgsl`,
+//! `elementwise.wgsl`); [`kernels`] lists every entry point. WGSL has no portable f64, so every
+//! kernel called with `f64` returns [`Error::Unsupported`].
+//!
+//! Adapter choice: hardware adapters only, the discrete GPU first, unless a software adapter
+//! (lavapipe, llvmpipe) is asked for with [`WgpuOptions::allow_software`] or the environment
+//! variable `LAPLACE_WGPU_ADAPTER=software`. `LAPLACE_WGPU_ADAPTER` may also hold part of an
+//! adapter's name to pick that adapter.
+
+mod kernels;
+mod ops;
+
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::scalar::{DType, Scalar};
+
+pub(crate) use kernels::{Kernel, Params, PipelineCache, Recorder, Shader};
+
+/// The environment variable that selects a wgpu adapter: `software` allows software adapters,
+/// `hardware` (the default) forbids them, anything else picks the adapter whose name contains it.
+pub const ADAPTER_ENV: &str = "LAPLACE_WGPU_ADAPTER";
+
+/// How [`WgpuDevice::with_options`] chooses an adapter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WgpuOptions {
+    /// Allow software adapters (CPU rasterisers such as lavapipe); hardware is still preferred.
+    pub allow_software: bool,
+    /// Only adapters whose name contains this text (case-insensitive).
+    pub name_contains: Option<String>,
+}
+
+impl WgpuOptions {
+    /// Options from [`ADAPTER_ENV`]: unset or `hardware` gives the defaults, `software` allows
+    /// software adapters, anything else is an adapter-name filter (software allowed).
+    pub fn from_env() -> Self {
+        match std::env::var(ADAPTER_ENV) {
+            Ok(v) if v.eq_ignore_ascii_case("software") => WgpuOptions {
+                allow_software: true,
+                name_contains: None,
+            },
+            Ok(v) if v.is_empty() || v.eq_ignore_ascii_case("hardware") => WgpuOptions::default(),
+            Ok(v) => WgpuOptions {
+                allow_software: true,
+                name_contains: Some(v),
+            },
+            Err(_) => WgpuOptions::default(),
+        }
+    }
+}
+
+/// A device-resident wgpu storage buffer of `len` elements of `T` (never size 0 on the device).
+pub struct WgpuBuffer<T> {
+    pub(crate) buffer: wgpu::Buffer,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+impl<T> WgpuBuffer<T> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether the buffer holds no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// What the device shares between clones: the wgpu device, its queue and its caches.
+pub(crate) struct Context {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) info: wgpu::AdapterInfo,
+    pub(crate) limits: wgpu::Limits,
+    pub(crate) pipelines: PipelineCache,
+    /// The first uncaptured error or device loss, reported by the next operation.
+    fault: Arc<Mutex<Option<String>>>,
+    /// 4-byte buffers bound in the slots a kernel does not use (one per slot, so that no buffer
+    /// is bound twice for writing).
+    pub(crate) placeholders: Vec<wgpu::Buffer>,
+}
+
+impl Context {
+    /// Waits for all submitted work and reports any fault the device raised meanwhile.
+    pub(crate) fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| backend_error(format!("waiting for the device: {e}")))?;
+        self.check_fault()
+    }
+
+    fn check_fault(&self) -> Result<()> {
+        match kernels::lock(&self.fault).take() {
+            Some(reason) => Err(backend_error(reason)),
+            None => Ok(()),
+        }
+    }
+}
+
+pub(crate) fn backend_error(reason: impl Into<String>) -> Error {
+    Error::Device {
+        backend: "wgpu",
+        reason: reason.into(),
+    }
+}
+
+fn unavailable(reason: impl Into<String>) -> Error {
+    Error::BackendUnavailable {
+        backend: "wgpu",
+        reason: reason.into(),
+    }
+}
+
+/// The wgpu backend. Clones share one device, queue and pipeline cache.
+///
+/// ```no_run
+/// use laplace_update::{Device, WgpuDevice};
+/// // Hardware adapters only; `LAPLACE_WGPU_ADAPTER=software` allows lavapipe.
+/// let gpu = WgpuDevice::new()?;
+/// let a = gpu.upload(&[1.0f32, 2.0, 3.0, 4.0], 2, 2)?;
+/// assert_eq!(gpu.download(&a)?, vec![1.0, 2.0, 3.0, 4.0]);
+/// # Ok::<(), laplace_update::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct WgpuDevice {
+    pub(crate) ctx: Arc<Context>,
+}
+
+impl std::fmt::Debug for WgpuDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgpuDevice").field("adapter", &self.ctx.info.name).finish()
+    }
+}
+
+impl WgpuDevice {
+    /// The best adapter that [`WgpuOptions::from_env`] allows.
+    pub fn new() -> Result<Self> {
+        Self::with_options(&WgpuOptions::from_env())
+    }
+
+    /// The best adapter that `options` allow: discrete, integrated, virtual, other, then
+    /// software. No adapter is [`Error::BackendUnavailable`] with the adapters that were seen.
+    pub fn with_options(options: &WgpuOptions) -> Result<Self> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::PRIMARY,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
+        let seen: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+            })
+            .collect();
+        let rank = |t: wgpu::DeviceType| match t {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Other => 3,
+            wgpu::DeviceType::Cpu => 4,
+        };
+        let wanted = options.name_contains.as_ref().map(|s| s.to_lowercase());
+        let best = adapters
+            .into_iter()
+            .filter(|a| {
+                let info = a.get_info();
+                (options.allow_software || info.device_type != wgpu::DeviceType::Cpu)
+                    && wanted.as_ref().is_none_or(|w| info.name.to_lowercase().contains(w))
+            })
+            .min_by_key(|a| rank(a.get_info().device_type));
+        let Some(adapter) = best else {
+            let why = if seen.is_empty() {
+                "no Vulkan, Metal or DX12 adapter found (is a driver or Mesa's lavapipe installed?)".to_string()
+            } else {
+                format!(
+                    "no adapter matches (software allowed: {}, name filter: {:?}); adapters seen: {}; set {ADAPTER_ENV}=software to allow software adapters",
+                    options.allow_software,
+                    options.name_contains,
+                    seen.join(", ")
+                )
+            };
+            return Err(unavailable(why));
+        };
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("laplace-update"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| unavailable(format!("{}: cannot open the device: {e}", info.name)))?;
+        let fault = Arc::new(Mutex::new(None::<String>));
+        let on_error = fault.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            kernels::lock(&on_error).get_or_insert_with(|| e.to_string());
+        }));
+        let on_lost = fault.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            kernels::lock(&on_lost).get_or_insert_with(|| format!("device lost ({reason:?}): {message}"));
+        });
+        let slots = Shader::ALL.iter().map(|s| s.storage().len()).max().unwrap_or(0);
+        let placeholders = (0..slots)
+            .map(|_| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("unused slot"),
+                    size: 16,
+                    usage: wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                })
+            })
+            .collect();
+        Ok(WgpuDevice {
+            ctx: Arc::new(Context {
+                device,
+                queue,
+                info,
+                limits,
+                pipelines: PipelineCache::default(),
+                fault,
+                placeholders,
+            }),
+        })
+    }
+
+    /// The adapter's name, backend and type.
+    pub fn adapter(&self) -> String {
+        let i = &self.ctx.info;
+        format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+    }
+
+    /// Whether the adapter is a software rasteriser (lavapipe, llvmpipe).
+    pub fn is_software(&self) -> bool {
+        self.ctx.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// The largest buffer the adapter allows, in bytes.
+    pub fn max_buffer_bytes(&self) -> u64 {
+        self.ctx
+            .limits
+            .max_buffer_size
+            .min(self.ctx.limits.max_storage_buffer_binding_size as u64)
+    }
+
+    /// A new uninitialised storage buffer for `len` elements of `T`, or a typed error when it
+    /// is larger than the adapter allows or cannot be allocated.
+    pub(crate) fn buffer<T: Scalar>(&self, len: usize, label: &'static str) -> Result<WgpuBuffer<T>> {
+        let bytes = (len as u64)
+            .checked_mul(std::mem::size_of::<T>() as u64)
+            .ok_or_else(|| backend_error(format!("{label}: {len} elements overflow a byte count")))?;
+        let limit = self.max_buffer_bytes();
+        if bytes > limit {
+            return Err(backend_error(format!(
+                "cannot allocate {label} of {bytes} bytes: the adapter's largest storage buffer is {limit} bytes"
+            )));
+        }
+        let scope = self.ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buffer = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(backend_error(format!("cannot allocate {label} of {bytes} bytes: {e}")));
+        }
+        Ok(WgpuBuffer {
+            buffer,
+            len,
+            _t: PhantomData,
+        })
+    }
+
+    /// Reads `len` elements of `src` back to the host through a staging buffer.
+    pub(crate) fn read_back<T: bytemuck::Pod>(&self, src: &wgpu::Buffer, len: usize) -> Result<Vec<T>> {
+        let bytes = (len * std::mem::size_of::<T>()) as u64;
+        if bytes == 0 {
+            self.ctx.wait()?;
+            return Ok(Vec::new());
+        }
+        let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut rec = Recorder::new(&self.ctx);
+        rec.copy(src, 0, &staging, 0, bytes);
+        rec.submit()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.ctx.wait()?;
+        rx.recv()
+            .map_err(|_| backend_error("readback was never mapped"))?
+            .map_err(|e| backend_error(format!("readback: {e}")))?;
+        let out = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| backend_error(format!("readback: {e}")))?;
+            bytemuck::pod_collect_to_vec::<u8, T>(&view)
+        };
+        staging.unmap();
+        Ok(out)
+    }
+}
+
+/// `Unsupported` unless `T` is `f32`, the one type WGSL computes in portably.
+pub(crate) fn f32_only<T: Scalar>() -> Result<()> {
+    match T::DTYPE {
+        DType::F32 => Ok(()),
+        DType::F64 => Err(Error::Unsupported(
+            "the wgpu backend computes in f32 only (WGSL has no portable f64); use the CPU backend for f64".into(),
+        )),
+    }
+}
+
+/// Every WGSL source with its file name, for validation without an adapter.
+pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
+    Shader::ALL.iter().map(|s| (s.file(), s.source())).collect()
+}
