@@ -22,13 +22,18 @@ fn every_shader_parses_and_validates() {
     let files = shader_files();
     assert!(files.len() >= 7, "shaders/ holds {} files", files.len());
     for (name, source) in &files {
-        let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
-        let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty());
+        let module =
+            naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+        let mut validator =
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty());
         if let Err(e) = validator.validate(&module) {
             panic!("{name}: {}", e.emit_to_string(source));
         }
         assert!(
-            module.entry_points.iter().all(|e| e.stage == naga::ShaderStage::Compute),
+            module
+                .entry_points
+                .iter()
+                .all(|e| e.stage == naga::ShaderStage::Compute),
             "{name}: only compute entry points belong in shaders/"
         );
     }

@@ -45,7 +45,10 @@ fn allocation_beyond_the_limit_is_a_typed_error() {
         return;
     };
     let side = ((gpu.max_buffer_bytes() / 4) as f64).sqrt() as usize + 2;
-    assert!(matches!(gpu.zeros::<f32>(side, side), Err(Error::Device { backend: "wgpu", .. })));
+    assert!(matches!(
+        gpu.zeros::<f32>(side, side),
+        Err(Error::Device { backend: "wgpu", .. })
+    ));
     let a = gpu.upload(&[3.0f32, -4.0], 1, 2).unwrap();
     assert_eq!(gpu.max_abs(&a).unwrap(), 4.0);
 }
@@ -60,7 +63,10 @@ fn no_matching_adapter_is_backend_unavailable() {
         name_contains: Some("no adapter is called this".into()),
     };
     match WgpuDevice::with_options(&options) {
-        Err(Error::BackendUnavailable { backend: "wgpu", reason }) => assert!(!reason.is_empty()),
+        Err(Error::BackendUnavailable {
+            backend: "wgpu",
+            reason,
+        }) => assert!(!reason.is_empty()),
         other => panic!("expected BackendUnavailable, got {other:?}"),
     }
 }

@@ -132,7 +132,6 @@ fn view_mut<T: Scalar>(m: &mut CpuMatrix<T>) -> MatMut<'_, T> {
     MatMut::from_row_major_slice_mut(m.buffer_mut().as_mut_slice(), rows, cols)
 }
 
-
 fn scale_in_place<T: Scalar>(buf: &mut [T], beta: T) {
     if beta == T::zero() {
         buf.par_iter_mut().for_each(|x| *x = T::zero());

@@ -24,9 +24,9 @@ pub mod wgpu;
 use crate::error::{Error, Result};
 use crate::scalar::Scalar;
 
-pub use cpu::CpuDevice;
 #[cfg(feature = "wgpu")]
 pub use self::wgpu::{WgpuDevice, WgpuOptions};
+pub use cpu::CpuDevice;
 
 /// Whether a gemm operand is used as stored or transposed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -490,6 +490,107 @@ pub fn check_elementwise<D: Device, T: Scalar>(dev: &D) {
     assert!(r.reshape(5, 17).is_ok() && r.reshape(4, 4).is_err());
 }
 
+pub fn check_sherman_morrison<D: Device, T: Scalar>(dev: &D) {
+    let mut rng = Rng::new(11);
+    for &(m, d, k, categorical, with_bias) in &[
+        (1usize, 1usize, 2usize, false, false),
+        (5, 16, 3, false, true),
+        (17, 33, 4, true, true),
+        (70, 65, 10, true, false),
+    ] {
+        let sigma0 = spd(&mut rng, d).scale(0.5);
+        let head0 = random(&mut rng, k, d).scale(0.3);
+        let bias0 = random(&mut rng, 1, k);
+        let phi = random(&mut rng, m, d).scale(0.5);
+        let mut targets = Dense::zeros(m, k);
+        for j in 0..m {
+            targets.set(j, rng.below(k), 1.0);
+        }
+        let gamma = 0.7;
+        // The documented recursion, in f64.
+        let (mut sigma, mut head) = (sigma0.clone(), head0.clone());
+        let mut used = Vec::new();
+        for j in 0..m {
+            let x = phi.row(j);
+            let u: Vec<f64> = (0..d).map(|r| (0..d).map(|c| sigma.at(r, c) * x[c]).sum()).collect();
+            let s: f64 = (0..d).map(|c| x[c] * u[c]).sum();
+            let f: Vec<f64> = (0..k)
+                .map(|c| (0..d).map(|q| head.at(c, q) * x[q]).sum::<f64>() + if with_bias { bias0.a[c] } else { 0.0 })
+                .collect();
+            let p = softmax(&f);
+            let mj = shared_weight(&p, categorical);
+            let denom = 1.0 + mj * s;
+            for r in 0..d {
+                for c in 0..d {
+                    let v = sigma.at(r, c) - mj * u[r] * u[c] / denom;
+                    sigma.set(r, c, v);
+                }
+            }
+            for c in 0..k {
+                for q in 0..d {
+                    let v = head.at(c, q) + gamma * (targets.at(j, c) - p[c]) * u[q] / denom;
+                    head.set(c, q, v);
+                }
+            }
+            used.push(mj);
+        }
+        let mut sg = up::<D, T>(dev, &sigma0);
+        let mut hd = up::<D, T>(dev, &head0);
+        let bias = up::<D, T>(dev, &bias0);
+        let weighting = if categorical {
+            OutputWeighting::Categorical
+        } else {
+            OutputWeighting::Gaussian
+        };
+        let got_used = dev
+            .sherman_morrison_sequence(
+                &mut sg,
+                &mut hd,
+                with_bias.then_some(&bias),
+                &up(dev, &phi),
+                &up(dev, &targets),
+                T::from_f64(gamma),
+                weighting,
+            )
+            .unwrap();
+        let e = rel_err(&down(dev, &sg), &sigma.a);
+        assert!(
+            e < tol::<T>(m * d, 8.0),
+            "sherman_morrison m={m} d={d} k={k}: Σ err {e}"
+        );
+        let e = rel_err(&down(dev, &hd), &head.a);
+        assert!(
+            e < tol::<T>(m * d, 8.0),
+            "sherman_morrison m={m} d={d} k={k}: W err {e}"
+        );
+        let e = rel_err(&down(dev, &got_used), &used);
+        assert!(
+            e < tol::<T>(m * d, 8.0),
+            "sherman_morrison m={m} d={d} k={k}: m_j err {e}"
+        );
+    }
+    // 1 + m s ≤ 0 at the second sample: Σ = −I and ‖φ_1‖² = 4.
+    let d = 3;
+    let mut sg = up::<D, T>(dev, &Dense::identity(d).scale(-1.0));
+    let mut hd = up::<D, T>(dev, &Dense::zeros(2, d));
+    let phi = up::<D, T>(dev, &Dense::from(2, d, vec![0.0, 0.0, 0.0, 2.0, 0.0, 0.0]));
+    let targets = up::<D, T>(dev, &Dense::from(2, 2, vec![1.0, 0.0, 0.0, 1.0]));
+    let result = dev.sherman_morrison_sequence(
+        &mut sg,
+        &mut hd,
+        None,
+        &phi,
+        &targets,
+        T::one(),
+        OutputWeighting::Gaussian,
+    );
+    assert!(
+        matches!(result, Err(Error::NotPositiveDefinite { index: 1 })),
+        "{:?}",
+        result.err()
+    );
+}
+
 #[macro_export]
 macro_rules! kernel_suite {
     ($backend:literal, $make:expr, $($t:ident),+) => {
@@ -500,16 +601,17 @@ macro_rules! kernel_suite {
             fn device() -> Option<impl Device> {
                 backend_or_skip($backend, $make)
             }
-            #[test] fn gemm() { if let Some(d) = device() { kernels::check_gemm::<_, $t>(&d) } }
-            #[test] fn weighted_syrk() { if let Some(d) = device() { kernels::check_weighted_syrk::<_, $t>(&d) } }
-            #[test] fn ggn_accumulate() { if let Some(d) = device() { kernels::check_ggn_accumulate::<_, $t>(&d) } }
-            #[test] fn ggn_basis_and_congruence() { if let Some(d) = device() { kernels::check_ggn_basis_and_congruence::<_, $t>(&d) } }
-            #[test] fn kron_products() { if let Some(d) = device() { kernels::check_kron_products::<_, $t>(&d) } }
-            #[test] fn cholesky_family() { if let Some(d) = device() { kernels::check_cholesky_family::<_, $t>(&d) } }
-            #[test] fn low_rank_update() { if let Some(d) = device() { kernels::check_low_rank_update::<_, $t>(&d) } }
-            #[test] fn predictive() { if let Some(d) = device() { kernels::check_predictive::<_, $t>(&d) } }
-            #[test] fn bridge() { if let Some(d) = device() { kernels::check_bridge::<_, $t>(&d) } }
-            #[test] fn elementwise() { if let Some(d) = device() { kernels::check_elementwise::<_, $t>(&d) } }
+            #[test] fn gemm() { if let Some(d) = device() { kernels::check_gemm::<_, $t>(&d); super::common::report_worst() } }
+            #[test] fn weighted_syrk() { if let Some(d) = device() { kernels::check_weighted_syrk::<_, $t>(&d); super::common::report_worst() } }
+            #[test] fn ggn_accumulate() { if let Some(d) = device() { kernels::check_ggn_accumulate::<_, $t>(&d); super::common::report_worst() } }
+            #[test] fn ggn_basis_and_congruence() { if let Some(d) = device() { kernels::check_ggn_basis_and_congruence::<_, $t>(&d); super::common::report_worst() } }
+            #[test] fn kron_products() { if let Some(d) = device() { kernels::check_kron_products::<_, $t>(&d); super::common::report_worst() } }
+            #[test] fn cholesky_family() { if let Some(d) = device() { kernels::check_cholesky_family::<_, $t>(&d); super::common::report_worst() } }
+            #[test] fn low_rank_update() { if let Some(d) = device() { kernels::check_low_rank_update::<_, $t>(&d); super::common::report_worst() } }
+            #[test] fn predictive() { if let Some(d) = device() { kernels::check_predictive::<_, $t>(&d); super::common::report_worst() } }
+            #[test] fn bridge() { if let Some(d) = device() { kernels::check_bridge::<_, $t>(&d); super::common::report_worst() } }
+            #[test] fn sherman_morrison() { if let Some(d) = device() { kernels::check_sherman_morrison::<_, $t>(&d); super::common::report_worst() } }
+            #[test] fn elementwise() { if let Some(d) = device() { kernels::check_elementwise::<_, $t>(&d); super::common::report_worst() } }
         }
         )+
     };

@@ -316,14 +316,28 @@ pub fn gradient(pb: &Problem, w: &Dense, rows: &[usize]) -> Dense {
     g
 }
 
-/// Largest entrywise difference relative to the reference's magnitude.
+/// Largest entrywise difference relative to the reference's magnitude. The worst value seen by
+/// each test thread is kept for [`report_worst`].
 pub fn rel_err<T: Scalar>(got: &[T], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "length mismatch");
     let scale = want.iter().fold(1e-300f64, |m, x| m.max(x.abs()));
-    got.iter()
+    let e = got
+        .iter()
         .zip(want)
         .fold(0.0f64, |m, (g, w)| m.max((g.as_f64() - w).abs()))
-        / scale
+        / scale;
+    WORST.with(|w| w.set(w.get().max(e)));
+    e
+}
+
+thread_local! {
+    static WORST: std::cell::Cell<f64> = const { std::cell::Cell::new(0.0) };
+}
+
+/// Prints the worst relative error this test thread measured (`cargo test -- --nocapture`).
+pub fn report_worst() {
+    let name = std::thread::current().name().unwrap_or("?").to_string();
+    eprintln!("worst relative error {name}: {:.2e}", WORST.with(|w| w.get()));
 }
 
 /// Tolerance `c · dim · ε_T`, floored for the tiny dimensions.

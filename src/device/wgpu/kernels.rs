@@ -255,7 +255,10 @@ impl PipelineCache {
             source: wgpu::ShaderSource::Wgsl(shader.source().into()),
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(backend_error(format!("shader `{}` does not compile: {e}", shader.file())));
+            return Err(backend_error(format!(
+                "shader `{}` does not compile: {e}",
+                shader.file()
+            )));
         }
         lock(&self.modules).insert(shader, module.clone());
         Ok(module)
@@ -281,7 +284,8 @@ impl Params {
     }
     /// Appends a `u32` field.
     pub(crate) fn u(mut self, v: usize) -> Self {
-        self.0.push(u32::try_from(v).expect("kernel sizes are checked against u32 before launch"));
+        self.0
+            .push(u32::try_from(v).expect("kernel sizes are checked against u32 before launch"));
         self
     }
     /// Appends an `f32` field.
@@ -354,7 +358,12 @@ impl<'c> Recorder<'c> {
 
     /// A bind group for `kernel`, to be dispatched (possibly many times) with
     /// [`Recorder::dispatch_bound`].
-    pub(crate) fn bind(&mut self, kernel: Kernel, params: Params, buffers: &[Option<&wgpu::Buffer>]) -> Result<wgpu::BindGroup> {
+    pub(crate) fn bind(
+        &mut self,
+        kernel: Kernel,
+        params: Params,
+        buffers: &[Option<&wgpu::Buffer>],
+    ) -> Result<wgpu::BindGroup> {
         let slots = kernel.entry().0.storage().len();
         debug_assert!(buffers.len() <= slots, "{kernel:?}: too many buffers");
         let pipeline = self.ctx.pipelines.get(&self.ctx.device, kernel)?;
@@ -368,7 +377,11 @@ impl<'c> Recorder<'c> {
             resource: uniform.as_entire_binding(),
         }];
         for slot in 0..slots {
-            let buffer = buffers.get(slot).copied().flatten().unwrap_or(&self.ctx.placeholders[slot]);
+            let buffer = buffers
+                .get(slot)
+                .copied()
+                .flatten()
+                .unwrap_or(&self.ctx.placeholders[slot]);
             entries.push(wgpu::BindGroupEntry {
                 binding: slot as u32 + 1,
                 resource: buffer.as_entire_binding(),
@@ -407,9 +420,17 @@ impl<'c> Recorder<'c> {
     }
 
     /// Records a copy of `bytes` bytes between two distinct buffers.
-    pub(crate) fn copy(&mut self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, bytes: u64) {
+    pub(crate) fn copy(
+        &mut self,
+        src: &wgpu::Buffer,
+        src_offset: u64,
+        dst: &wgpu::Buffer,
+        dst_offset: u64,
+        bytes: u64,
+    ) {
         if bytes > 0 {
-            self.encoder.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, bytes);
+            self.encoder
+                .copy_buffer_to_buffer(src, src_offset, dst, dst_offset, bytes);
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Each kernel family of the [`Device`](super::Device) trait is one file under `shaders/`
 //! (`gemm.wgsl`, `ggn.wgsl`, `kron.wgsl`, `low_rank.wgsl`, `cholesky.wgsl`, `predictive.wgsl`,
-//! `elementwise.wgsl`); [`kernels`] lists every entry point. WGSL has no portable f64, so every
+//! `elementwise.wgsl`); `src/device/wgpu/kernels.rs` lists every entry point. WGSL has no portable f64, so every
 //! kernel called with `f64` returns [`Error::Unsupported`].
 //!
 //! Adapter choice: hardware adapters only, the discrete GPU first, unless a software adapter
@@ -133,7 +133,9 @@ pub struct WgpuDevice {
 
 impl std::fmt::Debug for WgpuDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WgpuDevice").field("adapter", &self.ctx.info.name).finish()
+        f.debug_struct("WgpuDevice")
+            .field("adapter", &self.ctx.info.name)
+            .finish()
     }
 }
 
@@ -245,7 +247,7 @@ impl WgpuDevice {
         self.ctx
             .limits
             .max_buffer_size
-            .min(self.ctx.limits.max_storage_buffer_binding_size as u64)
+            .min(self.ctx.limits.max_storage_buffer_binding_size)
     }
 
     /// A new uninitialised storage buffer for `len` elements of `T`, or a typed error when it

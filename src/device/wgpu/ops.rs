@@ -139,7 +139,15 @@ impl<'a> Gemm<'a> {
                 k: len,
                 a: (self.a.0, self.a.1.advance(start, false)),
                 b: (self.b.0, self.b.1.advance(start, true)),
-                w: self.w.map(|(buf, w)| (buf, Strided { off: w.off + start * w.rs, ..w })),
+                w: self.w.map(|(buf, w)| {
+                    (
+                        buf,
+                        Strided {
+                            off: w.off + start * w.rs,
+                            ..w
+                        },
+                    )
+                }),
                 beta: if start == 0 { self.beta } else { 1.0 },
                 ..*self
             };
@@ -234,7 +242,9 @@ impl WgpuDevice {
     fn status(&self) -> Result<WgpuBuffer<f32>> {
         let status = self.buffer::<f32>(2, "status")?;
         let init = [f32::from_bits(NONE), 0.0];
-        self.ctx().queue.write_buffer(&status.buffer, 0, bytemuck::cast_slice(&init));
+        self.ctx()
+            .queue
+            .write_buffer(&status.buffer, 0, bytemuck::cast_slice(&init));
         Ok(status)
     }
 
@@ -309,13 +319,7 @@ impl WgpuDevice {
         };
         for &j0 in ordered {
             let nb = BLOCK.min(n - j0);
-            let params = Params::new()
-                .u(n)
-                .u(j0)
-                .u(nb)
-                .u(0)
-                .u(cols)
-                .u(usize::from(op == Op::T));
+            let params = Params::new().u(n).u(j0).u(nb).u(0).u(cols).u(usize::from(op == Op::T));
             rec.dispatch(
                 Kernel::TrsmBlock,
                 params,
@@ -389,7 +393,14 @@ impl WgpuDevice {
     }
 
     /// A link from logit mean and covariance to probabilities, on a new n × K matrix.
-    fn link<T: Scalar>(&self, kernel: Kernel, mean: &W<T>, cov: &W<T>, eps: Option<&W<T>>, lambda: f32) -> Result<W<T>> {
+    fn link<T: Scalar>(
+        &self,
+        kernel: Kernel,
+        mean: &W<T>,
+        cov: &W<T>,
+        eps: Option<&W<T>>,
+        lambda: f32,
+    ) -> Result<W<T>> {
         f32_only::<T>()?;
         let layout = cov_layout(mean, cov)?;
         let (n, k) = mean.shape();
@@ -716,7 +727,16 @@ impl Device for WgpuDevice {
                 )
                 .record(self, &mut rec)?;
                 if let Some(w) = weights {
-                    self.record_elementwise(&mut rec, Kernel::ScaleColumns, Some(raw(w)), raw(&u), d * m, (d, m), 1, 0.0)?;
+                    self.record_elementwise(
+                        &mut rec,
+                        Kernel::ScaleColumns,
+                        Some(raw(w)),
+                        raw(&u),
+                        d * m,
+                        (d, m),
+                        1,
+                        0.0,
+                    )?;
                 }
                 Gemm::new(
                     (m, m, d),
@@ -728,7 +748,16 @@ impl Device for WgpuDevice {
                 )
                 .record(self, &mut rec)?;
                 if let Some(w) = weights {
-                    self.record_elementwise(&mut rec, Kernel::ScaleRows, Some(raw(w)), raw(&g), m * m, (m, m), 1, 0.0)?;
+                    self.record_elementwise(
+                        &mut rec,
+                        Kernel::ScaleRows,
+                        Some(raw(w)),
+                        raw(&g),
+                        m * m,
+                        (m, m),
+                        1,
+                        0.0,
+                    )?;
                 }
                 (u, g)
             }
@@ -793,7 +822,16 @@ impl Device for WgpuDevice {
             }
         };
         let side = g.rows();
-        self.record_elementwise(&mut rec, Kernel::Symmetrize, None, raw(&g), side * side, (side, side), 0, 0.0)?;
+        self.record_elementwise(
+            &mut rec,
+            Kernel::Symmetrize,
+            None,
+            raw(&g),
+            side * side,
+            (side, side),
+            0,
+            0.0,
+        )?;
         rec.submit()?;
         Ok((u, g))
     }
@@ -816,7 +854,16 @@ impl Device for WgpuDevice {
         // Vᵀ = L⁻¹ Uᵀ (r × n), then Σ ± V Vᵀ on the lower tiles, mirrored.
         let vt = self.buffer::<f32>(r * n, "L⁻¹ Uᵀ")?;
         let mut rec = Recorder::new(self.ctx());
-        self.record_elementwise(&mut rec, Kernel::Transpose, Some(raw(u)), &vt.buffer, n * r, (n, r), 0, 0.0)?;
+        self.record_elementwise(
+            &mut rec,
+            Kernel::Transpose,
+            Some(raw(u)),
+            &vt.buffer,
+            n * r,
+            (n, r),
+            0,
+            0.0,
+        )?;
         self.record_trsm(&mut rec, raw(c_chol), r, &vt.buffer, n, Op::N)?;
         let mut g = Gemm::new(
             (n, n, r),
@@ -858,12 +905,7 @@ impl Device for WgpuDevice {
         let state = self.buffer::<f32>(d + 2 * k + 3, "Sherman–Morrison state")?;
         let status = self.status()?;
         let flags = usize::from(bias.is_some()) | (usize::from(weighting == OutputWeighting::Categorical) << 1);
-        let params = Params::new()
-            .u(d)
-            .u(k)
-            .u(flags)
-            .u(0)
-            .f(gamma.as_f64() as f32);
+        let params = Params::new().u(d).u(k).u(flags).u(0).f(gamma.as_f64() as f32);
         let buffers = [
             Some(raw(sigma)),
             Some(raw(head)),
@@ -882,7 +924,11 @@ impl Device for WgpuDevice {
             &[
                 (Kernel::SmProject, &project, kernels::groups_1d(self.ctx(), d + k, 1)?),
                 (Kernel::SmScalars, &scalars, [1, 1, 1]),
-                (Kernel::SmApply, &apply, kernels::groups_1d(self.ctx(), (d + k) * d, 256)?),
+                (
+                    Kernel::SmApply,
+                    &apply,
+                    kernels::groups_1d(self.ctx(), (d + k) * d, 256)?,
+                ),
             ],
             m,
         )?;
@@ -979,14 +1025,7 @@ impl Device for WgpuDevice {
             );
             g.outer = k;
             g.record(self, &mut rec)?;
-            let params = Params::new()
-                .u(c)
-                .u(k)
-                .u(d)
-                .u(0)
-                .u(0)
-                .u(start * d)
-                .u(start * k * k);
+            let params = Params::new().u(c).u(k).u(d).u(0).u(0).u(start * d).u(start * k * k);
             rec.dispatch(
                 Kernel::RowDot,
                 params,
@@ -1076,7 +1115,16 @@ impl Device for WgpuDevice {
         f32_only::<T>()?;
         row.expect_shape("row", 1, a.cols())?;
         let mut rec = Recorder::new(self.ctx());
-        self.record_elementwise(&mut rec, Kernel::AddRow, Some(raw(row)), raw(a), a.len(), a.shape(), 0, 0.0)?;
+        self.record_elementwise(
+            &mut rec,
+            Kernel::AddRow,
+            Some(raw(row)),
+            raw(a),
+            a.len(),
+            a.shape(),
+            0,
+            0.0,
+        )?;
         rec.submit()
     }
 
