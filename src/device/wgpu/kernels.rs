@@ -249,19 +249,23 @@ impl PipelineCache {
         if let Some(m) = lock(&self.modules).get(&shader) {
             return Ok(m.clone());
         }
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(shader.file()),
-            source: wgpu::ShaderSource::Wgsl(shader.source().into()),
-        });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(backend_error(format!(
-                "shader `{}` does not compile: {e}",
-                shader.file()
-            )));
-        }
+        let module = compile(device, shader.file(), shader.source())?;
         lock(&self.modules).insert(shader, module.clone());
         Ok(module)
+    }
+}
+
+/// Builds a shader module inside a validation error scope: invalid WGSL is a typed
+/// [`Error::Device`] that names the file and carries the compiler's message.
+pub(crate) fn compile(device: &wgpu::Device, file: &str, source: &str) -> Result<wgpu::ShaderModule> {
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(file),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    match pollster::block_on(scope.pop()) {
+        Some(e) => Err(backend_error(format!("shader `{file}` does not compile: {e}"))),
+        None => Ok(module),
     }
 }
 
@@ -438,5 +442,35 @@ impl<'c> Recorder<'c> {
     pub(crate) fn submit(self) -> Result<()> {
         self.ctx.queue.submit([self.encoder.finish()]);
         self.ctx.wait()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::wgpu::{WgpuDevice, WgpuOptions};
+
+    /// A WGSL error is a typed error naming the shader, not a panic.
+    #[test]
+    fn invalid_wgsl_is_a_typed_error_naming_the_shader() {
+        let options = WgpuOptions {
+            allow_software: true,
+            name_contains: None,
+        };
+        let Ok(gpu) = WgpuDevice::with_options(&options) else {
+            eprintln!("SKIPPED wgpu: no adapter");
+            return;
+        };
+        let broken = "@compute @workgroup_size(1) fn main() { let x: f32 = 1u; }";
+        match compile(&gpu.ctx.device, "broken.wgsl", broken) {
+            Err(Error::Device {
+                backend: "wgpu",
+                reason,
+            }) => assert!(reason.contains("broken.wgsl"), "{reason}"),
+            Err(other) => panic!("wrong error: {other:?}"),
+            Ok(_) => panic!("invalid WGSL compiled"),
+        }
+        // The device still works afterwards.
+        assert!(gpu.ctx.wait().is_ok());
     }
 }
