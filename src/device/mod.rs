@@ -18,6 +18,8 @@
 //! host and device only through [`Device::upload`] and [`Device::download`].
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 

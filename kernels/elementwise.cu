@@ -1,0 +1,79 @@
+// elementwise family (twin of shaders/elementwise.wgsl): memory-bound, one thread per element,
+// 256 per block, the grid folded into (x, y).
+
+struct ElemParams {
+    double alpha;
+    u32 len, rows, cols, flags;
+};
+
+#define ELEM_INDEX                                                                              \
+    const ElemParams& p = params<ElemParams>(w);                                                \
+    const u32 i = linear_index();                                                               \
+    if (i >= p.len) return;
+
+template <typename T>
+__device__ __forceinline__ T factor(const ElemParams& p, T v) {
+    return (p.flags & 1u) ? sqrt(v) : v;
+}
+
+#define AXPY(T) (Words w, const T* x, T* y) { ELEM_INDEX y[i] += (T)p.alpha * x[i]; }
+#define HADAMARD(T) (Words w, const T* x, T* y) { ELEM_INDEX y[i] *= x[i]; }
+#define ADD_ROW(T) (Words w, const T* x, T* y) { ELEM_INDEX y[i] += x[i % p.cols]; }
+#define SCALE_ROWS(T) (Words w, const T* x, T* y) { ELEM_INDEX y[i] *= factor(p, x[i / p.cols]); }
+#define SCALE_COLUMNS(T) (Words w, const T* x, T* y) { ELEM_INDEX y[i] *= factor(p, x[i % p.cols]); }
+#define ADD_DIAGONAL(T) (Words w, T* y) { ELEM_INDEX y[(u64)i * p.cols + i] += (T)p.alpha; }
+#define MIRROR_LOWER(T)                                                                         \
+    (Words w, T* y) {                                                                           \
+        ELEM_INDEX const u32 r = i / p.cols, c = i % p.cols;                                    \
+        if (c > r) y[i] = y[(u64)c * p.cols + r];                                               \
+    }
+#define ZERO_UPPER(T) (Words w, T* y) { ELEM_INDEX if (i % p.cols > i / p.cols) y[i] = T(0); }
+#define SYMMETRIZE(T)                                                                           \
+    (Words w, T* y) {                                                                           \
+        ELEM_INDEX const u32 r = i / p.cols, c = i % p.cols;                                    \
+        if (c > r) {                                                                            \
+            const u64 j = (u64)c * p.cols + r;                                                  \
+            const T v = T(0.5) * (y[i] + y[j]);                                                 \
+            y[i] = v;                                                                           \
+            y[j] = v;                                                                           \
+        }                                                                                       \
+    }
+#define SET_IDENTITY(T) (Words w, T* y) { ELEM_INDEX y[i] = (i / p.cols == i % p.cols) ? T(1) : T(0); }
+#define TRANSPOSE(T) (Words w, const T* x, T* y) { ELEM_INDEX y[i] = x[(u64)(i % p.rows) * p.cols + i / p.rows]; }
+
+ENTRY_F32_F64(axpy, 256, AXPY)
+ENTRY_F32_F64(hadamard, 256, HADAMARD)
+ENTRY_F32_F64(add_row, 256, ADD_ROW)
+ENTRY_F32_F64(scale_rows, 256, SCALE_ROWS)
+ENTRY_F32_F64(scale_columns, 256, SCALE_COLUMNS)
+ENTRY_F32_F64(add_diagonal, 256, ADD_DIAGONAL)
+ENTRY_F32_F64(mirror_lower, 256, MIRROR_LOWER)
+ENTRY_F32_F64(zero_upper, 256, ZERO_UPPER)
+ENTRY_F32_F64(symmetrize, 256, SYMMETRIZE)
+ENTRY_F32_F64(set_identity, 256, SET_IDENTITY)
+ENTRY_F32_F64(transpose, 256, TRANSPOSE)
+
+// result ← max(result, max_i |x_i|) on the IEEE bits (non-negative floats order like their
+// bits, and NaN's bits exceed +Inf's, so NaN wins).
+__device__ __forceinline__ unsigned int abs_bits(float v) { return __float_as_uint(fabsf(v)); }
+__device__ __forceinline__ unsigned long long abs_bits(double v) { return __double_as_longlong(fabs(v)); }
+
+template <typename T, typename U>
+__device__ void max_abs_body(const ElemParams& p, const T* x, U* result) {
+    __shared__ U partial[256];
+    const u32 i = linear_index(), t = threadIdx.x;
+    partial[t] = i < p.len ? abs_bits(x[i]) : U(0);
+    __syncthreads();
+    for (u32 s = 128; s > 0; s >>= 1) {
+        if (t < s) partial[t] = max(partial[t], partial[t + s]);
+        __syncthreads();
+    }
+    if (t == 0) atomicMax(result, partial[0]);
+}
+
+extern "C" __global__ void __launch_bounds__(256) max_abs_f32(Words w, const float* x, unsigned int* result) {
+    max_abs_body<float, unsigned int>(params<ElemParams>(w), x, result);
+}
+extern "C" __global__ void __launch_bounds__(256) max_abs_f64(Words w, const double* x, unsigned long long* result) {
+    max_abs_body<double, unsigned long long>(params<ElemParams>(w), x, result);
+}

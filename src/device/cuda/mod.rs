@@ -1,0 +1,153 @@
+//! The CUDA kernels: one file per kernel family under `kernels/`, the twins of the WGSL files
+//! in `shaders/` and of the faer code in `cpu.rs`, compiled at run time by NVRTC for the device's
+//! own architecture. Entry points are `extern "C"` with a dtype suffix (`gemm_f32`, `gemm_f64`).
+//!
+//! NVRTC is loaded dynamically, so building needs no CUDA toolkit. cudarc panics when a library
+//! it loads is absent, so [`nvrtc_available`] probes for it first and every NVRTC failure maps to
+//! a typed error.
+
+use crate::error::{Error, Result};
+
+/// One CUDA source file: a kernel family.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Family {
+    /// `gemm.cu`: the strided, batched, weighted gemm.
+    Gemm,
+    /// `ggn.cu`: GGN block weights, Kronecker rows, basis lifting.
+    Ggn,
+    /// `kron.cu`: the Woodbury Kronecker factors.
+    Kron,
+    /// `low_rank.cu`: the persistent sequential Sherman–Morrison kernel.
+    LowRank,
+    /// `cholesky.cu`: blocked Cholesky and triangular solve.
+    Cholesky,
+    /// `predictive.cu`: logit covariance contraction and the links.
+    Predictive,
+    /// `elementwise.cu`: axpy and friends, triangle moves, max-abs.
+    Elementwise,
+}
+
+const COMMON: &str = include_str!("../../../kernels/common.cuh");
+
+impl Family {
+    /// Every family.
+    pub const ALL: [Family; 7] = [
+        Family::Gemm,
+        Family::Ggn,
+        Family::Kron,
+        Family::LowRank,
+        Family::Cholesky,
+        Family::Predictive,
+        Family::Elementwise,
+    ];
+
+    /// The file name under `kernels/`.
+    pub fn file(self) -> &'static str {
+        match self {
+            Family::Gemm => "gemm.cu",
+            Family::Ggn => "ggn.cu",
+            Family::Kron => "kron.cu",
+            Family::LowRank => "low_rank.cu",
+            Family::Cholesky => "cholesky.cu",
+            Family::Predictive => "predictive.cu",
+            Family::Elementwise => "elementwise.cu",
+        }
+    }
+
+    fn body(self) -> &'static str {
+        match self {
+            Family::Gemm => include_str!("../../../kernels/gemm.cu"),
+            Family::Ggn => include_str!("../../../kernels/ggn.cu"),
+            Family::Kron => include_str!("../../../kernels/kron.cu"),
+            Family::LowRank => include_str!("../../../kernels/low_rank.cu"),
+            Family::Cholesky => include_str!("../../../kernels/cholesky.cu"),
+            Family::Predictive => include_str!("../../../kernels/predictive.cu"),
+            Family::Elementwise => include_str!("../../../kernels/elementwise.cu"),
+        }
+    }
+
+    /// The complete translation unit NVRTC compiles: `common.cuh`, then the family's file.
+    pub fn source(self) -> String {
+        format!("{COMMON}\n#line 1 \"{}\"\n{}", self.file(), self.body())
+    }
+
+    /// The kernel names of the family, without the dtype suffix.
+    pub fn kernels(self) -> &'static [&'static str] {
+        match self {
+            Family::Gemm => &["gemm"],
+            Family::Ggn => &["ggn_weights", "kron_rows", "kron_mix_columns"],
+            Family::Kron => &["kron_factors", "kron_mix_u", "kron_mix_g"],
+            Family::LowRank => &["sm_sequence"],
+            Family::Cholesky => &["potrf_diagonal", "trsm_panel", "trsm_block"],
+            Family::Predictive => &[
+                "row_dot",
+                "softmax_rows",
+                "probit",
+                "monte_carlo",
+                "bridge",
+                "categorical_weights",
+            ],
+            Family::Elementwise => &[
+                "axpy",
+                "hadamard",
+                "add_row",
+                "scale_rows",
+                "scale_columns",
+                "add_diagonal",
+                "mirror_lower",
+                "zero_upper",
+                "symmetrize",
+                "set_identity",
+                "transpose",
+                "max_abs",
+            ],
+        }
+    }
+}
+
+fn unavailable(reason: impl Into<String>) -> Error {
+    Error::BackendUnavailable {
+        backend: "cuda",
+        reason: reason.into(),
+    }
+}
+
+/// Whether NVRTC can be loaded; `BackendUnavailable` naming the library otherwise.
+pub fn nvrtc_available() -> Result<()> {
+    // SAFETY: only tries to dlopen the candidate library names; nothing is called.
+    if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err(unavailable(
+            "NVRTC (libnvrtc.so) was not found on the library path; install the CUDA toolkit or the nvidia-cuda-nvrtc-cu12 wheel and add its lib/ to LD_LIBRARY_PATH",
+        ))
+    }
+}
+
+/// PTX for `family` compiled by NVRTC for `arch` (e.g. `"sm_90"`), both dtypes. A compile error
+/// is [`Error::Device`] carrying the file name and NVRTC's log.
+pub fn compile(family: Family, arch: &str) -> Result<String> {
+    compile_source(family.file(), &family.source(), arch)
+}
+
+/// PTX for the CUDA C++ `source` (named `file` in messages) compiled by NVRTC for `arch`.
+pub fn compile_source(file: &str, source: &str, arch: &str) -> Result<String> {
+    nvrtc_available()?;
+    let options = cudarc::nvrtc::CompileOptions {
+        options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
+        name: Some(file.to_string()),
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(source, options)
+        .map(|ptx| ptx.to_src())
+        .map_err(|e| {
+            let log = match &e {
+                cudarc::nvrtc::CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
+                other => format!("{other:?}"),
+            };
+            Error::Device {
+                backend: "cuda",
+                reason: format!("NVRTC cannot compile `{file}` for {arch}:\n{log}"),
+            }
+        })
+}
