@@ -6,7 +6,7 @@
 struct PredParams {
     double lambda;
     u32 n, k, d, cov_layout;
-    u32 samples, in_off, out_off, pad;
+    u32 samples, in_off, out_off, flags;
 };
 
 template <typename T>
@@ -57,42 +57,51 @@ __device__ void probit_body(const PredParams& p, const T* mean, const T* cov, T*
     softmax_at(out + i * p.k, p.k);
 }
 
-// scratch per row: L (K²), z (K).
+// Samples in_off..out_off of p_i = (1/S) Σ_s softmax(f_i + L_i ε_s); flag 1 (first launch)
+// factors Σ_f[i] (pivots at rounding level count as zero) and clears the sums, flag 2 (last)
+// divides by S. scratch per row: L (K²), z (K), the launch's partial sum (K).
 template <typename T>
 __device__ void monte_carlo_body(const PredParams& p, const T* mean, const T* cov, const T* eps, T* out, T* scratch) {
     const u32 i = linear_index();
     if (i >= p.n) return;
     const u32 k = p.k;
-    T* l = scratch + (u64)i * (k * k + k);
+    T* l = scratch + (u64)i * (k * k + 2 * k);
     T* z = l + k * k;
-    T dmax = 0;
-    for (u32 a = 0; a < k; a++) dmax = max(dmax, sigma_at(p, cov, i, a, a));
-    const T eps_t = sizeof(T) == 4 ? T(1.1920929e-7) : T(2.220446049250313e-16);
-    const T floor_v = T(64) * eps_t * dmax * T(k);
-    for (u32 j = 0; j < k; j++) {
-        T dj = sigma_at(p, cov, i, j, j);
-        for (u32 q = 0; q < j; q++) dj -= l[j * k + q] * l[j * k + q];
-        const T root = dj > floor_v ? sqrt(dj) : T(0);
-        l[j * k + j] = root;
-        for (u32 r = j + 1; r < k; r++) {
-            T s = sigma_at(p, cov, i, r, j);
-            for (u32 q = 0; q < j; q++) s -= l[r * k + q] * l[j * k + q];
-            l[r * k + j] = root > T(0) ? s / root : T(0);
-        }
-        for (u32 r = 0; r < j; r++) l[r * k + j] = 0;
-    }
+    T* part = z + k;
     T* o = out + i * k;
-    for (u32 a = 0; a < k; a++) o[a] = 0;
-    for (u32 s = 0; s < p.samples; s++) {
+    if (p.flags & 1u) {
+        T dmax = 0;
+        for (u32 a = 0; a < k; a++) dmax = max(dmax, sigma_at(p, cov, i, a, a));
+        const T eps_t = sizeof(T) == 4 ? T(1.1920929e-7) : T(2.220446049250313e-16);
+        const T floor_v = T(64) * eps_t * dmax * T(k);
+        for (u32 j = 0; j < k; j++) {
+            T dj = sigma_at(p, cov, i, j, j);
+            for (u32 q = 0; q < j; q++) dj -= l[j * k + q] * l[j * k + q];
+            const T root = dj > floor_v ? sqrt(dj) : T(0);
+            l[j * k + j] = root;
+            for (u32 r = j + 1; r < k; r++) {
+                T s = sigma_at(p, cov, i, r, j);
+                for (u32 q = 0; q < j; q++) s -= l[r * k + q] * l[j * k + q];
+                l[r * k + j] = root > T(0) ? s / root : T(0);
+            }
+            for (u32 r = 0; r < j; r++) l[r * k + j] = 0;
+        }
+        for (u32 a = 0; a < k; a++) o[a] = 0;
+    }
+    for (u32 a = 0; a < k; a++) part[a] = 0;
+    for (u32 s = p.in_off; s < p.out_off; s++) {
         for (u32 a = 0; a < k; a++) {
             T v = mean[i * k + a];
             for (u32 b = 0; b <= a; b++) v += l[a * k + b] * eps[(u64)s * k + b];
             z[a] = v;
         }
         softmax_at(z, k);
-        for (u32 a = 0; a < k; a++) o[a] += z[a];
+        for (u32 a = 0; a < k; a++) part[a] += z[a];
     }
-    for (u32 a = 0; a < k; a++) o[a] /= T(p.samples);
+    for (u32 a = 0; a < k; a++) {
+        o[a] += part[a];
+        if (p.flags & 2u) o[a] /= T(p.samples);
+    }
 }
 
 // The normalised Laplace bridge (Device::bridge_dirichlet); scratch per row: μ (K), d (K).

@@ -16,16 +16,18 @@
 //
 // flags: 1 = lower: skip tiles strictly above the diagonal (symmetric results, mirrored later);
 //        2 = weighted; 4 = overwrite: C is not read (β = 0, NaN in C must not leak);
-//        8 = lower blocks: skip batch entries with inner index > outer index.
+//        8 = lower blocks: skip batch entries with inner index > outer index;
+//        16 = lower tiles in the diagonal batch entries (inner == outer) only: with 8, the
+//        GGN's symmetry — blocks b ≤ a, and upper tiles skipped inside the diagonal blocks.
 
 struct Params {
     m: u32, n: u32, k: u32, flags: u32,
     a_off: u32, a_rs: u32, a_cs: u32, b_off: u32,
     b_rs: u32, b_cs: u32, c_off: u32, c_rs: u32,
-    w_off: u32, w_s: u32, alpha: f32, beta: f32,
-    inner: u32, a_bo: u32, a_bi: u32, b_bo: u32,
-    b_bi: u32, c_bo: u32, c_bi: u32, w_bo: u32,
-    w_bi: u32, _p0: u32, _p1: u32, _p2: u32,
+    w_off: u32, w_s: u32, inner: u32, a_bo: u32,
+    a_bi: u32, b_bo: u32, b_bi: u32, c_bo: u32,
+    c_bi: u32, w_bo: u32, w_bi: u32, alpha: f32,
+    beta: f32, _p0: u32, _p1: u32, _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -54,7 +56,8 @@ fn gemm(
     }
     let row0 = wg.y * TILE;
     let col0 = wg.x * TILE;
-    if ((p.flags & 1u) != 0u && col0 > row0 + TILE - 1u) {
+    let lower = (p.flags & 1u) != 0u || ((p.flags & 16u) != 0u && inner == outer);
+    if (lower && col0 > row0 + TILE - 1u) {
         return;
     }
     let a_base = p.a_off + outer * p.a_bo + inner * p.a_bi;

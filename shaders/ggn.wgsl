@@ -4,7 +4,7 @@
 
 struct Params {
     n: u32, k: u32, kr: u32, d: u32,
-    rank: u32, flags: u32, complement: f32, row0: u32,
+    rank: u32, flags: u32, row0: u32, complement: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -12,8 +12,7 @@
 // state: u (D) | f (K) | γ(t − p) (K) | m/(1 + ms) | 1/(1 + ms) | skip
 
 struct Params {
-    d: u32, k: u32, flags: u32, _p0: u32,
-    gamma: f32, _p1: u32, _p2: u32, _p3: u32,
+    d: u32, k: u32, flags: u32, gamma: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -17,6 +17,8 @@
 //! Matrices are dense and row-major; their shape travels with the buffer. Data moves between
 //! host and device only through [`Device::upload`] and [`Device::download`].
 
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub(crate) mod compose;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
 use super::{Context, backend_error};
+use crate::device::compose::{Grid, Kernel, KernelParams, Record};
 use crate::error::{Error, Result};
+use crate::scalar::DType;
 
 /// How a kernel binds a storage buffer.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -94,80 +96,18 @@ impl Shader {
     }
 }
 
-/// Every compute entry point. Binding 0 of each is its uniform parameter block; the storage
-/// buffers follow at bindings 1, 2, … as its file's [`Shader::storage`] lists.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub(crate) enum Kernel {
-    Gemm,
-    GgnWeights,
-    KronRows,
-    KronMixColumns,
-    KronFactors,
-    KronMixU,
-    KronMixG,
-    SmProject,
-    SmScalars,
-    SmApply,
-    PotrfDiagonal,
-    TrsmPanel,
-    TrsmBlock,
-    RowDot,
-    SoftmaxRows,
-    Probit,
-    MonteCarlo,
-    Bridge,
-    CategoricalWeights,
-    Axpy,
-    Hadamard,
-    AddRow,
-    AddDiagonal,
-    MaxAbs,
-    MirrorLower,
-    ZeroUpper,
-    Symmetrize,
-    Transpose,
-    SetIdentity,
-    ScaleRows,
-    ScaleColumns,
-}
-
-impl Kernel {
-    /// The shader file and entry point.
-    pub(crate) fn entry(self) -> (Shader, &'static str) {
-        use Kernel::*;
-        match self {
-            Gemm => (Shader::Gemm, "gemm"),
-            GgnWeights => (Shader::Ggn, "ggn_weights"),
-            KronRows => (Shader::Ggn, "kron_rows"),
-            KronMixColumns => (Shader::Ggn, "kron_mix_columns"),
-            KronFactors => (Shader::Kron, "kron_factors"),
-            KronMixU => (Shader::Kron, "kron_mix_u"),
-            KronMixG => (Shader::Kron, "kron_mix_g"),
-            SmProject => (Shader::LowRank, "sm_project"),
-            SmScalars => (Shader::LowRank, "sm_scalars"),
-            SmApply => (Shader::LowRank, "sm_apply"),
-            PotrfDiagonal => (Shader::Cholesky, "potrf_diagonal"),
-            TrsmPanel => (Shader::Cholesky, "trsm_panel"),
-            TrsmBlock => (Shader::Cholesky, "trsm_block"),
-            RowDot => (Shader::Predictive, "row_dot"),
-            SoftmaxRows => (Shader::Predictive, "softmax_rows"),
-            Probit => (Shader::Predictive, "probit"),
-            MonteCarlo => (Shader::Predictive, "monte_carlo"),
-            Bridge => (Shader::Predictive, "bridge"),
-            CategoricalWeights => (Shader::Predictive, "categorical_weights"),
-            Axpy => (Shader::Elementwise, "axpy"),
-            Hadamard => (Shader::Elementwise, "hadamard"),
-            AddRow => (Shader::Elementwise, "add_row"),
-            AddDiagonal => (Shader::Elementwise, "add_diagonal"),
-            MaxAbs => (Shader::Elementwise, "max_abs"),
-            MirrorLower => (Shader::Elementwise, "mirror_lower"),
-            ZeroUpper => (Shader::Elementwise, "zero_upper"),
-            Symmetrize => (Shader::Elementwise, "symmetrize"),
-            Transpose => (Shader::Elementwise, "transpose"),
-            SetIdentity => (Shader::Elementwise, "set_identity"),
-            ScaleRows => (Shader::Elementwise, "scale_rows"),
-            ScaleColumns => (Shader::Elementwise, "scale_columns"),
-        }
+/// The shader file that holds `kernel`.
+pub(crate) fn shader_of(kernel: Kernel) -> Shader {
+    use Kernel::*;
+    match kernel {
+        Gemm => Shader::Gemm,
+        GgnWeights | KronRows | KronMixColumns => Shader::Ggn,
+        KronFactors | KronMixU | KronMixG => Shader::Kron,
+        SmProject | SmScalars | SmApply | SmSequence => Shader::LowRank,
+        PotrfDiagonal | TrsmPanel | TrsmBlock => Shader::Cholesky,
+        RowDot | SoftmaxRows | Probit | MonteCarlo | Bridge | CategoricalWeights => Shader::Predictive,
+        Axpy | Hadamard | AddRow | AddDiagonal | MaxAbs | MirrorLower | ZeroUpper | Symmetrize | Transpose
+        | SetIdentity | ScaleRows | ScaleColumns => Shader::Elementwise,
     }
 }
 
@@ -190,7 +130,7 @@ impl PipelineCache {
         if let Some(p) = lock(&self.pipelines).get(&kernel) {
             return Ok(p.clone());
         }
-        let (shader, entry) = kernel.entry();
+        let (shader, entry) = (shader_of(kernel), kernel.name());
         let module = self.module(device, shader)?;
         let mut entries = vec![wgpu::BindGroupLayoutEntry {
             binding: 0,
@@ -278,33 +218,14 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Words in every uniform parameter block (the largest `Params` struct, gemm's, has 28).
 const PARAMS_WORDS: usize = 32;
 
-/// A kernel's uniform parameters: 32-bit words in the order of the shader's `Params` struct.
-#[derive(Default, Clone)]
-pub(crate) struct Params(Vec<u32>);
-
-impl Params {
-    pub(crate) fn new() -> Self {
-        Params(Vec::with_capacity(32))
-    }
-    /// Appends a `u32` field.
-    pub(crate) fn u(mut self, v: usize) -> Self {
-        self.0
-            .push(u32::try_from(v).expect("kernel sizes are checked against u32 before launch"));
-        self
-    }
-    /// Appends an `f32` field.
-    pub(crate) fn f(mut self, v: f32) -> Self {
-        self.0.push(v.to_bits());
-        self
-    }
-    /// The bytes, zero-padded to [`PARAMS_WORDS`] words: every shader's `Params` struct fits,
-    /// and fields a kernel leaves out read as zero.
-    fn bytes(&self) -> Vec<u8> {
-        debug_assert!(self.0.len() <= PARAMS_WORDS);
-        let mut words = self.0.clone();
-        words.resize(PARAMS_WORDS, 0);
-        bytemuck::cast_slice(&words).to_vec()
-    }
+/// The uniform bytes of `params`: the integers, then the reals as f32, zero-padded to
+/// [`PARAMS_WORDS`] words, so every shader's `Params` struct fits and omitted fields read 0.
+fn uniform_bytes(params: &KernelParams) -> Vec<u8> {
+    let mut words: Vec<u32> = params.ints.clone();
+    words.extend(params.reals.iter().map(|r| (*r as f32).to_bits()));
+    debug_assert!(words.len() <= PARAMS_WORDS);
+    words.resize(PARAMS_WORDS, 0);
+    bytemuck::cast_slice(&words).to_vec()
 }
 
 /// Workgroups for `threads` invocations of a 1-D kernel of `size` invocations per workgroup,
@@ -335,24 +256,56 @@ pub(crate) fn groups_3d(ctx: &Context, x: usize, y: usize, z: usize) -> Result<[
 }
 
 /// Records dispatches and copies into one command buffer, submitted at once.
-pub(crate) struct Recorder<'c> {
-    ctx: &'c Context,
+pub(crate) struct Recorder {
+    ctx: Arc<Context>,
     encoder: wgpu::CommandEncoder,
 }
 
-impl<'c> Recorder<'c> {
-    pub(crate) fn new(ctx: &'c Context) -> Self {
+impl Record for Recorder {
+    type Raw = wgpu::Buffer;
+
+    fn launch(
+        &mut self,
+        kernel: Kernel,
+        dtype: DType,
+        params: KernelParams,
+        buffers: &[Option<wgpu::Buffer>],
+        grid: Grid,
+    ) -> Result<()> {
+        debug_assert_eq!(dtype, DType::F32, "the wgpu backend checks for f32 at its boundary");
+        let groups = match grid {
+            Grid::Threads(n) => {
+                let (x, y) = kernel.block_threads();
+                groups_1d(&self.ctx, n, (x * y) as usize)?
+            }
+            Grid::Blocks(x, y, z) => groups_3d(&self.ctx, x, y, z)?,
+        };
+        let refs: Vec<Option<&wgpu::Buffer>> = buffers.iter().map(|b| b.as_ref()).collect();
+        self.dispatch(kernel, params, &refs, groups)
+    }
+
+    fn submit(self) -> Result<()> {
+        self.ctx.queue.submit([self.encoder.finish()]);
+        self.ctx.wait()
+    }
+}
+
+impl Recorder {
+    pub(crate) fn new(ctx: &Arc<Context>) -> Self {
         let encoder = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-        Recorder { ctx, encoder }
+        Recorder {
+            ctx: ctx.clone(),
+            encoder,
+        }
     }
 
     /// Records one dispatch of `kernel` over `groups` workgroups.
     pub(crate) fn dispatch(
         &mut self,
         kernel: Kernel,
-        params: Params,
+        params: KernelParams,
         buffers: &[Option<&wgpu::Buffer>],
         groups: [u32; 3],
     ) -> Result<()> {
@@ -365,15 +318,15 @@ impl<'c> Recorder<'c> {
     pub(crate) fn bind(
         &mut self,
         kernel: Kernel,
-        params: Params,
+        params: KernelParams,
         buffers: &[Option<&wgpu::Buffer>],
     ) -> Result<wgpu::BindGroup> {
-        let slots = kernel.entry().0.storage().len();
+        let slots = shader_of(kernel).storage().len();
         debug_assert!(buffers.len() <= slots, "{kernel:?}: too many buffers");
         let pipeline = self.ctx.pipelines.get(&self.ctx.device, kernel)?;
         let uniform = self.ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: None,
-            contents: &params.bytes(),
+            contents: &uniform_bytes(&params),
             usage: wgpu::BufferUsages::UNIFORM,
         });
         let mut entries = vec![wgpu::BindGroupEntry {
@@ -436,12 +389,6 @@ impl<'c> Recorder<'c> {
             self.encoder
                 .copy_buffer_to_buffer(src, src_offset, dst, dst_offset, bytes);
         }
-    }
-
-    /// Submits everything recorded and waits for it to finish.
-    pub(crate) fn submit(self) -> Result<()> {
-        self.ctx.queue.submit([self.encoder.finish()]);
-        self.ctx.wait()
     }
 }
 

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use crate::error::{Error, Result};
 use crate::scalar::{DType, Scalar};
 
-pub(crate) use kernels::{Kernel, Params, PipelineCache, Recorder, Shader};
+use crate::device::compose::Record;
+pub(crate) use kernels::{PipelineCache, Recorder, Shader};
 
 /// The environment variable that selects a wgpu adapter: `software` allows software adapters,
 /// `hardware` (the default) forbids them, anything else picks the adapter whose name contains it.
