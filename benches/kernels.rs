@@ -3,8 +3,10 @@
 //! GB/s for the memory-bound kernels): the workloads and their operation counts come from
 //! `laplace_update::profile`, the same ones the `profile` command times.
 //!
-//! `cargo bench --bench kernels`; `LAPLACE_BENCH_THREADS` pins the CPU thread count,
-//! `LAPLACE_BENCH_SIZES` (`D,K,N,m;D,K,N,m`) replaces the size list.
+//! `cargo bench --bench kernels [--features cuda,wgpu]`; `LAPLACE_BENCH_DEVICES` (`cpu,cuda,wgpu`,
+//! the default) picks the devices, `LAPLACE_BENCH_THREADS` pins the CPU thread count,
+//! `LAPLACE_BENCH_SIZES` (`D,K,N,m;D,K,N,m`) replaces the size list. GPUs run the Full
+//! accumulation at the full N = 100,000.
 //!
 //! Sizes that do not fit the 2-core, 24 GiB reference machine in reasonable time are scaled
 //! down: the Full (P × P) kernels run at K = 10 only (K = 100 at D = 768 is a 59 GB covariance),
@@ -73,7 +75,7 @@ impl Measurement for FlopClock {
     }
 }
 
-fn sizes() -> Vec<(Sizes, &'static [&'static str])> {
+fn sizes(gpu: bool) -> Vec<(Sizes, &'static [&'static str])> {
     const ALL: &[&str] = &FAMILIES;
     const SHARED: &[&str] = &["gemm", "weighted_syrk", "sherman_morrison_sequence", "softmax_rows"];
     if let Ok(list) = std::env::var("LAPLACE_BENCH_SIZES") {
@@ -85,12 +87,12 @@ fn sizes() -> Vec<(Sizes, &'static [&'static str])> {
     }
     let mut out = Vec::new();
     for d in [384, 768, 1536] {
-        // Full kernels: K = 10, N = 10,000 (scaled down from 100,000), m = 100.
+        // Full kernels: K = 10, N = 100,000 on a GPU (10,000 on the CPU), m = 100.
         out.push((
             Sizes {
                 d,
                 k: 10,
-                n: 10_000,
+                n: if gpu { 100_000 } else { 10_000 },
                 m: 100,
             },
             ALL,
@@ -109,8 +111,8 @@ fn sizes() -> Vec<(Sizes, &'static [&'static str])> {
     out
 }
 
-fn bench_kernels<D: Device>(c: &mut Criterion<FlopClock>, device: &D) {
-    for (sizes, families) in sizes() {
+fn bench_kernels<D: Device>(c: &mut Criterion<FlopClock>, device: &D, gpu: bool) {
+    for (sizes, families) in sizes(gpu) {
         let cases = kernel_cases::<D, f32>(device, sizes, families).expect("inputs fit");
         for mut case in cases {
             let mut group = c.benchmark_group(format!("{} [{}]", case.family, device.name()));
@@ -134,8 +136,26 @@ fn kernels(c: &mut Criterion<FlopClock>) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let cpu = CpuDevice::new(threads).expect("cpu backend");
-    bench_kernels(c, &cpu);
+    let devices = std::env::var("LAPLACE_BENCH_DEVICES").unwrap_or_else(|_| "cpu,cuda,wgpu".into());
+    let wanted = |name: &str| devices.split(',').any(|d| d.trim() == name);
+    if wanted("cpu") {
+        let cpu = CpuDevice::new(threads).expect("cpu backend");
+        bench_kernels(c, &cpu, false);
+    }
+    #[cfg(feature = "cuda")]
+    if wanted("cuda") {
+        match laplace_update::CudaDevice::new(0) {
+            Ok(gpu) => bench_kernels(c, &gpu, true),
+            Err(e) => eprintln!("SKIPPED cuda: {e}"),
+        }
+    }
+    #[cfg(feature = "wgpu")]
+    if wanted("wgpu") {
+        match laplace_update::WgpuDevice::new() {
+            Ok(gpu) => bench_kernels(c, &gpu, !gpu.is_software()),
+            Err(e) => eprintln!("SKIPPED wgpu: {e}"),
+        }
+    }
 }
 
 criterion_group! {

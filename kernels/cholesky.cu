@@ -93,7 +93,7 @@ __device__ void trsm_block_body(const CholParams& p, const T* l, T* b, T* out) {
     }
 }
 
-#define POTRF_DIAGONAL(T) (Words w, T* a, T* out, u32* status) { potrf_diagonal_body<T>(params<CholParams>(w), a, out, status); }
+#define POTRF_DIAGONAL(T) (Words w, const T* unused, T* a, T* out, u32* status) { potrf_diagonal_body<T>(params<CholParams>(w), a, out, status); }
 #define TRSM_PANEL(T) (Words w, const T* l, T* a, T* out) { trsm_panel_body<T>(params<CholParams>(w), l, a, out); }
 #define TRSM_BLOCK(T) (Words w, const T* l, T* b, T* out) { trsm_block_body<T>(params<CholParams>(w), l, b, out); }
 ENTRY_F32_F64(potrf_diagonal, 32, POTRF_DIAGONAL)

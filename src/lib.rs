@@ -47,7 +47,9 @@ pub mod profile;
 pub mod random;
 pub mod scalar;
 
-pub use device::{CpuDevice, Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign};
+#[cfg(feature = "cuda")]
+pub use device::cuda::CudaDevice;
+pub use device::{AnyDevice, AutoChoice, CpuDevice, Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign};
 #[cfg(feature = "wgpu")]
 pub use device::{WgpuDevice, WgpuOptions};
 pub use error::{Error, Result};

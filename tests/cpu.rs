@@ -79,3 +79,35 @@ fn concurrent_predictions_while_a_clone_updates() {
     });
     assert_eq!(post.samples_seen(), 40);
 }
+
+/// `AnyDevice::auto` takes CUDA, then a hardware wgpu adapter, then the CPU, and lists why each
+/// better backend was passed over: a machine without a GPU gets the CPU and two reasons.
+#[test]
+fn auto_falls_back_to_the_cpu_and_says_why() {
+    use laplace_update::{AnyDevice, Device, Error, with_device};
+    let auto = AnyDevice::auto().unwrap();
+    match &auto.device {
+        AnyDevice::Cpu(_) => {
+            assert_eq!(auto.passed_over.len(), 2, "{:?}", auto.passed_over);
+            for (reason, backend) in auto.passed_over.iter().zip(["cuda", "wgpu"]) {
+                match reason {
+                    Error::BackendUnavailable { backend: b, reason } => {
+                        assert_eq!(*b, backend);
+                        assert!(!reason.is_empty());
+                    }
+                    // A GPU that constructs but fails the smoke test.
+                    Error::Device { .. } | Error::Unsupported(_) => {}
+                    other => panic!("unexpected reason {other:?}"),
+                }
+            }
+        }
+        #[allow(unreachable_patterns)]
+        gpu => eprintln!("auto chose {} after {:?}", gpu.name(), auto.passed_over),
+    }
+    // Whatever was chosen computes.
+    let ok = with_device!(&auto.device, |d| d
+        .upload(&[1.0f32, 2.0], 1, 2)
+        .and_then(|m| d.download(&m)));
+    assert_eq!(ok.unwrap(), vec![1.0, 2.0]);
+    assert!(matches!(AnyDevice::select("tpu"), Err(Error::InvalidArgument { .. })));
+}

@@ -17,6 +17,7 @@
 //! Matrices are dense and row-major; their shape travels with the buffer. Data moves between
 //! host and device only through [`Device::upload`] and [`Device::download`].
 
+mod auto;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub(crate) mod compose;
 pub mod cpu;
@@ -30,6 +31,7 @@ use crate::scalar::Scalar;
 
 #[cfg(feature = "wgpu")]
 pub use self::wgpu::{WgpuDevice, WgpuOptions};
+pub use auto::{AnyDevice, AutoChoice};
 pub use cpu::CpuDevice;
 
 /// Whether a gemm operand is used as stored or transposed.

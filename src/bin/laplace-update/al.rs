@@ -10,8 +10,8 @@ use laplace_update::io::read_array;
 use laplace_update::metrics::score;
 use laplace_update::random::SplitMix64;
 use laplace_update::{
-    BiasMode, CpuDevice, Device, Error, FitConfig, HeadConfig, HostMatrix, Link, OutputWeighting, Posterior, Result,
-    Structure, UpdateConfig, fit_head,
+    BiasMode, Device, Error, FitConfig, HeadConfig, HostMatrix, Link, OutputWeighting, Posterior, Result, Structure,
+    UpdateConfig, fit_head,
 };
 use plotters::prelude::*;
 
@@ -126,8 +126,12 @@ struct Point {
 }
 
 pub fn run(args: &AlArgs) -> Result<()> {
-    let started = Instant::now();
     let device = select_device(args.device)?;
+    laplace_update::with_device!(&device, |d| run_on(d, args))
+}
+
+fn run_on<D: Device>(device: &D, args: &AlArgs) -> Result<()> {
+    let started = Instant::now();
     let names: Vec<String> = args
         .strategies
         .split(',')
@@ -206,7 +210,7 @@ pub fn run(args: &AlArgs) -> Result<()> {
             let mut unlabeled: Vec<usize> = pool_all[args.initial..].to_vec();
             for cycle in 0..=args.cycles {
                 let (lx, ly) = rows(&labeled);
-                let post = fit(&device, &lx, &ly, d, k, args.prior_precision)?;
+                let post = fit(device, &lx, &ly, d, k, args.prior_precision)?;
                 let pred = post.predict(HostMatrix::new(&test_x, test_y.len(), d)?, Link::default())?;
                 let scores = score(&pred.probs, &test_y, k, 15)?;
                 points.push(Point {
@@ -305,7 +309,7 @@ fn head_config(prior_precision: f64) -> HeadConfig {
 }
 
 /// The MAP head on the labelled data, then the Shared Laplace posterior around it.
-fn fit(device: &CpuDevice, x: &[f32], y: &[u32], d: usize, k: usize, tau: f64) -> Result<Posterior<CpuDevice, f32>> {
+fn fit<D: Device>(device: &D, x: &[f32], y: &[u32], d: usize, k: usize, tau: f64) -> Result<Posterior<D, f32>> {
     let features = HostMatrix::new(x, y.len(), d)?;
     let head = fit_head(device, features, y, k, &head_config(tau))?;
     let config = FitConfig {

@@ -9,8 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use laplace_update::metrics::{Scores, score};
 use laplace_update::random::SplitMix64;
 use laplace_update::{
-    BiasMode, CpuDevice, Device, Error, FitConfig, HeadConfig, HostMatrix, Link, OutputWeighting, Posterior, Result,
-    Structure, UpdateConfig, UpdateRule, fit_head,
+    BiasMode, Device, Error, FitConfig, HeadConfig, HostMatrix, Link, OutputWeighting, Posterior, Result, Structure,
+    UpdateConfig, UpdateRule, fit_head,
 };
 use plotters::prelude::*;
 
@@ -94,8 +94,12 @@ struct Row {
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {
-    let started = Instant::now();
     let device = select_device(args.device)?;
+    laplace_update::with_device!(&device, |d| run_on(d, args))
+}
+
+fn run_on<D: Device>(device: &D, args: &DemoArgs) -> Result<()> {
+    let started = Instant::now();
     println!("device: {}", device.name());
     let (pixels, labels) = load_digits()?;
     let n = labels.len();
@@ -119,14 +123,14 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 
     // The head every method starts from: MAP on the initial labels.
     let (x0, y0) = rows_of(&order[..INITIAL]);
-    let head = fit_map(&device, &x0, &y0)?;
-    let mut states: Vec<Option<Posterior<CpuDevice, f32>>> = Vec::with_capacity(METHODS.len());
+    let head = fit_map(device, &x0, &y0)?;
+    let mut states: Vec<Option<Posterior<D, f32>>> = Vec::with_capacity(METHODS.len());
     for (_, method) in METHODS {
         let structure = match method {
             Method::Update { structure, .. } => structure,
             _ => Structure::Shared(OutputWeighting::Gaussian),
         };
-        states.push(Some(fit_posterior(&device, &x0, &y0, &head, structure)?));
+        states.push(Some(fit_posterior(device, &x0, &y0, &head, structure)?));
     }
 
     let mut table: Vec<Row> = Vec::new();
@@ -165,9 +169,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
                 }
                 Method::Retrain => {
                     let (xs, ys) = rows_of(&order[..seen]);
-                    let head = fit_map(&device, &xs, &ys)?;
+                    let head = fit_map(device, &xs, &ys)?;
                     states[i] = Some(fit_posterior(
-                        &device,
+                        device,
                         &xs,
                         &ys,
                         &head,
@@ -212,7 +216,7 @@ struct Head {
     bias: Vec<f32>,
 }
 
-fn fit_map(device: &CpuDevice, x: &[f32], y: &[u32]) -> Result<Head> {
+fn fit_map<D: Device>(device: &D, x: &[f32], y: &[u32]) -> Result<Head> {
     let config = HeadConfig {
         prior_precision: PRIOR_PRECISION,
         tolerance: 1e-4,
@@ -225,13 +229,13 @@ fn fit_map(device: &CpuDevice, x: &[f32], y: &[u32]) -> Result<Head> {
     })
 }
 
-fn fit_posterior(
-    device: &CpuDevice,
+fn fit_posterior<D: Device>(
+    device: &D,
     x: &[f32],
     y: &[u32],
     head: &Head,
     structure: Structure,
-) -> Result<Posterior<CpuDevice, f32>> {
+) -> Result<Posterior<D, f32>> {
     let config = FitConfig {
         structure,
         prior_precision: PRIOR_PRECISION,
@@ -248,7 +252,7 @@ fn fit_posterior(
     )
 }
 
-fn evaluate(post: &Posterior<CpuDevice, f32>, x: &[f32], y: &[u32]) -> Result<Scores> {
+fn evaluate<D: Device>(post: &Posterior<D, f32>, x: &[f32], y: &[u32]) -> Result<Scores> {
     let pred = post.predict(HostMatrix::new(x, y.len(), FEATURES)?, Link::default())?;
     score(&pred.probs, y, CLASSES, 15)
 }

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use laplace_update::io::{load_posterior, peek_posterior, read_array, save_posterior, write_npy};
 use laplace_update::{
-    BiasMode, CpuDevice, Curvature, DType, Device, Error, FitConfig, HeadConfig, HostMatrix, Likelihood, Link,
+    AnyDevice, BiasMode, Curvature, DType, Device, Error, FitConfig, HeadConfig, HostMatrix, Likelihood, Link,
     OutputWeighting, Posterior, PriorShape, Result, Scalar, Structure, Targets, UnlearnConfig, UpdateConfig,
     UpdateRule, fit_head,
 };
@@ -269,24 +269,9 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Fit(args) => fit(&args),
-        Command::Update(args) => on_posterior(
-            args.batch.device,
-            &args.batch.posterior,
-            |d| update_as::<f32>(d, &args),
-            |d| update_as::<f64>(d, &args),
-        ),
-        Command::Unlearn(args) => on_posterior(
-            args.batch.device,
-            &args.batch.posterior,
-            |d| unlearn_as::<f32>(d, &args),
-            |d| unlearn_as::<f64>(d, &args),
-        ),
-        Command::Predict(args) => on_posterior(
-            args.device,
-            &args.posterior,
-            |d| predict_as::<f32>(d, &args),
-            |d| predict_as::<f64>(d, &args),
-        ),
+        Command::Update(args) => update(&args),
+        Command::Unlearn(args) => unlearn(&args),
+        Command::Predict(args) => predict(&args),
         Command::Info { posterior } => info(&posterior),
         Command::Devices => devices(),
         Command::Demo(args) => demo::run(&args),
@@ -302,52 +287,75 @@ fn main() -> ExitCode {
     }
 }
 
-/// The device for `choice`. GPU backends that this build lacks are typed errors; `auto`
-/// takes the best one present.
-pub(crate) fn select_device(choice: DeviceArg) -> Result<CpuDevice> {
+/// The device for `choice`. `auto` takes the best working backend (CUDA, a hardware wgpu
+/// adapter, the CPU) and says why a GPU backend that this build has was passed over.
+pub(crate) fn select_device(choice: DeviceArg) -> Result<AnyDevice> {
     match choice {
-        DeviceArg::Auto | DeviceArg::Cpu => CpuDevice::new(0),
-        DeviceArg::Cuda => Err(unavailable("cuda")),
-        DeviceArg::Wgpu => Err(unavailable("wgpu")),
-    }
-}
-
-fn unavailable(backend: &'static str) -> Error {
-    Error::BackendUnavailable {
-        backend,
-        reason: format!("this build has no `{backend}` backend"),
+        DeviceArg::Auto => {
+            let auto = AnyDevice::auto()?;
+            // Say why a GPU backend this build has was passed over (stdout: stderr carries
+            // only errors).
+            let reasons: Vec<String> = auto
+                .passed_over
+                .iter()
+                .filter(|e| !matches!(e, Error::BackendUnavailable { reason, .. } if reason.starts_with("this build has no")))
+                .map(|e| e.to_string())
+                .collect();
+            if !reasons.is_empty() {
+                println!(
+                    "note: using {}; passed over: {}",
+                    auto.device.name(),
+                    reasons.join("; ")
+                );
+            }
+            Ok(auto.device)
+        }
+        DeviceArg::Cpu => AnyDevice::select("cpu"),
+        DeviceArg::Cuda => AnyDevice::select("cuda"),
+        DeviceArg::Wgpu => AnyDevice::select("wgpu"),
     }
 }
 
 /// Runs the f32 or the f64 variant of a command, as the posterior file's dtype says.
-fn on_posterior(
-    choice: DeviceArg,
-    posterior: &Path,
-    as_f32: impl FnOnce(&CpuDevice) -> Result<()>,
-    as_f64: impl FnOnce(&CpuDevice) -> Result<()>,
-) -> Result<()> {
-    let device = select_device(choice)?;
-    match peek_posterior(posterior)?.dtype {
-        DType::F32 => as_f32(&device),
-        DType::F64 => as_f64(&device),
-    }
+macro_rules! on_posterior {
+    ($choice:expr, $posterior:expr, $run:ident, $args:expr) => {{
+        let device = select_device($choice)?;
+        let dtype = peek_posterior($posterior)?.dtype;
+        laplace_update::with_device!(&device, |d| match dtype {
+            DType::F32 => $run::<_, f32>(d, $args),
+            DType::F64 => $run::<_, f64>(d, $args),
+        })
+    }};
+}
+
+fn update(args: &UpdateArgs) -> Result<()> {
+    on_posterior!(args.batch.device, &args.batch.posterior, update_as, args)
+}
+
+fn unlearn(args: &UnlearnArgs) -> Result<()> {
+    on_posterior!(args.batch.device, &args.batch.posterior, unlearn_as, args)
+}
+
+fn predict(args: &PredictArgs) -> Result<()> {
+    on_posterior!(args.device, &args.posterior, predict_as, args)
 }
 
 fn devices() -> Result<()> {
-    let cpu = CpuDevice::new(0)?;
-    println!("cpu   available    {}", cpu.name());
-    for backend in ["cuda", "wgpu"] {
-        println!("{backend:<5} unavailable  {}", unavailable(backend));
+    for backend in ["cpu", "cuda", "wgpu"] {
+        match AnyDevice::select(backend) {
+            Ok(device) => println!("{backend:<5} available    {}", device.name()),
+            Err(e) => println!("{backend:<5} unavailable  {e}"),
+        }
     }
     Ok(())
 }
 
 fn fit(args: &FitArgs) -> Result<()> {
     let device = select_device(args.device)?;
-    match args.dtype {
-        DTypeArg::F32 => fit_as::<f32>(&device, args),
-        DTypeArg::F64 => fit_as::<f64>(&device, args),
-    }
+    laplace_update::with_device!(&device, |d| match args.dtype {
+        DTypeArg::F32 => fit_as::<_, f32>(d, args),
+        DTypeArg::F64 => fit_as::<_, f64>(d, args),
+    })
 }
 
 /// A batch's labels as the command line reads them.
@@ -378,7 +386,7 @@ fn targets_of<T: Scalar>(spec: &str, regression: bool) -> Result<CliTargets<T>> 
     }
 }
 
-fn fit_as<T: Scalar>(device: &CpuDevice, args: &FitArgs) -> Result<()> {
+fn fit_as<D: Device, T: Scalar>(device: &D, args: &FitArgs) -> Result<()> {
     let (phi, n, d) = read_array(&args.features)?.to_matrix::<T>()?;
     let regression = args.likelihood == LikelihoodArg::Regression;
     let targets = targets_of::<T>(&args.labels, regression)?;
@@ -482,12 +490,12 @@ fn fit_as<T: Scalar>(device: &CpuDevice, args: &FitArgs) -> Result<()> {
 }
 
 /// Loads the posterior, applies `change` to it with the batch, and saves it; returns the batch size.
-fn change_posterior<T: Scalar>(
-    device: &CpuDevice,
+fn change_posterior<D: Device, T: Scalar>(
+    device: &D,
     batch: &BatchArgs,
-    change: impl FnOnce(&mut Posterior<CpuDevice, T>, HostMatrix<'_, T>, &dyn Targets<T>) -> Result<()>,
+    change: impl FnOnce(&mut Posterior<D, T>, HostMatrix<'_, T>, &dyn Targets<T>) -> Result<()>,
 ) -> Result<usize> {
-    let mut post: Posterior<CpuDevice, T> = load_posterior(device, &batch.posterior)?;
+    let mut post: Posterior<D, T> = load_posterior(device, &batch.posterior)?;
     let (phi, m, d) = read_array(&batch.features)?.to_matrix::<T>()?;
     let regression = matches!(post.likelihood(), Likelihood::Regression { .. });
     let targets = targets_of::<T>(&batch.labels, regression)?;
@@ -497,7 +505,7 @@ fn change_posterior<T: Scalar>(
     Ok(m)
 }
 
-fn update_as<T: Scalar>(device: &CpuDevice, args: &UpdateArgs) -> Result<()> {
+fn update_as<D: Device, T: Scalar>(device: &D, args: &UpdateArgs) -> Result<()> {
     let rule = match args.rule {
         RuleArg::Joint => UpdateRule::Joint,
         RuleArg::Sequential => UpdateRule::Sequential,
@@ -508,8 +516,8 @@ fn update_as<T: Scalar>(device: &CpuDevice, args: &UpdateArgs) -> Result<()> {
         iterations: args.iterations,
     };
     let mut times = Vec::with_capacity(args.repeat.max(1));
-    let m = change_posterior::<T>(device, &args.batch, |post, x, y| {
-        let update = |p: &mut Posterior<CpuDevice, T>| -> Result<std::time::Duration> {
+    let m = change_posterior::<D, T>(device, &args.batch, |post, x, y| {
+        let update = |p: &mut Posterior<D, T>| -> Result<std::time::Duration> {
             let start = std::time::Instant::now();
             p.update(x, y, &config)?;
             Ok(start.elapsed())
@@ -530,18 +538,18 @@ fn update_as<T: Scalar>(device: &CpuDevice, args: &UpdateArgs) -> Result<()> {
     Ok(())
 }
 
-fn unlearn_as<T: Scalar>(device: &CpuDevice, args: &UnlearnArgs) -> Result<()> {
+fn unlearn_as<D: Device, T: Scalar>(device: &D, args: &UnlearnArgs) -> Result<()> {
     let config = UnlearnConfig {
         gamma: args.gamma,
         ..Default::default()
     };
-    let m = change_posterior::<T>(device, &args.batch, |post, x, y| post.unlearn(x, y, &config))?;
+    let m = change_posterior::<D, T>(device, &args.batch, |post, x, y| post.unlearn(x, y, &config))?;
     eprintln!("removed {m} samples; wrote {}", args.batch.out.display());
     Ok(())
 }
 
-fn predict_as<T: Scalar>(device: &CpuDevice, args: &PredictArgs) -> Result<()> {
-    let post: Posterior<CpuDevice, T> = load_posterior(device, &args.posterior)?;
+fn predict_as<D: Device, T: Scalar>(device: &D, args: &PredictArgs) -> Result<()> {
+    let post: Posterior<D, T> = load_posterior(device, &args.posterior)?;
     let (phi, n, d) = read_array(&args.features)?.to_matrix::<T>()?;
     let link = match args.link {
         LinkArg::Probit => Link::Probit {

@@ -38,10 +38,10 @@ pub struct ProfileArgs {
 pub fn run(args: &ProfileArgs) -> Result<()> {
     let sizes = Sizes::parse(&args.sizes)?;
     let device = select_device(args.device)?;
-    match args.dtype {
-        DTypeArg::F32 => profile_as::<f32>(&device, sizes, args),
-        DTypeArg::F64 => profile_as::<f64>(&device, sizes, args),
-    }
+    laplace_update::with_device!(&device, |d| match args.dtype {
+        DTypeArg::F32 => profile_as::<f32>(d, sizes, args),
+        DTypeArg::F64 => profile_as::<f64>(d, sizes, args),
+    })
 }
 
 fn profile_as<T: Scalar>(device: &impl Device, sizes: Sizes, args: &ProfileArgs) -> Result<()> {

@@ -8,6 +8,10 @@
 
 use crate::error::{Error, Result};
 
+mod device;
+
+pub use device::{CudaBuffer, CudaDevice};
+
 /// One CUDA source file: a kernel family.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Family {

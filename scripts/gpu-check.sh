@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# GPU check, for a machine with an NVIDIA GPU and no Rust toolchain: runs the executables that
+# scripts/gpu-build.sh collected in target/gpu-bundle/ (or $BUNDLE).
+#   1. the CUDA suite (f32 and f64 against f64 references) with LAPLACE_REQUIRE=cuda;
+#   2. the kernel benches on CUDA at the [bench] target sizes: Full-GGN accumulation at
+#      N = 100,000, D = 768, K = 10; the low-rank update at P = 7,680 (D = 768, K = 10);
+#      sequential Sherman–Morrison at D = 1,536;
+#   3. the wgpu suite when a Vulkan loader is present.
+# Writes OUTDIR/gpu-check.log and OUTDIR/results.md; finishes in under 8 minutes.
+set -uo pipefail
+out="${1:?usage: scripts/gpu-check.sh OUTDIR}"
+here="$(cd "$(dirname "$0")" && pwd)"
+bundle="${BUNDLE:-$here/../target/gpu-bundle}"
+[ -x "$bundle/cuda-tests" ] || bundle="$here"
+mkdir -p "$out"
+log="$out/gpu-check.log"
+: >"$log"
+step() { echo "== $*" | tee -a "$log"; }
+
+step "machine"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true; } >>"$log" 2>&1
+
+step "CUDA suite (LAPLACE_REQUIRE=cuda)"
+start=$(date +%s)
+LAPLACE_REQUIRE=cuda timeout 240 "$bundle/cuda-tests" --test-threads 2 >>"$log" 2>&1
+tests_rc=$?
+tests_s=$(( $(date +%s) - start ))
+passed=$(grep -c '\.\.\. ok$' "$log" || true)
+failed=$(grep -c '\.\.\. FAILED$' "$log" || true)
+
+step "kernel benches on CUDA"
+start=$(date +%s)
+LAPLACE_BENCH_DEVICES=cuda LAPLACE_BENCH_SIZES="768,10,100000,10;1536,10,10000,100" \
+    timeout 240 "$bundle/kernels-bench" --bench --noplot >"$out/bench.log" 2>&1
+bench_rc=$?
+bench_s=$(( $(date +%s) - start ))
+cat "$out/bench.log" >>"$log"
+
+wgpu_line="not run (no Vulkan loader)"
+if ldconfig -p 2>/dev/null | grep -q libvulkan.so.1 && [ -x "$bundle/wgpu-tests" ]; then
+    step "wgpu suite"
+    LAPLACE_REQUIRE=wgpu timeout 60 "$bundle/wgpu-tests" --test-threads 2 >>"$log" 2>&1
+    wgpu_line="exit $?"
+fi
+
+{
+    echo "# GPU check"
+    echo
+    echo "| step | result | seconds |"
+    echo "|---|---|---|"
+    echo "| CUDA suite | exit $tests_rc: $passed passed, $failed failed | $tests_s |"
+    echo "| kernel benches | exit $bench_rc | $bench_s |"
+    echo "| wgpu suite | $wgpu_line | |"
+    echo
+    echo "## Kernel throughput (criterion: benchmark, time, throughput)"
+    echo
+    echo '```'
+    grep -E '^[a-z_]+ \[|time:|thrpt:' "$out/bench.log" || true
+    echo '```'
+} >"$out/results.md"
+cat "$out/results.md"
+[ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ]
