@@ -22,7 +22,7 @@ step "machine"
 
 step "CUDA suite (LAPLACE_REQUIRE=cuda)"
 start=$(date +%s)
-LAPLACE_REQUIRE=cuda timeout 240 "$bundle/cuda-tests" --test-threads 2 >>"$log" 2>&1
+LAPLACE_REQUIRE=cuda timeout 200 "$bundle/cuda-tests" --test-threads 2 >>"$log" 2>&1
 tests_rc=$?
 tests_s=$(( $(date +%s) - start ))
 passed=$(grep -c '\.\.\. ok$' "$log" || true)
@@ -31,7 +31,7 @@ failed=$(grep -c '\.\.\. FAILED$' "$log" || true)
 step "kernel benches on CUDA"
 start=$(date +%s)
 LAPLACE_BENCH_DEVICES=cuda LAPLACE_BENCH_SIZES="768,10,100000,10;1536,10,10000,100" \
-    timeout 240 "$bundle/kernels-bench" --bench --noplot >"$out/bench.log" 2>&1
+    timeout 200 "$bundle/kernels-bench" --bench --noplot >"$out/bench.log" 2>&1
 bench_rc=$?
 bench_s=$(( $(date +%s) - start ))
 cat "$out/bench.log" >>"$log"
