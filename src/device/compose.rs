@@ -128,10 +128,11 @@ impl KernelParams {
     pub(crate) fn new() -> Self {
         Self::default()
     }
-    /// Appends an integer field.
+    /// Appends an integer field. Every size and offset indexes a buffer whose element count
+    /// the backend checked against 32 bits when it was allocated, so the conversion cannot fail.
     pub(crate) fn u(mut self, v: usize) -> Self {
-        self.ints
-            .push(u32::try_from(v).expect("kernel sizes are checked against 32-bit indexing before launch"));
+        debug_assert!(u32::try_from(v).is_ok(), "kernel parameter {v} exceeds 32 bits");
+        self.ints.push(v as u32);
         self
     }
     /// Appends a real field.

@@ -12,7 +12,10 @@ use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use super::{CovLayout, Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign, cov_layout};
+use super::{
+    CovLayout, Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign, check_upload, cov_layout,
+    sherman_morrison_shapes,
+};
 use crate::error::{Error, Result};
 use crate::scalar::Scalar;
 
@@ -355,13 +358,7 @@ impl Device for CpuDevice {
     }
 
     fn upload<T: Scalar>(&self, data: &[T], rows: usize, cols: usize) -> Result<Matrix<Self, T>> {
-        if rows.checked_mul(cols) != Some(data.len()) {
-            return Err(Error::ShapeMismatch {
-                argument: "data",
-                expected: format!("{rows} x {cols} elements"),
-                got: format!("{} elements", data.len()),
-            });
-        }
+        check_upload(data.len(), rows, cols)?;
         Ok(Matrix::from_parts(data.to_vec(), rows, cols))
     }
 
@@ -782,14 +779,7 @@ impl Device for CpuDevice {
         gamma: T,
         weighting: OutputWeighting,
     ) -> Result<Matrix<Self, T>> {
-        let (m, d) = phi.shape();
-        let k = head.rows();
-        sigma.expect_shape("sigma", d, d)?;
-        head.expect_shape("head", k, d)?;
-        targets.expect_shape("targets", m, k)?;
-        if let Some(b) = bias {
-            b.expect_shape("bias", 1, k)?;
-        }
+        let (m, d, k) = sherman_morrison_shapes(sigma, head, bias, phi, targets)?;
         let par = self.par();
         self.run(|| {
             let mut used = vec![T::zero(); m];

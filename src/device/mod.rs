@@ -333,3 +333,35 @@ pub(crate) fn cov_layout<D: Device, T: Scalar>(mean: &Matrix<D, T>, cov: &Matrix
         }),
     }
 }
+
+/// The shapes of a [`Device::sherman_morrison_sequence`] call, `(m, d, k)`: Φ m × d, Σ d × d,
+/// W k × d, targets m × k, bias 1 × k.
+pub(crate) fn sherman_morrison_shapes<D: Device, T: Scalar>(
+    sigma: &Matrix<D, T>,
+    head: &Matrix<D, T>,
+    bias: Option<&Matrix<D, T>>,
+    phi: &Matrix<D, T>,
+    targets: &Matrix<D, T>,
+) -> Result<(usize, usize, usize)> {
+    let (m, d) = phi.shape();
+    let k = head.rows();
+    sigma.expect_shape("sigma", d, d)?;
+    head.expect_shape("head", k, d)?;
+    targets.expect_shape("targets", m, k)?;
+    if let Some(b) = bias {
+        b.expect_shape("bias", 1, k)?;
+    }
+    Ok((m, d, k))
+}
+
+/// `ShapeMismatch` unless `len` host elements fill a rows × cols matrix ([`Device::upload`]).
+pub(crate) fn check_upload(len: usize, rows: usize, cols: usize) -> Result<()> {
+    if rows.checked_mul(cols) != Some(len) {
+        return Err(Error::ShapeMismatch {
+            argument: "data",
+            expected: format!("{rows} x {cols} elements"),
+            got: format!("{len} elements"),
+        });
+    }
+    Ok(())
+}

@@ -14,7 +14,7 @@ use cudarc::driver::{
 
 use super::{Family, compile, nvrtc_available};
 use crate::device::compose::{self, Gpu, Grid, Kernel, KernelParams, NONE, Record};
-use crate::device::{Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign};
+use crate::device::{Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign, check_upload, sherman_morrison_shapes};
 use crate::error::{Error, Result};
 use crate::scalar::{DType, Scalar};
 
@@ -210,6 +210,11 @@ impl CudaDevice {
     }
 
     fn alloc<T: Scalar>(&self, len: usize, label: &str) -> Result<CudaBuffer<T>> {
+        if len > u32::MAX as usize {
+            return Err(Error::Unsupported(format!(
+                "{label}: {len} elements exceed the 32-bit indexing of the CUDA kernels"
+            )));
+        }
         let bytes = len.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| Error::Device {
             backend: "cuda",
             reason: format!("{label}: {len} elements overflow a byte count"),
@@ -344,13 +349,7 @@ impl Device for CudaDevice {
     }
 
     fn upload<T: Scalar>(&self, data: &[T], rows: usize, cols: usize) -> Result<Matrix<Self, T>> {
-        if rows.checked_mul(cols) != Some(data.len()) {
-            return Err(Error::ShapeMismatch {
-                argument: "data",
-                expected: format!("{rows} x {cols} elements"),
-                got: format!("{} elements", data.len()),
-            });
-        }
+        check_upload(data.len(), rows, cols)?;
         let mut buf = self.alloc::<T>(data.len(), "matrix")?;
         if !data.is_empty() {
             self.inner
@@ -473,14 +472,7 @@ impl Device for CudaDevice {
         gamma: T,
         weighting: OutputWeighting,
     ) -> Result<Matrix<Self, T>> {
-        let (m, d) = phi.shape();
-        let k = head.rows();
-        sigma.expect_shape("sigma", d, d)?;
-        head.expect_shape("head", k, d)?;
-        targets.expect_shape("targets", m, k)?;
-        if let Some(b) = bias {
-            b.expect_shape("bias", 1, k)?;
-        }
+        let (m, d, k) = sherman_morrison_shapes(sigma, head, bias, phi, targets)?;
         let used = self.zeros::<T>(m, 1)?;
         if m == 0 || d == 0 {
             return Ok(used);

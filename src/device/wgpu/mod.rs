@@ -254,6 +254,11 @@ impl WgpuDevice {
     /// A new uninitialised storage buffer for `len` elements of `T`, or a typed error when it
     /// is larger than the adapter allows or cannot be allocated.
     pub(crate) fn buffer<T: Scalar>(&self, len: usize, label: &'static str) -> Result<WgpuBuffer<T>> {
+        if len > u32::MAX as usize {
+            return Err(Error::Unsupported(format!(
+                "{label}: {len} elements exceed the 32-bit indexing of the WGSL kernels"
+            )));
+        }
         let bytes = (len as u64)
             .checked_mul(std::mem::size_of::<T>() as u64)
             .ok_or_else(|| backend_error(format!("{label}: {len} elements overflow a byte count")))?;

@@ -4,7 +4,7 @@
 
 use super::{Recorder, WgpuBuffer, WgpuDevice, backend_error, f32_only, kernels};
 use crate::device::compose::{self, Gpu, Kernel, KernelParams, NONE, Record};
-use crate::device::{Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign};
+use crate::device::{Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign, check_upload, sherman_morrison_shapes};
 use crate::error::{Error, Result};
 use crate::scalar::Scalar;
 
@@ -51,13 +51,7 @@ impl Device for WgpuDevice {
 
     fn upload<T: Scalar>(&self, data: &[T], rows: usize, cols: usize) -> Result<Matrix<Self, T>> {
         f32_only::<T>()?;
-        if rows.checked_mul(cols) != Some(data.len()) {
-            return Err(Error::ShapeMismatch {
-                argument: "data",
-                expected: format!("{rows} x {cols} elements"),
-                got: format!("{} elements", data.len()),
-            });
-        }
+        check_upload(data.len(), rows, cols)?;
         let buf = self.buffer::<T>(data.len(), "matrix")?;
         if !data.is_empty() {
             self.ctx.queue.write_buffer(&buf.buffer, 0, bytemuck::cast_slice(data));
@@ -183,14 +177,7 @@ impl Device for WgpuDevice {
         weighting: OutputWeighting,
     ) -> Result<Matrix<Self, T>> {
         f32_only::<T>()?;
-        let (m, d) = phi.shape();
-        let k = head.rows();
-        sigma.expect_shape("sigma", d, d)?;
-        head.expect_shape("head", k, d)?;
-        targets.expect_shape("targets", m, k)?;
-        if let Some(b) = bias {
-            b.expect_shape("bias", 1, k)?;
-        }
+        let (m, d, k) = sherman_morrison_shapes(sigma, head, bias, phi, targets)?;
         let used = self.zeros::<T>(m, 1)?;
         if m == 0 || d == 0 {
             return Ok(used);
