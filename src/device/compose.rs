@@ -6,7 +6,10 @@
 //! Cholesky factorisation is diagonal block, panel solve and gemm trailing update, and so on.
 //! A backend supplies buffers, a [`Record`] that launches kernels, and readback.
 
-use crate::device::{CovLayout, Device, LowRankFactor, Matrix, Op, Sign, cov_layout};
+use crate::device::{
+    CovLayout, Device, LowRankFactor, Matrix, Op, Sign, congruence_shapes, cov_layout, ggn_shapes, low_rank_shapes,
+    predictive_shapes,
+};
 use crate::error::{Error, Result};
 use crate::scalar::{DType, Scalar};
 
@@ -572,15 +575,7 @@ pub(crate) fn ggn_accumulate<D: Gpu, T: Scalar>(
     basis: Option<&Matrix<D, T>>,
     alpha: T,
 ) -> Result<()> {
-    let (n, d) = phi.shape();
-    let k = probs.cols();
-    probs.expect_shape("probs", n, k)?;
-    let kr = basis.map_or(k, |r| r.cols());
-    if let Some(r) = basis {
-        r.expect_shape("basis", k, kr)?;
-    }
-    let p = kr * d;
-    precision.expect_shape("precision", p, p)?;
+    let (n, d, k, kr, p) = ggn_shapes(precision, phi, probs, basis)?;
     if n == 0 || p == 0 {
         return Ok(());
     }
@@ -644,12 +639,8 @@ pub(crate) fn kron_congruence<D: Gpu, T: Scalar>(
     basis: &Matrix<D, T>,
     complement: T,
 ) -> Result<Matrix<D, T>> {
-    let (k, kr) = basis.shape();
-    let n_red = x.expect_square("x")?;
-    if kr == 0 || n_red % kr != 0 {
-        return Err(Error::shape("x", (kr, kr), x.shape()));
-    }
-    let d = n_red / kr;
+    let (k, kr, d) = congruence_shapes(x, basis)?;
+    let n_red = kr * d;
     let p = k * d;
     let dtype = T::DTYPE;
     let z = dev.zeros::<T>(p, n_red)?;
@@ -862,10 +853,7 @@ pub(crate) fn low_rank_update<D: Gpu, T: Scalar>(
     c_chol: &Matrix<D, T>,
     sign: Sign,
 ) -> Result<()> {
-    let n = sigma.expect_square("sigma")?;
-    let r = u.cols();
-    u.expect_shape("u", n, r)?;
-    c_chol.expect_shape("c_chol", r, r)?;
+    let (n, r) = low_rank_shapes(sigma, u, c_chol)?;
     if r == 0 || n == 0 {
         return Ok(());
     }
@@ -973,12 +961,8 @@ pub(crate) fn predictive_covariance<D: Gpu, T: Scalar>(
     sigma: &Matrix<D, T>,
     phi: &Matrix<D, T>,
 ) -> Result<Matrix<D, T>> {
-    let (n, d) = phi.shape();
-    let p = sigma.expect_square("sigma")?;
-    if d == 0 || p % d != 0 {
-        return Err(Error::shape("sigma", (d, d), sigma.shape()));
-    }
-    let k = p / d;
+    let (n, d, k) = predictive_shapes(sigma, phi)?;
+    let p = k * d;
     let dtype = T::DTYPE;
     let out = dev.zeros::<T>(n, k * k)?;
     if n == 0 {

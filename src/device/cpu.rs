@@ -13,8 +13,8 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::{
-    CovLayout, Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign, check_upload, cov_layout,
-    sherman_morrison_shapes,
+    CovLayout, Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign, check_upload, congruence_shapes, cov_layout,
+    ggn_shapes, low_rank_shapes, predictive_shapes, sherman_morrison_shapes,
 };
 use crate::error::{Error, Result};
 use crate::scalar::Scalar;
@@ -457,15 +457,7 @@ impl Device for CpuDevice {
         basis: Option<&Matrix<Self, T>>,
         alpha: T,
     ) -> Result<()> {
-        let (n, d) = phi.shape();
-        let k = probs.cols();
-        probs.expect_shape("probs", n, k)?;
-        let kr = basis.map_or(k, |r| r.cols());
-        if let Some(r) = basis {
-            r.expect_shape("basis", k, kr)?;
-        }
-        let p = kr * d;
-        precision.expect_shape("precision", p, p)?;
+        let (n, d, k, kr, p) = ggn_shapes(precision, phi, probs, basis)?;
         if n == 0 || p == 0 {
             return Ok(());
         }
@@ -571,12 +563,8 @@ impl Device for CpuDevice {
         basis: &Matrix<Self, T>,
         complement: T,
     ) -> Result<Matrix<Self, T>> {
-        let (k, kr) = basis.shape();
-        let n_red = x.expect_square("x")?;
-        if kr == 0 || n_red % kr != 0 {
-            return Err(Error::shape("x", (kr, kr), x.shape()));
-        }
-        let d = n_red / kr;
+        let (k, kr, d) = congruence_shapes(x, basis)?;
+        let n_red = kr * d;
         let p = k * d;
         let par = self.par();
         self.run(|| {
@@ -743,10 +731,7 @@ impl Device for CpuDevice {
         c_chol: &Matrix<Self, T>,
         sign: Sign,
     ) -> Result<()> {
-        let n = sigma.expect_square("sigma")?;
-        let r = u.cols();
-        u.expect_shape("u", n, r)?;
-        c_chol.expect_shape("c_chol", r, r)?;
+        let (n, r) = low_rank_shapes(sigma, u, c_chol)?;
         if r == 0 || n == 0 {
             return Ok(());
         }
@@ -952,12 +937,8 @@ impl Device for CpuDevice {
         sigma: &Matrix<Self, T>,
         phi: &Matrix<Self, T>,
     ) -> Result<Matrix<Self, T>> {
-        let (n, d) = phi.shape();
-        let p = sigma.expect_square("sigma")?;
-        if d == 0 || p % d != 0 {
-            return Err(Error::shape("sigma", (d, d), sigma.shape()));
-        }
-        let k = p / d;
+        let (n, d, k) = predictive_shapes(sigma, phi)?;
+        let p = k * d;
         let par = self.par();
         self.run(|| {
             let mut out = zeroed(n * k * k);

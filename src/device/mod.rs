@@ -365,3 +365,62 @@ pub(crate) fn check_upload(len: usize, rows: usize, cols: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// The shapes of a [`Device::ggn_accumulate`] call, `(n, d, k, k', P)`: Φ n × D, probabilities
+/// n × K, basis K × K' (K' = K without one), precision P × P with P = K'·D.
+pub(crate) fn ggn_shapes<D: Device, T: Scalar>(
+    precision: &Matrix<D, T>,
+    phi: &Matrix<D, T>,
+    probs: &Matrix<D, T>,
+    basis: Option<&Matrix<D, T>>,
+) -> Result<(usize, usize, usize, usize, usize)> {
+    let (n, d) = phi.shape();
+    let k = probs.cols();
+    probs.expect_shape("probs", n, k)?;
+    let kr = basis.map_or(k, |r| r.cols());
+    if let Some(r) = basis {
+        r.expect_shape("basis", k, kr)?;
+    }
+    let p = kr * d;
+    precision.expect_shape("precision", p, p)?;
+    Ok((n, d, k, kr, p))
+}
+
+/// The shapes of a [`Device::kron_congruence`] call, `(K, K', D)`: X (K'·D)², basis K × K'.
+pub(crate) fn congruence_shapes<D: Device, T: Scalar>(
+    x: &Matrix<D, T>,
+    basis: &Matrix<D, T>,
+) -> Result<(usize, usize, usize)> {
+    let (k, kr) = basis.shape();
+    let n_red = x.expect_square("x")?;
+    if kr == 0 || n_red % kr != 0 {
+        return Err(Error::shape("x", (kr, kr), x.shape()));
+    }
+    Ok((k, kr, n_red / kr))
+}
+
+/// The shapes of a [`Device::low_rank_update`] call, `(n, r)`: Σ n × n, U n × r, L r × r.
+pub(crate) fn low_rank_shapes<D: Device, T: Scalar>(
+    sigma: &Matrix<D, T>,
+    u: &Matrix<D, T>,
+    c_chol: &Matrix<D, T>,
+) -> Result<(usize, usize)> {
+    let n = sigma.expect_square("sigma")?;
+    let r = u.cols();
+    u.expect_shape("u", n, r)?;
+    c_chol.expect_shape("c_chol", r, r)?;
+    Ok((n, r))
+}
+
+/// The shapes of a [`Device::predictive_covariance`] call, `(n, D, K)`: Φ n × D, Σ (K·D)².
+pub(crate) fn predictive_shapes<D: Device, T: Scalar>(
+    sigma: &Matrix<D, T>,
+    phi: &Matrix<D, T>,
+) -> Result<(usize, usize, usize)> {
+    let (n, d) = phi.shape();
+    let p = sigma.expect_square("sigma")?;
+    if d == 0 || p % d != 0 {
+        return Err(Error::shape("sigma", (d, d), sigma.shape()));
+    }
+    Ok((n, d, p / d))
+}
