@@ -83,6 +83,18 @@ pub enum Error {
         /// What the operating system said.
         reason: String,
     },
+    /// Another writer held a file's write lock for longer than the caller would wait.
+    #[error(
+        "`{path}` is being written by another process: gave up after {waited_s:.1} s waiting for its lock `{lock}`"
+    )]
+    LockTimeout {
+        /// The file to be written.
+        path: String,
+        /// Its lock file.
+        lock: String,
+        /// Seconds waited.
+        waited_s: f64,
+    },
     /// A file's contents are malformed, truncated, corrupted or of an unsupported kind.
     #[error("bad file `{what}`: {reason}")]
     Format {

@@ -388,7 +388,8 @@ fn bait<D: Device, T: Scalar>(post: &Posterior<D, T>, pool: &Pool<'_, T>, batch:
     let weight = |probs: Vec<f64>| -> Vec<f64> {
         probs
             .chunks(post.classes())
-            .map(|p| (1.0 - p.iter().map(|x| x * x).sum::<f64>()) / k)
+            // Clipped at 0: rounding can push Σp² of a confident prediction past 1.
+            .map(|p| ((1.0 - p.iter().map(|x| x * x).sum::<f64>()) / k).max(0.0))
             .collect()
     };
     let scaled = |m: &HostMatrix<'_, T>, w: &[f64]| {
@@ -412,9 +413,12 @@ fn bait<D: Device, T: Scalar>(post: &Posterior<D, T>, pool: &Pool<'_, T>, batch:
     (0..d).for_each(|i| m[i * d + i] += tau);
     let f: Vec<f64> = gram(&labeled).iter().zip(gram(&v)).map(|(a, b)| a + b).collect();
     let m_mat = faer::Mat::<f64>::from_fn(d, d, |i, j| m[i * d + j]);
-    let llt = m_mat
-        .llt(faer::Side::Lower)
-        .map_err(|_| Error::NotPositiveDefinite { index: 0 })?;
+    let llt = m_mat.llt(faer::Side::Lower).map_err(|_| {
+        Error::invalid(
+            "prior_precision",
+            "BAIT's M = τI + Σ V_x is not positive definite: τ must be positive",
+        )
+    })?;
     let minv_mat = faer::linalg::solvers::DenseSolveCore::inverse(&llt);
     let f_mat = faer::Mat::<f64>::from_fn(d, d, |i, j| f[i * d + j]);
     let a_mat = &minv_mat * &f_mat * &minv_mat;
@@ -439,26 +443,39 @@ fn bait<D: Device, T: Scalar>(post: &Posterior<D, T>, pool: &Pool<'_, T>, batch:
     };
     // Forward: the largest decrease q/(1 + s) of tr(M⁻¹F), up to 2b picks.
     let mut chosen: Vec<usize> = Vec::new();
+    let mut available = vec![true; state.v.n];
     for _ in 0..(2 * batch).min(state.v.n) {
-        let best = (0..state.v.n)
-            .filter(|c| !chosen.contains(c))
-            .map(|c| (c, state.q[c] / (1.0 + state.s[c])))
-            .fold((usize::MAX, f64::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a })
-            .0;
+        let gains = (0..state.v.n)
+            .filter(|&c| available[c])
+            .map(|c| (c, state.q[c] / (1.0 + state.s[c])));
+        let Some(best) = arg_max(gains) else { break };
         state.apply(best, 1.0);
+        available[best] = false;
         chosen.push(best);
     }
     // Backward: drop the pick whose removal raises tr(M⁻¹F) least, q/(1 − s), down to b.
     while chosen.len() > batch {
-        let (slot, _) = chosen
+        let costs = chosen
             .iter()
             .enumerate()
-            .map(|(slot, &c)| (slot, state.q[c] / (1.0 - state.s[c])))
-            .fold((usize::MAX, f64::INFINITY), |a, b| if b.1 < a.1 { b } else { a });
+            .map(|(slot, &c)| (slot, -(state.q[c] / (1.0 - state.s[c]))));
+        let Some(slot) = arg_max(costs) else { break };
         let c = chosen.remove(slot);
         state.apply(c, -1.0);
     }
     Ok(chosen)
+}
+
+/// The index of the largest score, the first on ties; a score that is not a number (a
+/// rank-one update that lost its accuracy) ranks below every number. `None` only when empty.
+fn arg_max(scores: impl Iterator<Item = (usize, f64)>) -> Option<usize> {
+    let rank = |v: f64| if v.is_nan() { f64::NEG_INFINITY } else { v };
+    scores
+        .fold(None, |best: Option<(usize, f64)>, (i, v)| match best {
+            Some((_, b)) if rank(v) <= b => best,
+            _ => Some((i, rank(v))),
+        })
+        .map(|(i, _)| i)
 }
 
 fn typiclust<T: Scalar>(pool: &Pool<'_, T>, batch: usize, rng: &mut SplitMix64) -> Vec<usize> {

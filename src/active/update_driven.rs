@@ -48,10 +48,10 @@ impl UpdateDriven<'_> {
         seed: u64,
     ) -> Result<Vec<usize>> {
         let (n, d) = (pool.candidates.rows(), pool.candidates.cols());
-        if let LabelSource::Oracle(labels) = self.labels {
-            if labels.len() != n {
-                return Err(Error::shape("labels", (n, 1), (labels.len(), 1)));
-            }
+        if let LabelSource::Oracle(labels) = self.labels
+            && labels.len() != n
+        {
+            return Err(Error::shape("labels", (n, 1), (labels.len(), 1)));
         }
         check_batch_size(batch, n)?;
         let mut work: Option<Posterior<D, T>> = None;

@@ -72,10 +72,10 @@ impl Array {
         match &self.data {
             ArrayData::F32(v) => Ok(v.iter().map(|&x| T::from_f64(f64::from(x))).collect()),
             ArrayData::F64(v) => {
-                if T::DTYPE == crate::DType::F32 {
-                    if let Some(index) = v.iter().position(|x| x.is_finite() && x.abs() > f64::from(f32::MAX)) {
-                        return Err(self.format_error(format!("value at index {index} overflows f32")));
-                    }
+                if T::DTYPE == crate::DType::F32
+                    && let Some(index) = v.iter().position(|x| x.is_finite() && x.abs() > f64::from(f32::MAX))
+                {
+                    return Err(self.format_error(format!("value at index {index} overflows f32")));
                 }
                 Ok(v.iter().map(|&x| T::from_f64(x)).collect())
             }

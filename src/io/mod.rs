@@ -1,15 +1,18 @@
-//! Files: `.npy` and `.safetensors` arrays in, `.npy` out, and durable posterior files.
+//! Files: `.npy` and `.safetensors` arrays in, `.npy` out, and durable posterior files, with
+//! [`PosteriorFile`] for read-modify-write under a lock that concurrent writers respect.
 //!
 //! Every reader validates what it parses and fails with [`Error::Format`]
 //! or [`Error::Io`]; none panics on malformed input.
 
 mod array;
 pub mod fuzz;
+mod locked;
 mod npy;
 mod posterior_file;
 mod safetensors_array;
 
 pub use array::{Array, ArrayData};
+pub use locked::{DEFAULT_LOCK_TIMEOUT, PosteriorFile, remove_dead_temporaries};
 pub use npy::{parse_npy, read_npy, write_npy};
 pub use posterior_file::{
     PosteriorHeader, load_accumulator, load_posterior, peek_posterior, save_accumulator, save_posterior, structure_name,

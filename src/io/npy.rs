@@ -122,7 +122,7 @@ pub fn write_npy<T: Scalar>(path: &Path, data: &[T], shape: &[usize]) -> Result<
     };
     let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
     // Pad so that the data starts on a 64-byte boundary, ending the header with a newline.
-    while (MAGIC.len() + 4 + header.len() + 1) % 64 != 0 {
+    while !(MAGIC.len() + 4 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');
@@ -136,7 +136,7 @@ pub fn write_npy<T: Scalar>(path: &Path, data: &[T], shape: &[usize]) -> Result<
     out.extend_from_slice(&header_len.to_le_bytes());
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(bytemuck::cast_slice(data));
-    super::posterior_file::write_durably(path, &out)
+    super::locked::write_durably(path, &out)
 }
 
 fn le8(b: &[u8]) -> [u8; 8] {

@@ -2,12 +2,12 @@
 //! checksum, written durably (temporary file in the same folder, fsync, rename, fsync folder).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use super::io_error;
+use super::locked::write_durably;
 use crate::device::{Device, OutputWeighting};
 use crate::error::{Error, Result};
 use crate::posterior::{
@@ -426,33 +426,4 @@ fn checksum<'a>(parts: impl Iterator<Item = &'a [u8]>) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     parts.for_each(|p| hasher.update(p));
     hasher.finalize()
-}
-
-/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one: a
-/// temporary file in the same folder, fsync, rename over the target, fsync the folder.
-pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = path.file_name().ok_or_else(|| Error::Io {
-        path: path.display().to_string(),
-        reason: "not a file name".into(),
-    })?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // Persist the rename itself; not every platform can open a folder, which is harmless.
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    result.map_err(|e: std::io::Error| {
-        let _ = std::fs::remove_file(&tmp);
-        io_error(path, e)
-    })
 }

@@ -28,6 +28,11 @@ pub struct AlArgs {
     /// Labels, N integers in 0..K (with --data).
     #[arg(long)]
     labels: Option<String>,
+    /// Use the --data features as they are. By default every column is standardised to mean 0
+    /// and variance 1 over all N samples (constant columns become 0), so that raw tabular
+    /// columns of very different scales work out of the box.
+    #[arg(long, requires = "data")]
+    raw_features: bool,
     /// Comma-separated strategies: random, entropy, margin, least-confidence, bald, badge,
     /// bait, coreset, typiclust; `NAME+update` for update-driven selection (oracle labels;
     /// `NAME+update:predicted` or `NAME+update:expected` for the other label sources);
@@ -157,6 +162,7 @@ fn run_on<D: Device>(device: &D, args: &AlArgs) -> Result<()> {
                 return Err(Error::shape("labels", (n, 1), (y.len(), 1)));
             }
             let k = y.iter().copied().max().map_or(0, |m| m as usize + 1);
+            let x = if args.raw_features { x } else { standardize(x, n, d) };
             (x, y, d, k)
         }
         _ => {
@@ -458,4 +464,19 @@ fn plot(path: &Path, names: &[String], points: &[Point]) -> Result<()> {
         figure::legend(&mut chart, path)?;
     }
     root.present().map_err(|e| figure::failure(path, e))
+}
+
+/// Each column of the n × d row-major `x` shifted to mean 0 and scaled to variance 1 (computed
+/// in f64); a constant column becomes 0.
+fn standardize(mut x: Vec<f32>, n: usize, d: usize) -> Vec<f32> {
+    for j in 0..d {
+        let column = || x.iter().skip(j).step_by(d).take(n).map(|&v| f64::from(v));
+        let mean = column().sum::<f64>() / n.max(1) as f64;
+        let var = column().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n.max(1) as f64;
+        let scale = if var > 0.0 { 1.0 / var.sqrt() } else { 0.0 };
+        for v in x.iter_mut().skip(j).step_by(d).take(n) {
+            *v = ((f64::from(*v) - mean) * scale) as f32;
+        }
+    }
+    x
 }

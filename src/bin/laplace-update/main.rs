@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use laplace_update::io::{load_posterior, peek_posterior, read_array, save_posterior, write_npy};
+use laplace_update::io::{PosteriorFile, load_posterior, peek_posterior, read_array, write_npy};
 use laplace_update::{
     AnyDevice, BiasMode, Curvature, DType, Device, Error, FitConfig, HeadConfig, HostMatrix, Likelihood, Link,
     OutputWeighting, Posterior, PriorShape, Result, Scalar, Structure, Targets, UnlearnConfig, UpdateConfig,
@@ -160,6 +160,9 @@ struct FitArgs {
     /// Output posterior file (.safetensors).
     #[arg(long)]
     out: PathBuf,
+    /// Seconds to wait for another process writing the output file to finish.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    lock_timeout: f64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -186,6 +189,9 @@ struct BatchArgs {
     /// Output posterior file; may be the input file.
     #[arg(long)]
     out: PathBuf,
+    /// Seconds to wait for another process writing the output file to finish.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    lock_timeout: f64,
 }
 
 #[derive(Args)]
@@ -329,10 +335,12 @@ macro_rules! on_posterior {
 }
 
 fn update(args: &UpdateArgs) -> Result<()> {
+    lock_timeout(args.batch.lock_timeout)?;
     on_posterior!(args.batch.device, &args.batch.posterior, update_as, args)
 }
 
 fn unlearn(args: &UnlearnArgs) -> Result<()> {
+    lock_timeout(args.batch.lock_timeout)?;
     on_posterior!(args.batch.device, &args.batch.posterior, unlearn_as, args)
 }
 
@@ -351,6 +359,7 @@ fn devices() -> Result<()> {
 }
 
 fn fit(args: &FitArgs) -> Result<()> {
+    lock_timeout(args.lock_timeout)?;
     let device = select_device(args.device)?;
     laplace_update::with_device!(&device, |d| match args.dtype {
         DTypeArg::F32 => fit_as::<_, f32>(d, args),
@@ -480,7 +489,7 @@ fn fit_as<D: Device, T: Scalar>(device: &D, args: &FitArgs) -> Result<()> {
         let tau = post.optimize_prior_precision(PriorShape::Scalar)?;
         eprintln!("prior precision τ = {:.6e} maximises the marginal likelihood", tau[0]);
     }
-    save_posterior(&post, &args.out)?;
+    PosteriorFile::lock(&args.out, lock_timeout(args.lock_timeout)?)?.commit(&post)?;
     eprintln!(
         "fitted on {n} samples (K = {classes}, D = {d}) in {fit_ms:.2} ms on {}; wrote {}",
         device.name(),
@@ -489,19 +498,46 @@ fn fit_as<D: Device, T: Scalar>(device: &D, args: &FitArgs) -> Result<()> {
     Ok(())
 }
 
-/// Loads the posterior, applies `change` to it with the batch, and saves it; returns the batch size.
+/// `--lock-timeout` as a duration.
+fn lock_timeout(seconds: f64) -> Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(seconds).map_err(|_| {
+        Error::invalid(
+            "lock-timeout",
+            format!("must be a non-negative number of seconds, got {seconds}"),
+        )
+    })
+}
+
+/// Whether `a` and `b` name the same existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Loads the posterior, applies `change` to it with the batch, and saves it; returns the batch
+/// size. The output file's write lock is held from before the input is read (when they are
+/// the same file) until after the result is renamed into place, so concurrent changes of one
+/// file queue up instead of overwriting each other.
 fn change_posterior<D: Device, T: Scalar>(
     device: &D,
     batch: &BatchArgs,
     change: impl FnOnce(&mut Posterior<D, T>, HostMatrix<'_, T>, &dyn Targets<T>) -> Result<()>,
 ) -> Result<usize> {
-    let mut post: Posterior<D, T> = load_posterior(device, &batch.posterior)?;
+    let timeout = lock_timeout(batch.lock_timeout)?;
     let (phi, m, d) = read_array(&batch.features)?.to_matrix::<T>()?;
+    let file = PosteriorFile::lock(&batch.out, timeout)?;
+    let mut post: Posterior<D, T> = if same_file(&batch.posterior, &batch.out) {
+        file.load(device)?
+    } else {
+        load_posterior(device, &batch.posterior)?
+    };
     let regression = matches!(post.likelihood(), Likelihood::Regression { .. });
     let targets = targets_of::<T>(&batch.labels, regression)?;
     let features = HostMatrix::new(&phi, m, d)?;
     targets.with(|y| change(&mut post, features, y))?;
-    save_posterior(&post, &batch.out)?;
+    file.commit(&post)?;
     Ok(m)
 }
 
