@@ -38,10 +38,14 @@ pub(crate) enum Kernel {
     KronMixU,
     KronMixG,
     /// wgpu's per-sample Sherman–Morrison steps.
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
     SmProject,
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
     SmScalars,
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
     SmApply,
     /// CUDA's persistent Sherman–Morrison kernel.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     SmSequence,
     PotrfDiagonal,
     TrsmPanel,

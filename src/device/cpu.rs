@@ -85,6 +85,16 @@ impl CpuDevice {
         self.pool.install(f)
     }
 
+    /// [`CpuDevice::run`] for an operation that calls faer's dense kernels, settling the
+    /// vector state of the pool afterwards (see [`settle_vector_state`]).
+    fn run_dense<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(|| {
+            let out = f();
+            settle_vector_state();
+            out
+        })
+    }
+
     /// Applies a link to every input, in parallel: `link(f, Σ_f)` gets the logit mean (K) and
     /// the dense K × K logit covariance in f64 (expanded from an isotropic n × 1 or a diagonal
     /// n × K `cov`) and returns the K probabilities.
@@ -92,7 +102,7 @@ impl CpuDevice {
         &self,
         mean: &CpuMatrix<T>,
         cov: &CpuMatrix<T>,
-        link: impl Fn(&[f64], &[f64]) -> Vec<f64> + Sync,
+        link: impl Fn(&[f64], &LogitCov<'_>) -> Vec<f64> + Sync,
     ) -> Result<CpuMatrix<T>> {
         let layout = cov_layout(mean, cov)?;
         let (n, k) = mean.shape();
@@ -101,18 +111,12 @@ impl CpuDevice {
         if k > 0 {
             self.run(|| {
                 out.par_chunks_mut(k).enumerate().for_each(|(i, row)| {
-                    let c = &cov.buffer()[i * cw..(i + 1) * cw];
-                    let sigma: Vec<f64> = (0..k * k)
-                        .map(|ab| {
-                            let (a, b) = (ab / k, ab % k);
-                            match layout {
-                                CovLayout::Full => c[ab].as_f64(),
-                                _ if a != b => 0.0,
-                                CovLayout::Isotropic => c[0].as_f64(),
-                                CovLayout::Diagonal => c[a].as_f64(),
-                            }
-                        })
-                        .collect();
+                    let c: Vec<f64> = cov.buffer()[i * cw..(i + 1) * cw].iter().map(|x| x.as_f64()).collect();
+                    let sigma = match layout {
+                        CovLayout::Full => LogitCov::Full(&c),
+                        CovLayout::Isotropic => LogitCov::Isotropic(c[0]),
+                        CovLayout::Diagonal => LogitCov::Diagonal(&c),
+                    };
                     let f: Vec<f64> = mean.buffer()[i * k..(i + 1) * k].iter().map(|x| x.as_f64()).collect();
                     row.iter_mut()
                         .zip(link(&f, &sigma))
@@ -121,6 +125,67 @@ impl CpuDevice {
             });
         }
         Ok(Matrix::from_parts(out, n, k))
+    }
+}
+
+/// One input's logit covariance Σ_f (K × K) as its structure stores it, so that a link costs
+/// O(K) per input unless Σ_f is dense.
+enum LogitCov<'a> {
+    /// The K × K matrix, row-major.
+    Full(&'a [f64]),
+    /// `v I_K`.
+    Isotropic(f64),
+    /// `diag(d)`.
+    Diagonal(&'a [f64]),
+}
+
+impl LogitCov<'_> {
+    /// `Σ_f[a, a]`.
+    fn diag(&self, a: usize, k: usize) -> f64 {
+        match self {
+            LogitCov::Full(c) => c[a * k + a],
+            LogitCov::Isotropic(v) => *v,
+            LogitCov::Diagonal(d) => d[a],
+        }
+    }
+
+    /// `Σ_b Σ_f[a, b]`.
+    fn row_sum(&self, a: usize, k: usize) -> f64 {
+        match self {
+            LogitCov::Full(c) => c[a * k..(a + 1) * k].iter().sum(),
+            _ => self.diag(a, k),
+        }
+    }
+
+    /// `f + L e` for each standard-normal draw e (rows of `eps`, K wide), `L Lᵀ = Σ_f` the
+    /// lower Cholesky factor with pivots at rounding level counted as zero
+    /// ([`small_psd_cholesky`]); O(K) per draw unless Σ_f is dense.
+    fn for_each_draw(&self, f: &[f64], eps: &[f64], mut draw: impl FnMut(&[f64])) {
+        let k = f.len();
+        let mut z = vec![0.0; k];
+        match self {
+            LogitCov::Full(c) => {
+                let mut l = c.to_vec();
+                small_psd_cholesky(&mut l, k);
+                for e in eps.chunks_exact(k) {
+                    for a in 0..k {
+                        z[a] = f[a] + (0..=a).map(|b| l[a * k + b] * e[b]).sum::<f64>();
+                    }
+                    draw(&z);
+                }
+            }
+            _ => {
+                let d: Vec<f64> = (0..k).map(|a| self.diag(a, k)).collect();
+                let floor = psd_pivot_floor(&d);
+                let l: Vec<f64> = d.iter().map(|&v| if v > floor { v.sqrt() } else { 0.0 }).collect();
+                for e in eps.chunks_exact(k) {
+                    for a in 0..k {
+                        z[a] = f[a] + l[a] * e[a];
+                    }
+                    draw(&z);
+                }
+            }
+        }
     }
 }
 
@@ -133,6 +198,34 @@ fn view<T: Scalar>(m: &CpuMatrix<T>) -> MatRef<'_, T> {
 fn view_mut<T: Scalar>(m: &mut CpuMatrix<T>) -> MatMut<'_, T> {
     let (rows, cols) = m.shape();
     MatMut::from_row_major_slice_mut(m.buffer_mut().as_mut_slice(), rows, cols)
+}
+
+/// Clears the upper halves of the vector registers on this thread and on every thread of the
+/// current rayon pool.
+///
+/// faer's AVX-512 kernels can return with them dirty; code compiled for baseline x86-64 (SSE:
+/// this crate's own loops, libm's `exp`) then pays a state-transition penalty on every
+/// instruction, measured at 40× on a softmax run after one parallel GEMM. Call it after dense
+/// kernels and before scalar work; elsewhere it does nothing.
+pub(crate) fn settle_vector_state() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx")]
+        fn zero_upper() {
+            std::arch::x86_64::_mm256_zeroupper();
+        }
+        if std::arch::is_x86_feature_detected!("avx") {
+            let clear = || {
+                // SAFETY: AVX was detected on this CPU at run time, which is all `zero_upper`
+                // requires; it touches no memory.
+                unsafe { zero_upper() }
+            };
+            clear();
+            if rayon::current_thread_index().is_some() {
+                rayon::broadcast(|_| clear());
+            }
+        }
+    }
 }
 
 fn scale_in_place<T: Scalar>(buf: &mut [T], beta: T) {
@@ -287,10 +380,15 @@ fn softmax_f64(f: &[f64]) -> Vec<f64> {
 
 /// Cholesky of a small PSD matrix (row-major k × k) in f64, in place; pivots that are not
 /// positive are treated as zero, so semidefinite inputs give a valid factor.
+/// The pivot below which [`small_psd_cholesky`] counts a pivot as zero, from the variances
+/// (the diagonal): pivots at rounding level relative to the largest variance, so that a rank-
+/// deficient covariance does not divide rounding noise by rounding noise.
+fn psd_pivot_floor(variances: &[f64]) -> f64 {
+    1e3 * f64::EPSILON * variances.iter().copied().fold(0.0, f64::max) * variances.len() as f64
+}
+
 fn small_psd_cholesky(a: &mut [f64], k: usize) {
-    // Pivots at rounding level relative to the largest variance count as zero too: a rank-
-    // deficient covariance must not divide rounding noise by rounding noise.
-    let floor = 1e3 * f64::EPSILON * (0..k).map(|j| a[j * k + j]).fold(0.0, f64::max) * k as f64;
+    let floor = psd_pivot_floor(&(0..k).map(|j| a[j * k + j]).collect::<Vec<f64>>());
     for j in 0..k {
         let mut d = a[j * k + j];
         for p in 0..j {
@@ -313,12 +411,12 @@ fn small_psd_cholesky(a: &mut [f64], k: usize) {
 
 /// The normalised Laplace bridge of one row (see [`Device::bridge_dirichlet`]), in f64, with the
 /// Dirichlet parameters handled in log space so that large logits cannot overflow.
-fn laplace_bridge(f: &[f64], sigma: &[f64]) -> Vec<f64> {
+fn laplace_bridge(f: &[f64], sigma: &LogitCov<'_>) -> Vec<f64> {
     let k = f.len();
     let kf = k as f64;
-    let row_sums: Vec<f64> = (0..k).map(|a| sigma[a * k..(a + 1) * k].iter().sum()).collect();
+    let row_sums: Vec<f64> = (0..k).map(|a| sigma.row_sum(a, k)).collect();
     let total: f64 = row_sums.iter().sum();
-    let (mut mu, mut diag) = (f.to_vec(), (0..k).map(|a| sigma[a * k + a]).collect::<Vec<f64>>());
+    let (mut mu, mut diag) = (f.to_vec(), (0..k).map(|a| sigma.diag(a, k)).collect::<Vec<f64>>());
     if total > 0.0 {
         let f_sum: f64 = f.iter().sum();
         for a in 0..k {
@@ -402,7 +500,7 @@ impl Device for CpuDevice {
         }
         c.expect_shape("c", av.nrows(), bv.ncols())?;
         let par = self.par();
-        self.run(|| {
+        self.run_dense(|| {
             let accum = if beta == T::zero() {
                 Accum::Replace
             } else {
@@ -428,7 +526,7 @@ impl Device for CpuDevice {
             w.expect_shape("weights", n, 1)?;
         }
         let par = self.par();
-        self.run(|| {
+        self.run_dense(|| {
             scale_in_place(c.buffer_mut(), beta);
             // Aᵀ and (diag(w) A)ᵀ as strided views of the row-major data: no transposing copy.
             let wa: Option<Vec<T>> = weights.map(|w| {
@@ -463,7 +561,7 @@ impl Device for CpuDevice {
         }
         let par = self.par();
         let chunk = (SCRATCH_ELEMENTS / p).clamp(64, 16_384).min(n);
-        self.run(|| {
+        self.run_dense(|| {
             let mut a_t = zeroed(p * chunk);
             let mut diag_t = zeroed(d * chunk);
             let mut grams = basis.map(|_| zeroed::<T>(k * d * d));
@@ -567,7 +665,7 @@ impl Device for CpuDevice {
         let n_red = kr * d;
         let p = k * d;
         let par = self.par();
-        self.run(|| {
+        self.run_dense(|| {
             // Z = (R ⊗ I) X: X seen as K' × (D·K'D), one GEMM with inner dimension K'.
             let mut z = zeroed(p * n_red);
             matmul(
@@ -619,7 +717,7 @@ impl Device for CpuDevice {
                 if let Some(w) = weights {
                     w.expect_shape("weights", m, 1)?;
                 }
-                self.run(|| {
+                self.run_dense(|| {
                     let mut u = zeroed(d * m);
                     let uv = MatMut::from_row_major_slice_mut(&mut u, d, m);
                     matmul(uv, Accum::Replace, view(sigma), view(phi).transpose(), T::one(), par);
@@ -655,7 +753,7 @@ impl Device for CpuDevice {
                 probs.expect_shape("probs", m, k)?;
                 let p = k * d;
                 sigma.expect_shape("sigma", p, p)?;
-                self.run(|| {
+                self.run_dense(|| {
                     // S_j = diag(√p_j) − p_j √p_jᵀ, stored m × K × K.
                     let mut s = zeroed(m * k * k);
                     for j in 0..m {
@@ -736,7 +834,7 @@ impl Device for CpuDevice {
             return Ok(());
         }
         let par = self.par();
-        self.run(|| {
+        self.run_dense(|| {
             // V = U L⁻ᵀ (n × r, rows contiguous along r), solved as Vᵀ = L⁻¹ Uᵀ on a transposed
             // view; then Σ ± V Vᵀ on the lower triangle.
             let mut v = u.buffer()[..n * r].to_vec();
@@ -766,7 +864,7 @@ impl Device for CpuDevice {
     ) -> Result<Matrix<Self, T>> {
         let (m, d, k) = sherman_morrison_shapes(sigma, head, bias, phi, targets)?;
         let par = self.par();
-        self.run(|| {
+        self.run_dense(|| {
             let mut used = vec![T::zero(); m];
             // Blocks of samples: Σ_{j−1} = Σ₀ − Σ_{i<j} c_i u_i u_iᵀ and W_j = W₀ + Σ_{i<j} r_i v_iᵀ
             // within a block, so Σ₀φ_j and W₀φ_j come from two GEMMs at the block's start, the
@@ -796,6 +894,7 @@ impl Device for CpuDevice {
                     T::one(),
                     par,
                 );
+                settle_vector_state();
                 // Per sample i of the block: u_i = Σ_{i−1}φ_i (rows of `y`, corrected in place),
                 // c_i = m_i/(1 + m_i s_i), 1/(1 + m_i s_i), and γ r_i = γ (t_i − p_i).
                 let mut c = vec![T::zero(); b];
@@ -886,7 +985,7 @@ impl Device for CpuDevice {
     fn cholesky<T: Scalar>(&self, a: &mut Matrix<Self, T>) -> Result<()> {
         let n = a.expect_square("a")?;
         let par = self.par();
-        self.run(|| {
+        self.run_dense(|| {
             // A is symmetric, so its row-major buffer is also A in column-major order; faer
             // factors that (fast layout) and the lower factor lands as Lᵀ in row-major terms.
             cholesky_col_major(a.buffer_mut(), n, par)?;
@@ -901,7 +1000,7 @@ impl Device for CpuDevice {
             return Err(Error::shape("b", (n, b.cols()), b.shape()));
         }
         let par = self.par();
-        self.run(|| match op {
+        self.run_dense(|| match op {
             Op::N => faer::linalg::triangular_solve::solve_lower_triangular_in_place(view(l), view_mut(b), par),
             Op::T => {
                 faer::linalg::triangular_solve::solve_upper_triangular_in_place(view(l).transpose(), view_mut(b), par)
@@ -913,7 +1012,7 @@ impl Device for CpuDevice {
     fn spd_inverse<T: Scalar>(&self, a: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
         let n = a.expect_square("a")?;
         let par = self.par();
-        self.run(|| {
+        self.run_dense(|| {
             // A symmetric row-major buffer is also A in column-major order: factor and invert in
             // faer's fast layout with no transposes.
             let mut l = a.buffer()[..n * n].to_vec();
@@ -940,7 +1039,7 @@ impl Device for CpuDevice {
         let (n, d, k) = predictive_shapes(sigma, phi)?;
         let p = k * d;
         let par = self.par();
-        self.run(|| {
+        self.run_dense(|| {
             let mut out = zeroed(n * k * k);
             let chunk = (SCRATCH_ELEMENTS / p.max(1)).clamp(16, 4096).min(n.max(1));
             let mut t = zeroed(chunk * p);
@@ -997,7 +1096,7 @@ impl Device for CpuDevice {
         self.map_predictive(mean, cov, |f, sigma| {
             let k = f.len();
             let scaled: Vec<f64> = (0..k)
-                .map(|a| f[a] / (1.0 + lambda * sigma[a * k + a].max(0.0)).sqrt())
+                .map(|a| f[a] / (1.0 + lambda * sigma.diag(a, k).max(0.0)).sqrt())
                 .collect();
             softmax_f64(&scaled)
         })
@@ -1016,16 +1115,10 @@ impl Device for CpuDevice {
         }
         let eps: Vec<f64> = eps.buffer().iter().map(|x| x.as_f64()).collect();
         self.map_predictive(mean, cov, |f, sigma| {
-            let k = f.len();
-            let mut l = sigma.to_vec();
-            small_psd_cholesky(&mut l, k);
-            let mut acc = vec![0.0f64; k];
-            for e in eps.chunks_exact(k) {
-                let z: Vec<f64> = (0..k)
-                    .map(|a| f[a] + (0..=a).map(|b| l[a * k + b] * e[b]).sum::<f64>())
-                    .collect();
-                acc.iter_mut().zip(softmax_f64(&z)).for_each(|(x, p)| *x += p);
-            }
+            let mut acc = vec![0.0f64; f.len()];
+            sigma.for_each_draw(f, &eps, |z| {
+                acc.iter_mut().zip(softmax_f64(z)).for_each(|(x, p)| *x += p);
+            });
             acc.iter().map(|x| x / samples as f64).collect()
         })
     }

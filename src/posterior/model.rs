@@ -101,141 +101,222 @@ pub(crate) enum CovarianceStep<D: Device, T: Scalar> {
     },
 }
 
-/// Output curvature factors of a batch on the host: sample n owns `rank` rows, the columns of
-/// S_n (K × rank), with `S_n S_nᵀ = M_n` its output curvature. Row-major (n·rank) × K, f64.
-pub(crate) struct OutputFactors {
-    pub classes: usize,
-    pub rank: usize,
-    pub values: Vec<f64>,
+/// The output curvature `M_n` (K × K) of each sample of a batch, held on the host by what
+/// defines it: the likelihood's outputs (probabilities or logits), the targets and, for the
+/// Monte Carlo Fisher, the per-sample keys of its draws. Each structure asks for the reduction
+/// it needs, in closed form; only [`OutputCurvature::factors`] (the Full structure's) forms
+/// anything of size K × K per sample.
+pub(crate) struct OutputCurvature<'a> {
+    likelihood: Likelihood,
+    curvature: Curvature,
+    /// n × K: probabilities (classification) or logits (regression).
+    outputs: &'a [f64],
+    /// n × K: one-hot rows or values.
+    targets: &'a [f64],
+    keys: &'a [u64],
+    samples: usize,
+    classes: usize,
 }
 
-impl OutputFactors {
-    /// `S_n` for each sample: `outputs` are probabilities (classification) or logits
-    /// (regression), `targets` one-hot rows or values, both n × K.
+/// Rows of draws gathered before one GEMM folds them into `Σ_n M_n`.
+const DRAW_BLOCK_ELEMENTS: usize = 1 << 20;
+
+impl<'a> OutputCurvature<'a> {
+    /// The output curvature of n samples; `outputs` and `targets` are n × K.
     pub fn new(
         likelihood: Likelihood,
         curvature: Curvature,
-        outputs: &[f64],
-        targets: &[f64],
-        keys: &[u64],
-        n: usize,
+        outputs: &'a [f64],
+        targets: &'a [f64],
+        keys: &'a [u64],
+        samples: usize,
     ) -> Self {
-        let k = outputs.len() / n.max(1);
-        let mut values = Vec::new();
-        let rank = match (likelihood, curvature) {
+        OutputCurvature {
+            likelihood,
+            curvature,
+            outputs,
+            targets,
+            keys,
+            samples,
+            classes: outputs.len() / samples.max(1),
+        }
+    }
+
+    /// `1/σ²` (regression) or 1: the scale of the log-likelihood gradient in f.
+    fn gradient_scale(&self) -> f64 {
+        match self.likelihood {
+            Likelihood::Classification => 1.0,
+            Likelihood::Regression { sigma_noise } => 1.0 / (sigma_noise * sigma_noise),
+        }
+    }
+
+    /// Calls `f(g)` for each Monte Carlo draw of sample `i`, `g = ∂_f log p(y | f)/√S` for
+    /// y drawn from the model (`e_y − p`, or `ε/σ` for regression), seeded by the sample's key
+    /// so that chunking, sharding and order do not change the draws.
+    fn for_each_draw(&self, i: usize, samples: usize, seed: u64, mut f: impl FnMut(&[f64])) {
+        let k = self.classes;
+        let norm = 1.0 / (samples as f64).sqrt();
+        let out = &self.outputs[i * k..(i + 1) * k];
+        let mut rng = SplitMix64::new(seed ^ self.keys[i].rotate_left(17));
+        let mut g = vec![0.0; k];
+        for _ in 0..samples {
+            match self.likelihood {
+                Likelihood::Classification => {
+                    let u = rng.uniform();
+                    let mut cum = 0.0;
+                    let mut drawn = k - 1;
+                    for (c, &p) in out.iter().enumerate() {
+                        cum += p;
+                        if u < cum {
+                            drawn = c;
+                            break;
+                        }
+                    }
+                    g.iter_mut()
+                        .enumerate()
+                        .for_each(|(a, v)| *v = (f64::from(u8::from(a == drawn)) - out[a]) * norm);
+                }
+                Likelihood::Regression { sigma_noise } => {
+                    // y ~ N(f, σ²I): the residual gradient is ε/σ.
+                    let eps = rng.normals(k);
+                    g.iter_mut().zip(&eps).for_each(|(v, e)| *v = e / sigma_noise * norm);
+                }
+            }
+            f(&g);
+        }
+    }
+
+    /// The residual gradients `r_n = c (t_n − o_n)`, n × K (empirical Fisher: `M_n = r_n r_nᵀ`).
+    fn residuals(&self) -> Vec<f64> {
+        let c = self.gradient_scale();
+        self.outputs
+            .iter()
+            .zip(self.targets)
+            .map(|(o, t)| (t - o) * c)
+            .collect()
+    }
+
+    /// Factors `S_n` (K × rank) with `S_n S_nᵀ = M_n`, as rows `S_nᵀ`: (n·rank) × K, and the rank.
+    /// GGN: `S = diag(√p) − p√pᵀ` (rank K) or `I/σ`; empirical Fisher: `r_n` (rank 1); Monte
+    /// Carlo: the draws (rank S).
+    pub fn factors(&self) -> (Vec<f64>, usize) {
+        let (n, k) = (self.samples, self.classes);
+        match (self.likelihood, self.curvature) {
             (Likelihood::Classification, Curvature::Ggn) => {
-                // S = diag(√p) − p √pᵀ; its columns are rows of Sᵀ.
-                for p in outputs.chunks_exact(k) {
+                let mut values = Vec::with_capacity(n * k * k);
+                for p in self.outputs.chunks_exact(k) {
                     for c in 0..k {
                         let sc = p[c].max(0.0).sqrt();
                         values.extend((0..k).map(|a| f64::from(u8::from(a == c)) * sc - p[a] * sc));
                     }
                 }
-                k
+                (values, k)
             }
             (Likelihood::Regression { sigma_noise }, Curvature::Ggn) => {
+                let mut values = Vec::with_capacity(n * k * k);
                 for _ in 0..n {
                     for c in 0..k {
                         values.extend((0..k).map(|a| f64::from(u8::from(a == c)) / sigma_noise));
                     }
                 }
-                k
+                (values, k)
             }
-            (_, Curvature::EmpiricalFisher) => {
-                let scale = match likelihood {
-                    Likelihood::Classification => 1.0,
-                    Likelihood::Regression { sigma_noise } => 1.0 / (sigma_noise * sigma_noise),
-                };
-                values.extend(outputs.iter().zip(targets).map(|(o, t)| (t - o) * scale));
-                1
-            }
+            (_, Curvature::EmpiricalFisher) => (self.residuals(), 1),
             (_, Curvature::MonteCarloFisher { samples, seed }) => {
-                let norm = 1.0 / (samples as f64).sqrt();
-                for (i, out) in outputs.chunks_exact(k).enumerate() {
-                    let mut rng = SplitMix64::new(seed ^ keys[i].rotate_left(17));
-                    for _ in 0..samples {
-                        match likelihood {
-                            Likelihood::Classification => {
-                                let u = rng.uniform();
-                                let mut cum = 0.0;
-                                let mut drawn = k - 1;
-                                for (c, &p) in out.iter().enumerate() {
-                                    cum += p;
-                                    if u < cum {
-                                        drawn = c;
-                                        break;
-                                    }
-                                }
-                                values.extend((0..k).map(|a| (f64::from(u8::from(a == drawn)) - out[a]) * norm));
-                            }
-                            Likelihood::Regression { sigma_noise } => {
-                                // y ~ N(f, σ²I): the residual gradient is ε/σ.
-                                let eps = rng.normals(k);
-                                values.extend(eps.iter().map(|e| e / sigma_noise * norm));
-                            }
-                        }
-                    }
+                let mut values = Vec::with_capacity(n * samples * k);
+                for i in 0..n {
+                    self.for_each_draw(i, samples, seed, |g| values.extend_from_slice(g));
                 }
-                samples
+                (values, samples)
             }
-        };
-        OutputFactors {
-            classes: k,
-            rank,
-            values,
         }
     }
 
-    fn samples(&self) -> usize {
-        self.values.len() / (self.classes * self.rank).max(1)
-    }
-
-    /// `M_n[k,k] = Σ_c S_n[k,c]²`, n × K.
+    /// `M_n[k,k]`, n × K: `p(1 − p)`, `1/σ²`, `r²`, or the draws' mean square.
     pub fn diagonals(&self) -> Vec<f64> {
-        let (k, r) = (self.classes, self.rank);
-        let mut out = vec![0.0; self.samples() * k];
-        for (row, s) in self.values.chunks_exact(k).enumerate() {
-            let n = row / r;
-            out[n * k..(n + 1) * k].iter_mut().zip(s).for_each(|(o, v)| *o += v * v);
+        let (n, k) = (self.samples, self.classes);
+        match (self.likelihood, self.curvature) {
+            (Likelihood::Classification, Curvature::Ggn) => self.outputs.iter().map(|p| p * (1.0 - p)).collect(),
+            (Likelihood::Regression { sigma_noise }, Curvature::Ggn) => vec![1.0 / (sigma_noise * sigma_noise); n * k],
+            (_, Curvature::EmpiricalFisher) => self.residuals().iter().map(|r| r * r).collect(),
+            (_, Curvature::MonteCarloFisher { samples, seed }) => {
+                let mut out = vec![0.0; n * k];
+                for (i, row) in out.chunks_exact_mut(k.max(1)).enumerate() {
+                    self.for_each_draw(i, samples, seed, |g| {
+                        row.iter_mut().zip(g).for_each(|(o, v)| *o += v * v)
+                    });
+                }
+                out
+            }
         }
-        out
     }
 
     /// `tr(M_n) / K` per sample.
     pub fn mean_traces(&self) -> Vec<f64> {
         let k = self.classes;
         self.diagonals()
-            .chunks_exact(k)
+            .chunks_exact(k.max(1))
             .map(|d| d.iter().sum::<f64>() / k as f64)
             .collect()
     }
 
-    /// `Σ_n M_n`, K × K.
-    pub fn gram(&self) -> Vec<f64> {
-        let k = self.classes;
+    /// `Σ_n M_n`, K × K: `diag(Σ_n p_n) − PᵀP` (softmax GGN), `(n/σ²) I`, `RᵀR`, or the
+    /// draws' Gram matrix, each by GEMMs over n × K operands.
+    pub fn sum(&self) -> Vec<f64> {
+        use faer::linalg::matmul::matmul;
+        use faer::{Accum, MatMut, MatRef, Par};
+        let (n, k) = (self.samples, self.classes);
         let mut out = vec![0.0; k * k];
-        for s in self.values.chunks_exact(k) {
-            for a in 0..k {
-                for b in 0..k {
-                    out[a * k + b] += s[a] * s[b];
+        // out += alpha · XᵀX for X (rows × K).
+        let gram = |out: &mut [f64], x: &[f64], rows: usize, alpha: f64| {
+            let x = MatRef::from_row_major_slice(x, rows, k);
+            matmul(
+                MatMut::from_row_major_slice_mut(out, k, k),
+                Accum::Add,
+                x.transpose(),
+                x,
+                alpha,
+                Par::rayon(0),
+            );
+            crate::device::cpu::settle_vector_state();
+        };
+        match (self.likelihood, self.curvature) {
+            (Likelihood::Classification, Curvature::Ggn) => {
+                gram(&mut out, self.outputs, n, -1.0);
+                for p in self.outputs.chunks_exact(k.max(1)) {
+                    (0..k).for_each(|c| out[c * k + c] += p[c]);
+                }
+            }
+            (Likelihood::Regression { sigma_noise }, Curvature::Ggn) => {
+                (0..k).for_each(|c| out[c * k + c] = n as f64 / (sigma_noise * sigma_noise));
+            }
+            (_, Curvature::EmpiricalFisher) => gram(&mut out, &self.residuals(), n, 1.0),
+            (_, Curvature::MonteCarloFisher { samples, seed }) => {
+                let block_rows = (DRAW_BLOCK_ELEMENTS / k.max(1)).max(samples);
+                let mut block: Vec<f64> = Vec::with_capacity(block_rows * k);
+                for i in 0..n {
+                    self.for_each_draw(i, samples, seed, |g| block.extend_from_slice(g));
+                    if block.len() + samples * k > block_rows * k || i + 1 == n {
+                        gram(&mut out, &block, block.len() / k.max(1), 1.0);
+                        block.clear();
+                    }
                 }
             }
         }
         out
     }
+}
 
-    /// The factors in the basis R (K × K', row-major): rows `Rᵀ s`.
-    pub fn reduced(&self, basis: Option<(&[f64], usize)>) -> (Vec<f64>, usize) {
-        let k = self.classes;
-        match basis {
-            None => (self.values.clone(), k),
-            Some((r, kk)) => {
-                let mut out = Vec::with_capacity(self.values.len() / k * kk);
-                for s in self.values.chunks_exact(k) {
-                    out.extend((0..kk).map(|j| (0..k).map(|a| r[a * kk + j] * s[a]).sum::<f64>()));
-                }
-                (out, kk)
+/// Factor rows `s` (K wide) in the basis R (K × K', row-major): rows `Rᵀ s`, K' wide.
+fn reduce_factors(values: Vec<f64>, k: usize, basis: Option<(&[f64], usize)>) -> (Vec<f64>, usize) {
+    match basis {
+        None => (values, k),
+        Some((r, kk)) => {
+            let mut out = Vec::with_capacity(values.len() / k.max(1) * kk);
+            for s in values.chunks_exact(k) {
+                out.extend((0..kk).map(|j| (0..k).map(|a| r[a * kk + j] * s[a]).sum::<f64>()));
             }
+            (out, kk)
         }
     }
 }
@@ -317,32 +398,27 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
             }
             _ => {}
         }
-        let host = |v: Vec<T>| v.into_iter().map(|x| x.as_f64()).collect::<Vec<f64>>();
-        let factors = OutputFactors::new(
-            self.likelihood,
-            self.curvature,
-            &host(device.download(outputs)?),
-            &host(batch.host_targets.clone()),
-            &batch.keys,
-            batch.rows(),
-        );
-        let (n, k) = (batch.rows(), factors.classes);
+        let host = |v: &[T]| v.iter().map(|x| x.as_f64()).collect::<Vec<f64>>();
+        let (outputs, targets) = (host(&device.download(outputs)?), host(&batch.host_targets));
+        let (n, k) = (batch.rows(), outputs.len() / batch.rows().max(1));
+        let curvature = OutputCurvature::new(self.likelihood, self.curvature, &outputs, &targets, &batch.keys, n);
         Ok(match self.structure {
             Structure::Full => {
-                let (values, width) = factors.reduced(basis);
-                let s = device.upload(&cast::<T>(&values), n * factors.rank, width)?;
+                let (values, rank) = curvature.factors();
+                let (values, width) = reduce_factors(values, k, basis);
+                let s = device.upload(&cast::<T>(&values), n * rank, width)?;
                 CurvatureTerm::Rows {
-                    rows: device.kron_rows(&s, &batch.phi, factors.rank)?,
+                    rows: device.kron_rows(&s, &batch.phi, rank)?,
                 }
             }
             Structure::Shared(_) => CurvatureTerm::Weighted {
-                weights: Some(device.upload(&cast::<T>(&factors.mean_traces()), n, 1)?),
+                weights: Some(device.upload(&cast::<T>(&curvature.mean_traces()), n, 1)?),
             },
             Structure::Diag => CurvatureTerm::Diagonal {
-                weights: device.upload(&cast::<T>(&factors.diagonals()), n, k)?,
+                weights: device.upload(&cast::<T>(&curvature.diagonals()), n, k)?,
             },
             Structure::Kron => CurvatureTerm::Kronecker {
-                gram: device.upload(&cast::<T>(&factors.gram()), k, k)?,
+                gram: device.upload(&cast::<T>(&curvature.sum()), k, k)?,
             },
         })
     }

@@ -395,6 +395,51 @@ pub fn check_predictive<D: Device, T: Scalar>(dev: &D) {
     let w = down(dev, &dev.categorical_weights(&up::<D, T>(dev, &p)).unwrap());
     let want: Vec<f64> = (0..5).map(|i| shared_weight(p.row(i), true)).collect();
     assert!(rel_err(&w, &want) < tol::<T>(3, 4.0));
+    // Isotropic (n × 1) and diagonal (n × K) covariances against the same draws through
+    // L = diag(√Σ_f[a,a]) written out here, and against the dense (n × K²) layout.
+    let (n, k, draws) = (3, 4, 64);
+    let eps_host = random(&mut Rng::new(11), draws, k);
+    let mut iso = Dense::zeros(n, 1);
+    let mut diag = Dense::zeros(n, k);
+    let (mut iso_dense, mut diag_dense) = (Dense::zeros(n, k * k), Dense::zeros(n, k * k));
+    for i in 0..n {
+        iso.set(i, 0, 0.2 + 0.5 * i as f64);
+        for a in 0..k {
+            diag.set(i, a, 0.1 + 0.3 * a as f64 + 0.2 * i as f64);
+            iso_dense.set(i, a * k + a, iso.at(i, 0));
+            diag_dense.set(i, a * k + a, diag.at(i, a));
+        }
+    }
+    let eps = up::<D, T>(dev, &eps_host);
+    for (compact, dense, name) in [(&iso, &iso_dense, "isotropic"), (&diag, &diag_dense, "diagonal")] {
+        let got = down(
+            dev,
+            &dev.monte_carlo_softmax(&up(dev, &mean), &up(dev, compact), &eps)
+                .unwrap(),
+        );
+        let via_dense = down(
+            dev,
+            &dev.monte_carlo_softmax(&up(dev, &mean), &up(dev, dense), &eps).unwrap(),
+        );
+        for i in 0..n {
+            let mut want = vec![0.0; k];
+            for e in 0..draws {
+                let z: Vec<f64> = (0..k)
+                    .map(|a| mean.at(i, a) + dense.at(i, a * k + a).sqrt() * eps_host.at(e, a))
+                    .collect();
+                want.iter_mut()
+                    .zip(softmax(&z))
+                    .for_each(|(w, p)| *w += p / draws as f64);
+            }
+            let e = rel_err(&got[i * k..(i + 1) * k], &want);
+            assert!(
+                e < tol::<T>(k, 50.0),
+                "monte carlo, {name} covariance, row {i}: err {e}"
+            );
+            let e = rel_err(&via_dense[i * k..(i + 1) * k], &want);
+            assert!(e < tol::<T>(k, 50.0), "monte carlo, {name} as dense, row {i}: err {e}");
+        }
+    }
     // Zero covariance: Monte Carlo is the plain softmax whatever the draws.
     let eps = up::<D, T>(dev, &random(&mut Rng::new(9), 50, 4));
     let zero = up::<D, T>(dev, &Dense::zeros(3, 1));
