@@ -5,7 +5,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::Problem;
+use common::{Problem, temp_dir, write_labels};
 use laplace_update::io::{load_posterior, read_npy, write_npy};
 use laplace_update::{CpuDevice, HostMatrix, Link, Posterior};
 
@@ -47,28 +47,6 @@ fn fails(command: &str) -> String {
     );
     assert!(stderr.starts_with("error: "), "{command}: {stderr}");
     stderr
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("laplace-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Labels as an i64 `.npy`.
-fn write_labels(path: &Path, labels: &[u32]) {
-    let values: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
-    std::fs::write(
-        path,
-        common::npy_bytes(
-            "<i8",
-            false,
-            &format!("({},)", labels.len()),
-            &common::le_bytes(&values),
-        ),
-    )
-    .unwrap();
 }
 
 struct Files {

@@ -8,29 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Dense, Rng};
+use common::{Dense, Rng, temp_dir, write_labels};
 use laplace_update::io::{PosteriorFile, load_posterior, remove_dead_temporaries, write_npy};
 use laplace_update::{CpuDevice, Error, Posterior};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_laplace-update"))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("laplace-concurrency-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn write_labels(path: &Path, labels: &[u32]) {
-    let values: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
-    let body = common::le_bytes(&values);
-    std::fs::write(
-        path,
-        common::npy_bytes("<i8", false, &format!("({},)", labels.len()), &body),
-    )
-    .unwrap();
 }
 
 fn run_ok(args: &[&str]) {

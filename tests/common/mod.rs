@@ -386,3 +386,18 @@ pub fn backend_or_skip<D>(backend: &str, made: laplace_update::Result<D>) -> Opt
 pub mod complete;
 pub mod kernels;
 pub mod suite;
+
+/// A fresh, empty folder for one test's files.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("laplace-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Labels as an i64 `.npy`.
+pub fn write_labels(path: &std::path::Path, labels: &[u32]) {
+    let values: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
+    let shape = format!("({},)", labels.len());
+    std::fs::write(path, npy_bytes("<i8", false, &shape, &le_bytes(&values))).unwrap();
+}
