@@ -334,6 +334,12 @@ fn transposed<T: Scalar>(x: &[T], rows: usize, cols: usize) -> Vec<T> {
 /// D = 1536 rank-100 updates: the full product wins at this size).
 const FULL_GEMM_MAX_RANK: usize = 128;
 
+/// A weighted SYRK whose contraction is this many times the output side per thread is split
+/// over the rows (one sequential d × d sum per thread) …
+const TALL_RATIO: usize = 8;
+/// … when the per-thread sums take at most this much memory.
+const TALL_SCRATCH_BYTES: usize = 64 << 20;
+
 /// Adds `alpha · L Rᵀ` to the square `dst`, where `L` and `R` are n × r with rows contiguous along
 /// the contracted dimension r, and `L Rᵀ` is symmetric. Small r writes both triangles; large r
 /// writes the lower triangle only and returns `true`, and the caller mirrors it with
@@ -460,6 +466,11 @@ impl Device for CpuDevice {
         Ok(Matrix::from_parts(data.to_vec(), rows, cols))
     }
 
+    fn upload_owned<T: Scalar>(&self, data: Vec<T>, rows: usize, cols: usize) -> Result<Matrix<Self, T>> {
+        check_upload(data.len(), rows, cols)?;
+        Ok(Matrix::from_parts(data, rows, cols))
+    }
+
     fn download<T: Scalar>(&self, m: &Matrix<Self, T>) -> Result<Vec<T>> {
         Ok(m.buffer()[..m.len()].to_vec())
     }
@@ -540,7 +551,36 @@ impl Device for CpuDevice {
             let rhs_t = wa
                 .as_deref()
                 .map_or(lhs, |x| MatRef::from_row_major_slice(x, n, d).transpose());
-            if symmetric_add(view_mut(c), lhs, rhs_t, alpha, par) {
+            let threads = self.threads;
+            let tall = threads > 1
+                && n >= TALL_RATIO * d * threads
+                && d * d * threads * std::mem::size_of::<T>() <= TALL_SCRATCH_BYTES;
+            if tall {
+                // One product with a d × d output and a long contraction keeps the threads in
+                // step at every panel; instead each thread sums its own block of rows
+                // sequentially, and the d × d sums are added.
+                let rows = n.div_ceil(threads);
+                let sums: Vec<Vec<T>> = (0..threads)
+                    .into_par_iter()
+                    .map(|t| {
+                        let (lo, hi) = ((t * rows).min(n), ((t + 1) * rows).min(n));
+                        let mut sum = vec![T::zero(); d * d];
+                        let (l, r) = (lhs.subcols(lo, hi - lo), rhs_t.subcols(lo, hi - lo));
+                        if symmetric_add(MatMut::from_row_major_slice_mut(&mut sum, d, d), l, r, alpha, Par::Seq) {
+                            fill_triangle(&mut sum, d, Fill::LowerToUpper);
+                        }
+                        sum
+                    })
+                    .collect();
+                c.buffer_mut()
+                    .par_chunks_mut(d.max(1))
+                    .enumerate()
+                    .for_each(|(i, row)| {
+                        for sum in &sums {
+                            row.iter_mut().zip(&sum[i * d..(i + 1) * d]).for_each(|(o, v)| *o += *v);
+                        }
+                    });
+            } else if symmetric_add(view_mut(c), lhs, rhs_t, alpha, par) {
                 fill_triangle(c.buffer_mut(), d, Fill::LowerToUpper);
             }
         });

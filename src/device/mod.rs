@@ -153,6 +153,11 @@ pub trait Device: Clone + Send + Sync + 'static {
     fn name(&self) -> String;
     /// Copies row-major host data to a new device matrix.
     fn upload<T: Scalar>(&self, data: &[T], rows: usize, cols: usize) -> Result<Matrix<Self, T>>;
+    /// Moves row-major host data into a new device matrix: [`Device::upload`] of `data`, but a
+    /// backend whose matrices live in host memory keeps the vector instead of copying it.
+    fn upload_owned<T: Scalar>(&self, data: Vec<T>, rows: usize, cols: usize) -> Result<Matrix<Self, T>> {
+        self.upload(&data, rows, cols)
+    }
     /// Copies a device matrix back to row-major host memory.
     fn download<T: Scalar>(&self, m: &Matrix<Self, T>) -> Result<Vec<T>>;
     /// A new zero-filled matrix.

@@ -119,8 +119,13 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
         for start in (0..features.rows()).step_by(chunk) {
             let rows = chunk.min(features.rows() - start);
             let batch = post.upload_batch(&features, targets, start, rows)?;
-            let outputs = model.outputs(&batch.phi, &post.moments.head)?;
-            let term = model.curvature_term(&batch, &outputs, host_basis)?;
+            let term = match model.head_free_term() {
+                Some(term) => term,
+                None => {
+                    let outputs = model.outputs(&batch.phi, &post.moments.head)?;
+                    model.curvature_term(&batch, &outputs, host_basis)?
+                }
+            };
             model.add_curvature(&mut sum, kron.as_mut(), &batch.phi, &term, T::one(), device_basis)?;
         }
         self.add(sum, kron, features.rows())

@@ -349,8 +349,8 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         count: usize,
     ) -> Result<Matrix<D, T>> {
         let augment = self.bias_mode == BiasMode::InPosterior;
-        self.device.upload(
-            &feature_rows(features, start, count, augment),
+        self.device.upload_owned(
+            feature_rows(features, start, count, augment),
             count,
             self.augmented_features(),
         )

@@ -373,6 +373,15 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
         Ok((outputs, grad))
     }
 
+    /// The curvature term when it does not depend on the head: the Gaussian Shared weighting
+    /// of the softmax GGN, `Σ_n φ_nφ_nᵀ` (m_n = 1), so that a fit needs neither logits nor a
+    /// softmax. `None` otherwise.
+    pub fn head_free_term(&self) -> Option<CurvatureTerm<D, T>> {
+        let softmax_ggn = self.is_classification() && self.curvature == Curvature::Ggn;
+        (softmax_ggn && self.structure == Structure::Shared(OutputWeighting::Gaussian))
+            .then_some(CurvatureTerm::Weighted { weights: None })
+    }
+
     /// The batch's curvature at the head that gave `outputs`. For Full, `basis` (R, K') asks
     /// for the curvature in the reduced class basis `(Rᵀ M_n R) ⊗ φφᵀ`.
     pub fn curvature_term(
@@ -381,6 +390,9 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
         outputs: &Matrix<D, T>,
         basis: Option<(&[f64], usize)>,
     ) -> Result<CurvatureTerm<D, T>> {
+        if let Some(term) = self.head_free_term() {
+            return Ok(term);
+        }
         let device = self.device;
         let softmax_ggn = self.is_classification() && self.curvature == Curvature::Ggn;
         match self.structure {
@@ -390,11 +402,10 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
                 });
             }
             Structure::Shared(weighting) if softmax_ggn => {
-                let weights = match weighting {
-                    OutputWeighting::Gaussian => None,
-                    OutputWeighting::Categorical => Some(device.categorical_weights(outputs)?),
-                };
-                return Ok(CurvatureTerm::Weighted { weights });
+                debug_assert_eq!(weighting, OutputWeighting::Categorical, "Gaussian is head-free");
+                return Ok(CurvatureTerm::Weighted {
+                    weights: Some(device.categorical_weights(outputs)?),
+                });
             }
             _ => {}
         }
