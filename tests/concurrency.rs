@@ -29,6 +29,53 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `fit` in f64 on the CPU from `x0.npy`, `y0.npy` and `w.npy` in `dir`, with τ = `tau`;
+/// returns the posterior file.
+fn fit_f64(dir: &Path, structure: &str, tau: f64) -> PathBuf {
+    let post = dir.join("post.safetensors");
+    run_ok(&[
+        "fit",
+        "--features",
+        s(&dir.join("x0.npy")),
+        "--labels",
+        s(&dir.join("y0.npy")),
+        "--weights",
+        s(&dir.join("w.npy")),
+        "--structure",
+        structure,
+        "--prior-precision",
+        &tau.to_string(),
+        "--dtype",
+        "f64",
+        "--device",
+        "cpu",
+        "--out",
+        s(&post),
+    ]);
+    post
+}
+
+/// `update` of `post` in place on the CPU with the batch `(x, y)`, stdout discarded.
+fn update_in_place(post: &Path, x: &Path, y: &Path) -> Command {
+    let mut command = bin();
+    command
+        .args([
+            "update",
+            "--posterior",
+            s(post),
+            "--features",
+            s(x),
+            "--labels",
+            s(y),
+            "--device",
+            "cpu",
+            "--out",
+            s(post),
+        ])
+        .stdout(Stdio::null());
+    command
+}
+
 /// The temporaries of `post` in its folder.
 fn temporaries(post: &Path) -> Vec<PathBuf> {
     let prefix = format!(".{}.tmp-", post.file_name().unwrap().to_string_lossy());
@@ -55,26 +102,7 @@ fn concurrent_updates_of_one_file_lose_nothing() {
         &(0..n0).map(|i| (i % k) as u32).collect::<Vec<_>>(),
     );
     write_npy(&dir.join("w.npy"), &rng.normals(k * d, 0.3), &[k, d]).unwrap();
-    let post = dir.join("post.safetensors");
-    run_ok(&[
-        "fit",
-        "--features",
-        s(&dir.join("x0.npy")),
-        "--labels",
-        s(&dir.join("y0.npy")),
-        "--weights",
-        s(&dir.join("w.npy")),
-        "--structure",
-        "shared",
-        "--prior-precision",
-        &tau.to_string(),
-        "--dtype",
-        "f64",
-        "--device",
-        "cpu",
-        "--out",
-        s(&post),
-    ]);
+    let post = fit_f64(&dir, "shared", tau);
     let mut all = x0.clone();
     let mut batches = Vec::new();
     for b in 0..writers {
@@ -87,26 +115,7 @@ fn concurrent_updates_of_one_file_lose_nothing() {
     }
     let children: Vec<Child> = batches
         .iter()
-        .map(|(xp, yp)| {
-            bin()
-                .args([
-                    "update",
-                    "--posterior",
-                    s(&post),
-                    "--features",
-                    s(xp),
-                    "--labels",
-                    s(yp),
-                    "--device",
-                    "cpu",
-                    "--out",
-                    s(&post),
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+        .map(|(xp, yp)| update_in_place(&post, xp, yp).stderr(Stdio::piped()).spawn().unwrap())
         .collect();
     for child in children {
         let out = child.wait_with_output().unwrap();
@@ -294,40 +303,9 @@ fn killed_writers_leave_the_file_intact_and_their_temporaries_are_removed() {
     write_npy(&dir.join("w.npy"), &rng.normals(k * d, 0.05), &[k, d]).unwrap();
     write_npy(&dir.join("x1.npy"), &rng.normals(d, 0.3), &[1, d]).unwrap();
     write_labels(&dir.join("y1.npy"), &[3]);
-    let post = dir.join("post.safetensors");
-    run_ok(&[
-        "fit",
-        "--features",
-        s(&dir.join("x0.npy")),
-        "--labels",
-        s(&dir.join("y0.npy")),
-        "--weights",
-        s(&dir.join("w.npy")),
-        "--structure",
-        "full",
-        "--dtype",
-        "f64",
-        "--device",
-        "cpu",
-        "--out",
-        s(&post),
-    ]);
+    let post = fit_f64(&dir, "full", 1.0);
     let update = || {
-        bin()
-            .args([
-                "update",
-                "--posterior",
-                s(&post),
-                "--features",
-                s(&dir.join("x1.npy")),
-                "--labels",
-                s(&dir.join("y1.npy")),
-                "--device",
-                "cpu",
-                "--out",
-                s(&post),
-            ])
-            .stdout(Stdio::null())
+        update_in_place(&post, &dir.join("x1.npy"), &dir.join("y1.npy"))
             .stderr(Stdio::null())
             .spawn()
             .unwrap()
