@@ -55,25 +55,30 @@ fn fit_f64(dir: &Path, structure: &str, tau: f64) -> PathBuf {
     post
 }
 
-/// `update` of `post` in place on the CPU with the batch `(x, y)`, stdout discarded.
+/// `command` (`update` or `unlearn`) of `post` in place on the CPU with the batch `(x, y)`,
+/// stdout discarded; further options may follow.
+fn change_in_place(command: &str, post: &Path, x: &Path, y: &Path) -> Command {
+    let mut cli = bin();
+    cli.args([
+        command,
+        "--posterior",
+        s(post),
+        "--features",
+        s(x),
+        "--labels",
+        s(y),
+        "--device",
+        "cpu",
+        "--out",
+        s(post),
+    ])
+    .stdout(Stdio::null());
+    cli
+}
+
+/// `update` of `post` in place: see [`change_in_place`].
 fn update_in_place(post: &Path, x: &Path, y: &Path) -> Command {
-    let mut command = bin();
-    command
-        .args([
-            "update",
-            "--posterior",
-            s(post),
-            "--features",
-            s(x),
-            "--labels",
-            s(y),
-            "--device",
-            "cpu",
-            "--out",
-            s(post),
-        ])
-        .stdout(Stdio::null());
-    command
+    change_in_place("update", post, x, y)
 }
 
 /// The temporaries of `post` in its folder.
@@ -151,24 +156,11 @@ fn a_writer_that_cannot_get_the_lock_gives_up_cleanly() {
     let dir = temp_dir("timeout");
     let (d, k) = (4, 2);
     let mut rng = Rng::new(5);
-    write_npy(&dir.join("x.npy"), &rng.normals(6 * d, 1.0), &[6, d]).unwrap();
-    write_labels(&dir.join("y.npy"), &[0, 1, 0, 1, 1, 0]);
+    write_npy(&dir.join("x0.npy"), &rng.normals(6 * d, 1.0), &[6, d]).unwrap();
+    write_labels(&dir.join("y0.npy"), &[0, 1, 0, 1, 1, 0]);
     write_npy(&dir.join("w.npy"), &rng.normals(k * d, 0.5), &[k, d]).unwrap();
-    let post = dir.join("post.safetensors");
-    let (x, y, w) = (dir.join("x.npy"), dir.join("y.npy"), dir.join("w.npy"));
-    run_ok(&[
-        "fit",
-        "--features",
-        s(&x),
-        "--labels",
-        s(&y),
-        "--weights",
-        s(&w),
-        "--device",
-        "cpu",
-        "--out",
-        s(&post),
-    ]);
+    let post = fit_f64(&dir, "full", 1.0);
+    let (x, y, w) = (dir.join("x0.npy"), dir.join("y0.npy"), dir.join("w.npy"));
     let before = std::fs::read(&post).unwrap();
 
     let held = PosteriorFile::lock(&post, Duration::ZERO).unwrap();
@@ -179,22 +171,8 @@ fn a_writer_that_cannot_get_the_lock_gives_up_cleanly() {
     }
     let started = Instant::now();
     for command in ["update", "unlearn"] {
-        let out = bin()
-            .args([
-                command,
-                "--posterior",
-                s(&post),
-                "--features",
-                s(&x),
-                "--labels",
-                s(&y),
-                "--device",
-                "cpu",
-                "--lock-timeout",
-                "0.3",
-                "--out",
-                s(&post),
-            ])
+        let out = change_in_place(command, &post, &x, &y)
+            .args(["--lock-timeout", "0.3"])
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -227,19 +205,8 @@ fn a_writer_that_cannot_get_the_lock_gives_up_cleanly() {
     assert!(started.elapsed() >= Duration::from_millis(800));
     assert_eq!(std::fs::read(&post).unwrap(), before, "the file is unchanged");
     for bad in ["-1", "nan", "inf"] {
-        let out = bin()
-            .args([
-                "update",
-                "--posterior",
-                s(&post),
-                "--features",
-                s(&x),
-                "--labels",
-                s(&y),
-                &format!("--lock-timeout={bad}"),
-                "--out",
-                s(&post),
-            ])
+        let out = update_in_place(&post, &x, &y)
+            .arg(format!("--lock-timeout={bad}"))
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -247,19 +214,7 @@ fn a_writer_that_cannot_get_the_lock_gives_up_cleanly() {
     }
 
     drop(held);
-    run_ok(&[
-        "update",
-        "--posterior",
-        s(&post),
-        "--features",
-        s(&x),
-        "--labels",
-        s(&y),
-        "--device",
-        "cpu",
-        "--out",
-        s(&post),
-    ]);
+    assert!(update_in_place(&post, &x, &y).status().unwrap().success());
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -95,9 +95,9 @@ impl CpuDevice {
         })
     }
 
-    /// Applies a link to every input, in parallel: `link(f, Σ_f)` gets the logit mean (K) and
-    /// the dense K × K logit covariance in f64 (expanded from an isotropic n × 1 or a diagonal
-    /// n × K `cov`) and returns the K probabilities.
+    /// Applies a link to every input, in parallel: `link(f, Σ_f)` gets the logit mean (K, f64)
+    /// and the logit covariance as `cov` stores it (dense n × K², isotropic n × 1 or diagonal
+    /// n × K) and returns the K probabilities.
     fn map_predictive<T: Scalar>(
         &self,
         mean: &CpuMatrix<T>,
@@ -384,8 +384,6 @@ fn softmax_f64(f: &[f64]) -> Vec<f64> {
     e.iter().map(|x| x / s).collect()
 }
 
-/// Cholesky of a small PSD matrix (row-major k × k) in f64, in place; pivots that are not
-/// positive are treated as zero, so semidefinite inputs give a valid factor.
 /// The pivot below which [`small_psd_cholesky`] counts a pivot as zero, from the variances
 /// (the diagonal): pivots at rounding level relative to the largest variance, so that a rank-
 /// deficient covariance does not divide rounding noise by rounding noise.
@@ -393,6 +391,8 @@ fn psd_pivot_floor(variances: &[f64]) -> f64 {
     1e3 * f64::EPSILON * variances.iter().copied().fold(0.0, f64::max) * variances.len() as f64
 }
 
+/// Cholesky of a small PSD matrix (row-major k × k) in f64, in place; pivots that are not
+/// positive are treated as zero, so semidefinite inputs give a valid factor.
 fn small_psd_cholesky(a: &mut [f64], k: usize) {
     let floor = psd_pivot_floor(&(0..k).map(|j| a[j * k + j]).collect::<Vec<f64>>());
     for j in 0..k {
@@ -462,8 +462,7 @@ impl Device for CpuDevice {
     }
 
     fn upload<T: Scalar>(&self, data: &[T], rows: usize, cols: usize) -> Result<Matrix<Self, T>> {
-        check_upload(data.len(), rows, cols)?;
-        Ok(Matrix::from_parts(data.to_vec(), rows, cols))
+        self.upload_owned(data.to_vec(), rows, cols)
     }
 
     fn upload_owned<T: Scalar>(&self, data: Vec<T>, rows: usize, cols: usize) -> Result<Matrix<Self, T>> {

@@ -114,7 +114,8 @@ pub(crate) struct OutputCurvature<'a> {
     /// n × K: one-hot rows or values.
     targets: &'a [f64],
     keys: &'a [u64],
-    samples: usize,
+    /// n.
+    rows: usize,
     classes: usize,
 }
 
@@ -129,7 +130,7 @@ impl<'a> OutputCurvature<'a> {
         outputs: &'a [f64],
         targets: &'a [f64],
         keys: &'a [u64],
-        samples: usize,
+        rows: usize,
     ) -> Self {
         OutputCurvature {
             likelihood,
@@ -137,8 +138,8 @@ impl<'a> OutputCurvature<'a> {
             outputs,
             targets,
             keys,
-            samples,
-            classes: outputs.len() / samples.max(1),
+            rows,
+            classes: outputs.len() / rows.max(1),
         }
     }
 
@@ -200,7 +201,7 @@ impl<'a> OutputCurvature<'a> {
     /// GGN: `S = diag(√p) − p√pᵀ` (rank K) or `I/σ`; empirical Fisher: `r_n` (rank 1); Monte
     /// Carlo: the draws (rank S).
     pub fn factors(&self) -> (Vec<f64>, usize) {
-        let (n, k) = (self.samples, self.classes);
+        let (n, k) = (self.rows, self.classes);
         match (self.likelihood, self.curvature) {
             (Likelihood::Classification, Curvature::Ggn) => {
                 let mut values = Vec::with_capacity(n * k * k);
@@ -234,7 +235,7 @@ impl<'a> OutputCurvature<'a> {
 
     /// `M_n[k,k]`, n × K: `p(1 − p)`, `1/σ²`, `r²`, or the draws' mean square.
     pub fn diagonals(&self) -> Vec<f64> {
-        let (n, k) = (self.samples, self.classes);
+        let (n, k) = (self.rows, self.classes);
         match (self.likelihood, self.curvature) {
             (Likelihood::Classification, Curvature::Ggn) => self.outputs.iter().map(|p| p * (1.0 - p)).collect(),
             (Likelihood::Regression { sigma_noise }, Curvature::Ggn) => vec![1.0 / (sigma_noise * sigma_noise); n * k],
@@ -265,7 +266,7 @@ impl<'a> OutputCurvature<'a> {
     pub fn sum(&self) -> Vec<f64> {
         use faer::linalg::matmul::matmul;
         use faer::{Accum, MatMut, MatRef, Par};
-        let (n, k) = (self.samples, self.classes);
+        let (n, k) = (self.rows, self.classes);
         let mut out = vec![0.0; k * k];
         // out += alpha · XᵀX for X (rows × K).
         let gram = |out: &mut [f64], x: &[f64], rows: usize, alpha: f64| {

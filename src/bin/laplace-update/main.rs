@@ -161,8 +161,8 @@ struct FitArgs {
     #[arg(long)]
     out: PathBuf,
     /// Seconds to wait for another process writing the output file to finish.
-    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
-    lock_timeout: f64,
+    #[arg(long, default_value = "60", value_name = "SECONDS", value_parser = seconds)]
+    lock_timeout: std::time::Duration,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -190,8 +190,8 @@ struct BatchArgs {
     #[arg(long)]
     out: PathBuf,
     /// Seconds to wait for another process writing the output file to finish.
-    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
-    lock_timeout: f64,
+    #[arg(long, default_value = "60", value_name = "SECONDS", value_parser = seconds)]
+    lock_timeout: std::time::Duration,
 }
 
 #[derive(Args)]
@@ -335,12 +335,10 @@ macro_rules! on_posterior {
 }
 
 fn update(args: &UpdateArgs) -> Result<()> {
-    lock_timeout(args.batch.lock_timeout)?;
     on_posterior!(args.batch.device, &args.batch.posterior, update_as, args)
 }
 
 fn unlearn(args: &UnlearnArgs) -> Result<()> {
-    lock_timeout(args.batch.lock_timeout)?;
     on_posterior!(args.batch.device, &args.batch.posterior, unlearn_as, args)
 }
 
@@ -359,7 +357,6 @@ fn devices() -> Result<()> {
 }
 
 fn fit(args: &FitArgs) -> Result<()> {
-    lock_timeout(args.lock_timeout)?;
     let device = select_device(args.device)?;
     laplace_update::with_device!(&device, |d| match args.dtype {
         DTypeArg::F32 => fit_as::<_, f32>(d, args),
@@ -489,7 +486,7 @@ fn fit_as<D: Device, T: Scalar>(device: &D, args: &FitArgs) -> Result<()> {
         let tau = post.optimize_prior_precision(PriorShape::Scalar)?;
         eprintln!("prior precision τ = {:.6e} maximises the marginal likelihood", tau[0]);
     }
-    PosteriorFile::lock(&args.out, lock_timeout(args.lock_timeout)?)?.commit(&post)?;
+    PosteriorFile::lock(&args.out, args.lock_timeout)?.commit(&post)?;
     eprintln!(
         "fitted on {n} samples (K = {classes}, D = {d}) in {fit_ms:.2} ms on {}; wrote {}",
         device.name(),
@@ -498,14 +495,12 @@ fn fit_as<D: Device, T: Scalar>(device: &D, args: &FitArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--lock-timeout` as a duration.
-fn lock_timeout(seconds: f64) -> Result<std::time::Duration> {
-    std::time::Duration::try_from_secs_f64(seconds).map_err(|_| {
-        Error::invalid(
-            "lock-timeout",
-            format!("must be a non-negative number of seconds, got {seconds}"),
-        )
-    })
+/// Parses a non-negative, finite number of seconds (`--lock-timeout`).
+fn seconds(text: &str) -> std::result::Result<std::time::Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|v| std::time::Duration::try_from_secs_f64(v).ok())
+        .ok_or_else(|| format!("must be a non-negative number of seconds, got {text}"))
 }
 
 /// Whether `a` and `b` name the same existing file.
@@ -525,9 +520,8 @@ fn change_posterior<D: Device, T: Scalar>(
     batch: &BatchArgs,
     change: impl FnOnce(&mut Posterior<D, T>, HostMatrix<'_, T>, &dyn Targets<T>) -> Result<()>,
 ) -> Result<usize> {
-    let timeout = lock_timeout(batch.lock_timeout)?;
     let (phi, m, d) = read_array(&batch.features)?.to_matrix::<T>()?;
-    let file = PosteriorFile::lock(&batch.out, timeout)?;
+    let file = PosteriorFile::lock(&batch.out, batch.lock_timeout)?;
     let mut post: Posterior<D, T> = if same_file(&batch.posterior, &batch.out) {
         file.load(device)?
     } else {
