@@ -16,9 +16,9 @@ __device__ __forceinline__ const P& params(const Words& words) {
     return *reinterpret_cast<const P*>(&words);
 }
 
-// Linear index of a 1-D launch folded into (x, y) blocks.
+// Linear index of a 1-D launch folded into (x, y, z) blocks (`launch::fold_threads`).
 __device__ __forceinline__ u32 linear_index() {
-    return blockIdx.x * blockDim.x + threadIdx.x + blockIdx.y * gridDim.x * blockDim.x;
+    return blockIdx.x * blockDim.x + threadIdx.x + (blockIdx.y + blockIdx.z * gridDim.y) * gridDim.x * blockDim.x;
 }
 
 #define FAILED_NONE 0xffffffffu

@@ -20,7 +20,8 @@ struct GemmParams {
     u32 b_rs, b_cs, c_off, c_rs;
     u32 w_off, w_s, inner, a_bo;
     u32 a_bi, b_bo, b_bi, c_bo;
-    u32 c_bi, w_bo, w_bi, pad;
+    u32 c_bi, w_bo, w_bi, x0;
+    u32 y0, z0;
 };
 
 #define TILE 64
@@ -47,9 +48,12 @@ __device__ void gemm_tile(const GemmParams& p, const T* __restrict__ a, const T*
                           const T* __restrict__ w, T* __restrict__ c) {
     __shared__ T a_tile[DEPTH][TILE];
     __shared__ T b_tile[DEPTH][TILE];
-    const u32 outer = blockIdx.z / p.inner, inner = blockIdx.z % p.inner;
+    // A grid too large for one launch is split; (x0, y0, z0) is this launch's first tile and
+    // batch entry.
+    const u32 entry = blockIdx.z + p.z0;
+    const u32 outer = entry / p.inner, inner = entry % p.inner;
     if ((p.flags & 8u) && inner > outer) return;
-    const u32 row0 = blockIdx.y * TILE, col0 = blockIdx.x * TILE;
+    const u32 row0 = (blockIdx.y + p.y0) * TILE, col0 = (blockIdx.x + p.x0) * TILE;
     const bool lower = (p.flags & 1u) || ((p.flags & 16u) && inner == outer);
     if (lower && col0 > row0 + TILE - 1) return;
     const u32 a_base = p.a_off + outer * p.a_bo + inner * p.a_bi;

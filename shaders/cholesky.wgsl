@@ -85,7 +85,7 @@ fn trsm_panel(
         block[e] = l[e];
     }
     workgroupBarrier();
-    let r = gid.x + gid.y * groups.x * 64u;
+    let r = gid.x + (gid.y + gid.z * groups.y) * groups.x * 64u;
     if (r >= p.rows) {
         return;
     }
@@ -120,7 +120,7 @@ fn trsm_block(
         block[e] = v;
     }
     workgroupBarrier();
-    let col = gid.x + gid.y * groups.x * 64u;
+    let col = gid.x + (gid.y + gid.z * groups.y) * groups.x * 64u;
     if (col >= p.cols) {
         return;
     }

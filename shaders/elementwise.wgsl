@@ -15,7 +15,7 @@ struct Params {
 const SIZE: u32 = 256u;
 
 fn linear(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
-    return gid.x + gid.y * groups.x * SIZE;
+    return gid.x + (gid.y + gid.z * groups.y) * groups.x * SIZE;
 }
 
 // y ← y + α x

@@ -26,8 +26,8 @@ struct Params {
     b_rs: u32, b_cs: u32, c_off: u32, c_rs: u32,
     w_off: u32, w_s: u32, inner: u32, a_bo: u32,
     a_bi: u32, b_bo: u32, b_bi: u32, c_bo: u32,
-    c_bi: u32, w_bo: u32, w_bi: u32, alpha: f32,
-    beta: f32, _p0: u32, _p1: u32, _p2: u32,
+    c_bi: u32, w_bo: u32, w_bi: u32, x0: u32,
+    y0: u32, z0: u32, alpha: f32, beta: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -49,13 +49,18 @@ fn gemm(
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let outer = wg.z / p.inner;
-    let inner = wg.z % p.inner;
+    // A grid too large for one dispatch is split into launches; (x0, y0, z0) is this launch's
+    // first tile and batch entry.
+    let tile_x = wg.x + p.x0;
+    let tile_y = wg.y + p.y0;
+    let entry = wg.z + p.z0;
+    let outer = entry / p.inner;
+    let inner = entry % p.inner;
     if ((p.flags & 8u) != 0u && inner > outer) {
         return;
     }
-    let row0 = wg.y * TILE;
-    let col0 = wg.x * TILE;
+    let row0 = tile_y * TILE;
+    let col0 = tile_x * TILE;
     let lower = (p.flags & 1u) != 0u || ((p.flags & 16u) != 0u && inner == outer);
     if (lower && col0 > row0 + TILE - 1u) {
         return;

@@ -15,7 +15,7 @@ struct Params {
 const SIZE: u32 = 256u;
 
 fn linear(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
-    return gid.x + gid.y * groups.x * SIZE;
+    return gid.x + (gid.y + gid.z * groups.y) * groups.x * SIZE;
 }
 
 // out[j, a, c] = S_j[a, c] = δ_ac √p_ja − p_ja √p_jc for probabilities in0 (m × K).

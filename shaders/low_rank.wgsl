@@ -50,7 +50,7 @@ fn sm_project(
     @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let row = wg.x + wg.y * groups.x;
+    let row = wg.x + (wg.y + wg.z * groups.y) * groups.x;
     if (row >= p.d + p.k) {
         return;
     }
@@ -130,7 +130,7 @@ fn sm_scalars(@builtin(local_invocation_index) li: u32) {
 
 @compute @workgroup_size(256)
 fn sm_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = gid.x + gid.y * groups.x * 256u;
+    let i = gid.x + (gid.y + gid.z * groups.y) * groups.x * 256u;
     let coef = p.d + 2u * p.k;
     if (i >= (p.d + p.k) * p.d || state[coef + 2u] != 0.0) {
         return;

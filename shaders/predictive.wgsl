@@ -22,7 +22,7 @@ struct Params {
 const SIZE: u32 = 256u;
 
 fn linear(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
-    return gid.x + gid.y * groups.x * SIZE;
+    return gid.x + (gid.y + gid.z * groups.y) * groups.x * SIZE;
 }
 
 fn sigma(i: u32, a: u32, b: u32) -> f32 {

@@ -49,7 +49,9 @@ pub mod scalar;
 
 #[cfg(feature = "cuda")]
 pub use device::cuda::CudaDevice;
-pub use device::{AnyDevice, AutoChoice, CpuDevice, Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign};
+pub use device::{
+    AnyDevice, AutoChoice, CpuDevice, Device, DeviceBuffer, LowRankFactor, Matrix, Op, OutputWeighting, Sign,
+};
 #[cfg(feature = "wgpu")]
 pub use device::{WgpuDevice, WgpuOptions};
 pub use error::{Error, Result};

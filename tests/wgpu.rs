@@ -25,6 +25,23 @@ mod kernels {
     crate::kernel_suite!("wgpu", laplace_update::WgpuDevice::new(), f32);
 }
 
+/// A device opened with at most `cap` workgroups per dispatch dimension (wgpu validates every
+/// dispatch against it), so that the launch plans split and fold their grids at small sizes.
+fn small_grid_device(cap: u32) -> laplace_update::Result<laplace_update::WgpuDevice> {
+    let options = laplace_update::WgpuOptions {
+        max_workgroups_per_dimension: Some(cap),
+        ..laplace_update::WgpuOptions::from_env()
+    };
+    laplace_update::WgpuDevice::with_options(&options)
+}
+
+/// The kernel suite with 16 workgroups per dimension: gemm tiles split beyond 1,024 rows or
+/// columns and 16 batch entries (every Full GGN with K' ≥ 5), 1-D launches folded into z.
+mod kernels_on_split_grids {
+    use super::common;
+    crate::kernel_suite!("wgpu", crate::small_grid_device(16), f32);
+}
+
 /// f64 is a typed `Unsupported`, not a panic or a wrong answer.
 #[test]
 fn f64_is_unsupported() {
@@ -61,6 +78,7 @@ fn no_matching_adapter_is_backend_unavailable() {
     let options = WgpuOptions {
         allow_software: true,
         name_contains: Some("no adapter is called this".into()),
+        ..WgpuOptions::default()
     };
     match WgpuDevice::with_options(&options) {
         Err(Error::BackendUnavailable {
@@ -171,5 +189,97 @@ fn chunked_paths_match_faer() {
         gpu.download(&g).unwrap(),
         cpu.download(&c).unwrap(),
         1e-4,
+    );
+}
+
+/// Grids split over every dimension at once: a 2-workgroup cap turns a 300 × 200 gemm into
+/// 6 launches and a 2,000-row logits gemm into 16 row launches; a 4-workgroup cap splits a
+/// Full GGN over K = 6 classes (36 class blocks) into 9 launches in z. Each agrees with faer.
+#[test]
+fn grids_split_over_every_dimension_match_faer() {
+    use common::Rng;
+    use laplace_update::{CpuDevice, Device, Op};
+    let Some(gpu) = common::backend_or_skip("wgpu", small_grid_device(2)) else {
+        return;
+    };
+    let cpu = CpuDevice::new(2).unwrap();
+    let mut rng = Rng::new(5);
+    let mut normals =
+        |n: usize, scale: f64| -> Vec<f32> { rng.normals(n, scale).into_iter().map(|x| x as f32).collect() };
+    let compare = |what: &str, got: Vec<f32>, want: Vec<f32>| {
+        let scale = want.iter().fold(1e-30f32, |m, x| m.max(x.abs()));
+        let err = got.iter().zip(&want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+        assert!(err < 1e-4, "{what}: relative error {err}");
+    };
+    for (m, k, n, ta, tb) in [
+        (300, 70, 200, Op::N, Op::N),
+        (2_000, 40, 10, Op::N, Op::T),
+        (130, 300, 257, Op::T, Op::N),
+    ] {
+        let a = normals(m * k, 1.0);
+        let b = normals(k * n, 1.0);
+        let c0 = normals(m * n, 1.0);
+        let (ar, ac) = if ta == Op::N { (m, k) } else { (k, m) };
+        let (br, bc) = if tb == Op::N { (k, n) } else { (n, k) };
+        let mut want = cpu.upload(&c0, m, n).unwrap();
+        cpu.gemm(
+            &mut want,
+            0.5,
+            &cpu.upload(&a, ar, ac).unwrap(),
+            ta,
+            &cpu.upload(&b, br, bc).unwrap(),
+            tb,
+            1.5,
+        )
+        .unwrap();
+        let mut got = gpu.upload(&c0, m, n).unwrap();
+        gpu.gemm(
+            &mut got,
+            0.5,
+            &gpu.upload(&a, ar, ac).unwrap(),
+            ta,
+            &gpu.upload(&b, br, bc).unwrap(),
+            tb,
+            1.5,
+        )
+        .unwrap();
+        compare(
+            &format!("gemm {m} x {k} x {n}"),
+            gpu.download(&got).unwrap(),
+            cpu.download(&want).unwrap(),
+        );
+    }
+    // Full GGN over K = 6 classes, D = 20: 36 batch entries; 1-D launches of up to 14,400
+    // threads fold into 4 × 4 × 4 workgroups.
+    let Some(gpu) = common::backend_or_skip("wgpu", small_grid_device(4)) else {
+        return;
+    };
+    let (n, d, k) = (90, 20, 6);
+    let phi = normals(n * d, 1.0);
+    let mut probs = cpu.upload(&normals(n * k, 1.0), n, k).unwrap();
+    cpu.softmax_rows(&mut probs).unwrap();
+    let probs = cpu.download(&probs).unwrap();
+    let mut want = cpu.zeros::<f32>(k * d, k * d).unwrap();
+    cpu.ggn_accumulate(
+        &mut want,
+        &cpu.upload(&phi, n, d).unwrap(),
+        &cpu.upload(&probs, n, k).unwrap(),
+        None,
+        1.0,
+    )
+    .unwrap();
+    let mut got = gpu.zeros::<f32>(k * d, k * d).unwrap();
+    gpu.ggn_accumulate(
+        &mut got,
+        &gpu.upload(&phi, n, d).unwrap(),
+        &gpu.upload(&probs, n, k).unwrap(),
+        None,
+        1.0,
+    )
+    .unwrap();
+    compare(
+        "batched ggn_accumulate",
+        gpu.download(&got).unwrap(),
+        cpu.download(&want).unwrap(),
     );
 }

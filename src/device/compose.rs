@@ -6,6 +6,7 @@
 //! Cholesky factorisation is diagonal block, panel solve and gemm trailing update, and so on.
 //! A backend supplies buffers, a [`Record`] that launches kernels, and readback.
 
+use crate::device::launch::{GridLimits, GridPart, LaunchPolicy, gemm_launches};
 use crate::device::{
     CovLayout, Device, LowRankFactor, Matrix, Op, Sign, congruence_shapes, cov_layout, ggn_shapes, low_rank_shapes,
     predictive_shapes,
@@ -15,14 +16,6 @@ use crate::scalar::{DType, Scalar};
 
 /// Side of the blocks of the Cholesky factorisation and the triangular solve (`NB`).
 const BLOCK: usize = 32;
-/// Elements of scratch the chunked kernels (GGN weights, predictive products) keep at once.
-const SCRATCH_ELEMENTS: usize = 1 << 22;
-/// Contraction steps per gemm launch. Longer contractions are split into accumulating launches:
-/// one extra pass over C per chunk (under 1% of the multiply-adds), and it keeps every
-/// invocation under the 65,535 loop iterations llvmpipe/lavapipe allows one invocation.
-const CONTRACTION_CHUNK: usize = 1024;
-/// Loop iterations one Monte Carlo launch may spend per input row (same llvmpipe limit).
-const MONTE_CARLO_BUDGET: usize = 16_384;
 /// "No failure" in a status word.
 pub(crate) const NONE: u32 = u32::MAX;
 
@@ -191,6 +184,10 @@ pub(crate) trait Gpu: Device {
     fn status(&self) -> Result<Self::Buffer<f32>>;
     /// The first failing index recorded in `status`, if any.
     fn failed_at(&self, status: &Self::Buffer<f32>) -> Result<Option<usize>>;
+    /// The largest grid one launch may have.
+    fn grid_limits(&self) -> GridLimits;
+    /// Contraction, scratch and Monte Carlo sizes per launch.
+    fn policy(&self) -> &LaunchPolicy;
 }
 
 /// A strided operand of the gemm kernel: element (i, j) of batch entry (o, n) is at
@@ -291,17 +288,14 @@ impl<R: Clone> Gemm<R> {
         }
     }
 
-    /// Records the product as launches of at most [`CONTRACTION_CHUNK`] contraction steps, the
-    /// first with β, the rest accumulating.
-    fn record(&self, rec: &mut impl Record<Raw = R>, dtype: DType) -> Result<()> {
-        if self.m == 0 || self.n == 0 || self.outer * self.inner == 0 {
-            return Ok(());
-        }
-        let mut start = 0;
-        loop {
-            let len = CONTRACTION_CHUNK.min(self.k - start);
+    /// Records the product as the launches of [`gemm_launches`]: contraction chunks (the first
+    /// with β, the rest accumulating), each over the tile grid split within the device's limits.
+    fn record<D: Gpu<Raw = R>>(&self, dev: &D, rec: &mut impl Record<Raw = R>, dtype: DType) -> Result<()> {
+        let batch = self.outer * self.inner;
+        for launch in gemm_launches((self.m, self.n, self.k), batch, dev.grid_limits(), dev.policy()) {
+            let start = launch.k_start;
             let part = Gemm {
-                k: len,
+                k: launch.k_len,
                 a: (self.a.0.clone(), self.a.1.advance(start, false)),
                 b: (self.b.0.clone(), self.b.1.advance(start, true)),
                 w: self.w.clone().map(|(buf, w)| {
@@ -316,15 +310,14 @@ impl<R: Clone> Gemm<R> {
                 beta: if start == 0 { self.beta } else { 1.0 },
                 ..self.clone()
             };
-            part.record_chunk(rec, dtype)?;
-            start += len;
-            if start >= self.k {
-                return Ok(());
-            }
+            part.record_launch(rec, dtype, launch.part)?;
         }
+        Ok(())
     }
 
-    fn record_chunk(&self, rec: &mut impl Record<Raw = R>, dtype: DType) -> Result<()> {
+    /// One launch over the tiles and batch entries of `part`, which the kernel offsets by the
+    /// part's origin.
+    fn record_launch(&self, rec: &mut impl Record<Raw = R>, dtype: DType, part: GridPart) -> Result<()> {
         let flags = usize::from(self.lower)
             | (usize::from(self.w.is_some()) << 1)
             | (usize::from(self.beta == 0.0) << 2)
@@ -356,8 +349,12 @@ impl<R: Clone> Gemm<R> {
             .u(c.bi)
             .u(w.bo)
             .u(w.bi)
+            .u(part.origin[0])
+            .u(part.origin[1])
+            .u(part.origin[2])
             .r(self.alpha)
             .r(self.beta);
+        let [x, y, z] = part.size;
         rec.launch(
             Kernel::Gemm,
             dtype,
@@ -368,7 +365,7 @@ impl<R: Clone> Gemm<R> {
                 self.w.as_ref().map(|w| w.0.clone()),
                 Some(self.c.0.clone()),
             ],
-            Grid::Blocks(self.n.div_ceil(64), self.m.div_ceil(64), self.outer * self.inner),
+            Grid::Blocks(x as usize, y as usize, z as usize),
         )
     }
 }
@@ -439,7 +436,7 @@ fn record_cholesky<D: Gpu, T: Scalar>(dev: &D, rec: &mut D::Rec, a: D::Raw, n: u
             1.0,
         );
         g.lower = true;
-        g.record(rec, dtype)?;
+        g.record(dev, rec, dtype)?;
     }
     elementwise(rec, dtype, Kernel::ZeroUpper, None, a, (n * n, n, n), 0, 0.0)
 }
@@ -501,7 +498,7 @@ fn record_trsm<D: Gpu, T: Scalar>(
                 -1.0,
                 1.0,
             )
-            .record(rec, dtype)?;
+            .record(dev, rec, dtype)?;
         }
     }
     Ok(())
@@ -534,7 +531,7 @@ pub(crate) fn gemm<D: Gpu, T: Scalar>(
         alpha.as_f64(),
         beta.as_f64(),
     )
-    .record(&mut rec, T::DTYPE)?;
+    .record(dev, &mut rec, T::DTYPE)?;
     rec.submit()
 }
 
@@ -563,7 +560,7 @@ pub(crate) fn weighted_syrk<D: Gpu, T: Scalar>(
     );
     g.w = weights.map(|w| (D::raw(w), Strided::rows(0, 1)));
     g.lower = true;
-    g.record(&mut rec, T::DTYPE)?;
+    g.record(dev, &mut rec, T::DTYPE)?;
     mirror(&mut rec, T::DTYPE, D::raw(c), d)?;
     rec.submit()
 }
@@ -585,7 +582,7 @@ pub(crate) fn ggn_accumulate<D: Gpu, T: Scalar>(
     }
     let dtype = T::DTYPE;
     let blocks = kr * kr;
-    let chunk = (SCRATCH_ELEMENTS / blocks).clamp(1, n);
+    let chunk = dev.policy().rows_per_chunk(n, blocks);
     let weights = dev.scratch::<T>(chunk * blocks, "GGN block weights")?;
     let weights = D::raw_buffer(&weights);
     let mut rec = dev.recorder();
@@ -630,7 +627,7 @@ pub(crate) fn ggn_accumulate<D: Gpu, T: Scalar>(
         g.inner = kr;
         g.lower_blocks = true;
         g.lower_diagonal_blocks = true;
-        g.record(&mut rec, dtype)?;
+        g.record(dev, &mut rec, dtype)?;
     }
     mirror(&mut rec, dtype, D::raw(precision), p)?;
     rec.submit()
@@ -659,7 +656,7 @@ pub(crate) fn kron_congruence<D: Gpu, T: Scalar>(
         1.0,
         0.0,
     )
-    .record(&mut rec, dtype)?;
+    .record(dev, &mut rec, dtype)?;
     let params = KernelParams::new()
         .u(0)
         .u(k)
@@ -734,7 +731,7 @@ pub(crate) fn kron_products<D: Gpu, T: Scalar>(
                 1.0,
                 0.0,
             )
-            .record(&mut rec, dtype)?;
+            .record(dev, &mut rec, dtype)?;
             if let Some(w) = weights {
                 elementwise(
                     &mut rec,
@@ -755,7 +752,7 @@ pub(crate) fn kron_products<D: Gpu, T: Scalar>(
                 1.0,
                 0.0,
             )
-            .record(&mut rec, dtype)?;
+            .record(dev, &mut rec, dtype)?;
             if let Some(w) = weights {
                 elementwise(
                     &mut rec,
@@ -801,7 +798,7 @@ pub(crate) fn kron_products<D: Gpu, T: Scalar>(
                 1.0,
                 0.0,
             )
-            .record(&mut rec, dtype)?;
+            .record(dev, &mut rec, dtype)?;
             if p * mk > 0 {
                 rec.launch(
                     Kernel::KronMixU,
@@ -821,7 +818,7 @@ pub(crate) fn kron_products<D: Gpu, T: Scalar>(
                 0.0,
             );
             ya.outer = k;
-            ya.record(&mut rec, dtype)?;
+            ya.record(dev, &mut rec, dtype)?;
             if mk > 0 {
                 rec.launch(
                     Kernel::KronMixG,
@@ -885,7 +882,7 @@ pub(crate) fn low_rank_update<D: Gpu, T: Scalar>(
         1.0,
     );
     g.lower = true;
-    g.record(&mut rec, dtype)?;
+    g.record(dev, &mut rec, dtype)?;
     mirror(&mut rec, dtype, D::raw(sigma), n)?;
     rec.submit()
 }
@@ -949,7 +946,7 @@ pub(crate) fn spd_inverse<D: Gpu, T: Scalar>(dev: &D, a: &Matrix<D, T>) -> Resul
         0.0,
     );
     g.lower = true;
-    g.record(&mut rec, dtype)?;
+    g.record(dev, &mut rec, dtype)?;
     mirror(&mut rec, dtype, D::raw(&out), n)?;
     rec.submit()?;
     match dev.failed_at(&status)? {
@@ -972,7 +969,7 @@ pub(crate) fn predictive_covariance<D: Gpu, T: Scalar>(
     if n == 0 {
         return Ok(out);
     }
-    let chunk = (SCRATCH_ELEMENTS / (k * p)).clamp(1, n);
+    let chunk = dev.policy().rows_per_chunk(n, k * p);
     let t = dev.scratch::<T>(k * chunk * p, "Φ Σ")?;
     let t = D::raw_buffer(&t);
     let mut rec = dev.recorder();
@@ -987,7 +984,7 @@ pub(crate) fn predictive_covariance<D: Gpu, T: Scalar>(
             0.0,
         );
         g.outer = k;
-        g.record(&mut rec, dtype)?;
+        g.record(dev, &mut rec, dtype)?;
         let params = KernelParams::new()
             .u(c)
             .u(k)
@@ -1054,7 +1051,7 @@ fn record_link<R: Clone>(
 }
 
 /// A link from logit mean and covariance to probabilities, on a new n × K matrix. Monte Carlo
-/// samples are split into launches of about [`MONTE_CARLO_BUDGET`] loop iterations per row.
+/// samples are split into launches of about the policy's loop iterations per row.
 fn link<D: Gpu, T: Scalar>(
     dev: &D,
     kernel: Kernel,
@@ -1075,7 +1072,7 @@ fn link<D: Gpu, T: Scalar>(
     let mut rec = dev.recorder();
     let samples = eps.map_or(0, |e| e.rows());
     let per_sample = k * (k + 1) / 2 + 3 * k + 1;
-    let chunk = (MONTE_CARLO_BUDGET / per_sample).max(1);
+    let chunk = dev.policy().samples_per_launch(per_sample);
     let mut first = 0;
     loop {
         let last = (first + chunk).min(samples);

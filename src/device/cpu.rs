@@ -124,7 +124,7 @@ impl CpuDevice {
                 })
             });
         }
-        Ok(Matrix::from_parts(out, n, k))
+        Matrix::from_parts(out, n, k)
     }
 }
 
@@ -467,7 +467,7 @@ impl Device for CpuDevice {
 
     fn upload_owned<T: Scalar>(&self, data: Vec<T>, rows: usize, cols: usize) -> Result<Matrix<Self, T>> {
         check_upload(data.len(), rows, cols)?;
-        Ok(Matrix::from_parts(data, rows, cols))
+        Matrix::from_parts(data, rows, cols)
     }
 
     fn download<T: Scalar>(&self, m: &Matrix<Self, T>) -> Result<Vec<T>> {
@@ -476,13 +476,13 @@ impl Device for CpuDevice {
 
     fn zeros<T: Scalar>(&self, rows: usize, cols: usize) -> Result<Matrix<Self, T>> {
         reserve::<T>(rows, cols)?;
-        Ok(Matrix::from_parts(zeroed(rows * cols), rows, cols))
+        Matrix::from_parts(zeroed(rows * cols), rows, cols)
     }
 
     fn copy<T: Scalar>(&self, m: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
         let mut out = reserve::<T>(m.rows(), m.cols())?;
         out.extend_from_slice(&m.buffer()[..m.len()]);
-        Ok(Matrix::from_parts(out, m.rows(), m.cols()))
+        Matrix::from_parts(out, m.rows(), m.cols())
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -738,7 +738,7 @@ impl Device for CpuDevice {
                 }
             });
             fill_triangle(&mut y, p, Fill::LowerToUpper);
-            Ok(Matrix::from_parts(y, p, p))
+            Matrix::from_parts(y, p, p)
         })
     }
 
@@ -784,7 +784,7 @@ impl Device for CpuDevice {
                         }
                     }
                     symmetrize_small(&mut g, m);
-                    Ok((Matrix::from_parts(u, d, m), Matrix::from_parts(g, m, m)))
+                    Ok((Matrix::from_parts(u, d, m)?, Matrix::from_parts(g, m, m)?))
                 })
             }
             LowRankFactor::Kronecker { probs } => {
@@ -855,7 +855,7 @@ impl Device for CpuDevice {
                         }
                     });
                     symmetrize_small(&mut g, mk);
-                    Ok((Matrix::from_parts(u, p, mk), Matrix::from_parts(g, mk, mk)))
+                    Ok((Matrix::from_parts(u, p, mk)?, Matrix::from_parts(g, mk, mk)?))
                 })
             }
         }
@@ -1017,7 +1017,7 @@ impl Device for CpuDevice {
                     par,
                 );
             }
-            Ok(Matrix::from_parts(used, m, 1))
+            Matrix::from_parts(used, m, 1)
         })
     }
 
@@ -1066,7 +1066,7 @@ impl Device for CpuDevice {
             );
             // The column-major lower triangle is the row-major upper triangle of the result.
             fill_triangle(&mut out, n, Fill::UpperToLower);
-            Ok(Matrix::from_parts(out, n, n))
+            Matrix::from_parts(out, n, n)
         })
     }
 
@@ -1112,7 +1112,7 @@ impl Device for CpuDevice {
                         });
                 }
             }
-            Ok(Matrix::from_parts(out, n, k * k))
+            Matrix::from_parts(out, n, k * k)
         })
     }
 
@@ -1176,7 +1176,7 @@ impl Device for CpuDevice {
                 pmax * (T::one() - pmax)
             })
             .collect();
-        Ok(Matrix::from_parts(out, n, 1))
+        Matrix::from_parts(out, n, 1)
     }
 
     fn axpy<T: Scalar>(&self, y: &mut Matrix<Self, T>, alpha: T, x: &Matrix<Self, T>) -> Result<()> {
@@ -1224,7 +1224,7 @@ impl Device for CpuDevice {
                 })
             });
         }
-        Ok(Matrix::from_parts(out, n * rank, width))
+        Matrix::from_parts(out, n * rank, width)
     }
 
     fn add_row<T: Scalar>(&self, a: &mut Matrix<Self, T>, row: &Matrix<Self, T>) -> Result<()> {

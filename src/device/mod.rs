@@ -23,6 +23,7 @@ pub(crate) mod compose;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod launch;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
@@ -77,7 +78,35 @@ pub enum LowRankFactor<'a, D: Device, T: Scalar> {
     },
 }
 
+/// Storage a [`Device`] keeps matrix elements in. It knows its length, so that a [`Matrix`]
+/// can check that its buffer holds exactly its `rows · cols` elements.
+pub trait DeviceBuffer: Send + Sync {
+    /// Number of elements.
+    fn len(&self) -> usize;
+    /// Whether the buffer holds no elements.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T: Send + Sync> DeviceBuffer for Vec<T> {
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+}
+
 /// A dense row-major matrix living on device `D`.
+///
+/// Invariant: the buffer holds exactly `rows · cols` elements. [`Matrix::from_parts`] checks
+/// it, [`Matrix::reshape`] keeps it, and no public method hands out the buffer mutably, so safe
+/// code cannot pair a shape with a shorter buffer; the kernels' `// SAFETY:` arguments rest on it.
+///
+/// ```compile_fail
+/// # use laplace_update::{CpuDevice, Device};
+/// let cpu = CpuDevice::new(1).unwrap();
+/// let (mut big, mut small) = (cpu.zeros::<f64>(64, 64).unwrap(), cpu.zeros::<f64>(1, 1).unwrap());
+/// std::mem::swap(big.buffer_mut(), small.buffer_mut()); // not public: does not compile
+/// ```
 pub struct Matrix<D: Device, T: Scalar> {
     buf: D::Buffer<T>,
     rows: usize,
@@ -85,9 +114,30 @@ pub struct Matrix<D: Device, T: Scalar> {
 }
 
 impl<D: Device, T: Scalar> Matrix<D, T> {
-    /// Wraps a backend buffer that holds at least `rows * cols` elements.
-    pub fn from_parts(buf: D::Buffer<T>, rows: usize, cols: usize) -> Self {
-        Matrix { buf, rows, cols }
+    /// Wraps a backend buffer of exactly `rows · cols` elements.
+    ///
+    /// Errors: `ShapeMismatch` when the buffer's length differs (or `rows · cols` overflows).
+    ///
+    /// ```
+    /// use laplace_update::{CpuDevice, Matrix};
+    /// assert!(Matrix::<CpuDevice, f64>::from_parts(vec![0.0; 6], 2, 3).is_ok());
+    /// assert!(Matrix::<CpuDevice, f64>::from_parts(vec![0.0; 1], 64, 64).is_err());
+    /// ```
+    pub fn from_parts(buf: D::Buffer<T>, rows: usize, cols: usize) -> Result<Self> {
+        let len = buf.len();
+        if rows.checked_mul(cols) != Some(len) {
+            return Err(Error::ShapeMismatch {
+                argument: "buffer",
+                expected: format!("{rows} x {cols} elements"),
+                got: format!("{len} elements"),
+            });
+        }
+        Ok(Matrix { buf, rows, cols })
+    }
+    /// The buffer and the shape: the way to change a buffer from outside the crate, and put it
+    /// back with [`Matrix::from_parts`].
+    pub fn into_parts(self) -> (D::Buffer<T>, usize, usize) {
+        (self.buf, self.rows, self.cols)
     }
     /// Number of rows.
     pub fn rows(&self) -> usize {
@@ -113,8 +163,9 @@ impl<D: Device, T: Scalar> Matrix<D, T> {
     pub fn buffer(&self) -> &D::Buffer<T> {
         &self.buf
     }
-    /// The backend buffer, mutably.
-    pub fn buffer_mut(&mut self) -> &mut D::Buffer<T> {
+    /// The backend buffer, mutably: for the crate's kernels, which write elements but never
+    /// replace the buffer or change its length.
+    pub(crate) fn buffer_mut(&mut self) -> &mut D::Buffer<T> {
         &mut self.buf
     }
     /// Reinterprets the same row-major data with another shape of equal size.
@@ -147,7 +198,7 @@ impl<D: Device, T: Scalar> Matrix<D, T> {
 /// Matrices the kernels call symmetric are stored in full (both triangles).
 pub trait Device: Clone + Send + Sync + 'static {
     /// Storage for `T` elements on this device.
-    type Buffer<T: Scalar>: Send + Sync;
+    type Buffer<T: Scalar>: DeviceBuffer;
 
     /// Human-readable name, e.g. `"cpu: faer, 2 threads"`.
     fn name(&self) -> String;

@@ -14,6 +14,7 @@ use cudarc::driver::{
 
 use super::{Family, compile, nvrtc_available};
 use crate::device::compose::{self, Gpu, Grid, Kernel, KernelParams, NONE, Record};
+use crate::device::launch::{GridLimits, LaunchPolicy, fold_threads};
 use crate::device::{Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign, check_upload, sherman_morrison_shapes};
 use crate::error::{Error, Result};
 use crate::scalar::{DType, Scalar};
@@ -89,14 +90,9 @@ pub struct CudaBuffer<T> {
     _t: std::marker::PhantomData<T>,
 }
 
-impl<T> CudaBuffer<T> {
-    /// Number of elements.
-    pub fn len(&self) -> usize {
+impl<T: Send + Sync> crate::device::DeviceBuffer for CudaBuffer<T> {
+    fn len(&self) -> usize {
         self.len
-    }
-    /// Whether the buffer holds no elements.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 
@@ -106,6 +102,8 @@ struct Inner {
     name: String,
     arch: String,
     multiprocessors: u32,
+    /// Launch sizes from the device's memory.
+    policy: LaunchPolicy,
     modules: Mutex<HashMap<Family, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(Kernel, DType), CudaFunction>>,
 }
@@ -155,6 +153,8 @@ impl CudaDevice {
         let multiprocessors = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| unavailable(format!("device {ordinal}: {e:?}")))?;
+        let memory = ctx.total_mem().ok().map(|b| b as u64);
+        let largest = u32::MAX as u64 * 8;
         let stream = ctx.default_stream();
         Ok(CudaDevice {
             inner: Arc::new(Inner {
@@ -163,6 +163,7 @@ impl CudaDevice {
                 name: format!("cuda:{ordinal} {name}"),
                 arch: format!("sm_{major}{minor}"),
                 multiprocessors: multiprocessors.max(1) as u32,
+                policy: LaunchPolicy::hardware(memory.map_or(largest, |m| m.min(largest)), memory),
                 modules: Mutex::new(HashMap::new()),
                 functions: Mutex::new(HashMap::new()),
             }),
@@ -268,12 +269,13 @@ impl Record for CudaLaunches {
         let (bx, by) = kernel.block_threads();
         let grid_dim = match grid {
             Grid::Threads(n) => {
-                let blocks = n.div_ceil((bx * by) as usize).max(1);
-                let x = blocks.min(i32::MAX as usize);
-                (x as u32, blocks.div_ceil(x) as u32, 1)
+                let [x, y, z] = fold_threads(n, (bx * by) as usize, GridLimits::CUDA)?;
+                (x, y, z)
             }
             Grid::Blocks(x, y, z) => {
-                if y > 65_535 || z > 65_535 {
+                // The compositions split their grids within these limits; this guards it.
+                let max = GridLimits::CUDA.max_blocks;
+                if x > max[0] || y > max[1] || z > max[2] {
                     return Err(Error::Unsupported(format!(
                         "grid {x} x {y} x {z} exceeds CUDA's limits"
                     )));
@@ -294,10 +296,13 @@ impl Record for CudaLaunches {
             args.arg(p);
         }
         // SAFETY: the argument list matches the kernel's C signature (the parameter block, then
-        // one device pointer per buffer slot, in the order the composition passes them); every
-        // pointer is a live allocation of this context sized for the indices the parameters
-        // describe (checked by the shape checks before recording), or null in a slot the kernel
-        // does not touch for these parameters.
+        // one device pointer per buffer slot, in the order the composition passes them). Every
+        // pointer is a live allocation of this context: a matrix's buffer, which holds exactly
+        // rows · cols elements (`Matrix::from_parts` checks it and no public API can replace a
+        // matrix's buffer), or a scratch buffer the composition allocated at the length it
+        // indexes. The compositions check every operand's shape before recording and derive
+        // each launch's index range from those shapes, so no kernel reads or writes past an
+        // allocation; a slot the kernel does not touch for these parameters holds null.
         unsafe { args.launch(cfg) }.map_err(|e| device_error(&format!("launching `{}`", kernel.name()), e))?;
         Ok(())
     }
@@ -339,6 +344,12 @@ impl Gpu for CudaDevice {
         let words: Vec<u32> = self.read(&status.bytes, 1)?;
         Ok((words[0] != NONE).then_some(words[0] as usize))
     }
+    fn grid_limits(&self) -> GridLimits {
+        GridLimits::CUDA
+    }
+    fn policy(&self) -> &LaunchPolicy {
+        &self.inner.policy
+    }
 }
 
 impl Device for CudaDevice {
@@ -357,7 +368,7 @@ impl Device for CudaDevice {
                 .memcpy_htod(bytemuck::cast_slice::<T, u8>(data), &mut buf.bytes)
                 .map_err(|e| device_error("upload", e))?;
         }
-        Ok(Matrix::from_parts(buf, rows, cols))
+        Matrix::from_parts(buf, rows, cols)
     }
 
     fn download<T: Scalar>(&self, m: &Matrix<Self, T>) -> Result<Vec<T>> {
@@ -369,7 +380,7 @@ impl Device for CudaDevice {
             backend: "cuda",
             reason: format!("a {rows} x {cols} matrix overflows"),
         })?;
-        Ok(Matrix::from_parts(self.alloc::<T>(len, "matrix")?, rows, cols))
+        Matrix::from_parts(self.alloc::<T>(len, "matrix")?, rows, cols)
     }
 
     fn copy<T: Scalar>(&self, m: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
@@ -378,7 +389,7 @@ impl Device for CudaDevice {
             .stream
             .clone_dtod(&m.buffer().bytes)
             .map_err(|e| device_error("copy", e))?;
-        Ok(Matrix::from_parts(self.wrap(bytes, m.len()), m.rows(), m.cols()))
+        Matrix::from_parts(self.wrap(bytes, m.len()), m.rows(), m.cols())
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -504,7 +515,8 @@ impl Device for CudaDevice {
         }
         // SAFETY: the arguments match `sm_sequence_{f32,f64}(Words, T*, T*, const T*, const T*,
         // const T*, T*, T*, u32*)`; the shapes were checked above (Σ d × d, W k × d, bias k or
-        // null when absent, Φ m × d, targets m × k, state d + 2k + 3, used m, status 4 words).
+        // null when absent, Φ m × d, targets m × k, state d + 2k + 3, used m, status 4 words),
+        // and each matrix's buffer holds exactly its shape's elements (the `Matrix` invariant).
         // One block per multiprocessor at 256 threads is co-resident, which the cooperative
         // launch verifies before running the grid barriers.
         unsafe { args.launch_cooperative(cfg) }.map_err(|e| device_error("launching `sm_sequence`", e))?;

@@ -12,6 +12,7 @@ use wgpu::util::DeviceExt;
 
 use super::{Context, backend_error};
 use crate::device::compose::{Grid, Kernel, KernelParams, Record};
+use crate::device::launch::{GridLimits, fold_threads};
 use crate::error::{Error, Result};
 use crate::scalar::DType;
 
@@ -228,28 +229,14 @@ fn uniform_bytes(params: &KernelParams) -> Vec<u8> {
     bytemuck::cast_slice(&words).to_vec()
 }
 
-/// Workgroups for `threads` invocations of a 1-D kernel of `size` invocations per workgroup,
-/// folded into (x, y) so that neither exceeds the per-dimension limit. Shaders recover the
-/// linear index as `gid.x + gid.y * num_workgroups.x * size`.
-pub(crate) fn groups_1d(ctx: &Context, threads: usize, size: usize) -> Result<[u32; 3]> {
-    let groups = threads.div_ceil(size).max(1);
-    let max = ctx.limits.max_compute_workgroups_per_dimension as usize;
-    let x = groups.min(max);
-    let y = groups.div_ceil(x);
-    if y > max {
+/// Checks a 3-D grid against the per-dimension limit: the compositions split their grids with
+/// [`launch::split_grid`](crate::device::launch::split_grid), so this only guards the invariant.
+fn checked_groups(grid: GridLimits, x: usize, y: usize, z: usize) -> Result<[u32; 3]> {
+    let max = grid.max_blocks;
+    if x > max[0] || y > max[1] || z > max[2] {
         return Err(Error::Unsupported(format!(
-            "{threads} invocations exceed the adapter's {max} x {max} workgroups"
-        )));
-    }
-    Ok([x as u32, y as u32, 1])
-}
-
-/// Checks a 3-D grid against the per-dimension limit.
-pub(crate) fn groups_3d(ctx: &Context, x: usize, y: usize, z: usize) -> Result<[u32; 3]> {
-    let max = ctx.limits.max_compute_workgroups_per_dimension as usize;
-    if x > max || y > max || z > max {
-        return Err(Error::Unsupported(format!(
-            "grid {x} x {y} x {z} exceeds the adapter's {max} workgroups per dimension"
+            "grid {x} x {y} x {z} exceeds the adapter's {} workgroups per dimension",
+            max[0]
         )));
     }
     Ok([x.max(1) as u32, y.max(1) as u32, z.max(1) as u32])
@@ -276,9 +263,9 @@ impl Record for Recorder {
         let groups = match grid {
             Grid::Threads(n) => {
                 let (x, y) = kernel.block_threads();
-                groups_1d(&self.ctx, n, (x * y) as usize)?
+                fold_threads(n, (x * y) as usize, self.ctx.grid)?
             }
-            Grid::Blocks(x, y, z) => groups_3d(&self.ctx, x, y, z)?,
+            Grid::Blocks(x, y, z) => checked_groups(self.ctx.grid, x, y, z)?,
         };
         let refs: Vec<Option<&wgpu::Buffer>> = buffers.iter().map(|b| b.as_ref()).collect();
         self.dispatch(kernel, params, &refs, groups)
@@ -402,7 +389,7 @@ mod tests {
     fn invalid_wgsl_is_a_typed_error_naming_the_shader() {
         let options = WgpuOptions {
             allow_software: true,
-            name_contains: None,
+            ..WgpuOptions::default()
         };
         let Ok(gpu) = WgpuDevice::with_options(&options) else {
             eprintln!("SKIPPED wgpu: no adapter");

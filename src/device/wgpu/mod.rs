@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::scalar::{DType, Scalar};
 
 use crate::device::compose::Record;
+use crate::device::launch::{GridLimits, LaunchPolicy};
 pub(crate) use kernels::{PipelineCache, Recorder, Shader};
 
 /// The environment variable that selects a wgpu adapter: `software` allows software adapters,
@@ -33,6 +34,9 @@ pub struct WgpuOptions {
     pub allow_software: bool,
     /// Only adapters whose name contains this text (case-insensitive).
     pub name_contains: Option<String>,
+    /// Open the device with at most this many workgroups per dispatch dimension (the adapter's
+    /// limit when lower): runs the grid splitting of every launch plan at small sizes.
+    pub max_workgroups_per_dimension: Option<u32>,
 }
 
 impl WgpuOptions {
@@ -42,12 +46,13 @@ impl WgpuOptions {
         match std::env::var(ADAPTER_ENV) {
             Ok(v) if v.eq_ignore_ascii_case("software") => WgpuOptions {
                 allow_software: true,
-                name_contains: None,
+                ..WgpuOptions::default()
             },
             Ok(v) if v.is_empty() || v.eq_ignore_ascii_case("hardware") => WgpuOptions::default(),
             Ok(v) => WgpuOptions {
                 allow_software: true,
                 name_contains: Some(v),
+                ..WgpuOptions::default()
             },
             Err(_) => WgpuOptions::default(),
         }
@@ -61,14 +66,9 @@ pub struct WgpuBuffer<T> {
     _t: PhantomData<T>,
 }
 
-impl<T> WgpuBuffer<T> {
-    /// Number of elements.
-    pub fn len(&self) -> usize {
+impl<T: Send + Sync> crate::device::DeviceBuffer for WgpuBuffer<T> {
+    fn len(&self) -> usize {
         self.len
-    }
-    /// Whether the buffer holds no elements.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 
@@ -78,6 +78,10 @@ pub(crate) struct Context {
     pub(crate) queue: wgpu::Queue,
     pub(crate) info: wgpu::AdapterInfo,
     pub(crate) limits: wgpu::Limits,
+    /// The workgroup grid one dispatch may have.
+    pub(crate) grid: GridLimits,
+    /// Launch sizes: the software policy on software adapters, else from the buffer limit.
+    pub(crate) policy: LaunchPolicy,
     pub(crate) pipelines: PipelineCache,
     /// The first uncaptured error or device loss, reported by the next operation.
     fault: Arc<Mutex<Option<String>>>,
@@ -191,7 +195,10 @@ impl WgpuDevice {
             return Err(unavailable(why));
         };
         let info = adapter.get_info();
-        let limits = adapter.limits();
+        let mut limits = adapter.limits();
+        if let Some(cap) = options.max_workgroups_per_dimension {
+            limits.max_compute_workgroups_per_dimension = limits.max_compute_workgroups_per_dimension.min(cap.max(1));
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("laplace-update"),
             required_features: wgpu::Features::empty(),
@@ -219,12 +226,20 @@ impl WgpuDevice {
                 })
             })
             .collect();
+        let grid = GridLimits::uniform(limits.max_compute_workgroups_per_dimension as usize);
+        let policy = if info.device_type == wgpu::DeviceType::Cpu {
+            LaunchPolicy::software()
+        } else {
+            LaunchPolicy::hardware(limits.max_buffer_size.min(limits.max_storage_buffer_binding_size), None)
+        };
         Ok(WgpuDevice {
             ctx: Arc::new(Context {
                 device,
                 queue,
                 info,
                 limits,
+                grid,
+                policy,
                 pipelines: PipelineCache::default(),
                 fault,
                 placeholders,

@@ -2,8 +2,9 @@
 //! the CUDA backend in [`compose`](crate::device::compose); this file holds what is particular
 //! to wgpu: buffers, readback, the per-sample Sherman–Morrison loop and the max-abs reduction.
 
-use super::{Recorder, WgpuBuffer, WgpuDevice, backend_error, f32_only, kernels};
+use super::{Recorder, WgpuBuffer, WgpuDevice, backend_error, f32_only};
 use crate::device::compose::{self, Gpu, Kernel, KernelParams, NONE, Record};
+use crate::device::launch::{GridLimits, LaunchPolicy, fold_threads};
 use crate::device::{Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign, check_upload, sherman_morrison_shapes};
 use crate::error::{Error, Result};
 use crate::scalar::Scalar;
@@ -40,6 +41,12 @@ impl Gpu for WgpuDevice {
         let words: Vec<u32> = self.read_back(&status.buffer, 1)?;
         Ok((words[0] != NONE).then_some(words[0] as usize))
     }
+    fn grid_limits(&self) -> GridLimits {
+        self.ctx.grid
+    }
+    fn policy(&self) -> &LaunchPolicy {
+        &self.ctx.policy
+    }
 }
 
 impl Device for WgpuDevice {
@@ -56,7 +63,7 @@ impl Device for WgpuDevice {
         if !data.is_empty() {
             self.ctx.queue.write_buffer(&buf.buffer, 0, bytemuck::cast_slice(data));
         }
-        Ok(Matrix::from_parts(buf, rows, cols))
+        Matrix::from_parts(buf, rows, cols)
     }
 
     fn download<T: Scalar>(&self, m: &Matrix<Self, T>) -> Result<Vec<T>> {
@@ -70,7 +77,7 @@ impl Device for WgpuDevice {
             .checked_mul(cols)
             .ok_or_else(|| backend_error(format!("a {rows} x {cols} matrix overflows")))?;
         // wgpu zero-initialises every new buffer.
-        Ok(Matrix::from_parts(self.buffer::<T>(len, "matrix")?, rows, cols))
+        Matrix::from_parts(self.buffer::<T>(len, "matrix")?, rows, cols)
     }
 
     fn copy<T: Scalar>(&self, m: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
@@ -202,13 +209,9 @@ impl Device for WgpuDevice {
         let apply = rec.bind(Kernel::SmApply, params, &buffers)?;
         rec.dispatch_bound(
             &[
-                (Kernel::SmProject, &project, kernels::groups_1d(&self.ctx, d + k, 1)?),
+                (Kernel::SmProject, &project, fold_threads(d + k, 1, self.ctx.grid)?),
                 (Kernel::SmScalars, &scalars, [1, 1, 1]),
-                (
-                    Kernel::SmApply,
-                    &apply,
-                    kernels::groups_1d(&self.ctx, (d + k) * d, 256)?,
-                ),
+                (Kernel::SmApply, &apply, fold_threads((d + k) * d, 256, self.ctx.grid)?),
             ],
             m,
         )?;
