@@ -93,9 +93,9 @@ __device__ void trsm_block_body(const CholParams& p, const T* l, T* b, T* out) {
     }
 }
 
-#define POTRF_DIAGONAL(T) (Words w, const T* unused, T* a, T* out, u32* status) { potrf_diagonal_body<T>(params<CholParams>(w), a, out, status); }
-#define TRSM_PANEL(T) (Words w, const T* l, T* a, T* out) { trsm_panel_body<T>(params<CholParams>(w), l, a, out); }
-#define TRSM_BLOCK(T) (Words w, const T* l, T* b, T* out) { trsm_block_body<T>(params<CholParams>(w), l, b, out); }
+#define POTRF_DIAGONAL(T) (PARAMS w, const T* unused, T* a, T* out, u32* status) { potrf_diagonal_body<T>(params<CholParams>(w), a, out, status); }
+#define TRSM_PANEL(T) (PARAMS w, const T* l, T* a, T* out) { trsm_panel_body<T>(params<CholParams>(w), l, a, out); }
+#define TRSM_BLOCK(T) (PARAMS w, const T* l, T* b, T* out) { trsm_block_body<T>(params<CholParams>(w), l, b, out); }
 ENTRY_F32_F64(potrf_diagonal, 32, POTRF_DIAGONAL)
 ENTRY_F32_F64(trsm_panel, 64, TRSM_PANEL)
 ENTRY_F32_F64(trsm_block, 64, TRSM_BLOCK)

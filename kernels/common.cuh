@@ -11,6 +11,14 @@ struct Words {
     u64 w[16];
 };
 
+// The parameter block of every entry point, by value. `__grid_constant__` (sm_70 and later)
+// keeps it in the constant bank instead of copying it to each thread's local memory.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+#define PARAMS __grid_constant__ const Words
+#else
+#define PARAMS const Words
+#endif
+
 template <typename P>
 __device__ __forceinline__ const P& params(const Words& words) {
     return *reinterpret_cast<const P*>(&words);

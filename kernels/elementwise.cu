@@ -17,20 +17,20 @@ __device__ __forceinline__ T factor(const ElemParams& p, T v) {
     return (p.flags & 1u) ? sqrt(v) : v;
 }
 
-#define AXPY(T) (Words w, const T* x, T* y) { ELEM_INDEX y[i] += (T)p.alpha * x[i]; }
-#define HADAMARD(T) (Words w, const T* x, T* y) { ELEM_INDEX y[i] *= x[i]; }
-#define ADD_ROW(T) (Words w, const T* x, T* y) { ELEM_INDEX y[i] += x[i % p.cols]; }
-#define SCALE_ROWS(T) (Words w, const T* x, T* y) { ELEM_INDEX y[i] *= factor(p, x[i / p.cols]); }
-#define SCALE_COLUMNS(T) (Words w, const T* x, T* y) { ELEM_INDEX y[i] *= factor(p, x[i % p.cols]); }
-#define ADD_DIAGONAL(T) (Words w, const T* x, T* y) { ELEM_INDEX y[(u64)i * p.cols + i] += (T)p.alpha; }
+#define AXPY(T) (PARAMS w, const T* x, T* y) { ELEM_INDEX y[i] += (T)p.alpha * x[i]; }
+#define HADAMARD(T) (PARAMS w, const T* x, T* y) { ELEM_INDEX y[i] *= x[i]; }
+#define ADD_ROW(T) (PARAMS w, const T* x, T* y) { ELEM_INDEX y[i] += x[i % p.cols]; }
+#define SCALE_ROWS(T) (PARAMS w, const T* x, T* y) { ELEM_INDEX y[i] *= factor(p, x[i / p.cols]); }
+#define SCALE_COLUMNS(T) (PARAMS w, const T* x, T* y) { ELEM_INDEX y[i] *= factor(p, x[i % p.cols]); }
+#define ADD_DIAGONAL(T) (PARAMS w, const T* x, T* y) { ELEM_INDEX y[(u64)i * p.cols + i] += (T)p.alpha; }
 #define MIRROR_LOWER(T)                                                                         \
-    (Words w, const T* x, T* y) {                                                               \
+    (PARAMS w, const T* x, T* y) {                                                               \
         ELEM_INDEX const u32 r = i / p.cols, c = i % p.cols;                                    \
         if (c > r) y[i] = y[(u64)c * p.cols + r];                                               \
     }
-#define ZERO_UPPER(T) (Words w, const T* x, T* y) { ELEM_INDEX if (i % p.cols > i / p.cols) y[i] = T(0); }
+#define ZERO_UPPER(T) (PARAMS w, const T* x, T* y) { ELEM_INDEX if (i % p.cols > i / p.cols) y[i] = T(0); }
 #define SYMMETRIZE(T)                                                                           \
-    (Words w, const T* x, T* y) {                                                                           \
+    (PARAMS w, const T* x, T* y) {                                                                           \
         ELEM_INDEX const u32 r = i / p.cols, c = i % p.cols;                                    \
         if (c > r) {                                                                            \
             const u64 j = (u64)c * p.cols + r;                                                  \
@@ -39,8 +39,8 @@ __device__ __forceinline__ T factor(const ElemParams& p, T v) {
             y[j] = v;                                                                           \
         }                                                                                       \
     }
-#define SET_IDENTITY(T) (Words w, const T* x, T* y) { ELEM_INDEX y[i] = (i / p.cols == i % p.cols) ? T(1) : T(0); }
-#define TRANSPOSE(T) (Words w, const T* x, T* y) { ELEM_INDEX y[i] = x[(u64)(i % p.rows) * p.cols + i / p.rows]; }
+#define SET_IDENTITY(T) (PARAMS w, const T* x, T* y) { ELEM_INDEX y[i] = (i / p.cols == i % p.cols) ? T(1) : T(0); }
+#define TRANSPOSE(T) (PARAMS w, const T* x, T* y) { ELEM_INDEX y[i] = x[(u64)(i % p.rows) * p.cols + i / p.rows]; }
 
 ENTRY_F32_F64(axpy, 256, AXPY)
 ENTRY_F32_F64(hadamard, 256, HADAMARD)
@@ -72,9 +72,9 @@ __device__ void max_abs_body(const ElemParams& p, const T* x, U* result) {
     if (t == 0) atomicMax(result, partial[0]);
 }
 
-extern "C" __global__ void __launch_bounds__(256) max_abs_f32(Words w, const float* x, float* unused, unsigned int* result) {
+extern "C" __global__ void __launch_bounds__(256) max_abs_f32(PARAMS w, const float* x, float* unused, unsigned int* result) {
     max_abs_body<float, unsigned int>(params<ElemParams>(w), x, result);
 }
-extern "C" __global__ void __launch_bounds__(256) max_abs_f64(Words w, const double* x, double* unused, unsigned long long* result) {
+extern "C" __global__ void __launch_bounds__(256) max_abs_f64(PARAMS w, const double* x, double* unused, unsigned long long* result) {
     max_abs_body<double, unsigned long long>(params<ElemParams>(w), x, result);
 }

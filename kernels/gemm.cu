@@ -148,7 +148,7 @@ __device__ void gemm_tile(const GemmParams& p, const T* __restrict__ a, const T*
 }
 
 #define GEMM_BODY(T)                                                                            \
-    (Words words, const T* a, const T* b, const T* w, T* c) {                                   \
+    (PARAMS words, const T* a, const T* b, const T* w, T* c) {                                   \
         gemm_tile<T>(params<GemmParams>(words), a, b, w, c);                                    \
     }
 ENTRY_F32_F64(gemm, 256, GEMM_BODY)

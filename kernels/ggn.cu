@@ -58,9 +58,9 @@ __device__ void kron_mix_columns_body(const GgnParams& p, const T* z, const T* r
     out[i] = acc;
 }
 
-#define GGN_WEIGHTS(T) (Words w, const T* probs, const T* r, T* out) { ggn_weights_body<T>(params<GgnParams>(w), probs, r, out); }
-#define KRON_ROWS(T) (Words w, const T* s, const T* phi, T* out) { kron_rows_body<T>(params<GgnParams>(w), s, phi, out); }
-#define KRON_MIX_COLUMNS(T) (Words w, const T* z, const T* r, T* out) { kron_mix_columns_body<T>(params<GgnParams>(w), z, r, out); }
+#define GGN_WEIGHTS(T) (PARAMS w, const T* probs, const T* r, T* out) { ggn_weights_body<T>(params<GgnParams>(w), probs, r, out); }
+#define KRON_ROWS(T) (PARAMS w, const T* s, const T* phi, T* out) { kron_rows_body<T>(params<GgnParams>(w), s, phi, out); }
+#define KRON_MIX_COLUMNS(T) (PARAMS w, const T* z, const T* r, T* out) { kron_mix_columns_body<T>(params<GgnParams>(w), z, r, out); }
 ENTRY_F32_F64(ggn_weights, 256, GGN_WEIGHTS)
 ENTRY_F32_F64(kron_rows, 256, KRON_ROWS)
 ENTRY_F32_F64(kron_mix_columns, 256, KRON_MIX_COLUMNS)

@@ -37,9 +37,9 @@ __device__ void kron_mix_g_body(const KronParams& p, const T* y, const T* s, T* 
     g[i] = acc;
 }
 
-#define KRON_FACTORS(T) (Words w, const T* probs, const T* unused, T* s) { kron_factors_body<T>(params<KronParams>(w), probs, s); }
-#define KRON_MIX_U(T) (Words w, const T* t, const T* s, T* u) { kron_mix_u_body<T>(params<KronParams>(w), t, s, u); }
-#define KRON_MIX_G(T) (Words w, const T* y, const T* s, T* g) { kron_mix_g_body<T>(params<KronParams>(w), y, s, g); }
+#define KRON_FACTORS(T) (PARAMS w, const T* probs, const T* unused, T* s) { kron_factors_body<T>(params<KronParams>(w), probs, s); }
+#define KRON_MIX_U(T) (PARAMS w, const T* t, const T* s, T* u) { kron_mix_u_body<T>(params<KronParams>(w), t, s, u); }
+#define KRON_MIX_G(T) (PARAMS w, const T* y, const T* s, T* g) { kron_mix_g_body<T>(params<KronParams>(w), y, s, g); }
 ENTRY_F32_F64(kron_factors, 256, KRON_FACTORS)
 ENTRY_F32_F64(kron_mix_u, 256, KRON_MIX_U)
 ENTRY_F32_F64(kron_mix_g, 256, KRON_MIX_G)

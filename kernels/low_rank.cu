@@ -114,7 +114,7 @@ __device__ void sm_sequence_body(const SmParams& p, T* sigma, T* head, const T* 
 }
 
 #define SM_SEQUENCE(T)                                                                          \
-    (Words w, T* sigma, T* head, const T* bias, const T* phi, const T* targets, T* state, T* used, \
+    (PARAMS w, T* sigma, T* head, const T* bias, const T* phi, const T* targets, T* state, T* used, \
      u32* status) {                                                                             \
         sm_sequence_body<T>(params<SmParams>(w), sigma, head, bias, phi, targets, state, used, status); \
     }

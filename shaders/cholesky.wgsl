@@ -26,6 +26,13 @@ const NB: u32 = 32u;
 
 var<workgroup> block: array<f32, 1024>; // [NB][NB]
 
+// Whether x is positive and finite, tested on its bits: a driver that assumes no NaN may fold
+// a comparison such as `!(x > 0.0)` away, but not integer arithmetic.
+fn positive_finite(x: f32) -> bool {
+    let bits = bitcast<u32>(x);
+    return bits != 0u && bits < 0x7f800000u;
+}
+
 // Factors a[j0.., j0..] (nb × nb) in place: L below and on the diagonal, zeros above; `out`
 // receives a copy of L as NB × NB.
 @compute @workgroup_size(32)
@@ -43,7 +50,7 @@ fn potrf_diagonal(@builtin(local_invocation_index) t: u32) {
         workgroupBarrier();
         if (t == j) {
             block[j * NB + j] = d;
-            if (!(pivot > 0.0)) {
+            if (!positive_finite(pivot)) {
                 atomicMin(&status[0], p.j0 + j);
             }
         }

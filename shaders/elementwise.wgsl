@@ -143,6 +143,8 @@ var<workgroup> partial: array<u32, 256>;
 
 // result[0] ← max(result[0], max_i |x_i|), as IEEE bits: for non-negative floats the bit
 // patterns order like the values, and a NaN's bits exceed +Inf's, so NaN wins as it should.
+// |x| is the bits with the sign cleared, never `abs()`, which a driver that flushes subnormals
+// would turn into 0.
 @compute @workgroup_size(256)
 fn max_abs(
     @builtin(global_invocation_id) gid: vec3<u32>,
@@ -152,7 +154,7 @@ fn max_abs(
     let i = linear(gid, groups);
     var v = 0u;
     if (i < p.len) {
-        v = bitcast<u32>(abs(x[i]));
+        v = bitcast<u32>(x[i]) & 0x7fffffffu;
     }
     partial[li] = v;
     workgroupBarrier();

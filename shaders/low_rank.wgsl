@@ -28,7 +28,12 @@ struct Params {
 const NONE: u32 = 0xffffffffu;
 const HAS_BIAS: u32 = 1u;
 const CATEGORICAL: u32 = 2u;
-const F32_MAX: f32 = 3.4028235e38;
+// Whether x is positive and finite, tested on its bits: a driver that assumes no NaN may fold
+// a comparison such as `!(x > 0.0)` away, but not integer arithmetic.
+fn positive_finite(x: f32) -> bool {
+    let bits = bitcast<u32>(x);
+    return bits != 0u && bits < 0x7f800000u;
+}
 
 var<workgroup> partial: array<f32, 64>;
 
@@ -109,7 +114,7 @@ fn sm_scalars(@builtin(local_invocation_index) li: u32) {
     }
     let denom = 1.0 + m * s;
     var failed = atomicLoad(&status[0]) != NONE;
-    if (!failed && !(denom > 0.0 && denom <= F32_MAX)) {
+    if (!failed && !positive_finite(denom)) {
         atomicMin(&status[0], j);
         failed = true;
     }

@@ -55,6 +55,13 @@ fn softmax_at(base: u32) {
     }
 }
 
+// Whether x > 0 (+Inf included, NaN not), tested on its bits: a driver that assumes no NaN may
+// fold a comparison such as `!(x > 0.0)` away, but not integer arithmetic.
+fn positive(x: f32) -> bool {
+    let bits = bitcast<u32>(x);
+    return bits != 0u && bits <= 0x7f800000u;
+}
+
 // out[out_off + (i·K + a)·K + b] = Σ_x T[a, i, b·D + x] φ[in_off + i·D + x], T = mean
 // (K × n × K·D), Φ = cov.
 @compute @workgroup_size(256)
@@ -216,12 +223,12 @@ fn bridge(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         scratch[mu + a] = m;
         scratch[dg + a] = d;
         mean_diag += d;
-        if (!(d > 0.0)) {
+        if (!positive(d)) {
             degenerate = true;
         }
     }
     mean_diag = mean_diag / kf / sqrt(kf / 2.0);
-    if (degenerate || !(mean_diag > 0.0)) {
+    if (degenerate || !positive(mean_diag)) {
         for (var a = 0u; a < k; a++) {
             out[i * k + a] = mean[i * k + a];
         }

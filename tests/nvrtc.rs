@@ -1,5 +1,5 @@
 //! Every CUDA kernel compiles through NVRTC, in f32 and f64, for sm_80 (A100) and sm_90 (H100,
-//! H200), with no GPU. Skips without NVRTC (`SKIPPED nvrtc: reason`), and fails instead when
+//! H200), to PTX and to CUBIN, with no GPU. Skips without NVRTC (`SKIPPED nvrtc: reason`), and fails instead when
 //! `LAPLACE_REQUIRE` contains `nvrtc`. CI installs NVRTC from the nvidia-cuda-nvrtc-cu12 wheel.
 #![cfg(feature = "cuda")]
 
@@ -14,7 +14,19 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
     }
     for arch in ["sm_80", "sm_90"] {
         for family in Family::ALL {
-            let ptx = compile(family, arch).unwrap_or_else(|e| panic!("{e}"));
+            let compiled = compile(family, arch).unwrap_or_else(|e| panic!("{e}"));
+            // A CUBIN for the real architecture: an ELF image the driver loads without a JIT.
+            let cubin = compiled
+                .cubin
+                .as_deref()
+                .unwrap_or_else(|| panic!("{}: no CUBIN for {arch}", family.file()));
+            assert_eq!(
+                &cubin[..4],
+                b"\x7fELF",
+                "{}: the CUBIN is not an ELF image",
+                family.file()
+            );
+            let ptx = compiled.ptx;
             assert!(
                 ptx.contains(&format!(".target {arch}")),
                 "{}: PTX for another target",

@@ -283,3 +283,46 @@ fn grids_split_over_every_dimension_match_faer() {
         cpu.download(&want).unwrap(),
     );
 }
+
+/// NaN, Inf and subnormal inputs are judged on their bits, as on the CPU: max-abs keeps a
+/// subnormal (no `abs()` that a flushing driver zeroes) and lets NaN win, and a Cholesky pivot
+/// that is NaN or +Inf is `NotPositiveDefinite` at its index.
+#[test]
+fn nan_inf_and_subnormals_are_judged_on_their_bits() {
+    use laplace_update::{CpuDevice, Device, Error};
+    let Some(gpu) = common::backend_or_skip("wgpu", device()) else {
+        return;
+    };
+    let cpu = CpuDevice::new(1).unwrap();
+    let tiny = f32::from_bits(0x0000_0400); // a subnormal, ~1.4e-42
+    for (values, want) in [
+        (vec![tiny, -tiny * 2.0, 0.0], tiny * 2.0),
+        (vec![1.0, f32::NEG_INFINITY, 3.0], f32::INFINITY),
+    ] {
+        let got = gpu.max_abs(&gpu.upload(&values, 1, values.len()).unwrap()).unwrap();
+        assert_eq!(got.to_bits(), want.to_bits(), "max_abs of {values:?}");
+        assert_eq!(
+            cpu.max_abs(&cpu.upload(&values, 1, values.len()).unwrap()).unwrap(),
+            want
+        );
+    }
+    let nan = gpu
+        .max_abs(&gpu.upload(&[1.0f32, f32::NAN, 2.0], 1, 3).unwrap())
+        .unwrap();
+    assert!(nan.is_nan(), "NaN must win max_abs, got {nan}");
+    for bad in [f32::NAN, f32::INFINITY, -1.0] {
+        let n = 40;
+        let mut a = vec![0.0f32; n * n];
+        (0..n).for_each(|i| a[i * n + i] = 2.0);
+        a[33 * n + 33] = bad;
+        for (name, result) in [
+            ("wgpu", gpu.cholesky(&mut gpu.upload(&a, n, n).unwrap())),
+            ("cpu", cpu.cholesky(&mut cpu.upload(&a, n, n).unwrap())),
+        ] {
+            assert!(
+                matches!(result, Err(Error::NotPositiveDefinite { index: 33 })),
+                "{name}: pivot {bad}: {result:?}"
+            );
+        }
+    }
+}

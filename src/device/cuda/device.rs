@@ -185,18 +185,26 @@ impl CudaDevice {
             match cached {
                 Some(m) => m,
                 None => {
-                    let ptx = compile(family, &self.inner.arch)?;
-                    let module = self
-                        .inner
-                        .ctx
-                        .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-                        .map_err(|e| match e.0 {
-                            cudarc::driver::sys::CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION => unavailable(
-                                "the NVRTC library is newer than the NVIDIA driver (CUDA_ERROR_UNSUPPORTED_PTX_VERSION): \
-                                 put an NVRTC no newer than the driver's CUDA version first on the library path, or update the driver",
-                            ),
-                            _ => device_error(&format!("loading `kernels/{}`", family.file()), e),
-                        })?;
+                    let compiled = compile(family, &self.inner.arch)?;
+                    // CUBIN first: no JIT, and it loads under minor-version compatibility when
+                    // NVRTC is newer than the driver. PTX is the fallback.
+                    let from_cubin = compiled
+                        .cubin
+                        .and_then(|bin| self.inner.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(bin)).ok());
+                    let module = match from_cubin {
+                        Some(m) => m,
+                        None => self
+                            .inner
+                            .ctx
+                            .load_module(cudarc::nvrtc::Ptx::from_src(compiled.ptx))
+                            .map_err(|e| match e.0 {
+                                cudarc::driver::sys::CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION => unavailable(
+                                    "the NVRTC library is newer than the NVIDIA driver (CUDA_ERROR_UNSUPPORTED_PTX_VERSION) and its CUBIN did not load: \
+                                     put an NVRTC no newer than the driver's CUDA version first on the library path, or update the driver",
+                                ),
+                                _ => device_error(&format!("loading `kernels/{}`", family.file()), e),
+                            })?,
+                    };
                     lock(&self.inner.modules).insert(family, module.clone());
                     module
                 }
