@@ -8,7 +8,7 @@
 
 struct CholParams {
     u32 n, j0, nb, rows;
-    u32 cols, flags, pad0, pad1;
+    u32 cols, flags;
 };
 
 template <typename T>

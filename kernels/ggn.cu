@@ -6,7 +6,7 @@
 struct GgnParams {
     double complement;
     u32 n, k, kr, d;
-    u32 rank, flags, row0, pad;
+    u32 rank, flags, row0;
 };
 
 // R[k, a], or the identity when flag 1 (no basis) is set.

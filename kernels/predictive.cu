@@ -8,6 +8,7 @@ struct PredParams {
     double lambda;
     u32 n, k, d, cov_layout;
     u32 samples, in_off, out_off, flags;
+    u32 first, last;
 };
 
 template <typename T>
@@ -58,7 +59,7 @@ __device__ void probit_body(const PredParams& p, const T* mean, const T* cov, T*
     softmax_at(out + i * p.k, p.k);
 }
 
-// Samples in_off..out_off of p_i = (1/S) Σ_s softmax(f_i + L_i ε_s); flag 1 (first launch)
+// Samples first..last of p_i = (1/S) Σ_s softmax(f_i + L_i ε_s); flag 1 (first launch)
 // factors Σ_f[i] (pivots at rounding level count as zero) and clears the sums, flag 2 (last)
 // divides by S. scratch per row: L (K²), z (K), the launch's partial sum (K).
 template <typename T>
@@ -90,7 +91,7 @@ __device__ void monte_carlo_body(const PredParams& p, const T* mean, const T* co
         for (u32 a = 0; a < k; a++) o[a] = 0;
     }
     for (u32 a = 0; a < k; a++) part[a] = 0;
-    for (u32 s = p.in_off; s < p.out_off; s++) {
+    for (u32 s = p.first; s < p.last; s++) {
         for (u32 a = 0; a < k; a++) {
             T v = mean[i * k + a];
             for (u32 b = 0; b <= a; b++) v += l[a * k + b] * eps[(u64)s * k + b];

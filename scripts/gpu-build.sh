@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds, on a machine with Rust, the executables that scripts/gpu-check.sh runs on a GPU
-# machine without Rust: the CUDA and wgpu test suites and the kernel benches, with
-# `--features cuda,wgpu`, stripped, into target/gpu-bundle/ (carry that folder).
+# machine without Rust: the CUDA and wgpu test suites, the launch-plan tests, the kernel benches
+# and the command-line tool (for `profile`), with `--features cuda,wgpu`, stripped, into
+# target/gpu-bundle/ (carry that folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,10 +21,12 @@ for line in sys.stdin:
 '
 }
 
-cargo test --release --no-run --features cuda,wgpu --test cuda --test wgpu --message-format=json-render-diagnostics |
+cargo test --release --no-run --features cuda,wgpu --test cuda --test wgpu --test launch_plans --message-format=json-render-diagnostics |
     executables | while read -r name path; do cp "$path" "$out/$name-tests"; done
 cargo bench --no-run --features cuda,wgpu --bench kernels --message-format=json-render-diagnostics |
     executables | while read -r name path; do cp "$path" "$out/$name-bench"; done
+cargo build --release --features cli,cuda,wgpu --bin laplace-update
+cp target/release/laplace-update "$out/"
 strip "$out"/* 2>/dev/null || true
 cp scripts/gpu-check.sh "$out/"
 ls -la "$out"

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # GPU check, for a machine with an NVIDIA GPU and no Rust toolchain: runs the executables that
 # scripts/gpu-build.sh collected in target/gpu-bundle/ (or $BUNDLE).
-#   1. the CUDA suite (f32 and f64 against f64 references) with LAPLACE_REQUIRE=cuda;
-#   2. the kernel benches on CUDA at the [bench] target sizes: Full-GGN accumulation at
+#   1. the launch plans at the sizes users run (host only, seconds);
+#   2. the CUDA suite (f32 and f64 against f64 references) with LAPLACE_REQUIRE=cuda: kernels
+#      loaded from CUBIN, split grids, the blocked Sherman–Morrison;
+#   3. `laplace-update profile --device cuda`: every kernel family against the measured GEMM
+#      peak at D = 768, K = 10, N = 100,000;
+#   4. the kernel benches on CUDA at the [bench] target sizes: Full-GGN accumulation at
 #      N = 100,000, D = 768, K = 10; the low-rank update at P = 7,680 (D = 768, K = 10);
 #      sequential Sherman–Morrison at D = 1,536;
-#   3. the wgpu suite when a Vulkan loader is present.
+#   5. the wgpu suite when a Vulkan loader is present.
 # Writes OUTDIR/gpu-check.log and OUTDIR/results.md; finishes in under 8 minutes.
 set -uo pipefail
 out="${1:?usage: scripts/gpu-check.sh OUTDIR}"
@@ -20,13 +24,26 @@ step() { echo "== $*" | tee -a "$log"; }
 step "machine"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true; } >>"$log" 2>&1
 
+step "launch plans"
+timeout 60 "$bundle/launch_plans-tests" >>"$log" 2>&1
+plans_rc=$?
+
 step "CUDA suite (LAPLACE_REQUIRE=cuda)"
 start=$(date +%s)
-LAPLACE_REQUIRE=cuda timeout 200 "$bundle/cuda-tests" --test-threads 2 >>"$log" 2>&1
+LAPLACE_REQUIRE=cuda timeout 200 "$bundle/cuda-tests" --test-threads 2 >"$out/cuda.log" 2>&1
 tests_rc=$?
 tests_s=$(( $(date +%s) - start ))
-passed=$(grep -c '\.\.\. ok$' "$log" || true)
-failed=$(grep -c '\.\.\. FAILED$' "$log" || true)
+cat "$out/cuda.log" >>"$log"
+passed=$(grep -c '\.\.\. ok$' "$out/cuda.log" || true)
+failed=$(grep -c '\.\.\. FAILED$' "$out/cuda.log" || true)
+
+step "profile --device cuda"
+start=$(date +%s)
+timeout 120 "$bundle/laplace-update" profile --device cuda --sizes 768,10,100000,100 \
+    --csv "$out/profile.csv" >"$out/profile.txt" 2>&1
+profile_rc=$?
+profile_s=$(( $(date +%s) - start ))
+cat "$out/profile.txt" >>"$log"
 
 step "kernel benches on CUDA"
 start=$(date +%s)
@@ -48,9 +65,17 @@ fi
     echo
     echo "| step | result | seconds |"
     echo "|---|---|---|"
+    echo "| launch plans | exit $plans_rc | |"
     echo "| CUDA suite | exit $tests_rc: $passed passed, $failed failed | $tests_s |"
+    echo "| profile | exit $profile_rc | $profile_s |"
     echo "| kernel benches | exit $bench_rc | $bench_s |"
     echo "| wgpu suite | $wgpu_line | |"
+    echo
+    echo "## profile --device cuda"
+    echo
+    echo '```'
+    cat "$out/profile.txt"
+    echo '```'
     echo
     echo "## Kernel throughput (criterion: benchmark, time, throughput)"
     echo
@@ -59,4 +84,4 @@ fi
     echo '```'
 } >"$out/results.md"
 cat "$out/results.md"
-[ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ]
+[ "$plans_rc" = 0 ] && [ "$tests_rc" = 0 ] && [ "$profile_rc" = 0 ] && [ "$bench_rc" = 0 ]

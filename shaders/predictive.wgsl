@@ -9,7 +9,7 @@
 struct Params {
     n: u32, k: u32, d: u32, cov_layout: u32,
     samples: u32, in_off: u32, out_off: u32, flags: u32,
-    lambda: f32, _p0: u32, _p1: u32, _p2: u32,
+    first: u32, last: u32, lambda: f32, _p0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -107,7 +107,7 @@ fn probit(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
 
 // p_i = (1/S) Σ_s softmax(f_i + L_i ε_s), L_i the Cholesky factor of Σ_f[i] with pivots at
 // rounding level counted as zero (semidefinite covariances are fine). One dispatch handles the
-// samples in_off..out_off: flag 1 (first) factors Σ_f and clears the sums, flag 2 (last) divides
+// samples first..last: flag 1 (first launch) factors Σ_f and clears the sums, flag 2 (last) divides
 // by S. The host splits the samples so that no invocation runs more than about 16,000 loop
 // iterations (llvmpipe cuts one invocation's loops short at 65,535). scratch per row: L (K²),
 // z (K), the chunk's sum (K).
@@ -159,7 +159,7 @@ fn monte_carlo(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     for (var a = 0u; a < k; a++) {
         scratch[blk + a] = 0.0;
     }
-    for (var s = p.in_off; s < p.out_off; s++) {
+    for (var s = p.first; s < p.last; s++) {
         var zmax = -3.4028235e38;
         for (var a = 0u; a < k; a++) {
             var z = mean[i * k + a];

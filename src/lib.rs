@@ -42,6 +42,7 @@ pub mod error;
 pub mod host;
 pub mod io;
 pub mod metrics;
+mod numerics;
 pub mod posterior;
 pub mod profile;
 pub mod random;

@@ -76,7 +76,7 @@ pub fn updated_probabilities<D: Device, T: Scalar>(
                     }
                 }
             }
-            Ok(softmax_rows(&linear(&w, &b, eval, k), k))
+            Ok(crate::numerics::softmax_rows(&linear(&w, &b, eval, k), k))
         }
         UpdateMethod::MonteCarloReweighting { samples, seed } => {
             let heads = post.sample_heads(samples, seed)?;
@@ -97,7 +97,7 @@ pub fn updated_probabilities<D: Device, T: Scalar>(
             let mut predictive = Vec::with_capacity(samples);
             for h in heads.chunks(k * da) {
                 let (w, b) = split(h);
-                let p = softmax_rows(&linear(&w, &b, batch.features, k), k);
+                let p = crate::numerics::softmax_rows(&linear(&w, &b, batch.features, k), k);
                 let ll: f64 = batch
                     .labels
                     .iter()
@@ -105,7 +105,7 @@ pub fn updated_probabilities<D: Device, T: Scalar>(
                     .map(|(j, &y)| p[j * k + y as usize].max(1e-300).ln())
                     .sum();
                 log_weights.push(ll);
-                predictive.push(softmax_rows(&linear(&w, &b, eval, k), k));
+                predictive.push(crate::numerics::softmax_rows(&linear(&w, &b, eval, k), k));
             }
             let max = log_weights.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let weights: Vec<f64> = log_weights.iter().map(|l| (l - max).exp()).collect();
@@ -123,7 +123,10 @@ pub fn updated_probabilities<D: Device, T: Scalar>(
             let mut y = seen.labels.to_vec();
             y.extend_from_slice(batch.labels);
             let fit = fit_head(post.device(), HostMatrix::new(&x, y.len(), d)?, &y, k, &config)?;
-            Ok(softmax_rows(&linear(&cast(fit.weights), &cast(fit.bias), eval, k), k))
+            Ok(crate::numerics::softmax_rows(
+                &linear(&cast(fit.weights), &cast(fit.bias), eval, k),
+                k,
+            ))
         }
     }
 }
@@ -135,18 +138,6 @@ fn linear<T: Scalar>(w: &[f64], b: &[f64], x: HostMatrix<'_, T>, k: usize) -> Ve
         .flat_map(|i| {
             let row = x.row(i);
             (0..k).map(move |c| b[c] + (0..d).map(|t| w[c * d + t] * row[t].as_f64()).sum::<f64>())
-        })
-        .collect()
-}
-
-/// Row-wise softmax of n × K logits.
-fn softmax_rows(f: &[f64], k: usize) -> Vec<f64> {
-    f.chunks(k)
-        .flat_map(|row| {
-            let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let e: Vec<f64> = row.iter().map(|x| (x - m).exp()).collect();
-            let s: f64 = e.iter().sum();
-            e.into_iter().map(move |x| x / s)
         })
         .collect()
 }

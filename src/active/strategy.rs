@@ -133,7 +133,7 @@ impl Strategy {
                         let mut l: Vec<f64> = (0..k * k)
                             .map(|ab| pred.logit_cov_at(i, ab / k, ab % k).as_f64())
                             .collect();
-                        psd_cholesky(&mut l, k);
+                        crate::numerics::psd_cholesky(&mut l, k);
                         mutual_information(&mean, &l, &eps)
                     })
                     .collect())
@@ -216,13 +216,6 @@ fn top_two(p: &[f64]) -> (f64, f64) {
     })
 }
 
-fn softmax(f: &[f64]) -> Vec<f64> {
-    let m = f.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = f.iter().map(|x| (x - m).exp()).collect();
-    let s: f64 = e.iter().sum();
-    e.into_iter().map(|x| x / s).collect()
-}
-
 /// `H((1/S) Σ_s softmax(μ + L ε_s)) − (1/S) Σ_s H(softmax(μ + L ε_s))` for lower-triangular L.
 fn mutual_information(mean: &[f64], l: &[f64], eps: &[f64]) -> f64 {
     let k = mean.len();
@@ -233,30 +226,12 @@ fn mutual_information(mean: &[f64], l: &[f64], eps: &[f64]) -> f64 {
         let f: Vec<f64> = (0..k)
             .map(|a| mean[a] + (0..=a).map(|b| l[a * k + b] * e[b]).sum::<f64>())
             .collect();
-        let p = softmax(&f);
+        let p = crate::numerics::softmax(&f);
         expected_entropy += entropy(&p);
         average.iter_mut().zip(&p).for_each(|(x, y)| *x += y);
     }
     average.iter_mut().for_each(|x| *x /= samples as f64);
     (entropy(&average) - expected_entropy / samples as f64).max(0.0)
-}
-
-/// In-place lower Cholesky factor of a PSD K × K matrix; pivots that are not positive count
-/// as zero (softmax logit covariances have rank K − 1).
-fn psd_cholesky(a: &mut [f64], k: usize) {
-    let scale = (0..k).map(|i| a[i * k + i].abs()).fold(0.0, f64::max);
-    for j in 0..k {
-        let d = a[j * k + j] - (0..j).map(|p| a[j * k + p] * a[j * k + p]).sum::<f64>();
-        let pivot = if d > 1e-12 * scale { d.sqrt() } else { 0.0 };
-        a[j * k + j] = pivot;
-        for i in j + 1..k {
-            let t = a[i * k + j] - (0..j).map(|p| a[i * k + p] * a[j * k + p]).sum::<f64>();
-            a[i * k + j] = if pivot > 0.0 { t / pivot } else { 0.0 };
-        }
-        for i in 0..j {
-            a[i * k + j] = 0.0;
-        }
-    }
 }
 
 /// Rows of a host matrix in f64, with a column of ones appended when `augment`.

@@ -1,14 +1,18 @@
-//! The kernel compositions shared by the GPU backends (wgpu and CUDA).
+//! The kernel compositions of [`GpuDevice`], shared by every GPU runtime.
 //!
-//! Both backends ship the same kernel families (`shaders/<family>.wgsl`, `kernels/<family>.cu`)
-//! with the same parameters, so every [`Device`] method is written here once, as a sequence of
-//! launches on a [`Gpu`]: the Full-GGN accumulation is the gemm kernel weighted per block, the
+//! Every runtime ships the same kernel families (`shaders/<family>.wgsl`, `kernels/<family>.cu`)
+//! with the same parameters, so every [`Device`](crate::Device) method is written here once, as
+//! a sequence of launches: the Full-GGN accumulation is the gemm kernel weighted per block, the
 //! Cholesky factorisation is diagonal block, panel solve and gemm trailing update, and so on.
-//! A backend supplies buffers, a [`Record`] that launches kernels, and readback.
+//! A runtime supplies allocations, a [`Record`] that launches kernels, and readback.
 
-use crate::device::launch::{GridLimits, GridPart, LaunchPolicy, gemm_launches};
+use crate::device::gpu::{GpuDevice, GpuMatrix, Grid, Kernel, Record, Runtime, raw};
+use crate::device::launch::{GridPart, gemm_launches};
+use crate::device::registry::{
+    CholeskyParams, ElementwiseParams, GemmParams, GgnParams, KronParams, PredictiveParams, field,
+};
 use crate::device::{
-    CovLayout, Device, LowRankFactor, Matrix, Op, Sign, congruence_shapes, cov_layout, ggn_shapes, low_rank_shapes,
+    CovLayout, Device, LowRankFactor, Op, Sign, congruence_shapes, cov_layout, ggn_shapes, low_rank_shapes,
     predictive_shapes,
 };
 use crate::error::{Error, Result};
@@ -16,179 +20,6 @@ use crate::scalar::{DType, Scalar};
 
 /// Side of the blocks of the Cholesky factorisation and the triangular solve (`NB`).
 const BLOCK: usize = 32;
-/// "No failure" in a status word.
-pub(crate) const NONE: u32 = u32::MAX;
-
-/// Every kernel entry point of the GPU backends. The WGSL name is [`Kernel::name`]; the CUDA
-/// name adds the dtype suffix (`gemm_f32`).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub(crate) enum Kernel {
-    Gemm,
-    GgnWeights,
-    KronRows,
-    KronMixColumns,
-    KronFactors,
-    KronMixU,
-    KronMixG,
-    /// wgpu's per-sample Sherman–Morrison steps.
-    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
-    SmProject,
-    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
-    SmScalars,
-    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
-    SmApply,
-    /// CUDA's persistent Sherman–Morrison kernel.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    SmSequence,
-    PotrfDiagonal,
-    TrsmPanel,
-    TrsmBlock,
-    RowDot,
-    SoftmaxRows,
-    Probit,
-    MonteCarlo,
-    Bridge,
-    CategoricalWeights,
-    Axpy,
-    Hadamard,
-    AddRow,
-    AddDiagonal,
-    MaxAbs,
-    MirrorLower,
-    ZeroUpper,
-    Symmetrize,
-    Transpose,
-    SetIdentity,
-    ScaleRows,
-    ScaleColumns,
-}
-
-impl Kernel {
-    /// The entry point's name, without a dtype suffix.
-    pub(crate) fn name(self) -> &'static str {
-        use Kernel::*;
-        match self {
-            Gemm => "gemm",
-            GgnWeights => "ggn_weights",
-            KronRows => "kron_rows",
-            KronMixColumns => "kron_mix_columns",
-            KronFactors => "kron_factors",
-            KronMixU => "kron_mix_u",
-            KronMixG => "kron_mix_g",
-            SmProject => "sm_project",
-            SmScalars => "sm_scalars",
-            SmApply => "sm_apply",
-            SmSequence => "sm_sequence",
-            PotrfDiagonal => "potrf_diagonal",
-            TrsmPanel => "trsm_panel",
-            TrsmBlock => "trsm_block",
-            RowDot => "row_dot",
-            SoftmaxRows => "softmax_rows",
-            Probit => "probit",
-            MonteCarlo => "monte_carlo",
-            Bridge => "bridge",
-            CategoricalWeights => "categorical_weights",
-            Axpy => "axpy",
-            Hadamard => "hadamard",
-            AddRow => "add_row",
-            AddDiagonal => "add_diagonal",
-            MaxAbs => "max_abs",
-            MirrorLower => "mirror_lower",
-            ZeroUpper => "zero_upper",
-            Symmetrize => "symmetrize",
-            Transpose => "transpose",
-            SetIdentity => "set_identity",
-            ScaleRows => "scale_rows",
-            ScaleColumns => "scale_columns",
-        }
-    }
-
-    /// Threads per block (workgroup) the kernel is written for.
-    pub(crate) fn block_threads(self) -> (u32, u32) {
-        use Kernel::*;
-        match self {
-            Gemm => (16, 16),
-            PotrfDiagonal => (32, 1),
-            TrsmPanel | TrsmBlock | SmProject | SmScalars => (64, 1),
-            _ => (256, 1),
-        }
-    }
-}
-
-/// A kernel's scalar parameters: integer fields, then real fields, each in the order of the
-/// kernel's `Params` struct. WGSL structs hold the integers then the reals as f32; CUDA
-/// structs hold the reals as f64 first, then the integers.
-#[derive(Default, Clone, Debug)]
-pub(crate) struct KernelParams {
-    pub(crate) ints: Vec<u32>,
-    pub(crate) reals: Vec<f64>,
-}
-
-impl KernelParams {
-    pub(crate) fn new() -> Self {
-        Self::default()
-    }
-    /// Appends an integer field. Every size and offset indexes a buffer whose element count
-    /// the backend checked against 32 bits when it was allocated, so the conversion cannot fail.
-    pub(crate) fn u(mut self, v: usize) -> Self {
-        debug_assert!(u32::try_from(v).is_ok(), "kernel parameter {v} exceeds 32 bits");
-        self.ints.push(v as u32);
-        self
-    }
-    /// Appends a real field.
-    pub(crate) fn r(mut self, v: f64) -> Self {
-        self.reals.push(v);
-        self
-    }
-}
-
-/// How many blocks a launch runs.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Grid {
-    /// One thread per item, in blocks of [`Kernel::block_threads`], folded into (x, y).
-    Threads(usize),
-    /// An explicit grid of blocks.
-    Blocks(usize, usize, usize),
-}
-
-/// A queue of launches, submitted at once.
-pub(crate) trait Record {
-    /// A backend's handle to a device buffer.
-    type Raw: Clone;
-    /// Records one launch; `None` buffers are slots the kernel does not use.
-    fn launch(
-        &mut self,
-        kernel: Kernel,
-        dtype: DType,
-        params: KernelParams,
-        buffers: &[Option<Self::Raw>],
-        grid: Grid,
-    ) -> Result<()>;
-    /// Submits the launches and waits for them.
-    fn submit(self) -> Result<()>;
-}
-
-/// A GPU backend for the compositions of this module.
-pub(crate) trait Gpu: Device {
-    type Raw: Clone;
-    type Rec: Record<Raw = Self::Raw>;
-    /// The handle of a matrix's buffer.
-    fn raw<T: Scalar>(m: &Matrix<Self, T>) -> Self::Raw;
-    /// The handle of a scratch buffer.
-    fn raw_buffer<T: Scalar>(b: &Self::Buffer<T>) -> Self::Raw;
-    /// An empty launch queue.
-    fn recorder(&self) -> Self::Rec;
-    /// A scratch buffer of `len` elements (contents unspecified).
-    fn scratch<T: Scalar>(&self, len: usize, label: &'static str) -> Result<Self::Buffer<T>>;
-    /// A status pair `[NONE, 0]` (first failing index, step counter) as 32-bit words.
-    fn status(&self) -> Result<Self::Buffer<f32>>;
-    /// The first failing index recorded in `status`, if any.
-    fn failed_at(&self, status: &Self::Buffer<f32>) -> Result<Option<usize>>;
-    /// The largest grid one launch may have.
-    fn grid_limits(&self) -> GridLimits;
-    /// Contraction, scratch and Monte Carlo sizes per launch.
-    fn policy(&self) -> &LaunchPolicy;
-}
 
 /// A strided operand of the gemm kernel: element (i, j) of batch entry (o, n) is at
 /// `off + i·rs + j·cs + o·bo + n·bi`.
@@ -290,7 +121,12 @@ impl<R: Clone> Gemm<R> {
 
     /// Records the product as the launches of [`gemm_launches`]: contraction chunks (the first
     /// with β, the rest accumulating), each over the tile grid split within the device's limits.
-    fn record<D: Gpu<Raw = R>>(&self, dev: &D, rec: &mut impl Record<Raw = R>, dtype: DType) -> Result<()> {
+    fn record<Rt: Runtime<Raw = R>>(
+        &self,
+        dev: &GpuDevice<Rt>,
+        rec: &mut impl Record<Raw = R>,
+        dtype: DType,
+    ) -> Result<()> {
         let batch = self.outer * self.inner;
         for launch in gemm_launches((self.m, self.n, self.k), batch, dev.grid_limits(), dev.policy()) {
             let start = launch.k_start;
@@ -325,40 +161,41 @@ impl<R: Clone> Gemm<R> {
             | (usize::from(self.lower_diagonal_blocks) << 4);
         let (a, b, c) = (self.a.1, self.b.1, self.c.1);
         let w = self.w.as_ref().map_or(Strided::default(), |w| w.1);
-        let params = KernelParams::new()
-            .u(self.m)
-            .u(self.n)
-            .u(self.k)
-            .u(flags)
-            .u(a.off)
-            .u(a.rs)
-            .u(a.cs)
-            .u(b.off)
-            .u(b.rs)
-            .u(b.cs)
-            .u(c.off)
-            .u(c.rs)
-            .u(w.off)
-            .u(w.rs)
-            .u(self.inner)
-            .u(a.bo)
-            .u(a.bi)
-            .u(b.bo)
-            .u(b.bi)
-            .u(c.bo)
-            .u(c.bi)
-            .u(w.bo)
-            .u(w.bi)
-            .u(part.origin[0])
-            .u(part.origin[1])
-            .u(part.origin[2])
-            .r(self.alpha)
-            .r(self.beta);
+        let params = GemmParams {
+            m: field(self.m),
+            n: field(self.n),
+            k: field(self.k),
+            flags: field(flags),
+            a_off: field(a.off),
+            a_rs: field(a.rs),
+            a_cs: field(a.cs),
+            b_off: field(b.off),
+            b_rs: field(b.rs),
+            b_cs: field(b.cs),
+            c_off: field(c.off),
+            c_rs: field(c.rs),
+            w_off: field(w.off),
+            w_s: field(w.rs),
+            inner: field(self.inner),
+            a_bo: field(a.bo),
+            a_bi: field(a.bi),
+            b_bo: field(b.bo),
+            b_bi: field(b.bi),
+            c_bo: field(c.bo),
+            c_bi: field(c.bi),
+            w_bo: field(w.bo),
+            w_bi: field(w.bi),
+            x0: field(part.origin[0]),
+            y0: field(part.origin[1]),
+            z0: field(part.origin[2]),
+            alpha: self.alpha,
+            beta: self.beta,
+        };
         let [x, y, z] = part.size;
         rec.launch(
             Kernel::Gemm,
             dtype,
-            params,
+            params.into(),
             &[
                 Some(self.a.0.clone()),
                 Some(self.b.0.clone()),
@@ -385,8 +222,14 @@ fn elementwise<R: Clone>(
     if len == 0 {
         return Ok(());
     }
-    let params = KernelParams::new().u(len).u(rows).u(cols).u(flags).r(alpha);
-    rec.launch(kernel, dtype, params, &[x, Some(y)], Grid::Threads(len))
+    let params = ElementwiseParams {
+        len: field(len),
+        rows: field(rows),
+        cols: field(cols),
+        flags: field(flags),
+        alpha,
+    };
+    rec.launch(kernel, dtype, params.into(), &[x, Some(y)], Grid::Threads(len))
 }
 
 /// Mirrors the lower triangle of the n × n `y` onto the upper one.
@@ -396,22 +239,33 @@ fn mirror<R: Clone>(rec: &mut impl Record<Raw = R>, dtype: DType, y: R, n: usize
 
 /// Records the blocked Cholesky factorisation of the n × n `a` in place (lower factor, upper
 /// triangle zeroed); failing pivots go to `status`.
-fn record_cholesky<D: Gpu, T: Scalar>(dev: &D, rec: &mut D::Rec, a: D::Raw, n: usize, status: D::Raw) -> Result<()> {
+fn record_cholesky<Rt: Runtime, T: Scalar>(
+    dev: &GpuDevice<Rt>,
+    rec: &mut Rt::Rec,
+    a: Rt::Raw,
+    n: usize,
+    status: Rt::Raw,
+) -> Result<()> {
     if n == 0 {
         return Ok(());
     }
     let dtype = T::DTYPE;
     let diagonal = dev.scratch::<T>(BLOCK * BLOCK, "cholesky diagonal block")?;
     let panel = dev.scratch::<T>(n.saturating_sub(BLOCK).max(1) * BLOCK, "cholesky panel")?;
-    let (diagonal, panel) = (D::raw_buffer(&diagonal), D::raw_buffer(&panel));
     for j0 in (0..n).step_by(BLOCK) {
         let nb = BLOCK.min(n - j0);
         let rows = n - j0 - nb;
-        let params = KernelParams::new().u(n).u(j0).u(nb).u(rows).u(0).u(0);
+        let params = CholeskyParams {
+            n: field(n),
+            j0: field(j0),
+            nb: field(nb),
+            rows: field(rows),
+            ..Default::default()
+        };
         rec.launch(
             Kernel::PotrfDiagonal,
             dtype,
-            params.clone(),
+            params.into(),
             &[None, Some(a.clone()), Some(diagonal.clone()), Some(status.clone())],
             Grid::Blocks(1, 1, 1),
         )?;
@@ -421,7 +275,7 @@ fn record_cholesky<D: Gpu, T: Scalar>(dev: &D, rec: &mut D::Rec, a: D::Raw, n: u
         rec.launch(
             Kernel::TrsmPanel,
             dtype,
-            params,
+            params.into(),
             &[Some(diagonal.clone()), Some(a.clone()), Some(panel.clone())],
             Grid::Threads(rows),
         )?;
@@ -443,12 +297,12 @@ fn record_cholesky<D: Gpu, T: Scalar>(dev: &D, rec: &mut D::Rec, a: D::Raw, n: u
 
 /// Records `B ← L⁻¹ B` (`Op::N`) or `B ← L⁻ᵀ B` (`Op::T`) for the n × n lower-triangular `l`
 /// and the n × cols `b`, blocked: a diagonal-block solve, then a gemm update of the rest.
-fn record_trsm<D: Gpu, T: Scalar>(
-    dev: &D,
-    rec: &mut D::Rec,
-    l: D::Raw,
+fn record_trsm<Rt: Runtime, T: Scalar>(
+    dev: &GpuDevice<Rt>,
+    rec: &mut Rt::Rec,
+    l: Rt::Raw,
     n: usize,
-    b: D::Raw,
+    b: Rt::Raw,
     cols: usize,
     op: Op,
 ) -> Result<()> {
@@ -457,24 +311,24 @@ fn record_trsm<D: Gpu, T: Scalar>(
     }
     let dtype = T::DTYPE;
     let solved = dev.scratch::<T>(BLOCK * cols, "solved rows")?;
-    let solved = D::raw_buffer(&solved);
     let mut starts: Vec<usize> = (0..n).step_by(BLOCK).collect();
     if op == Op::T {
         starts.reverse();
     }
     for j0 in starts {
         let nb = BLOCK.min(n - j0);
-        let params = KernelParams::new()
-            .u(n)
-            .u(j0)
-            .u(nb)
-            .u(0)
-            .u(cols)
-            .u(usize::from(op == Op::T));
+        let params = CholeskyParams {
+            n: field(n),
+            j0: field(j0),
+            nb: field(nb),
+            cols: field(cols),
+            flags: u32::from(op == Op::T),
+            ..Default::default()
+        };
         rec.launch(
             Kernel::TrsmBlock,
             dtype,
-            params,
+            params.into(),
             &[Some(l.clone()), Some(b.clone()), Some(solved.clone())],
             Grid::Threads(cols),
         )?;
@@ -506,13 +360,13 @@ fn record_trsm<D: Gpu, T: Scalar>(
 
 /// [`Device::gemm`].
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm<D: Gpu, T: Scalar>(
-    dev: &D,
-    c: &mut Matrix<D, T>,
+pub(crate) fn gemm<Rt: Runtime, T: Scalar>(
+    dev: &GpuDevice<Rt>,
+    c: &mut GpuMatrix<Rt, T>,
     beta: T,
-    a: &Matrix<D, T>,
+    a: &GpuMatrix<Rt, T>,
     ta: Op,
-    b: &Matrix<D, T>,
+    b: &GpuMatrix<Rt, T>,
     tb: Op,
     alpha: T,
 ) -> Result<()> {
@@ -525,9 +379,9 @@ pub(crate) fn gemm<D: Gpu, T: Scalar>(
     let mut rec = dev.recorder();
     Gemm::new(
         (m, n, k),
-        (D::raw(a), Strided::op(0, a.cols(), ta)),
-        (D::raw(b), Strided::op(0, b.cols(), tb)),
-        (D::raw(c), Strided::rows(0, n)),
+        (raw(a), Strided::op(0, a.cols(), ta)),
+        (raw(b), Strided::op(0, b.cols(), tb)),
+        (raw(c), Strided::rows(0, n)),
         alpha.as_f64(),
         beta.as_f64(),
     )
@@ -536,12 +390,12 @@ pub(crate) fn gemm<D: Gpu, T: Scalar>(
 }
 
 /// [`Device::weighted_syrk`]: lower tiles of `Aᵀ diag(w) A`, mirrored.
-pub(crate) fn weighted_syrk<D: Gpu, T: Scalar>(
-    dev: &D,
-    c: &mut Matrix<D, T>,
+pub(crate) fn weighted_syrk<Rt: Runtime, T: Scalar>(
+    dev: &GpuDevice<Rt>,
+    c: &mut GpuMatrix<Rt, T>,
     beta: T,
-    a: &Matrix<D, T>,
-    weights: Option<&Matrix<D, T>>,
+    a: &GpuMatrix<Rt, T>,
+    weights: Option<&GpuMatrix<Rt, T>>,
     alpha: T,
 ) -> Result<()> {
     let (n, d) = a.shape();
@@ -552,28 +406,28 @@ pub(crate) fn weighted_syrk<D: Gpu, T: Scalar>(
     let mut rec = dev.recorder();
     let mut g = Gemm::new(
         (d, d, n),
-        (D::raw(a), Strided::rows(0, d).t()),
-        (D::raw(a), Strided::rows(0, d)),
-        (D::raw(c), Strided::rows(0, d)),
+        (raw(a), Strided::rows(0, d).t()),
+        (raw(a), Strided::rows(0, d)),
+        (raw(c), Strided::rows(0, d)),
         alpha.as_f64(),
         beta.as_f64(),
     );
-    g.w = weights.map(|w| (D::raw(w), Strided::rows(0, 1)));
+    g.w = weights.map(|w| (raw(w), Strided::rows(0, 1)));
     g.lower = true;
     g.record(dev, &mut rec, T::DTYPE)?;
-    mirror(&mut rec, T::DTYPE, D::raw(c), d)?;
+    mirror(&mut rec, T::DTYPE, raw(c), d)?;
     rec.submit()
 }
 
 /// [`Device::ggn_accumulate`]: per chunk of samples, the block weights `M_n = Rᵀ Λ_n R`, then
 /// the blocks b ≤ a as one batched weighted gemm (lower tiles only inside the diagonal blocks),
 /// mirrored at the end.
-pub(crate) fn ggn_accumulate<D: Gpu, T: Scalar>(
-    dev: &D,
-    precision: &mut Matrix<D, T>,
-    phi: &Matrix<D, T>,
-    probs: &Matrix<D, T>,
-    basis: Option<&Matrix<D, T>>,
+pub(crate) fn ggn_accumulate<Rt: Runtime, T: Scalar>(
+    dev: &GpuDevice<Rt>,
+    precision: &mut GpuMatrix<Rt, T>,
+    phi: &GpuMatrix<Rt, T>,
+    probs: &GpuMatrix<Rt, T>,
+    basis: Option<&GpuMatrix<Rt, T>>,
     alpha: T,
 ) -> Result<()> {
     let (n, d, k, kr, p) = ggn_shapes(precision, phi, probs, basis)?;
@@ -584,32 +438,31 @@ pub(crate) fn ggn_accumulate<D: Gpu, T: Scalar>(
     let blocks = kr * kr;
     let chunk = dev.policy().rows_per_chunk(n, blocks);
     let weights = dev.scratch::<T>(chunk * blocks, "GGN block weights")?;
-    let weights = D::raw_buffer(&weights);
     let mut rec = dev.recorder();
     for start in (0..n).step_by(chunk) {
         let c = chunk.min(n - start);
-        let params = KernelParams::new()
-            .u(c)
-            .u(k)
-            .u(kr)
-            .u(d)
-            .u(0)
-            .u(usize::from(basis.is_none()))
-            .u(start)
-            .r(0.0);
+        let params = GgnParams {
+            n: field(c),
+            k: field(k),
+            kr: field(kr),
+            d: field(d),
+            flags: u32::from(basis.is_none()),
+            row0: field(start),
+            ..Default::default()
+        };
         rec.launch(
             Kernel::GgnWeights,
             dtype,
-            params,
-            &[Some(D::raw(probs)), basis.map(D::raw), Some(weights.clone())],
+            params.into(),
+            &[Some(raw(probs)), basis.map(raw), Some(weights.clone())],
             Grid::Threads(c * blocks),
         )?;
         // Block (a, b ≤ a) += α Σ_n M_n[a, b] φ_n φ_nᵀ.
         let mut g = Gemm::new(
             (d, d, c),
-            (D::raw(phi), Strided::rows(start * d, d).t()),
-            (D::raw(phi), Strided::rows(start * d, d)),
-            (D::raw(precision), Strided::rows(0, p).batch(d * p, d)),
+            (raw(phi), Strided::rows(start * d, d).t()),
+            (raw(phi), Strided::rows(start * d, d)),
+            (raw(precision), Strided::rows(0, p).batch(d * p, d)),
             alpha.as_f64(),
             1.0,
         );
@@ -629,17 +482,17 @@ pub(crate) fn ggn_accumulate<D: Gpu, T: Scalar>(
         g.lower_diagonal_blocks = true;
         g.record(dev, &mut rec, dtype)?;
     }
-    mirror(&mut rec, dtype, D::raw(precision), p)?;
+    mirror(&mut rec, dtype, raw(precision), p)?;
     rec.submit()
 }
 
 /// [`Device::kron_congruence`].
-pub(crate) fn kron_congruence<D: Gpu, T: Scalar>(
-    dev: &D,
-    x: &Matrix<D, T>,
-    basis: &Matrix<D, T>,
+pub(crate) fn kron_congruence<Rt: Runtime, T: Scalar>(
+    dev: &GpuDevice<Rt>,
+    x: &GpuMatrix<Rt, T>,
+    basis: &GpuMatrix<Rt, T>,
     complement: T,
-) -> Result<Matrix<D, T>> {
+) -> Result<GpuMatrix<Rt, T>> {
     let (k, kr, d) = congruence_shapes(x, basis)?;
     let n_red = kr * d;
     let p = k * d;
@@ -650,53 +503,57 @@ pub(crate) fn kron_congruence<D: Gpu, T: Scalar>(
     // Z = (R ⊗ I) X: X seen as K' × (D·K'D).
     Gemm::new(
         (k, d * n_red, kr),
-        (D::raw(basis), Strided::rows(0, kr)),
-        (D::raw(x), Strided::rows(0, d * n_red)),
-        (D::raw(&z), Strided::rows(0, d * n_red)),
+        (raw(basis), Strided::rows(0, kr)),
+        (raw(x), Strided::rows(0, d * n_red)),
+        (raw(&z), Strided::rows(0, d * n_red)),
         1.0,
         0.0,
     )
     .record(dev, &mut rec, dtype)?;
-    let params = KernelParams::new()
-        .u(0)
-        .u(k)
-        .u(kr)
-        .u(d)
-        .u(0)
-        .u(0)
-        .u(0)
-        .r(complement.as_f64());
+    let params = GgnParams {
+        k: field(k),
+        kr: field(kr),
+        d: field(d),
+        complement: complement.as_f64(),
+        ..Default::default()
+    };
     rec.launch(
         Kernel::KronMixColumns,
         dtype,
-        params,
-        &[Some(D::raw(&z)), Some(D::raw(basis)), Some(D::raw(&y))],
+        params.into(),
+        &[Some(raw(&z)), Some(raw(basis)), Some(raw(&y))],
         Grid::Threads(p * p),
     )?;
-    mirror(&mut rec, dtype, D::raw(&y), p)?;
+    mirror(&mut rec, dtype, raw(&y), p)?;
     rec.submit()?;
     Ok(y)
 }
 
 /// [`Device::kron_rows`].
-pub(crate) fn kron_rows<D: Gpu, T: Scalar>(
-    dev: &D,
-    factors: &Matrix<D, T>,
-    phi: &Matrix<D, T>,
+pub(crate) fn kron_rows<Rt: Runtime, T: Scalar>(
+    dev: &GpuDevice<Rt>,
+    factors: &GpuMatrix<Rt, T>,
+    phi: &GpuMatrix<Rt, T>,
     rank: usize,
-) -> Result<Matrix<D, T>> {
+) -> Result<GpuMatrix<Rt, T>> {
     let (n, d) = phi.shape();
     let k = factors.cols();
     factors.expect_shape("factors", n * rank, k)?;
     let out = dev.zeros::<T>(n * rank, k * d)?;
     let mut rec = dev.recorder();
     if !out.is_empty() {
-        let params = KernelParams::new().u(n).u(k).u(0).u(d).u(rank).u(0).u(0).r(0.0);
+        let params = GgnParams {
+            n: field(n),
+            k: field(k),
+            d: field(d),
+            rank: field(rank),
+            ..Default::default()
+        };
         rec.launch(
             Kernel::KronRows,
             T::DTYPE,
-            params,
-            &[Some(D::raw(factors)), Some(D::raw(phi)), Some(D::raw(&out))],
+            params.into(),
+            &[Some(raw(factors)), Some(raw(phi)), Some(raw(&out))],
             Grid::Threads(out.len()),
         )?;
     }
@@ -705,12 +562,12 @@ pub(crate) fn kron_rows<D: Gpu, T: Scalar>(
 }
 
 /// [`Device::kron_products`].
-pub(crate) fn kron_products<D: Gpu, T: Scalar>(
-    dev: &D,
-    sigma: &Matrix<D, T>,
-    phi: &Matrix<D, T>,
-    factor: LowRankFactor<'_, D, T>,
-) -> Result<(Matrix<D, T>, Matrix<D, T>)> {
+pub(crate) fn kron_products<Rt: Runtime, T: Scalar>(
+    dev: &GpuDevice<Rt>,
+    sigma: &GpuMatrix<Rt, T>,
+    phi: &GpuMatrix<Rt, T>,
+    factor: LowRankFactor<'_, GpuDevice<Rt>, T>,
+) -> Result<(GpuMatrix<Rt, T>, GpuMatrix<Rt, T>)> {
     let (m, d) = phi.shape();
     let dtype = T::DTYPE;
     let mut rec = dev.recorder();
@@ -725,9 +582,9 @@ pub(crate) fn kron_products<D: Gpu, T: Scalar>(
             // U = Σ Φᵀ diag(√w), G = diag(√w) Φ U.
             Gemm::new(
                 (d, m, d),
-                (D::raw(sigma), Strided::rows(0, d)),
-                (D::raw(phi), Strided::rows(0, d).t()),
-                (D::raw(&u), Strided::rows(0, m)),
+                (raw(sigma), Strided::rows(0, d)),
+                (raw(phi), Strided::rows(0, d).t()),
+                (raw(&u), Strided::rows(0, m)),
                 1.0,
                 0.0,
             )
@@ -737,8 +594,8 @@ pub(crate) fn kron_products<D: Gpu, T: Scalar>(
                     &mut rec,
                     dtype,
                     Kernel::ScaleColumns,
-                    Some(D::raw(w)),
-                    D::raw(&u),
+                    Some(raw(w)),
+                    raw(&u),
                     (d * m, d, m),
                     1,
                     0.0,
@@ -746,9 +603,9 @@ pub(crate) fn kron_products<D: Gpu, T: Scalar>(
             }
             Gemm::new(
                 (m, m, d),
-                (D::raw(phi), Strided::rows(0, d)),
-                (D::raw(&u), Strided::rows(0, m)),
-                (D::raw(&g), Strided::rows(0, m)),
+                (raw(phi), Strided::rows(0, d)),
+                (raw(&u), Strided::rows(0, m)),
+                (raw(&g), Strided::rows(0, m)),
                 1.0,
                 0.0,
             )
@@ -758,8 +615,8 @@ pub(crate) fn kron_products<D: Gpu, T: Scalar>(
                     &mut rec,
                     dtype,
                     Kernel::ScaleRows,
-                    Some(D::raw(w)),
-                    D::raw(&g),
+                    Some(raw(w)),
+                    raw(&g),
                     (m * m, m, m),
                     1,
                     0.0,
@@ -776,24 +633,28 @@ pub(crate) fn kron_products<D: Gpu, T: Scalar>(
             let s = dev.scratch::<T>(m * k * k, "Kronecker factors")?;
             let t = dev.scratch::<T>(p * k * m, "Σ (I ⊗ Φᵀ)")?;
             let y = dev.scratch::<T>(k * m * mk, "Φ U")?;
-            let (s, t, y) = (D::raw_buffer(&s), D::raw_buffer(&t), D::raw_buffer(&y));
             let u = dev.zeros::<T>(p, mk)?;
             let g = dev.zeros::<T>(mk, mk)?;
-            let params = KernelParams::new().u(m).u(k).u(d).u(p);
+            let params = KronParams {
+                m: field(m),
+                k: field(k),
+                d: field(d),
+                rows: field(p),
+            };
             if m * k > 0 {
                 rec.launch(
                     Kernel::KronFactors,
                     dtype,
-                    params.clone(),
-                    &[Some(D::raw(probs)), None, Some(s.clone())],
+                    params.into(),
+                    &[Some(raw(probs)), None, Some(s.clone())],
                     Grid::Threads(m * k * k),
                 )?;
             }
             // T[(r, a), j] = Σ_x Σ[r, aD + x] φ_j[x]: Σ seen as (P·K) × D.
             Gemm::new(
                 (p * k, m, d),
-                (D::raw(sigma), Strided::rows(0, d)),
-                (D::raw(phi), Strided::rows(0, d).t()),
+                (raw(sigma), Strided::rows(0, d)),
+                (raw(phi), Strided::rows(0, d).t()),
                 (t.clone(), Strided::rows(0, m)),
                 1.0,
                 0.0,
@@ -803,16 +664,16 @@ pub(crate) fn kron_products<D: Gpu, T: Scalar>(
                 rec.launch(
                     Kernel::KronMixU,
                     dtype,
-                    params.clone(),
-                    &[Some(t), Some(s.clone()), Some(D::raw(&u))],
+                    params.into(),
+                    &[Some(t), Some(s.clone()), Some(raw(&u))],
                     Grid::Threads(p * mk),
                 )?;
             }
             // Y_a = Φ U[aD..(a+1)D, :], batched over a.
             let mut ya = Gemm::new(
                 (m, mk, d),
-                (D::raw(phi), Strided::rows(0, d)),
-                (D::raw(&u), Strided::rows(0, mk).batch(d * mk, 0)),
+                (raw(phi), Strided::rows(0, d)),
+                (raw(&u), Strided::rows(0, mk).batch(d * mk, 0)),
                 (y.clone(), Strided::rows(0, mk).batch(m * mk, 0)),
                 1.0,
                 0.0,
@@ -823,8 +684,8 @@ pub(crate) fn kron_products<D: Gpu, T: Scalar>(
                 rec.launch(
                     Kernel::KronMixG,
                     dtype,
-                    params,
-                    &[Some(y), Some(s), Some(D::raw(&g))],
+                    params.into(),
+                    &[Some(y), Some(s), Some(raw(&g))],
                     Grid::Threads(mk * mk),
                 )?;
             }
@@ -837,7 +698,7 @@ pub(crate) fn kron_products<D: Gpu, T: Scalar>(
         dtype,
         Kernel::Symmetrize,
         None,
-        D::raw(&g),
+        raw(&g),
         (side * side, side, side),
         0,
         0.0,
@@ -847,11 +708,11 @@ pub(crate) fn kron_products<D: Gpu, T: Scalar>(
 }
 
 /// [`Device::low_rank_update`]: `Vᵀ = L⁻¹ Uᵀ`, then `Σ ± V Vᵀ` on the lower tiles, mirrored.
-pub(crate) fn low_rank_update<D: Gpu, T: Scalar>(
-    dev: &D,
-    sigma: &mut Matrix<D, T>,
-    u: &Matrix<D, T>,
-    c_chol: &Matrix<D, T>,
+pub(crate) fn low_rank_update<Rt: Runtime, T: Scalar>(
+    dev: &GpuDevice<Rt>,
+    sigma: &mut GpuMatrix<Rt, T>,
+    u: &GpuMatrix<Rt, T>,
+    c_chol: &GpuMatrix<Rt, T>,
     sign: Sign,
 ) -> Result<()> {
     let (n, r) = low_rank_shapes(sigma, u, c_chol)?;
@@ -860,39 +721,38 @@ pub(crate) fn low_rank_update<D: Gpu, T: Scalar>(
     }
     let dtype = T::DTYPE;
     let vt = dev.scratch::<T>(r * n, "L⁻¹ Uᵀ")?;
-    let vt = D::raw_buffer(&vt);
     let mut rec = dev.recorder();
     elementwise(
         &mut rec,
         dtype,
         Kernel::Transpose,
-        Some(D::raw(u)),
+        Some(raw(u)),
         vt.clone(),
         (n * r, n, r),
         0,
         0.0,
     )?;
-    record_trsm::<D, T>(dev, &mut rec, D::raw(c_chol), r, vt.clone(), n, Op::N)?;
+    record_trsm::<Rt, T>(dev, &mut rec, raw(c_chol), r, vt.clone(), n, Op::N)?;
     let mut g = Gemm::new(
         (n, n, r),
         (vt.clone(), Strided::rows(0, n).t()),
         (vt, Strided::rows(0, n)),
-        (D::raw(sigma), Strided::rows(0, n)),
+        (raw(sigma), Strided::rows(0, n)),
         if sign == Sign::Plus { 1.0 } else { -1.0 },
         1.0,
     );
     g.lower = true;
     g.record(dev, &mut rec, dtype)?;
-    mirror(&mut rec, dtype, D::raw(sigma), n)?;
+    mirror(&mut rec, dtype, raw(sigma), n)?;
     rec.submit()
 }
 
 /// [`Device::cholesky`].
-pub(crate) fn cholesky<D: Gpu, T: Scalar>(dev: &D, a: &mut Matrix<D, T>) -> Result<()> {
+pub(crate) fn cholesky<Rt: Runtime, T: Scalar>(dev: &GpuDevice<Rt>, a: &mut GpuMatrix<Rt, T>) -> Result<()> {
     let n = a.expect_square("a")?;
     let status = dev.status()?;
     let mut rec = dev.recorder();
-    record_cholesky::<D, T>(dev, &mut rec, D::raw(a), n, D::raw_buffer(&status))?;
+    record_cholesky::<Rt, T>(dev, &mut rec, raw(a), n, status.clone())?;
     rec.submit()?;
     match dev.failed_at(&status)? {
         Some(index) => Err(Error::NotPositiveDefinite { index }),
@@ -901,10 +761,10 @@ pub(crate) fn cholesky<D: Gpu, T: Scalar>(dev: &D, a: &mut Matrix<D, T>) -> Resu
 }
 
 /// [`Device::triangular_solve`].
-pub(crate) fn triangular_solve<D: Gpu, T: Scalar>(
-    dev: &D,
-    l: &Matrix<D, T>,
-    b: &mut Matrix<D, T>,
+pub(crate) fn triangular_solve<Rt: Runtime, T: Scalar>(
+    dev: &GpuDevice<Rt>,
+    l: &GpuMatrix<Rt, T>,
+    b: &mut GpuMatrix<Rt, T>,
     op: Op,
 ) -> Result<()> {
     let n = l.expect_square("l")?;
@@ -912,12 +772,15 @@ pub(crate) fn triangular_solve<D: Gpu, T: Scalar>(
         return Err(Error::shape("b", (n, b.cols()), b.shape()));
     }
     let mut rec = dev.recorder();
-    record_trsm::<D, T>(dev, &mut rec, D::raw(l), n, D::raw(b), b.cols(), op)?;
+    record_trsm::<Rt, T>(dev, &mut rec, raw(l), n, raw(b), b.cols(), op)?;
     rec.submit()
 }
 
 /// [`Device::spd_inverse`]: `L = chol(A)`, `X = L⁻¹`, `A⁻¹ = Xᵀ X` (lower tiles, mirrored).
-pub(crate) fn spd_inverse<D: Gpu, T: Scalar>(dev: &D, a: &Matrix<D, T>) -> Result<Matrix<D, T>> {
+pub(crate) fn spd_inverse<Rt: Runtime, T: Scalar>(
+    dev: &GpuDevice<Rt>,
+    a: &GpuMatrix<Rt, T>,
+) -> Result<GpuMatrix<Rt, T>> {
     let n = a.expect_square("a")?;
     let dtype = T::DTYPE;
     let l = dev.copy(a)?;
@@ -925,29 +788,29 @@ pub(crate) fn spd_inverse<D: Gpu, T: Scalar>(dev: &D, a: &Matrix<D, T>) -> Resul
     let out = dev.zeros::<T>(n, n)?;
     let status = dev.status()?;
     let mut rec = dev.recorder();
-    record_cholesky::<D, T>(dev, &mut rec, D::raw(&l), n, D::raw_buffer(&status))?;
+    record_cholesky::<Rt, T>(dev, &mut rec, raw(&l), n, status.clone())?;
     elementwise(
         &mut rec,
         dtype,
         Kernel::SetIdentity,
         None,
-        D::raw(&x),
+        raw(&x),
         (n * n, n, n),
         0,
         0.0,
     )?;
-    record_trsm::<D, T>(dev, &mut rec, D::raw(&l), n, D::raw(&x), n, Op::N)?;
+    record_trsm::<Rt, T>(dev, &mut rec, raw(&l), n, raw(&x), n, Op::N)?;
     let mut g = Gemm::new(
         (n, n, n),
-        (D::raw(&x), Strided::rows(0, n).t()),
-        (D::raw(&x), Strided::rows(0, n)),
-        (D::raw(&out), Strided::rows(0, n)),
+        (raw(&x), Strided::rows(0, n).t()),
+        (raw(&x), Strided::rows(0, n)),
+        (raw(&out), Strided::rows(0, n)),
         1.0,
         0.0,
     );
     g.lower = true;
     g.record(dev, &mut rec, dtype)?;
-    mirror(&mut rec, dtype, D::raw(&out), n)?;
+    mirror(&mut rec, dtype, raw(&out), n)?;
     rec.submit()?;
     match dev.failed_at(&status)? {
         Some(index) => Err(Error::NotPositiveDefinite { index }),
@@ -957,11 +820,11 @@ pub(crate) fn spd_inverse<D: Gpu, T: Scalar>(dev: &D, a: &Matrix<D, T>) -> Resul
 
 /// [`Device::predictive_covariance`]: per chunk of rows, `T_a = Φ Σ[aD.., :]` batched over a,
 /// then the row contraction with φ_n.
-pub(crate) fn predictive_covariance<D: Gpu, T: Scalar>(
-    dev: &D,
-    sigma: &Matrix<D, T>,
-    phi: &Matrix<D, T>,
-) -> Result<Matrix<D, T>> {
+pub(crate) fn predictive_covariance<Rt: Runtime, T: Scalar>(
+    dev: &GpuDevice<Rt>,
+    sigma: &GpuMatrix<Rt, T>,
+    phi: &GpuMatrix<Rt, T>,
+) -> Result<GpuMatrix<Rt, T>> {
     let (n, d, k) = predictive_shapes(sigma, phi)?;
     let p = k * d;
     let dtype = T::DTYPE;
@@ -971,35 +834,32 @@ pub(crate) fn predictive_covariance<D: Gpu, T: Scalar>(
     }
     let chunk = dev.policy().rows_per_chunk(n, k * p);
     let t = dev.scratch::<T>(k * chunk * p, "Φ Σ")?;
-    let t = D::raw_buffer(&t);
     let mut rec = dev.recorder();
     for start in (0..n).step_by(chunk) {
         let c = chunk.min(n - start);
         let mut g = Gemm::new(
             (c, p, d),
-            (D::raw(phi), Strided::rows(start * d, d)),
-            (D::raw(sigma), Strided::rows(0, p).batch(d * p, 0)),
+            (raw(phi), Strided::rows(start * d, d)),
+            (raw(sigma), Strided::rows(0, p).batch(d * p, 0)),
             (t.clone(), Strided::rows(0, p).batch(c * p, 0)),
             1.0,
             0.0,
         );
         g.outer = k;
         g.record(dev, &mut rec, dtype)?;
-        let params = KernelParams::new()
-            .u(c)
-            .u(k)
-            .u(d)
-            .u(0)
-            .u(0)
-            .u(start * d)
-            .u(start * k * k)
-            .u(0)
-            .r(0.0);
+        let params = PredictiveParams {
+            n: field(c),
+            k: field(k),
+            d: field(d),
+            in_off: field(start * d),
+            out_off: field(start * k * k),
+            ..Default::default()
+        };
         rec.launch(
             Kernel::RowDot,
             dtype,
-            params,
-            &[Some(t.clone()), Some(D::raw(phi)), None, Some(D::raw(&out))],
+            params.into(),
+            &[Some(t.clone()), Some(raw(phi)), None, Some(raw(&out))],
             Grid::Threads(c * k * k),
         )?;
     }
@@ -1030,21 +890,22 @@ fn record_link<R: Clone>(
         CovLayout::Diagonal => 2,
     };
     let flags = usize::from(first == 0) | (usize::from(last == samples) << 1);
-    let params = KernelParams::new()
-        .u(n)
-        .u(k)
-        .u(0)
-        .u(layout)
-        .u(samples)
-        .u(first)
-        .u(last)
-        .u(flags)
-        .r(lambda);
+    let params = PredictiveParams {
+        n: field(n),
+        k: field(k),
+        cov_layout: layout,
+        samples: field(samples),
+        first: field(first),
+        last: field(last),
+        flags: field(flags),
+        lambda,
+        ..Default::default()
+    };
     let [mean, cov, eps] = inputs;
     rec.launch(
         kernel,
         dtype,
-        params,
+        params.into(),
         &[mean, cov, eps, Some(out), scratch],
         Grid::Threads(n),
     )
@@ -1052,14 +913,14 @@ fn record_link<R: Clone>(
 
 /// A link from logit mean and covariance to probabilities, on a new n × K matrix. Monte Carlo
 /// samples are split into launches of about the policy's loop iterations per row.
-fn link<D: Gpu, T: Scalar>(
-    dev: &D,
+fn link<Rt: Runtime, T: Scalar>(
+    dev: &GpuDevice<Rt>,
     kernel: Kernel,
-    mean: &Matrix<D, T>,
-    cov: &Matrix<D, T>,
-    eps: Option<&Matrix<D, T>>,
+    mean: &GpuMatrix<Rt, T>,
+    cov: &GpuMatrix<Rt, T>,
+    eps: Option<&GpuMatrix<Rt, T>>,
     lambda: f64,
-) -> Result<Matrix<D, T>> {
+) -> Result<GpuMatrix<Rt, T>> {
     let layout = cov_layout(mean, cov)?;
     let (n, k) = mean.shape();
     let out = dev.zeros::<T>(n, k)?;
@@ -1080,9 +941,9 @@ fn link<D: Gpu, T: Scalar>(
             &mut rec,
             T::DTYPE,
             kernel,
-            [Some(D::raw(mean)), Some(D::raw(cov)), eps.map(D::raw)],
-            D::raw(&out),
-            Some(D::raw_buffer(&scratch)),
+            [Some(raw(mean)), Some(raw(cov)), eps.map(raw)],
+            raw(&out),
+            Some(scratch.clone()),
             (n, k, layout),
             (first, last, samples),
             lambda,
@@ -1097,22 +958,22 @@ fn link<D: Gpu, T: Scalar>(
 }
 
 /// [`Device::probit_softmax`].
-pub(crate) fn probit_softmax<D: Gpu, T: Scalar>(
-    dev: &D,
-    mean: &Matrix<D, T>,
-    cov: &Matrix<D, T>,
+pub(crate) fn probit_softmax<Rt: Runtime, T: Scalar>(
+    dev: &GpuDevice<Rt>,
+    mean: &GpuMatrix<Rt, T>,
+    cov: &GpuMatrix<Rt, T>,
     lambda: T,
-) -> Result<Matrix<D, T>> {
+) -> Result<GpuMatrix<Rt, T>> {
     link(dev, Kernel::Probit, mean, cov, None, lambda.as_f64())
 }
 
 /// [`Device::monte_carlo_softmax`].
-pub(crate) fn monte_carlo_softmax<D: Gpu, T: Scalar>(
-    dev: &D,
-    mean: &Matrix<D, T>,
-    cov: &Matrix<D, T>,
-    eps: &Matrix<D, T>,
-) -> Result<Matrix<D, T>> {
+pub(crate) fn monte_carlo_softmax<Rt: Runtime, T: Scalar>(
+    dev: &GpuDevice<Rt>,
+    mean: &GpuMatrix<Rt, T>,
+    cov: &GpuMatrix<Rt, T>,
+    eps: &GpuMatrix<Rt, T>,
+) -> Result<GpuMatrix<Rt, T>> {
     let samples = eps.rows();
     eps.expect_shape("eps", samples, mean.cols())?;
     if samples == 0 {
@@ -1122,16 +983,16 @@ pub(crate) fn monte_carlo_softmax<D: Gpu, T: Scalar>(
 }
 
 /// [`Device::bridge_dirichlet`].
-pub(crate) fn bridge_dirichlet<D: Gpu, T: Scalar>(
-    dev: &D,
-    mean: &Matrix<D, T>,
-    cov: &Matrix<D, T>,
-) -> Result<Matrix<D, T>> {
+pub(crate) fn bridge_dirichlet<Rt: Runtime, T: Scalar>(
+    dev: &GpuDevice<Rt>,
+    mean: &GpuMatrix<Rt, T>,
+    cov: &GpuMatrix<Rt, T>,
+) -> Result<GpuMatrix<Rt, T>> {
     link(dev, Kernel::Bridge, mean, cov, None, 0.0)
 }
 
 /// [`Device::softmax_rows`].
-pub(crate) fn softmax_rows<D: Gpu, T: Scalar>(dev: &D, logits: &mut Matrix<D, T>) -> Result<()> {
+pub(crate) fn softmax_rows<Rt: Runtime, T: Scalar>(dev: &GpuDevice<Rt>, logits: &mut GpuMatrix<Rt, T>) -> Result<()> {
     let (n, k) = logits.shape();
     if k == 0 {
         return Ok(());
@@ -1142,7 +1003,7 @@ pub(crate) fn softmax_rows<D: Gpu, T: Scalar>(dev: &D, logits: &mut Matrix<D, T>
         T::DTYPE,
         Kernel::SoftmaxRows,
         [None, None, None],
-        D::raw(logits),
+        raw(logits),
         None,
         (n, k, CovLayout::Full),
         (0, 0, 0),
@@ -1152,7 +1013,10 @@ pub(crate) fn softmax_rows<D: Gpu, T: Scalar>(dev: &D, logits: &mut Matrix<D, T>
 }
 
 /// [`Device::categorical_weights`].
-pub(crate) fn categorical_weights<D: Gpu, T: Scalar>(dev: &D, probs: &Matrix<D, T>) -> Result<Matrix<D, T>> {
+pub(crate) fn categorical_weights<Rt: Runtime, T: Scalar>(
+    dev: &GpuDevice<Rt>,
+    probs: &GpuMatrix<Rt, T>,
+) -> Result<GpuMatrix<Rt, T>> {
     let (n, k) = probs.shape();
     let out = dev.zeros::<T>(n, 1)?;
     let mut rec = dev.recorder();
@@ -1160,8 +1024,8 @@ pub(crate) fn categorical_weights<D: Gpu, T: Scalar>(dev: &D, probs: &Matrix<D, 
         &mut rec,
         T::DTYPE,
         Kernel::CategoricalWeights,
-        [Some(D::raw(probs)), None, None],
-        D::raw(&out),
+        [Some(raw(probs)), None, None],
+        raw(&out),
         None,
         (n, k, CovLayout::Full),
         (0, 0, 0),
@@ -1172,11 +1036,11 @@ pub(crate) fn categorical_weights<D: Gpu, T: Scalar>(dev: &D, probs: &Matrix<D, 
 }
 
 /// `y ← op(y, x)` elementwise for two equal shapes ([`Device::axpy`], [`Device::hadamard`]).
-pub(crate) fn binary<D: Gpu, T: Scalar>(
-    dev: &D,
+pub(crate) fn binary<Rt: Runtime, T: Scalar>(
+    dev: &GpuDevice<Rt>,
     kernel: Kernel,
-    y: &mut Matrix<D, T>,
-    x: &Matrix<D, T>,
+    y: &mut GpuMatrix<Rt, T>,
+    x: &GpuMatrix<Rt, T>,
     alpha: T,
 ) -> Result<()> {
     x.expect_shape("x", y.rows(), y.cols())?;
@@ -1186,8 +1050,8 @@ pub(crate) fn binary<D: Gpu, T: Scalar>(
         &mut rec,
         T::DTYPE,
         kernel,
-        Some(D::raw(x)),
-        D::raw(y),
+        Some(raw(x)),
+        raw(y),
         (y.len(), rows, cols),
         0,
         alpha.as_f64(),
@@ -1196,7 +1060,11 @@ pub(crate) fn binary<D: Gpu, T: Scalar>(
 }
 
 /// [`Device::add_row`].
-pub(crate) fn add_row<D: Gpu, T: Scalar>(dev: &D, a: &mut Matrix<D, T>, row: &Matrix<D, T>) -> Result<()> {
+pub(crate) fn add_row<Rt: Runtime, T: Scalar>(
+    dev: &GpuDevice<Rt>,
+    a: &mut GpuMatrix<Rt, T>,
+    row: &GpuMatrix<Rt, T>,
+) -> Result<()> {
     row.expect_shape("row", 1, a.cols())?;
     let mut rec = dev.recorder();
     let (rows, cols) = a.shape();
@@ -1204,8 +1072,8 @@ pub(crate) fn add_row<D: Gpu, T: Scalar>(dev: &D, a: &mut Matrix<D, T>, row: &Ma
         &mut rec,
         T::DTYPE,
         Kernel::AddRow,
-        Some(D::raw(row)),
-        D::raw(a),
+        Some(raw(row)),
+        raw(a),
         (a.len(), rows, cols),
         0,
         0.0,
@@ -1214,7 +1082,11 @@ pub(crate) fn add_row<D: Gpu, T: Scalar>(dev: &D, a: &mut Matrix<D, T>, row: &Ma
 }
 
 /// [`Device::add_diagonal`].
-pub(crate) fn add_diagonal<D: Gpu, T: Scalar>(dev: &D, a: &mut Matrix<D, T>, value: T) -> Result<()> {
+pub(crate) fn add_diagonal<Rt: Runtime, T: Scalar>(
+    dev: &GpuDevice<Rt>,
+    a: &mut GpuMatrix<Rt, T>,
+    value: T,
+) -> Result<()> {
     let n = a.expect_square("a")?;
     let mut rec = dev.recorder();
     elementwise(
@@ -1222,10 +1094,38 @@ pub(crate) fn add_diagonal<D: Gpu, T: Scalar>(dev: &D, a: &mut Matrix<D, T>, val
         T::DTYPE,
         Kernel::AddDiagonal,
         None,
-        D::raw(a),
+        raw(a),
         (n, n, n),
         0,
         value.as_f64(),
     )?;
     rec.submit()
+}
+
+/// [`Device::max_abs`]: the largest `|a_ij|` as IEEE bits, reduced with an atomic max into one
+/// element-sized word (32 bits for f32, 64 for f64), so NaN wins and the result is exact.
+pub(crate) fn max_abs<Rt: Runtime, T: Scalar>(dev: &GpuDevice<Rt>, a: &GpuMatrix<Rt, T>) -> Result<T> {
+    let result = dev.scratch::<T>(1, "max |a|")?;
+    let mut rec = dev.recorder();
+    if !a.is_empty() {
+        let params = ElementwiseParams {
+            len: field(a.len()),
+            rows: field(a.rows()),
+            cols: field(a.cols()),
+            ..Default::default()
+        };
+        rec.launch(
+            Kernel::MaxAbs,
+            T::DTYPE,
+            params.into(),
+            &[Some(raw(a)), None, Some(result.clone())],
+            Grid::Threads(a.len()),
+        )?;
+    }
+    rec.submit()?;
+    let bytes = dev.runtime.read(&result, std::mem::size_of::<T>())?;
+    Ok(match T::DTYPE {
+        DType::F32 => T::from_f64(f32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as f64),
+        DType::F64 => T::from_f64(f64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"))),
+    })
 }

@@ -17,6 +17,7 @@ use super::{
     ggn_shapes, low_rank_shapes, predictive_shapes, sherman_morrison_shapes,
 };
 use crate::error::{Error, Result};
+use crate::numerics::{psd_cholesky, psd_pivot_floor, softmax, softmax_in_place};
 use crate::scalar::Scalar;
 
 /// Rows of Φ handled per pass of the chunked kernels; bounds the scratch of `ggn_accumulate`
@@ -159,14 +160,14 @@ impl LogitCov<'_> {
 
     /// `f + L e` for each standard-normal draw e (rows of `eps`, K wide), `L Lᵀ = Σ_f` the
     /// lower Cholesky factor with pivots at rounding level counted as zero
-    /// ([`small_psd_cholesky`]); O(K) per draw unless Σ_f is dense.
+    /// ([`psd_cholesky`]); O(K) per draw unless Σ_f is dense.
     fn for_each_draw(&self, f: &[f64], eps: &[f64], mut draw: impl FnMut(&[f64])) {
         let k = f.len();
         let mut z = vec![0.0; k];
         match self {
             LogitCov::Full(c) => {
                 let mut l = c.to_vec();
-                small_psd_cholesky(&mut l, k);
+                psd_cholesky(&mut l, k);
                 for e in eps.chunks_exact(k) {
                     for a in 0..k {
                         z[a] = f[a] + (0..=a).map(|b| l[a * k + b] * e[b]).sum::<f64>();
@@ -364,57 +365,6 @@ fn symmetric_add<T: Scalar>(dst: MatMut<'_, T>, lhs: MatRef<'_, T>, rhs: MatRef<
     true
 }
 
-fn softmax_in_place<T: Scalar>(row: &mut [T]) {
-    let max = row.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
-    let mut sum = T::zero();
-    for x in row.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    for x in row.iter_mut() {
-        *x /= sum;
-    }
-}
-
-/// Stable softmax in f64.
-fn softmax_f64(f: &[f64]) -> Vec<f64> {
-    let max = f.iter().fold(f64::NEG_INFINITY, |m, x| m.max(*x));
-    let e: Vec<f64> = f.iter().map(|x| (x - max).exp()).collect();
-    let s: f64 = e.iter().sum();
-    e.iter().map(|x| x / s).collect()
-}
-
-/// The pivot below which [`small_psd_cholesky`] counts a pivot as zero, from the variances
-/// (the diagonal): pivots at rounding level relative to the largest variance, so that a rank-
-/// deficient covariance does not divide rounding noise by rounding noise.
-fn psd_pivot_floor(variances: &[f64]) -> f64 {
-    1e3 * f64::EPSILON * variances.iter().copied().fold(0.0, f64::max) * variances.len() as f64
-}
-
-/// Cholesky of a small PSD matrix (row-major k × k) in f64, in place; pivots that are not
-/// positive are treated as zero, so semidefinite inputs give a valid factor.
-fn small_psd_cholesky(a: &mut [f64], k: usize) {
-    let floor = psd_pivot_floor(&(0..k).map(|j| a[j * k + j]).collect::<Vec<f64>>());
-    for j in 0..k {
-        let mut d = a[j * k + j];
-        for p in 0..j {
-            d -= a[j * k + p] * a[j * k + p];
-        }
-        let d = if d > floor { d.sqrt() } else { 0.0 };
-        a[j * k + j] = d;
-        for i in j + 1..k {
-            let mut s = a[i * k + j];
-            for p in 0..j {
-                s -= a[i * k + p] * a[j * k + p];
-            }
-            a[i * k + j] = if d > 0.0 { s / d } else { 0.0 };
-        }
-        for i in 0..j {
-            a[i * k + j] = 0.0;
-        }
-    }
-}
-
 /// The normalised Laplace bridge of one row (see [`Device::bridge_dirichlet`]), in f64, with the
 /// Dirichlet parameters handled in log space so that large logits cannot overflow.
 fn laplace_bridge(f: &[f64], sigma: &LogitCov<'_>) -> Vec<f64> {
@@ -432,7 +382,7 @@ fn laplace_bridge(f: &[f64], sigma: &LogitCov<'_>) -> Vec<f64> {
     }
     let mean_diag = diag.iter().sum::<f64>() / kf / (kf / 2.0).sqrt();
     if mean_diag.is_nan() || mean_diag <= 0.0 || diag.iter().any(|d| d.is_nan() || *d <= 0.0) {
-        return softmax_f64(f);
+        return softmax(f);
     }
     mu.iter_mut().for_each(|m| *m /= mean_diag.sqrt());
     diag.iter_mut().for_each(|d| *d /= mean_diag);
@@ -451,7 +401,7 @@ fn laplace_bridge(f: &[f64], sigma: &LogitCov<'_>) -> Vec<f64> {
             log_num - diag[a].ln()
         })
         .collect();
-    softmax_f64(&log_alpha)
+    softmax(&log_alpha)
 }
 
 impl Device for CpuDevice {
@@ -891,6 +841,9 @@ impl Device for CpuDevice {
         Ok(())
     }
 
+    /// Overrides the provided blocked routine with the same blocking fused over host memory:
+    /// no block uploads, and the corrections applied to the rows of `Σ₀Φ_B` directly (1.1× faster
+    /// at D = 768, K = 10, 1.6× at D = 384, K = 100, m = 1,000, in the `profile` command).
     fn sherman_morrison_sequence<T: Scalar>(
         &self,
         sigma: &mut Matrix<Self, T>,
@@ -1137,7 +1090,7 @@ impl Device for CpuDevice {
             let scaled: Vec<f64> = (0..k)
                 .map(|a| f[a] / (1.0 + lambda * sigma.diag(a, k).max(0.0)).sqrt())
                 .collect();
-            softmax_f64(&scaled)
+            softmax(&scaled)
         })
     }
 
@@ -1156,7 +1109,7 @@ impl Device for CpuDevice {
         self.map_predictive(mean, cov, |f, sigma| {
             let mut acc = vec![0.0f64; f.len()];
             sigma.for_each_draw(f, &eps, |z| {
-                acc.iter_mut().zip(softmax_f64(z)).for_each(|(x, p)| *x += p);
+                acc.iter_mut().zip(softmax(z)).for_each(|(x, p)| *x += p);
             });
             acc.iter().map(|x| x / samples as f64).collect()
         })

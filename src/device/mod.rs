@@ -9,7 +9,7 @@
 //! | gemm | [`Device::gemm`], [`Device::weighted_syrk`] |
 //! | ggn | [`Device::ggn_accumulate`], [`Device::kron_congruence`], [`Device::kron_rows`] |
 //! | kron | [`Device::kron_products`] |
-//! | low_rank | [`Device::low_rank_update`], [`Device::sherman_morrison_sequence`] |
+//! | low_rank | [`Device::low_rank_update`] (composed of transpose, triangular solve and gemm); [`Device::sherman_morrison_sequence`] is provided, blocked over the primitives |
 //! | cholesky | [`Device::cholesky`], [`Device::triangular_solve`], [`Device::spd_inverse`] |
 //! | predictive | [`Device::predictive_covariance`], [`Device::probit_softmax`], [`Device::monte_carlo_softmax`], [`Device::bridge_dirichlet`], [`Device::softmax_rows`], [`Device::categorical_weights`] |
 //! | elementwise | [`Device::axpy`], [`Device::hadamard`], [`Device::add_row`], [`Device::add_diagonal`], [`Device::max_abs`] |
@@ -23,7 +23,13 @@ pub(crate) mod compose;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod gpu;
 pub mod launch;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod registry;
+mod sherman_morrison;
+pub use sherman_morrison::blocked as blocked_sherman_morrison;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
@@ -31,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::scalar::Scalar;
 
 #[cfg(feature = "wgpu")]
-pub use self::wgpu::{WgpuDevice, WgpuOptions};
+pub use self::wgpu::{WgpuDevice, WgpuOptions, WgpuRuntime};
 pub use auto::{AnyDevice, AutoChoice};
 pub use cpu::CpuDevice;
 
@@ -290,13 +296,17 @@ pub trait Device: Clone + Send + Sync + 'static {
         c_chol: &Matrix<Self, T>,
         sign: Sign,
     ) -> Result<()>;
-    /// The seed paper's per-sample loop for the `Shared` structure, fused over all m samples.
+    /// The seed paper's per-sample loop for the `Shared` structure, over all m samples.
     ///
     /// For each j in order: `u = Σφ_j`, `s = φ_jᵀu`, `p = softmax(Wφ_j + b)`, `m_j` from
     /// `weighting`, `Σ ← Σ − m_j u uᵀ / (1 + m_j s)`, `W ← W + γ (t_j − p)(u / (1 + m_j s))ᵀ`
     /// (the last factor is Σφ_j after the update). Returns the m × 1 weights `m_j` used.
-    /// Fails with `NotPositiveDefinite { index: j }` when `1 + m_j s ≤ 0`; Σ and W are then
-    /// partially updated, so callers work on copies.
+    /// Fails with `NotPositiveDefinite { index: j }` when `1 + m_j s` is not positive and
+    /// finite; Σ and W are then partially updated, so callers work on copies.
+    ///
+    /// Provided: blocks of 64 samples, each two gemms, one weighted SYRK and one gemm on the
+    /// device around a b × b recursion on the host, exactly the sequential recursion (see
+    /// `src/device/sherman_morrison.rs`).
     #[allow(clippy::too_many_arguments)]
     fn sherman_morrison_sequence<T: Scalar>(
         &self,
@@ -307,7 +317,9 @@ pub trait Device: Clone + Send + Sync + 'static {
         targets: &Matrix<Self, T>,
         gamma: T,
         weighting: OutputWeighting,
-    ) -> Result<Matrix<Self, T>>;
+    ) -> Result<Matrix<Self, T>> {
+        sherman_morrison::blocked(self, sigma, head, bias, phi, targets, gamma, weighting)
+    }
     /// In-place lower Cholesky factor `A = L Lᵀ`; the strict upper triangle is zeroed.
     fn cholesky<T: Scalar>(&self, a: &mut Matrix<Self, T>) -> Result<()>;
     /// `B ← L⁻¹ B` (`Op::N`) or `B ← L⁻ᵀ B` (`Op::T`) for lower-triangular L.

@@ -122,12 +122,9 @@ pub fn fit_head<D: Device, T: Scalar, L: Label>(
         let mut residual = vec![T::zero(); n * classes];
         let mut loss = 0.0;
         for i in 0..n {
-            let row = &f[i * classes..(i + 1) * classes];
-            let max = row.iter().fold(f64::NEG_INFINITY, |m, x| m.max(x.as_f64()));
-            let sum: f64 = row.iter().map(|x| (x.as_f64() - max).exp()).sum();
-            loss -= row[y[i]].as_f64() - max - sum.ln();
-            for c in 0..classes {
-                let p = (row[c].as_f64() - max).exp() / sum;
+            let row: Vec<f64> = f[i * classes..(i + 1) * classes].iter().map(|x| x.as_f64()).collect();
+            loss -= row[y[i]] - crate::numerics::log_sum_exp(&row);
+            for (c, p) in crate::numerics::softmax(&row).into_iter().enumerate() {
                 residual[i * classes + c] = T::from_f64(p - f64::from(u8::from(c == y[i])));
             }
         }

@@ -543,6 +543,7 @@ pub fn check_sherman_morrison<D: Device, T: Scalar>(dev: &D) {
         (5, 16, 3, false, true),
         (17, 33, 4, true, true),
         (70, 65, 10, true, false),
+        (130, 40, 7, true, true),
     ] {
         let sigma0 = spd(&mut rng, d).scale(0.5);
         let head0 = random(&mut rng, k, d).scale(0.3);
@@ -580,40 +581,46 @@ pub fn check_sherman_morrison<D: Device, T: Scalar>(dev: &D) {
             }
             used.push(mj);
         }
-        let mut sg = up::<D, T>(dev, &sigma0);
-        let mut hd = up::<D, T>(dev, &head0);
-        let bias = up::<D, T>(dev, &bias0);
         let weighting = if categorical {
             OutputWeighting::Categorical
         } else {
             OutputWeighting::Gaussian
         };
-        let got_used = dev
-            .sherman_morrison_sequence(
-                &mut sg,
-                &mut hd,
+        // The device's method, and the provided blocked routine it may override.
+        for provided in [false, true] {
+            let mut sg = up::<D, T>(dev, &sigma0);
+            let mut hd = up::<D, T>(dev, &head0);
+            let bias = up::<D, T>(dev, &bias0);
+            let args = (
                 with_bias.then_some(&bias),
-                &up(dev, &phi),
-                &up(dev, &targets),
+                up(dev, &phi),
+                up(dev, &targets),
                 T::from_f64(gamma),
-                weighting,
-            )
+            );
+            let got_used = if provided {
+                laplace_update::device::blocked_sherman_morrison(
+                    dev, &mut sg, &mut hd, args.0, &args.1, &args.2, args.3, weighting,
+                )
+            } else {
+                dev.sherman_morrison_sequence(&mut sg, &mut hd, args.0, &args.1, &args.2, args.3, weighting)
+            }
             .unwrap();
-        let e = rel_err(&down(dev, &sg), &sigma.a);
-        assert!(
-            e < tol::<T>(m * d, 8.0),
-            "sherman_morrison m={m} d={d} k={k}: Σ err {e}"
-        );
-        let e = rel_err(&down(dev, &hd), &head.a);
-        assert!(
-            e < tol::<T>(m * d, 8.0),
-            "sherman_morrison m={m} d={d} k={k}: W err {e}"
-        );
-        let e = rel_err(&down(dev, &got_used), &used);
-        assert!(
-            e < tol::<T>(m * d, 8.0),
-            "sherman_morrison m={m} d={d} k={k}: m_j err {e}"
-        );
+            let e = rel_err(&down(dev, &sg), &sigma.a);
+            assert!(
+                e < tol::<T>(m * d, 8.0),
+                "sherman_morrison m={m} d={d} k={k}: Σ err {e}"
+            );
+            let e = rel_err(&down(dev, &hd), &head.a);
+            assert!(
+                e < tol::<T>(m * d, 8.0),
+                "sherman_morrison m={m} d={d} k={k}: W err {e}"
+            );
+            let e = rel_err(&down(dev, &got_used), &used);
+            assert!(
+                e < tol::<T>(m * d, 8.0),
+                "sherman_morrison m={m} d={d} k={k}: m_j err {e}"
+            );
+        }
     }
     // 1 + m s ≤ 0 at the second sample: Σ = −I and ‖φ_1‖² = 4.
     let d = 3;

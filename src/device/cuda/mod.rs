@@ -10,104 +10,9 @@ use crate::error::{Error, Result};
 
 mod device;
 
-pub use device::{CudaBuffer, CudaDevice};
+pub use device::{CudaAllocation, CudaDevice, CudaRuntime};
 
-/// One CUDA source file: a kernel family.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub enum Family {
-    /// `gemm.cu`: the strided, batched, weighted gemm.
-    Gemm,
-    /// `ggn.cu`: GGN block weights, Kronecker rows, basis lifting.
-    Ggn,
-    /// `kron.cu`: the Woodbury Kronecker factors.
-    Kron,
-    /// `low_rank.cu`: the persistent sequential Sherman–Morrison kernel.
-    LowRank,
-    /// `cholesky.cu`: blocked Cholesky and triangular solve.
-    Cholesky,
-    /// `predictive.cu`: logit covariance contraction and the links.
-    Predictive,
-    /// `elementwise.cu`: axpy and friends, triangle moves, max-abs.
-    Elementwise,
-}
-
-const COMMON: &str = include_str!("../../../kernels/common.cuh");
-
-impl Family {
-    /// Every family.
-    pub const ALL: [Family; 7] = [
-        Family::Gemm,
-        Family::Ggn,
-        Family::Kron,
-        Family::LowRank,
-        Family::Cholesky,
-        Family::Predictive,
-        Family::Elementwise,
-    ];
-
-    /// The file name under `kernels/`.
-    pub fn file(self) -> &'static str {
-        match self {
-            Family::Gemm => "gemm.cu",
-            Family::Ggn => "ggn.cu",
-            Family::Kron => "kron.cu",
-            Family::LowRank => "low_rank.cu",
-            Family::Cholesky => "cholesky.cu",
-            Family::Predictive => "predictive.cu",
-            Family::Elementwise => "elementwise.cu",
-        }
-    }
-
-    fn body(self) -> &'static str {
-        match self {
-            Family::Gemm => include_str!("../../../kernels/gemm.cu"),
-            Family::Ggn => include_str!("../../../kernels/ggn.cu"),
-            Family::Kron => include_str!("../../../kernels/kron.cu"),
-            Family::LowRank => include_str!("../../../kernels/low_rank.cu"),
-            Family::Cholesky => include_str!("../../../kernels/cholesky.cu"),
-            Family::Predictive => include_str!("../../../kernels/predictive.cu"),
-            Family::Elementwise => include_str!("../../../kernels/elementwise.cu"),
-        }
-    }
-
-    /// The complete translation unit NVRTC compiles: `common.cuh`, then the family's file.
-    pub fn source(self) -> String {
-        format!("{COMMON}\n#line 1 \"{}\"\n{}", self.file(), self.body())
-    }
-
-    /// The kernel names of the family, without the dtype suffix.
-    pub fn kernels(self) -> &'static [&'static str] {
-        match self {
-            Family::Gemm => &["gemm"],
-            Family::Ggn => &["ggn_weights", "kron_rows", "kron_mix_columns"],
-            Family::Kron => &["kron_factors", "kron_mix_u", "kron_mix_g"],
-            Family::LowRank => &["sm_sequence"],
-            Family::Cholesky => &["potrf_diagonal", "trsm_panel", "trsm_block"],
-            Family::Predictive => &[
-                "row_dot",
-                "softmax_rows",
-                "probit",
-                "monte_carlo",
-                "bridge",
-                "categorical_weights",
-            ],
-            Family::Elementwise => &[
-                "axpy",
-                "hadamard",
-                "add_row",
-                "scale_rows",
-                "scale_columns",
-                "add_diagonal",
-                "mirror_lower",
-                "zero_upper",
-                "symmetrize",
-                "set_identity",
-                "transpose",
-                "max_abs",
-            ],
-        }
-    }
-}
+pub use crate::device::gpu::Family;
 
 fn unavailable(reason: impl Into<String>) -> Error {
     Error::BackendUnavailable {
@@ -142,7 +47,7 @@ pub struct Compiled {
 /// `family` compiled by NVRTC for `arch` (e.g. `"sm_90"`), both dtypes. A compile error is
 /// [`Error::Device`] carrying the file name and NVRTC's log.
 pub fn compile(family: Family, arch: &str) -> Result<Compiled> {
-    compile_source(family.file(), &family.source(), arch)
+    compile_source(family.file(), &family.cuda_source(), arch)
 }
 
 /// An NVRTC program, destroyed when dropped.

@@ -11,106 +11,10 @@ use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
 use super::{Context, backend_error};
-use crate::device::compose::{Grid, Kernel, KernelParams, Record};
+use crate::device::gpu::{Access, Family, Grid, Kernel, KernelParams, Record};
 use crate::device::launch::{GridLimits, fold_threads};
 use crate::error::{Error, Result};
 use crate::scalar::DType;
-
-/// How a kernel binds a storage buffer.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Access {
-    /// `var<storage, read>`.
-    Read,
-    /// `var<storage, read_write>`.
-    Write,
-}
-
-use Access::{Read, Write};
-
-/// One WGSL source file: a kernel family.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub(crate) enum Shader {
-    Gemm,
-    Ggn,
-    Kron,
-    LowRank,
-    Cholesky,
-    Predictive,
-    Elementwise,
-}
-
-impl Shader {
-    /// Every shader, for validation.
-    pub(crate) const ALL: [Shader; 7] = [
-        Shader::Gemm,
-        Shader::Ggn,
-        Shader::Kron,
-        Shader::LowRank,
-        Shader::Cholesky,
-        Shader::Predictive,
-        Shader::Elementwise,
-    ];
-
-    /// The file name under `shaders/`.
-    pub(crate) fn file(self) -> &'static str {
-        match self {
-            Shader::Gemm => "gemm.wgsl",
-            Shader::Ggn => "ggn.wgsl",
-            Shader::Kron => "kron.wgsl",
-            Shader::LowRank => "low_rank.wgsl",
-            Shader::Cholesky => "cholesky.wgsl",
-            Shader::Predictive => "predictive.wgsl",
-            Shader::Elementwise => "elementwise.wgsl",
-        }
-    }
-
-    /// The storage bindings 1, 2, … of every entry point in the file, in order. Entry points
-    /// that use fewer get a placeholder buffer in the others.
-    pub(crate) fn storage(self) -> &'static [Access] {
-        match self {
-            // a, b, w, c
-            Shader::Gemm => &[Read, Read, Read, Write],
-            // two inputs, one output
-            Shader::Ggn | Shader::Kron => &[Read, Read, Write],
-            // sigma, head, bias, phi, targets, state, used, status
-            Shader::LowRank => &[Write, Write, Read, Read, Read, Write, Write, Write],
-            // l, a, out, status
-            Shader::Cholesky => &[Read, Write, Write, Write],
-            // mean, cov, eps, out, scratch
-            Shader::Predictive => &[Read, Read, Read, Write, Write],
-            // x, y, result
-            Shader::Elementwise => &[Read, Write, Write],
-        }
-    }
-
-    /// The WGSL source, built into the library.
-    pub(crate) fn source(self) -> &'static str {
-        match self {
-            Shader::Gemm => include_str!("../../../shaders/gemm.wgsl"),
-            Shader::Ggn => include_str!("../../../shaders/ggn.wgsl"),
-            Shader::Kron => include_str!("../../../shaders/kron.wgsl"),
-            Shader::LowRank => include_str!("../../../shaders/low_rank.wgsl"),
-            Shader::Cholesky => include_str!("../../../shaders/cholesky.wgsl"),
-            Shader::Predictive => include_str!("../../../shaders/predictive.wgsl"),
-            Shader::Elementwise => include_str!("../../../shaders/elementwise.wgsl"),
-        }
-    }
-}
-
-/// The shader file that holds `kernel`.
-pub(crate) fn shader_of(kernel: Kernel) -> Shader {
-    use Kernel::*;
-    match kernel {
-        Gemm => Shader::Gemm,
-        GgnWeights | KronRows | KronMixColumns => Shader::Ggn,
-        KronFactors | KronMixU | KronMixG => Shader::Kron,
-        SmProject | SmScalars | SmApply | SmSequence => Shader::LowRank,
-        PotrfDiagonal | TrsmPanel | TrsmBlock => Shader::Cholesky,
-        RowDot | SoftmaxRows | Probit | MonteCarlo | Bridge | CategoricalWeights => Shader::Predictive,
-        Axpy | Hadamard | AddRow | AddDiagonal | MaxAbs | MirrorLower | ZeroUpper | Symmetrize | Transpose
-        | SetIdentity | ScaleRows | ScaleColumns => Shader::Elementwise,
-    }
-}
 
 /// A built pipeline and the layout its bind groups are made against.
 pub(crate) struct Pipeline {
@@ -121,7 +25,7 @@ pub(crate) struct Pipeline {
 /// Shader modules and pipelines, built once per device.
 #[derive(Default)]
 pub(crate) struct PipelineCache {
-    modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<Family, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<Kernel, Arc<Pipeline>>>,
 }
 
@@ -131,7 +35,7 @@ impl PipelineCache {
         if let Some(p) = lock(&self.pipelines).get(&kernel) {
             return Ok(p.clone());
         }
-        let (shader, entry) = (shader_of(kernel), kernel.name());
+        let (shader, entry) = (kernel.family(), kernel.name());
         let module = self.module(device, shader)?;
         let mut entries = vec![wgpu::BindGroupLayoutEntry {
             binding: 0,
@@ -143,13 +47,13 @@ impl PipelineCache {
             },
             count: None,
         }];
-        for (i, access) in shader.storage().iter().enumerate() {
+        for (i, access) in shader.slots().iter().enumerate() {
             entries.push(wgpu::BindGroupLayoutEntry {
                 binding: i as u32 + 1,
                 visibility: wgpu::ShaderStages::COMPUTE,
                 ty: wgpu::BindingType::Buffer {
                     ty: wgpu::BufferBindingType::Storage {
-                        read_only: *access == Read,
+                        read_only: *access == Access::Read,
                     },
                     has_dynamic_offset: false,
                     min_binding_size: None,
@@ -178,7 +82,7 @@ impl PipelineCache {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(backend_error(format!(
                 "pipeline `{entry}` of shader `{}`: {e}",
-                shader.file()
+                shader.wgsl_file()
             )));
         }
         let built = Arc::new(Pipeline { pipeline, layout });
@@ -186,11 +90,11 @@ impl PipelineCache {
         Ok(built)
     }
 
-    fn module(&self, device: &wgpu::Device, shader: Shader) -> Result<wgpu::ShaderModule> {
+    fn module(&self, device: &wgpu::Device, shader: Family) -> Result<wgpu::ShaderModule> {
         if let Some(m) = lock(&self.modules).get(&shader) {
             return Ok(m.clone());
         }
-        let module = compile(device, shader.file(), shader.source())?;
+        let module = compile(device, shader.wgsl_file(), shader.wgsl())?;
         lock(&self.modules).insert(shader, module.clone());
         Ok(module)
     }
@@ -243,7 +147,7 @@ fn checked_groups(grid: GridLimits, x: usize, y: usize, z: usize) -> Result<[u32
 }
 
 /// Records dispatches and copies into one command buffer, submitted at once.
-pub(crate) struct Recorder {
+pub struct Recorder {
     ctx: Arc<Context>,
     encoder: wgpu::CommandEncoder,
 }
@@ -260,6 +164,7 @@ impl Record for Recorder {
         grid: Grid,
     ) -> Result<()> {
         debug_assert_eq!(dtype, DType::F32, "the wgpu backend checks for f32 at its boundary");
+        crate::device::registry::check_params(kernel, &params)?;
         let groups = match grid {
             Grid::Threads(n) => {
                 let (x, y) = kernel.block_threads();
@@ -308,7 +213,7 @@ impl Recorder {
         params: KernelParams,
         buffers: &[Option<&wgpu::Buffer>],
     ) -> Result<wgpu::BindGroup> {
-        let slots = shader_of(kernel).storage().len();
+        let slots = kernel.family().slots().len();
         debug_assert!(buffers.len() <= slots, "{kernel:?}: too many buffers");
         let pipeline = self.ctx.pipelines.get(&self.ctx.device, kernel)?;
         let uniform = self.ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -396,7 +301,7 @@ mod tests {
             return;
         };
         let broken = "@compute @workgroup_size(1) fn main() { let x: f32 = 1u; }";
-        match compile(&gpu.ctx.device, "broken.wgsl", broken) {
+        match compile(&gpu.runtime().ctx.device, "broken.wgsl", broken) {
             Err(Error::Device {
                 backend: "wgpu",
                 reason,
@@ -405,6 +310,6 @@ mod tests {
             Ok(_) => panic!("invalid WGSL compiled"),
         }
         // The device still works afterwards.
-        assert!(gpu.ctx.wait().is_ok());
+        assert!(gpu.runtime().ctx.wait().is_ok());
     }
 }

@@ -1,7 +1,7 @@
 //! The wgpu backend: WGSL compute kernels on Vulkan, Metal or DX12 (f32 only).
 //!
 //! Each kernel family of the [`Device`](super::Device) trait is one file under `shaders/`
-//! (`gemm.wgsl`, `ggn.wgsl`, `kron.wgsl`, `low_rank.wgsl`, `cholesky.wgsl`, `predictive.wgsl`,
+//! (`gemm.wgsl`, `ggn.wgsl`, `kron.wgsl`, `cholesky.wgsl`, `predictive.wgsl`,
 //! `elementwise.wgsl`); `src/device/wgpu/kernels.rs` lists every entry point. WGSL has no portable f64, so every
 //! kernel called with `f64` returns [`Error::Unsupported`].
 //!
@@ -11,17 +11,17 @@
 //! adapter's name to pick that adapter.
 
 mod kernels;
-mod ops;
 
-use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::scalar::{DType, Scalar};
+use crate::scalar::DType;
 
-use crate::device::compose::Record;
+use crate::device::gpu::Family;
+use crate::device::gpu::Record;
+use crate::device::gpu::{GpuDevice, Runtime};
 use crate::device::launch::{GridLimits, LaunchPolicy};
-pub(crate) use kernels::{PipelineCache, Recorder, Shader};
+pub(crate) use kernels::{PipelineCache, Recorder};
 
 /// The environment variable that selects a wgpu adapter: `software` allows software adapters,
 /// `hardware` (the default) forbids them, anything else picks the adapter whose name contains it.
@@ -56,19 +56,6 @@ impl WgpuOptions {
             },
             Err(_) => WgpuOptions::default(),
         }
-    }
-}
-
-/// A device-resident wgpu storage buffer of `len` elements of `T` (never size 0 on the device).
-pub struct WgpuBuffer<T> {
-    pub(crate) buffer: wgpu::Buffer,
-    len: usize,
-    _t: PhantomData<T>,
-}
-
-impl<T: Send + Sync> crate::device::DeviceBuffer for WgpuBuffer<T> {
-    fn len(&self) -> usize {
-        self.len
     }
 }
 
@@ -121,7 +108,23 @@ fn unavailable(reason: impl Into<String>) -> Error {
     }
 }
 
-/// The wgpu backend. Clones share one device, queue and pipeline cache.
+/// The wgpu runtime: one adapter's device and queue, its pipeline cache and limits. Clones
+/// share them.
+#[derive(Clone)]
+pub struct WgpuRuntime {
+    pub(crate) ctx: Arc<Context>,
+}
+
+impl std::fmt::Debug for WgpuRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgpuRuntime")
+            .field("adapter", &self.ctx.info.name)
+            .finish()
+    }
+}
+
+/// The wgpu backend: [`GpuDevice`] over [`WgpuRuntime`]. f32 only (WGSL has no portable f64):
+/// an f64 matrix is a typed [`Error::Unsupported`].
 ///
 /// ```no_run
 /// use laplace_update::{Device, WgpuDevice};
@@ -131,20 +134,9 @@ fn unavailable(reason: impl Into<String>) -> Error {
 /// assert_eq!(gpu.download(&a)?, vec![1.0, 2.0, 3.0, 4.0]);
 /// # Ok::<(), laplace_update::Error>(())
 /// ```
-#[derive(Clone)]
-pub struct WgpuDevice {
-    pub(crate) ctx: Arc<Context>,
-}
+pub type WgpuDevice = GpuDevice<WgpuRuntime>;
 
-impl std::fmt::Debug for WgpuDevice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WgpuDevice")
-            .field("adapter", &self.ctx.info.name)
-            .finish()
-    }
-}
-
-impl WgpuDevice {
+impl GpuDevice<WgpuRuntime> {
     /// The best adapter that [`WgpuOptions::from_env`] allows.
     pub fn new() -> Result<Self> {
         Self::with_options(&WgpuOptions::from_env())
@@ -215,7 +207,7 @@ impl WgpuDevice {
         device.set_device_lost_callback(move |reason, message| {
             kernels::lock(&on_lost).get_or_insert_with(|| format!("device lost ({reason:?}): {message}"));
         });
-        let slots = Shader::ALL.iter().map(|s| s.storage().len()).max().unwrap_or(0);
+        let slots = Family::ALL.iter().map(|f| f.slots().len()).max().unwrap_or(0);
         let placeholders = (0..slots)
             .map(|_| {
                 device.create_buffer(&wgpu::BufferDescriptor {
@@ -232,7 +224,7 @@ impl WgpuDevice {
         } else {
             LaunchPolicy::hardware(limits.max_buffer_size.min(limits.max_storage_buffer_binding_size), None)
         };
-        Ok(WgpuDevice {
+        Ok(GpuDevice::from_runtime(WgpuRuntime {
             ctx: Arc::new(Context {
                 device,
                 queue,
@@ -244,39 +236,56 @@ impl WgpuDevice {
                 fault,
                 placeholders,
             }),
-        })
+        }))
     }
 
     /// The adapter's name, backend and type.
     pub fn adapter(&self) -> String {
-        let i = &self.ctx.info;
+        let i = &self.runtime.ctx.info;
         format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
     }
 
     /// Whether the adapter is a software rasteriser (lavapipe, llvmpipe).
     pub fn is_software(&self) -> bool {
-        self.ctx.info.device_type == wgpu::DeviceType::Cpu
+        self.runtime.ctx.info.device_type == wgpu::DeviceType::Cpu
     }
 
     /// The largest buffer the adapter allows, in bytes.
     pub fn max_buffer_bytes(&self) -> u64 {
+        self.runtime.max_buffer_bytes()
+    }
+}
+
+impl WgpuRuntime {
+    fn max_buffer_bytes(&self) -> u64 {
         self.ctx
             .limits
             .max_buffer_size
             .min(self.ctx.limits.max_storage_buffer_binding_size)
     }
+}
 
-    /// A new uninitialised storage buffer for `len` elements of `T`, or a typed error when it
-    /// is larger than the adapter allows or cannot be allocated.
-    pub(crate) fn buffer<T: Scalar>(&self, len: usize, label: &'static str) -> Result<WgpuBuffer<T>> {
-        if len > u32::MAX as usize {
-            return Err(Error::Unsupported(format!(
-                "{label}: {len} elements exceed the 32-bit indexing of the WGSL kernels"
-            )));
+impl Runtime for WgpuRuntime {
+    type Raw = wgpu::Buffer;
+    type Rec = Recorder;
+
+    fn name(&self) -> String {
+        format!("wgpu: {} ({:?})", self.ctx.info.name, self.ctx.info.backend)
+    }
+
+    fn check_dtype(&self, dtype: DType) -> Result<()> {
+        match dtype {
+            DType::F32 => Ok(()),
+            DType::F64 => Err(Error::Unsupported(
+                "the wgpu backend computes in f32 only (WGSL has no portable f64); use the CPU backend for f64".into(),
+            )),
         }
-        let bytes = (len as u64)
-            .checked_mul(std::mem::size_of::<T>() as u64)
-            .ok_or_else(|| backend_error(format!("{label}: {len} elements overflow a byte count")))?;
+    }
+
+    /// A zero-filled storage buffer (wgpu zero-initialises every buffer), or a typed error when
+    /// it is larger than the adapter allows or cannot be allocated.
+    fn alloc(&self, bytes: usize, label: &'static str) -> Result<wgpu::Buffer> {
+        let bytes = bytes as u64;
         let limit = self.max_buffer_bytes();
         if bytes > limit {
             return Err(backend_error(format!(
@@ -293,28 +302,36 @@ impl WgpuDevice {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(backend_error(format!("cannot allocate {label} of {bytes} bytes: {e}")));
         }
-        Ok(WgpuBuffer {
-            buffer,
-            len,
-            _t: PhantomData,
-        })
+        Ok(buffer)
     }
 
-    /// Reads `len` elements of `src` back to the host through a staging buffer.
-    pub(crate) fn read_back<T: bytemuck::Pod>(&self, src: &wgpu::Buffer, len: usize) -> Result<Vec<T>> {
-        let bytes = (len * std::mem::size_of::<T>()) as u64;
+    fn write(&self, dst: &wgpu::Buffer, bytes: &[u8]) -> Result<()> {
+        // Writes are in whole 4-byte words; a tail is padded with zeros.
+        if bytes.len().is_multiple_of(4) {
+            self.ctx.queue.write_buffer(dst, 0, bytes);
+        } else {
+            let mut padded = bytes.to_vec();
+            padded.resize(bytes.len().next_multiple_of(4), 0);
+            self.ctx.queue.write_buffer(dst, 0, &padded);
+        }
+        Ok(())
+    }
+
+    /// Reads through a staging buffer.
+    fn read(&self, src: &wgpu::Buffer, bytes: usize) -> Result<Vec<u8>> {
         if bytes == 0 {
             self.ctx.wait()?;
             return Ok(Vec::new());
         }
+        let size = bytes.next_multiple_of(4) as u64;
         let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
-            size: bytes,
+            size,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         let mut rec = Recorder::new(&self.ctx);
-        rec.copy(src, 0, &staging, 0, bytes);
+        rec.copy(src, 0, &staging, 0, size);
         rec.submit()?;
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
@@ -328,24 +345,36 @@ impl WgpuDevice {
             let view = staging
                 .get_mapped_range(..)
                 .map_err(|e| backend_error(format!("readback: {e}")))?;
-            bytemuck::pod_collect_to_vec::<u8, T>(&view)
+            view[..bytes].to_vec()
         };
         staging.unmap();
         Ok(out)
     }
-}
 
-/// `Unsupported` unless `T` is `f32`, the one type WGSL computes in portably.
-pub(crate) fn f32_only<T: Scalar>() -> Result<()> {
-    match T::DTYPE {
-        DType::F32 => Ok(()),
-        DType::F64 => Err(Error::Unsupported(
-            "the wgpu backend computes in f32 only (WGSL has no portable f64); use the CPU backend for f64".into(),
-        )),
+    fn copy(&self, src: &wgpu::Buffer, dst: &wgpu::Buffer, bytes: usize) -> Result<()> {
+        let mut rec = Recorder::new(&self.ctx);
+        rec.copy(src, 0, dst, 0, bytes.next_multiple_of(4) as u64);
+        rec.submit()
+    }
+
+    fn recorder(&self) -> Recorder {
+        Recorder::new(&self.ctx)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.ctx.wait()
+    }
+
+    fn grid_limits(&self) -> GridLimits {
+        self.ctx.grid
+    }
+
+    fn policy(&self) -> &LaunchPolicy {
+        &self.ctx.policy
     }
 }
 
 /// Every WGSL source with its file name, for validation without an adapter.
 pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
-    Shader::ALL.iter().map(|s| (s.file(), s.source())).collect()
+    Family::ALL.iter().map(|f| (f.wgsl_file(), f.wgsl())).collect()
 }

@@ -1,0 +1,354 @@
+//! [`GpuDevice`]: the one GPU [`Device`], written once over a small [`Runtime`] trait.
+//!
+//! A runtime allocates, copies and launches; everything else (every kernel composition in
+//! [`compose`](super::compose), the launch plans of [`launch`](super::launch), the 32-bit
+//! indexing limit, shape checks) lives here and is shared. [`WgpuDevice`](super::WgpuDevice)
+//! and [`CudaDevice`](super::cuda::CudaDevice) are `GpuDevice` over their runtimes; a new
+//! runtime (Metal, ROCm, a CPU emulator of the kernels) is one file implementing [`Runtime`].
+
+use std::marker::PhantomData;
+
+use super::compose;
+use super::launch::{GridLimits, LaunchPolicy};
+pub use super::registry::{Access, Family, Kernel, KernelParams, ParamLayout};
+use super::{Device, DeviceBuffer, LowRankFactor, Matrix, Op, Sign, check_upload};
+use crate::error::{Error, Result};
+use crate::scalar::{DType, Scalar};
+
+/// What a GPU backend provides: memory, copies and kernel launches.
+///
+/// Buffers are byte allocations; [`GpuDevice`] tracks their element type and length.
+pub trait Runtime: Clone + Send + Sync + std::fmt::Debug + 'static {
+    /// A handle to a device allocation, cheap to clone; the allocation lives while a handle does.
+    type Raw: Clone + Send + Sync;
+    /// A queue of launches.
+    type Rec: Record<Raw = Self::Raw>;
+
+    /// Human-readable name of the device.
+    fn name(&self) -> String;
+    /// `Unsupported` unless kernels run in `dtype` here.
+    fn check_dtype(&self, dtype: DType) -> Result<()>;
+    /// A new zero-filled allocation of `bytes` bytes (at least 1).
+    fn alloc(&self, bytes: usize, label: &'static str) -> Result<Self::Raw>;
+    /// Writes `bytes` at the start of `dst`.
+    fn write(&self, dst: &Self::Raw, bytes: &[u8]) -> Result<()>;
+    /// Reads the first `bytes` bytes of `src`, after all queued work.
+    fn read(&self, src: &Self::Raw, bytes: usize) -> Result<Vec<u8>>;
+    /// Copies the first `bytes` bytes of `src` to `dst`.
+    fn copy(&self, src: &Self::Raw, dst: &Self::Raw, bytes: usize) -> Result<()>;
+    /// An empty launch queue.
+    fn recorder(&self) -> Self::Rec;
+    /// Waits for all queued work.
+    fn synchronize(&self) -> Result<()>;
+    /// The largest grid one launch may have.
+    fn grid_limits(&self) -> GridLimits;
+    /// Contraction, scratch and Monte Carlo sizes per launch.
+    fn policy(&self) -> &LaunchPolicy;
+}
+
+/// "No failure" in a status word.
+pub(crate) const NONE: u32 = u32::MAX;
+
+/// How many blocks a launch runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Grid {
+    /// One thread per item, in blocks of [`Kernel::block_threads`], folded into (x, y, z) by
+    /// [`fold_threads`](super::launch::fold_threads).
+    Threads(usize),
+    /// An explicit grid of blocks, within the runtime's [`GridLimits`].
+    Blocks(usize, usize, usize),
+}
+
+/// A queue of launches, submitted at once.
+pub trait Record {
+    /// A backend's handle to a device buffer.
+    type Raw: Clone;
+    /// Records one launch; `None` buffers are slots the kernel does not use.
+    fn launch(
+        &mut self,
+        kernel: Kernel,
+        dtype: DType,
+        params: KernelParams,
+        buffers: &[Option<Self::Raw>],
+        grid: Grid,
+    ) -> Result<()>;
+    /// Submits the launches and waits for them.
+    fn submit(self) -> Result<()>;
+}
+
+/// `len` elements of `T` in a runtime allocation.
+pub struct GpuBuffer<R: Runtime, T> {
+    pub(crate) raw: R::Raw,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+impl<R: Runtime, T: Send + Sync> DeviceBuffer for GpuBuffer<R, T> {
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// A GPU device: the kernel compositions over a [`Runtime`]. Clones share the runtime.
+#[derive(Clone, Debug)]
+pub struct GpuDevice<R: Runtime> {
+    pub(crate) runtime: R,
+}
+
+pub(crate) type GpuMatrix<R, T> = Matrix<GpuDevice<R>, T>;
+
+/// The handle of a matrix's allocation.
+pub(crate) fn raw<R: Runtime, T: Scalar>(m: &GpuMatrix<R, T>) -> R::Raw {
+    m.buffer().raw.clone()
+}
+
+impl<R: Runtime> GpuDevice<R> {
+    /// The device over `runtime`.
+    pub fn from_runtime(runtime: R) -> Self {
+        GpuDevice { runtime }
+    }
+
+    /// The runtime underneath.
+    pub fn runtime(&self) -> &R {
+        &self.runtime
+    }
+
+    /// A zero-filled buffer of `len` elements of `T`, or a typed error when the runtime has no
+    /// kernels in `T`, the kernels' 32-bit indices cannot reach it, or it cannot be allocated.
+    /// Every matrix is made here, so no kernel sees an element type its runtime lacks.
+    pub(crate) fn buffer<T: Scalar>(&self, len: usize, label: &'static str) -> Result<GpuBuffer<R, T>> {
+        self.runtime.check_dtype(T::DTYPE)?;
+        if len > u32::MAX as usize {
+            return Err(Error::Unsupported(format!(
+                "{label}: {len} elements exceed the 32-bit indexing of the GPU kernels"
+            )));
+        }
+        let bytes = len.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| Error::Device {
+            backend: "gpu",
+            reason: format!("{label}: {len} elements overflow a byte count"),
+        })?;
+        Ok(GpuBuffer {
+            raw: self.runtime.alloc(bytes.max(1), label)?,
+            len,
+            _t: PhantomData,
+        })
+    }
+
+    /// A scratch buffer of `len` elements (zero-filled).
+    pub(crate) fn scratch<T: Scalar>(&self, len: usize, label: &'static str) -> Result<R::Raw> {
+        Ok(self.buffer::<T>(len, label)?.raw)
+    }
+
+    /// An empty launch queue.
+    pub(crate) fn recorder(&self) -> R::Rec {
+        self.runtime.recorder()
+    }
+
+    /// A status pair `[NONE, 0]` (first failing index, step counter) as 32-bit words.
+    pub(crate) fn status(&self) -> Result<R::Raw> {
+        let raw = self.runtime.alloc(16, "status")?;
+        self.runtime.write(&raw, bytemuck::cast_slice(&[NONE, 0u32, 0, 0]))?;
+        Ok(raw)
+    }
+
+    /// The first failing index recorded in `status`, if any.
+    pub(crate) fn failed_at(&self, status: &R::Raw) -> Result<Option<usize>> {
+        let word = u32::from_le_bytes(self.runtime.read(status, 4)?[..4].try_into().expect("4 bytes"));
+        Ok((word != NONE).then_some(word as usize))
+    }
+
+    /// The largest grid one launch may have.
+    pub(crate) fn grid_limits(&self) -> GridLimits {
+        self.runtime.grid_limits()
+    }
+
+    /// Contraction, scratch and Monte Carlo sizes per launch.
+    pub(crate) fn policy(&self) -> &LaunchPolicy {
+        self.runtime.policy()
+    }
+}
+
+impl<R: Runtime> Device for GpuDevice<R> {
+    type Buffer<T: Scalar> = GpuBuffer<R, T>;
+
+    fn name(&self) -> String {
+        self.runtime.name()
+    }
+
+    fn upload<T: Scalar>(&self, data: &[T], rows: usize, cols: usize) -> Result<Matrix<Self, T>> {
+        check_upload(data.len(), rows, cols)?;
+        let buf = self.buffer::<T>(data.len(), "matrix")?;
+        if !data.is_empty() {
+            self.runtime.write(&buf.raw, bytemuck::cast_slice(data))?;
+        }
+        Matrix::from_parts(buf, rows, cols)
+    }
+
+    fn download<T: Scalar>(&self, m: &Matrix<Self, T>) -> Result<Vec<T>> {
+        let bytes = self.runtime.read(&m.buffer().raw, m.len() * std::mem::size_of::<T>())?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    fn zeros<T: Scalar>(&self, rows: usize, cols: usize) -> Result<Matrix<Self, T>> {
+        let len = rows.checked_mul(cols).ok_or_else(|| Error::Device {
+            backend: "gpu",
+            reason: format!("a {rows} x {cols} matrix overflows"),
+        })?;
+        Matrix::from_parts(self.buffer::<T>(len, "matrix")?, rows, cols)
+    }
+
+    fn copy<T: Scalar>(&self, m: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
+        let out = self.zeros::<T>(m.rows(), m.cols())?;
+        if !m.is_empty() {
+            self.runtime
+                .copy(&m.buffer().raw, &out.buffer().raw, m.len() * std::mem::size_of::<T>())?;
+        }
+        Ok(out)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.runtime.synchronize()
+    }
+
+    fn gemm<T: Scalar>(
+        &self,
+        c: &mut Matrix<Self, T>,
+        beta: T,
+        a: &Matrix<Self, T>,
+        ta: Op,
+        b: &Matrix<Self, T>,
+        tb: Op,
+        alpha: T,
+    ) -> Result<()> {
+        compose::gemm(self, c, beta, a, ta, b, tb, alpha)
+    }
+
+    fn weighted_syrk<T: Scalar>(
+        &self,
+        c: &mut Matrix<Self, T>,
+        beta: T,
+        a: &Matrix<Self, T>,
+        weights: Option<&Matrix<Self, T>>,
+        alpha: T,
+    ) -> Result<()> {
+        compose::weighted_syrk(self, c, beta, a, weights, alpha)
+    }
+
+    fn ggn_accumulate<T: Scalar>(
+        &self,
+        precision: &mut Matrix<Self, T>,
+        phi: &Matrix<Self, T>,
+        probs: &Matrix<Self, T>,
+        basis: Option<&Matrix<Self, T>>,
+        alpha: T,
+    ) -> Result<()> {
+        compose::ggn_accumulate(self, precision, phi, probs, basis, alpha)
+    }
+
+    fn kron_congruence<T: Scalar>(
+        &self,
+        x: &Matrix<Self, T>,
+        basis: &Matrix<Self, T>,
+        complement: T,
+    ) -> Result<Matrix<Self, T>> {
+        compose::kron_congruence(self, x, basis, complement)
+    }
+
+    fn kron_rows<T: Scalar>(
+        &self,
+        factors: &Matrix<Self, T>,
+        phi: &Matrix<Self, T>,
+        rank: usize,
+    ) -> Result<Matrix<Self, T>> {
+        compose::kron_rows(self, factors, phi, rank)
+    }
+
+    fn kron_products<T: Scalar>(
+        &self,
+        sigma: &Matrix<Self, T>,
+        phi: &Matrix<Self, T>,
+        factor: LowRankFactor<'_, Self, T>,
+    ) -> Result<(Matrix<Self, T>, Matrix<Self, T>)> {
+        compose::kron_products(self, sigma, phi, factor)
+    }
+
+    fn low_rank_update<T: Scalar>(
+        &self,
+        sigma: &mut Matrix<Self, T>,
+        u: &Matrix<Self, T>,
+        c_chol: &Matrix<Self, T>,
+        sign: Sign,
+    ) -> Result<()> {
+        compose::low_rank_update(self, sigma, u, c_chol, sign)
+    }
+
+    fn cholesky<T: Scalar>(&self, a: &mut Matrix<Self, T>) -> Result<()> {
+        compose::cholesky(self, a)
+    }
+
+    fn triangular_solve<T: Scalar>(&self, l: &Matrix<Self, T>, b: &mut Matrix<Self, T>, op: Op) -> Result<()> {
+        compose::triangular_solve(self, l, b, op)
+    }
+
+    fn spd_inverse<T: Scalar>(&self, a: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
+        compose::spd_inverse(self, a)
+    }
+
+    fn predictive_covariance<T: Scalar>(
+        &self,
+        sigma: &Matrix<Self, T>,
+        phi: &Matrix<Self, T>,
+    ) -> Result<Matrix<Self, T>> {
+        compose::predictive_covariance(self, sigma, phi)
+    }
+
+    fn softmax_rows<T: Scalar>(&self, logits: &mut Matrix<Self, T>) -> Result<()> {
+        compose::softmax_rows(self, logits)
+    }
+
+    fn probit_softmax<T: Scalar>(
+        &self,
+        mean: &Matrix<Self, T>,
+        cov: &Matrix<Self, T>,
+        lambda: T,
+    ) -> Result<Matrix<Self, T>> {
+        compose::probit_softmax(self, mean, cov, lambda)
+    }
+
+    fn monte_carlo_softmax<T: Scalar>(
+        &self,
+        mean: &Matrix<Self, T>,
+        cov: &Matrix<Self, T>,
+        eps: &Matrix<Self, T>,
+    ) -> Result<Matrix<Self, T>> {
+        compose::monte_carlo_softmax(self, mean, cov, eps)
+    }
+
+    fn bridge_dirichlet<T: Scalar>(&self, mean: &Matrix<Self, T>, cov: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
+        compose::bridge_dirichlet(self, mean, cov)
+    }
+
+    fn categorical_weights<T: Scalar>(&self, probs: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
+        compose::categorical_weights(self, probs)
+    }
+
+    fn axpy<T: Scalar>(&self, y: &mut Matrix<Self, T>, alpha: T, x: &Matrix<Self, T>) -> Result<()> {
+        compose::binary(self, Kernel::Axpy, y, x, alpha)
+    }
+
+    fn hadamard<T: Scalar>(&self, y: &mut Matrix<Self, T>, x: &Matrix<Self, T>) -> Result<()> {
+        compose::binary(self, Kernel::Hadamard, y, x, T::zero())
+    }
+
+    fn add_row<T: Scalar>(&self, a: &mut Matrix<Self, T>, row: &Matrix<Self, T>) -> Result<()> {
+        compose::add_row(self, a, row)
+    }
+
+    fn add_diagonal<T: Scalar>(&self, a: &mut Matrix<Self, T>, value: T) -> Result<()> {
+        compose::add_diagonal(self, a, value)
+    }
+
+    fn max_abs<T: Scalar>(&self, a: &Matrix<Self, T>) -> Result<T> {
+        compose::max_abs(self, a)
+    }
+}

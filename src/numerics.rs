@@ -1,0 +1,73 @@
+//! Host numerics shared by the posterior, the devices and the active-learning strategies: one
+//! stable softmax, one log-sum-exp, one PSD Cholesky with one zero-pivot rule.
+
+use crate::scalar::Scalar;
+
+/// `log Σ_i e^{x_i}`, shifted by the maximum so that no term overflows; `−∞` for no terms.
+pub(crate) fn log_sum_exp<T: Scalar>(x: &[T]) -> T {
+    let max = x.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
+    if !max.is_finite() {
+        return max;
+    }
+    max + x.iter().fold(T::zero(), |s, &v| s + (v - max).exp()).ln()
+}
+
+/// `x ← softmax(x) = e^{x − max} / Σ e^{x − max}` in place.
+pub(crate) fn softmax_in_place<T: Scalar>(x: &mut [T]) {
+    let max = x.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
+    let mut sum = T::zero();
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// `softmax(x)` as a new vector.
+pub(crate) fn softmax<T: Scalar>(x: &[T]) -> Vec<T> {
+    let mut out = x.to_vec();
+    softmax_in_place(&mut out);
+    out
+}
+
+/// Row-wise softmax of a row-major n × k matrix.
+pub(crate) fn softmax_rows<T: Scalar>(x: &[T], k: usize) -> Vec<T> {
+    let mut out = x.to_vec();
+    out.chunks_mut(k.max(1)).for_each(softmax_in_place);
+    out
+}
+
+/// The pivot below which [`psd_cholesky`] counts a pivot as zero, from the variances
+/// (the diagonal): pivots at rounding level relative to the largest variance, so that a rank-
+/// deficient covariance does not divide rounding noise by rounding noise.
+pub(crate) fn psd_pivot_floor(variances: &[f64]) -> f64 {
+    1e3 * f64::EPSILON * variances.iter().copied().fold(0.0, f64::max) * variances.len() as f64
+}
+
+/// Lower Cholesky factor of a small PSD matrix (row-major k × k) in f64, in place, the strict
+/// upper triangle zeroed. Pivots at or below [`psd_pivot_floor`] count as zero, so semidefinite
+/// inputs (softmax logit covariances have rank K − 1) give a valid factor. The one rule for the
+/// Monte Carlo link and BALD.
+pub(crate) fn psd_cholesky(a: &mut [f64], k: usize) {
+    let floor = psd_pivot_floor(&(0..k).map(|j| a[j * k + j]).collect::<Vec<f64>>());
+    for j in 0..k {
+        let mut d = a[j * k + j];
+        for p in 0..j {
+            d -= a[j * k + p] * a[j * k + p];
+        }
+        let d = if d > floor { d.sqrt() } else { 0.0 };
+        a[j * k + j] = d;
+        for i in j + 1..k {
+            let mut s = a[i * k + j];
+            for p in 0..j {
+                s -= a[i * k + p] * a[j * k + p];
+            }
+            a[i * k + j] = if d > 0.0 { s / d } else { 0.0 };
+        }
+        for i in 0..j {
+            a[i * k + j] = 0.0;
+        }
+    }
+}
