@@ -39,7 +39,6 @@ __device__ __forceinline__ T factor(const ElemParams& p, T v) {
             y[j] = v;                                                                           \
         }                                                                                       \
     }
-#define SET_IDENTITY(T) (PARAMS w, const T* x, T* y) { ELEM_INDEX y[i] = (i / p.cols == i % p.cols) ? T(1) : T(0); }
 #define TRANSPOSE(T) (PARAMS w, const T* x, T* y) { ELEM_INDEX y[i] = x[(u64)(i % p.rows) * p.cols + i / p.rows]; }
 
 ENTRY_F32_F64(axpy, 256, AXPY)
@@ -51,7 +50,6 @@ ENTRY_F32_F64(add_diagonal, 256, ADD_DIAGONAL)
 ENTRY_F32_F64(mirror_lower, 256, MIRROR_LOWER)
 ENTRY_F32_F64(zero_upper, 256, ZERO_UPPER)
 ENTRY_F32_F64(symmetrize, 256, SYMMETRIZE)
-ENTRY_F32_F64(set_identity, 256, SET_IDENTITY)
 ENTRY_F32_F64(transpose, 256, TRANSPOSE)
 
 // result ← max(result, max_i |x_i|) on the IEEE bits (non-negative floats order like their

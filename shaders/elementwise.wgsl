@@ -119,15 +119,6 @@ fn symmetrize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     }
 }
 
-// y ← I (rows × cols)
-@compute @workgroup_size(256)
-fn set_identity(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = linear(gid, groups);
-    if (i < p.len) {
-        y[i] = select(0.0, 1.0, i / p.cols == i % p.cols);
-    }
-}
-
 // y ← xᵀ for x rows × cols; one invocation per element of y, reading x with stride `cols`.
 @compute @workgroup_size(256)
 fn transpose(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {

@@ -776,48 +776,6 @@ pub(crate) fn triangular_solve<Rt: Runtime, T: Scalar>(
     rec.submit()
 }
 
-/// [`Device::spd_inverse`]: `L = chol(A)`, `X = L⁻¹`, `A⁻¹ = Xᵀ X` (lower tiles, mirrored).
-pub(crate) fn spd_inverse<Rt: Runtime, T: Scalar>(
-    dev: &GpuDevice<Rt>,
-    a: &GpuMatrix<Rt, T>,
-) -> Result<GpuMatrix<Rt, T>> {
-    let n = a.expect_square("a")?;
-    let dtype = T::DTYPE;
-    let l = dev.copy(a)?;
-    let x = dev.zeros::<T>(n, n)?;
-    let out = dev.zeros::<T>(n, n)?;
-    let status = dev.status()?;
-    let mut rec = dev.recorder();
-    record_cholesky::<Rt, T>(dev, &mut rec, raw(&l), n, status.clone())?;
-    elementwise(
-        &mut rec,
-        dtype,
-        Kernel::SetIdentity,
-        None,
-        raw(&x),
-        (n * n, n, n),
-        0,
-        0.0,
-    )?;
-    record_trsm::<Rt, T>(dev, &mut rec, raw(&l), n, raw(&x), n, Op::N)?;
-    let mut g = Gemm::new(
-        (n, n, n),
-        (raw(&x), Strided::rows(0, n).t()),
-        (raw(&x), Strided::rows(0, n)),
-        (raw(&out), Strided::rows(0, n)),
-        1.0,
-        0.0,
-    );
-    g.lower = true;
-    g.record(dev, &mut rec, dtype)?;
-    mirror(&mut rec, dtype, raw(&out), n)?;
-    rec.submit()?;
-    match dev.failed_at(&status)? {
-        Some(index) => Err(Error::NotPositiveDefinite { index }),
-        None => Ok(out),
-    }
-}
-
 /// [`Device::predictive_covariance`]: per chunk of rows, `T_a = Φ Σ[aD.., :]` batched over a,
 /// then the row contraction with φ_n.
 pub(crate) fn predictive_covariance<Rt: Runtime, T: Scalar>(

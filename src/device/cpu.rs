@@ -1001,6 +1001,7 @@ impl Device for CpuDevice {
         Ok(())
     }
 
+    /// Overrides the provided composition with faer's fused Cholesky inverse.
     fn spd_inverse<T: Scalar>(&self, a: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
         let n = a.expect_square("a")?;
         let par = self.par();

@@ -290,10 +290,6 @@ impl<R: Runtime> Device for GpuDevice<R> {
         compose::triangular_solve(self, l, b, op)
     }
 
-    fn spd_inverse<T: Scalar>(&self, a: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
-        compose::spd_inverse(self, a)
-    }
-
     fn predictive_covariance<T: Scalar>(
         &self,
         sigma: &Matrix<Self, T>,

@@ -326,7 +326,20 @@ pub trait Device: Clone + Send + Sync + 'static {
     fn triangular_solve<T: Scalar>(&self, l: &Matrix<Self, T>, b: &mut Matrix<Self, T>, op: Op) -> Result<()>;
     /// `A⁻¹` of a symmetric positive definite A by Cholesky, both triangles;
     /// `NotPositiveDefinite { index }` at the first failing pivot.
-    fn spd_inverse<T: Scalar>(&self, a: &Matrix<Self, T>) -> Result<Matrix<Self, T>>;
+    ///
+    /// Provided: `L = chol(A)`, `X = L⁻¹` by [`Device::triangular_solve`] on the identity, and
+    /// `A⁻¹ = XᵀX` by [`Device::weighted_syrk`], so the result is exactly symmetric.
+    fn spd_inverse<T: Scalar>(&self, a: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
+        let n = a.expect_square("a")?;
+        let mut l = self.copy(a)?;
+        self.cholesky(&mut l)?;
+        let mut x = self.zeros(n, n)?;
+        self.add_diagonal(&mut x, T::one())?;
+        self.triangular_solve(&l, &mut x, Op::N)?;
+        let mut out = self.zeros(n, n)?;
+        self.weighted_syrk(&mut out, T::zero(), &x, None, T::one())?;
+        Ok(out)
+    }
     /// Logit covariances `Σ_f[n, k, l] = φ_nᵀ Σ_{kl} φ_n` for Σ (K·D) × (K·D) and Φ (n × D);
     /// returns n × K² (row n holds the K × K matrix row-major). K = 1 gives `φ_nᵀ Σ φ_n`.
     fn predictive_covariance<T: Scalar>(

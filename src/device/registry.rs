@@ -284,8 +284,6 @@ kernels! {
     Symmetrize => ("symmetrize", Elementwise, (256, 1)),
     /// Out-of-place transpose.
     Transpose => ("transpose", Elementwise, (256, 1)),
-    /// Writes the identity.
-    SetIdentity => ("set_identity", Elementwise, (256, 1)),
     /// Scales each row by a vector entry.
     ScaleRows => ("scale_rows", Elementwise, (256, 1)),
     /// Scales each column by a vector entry.
