@@ -4,7 +4,7 @@
 //! `laplace_update::profile`, the same ones the `profile` command times.
 //!
 //! `cargo bench --bench kernels [--features cuda,wgpu]`; `LAPLACE_BENCH_DEVICES` (`cpu,cuda,wgpu`,
-//! the default) picks the devices, `LAPLACE_BENCH_THREADS` pins the CPU thread count,
+//! the default, and `cublas` for cuBLAS's gemm and SYRK beside the library's) picks the devices, `LAPLACE_BENCH_THREADS` pins the CPU thread count,
 //! `LAPLACE_BENCH_SIZES` (`D,K,N,m;D,K,N,m`) replaces the size list. GPUs run the Full
 //! accumulation at the full N = 100,000.
 //!
@@ -113,6 +113,12 @@ fn sizes(gpu: bool) -> Vec<(Sizes, &'static [&'static str])> {
 
 fn bench_kernels<D: Device>(c: &mut Criterion<FlopClock>, device: &D, gpu: bool) {
     for (sizes, families) in sizes(gpu) {
+        bench_cases(c, device, sizes, families);
+    }
+}
+
+fn bench_cases<D: Device>(c: &mut Criterion<FlopClock>, device: &D, sizes: Sizes, families: &[&str]) {
+    {
         let cases = kernel_cases::<D, f32>(device, sizes, families).expect("inputs fit");
         for mut case in cases {
             let mut group = c.benchmark_group(format!("{} [{}]", case.family, device.name()));
@@ -147,6 +153,18 @@ fn kernels(c: &mut Criterion<FlopClock>) {
         match laplace_update::CudaDevice::new(0) {
             Ok(gpu) => bench_kernels(c, &gpu, true),
             Err(e) => eprintln!("SKIPPED cuda: {e}"),
+        }
+    }
+    // cuBLAS's gemm and SYRK beside the library's (device name `… + cuBLAS`).
+    #[cfg(feature = "cuda")]
+    if wanted("cublas") {
+        match laplace_update::CudaDevice::with_options(0, &laplace_update::CudaOptions { cublas: true }) {
+            Ok(gpu) => {
+                for (sizes, _) in sizes(true) {
+                    bench_cases(c, &gpu, sizes, &["gemm", "weighted_syrk"]);
+                }
+            }
+            Err(e) => eprintln!("SKIPPED cublas: {e}"),
         }
     }
     #[cfg(feature = "wgpu")]

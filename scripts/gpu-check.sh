@@ -5,8 +5,8 @@
 #   2. the CUDA suite (f32 and f64 against f64 references) with LAPLACE_REQUIRE=cuda: kernels
 #      loaded from CUBIN, split grids, the blocked Sherman–Morrison;
 #   3. `laplace-update profile --device cuda`: every kernel family against the measured GEMM
-#      peak at D = 768, K = 10, N = 100,000;
-#   4. the kernel benches on CUDA at the [bench] target sizes: Full-GGN accumulation at
+#      peak at D = 768, K = 10, N = 100,000, then gemm and SYRK through cuBLAS beside them;
+#   4. the kernel benches on CUDA (and gemm, SYRK on cuBLAS) at the [bench] target sizes: Full-GGN accumulation at
 #      N = 100,000, D = 768, K = 10; the low-rank update at P = 7,680 (D = 768, K = 10);
 #      sequential Sherman–Morrison at D = 1,536;
 #   5. the wgpu suite when a Vulkan loader is present.
@@ -47,7 +47,7 @@ cat "$out/profile.txt" >>"$log"
 
 step "kernel benches on CUDA"
 start=$(date +%s)
-LAPLACE_BENCH_DEVICES=cuda LAPLACE_BENCH_SIZES="768,10,100000,10;1536,10,10000,100" \
+LAPLACE_BENCH_DEVICES=cuda,cublas LAPLACE_BENCH_SIZES="768,10,100000,10;1536,10,10000,100" \
     timeout 200 "$bundle/kernels-bench" --bench --noplot >"$out/bench.log" 2>&1
 bench_rc=$?
 bench_s=$(( $(date +%s) - start ))

@@ -49,7 +49,7 @@ pub mod random;
 pub mod scalar;
 
 #[cfg(feature = "cuda")]
-pub use device::cuda::CudaDevice;
+pub use device::cuda::{CudaDevice, CudaOptions};
 pub use device::{
     AnyDevice, AutoChoice, CpuDevice, Device, DeviceBuffer, LowRankFactor, Matrix, Op, OutputWeighting, Sign,
 };

@@ -358,7 +358,7 @@ fn record_trsm<Rt: Runtime, T: Scalar>(
     Ok(())
 }
 
-/// [`Device::gemm`].
+/// [`Device::gemm`]: the runtime's vendor BLAS when it has one turned on, else the gemm kernel.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm<Rt: Runtime, T: Scalar>(
     dev: &GpuDevice<Rt>,
@@ -376,6 +376,18 @@ pub(crate) fn gemm<Rt: Runtime, T: Scalar>(
         return Err(Error::shape("b", (k, n), (kb, n)));
     }
     c.expect_shape("c", m, n)?;
+    let vendor = dev.runtime.vendor_gemm(
+        T::DTYPE,
+        (m, n, k),
+        (&raw(a), ta, a.cols()),
+        (&raw(b), tb, b.cols()),
+        &raw(c),
+        alpha.as_f64(),
+        beta.as_f64(),
+    )?;
+    if vendor {
+        return Ok(());
+    }
     let mut rec = dev.recorder();
     Gemm::new(
         (m, n, k),
@@ -389,7 +401,8 @@ pub(crate) fn gemm<Rt: Runtime, T: Scalar>(
     rec.submit()
 }
 
-/// [`Device::weighted_syrk`]: lower tiles of `Aᵀ diag(w) A`, mirrored.
+/// [`Device::weighted_syrk`]: lower tiles of `Aᵀ diag(w) A`, mirrored (the vendor BLAS's SYRK
+/// for unit weights when the runtime has one).
 pub(crate) fn weighted_syrk<Rt: Runtime, T: Scalar>(
     dev: &GpuDevice<Rt>,
     c: &mut GpuMatrix<Rt, T>,
@@ -404,6 +417,14 @@ pub(crate) fn weighted_syrk<Rt: Runtime, T: Scalar>(
         w.expect_shape("weights", n, 1)?;
     }
     let mut rec = dev.recorder();
+    if weights.is_none()
+        && dev
+            .runtime
+            .vendor_syrk(T::DTYPE, (n, d), &raw(a), &raw(c), alpha.as_f64(), beta.as_f64())?
+    {
+        mirror(&mut rec, T::DTYPE, raw(c), d)?;
+        return rec.submit();
+    }
     let mut g = Gemm::new(
         (d, d, n),
         (raw(a), Strided::rows(0, d).t()),

@@ -1,7 +1,7 @@
 //! [`GpuDevice`]: the one GPU [`Device`], written once over a small [`Runtime`] trait.
 //!
 //! A runtime allocates, copies and launches; everything else (every kernel composition in
-//! [`compose`](super::compose), the launch plans of [`launch`](super::launch), the 32-bit
+//! `src/device/compose.rs`, the launch plans of [`launch`](super::launch), the 32-bit
 //! indexing limit, shape checks) lives here and is shared. [`WgpuDevice`](super::WgpuDevice)
 //! and [`CudaDevice`](super::cuda::CudaDevice) are `GpuDevice` over their runtimes; a new
 //! runtime (Metal, ROCm, a CPU emulator of the kernels) is one file implementing [`Runtime`].
@@ -44,6 +44,37 @@ pub trait Runtime: Clone + Send + Sync + std::fmt::Debug + 'static {
     fn grid_limits(&self) -> GridLimits;
     /// Contraction, scratch and Monte Carlo sizes per launch.
     fn policy(&self) -> &LaunchPolicy;
+
+    /// `C ← β C + α op(A) op(B)` for whole row-major matrices, C m × n over a contraction of
+    /// k, each operand given with its stored column count, by a vendor BLAS when the runtime
+    /// has one turned on. `Ok(false)`: none, the gemm kernel runs instead.
+    #[allow(clippy::too_many_arguments)]
+    fn vendor_gemm(
+        &self,
+        _dtype: DType,
+        _shape: (usize, usize, usize),
+        _a: (&Self::Raw, Op, usize),
+        _b: (&Self::Raw, Op, usize),
+        _c: &Self::Raw,
+        _alpha: f64,
+        _beta: f64,
+    ) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// The lower triangle (row-major) of `C ← β C + α AᵀA` for row-major A (n × d) and C
+    /// (d × d) by a vendor BLAS, as [`Runtime::vendor_gemm`]; the caller mirrors it.
+    fn vendor_syrk(
+        &self,
+        _dtype: DType,
+        _shape: (usize, usize),
+        _a: &Self::Raw,
+        _c: &Self::Raw,
+        _alpha: f64,
+        _beta: f64,
+    ) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// "No failure" in a status word.

@@ -9,7 +9,7 @@ use laplace_update::{Device, Error, Result, Scalar};
 
 use super::{DTypeArg, DeviceArg, select_device};
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct ProfileArgs {
     /// Compute backend.
     #[arg(long, value_enum, default_value = "auto")]
@@ -41,7 +41,30 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
     laplace_update::with_device!(&device, |d| match args.dtype {
         DTypeArg::F32 => profile_as::<f32>(d, sizes, args),
         DTypeArg::F64 => profile_as::<f64>(d, sizes, args),
-    })
+    })?;
+    // On CUDA, the library's gemm and SYRK beside cuBLAS's, when cuBLAS loads.
+    #[cfg(feature = "cuda")]
+    if let laplace_update::AnyDevice::Cuda(gpu) = &device
+        && !gpu.uses_cublas()
+    {
+        let options = laplace_update::CudaOptions { cublas: true };
+        match laplace_update::CudaDevice::with_options(0, &options) {
+            Ok(blas) => {
+                println!("\nthe same products through cuBLAS:");
+                let only = ProfileArgs {
+                    kernels: "gemm,weighted_syrk".into(),
+                    csv: args.csv.as_ref().map(|p| p.with_extension("cublas.csv")),
+                    ..args.clone()
+                };
+                match args.dtype {
+                    DTypeArg::F32 => profile_as::<f32>(&blas, sizes, &only)?,
+                    DTypeArg::F64 => profile_as::<f64>(&blas, sizes, &only)?,
+                }
+            }
+            Err(e) => println!("\ncuBLAS: not run ({e})"),
+        }
+    }
+    Ok(())
 }
 
 fn profile_as<T: Scalar>(device: &impl Device, sizes: Sizes, args: &ProfileArgs) -> Result<()> {

@@ -8,11 +8,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
 
 use super::{Family, compile, nvrtc_available};
+use crate::device::Op;
 use crate::device::gpu::{GpuDevice, Runtime};
 use crate::device::gpu::{Grid, Kernel, KernelParams, Record};
 use crate::device::launch::{GridLimits, LaunchPolicy, fold_threads};
@@ -83,6 +85,28 @@ struct Inner {
     policy: LaunchPolicy,
     modules: Mutex<HashMap<Family, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(Kernel, DType), CudaFunction>>,
+    /// cuBLAS on this runtime's stream, when [`CudaOptions::cublas`] turned it on.
+    blas: Option<Mutex<CudaBlas>>,
+}
+
+/// The environment variable that turns cuBLAS on for gemm and SYRK: `cublas`.
+pub const BLAS_ENV: &str = "LAPLACE_CUDA_BLAS";
+
+/// How [`CudaDevice::with_options`] opens a GPU.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// Run gemm and unit-weight SYRK through cuBLAS (loaded dynamically, on the device's
+    /// stream) instead of the library's gemm kernel; everything else runs the kernels.
+    pub cublas: bool,
+}
+
+impl CudaOptions {
+    /// Options from [`BLAS_ENV`]: `cublas` turns cuBLAS on.
+    pub fn from_env() -> Self {
+        CudaOptions {
+            cublas: std::env::var(BLAS_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("cublas")),
+        }
+    }
 }
 
 /// The CUDA runtime on one GPU: a context, its stream, and the modules NVRTC compiled for the
@@ -117,9 +141,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl GpuDevice<CudaRuntime> {
-    /// GPU `ordinal`. No driver, no NVRTC or no such device is [`Error::BackendUnavailable`]
-    /// with the reason.
+    /// GPU `ordinal` with [`CudaOptions::from_env`]. No driver, no NVRTC or no such device is
+    /// [`Error::BackendUnavailable`] with the reason.
     pub fn new(ordinal: usize) -> Result<Self> {
+        Self::with_options(ordinal, &CudaOptions::from_env())
+    }
+
+    /// GPU `ordinal` with `options`; `BackendUnavailable` as [`CudaDevice::new`], and when
+    /// cuBLAS is asked for but cannot be loaded.
+    pub fn with_options(ordinal: usize, options: &CudaOptions) -> Result<Self> {
         // SAFETY: only tries to dlopen the candidate library names; nothing is called.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(unavailable("the NVIDIA driver library (libcuda.so) was not found"));
@@ -133,15 +163,29 @@ impl GpuDevice<CudaRuntime> {
         let memory = ctx.total_mem().ok().map(|b| b as u64);
         let largest = u32::MAX as u64 * 8;
         let stream = ctx.default_stream();
+        let blas = if options.cublas {
+            // SAFETY: only tries to dlopen the candidate library names; nothing is called.
+            if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+                return Err(unavailable(
+                    "cuBLAS (libcublas.so) was not found on the library path; unset LAPLACE_CUDA_BLAS to use the library's kernels",
+                ));
+            }
+            let blas = CudaBlas::new(stream.clone()).map_err(|e| unavailable(format!("cuBLAS: {e:?}")))?;
+            Some(Mutex::new(blas))
+        } else {
+            None
+        };
+        let suffix = if blas.is_some() { " + cuBLAS" } else { "" };
         Ok(GpuDevice::from_runtime(CudaRuntime {
             inner: Arc::new(Inner {
                 ctx,
                 stream,
-                name: format!("cuda:{ordinal} {name}"),
+                name: format!("cuda:{ordinal} {name}{suffix}"),
                 arch: format!("sm_{major}{minor}"),
                 policy: LaunchPolicy::hardware(memory.map_or(largest, |m| m.min(largest)), memory),
                 modules: Mutex::new(HashMap::new()),
                 functions: Mutex::new(HashMap::new()),
+                blas,
             }),
         }))
     }
@@ -149,6 +193,11 @@ impl GpuDevice<CudaRuntime> {
     /// The architecture the kernels are compiled for, e.g. `"sm_90"`.
     pub fn arch(&self) -> &str {
         &self.runtime.inner.arch
+    }
+
+    /// Whether gemm and SYRK run through cuBLAS.
+    pub fn uses_cublas(&self) -> bool {
+        self.runtime.inner.blas.is_some()
     }
 }
 
@@ -337,5 +386,155 @@ impl Runtime for CudaRuntime {
 
     fn policy(&self) -> &LaunchPolicy {
         &self.inner.policy
+    }
+
+    /// cuBLAS gemm on the column-major view: row-major `C = op(A) op(B)` is column-major
+    /// `Cᵀ = op(B)ᵀ op(A)ᵀ`, and a row-major matrix is its transpose column-major, so the call
+    /// is `gemm(op_B, op_A, n, m, k, B, ld_B, A, ld_A, C, n)` with the stored column counts as
+    /// leading dimensions.
+    fn vendor_gemm(
+        &self,
+        dtype: DType,
+        (m, n, k): (usize, usize, usize),
+        (a, ta, lda): (&Arc<CudaAllocation>, Op, usize),
+        (b, tb, ldb): (&Arc<CudaAllocation>, Op, usize),
+        c: &Arc<CudaAllocation>,
+        alpha: f64,
+        beta: f64,
+    ) -> Result<bool> {
+        use cudarc::cublas::{result, sys::cublasOperation_t};
+        let Some(blas) = &self.inner.blas else { return Ok(false) };
+        let dims: Option<Vec<i32>> = [m, n, k, lda.max(1), ldb.max(1)]
+            .iter()
+            .map(|&v| i32::try_from(v).ok())
+            .collect();
+        let Some([m, n, k, lda, ldb]) = dims.as_deref().map(|d| [d[0], d[1], d[2], d[3], d[4]]) else {
+            return Ok(false);
+        };
+        if m == 0 || n == 0 {
+            return Ok(true);
+        }
+        let op = |o: Op| match o {
+            Op::N => cublasOperation_t::CUBLAS_OP_N,
+            Op::T => cublasOperation_t::CUBLAS_OP_T,
+        };
+        let handle = *lock(blas).handle();
+        // SAFETY: the pointers are live allocations of this context (held by the handles
+        // borrowed here) of whole matrices whose shapes the composition checked: A holds m·k,
+        // B k·n and C m·n elements of `dtype`, with the leading dimensions their stored column
+        // counts. The handle is bound to this runtime's stream, so the call is ordered with
+        // every kernel launched before and after it; α and β are host scalars read during the
+        // call.
+        let status = unsafe {
+            match dtype {
+                DType::F32 => {
+                    let (alpha, beta) = (alpha as f32, beta as f32);
+                    result::sgemm(
+                        handle,
+                        op(tb),
+                        op(ta),
+                        n,
+                        m,
+                        k,
+                        &alpha,
+                        b.ptr as *const f32,
+                        ldb,
+                        a.ptr as *const f32,
+                        lda,
+                        &beta,
+                        c.ptr as *mut f32,
+                        n,
+                    )
+                }
+                DType::F64 => result::dgemm(
+                    handle,
+                    op(tb),
+                    op(ta),
+                    n,
+                    m,
+                    k,
+                    &alpha,
+                    b.ptr as *const f64,
+                    ldb,
+                    a.ptr as *const f64,
+                    lda,
+                    &beta,
+                    c.ptr as *mut f64,
+                    n,
+                ),
+            }
+        };
+        status.map_err(|e| Error::Device {
+            backend: "cuda",
+            reason: format!("cuBLAS gemm: {e:?}"),
+        })?;
+        Ok(true)
+    }
+
+    /// cuBLAS SYRK: row-major A (n × d) is column-major `Aᵀ` (d × n, leading dimension d), so
+    /// `syrk(upper, N, d, n, Aᵀ)` gives `AᵀA`; its column-major upper triangle is the row-major
+    /// lower one.
+    fn vendor_syrk(
+        &self,
+        dtype: DType,
+        (n, d): (usize, usize),
+        a: &Arc<CudaAllocation>,
+        c: &Arc<CudaAllocation>,
+        alpha: f64,
+        beta: f64,
+    ) -> Result<bool> {
+        use cudarc::cublas::sys::{self, cublasFillMode_t, cublasOperation_t, cublasStatus_t};
+        let Some(blas) = &self.inner.blas else { return Ok(false) };
+        let (Ok(n), Ok(d)) = (i32::try_from(n), i32::try_from(d)) else {
+            return Ok(false);
+        };
+        if d == 0 {
+            return Ok(true);
+        }
+        let (upper, no_trans) = (cublasFillMode_t::CUBLAS_FILL_MODE_UPPER, cublasOperation_t::CUBLAS_OP_N);
+        let handle = *lock(blas).handle();
+        // SAFETY: as in `vendor_gemm`: A holds n·d and C d·d elements of `dtype` in live
+        // allocations of this context, the handle runs on this runtime's stream, and α and β
+        // are host scalars read during the call.
+        let status = unsafe {
+            match dtype {
+                DType::F32 => {
+                    let (alpha, beta) = (alpha as f32, beta as f32);
+                    sys::cublasSsyrk_v2(
+                        handle,
+                        upper,
+                        no_trans,
+                        d,
+                        n,
+                        &alpha,
+                        a.ptr as *const f32,
+                        d,
+                        &beta,
+                        c.ptr as *mut f32,
+                        d,
+                    )
+                }
+                DType::F64 => sys::cublasDsyrk_v2(
+                    handle,
+                    upper,
+                    no_trans,
+                    d,
+                    n,
+                    &alpha,
+                    a.ptr as *const f64,
+                    d,
+                    &beta,
+                    c.ptr as *mut f64,
+                    d,
+                ),
+            }
+        };
+        if status != cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Err(Error::Device {
+                backend: "cuda",
+                reason: format!("cuBLAS syrk: {status:?}"),
+            });
+        }
+        Ok(true)
     }
 }

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 
 mod device;
 
-pub use device::{CudaAllocation, CudaDevice, CudaRuntime};
+pub use device::{BLAS_ENV, CudaAllocation, CudaDevice, CudaOptions, CudaRuntime};
 
 pub use crate::device::gpu::Family;
 
