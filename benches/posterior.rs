@@ -141,6 +141,7 @@ fn bench_update(c: &mut Criterion) {
                     rule,
                     gamma: 1.0,
                     iterations: 1,
+                    forgetting: 1.0,
                 };
                 // Updates streamed into one posterior, as in use: the cost of an update does not
                 // depend on how many came before.

@@ -248,10 +248,49 @@ fn user_errors_are_one_line_and_leave_files_untouched() {
         post
     ));
     assert!(e.contains("non-finite") || e.contains("shape"), "{e}");
+    // Forgetting outside (0, 1].
+    for rho in ["0", "1.5", "nan"] {
+        let e = fails(&format!(
+            "update --posterior {} --features {} --labels {} --forgetting {rho} --out {}",
+            post,
+            f.p("x_new.npy"),
+            f.p("y_new.npy"),
+            post
+        ));
+        assert!(e.contains("forgetting"), "{e}");
+    }
     assert_eq!(
         std::fs::read(&post).unwrap(),
         before,
         "a failed update changed the posterior file"
+    );
+    // ρ = 0.5 discounts the fit's data: a different posterior than ρ = 1, with the same count.
+    let forget = |rho: &str, out: &str| {
+        ok(&format!(
+            "update --posterior {} --features {} --labels {} --forgetting {rho} --out {}",
+            post,
+            f.p("x_new.npy"),
+            f.p("y_new.npy"),
+            f.p(out)
+        ))
+    };
+    forget("1", "kept.safetensors");
+    forget("0.5", "forgot.safetensors");
+    let kept = laplace_update::io::load_posterior::<_, f32>(
+        &laplace_update::CpuDevice::new(1).unwrap(),
+        std::path::Path::new(&f.p("kept.safetensors")),
+    )
+    .unwrap();
+    let forgot = laplace_update::io::load_posterior::<_, f32>(
+        &laplace_update::CpuDevice::new(1).unwrap(),
+        std::path::Path::new(&f.p("forgot.safetensors")),
+    )
+    .unwrap();
+    assert_eq!(kept.samples_seen(), forgot.samples_seen());
+    let (pk, pf) = (kept.precision().unwrap(), forgot.precision().unwrap());
+    assert!(
+        pk.iter().zip(&pf).any(|(a, b)| (a - b).abs() > 1e-3),
+        "forgetting changed nothing"
     );
     // Not a posterior, an unavailable backend, a labels file of floats.
     fails(&format!("info --posterior {}", f.p("x.npy")));

@@ -59,6 +59,9 @@ pub struct PosteriorHeader {
     pub features: usize,
     /// Samples folded in (accumulated, for an accumulator).
     pub samples_seen: usize,
+    /// Kron: the weight N of the Kronecker sums, when forgetting made it differ from
+    /// `samples_seen` (`None`: equal).
+    pub kron_weight: Option<f64>,
 }
 
 /// The metadata name of a structure.
@@ -145,6 +148,10 @@ fn common_parts<T: Scalar>(raw: &RawPosterior<T>, format: &str) -> (Vec<NamedTen
         ("features", raw.features.to_string()),
         ("samples_seen", raw.samples_seen.to_string()),
     ];
+    let mut metadata = metadata;
+    if raw.kron.is_some() && raw.kron_weight != raw.samples_seen as f64 {
+        metadata.push(("kron_weight", raw.kron_weight.to_string()));
+    }
     (tensors, metadata)
 }
 
@@ -318,6 +325,7 @@ fn raw_parts<'a, 'b, T: Scalar>(
         precision: Vec::new(),
         covariance: Vec::new(),
         kron,
+        kron_weight: header.kron_weight.unwrap_or(header.samples_seen as f64),
         samples_seen: header.samples_seen,
     };
     Ok((raw, tensors))
@@ -406,6 +414,10 @@ fn parse<'a>(bytes: &'a [u8], path: &Path) -> Result<(SafeTensors<'a>, Posterior
         classes: number("classes")?,
         features: number("features")?,
         samples_seen: number("samples_seen")?,
+        kron_weight: match m.get("kron_weight") {
+            None => None,
+            Some(v) => Some(v.parse().map_err(|_| fail("bad `kron_weight` in metadata".into()))?),
+        },
     };
     let names: Vec<&str> = TENSORS.iter().copied().filter(|n| file.tensor(n).is_ok()).collect();
     let stored = checksum(

@@ -147,7 +147,7 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
                     let mut k = mine.copy(device)?;
                     device.axpy(&mut k.a_sum, T::one(), &theirs.a_sum)?;
                     device.axpy(&mut k.g_sum, T::one(), &theirs.g_sum)?;
-                    k.count += theirs.count;
+                    k.weight += theirs.weight;
                     Some(k)
                 }
                 _ => None,
@@ -279,6 +279,7 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
         raw.precision = device.download(&self.sum)?;
         raw.covariance = Vec::new();
         raw.samples_seen = self.count;
+        raw.kron_weight = self.count as f64;
         raw.kron = match &self.kron {
             Some(k) => Some([
                 device.download(&k.a_sum)?,
@@ -329,7 +330,7 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
                 crate::host::check_finite("kron", &g)?;
                 k.a_sum = device.upload(&a, raw.classes, raw.classes)?;
                 k.g_sum = device.upload(&g, da, da)?;
-                k.count = raw.samples_seen;
+                k.weight = raw.samples_seen as f64;
             }
             (None, None) => {}
             _ => return Err(Error::invalid("kron", "Kronecker sums do not match the structure")),

@@ -292,8 +292,8 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     pub fn stored_shape(&self) -> (usize, usize) {
         stored_shape(self.structure, self.classes, self.augmented_features())
     }
-    /// The Kron factors `(A, G, U_A, U_G)`, row-major, the eigenvectors as columns, with N =
-    /// [`Posterior::samples_seen`]; `None` for the other structures.
+    /// The Kron factors `(A, G, U_A, U_G)`, row-major, the eigenvectors as columns, with the
+    /// weight N of [`Posterior::kron_weight`]; `None` for the other structures.
     #[allow(clippy::type_complexity)]
     pub fn kron_factors(&self) -> Result<Option<(Vec<T>, Vec<T>, Vec<T>, Vec<T>)>> {
         let Some(f) = &self.moments.kron else { return Ok(None) };
@@ -304,6 +304,12 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             d.download(&f.a_vecs)?,
             d.download(&f.g_vecs)?,
         )))
+    }
+
+    /// The Kron structure's weight N in `(A ⊗ G)/N`: [`Posterior::samples_seen`], less what
+    /// [`UpdateConfig::forgetting`] discounted (`None` for the other structures).
+    pub fn kron_weight(&self) -> Option<f64> {
+        self.moments.kron.as_ref().map(|k| k.weight)
     }
 
     /// The posterior mean of W (K × D, row-major), without the bias column.
@@ -566,6 +572,8 @@ pub(crate) struct RawPosterior<T> {
     pub covariance: Vec<T>,
     /// Kron: A (K × K), G (D_aug × D_aug), U_A, U_G.
     pub kron: Option<[Vec<T>; 4]>,
+    /// Kron: the weight N of the sums (the samples seen, less what forgetting discounted).
+    pub kron_weight: f64,
     pub samples_seen: usize,
 }
 
@@ -604,6 +612,11 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             precision: self.device.download(&self.moments.precision)?,
             covariance: self.device.download(&self.moments.covariance)?,
             kron: self.kron_factors()?.map(|(a, g, ua, ug)| [a, g, ua, ug]),
+            kron_weight: self
+                .moments
+                .kron
+                .as_ref()
+                .map_or(self.samples_seen as f64, |k| k.weight),
             samples_seen: self.samples_seen,
         })
     }
@@ -661,6 +674,12 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 });
             }
         }
+        if !(raw.kron_weight.is_finite() && raw.kron_weight >= 0.0) {
+            return Err(Error::invalid(
+                "kron_weight",
+                format!("must be finite and ≥ 0, got {}", raw.kron_weight),
+            ));
+        }
         check_finite("head", &raw.head)?;
         check_finite("precision", &raw.precision)?;
         check_finite("covariance", &raw.covariance)?;
@@ -692,7 +711,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 g_sum: device.upload(g, da, da)?,
                 a_vecs: device.upload(ua, k, k)?,
                 g_vecs: device.upload(ug, da, da)?,
-                count: samples_seen,
+                weight: raw.kron_weight,
             }),
             None => None,
         };

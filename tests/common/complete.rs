@@ -333,6 +333,7 @@ pub fn check_structures<D: Device, T: Scalar>(dev: &D) {
                         rule: UpdateRule::Joint,
                         gamma,
                         iterations: 1,
+                        forgetting: 1.0,
                     };
                     update_rows(&case, &mut post, 20..23, lik, &config).unwrap();
                     let new_rows: Vec<usize> = (20..23).collect();
@@ -708,6 +709,108 @@ pub fn check_unlearn_structures<D: Device, T: Scalar>(dev: &D) {
     }
 }
 
+/// Forgetting ρ: after prior-only start and batches B_1..B_3 folded in with ρ, the precision is
+/// `Π₀ + Σ_s ρ^{3−s} H(B_s)` in each structure's form (Kron: the KFAC of the ρ-weighted sums,
+/// `(A_ρ ⊗ G_ρ)/N_ρ`), each H at the head before its batch; and for the Joint rule the mean is
+/// the Newton step from the forgotten posterior, `w_s = w_{s−1} + Σ_s g_s(w_{s−1})`. Regression
+/// also with the Sequential rule, whose curvature does not depend on the head.
+pub fn check_forgetting<D: Device, T: Scalar>(dev: &D) {
+    let rho = 0.6;
+    let tol = if T::DTYPE == DType::F64 { 1e-9 } else { 2e-3 };
+    for lik in likelihoods() {
+        for s in STRUCTURES {
+            let rules: &[UpdateRule] = match lik {
+                Likelihood::Classification => &[UpdateRule::Joint],
+                Likelihood::Regression { .. } => &[UpdateRule::Joint, UpdateRule::Sequential],
+            };
+            for &rule in rules {
+                let case = Case::new(31, 36, 5, 3, true);
+                let pb = &case.pb;
+                let (k, da) = (pb.k, pb.da());
+                let p = k * da;
+                let cfg = case.config(s, lik, Curvature::Ggn, 8);
+                let head = Problem::cast::<T>(&pb.head);
+                let bias = Problem::cast::<T>(&pb.bias);
+                let mut post =
+                    Posterior::prior(dev, HostMatrix::new(&head, k, pb.d).unwrap(), Some(&bias), &cfg).unwrap();
+                let config = UpdateConfig {
+                    rule,
+                    forgetting: rho,
+                    ..Default::default()
+                };
+                let mut data = Dense::zeros(p, p);
+                let (mut a_w, mut g_w, mut n_w) = (Dense::zeros(k, k), Dense::zeros(da, da), 0.0);
+                for (t, range) in [0..12, 12..24, 24..36].into_iter().enumerate() {
+                    let rows: Vec<usize> = range.clone().collect();
+                    let w = Dense::from(k, da, suite::dense_head_of(&post, pb));
+                    let want = if s == Structure::Kron {
+                        a_w = a_w.scale(rho);
+                        g_w = g_w.scale(rho);
+                        n_w *= rho;
+                        for &i in &rows {
+                            a_w = a_w.add(&case.output_curvature(&w, i, lik, Curvature::Ggn), 1.0);
+                            let x = Dense::from(da, 1, pb.phi_aug(pb.x(i)));
+                            g_w = g_w.add(&x.mul(&x.t()), 1.0);
+                        }
+                        n_w += rows.len() as f64;
+                        Dense::identity(p)
+                            .scale(TAU)
+                            .add(&kron(&a_w, &g_w).scale(1.0 / n_w), 1.0)
+                    } else {
+                        data = data
+                            .scale(rho)
+                            .add(&case.curvature(&w, &rows, s, lik, Curvature::Ggn), 1.0);
+                        Dense::identity(p).scale(TAU).add(&data, 1.0)
+                    };
+                    update_rows(&case, &mut post, range, lik, &config).unwrap();
+                    let name = format!("{s:?} {lik:?} {rule:?} batch {t}");
+                    let (prec, cov) = dense_of(&post);
+                    let e = rel_err(&Problem::cast::<T>(&prec.a), &want.a);
+                    assert!(e < tol, "{name}: precision differs from Π₀ + Σ ρ^(t−s) H by {e}");
+                    let e = rel_err(&Problem::cast::<T>(&cov.a), &want.inverse().a);
+                    assert!(e < tol, "{name}: covariance is not the inverse of that precision ({e})");
+                    if rule == UpdateRule::Joint {
+                        let next = step(&w, &want.inverse(), &case.gradient(&w, &rows, lik), 1.0);
+                        let e = rel_err(&Problem::cast::<T>(&suite::dense_head_of(&post, pb)), &next.a);
+                        assert!(e < tol, "{name}: mean differs from the Newton step by {e}");
+                    }
+                }
+                assert_eq!(post.samples_seen(), 36);
+                if s == Structure::Kron {
+                    // N = ρ²·12 + ρ·12 + 12, kept by the posterior file.
+                    let weight = post.kron_weight().unwrap();
+                    assert!(
+                        (weight - (rho * rho * 12.0 + rho * 12.0 + 12.0)).abs() < 1e-9,
+                        "N = {weight}"
+                    );
+                    let path = temp_dir(&format!("forgetting-{}-{rule:?}", T::DTYPE.name())).join("kron.safetensors");
+                    laplace_update::io::save_posterior(&post, &path).unwrap();
+                    let back = laplace_update::io::load_posterior::<_, T>(dev, &path).unwrap();
+                    assert_eq!(back.kron_weight(), Some(weight));
+                    assert_eq!(back.precision().unwrap(), post.precision().unwrap());
+                }
+            }
+        }
+    }
+    // ρ outside (0, 1] is refused and leaves the posterior as it was.
+    let case = Case::new(32, 10, 4, 2, true);
+    let cfg = case.config(Structure::Full, Likelihood::Classification, Curvature::Ggn, 8);
+    let mut post = case.fit::<D, T>(dev, 6, &cfg).unwrap();
+    let before = post.precision().unwrap();
+    for rho in [0.0, -0.5, 1.5, f64::NAN, f64::INFINITY] {
+        let config = UpdateConfig {
+            forgetting: rho,
+            ..Default::default()
+        };
+        let result = update_rows(&case, &mut post, 6..10, Likelihood::Classification, &config);
+        assert!(
+            matches!(result, Err(Error::InvalidArgument { .. })),
+            "ρ = {rho}: {result:?}"
+        );
+        assert_eq!(post.precision().unwrap(), before);
+    }
+}
+
 #[macro_export]
 macro_rules! complete_suite {
     ($backend:literal, $make:expr, $($t:ident),+) => {
@@ -724,6 +827,7 @@ macro_rules! complete_suite {
             #[test] fn marginal_likelihood() { if let Some(d) = device() { complete::check_marginal_likelihood::<_, $t>(&d) } }
             #[test] fn accumulator_shards_merge() { if let Some(d) = device() { complete::check_accumulator_shards::<_, $t>(&d) } }
             #[test] fn unlearn_structures() { if let Some(d) = device() { complete::check_unlearn_structures::<_, $t>(&d) } }
+            #[test] fn forgetting() { if let Some(d) = device() { complete::check_forgetting::<_, $t>(&d) } }
         }
         )+
     };

@@ -114,6 +114,7 @@ pub fn check_joint_update<D: Device, T: Scalar>(dev: &D) {
                     rule: UpdateRule::Joint,
                     gamma,
                     iterations: 1,
+                    forgetting: 1.0,
                 };
                 post.update(HostMatrix::new(&phi_new, m, pb.d).unwrap(), &pb.labels[20..], &config)
                     .unwrap();
@@ -157,6 +158,7 @@ pub fn check_joint_iterations<D: Device, T: Scalar>(dev: &D) {
             rule: UpdateRule::Joint,
             gamma: 1.0,
             iterations,
+            forgetting: 1.0,
         };
         post.update(HostMatrix::new(&phi_new, m, pb.d).unwrap(), &pb.labels[18..], &config)
             .unwrap();
@@ -235,6 +237,7 @@ pub fn check_sequential_shared<D: Device, T: Scalar>(dev: &D) {
                 rule: UpdateRule::Sequential,
                 gamma,
                 iterations: 1,
+                forgetting: 1.0,
             };
             post.update(HostMatrix::new(&phi_new, 15, pb.d).unwrap(), &pb.labels[25..], &config)
                 .unwrap();
@@ -280,6 +283,7 @@ pub fn check_sequential_full<D: Device, T: Scalar>(dev: &D) {
         rule,
         gamma: 2.0,
         iterations: 1,
+        forgetting: 1.0,
     };
     seq.update(
         HostMatrix::new(&one, 1, pb.d).unwrap(),
@@ -778,6 +782,7 @@ pub fn check_drift<D: Device, T: Scalar>(dev: &D, bound: f64) {
             rule: UpdateRule::Sequential,
             gamma: 1.0,
             iterations: 1,
+            forgetting: 1.0,
         };
         for chunk in 0..10 {
             let rows = chunk * 100..(chunk + 1) * 100;
@@ -942,6 +947,7 @@ pub fn check_unlearn<D: Device, T: Scalar>(dev: &D) {
                     rule: UpdateRule::Joint,
                     gamma,
                     iterations: 1,
+                    forgetting: 1.0,
                 },
             )
             .unwrap();

@@ -161,7 +161,7 @@ fn run_on<D: Device>(device: &D, args: &DemoArgs) -> Result<()> {
                     let config = UpdateConfig {
                         rule,
                         gamma,
-                        iterations: 1,
+                        ..UpdateConfig::default()
                     };
                     if let Some(post) = states[i].as_mut() {
                         post.update(HostMatrix::new(&xb, BATCH, FEATURES)?, &yb, &config)?;

@@ -207,6 +207,10 @@ struct UpdateArgs {
     /// Newton steps.
     #[arg(long, default_value_t = 1)]
     iterations: usize,
+    /// Forgetting ρ in (0, 1] for drifting streams: the data part of the precision is scaled
+    /// by ρ before the batch is folded in (1 forgets nothing).
+    #[arg(long, default_value_t = 1.0, value_parser = forgetting_factor)]
+    forgetting: f64,
     /// Benchmarking: run the update this many times (all but the last on copies) and report
     /// the median time; the result written is the same.
     #[arg(long, default_value_t = 1)]
@@ -495,6 +499,14 @@ fn fit_as<D: Device, T: Scalar>(device: &D, args: &FitArgs) -> Result<()> {
     Ok(())
 }
 
+/// Parses a forgetting factor in (0, 1] (`--forgetting`).
+fn forgetting_factor(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rho) if rho > 0.0 && rho <= 1.0 => Ok(rho),
+        _ => Err(format!("must be a number in (0, 1], got {text}")),
+    }
+}
+
 /// Parses a non-negative, finite number of seconds (`--lock-timeout`).
 fn seconds(text: &str) -> std::result::Result<std::time::Duration, String> {
     text.parse::<f64>()
@@ -544,6 +556,7 @@ fn update_as<D: Device, T: Scalar>(device: &D, args: &UpdateArgs) -> Result<()> 
         rule,
         gamma: args.gamma,
         iterations: args.iterations,
+        forgetting: args.forgetting,
     };
     let mut times = Vec::with_capacity(args.repeat.max(1));
     let m = change_posterior::<D, T>(device, &args.batch, |post, x, y| {
