@@ -13,11 +13,11 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::{
-    CovLayout, Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign, check_upload, congruence_shapes, cov_layout,
-    ggn_shapes, low_rank_shapes, predictive_shapes, sherman_morrison_shapes,
+    Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign, check_upload, congruence_shapes, ggn_shapes,
+    low_rank_shapes, predictive_shapes, sherman_morrison_shapes,
 };
 use crate::error::{Error, Result};
-use crate::numerics::{psd_cholesky, psd_pivot_floor, softmax, softmax_in_place};
+use crate::numerics::softmax_in_place;
 use crate::scalar::Scalar;
 
 /// Rows of Φ handled per pass of the chunked kernels; bounds the scratch of `ggn_accumulate`
@@ -94,99 +94,6 @@ impl CpuDevice {
             settle_vector_state();
             out
         })
-    }
-
-    /// Applies a link to every input, in parallel: `link(f, Σ_f)` gets the logit mean (K, f64)
-    /// and the logit covariance as `cov` stores it (dense n × K², isotropic n × 1 or diagonal
-    /// n × K) and returns the K probabilities.
-    fn map_predictive<T: Scalar>(
-        &self,
-        mean: &CpuMatrix<T>,
-        cov: &CpuMatrix<T>,
-        link: impl Fn(&[f64], &LogitCov<'_>) -> Vec<f64> + Sync,
-    ) -> Result<CpuMatrix<T>> {
-        let layout = cov_layout(mean, cov)?;
-        let (n, k) = mean.shape();
-        let cw = cov.cols();
-        let mut out = vec![T::zero(); n * k];
-        if k > 0 {
-            self.run(|| {
-                out.par_chunks_mut(k).enumerate().for_each(|(i, row)| {
-                    let c: Vec<f64> = cov.buffer()[i * cw..(i + 1) * cw].iter().map(|x| x.as_f64()).collect();
-                    let sigma = match layout {
-                        CovLayout::Full => LogitCov::Full(&c),
-                        CovLayout::Isotropic => LogitCov::Isotropic(c[0]),
-                        CovLayout::Diagonal => LogitCov::Diagonal(&c),
-                    };
-                    let f: Vec<f64> = mean.buffer()[i * k..(i + 1) * k].iter().map(|x| x.as_f64()).collect();
-                    row.iter_mut()
-                        .zip(link(&f, &sigma))
-                        .for_each(|(o, p)| *o = T::from_f64(p));
-                })
-            });
-        }
-        Matrix::from_parts(out, n, k)
-    }
-}
-
-/// One input's logit covariance Σ_f (K × K) as its structure stores it, so that a link costs
-/// O(K) per input unless Σ_f is dense.
-enum LogitCov<'a> {
-    /// The K × K matrix, row-major.
-    Full(&'a [f64]),
-    /// `v I_K`.
-    Isotropic(f64),
-    /// `diag(d)`.
-    Diagonal(&'a [f64]),
-}
-
-impl LogitCov<'_> {
-    /// `Σ_f[a, a]`.
-    fn diag(&self, a: usize, k: usize) -> f64 {
-        match self {
-            LogitCov::Full(c) => c[a * k + a],
-            LogitCov::Isotropic(v) => *v,
-            LogitCov::Diagonal(d) => d[a],
-        }
-    }
-
-    /// `Σ_b Σ_f[a, b]`.
-    fn row_sum(&self, a: usize, k: usize) -> f64 {
-        match self {
-            LogitCov::Full(c) => c[a * k..(a + 1) * k].iter().sum(),
-            _ => self.diag(a, k),
-        }
-    }
-
-    /// `f + L e` for each standard-normal draw e (rows of `eps`, K wide), `L Lᵀ = Σ_f` the
-    /// lower Cholesky factor with pivots at rounding level counted as zero
-    /// ([`psd_cholesky`]); O(K) per draw unless Σ_f is dense.
-    fn for_each_draw(&self, f: &[f64], eps: &[f64], mut draw: impl FnMut(&[f64])) {
-        let k = f.len();
-        let mut z = vec![0.0; k];
-        match self {
-            LogitCov::Full(c) => {
-                let mut l = c.to_vec();
-                psd_cholesky(&mut l, k);
-                for e in eps.chunks_exact(k) {
-                    for a in 0..k {
-                        z[a] = f[a] + (0..=a).map(|b| l[a * k + b] * e[b]).sum::<f64>();
-                    }
-                    draw(&z);
-                }
-            }
-            _ => {
-                let d: Vec<f64> = (0..k).map(|a| self.diag(a, k)).collect();
-                let floor = psd_pivot_floor(&d);
-                let l: Vec<f64> = d.iter().map(|&v| if v > floor { v.sqrt() } else { 0.0 }).collect();
-                for e in eps.chunks_exact(k) {
-                    for a in 0..k {
-                        z[a] = f[a] + l[a] * e[a];
-                    }
-                    draw(&z);
-                }
-            }
-        }
     }
 }
 
@@ -363,45 +270,6 @@ fn symmetric_add<T: Scalar>(dst: MatMut<'_, T>, lhs: MatRef<'_, T>, rhs: MatRef<
         par,
     );
     true
-}
-
-/// The normalised Laplace bridge of one row (see [`Device::bridge_dirichlet`]), in f64, with the
-/// Dirichlet parameters handled in log space so that large logits cannot overflow.
-fn laplace_bridge(f: &[f64], sigma: &LogitCov<'_>) -> Vec<f64> {
-    let k = f.len();
-    let kf = k as f64;
-    let row_sums: Vec<f64> = (0..k).map(|a| sigma.row_sum(a, k)).collect();
-    let total: f64 = row_sums.iter().sum();
-    let (mut mu, mut diag) = (f.to_vec(), (0..k).map(|a| sigma.diag(a, k)).collect::<Vec<f64>>());
-    if total > 0.0 {
-        let f_sum: f64 = f.iter().sum();
-        for a in 0..k {
-            mu[a] -= row_sums[a] * f_sum / total;
-            diag[a] -= row_sums[a] * row_sums[a] / total;
-        }
-    }
-    let mean_diag = diag.iter().sum::<f64>() / kf / (kf / 2.0).sqrt();
-    if mean_diag.is_nan() || mean_diag <= 0.0 || diag.iter().any(|d| d.is_nan() || *d <= 0.0) {
-        return softmax(f);
-    }
-    mu.iter_mut().for_each(|m| *m /= mean_diag.sqrt());
-    diag.iter_mut().for_each(|d| *d /= mean_diag);
-    // log Σ_l e^{−μ_l}
-    let max_neg = mu.iter().fold(f64::NEG_INFINITY, |m, x| m.max(-x));
-    let lse_neg = max_neg + mu.iter().map(|x| (-x - max_neg).exp()).sum::<f64>().ln();
-    let base = 1.0 - 2.0 / kf;
-    let log_alpha: Vec<f64> = (0..k)
-        .map(|a| {
-            let t = mu[a] + lse_neg - 2.0 * kf.ln();
-            let log_num = if base > 0.0 {
-                t.max(base.ln()) + (-(t - base.ln()).abs()).exp().ln_1p()
-            } else {
-                t
-            };
-            log_num - diag[a].ln()
-        })
-        .collect();
-    softmax(&log_alpha)
 }
 
 impl Device for CpuDevice {
@@ -1068,69 +936,6 @@ impl Device for CpuDevice {
             }
             Matrix::from_parts(out, n, k * k)
         })
-    }
-
-    fn softmax_rows<T: Scalar>(&self, logits: &mut Matrix<Self, T>) -> Result<()> {
-        let k = logits.cols();
-        if k == 0 {
-            return Ok(());
-        }
-        self.run(|| logits.buffer_mut().par_chunks_mut(k).for_each(softmax_in_place));
-        Ok(())
-    }
-
-    fn probit_softmax<T: Scalar>(
-        &self,
-        mean: &Matrix<Self, T>,
-        cov: &Matrix<Self, T>,
-        lambda: T,
-    ) -> Result<Matrix<Self, T>> {
-        let lambda = lambda.as_f64();
-        self.map_predictive(mean, cov, |f, sigma| {
-            let k = f.len();
-            let scaled: Vec<f64> = (0..k)
-                .map(|a| f[a] / (1.0 + lambda * sigma.diag(a, k).max(0.0)).sqrt())
-                .collect();
-            softmax(&scaled)
-        })
-    }
-
-    fn monte_carlo_softmax<T: Scalar>(
-        &self,
-        mean: &Matrix<Self, T>,
-        cov: &Matrix<Self, T>,
-        eps: &Matrix<Self, T>,
-    ) -> Result<Matrix<Self, T>> {
-        let samples = eps.rows();
-        eps.expect_shape("eps", samples, mean.cols())?;
-        if samples == 0 {
-            return Err(Error::invalid("samples", "at least one Monte Carlo sample is required"));
-        }
-        let eps: Vec<f64> = eps.buffer().iter().map(|x| x.as_f64()).collect();
-        self.map_predictive(mean, cov, |f, sigma| {
-            let mut acc = vec![0.0f64; f.len()];
-            sigma.for_each_draw(f, &eps, |z| {
-                acc.iter_mut().zip(softmax(z)).for_each(|(x, p)| *x += p);
-            });
-            acc.iter().map(|x| x / samples as f64).collect()
-        })
-    }
-
-    fn bridge_dirichlet<T: Scalar>(&self, mean: &Matrix<Self, T>, cov: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
-        self.map_predictive(mean, cov, laplace_bridge)
-    }
-
-    fn categorical_weights<T: Scalar>(&self, probs: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
-        let (n, k) = probs.shape();
-        let out = (0..n)
-            .map(|i| {
-                let pmax = probs.buffer()[i * k..(i + 1) * k]
-                    .iter()
-                    .fold(T::zero(), |a, &b| a.max(b));
-                pmax * (T::one() - pmax)
-            })
-            .collect();
-        Matrix::from_parts(out, n, 1)
     }
 
     fn axpy<T: Scalar>(&self, y: &mut Matrix<Self, T>, alpha: T, x: &Matrix<Self, T>) -> Result<()> {

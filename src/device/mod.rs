@@ -1,18 +1,21 @@
-//! The [`Device`] trait: device-resident buffers and every kernel the posteriors need.
+//! The [`Device`] trait: device-resident buffers, a small set of primitives, and the fused
+//! operations of the posteriors written once over them.
 //!
-//! Kernel families, each one method of the trait. The faer implementation in [`cpu`] is the
-//! reference that every other backend is tested against; GPU backends keep each family in one
-//! source file named after it (`kernels/<family>.cu`, `shaders/<family>.wgsl`).
+//! A backend implements the storage methods and the primitives; every other method is provided
+//! ([`provided`]) and a backend overrides one only where it has a faster kernel. The faer
+//! implementation in [`cpu`] is the reference every backend is tested against; the GPU runtimes
+//! keep each kernel family in one source file named after it (`kernels/<family>.cu`,
+//! `shaders/<family>.wgsl`), registered once in `src/device/registry.rs`.
 //!
-//! | family | methods |
+//! | | methods |
 //! |---|---|
-//! | gemm | [`Device::gemm`], [`Device::weighted_syrk`] |
-//! | ggn | [`Device::ggn_accumulate`], [`Device::kron_congruence`], [`Device::kron_rows`] |
-//! | kron | [`Device::kron_products`] |
-//! | low_rank | [`Device::low_rank_update`] (composed of transpose, triangular solve and gemm); [`Device::sherman_morrison_sequence`] is provided, blocked over the primitives |
-//! | cholesky | [`Device::cholesky`], [`Device::triangular_solve`], [`Device::spd_inverse`] |
-//! | predictive | [`Device::predictive_covariance`], [`Device::probit_softmax`], [`Device::monte_carlo_softmax`], [`Device::bridge_dirichlet`], [`Device::softmax_rows`], [`Device::categorical_weights`] |
-//! | elementwise | [`Device::axpy`], [`Device::hadamard`], [`Device::add_row`], [`Device::add_diagonal`], [`Device::max_abs`] |
+//! | storage | [`Device::upload`], [`Device::download`], [`Device::zeros`], [`Device::copy`], [`Device::synchronize`] |
+//! | primitives | [`Device::gemm`], [`Device::weighted_syrk`], [`Device::kron_rows`], [`Device::kron_congruence`], [`Device::low_rank_update`], [`Device::cholesky`], [`Device::triangular_solve`], [`Device::predictive_covariance`], [`Device::axpy`], [`Device::hadamard`], [`Device::add_row`], [`Device::add_diagonal`], [`Device::max_abs`] |
+//! | provided | [`Device::ggn_accumulate`], [`Device::kron_products`], [`Device::spd_inverse`], [`Device::sherman_morrison_sequence`], [`Device::probit_softmax`], [`Device::monte_carlo_softmax`], [`Device::bridge_dirichlet`], [`Device::softmax_rows`], [`Device::categorical_weights`] |
+//!
+//! The GPU device overrides every provided method with kernel compositions except the blocked
+//! Sherman–Morrison; the CPU overrides the GGN accumulation, the Woodbury products, the SPD
+//! inverse and the Sherman–Morrison loop with fused faer code.
 //!
 //! Matrices are dense and row-major; their shape travels with the buffer. Data moves between
 //! host and device only through [`Device::upload`] and [`Device::download`].
@@ -26,10 +29,10 @@ pub mod cuda;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod gpu;
 pub mod launch;
+pub mod provided;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod registry;
 mod sherman_morrison;
-pub use sherman_morrison::blocked as blocked_sherman_morrison;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
@@ -260,7 +263,9 @@ pub trait Device: Clone + Send + Sync + 'static {
         probs: &Matrix<Self, T>,
         basis: Option<&Matrix<Self, T>>,
         alpha: T,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        provided::ggn_accumulate(self, precision, phi, probs, basis, alpha)
+    }
     /// `Y = (R ⊗ I_D) X (Rᵀ ⊗ I_D) + c·(I_K − R Rᵀ) ⊗ I_D` for X (K'D × K'D) symmetric and
     /// R (K × K'): lifts a matrix from the span of R back to all K classes, with `c` on the
     /// orthogonal complement when R has orthonormal columns.
@@ -287,7 +292,9 @@ pub trait Device: Clone + Send + Sync + 'static {
         sigma: &Matrix<Self, T>,
         phi: &Matrix<Self, T>,
         factor: LowRankFactor<'_, Self, T>,
-    ) -> Result<(Matrix<Self, T>, Matrix<Self, T>)>;
+    ) -> Result<(Matrix<Self, T>, Matrix<Self, T>)> {
+        provided::kron_products(self, sigma, phi, factor)
+    }
     /// `Σ ← Σ ± U C⁻¹ Uᵀ` where `c_chol` is the lower Cholesky factor L of `C = L Lᵀ`.
     fn low_rank_update<T: Scalar>(
         &self,
@@ -318,7 +325,7 @@ pub trait Device: Clone + Send + Sync + 'static {
         gamma: T,
         weighting: OutputWeighting,
     ) -> Result<Matrix<Self, T>> {
-        sherman_morrison::blocked(self, sigma, head, bias, phi, targets, gamma, weighting)
+        provided::sherman_morrison_sequence(self, sigma, head, bias, phi, targets, gamma, weighting)
     }
     /// In-place lower Cholesky factor `A = L Lᵀ`; the strict upper triangle is zeroed.
     fn cholesky<T: Scalar>(&self, a: &mut Matrix<Self, T>) -> Result<()>;
@@ -330,15 +337,7 @@ pub trait Device: Clone + Send + Sync + 'static {
     /// Provided: `L = chol(A)`, `X = L⁻¹` by [`Device::triangular_solve`] on the identity, and
     /// `A⁻¹ = XᵀX` by [`Device::weighted_syrk`], so the result is exactly symmetric.
     fn spd_inverse<T: Scalar>(&self, a: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
-        let n = a.expect_square("a")?;
-        let mut l = self.copy(a)?;
-        self.cholesky(&mut l)?;
-        let mut x = self.zeros(n, n)?;
-        self.add_diagonal(&mut x, T::one())?;
-        self.triangular_solve(&l, &mut x, Op::N)?;
-        let mut out = self.zeros(n, n)?;
-        self.weighted_syrk(&mut out, T::zero(), &x, None, T::one())?;
-        Ok(out)
+        provided::spd_inverse(self, a)
     }
     /// Logit covariances `Σ_f[n, k, l] = φ_nᵀ Σ_{kl} φ_n` for Σ (K·D) × (K·D) and Φ (n × D);
     /// returns n × K² (row n holds the K × K matrix row-major). K = 1 gives `φ_nᵀ Σ φ_n`.
@@ -348,7 +347,9 @@ pub trait Device: Clone + Send + Sync + 'static {
         phi: &Matrix<Self, T>,
     ) -> Result<Matrix<Self, T>>;
     /// Row-wise stable softmax in place.
-    fn softmax_rows<T: Scalar>(&self, logits: &mut Matrix<Self, T>) -> Result<()>;
+    fn softmax_rows<T: Scalar>(&self, logits: &mut Matrix<Self, T>) -> Result<()> {
+        provided::softmax_rows(self, logits)
+    }
     /// Mean-field probit: `p_nk = softmax_k(f_nk / √(1 + λ Σ_f[n,k,k]))`. `cov` is n × K²,
     /// n × K for a diagonal Σ_f, or n × 1 for an isotropic `v_n I`.
     fn probit_softmax<T: Scalar>(
@@ -356,7 +357,9 @@ pub trait Device: Clone + Send + Sync + 'static {
         mean: &Matrix<Self, T>,
         cov: &Matrix<Self, T>,
         lambda: T,
-    ) -> Result<Matrix<Self, T>>;
+    ) -> Result<Matrix<Self, T>> {
+        provided::probit_softmax(self, mean, cov, lambda)
+    }
     /// Monte Carlo link: `p_n = (1/S) Σ_s softmax(f_n + L_n ε_s)` with `L_n L_nᵀ = Σ_f[n]`, a
     /// Cholesky factor in which pivots that are not positive count as zero, so semidefinite
     /// covariances (rank K − 1 is usual for softmax) are fine. `cov` as in
@@ -366,16 +369,22 @@ pub trait Device: Clone + Send + Sync + 'static {
         mean: &Matrix<Self, T>,
         cov: &Matrix<Self, T>,
         eps: &Matrix<Self, T>,
-    ) -> Result<Matrix<Self, T>>;
+    ) -> Result<Matrix<Self, T>> {
+        provided::monte_carlo_softmax(self, mean, cov, eps)
+    }
     /// Laplace bridge to a Dirichlet (Hobbhahn et al. 2022), normalised as in their paper and in
     /// laplace-torch's `bridge_norm`, returning the Dirichlet mean `α / Σα` per row. Per row:
     /// zero-mean correction `f ← f − s (1ᵀf)/S`, `Σ ← Σ − s sᵀ/S` (`s = Σ 1`, `S = 1ᵀΣ1`); with
     /// `d = diag Σ` and `c = mean(d)/√(K/2)`: `f ← f/√c`, `d ← d/c`; then
     /// `α_k = (1 − 2/K + e^{f_k} Σ_l e^{−f_l} / K²) / d_k`. Where the corrected variance vanishes
     /// the bridge is undefined and the row is `softmax(f)`. `cov` as in [`Device::probit_softmax`].
-    fn bridge_dirichlet<T: Scalar>(&self, mean: &Matrix<Self, T>, cov: &Matrix<Self, T>) -> Result<Matrix<Self, T>>;
+    fn bridge_dirichlet<T: Scalar>(&self, mean: &Matrix<Self, T>, cov: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
+        provided::bridge_dirichlet(self, mean, cov)
+    }
     /// `m_n = p_max,n (1 − p_max,n)` for each row of `probs`; returns n × 1.
-    fn categorical_weights<T: Scalar>(&self, probs: &Matrix<Self, T>) -> Result<Matrix<Self, T>>;
+    fn categorical_weights<T: Scalar>(&self, probs: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
+        provided::categorical_weights(self, probs)
+    }
     /// `Y ← Y + α X`, elementwise, same shapes.
     fn axpy<T: Scalar>(&self, y: &mut Matrix<Self, T>, alpha: T, x: &Matrix<Self, T>) -> Result<()>;
     /// `Y ← Y ∘ X`, the elementwise product, same shapes.

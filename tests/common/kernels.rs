@@ -126,11 +126,22 @@ pub fn check_ggn_accumulate<D: Device, T: Scalar>(dev: &D) {
         for i in 0..n {
             want = want.add(&ggn(phi.row(i), p.row(i)), 1.5);
         }
-        let mut prec = up::<D, T>(dev, &base);
-        dev.ggn_accumulate(&mut prec, &up(dev, &phi), &up(dev, &p), None, T::from_f64(1.5))
+        // The device's method, and the provided composition it may override.
+        for provided in [false, true] {
+            let mut prec = up::<D, T>(dev, &base);
+            let (x, pr, alpha) = (up(dev, &phi), up(dev, &p), T::from_f64(1.5));
+            if provided {
+                laplace_update::device::provided::ggn_accumulate(dev, &mut prec, &x, &pr, None, alpha)
+            } else {
+                dev.ggn_accumulate(&mut prec, &x, &pr, None, alpha)
+            }
             .unwrap();
-        let e = rel_err(&down(dev, &prec), &want.a);
-        assert!(e < tol::<T>(n.max(k * d), 8.0), "ggn n={n} d={d} k={k}: err {e}");
+            let e = rel_err(&down(dev, &prec), &want.a);
+            assert!(
+                e < tol::<T>(n.max(k * d), 8.0),
+                "ggn n={n} d={d} k={k} provided={provided}: err {e}"
+            );
+        }
     }
 }
 
@@ -169,15 +180,22 @@ pub fn check_ggn_basis_and_congruence<D: Device, T: Scalar>(dev: &D) {
             let x = Dense::from(d, 1, phi.row(i).to_vec());
             want = want.add(&kron(&lam, &x.mul(&x.t())), 0.5);
         }
-        let mut prec = up::<D, T>(dev, &base);
         let rd = up::<D, T>(dev, &r);
-        dev.ggn_accumulate(&mut prec, &up(dev, &phi), &up(dev, &p), Some(&rd), T::from_f64(0.5))
+        for provided in [false, true] {
+            let mut prec = up::<D, T>(dev, &base);
+            let (x, pr, alpha) = (up(dev, &phi), up(dev, &p), T::from_f64(0.5));
+            if provided {
+                laplace_update::device::provided::ggn_accumulate(dev, &mut prec, &x, &pr, Some(&rd), alpha)
+            } else {
+                dev.ggn_accumulate(&mut prec, &x, &pr, Some(&rd), alpha)
+            }
             .unwrap();
-        let e = rel_err(&down(dev, &prec), &want.a);
-        assert!(
-            e < tol::<T>(n.max(kr * d), 8.0),
-            "ggn with basis n={n} d={d} k={k} k'={kr}: err {e}"
-        );
+            let e = rel_err(&down(dev, &prec), &want.a);
+            assert!(
+                e < tol::<T>(n.max(kr * d), 8.0),
+                "ggn with basis n={n} d={d} k={k} k'={kr} provided={provided}: err {e}"
+            );
+        }
 
         let x = spd(&mut rng, kr * d);
         let c = 0.37;
@@ -228,18 +246,27 @@ pub fn check_kron_products<D: Device, T: Scalar>(dev: &D) {
         let u_want = sigma.mul(&b);
         let g_want = b.t().mul(&u_want);
         let pd = up::<D, T>(dev, &p);
-        let (u, g) = dev
-            .kron_products(
-                &up(dev, &sigma),
-                &up(dev, &phi),
-                LowRankFactor::Kronecker { probs: &pd },
-            )
+        for provided in [false, true] {
+            let (s, x) = (up(dev, &sigma), up(dev, &phi));
+            let factor = LowRankFactor::Kronecker { probs: &pd };
+            let (u, g) = if provided {
+                laplace_update::device::provided::kron_products(dev, &s, &x, factor)
+            } else {
+                dev.kron_products(&s, &x, factor)
+            }
             .unwrap();
-        assert_eq!((u.shape(), g.shape()), ((k * d, m * k), (m * k, m * k)));
-        let e = rel_err(&down(dev, &u), &u_want.a);
-        assert!(e < tol::<T>(k * d, 8.0), "kron U m={m} d={d} k={k}: err {e}");
-        let e = rel_err(&down(dev, &g), &g_want.a);
-        assert!(e < tol::<T>(k * d, 8.0), "kron G m={m} d={d} k={k}: err {e}");
+            assert_eq!((u.shape(), g.shape()), ((k * d, m * k), (m * k, m * k)));
+            let e = rel_err(&down(dev, &u), &u_want.a);
+            assert!(
+                e < tol::<T>(k * d, 8.0),
+                "kron U m={m} d={d} k={k} provided={provided}: err {e}"
+            );
+            let e = rel_err(&down(dev, &g), &g_want.a);
+            assert!(
+                e < tol::<T>(k * d, 8.0),
+                "kron G m={m} d={d} k={k} provided={provided}: err {e}"
+            );
+        }
     }
     for &(m, d) in &[(1usize, 1usize), (5, 16), (17, 33)] {
         let phi = random(&mut rng, m, d);
@@ -252,17 +279,26 @@ pub fn check_kron_products<D: Device, T: Scalar>(dev: &D) {
             }
         }
         let wd = up::<D, T>(dev, &Dense::from(m, 1, w));
-        let (u, g) = dev
-            .kron_products(
-                &up(dev, &sigma),
-                &up(dev, &phi),
-                LowRankFactor::Shared { weights: Some(&wd) },
-            )
+        for provided in [false, true] {
+            let (s, x) = (up(dev, &sigma), up(dev, &phi));
+            let factor = LowRankFactor::Shared { weights: Some(&wd) };
+            let (u, g) = if provided {
+                laplace_update::device::provided::kron_products(dev, &s, &x, factor)
+            } else {
+                dev.kron_products(&s, &x, factor)
+            }
             .unwrap();
-        let e = rel_err(&down(dev, &u), &sigma.mul(&b).a);
-        assert!(e < tol::<T>(d, 8.0), "shared U m={m} d={d}: err {e}");
-        let e = rel_err(&down(dev, &g), &b.t().mul(&sigma).mul(&b).a);
-        assert!(e < tol::<T>(d, 8.0), "shared G m={m} d={d}: err {e}");
+            let e = rel_err(&down(dev, &u), &sigma.mul(&b).a);
+            assert!(
+                e < tol::<T>(d, 8.0),
+                "shared U m={m} d={d} provided={provided}: err {e}"
+            );
+            let e = rel_err(&down(dev, &g), &b.t().mul(&sigma).mul(&b).a);
+            assert!(
+                e < tol::<T>(d, 8.0),
+                "shared G m={m} d={d} provided={provided}: err {e}"
+            );
+        }
     }
 }
 
@@ -290,9 +326,17 @@ pub fn check_cholesky_family<D: Device, T: Scalar>(dev: &D) {
             let e = rel_err(&Problem::cast::<T>(&lhs.a), &b.a);
             assert!(e < tol::<T>(n, 50.0), "triangular_solve n={n} {op:?}: residual {e}");
         }
-        let inv = dev.spd_inverse(&up::<D, T>(dev, &a)).unwrap();
-        let e = rel_err(&down(dev, &inv), &a.inverse().a);
-        assert!(e < tol::<T>(n, 50.0), "spd_inverse n={n}: err {e}");
+        for provided in [false, true] {
+            let a_dev = up::<D, T>(dev, &a);
+            let inv = if provided {
+                laplace_update::device::provided::spd_inverse(dev, &a_dev)
+            } else {
+                dev.spd_inverse(&a_dev)
+            }
+            .unwrap();
+            let e = rel_err(&down(dev, &inv), &a.inverse().a);
+            assert!(e < tol::<T>(n, 50.0), "spd_inverse n={n} provided={provided}: err {e}");
+        }
     }
     // Not positive definite: the failing pivot is reported.
     let mut bad = up::<D, T>(
@@ -598,7 +642,7 @@ pub fn check_sherman_morrison<D: Device, T: Scalar>(dev: &D) {
                 T::from_f64(gamma),
             );
             let got_used = if provided {
-                laplace_update::device::blocked_sherman_morrison(
+                laplace_update::device::provided::sherman_morrison_sequence(
                     dev, &mut sg, &mut hd, args.0, &args.1, &args.2, args.3, weighting,
                 )
             } else {
