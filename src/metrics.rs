@@ -53,7 +53,7 @@ pub fn score<T: Scalar, L: Label>(probs: &[T], labels: &[L], classes: usize, bin
         });
         let hit = best == y;
         correct += usize::from(hit);
-        nll -= row[y].as_f64().max(1e-12).ln();
+        nll += crate::numerics::label_nll(row[y].as_f64());
         let b = ((confidence * bins as f64) as usize).min(bins - 1);
         bin_count[b] += 1;
         bin_correct[b] += usize::from(hit);

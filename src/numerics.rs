@@ -1,5 +1,5 @@
 //! Host numerics shared by the posterior, the devices and the active-learning strategies: one
-//! stable softmax, one log-sum-exp, one PSD Cholesky with one zero-pivot rule.
+//! stable softmax, one log-sum-exp, one floored NLL, one PSD Cholesky with one zero-pivot rule.
 
 use crate::scalar::Scalar;
 
@@ -10,6 +10,15 @@ pub(crate) fn log_sum_exp<T: Scalar>(x: &[T]) -> T {
         return max;
     }
     max + x.iter().fold(T::zero(), |s, &v| s + (v - max).exp()).ln()
+}
+
+/// The probability below which a label's probability counts as this value in a negative
+/// log-likelihood, so that one confident mistake costs `−ln 1e-12 ≈ 27.6` and not infinity.
+pub(crate) const PROBABILITY_FLOOR: f64 = 1e-12;
+
+/// `−ln max(p, 1e-12)`: one sample's negative log-likelihood from its label's probability.
+pub(crate) fn label_nll(p: f64) -> f64 {
+    -p.max(PROBABILITY_FLOOR).ln()
 }
 
 /// `x ← softmax(x) = e^{x − max} / Σ e^{x − max}` in place.

@@ -145,10 +145,10 @@ fn linear<T: Scalar>(w: &[f64], b: &[f64], x: HostMatrix<'_, T>, k: usize) -> Ve
 /// Mean negative log-likelihood of probabilities (n × K) against labels.
 pub fn negative_log_likelihood(probs: &[f64], labels: &[u32]) -> f64 {
     let k = probs.len() / labels.len().max(1);
-    -labels
+    labels
         .iter()
         .enumerate()
-        .map(|(i, &y)| probs[i * k + y as usize].max(1e-12).ln())
+        .map(|(i, &y)| crate::numerics::label_nll(probs[i * k + y as usize]))
         .sum::<f64>()
         / labels.len().max(1) as f64
 }
