@@ -1102,9 +1102,8 @@ pub(crate) fn max_abs<Rt: Runtime, T: Scalar>(dev: &GpuDevice<Rt>, a: &GpuMatrix
         )?;
     }
     rec.submit()?;
-    let bytes = dev.runtime.read(&result, std::mem::size_of::<T>())?;
     Ok(match T::DTYPE {
-        DType::F32 => T::from_f64(f32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as f64),
-        DType::F64 => T::from_f64(f64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"))),
+        DType::F32 => T::from_f64(f32::from_le_bytes(dev.read_bytes(&result)?) as f64),
+        DType::F64 => T::from_f64(f64::from_le_bytes(dev.read_bytes(&result)?)),
     })
 }

@@ -184,8 +184,20 @@ impl<R: Runtime> GpuDevice<R> {
 
     /// The first failing index recorded in `status`, if any.
     pub(crate) fn failed_at(&self, status: &R::Raw) -> Result<Option<usize>> {
-        let word = u32::from_le_bytes(self.runtime.read(status, 4)?[..4].try_into().expect("4 bytes"));
+        let word = u32::from_le_bytes(self.read_bytes(status)?);
         Ok((word != NONE).then_some(word as usize))
+    }
+
+    /// The first `N` bytes of `raw`; a runtime that returns fewer is a device error.
+    pub(crate) fn read_bytes<const N: usize>(&self, raw: &R::Raw) -> Result<[u8; N]> {
+        let bytes = self.runtime.read(raw, N)?;
+        bytes
+            .get(..N)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| Error::Device {
+                backend: "gpu",
+                reason: format!("read back {} bytes, expected {N}", bytes.len()),
+            })
     }
 
     /// The largest grid one launch may have.
