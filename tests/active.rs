@@ -244,8 +244,18 @@ fn coreset_is_a_two_approximate_k_center() {
 /// `J(S) = tr((M + Σ_{x∈S} V_x)⁻¹ F)`.
 #[test]
 fn bait_minimises_the_fisher_objective() {
-    let s = Setup::new(Structure::Full, 14);
-    let b = 3;
+    bait_against_dense_greedy(14, 3);
+}
+
+/// 80 forward picks and 40 removals: the blocked inverse folds its first block of 64 picks
+/// mid-way through the forward pass and holds removals pending across the second.
+#[test]
+fn bait_across_blocks_minimises_the_fisher_objective() {
+    bait_against_dense_greedy(150, 40);
+}
+
+fn bait_against_dense_greedy(n_pool: usize, b: usize) {
+    let s = Setup::new(Structure::Full, n_pool);
     let picks = Strategy::Bait.select(&s.post, &s.pool(), b, 0).unwrap();
     let da = D + 1;
     let weight = |p: &[f64]| (1.0 - p.iter().map(|v| v * v).sum::<f64>()) / K as f64;

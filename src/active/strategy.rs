@@ -2,6 +2,7 @@
 
 use super::cluster::{Points, k_center, kmeans, kmeans_pp_seeds};
 use crate::device::Device;
+use crate::device::sherman_morrison::HostInverse;
 use crate::error::{Error, Result};
 use crate::host::{HostMatrix, check_features};
 use crate::posterior::{BiasMode, Link, Posterior};
@@ -309,12 +310,12 @@ fn badge<D: Device, T: Scalar>(
     Ok(picks)
 }
 
-/// The BAIT state: `M⁻¹` and `A = M⁻¹ F M⁻¹` (D × D), and per candidate
-/// `s_x = v_xᵀ M⁻¹ v_x` and `q_x = v_xᵀ A v_x` for `v_x = √m_x φ_x`.
+/// The BAIT state: `M⁻¹`, kept blocked ([`HostInverse`]: read-only inside a block of 64
+/// picks, folded by one rank-64 product), the Fisher F (d × d), and per candidate
+/// `s_x = v_xᵀ M⁻¹ v_x` and `q_x = v_xᵀ M⁻¹FM⁻¹ v_x` for `v_x = √m_x φ_x`.
 struct Bait {
     d: usize,
-    minv: Vec<f64>,
-    a: Vec<f64>,
+    minv: HostInverse,
     f: Vec<f64>,
     v: Points,
     s: Vec<f64>,
@@ -322,38 +323,37 @@ struct Bait {
 }
 
 impl Bait {
-    fn matvec(m: &[f64], x: &[f64], d: usize) -> Vec<f64> {
-        (0..d)
-            .map(|i| m[i * d..(i + 1) * d].iter().zip(x).map(|(a, b)| a * b).sum())
-            .collect()
-    }
-
-    /// Adds (`sign = 1`) or removes (`sign = −1`) candidate `x`:
-    /// `M⁻¹ ← M⁻¹ − sign·uuᵀ/(1 + sign·s)`, `A ← A − sign(βhᵀ + hβᵀ) + (βᵀFβ)ββᵀ` with
-    /// `β = u/√(1 + sign·s)`, `h = M⁻¹Fβ`, and every candidate's s and q by the same rank-2 change.
-    fn apply(&mut self, x: usize, sign: f64) {
+    /// Adds (`m = 1`) or removes (`m = −1`) candidate `x`. With `u = M⁻¹v_x`, the
+    /// Sherman–Morrison step `M⁻¹ ← M⁻¹ − c uuᵀ`, `c = m/(1 + m v_xᵀu)`, and for every
+    /// candidate, with `P = v_cᵀu` and `e = v_cᵀM⁻¹Fu` (the M⁻¹ before the step):
+    /// `s_c ← s_c − c P²` and `q_c ← q_c − 2c P e + c² (uᵀFu) P²`.
+    ///
+    /// Errors: `NotPositiveDefinite { index: x }` when `1 + m v_xᵀu` is not positive (a removal
+    /// that rounding made singular); the state is then unchanged.
+    fn apply(&mut self, x: usize, m: f64) -> Result<()> {
         let d = self.d;
-        let v = self.v.row(x).to_vec();
-        let u = Self::matvec(&self.minv, &v, d);
-        let denom = 1.0 + sign * self.s[x];
-        let beta: Vec<f64> = u.iter().map(|t| t / denom.abs().sqrt()).collect();
-        let f_beta = Self::matvec(&self.f, &beta, d);
-        let h = Self::matvec(&self.minv, &f_beta, d);
-        let bfb: f64 = beta.iter().zip(&f_beta).map(|(a, b)| a * b).sum();
-        // Signs: adding gives M'⁻¹ = M⁻¹ − ββᵀ; removing M'⁻¹ = M⁻¹ + ββᵀ.
-        for i in 0..d {
-            for j in 0..d {
-                self.minv[i * d + j] -= sign * beta[i] * beta[j];
-                self.a[i * d + j] += -sign * (beta[i] * h[j] + h[i] * beta[j]) + bfb * beta[i] * beta[j];
-            }
+        let vx = self.v.row(x);
+        let u = self.minv.apply(vx);
+        let s: f64 = vx.iter().zip(&u).map(|(a, b)| a * b).sum();
+        let fu: Vec<f64> = self
+            .f
+            .chunks_exact(d)
+            .map(|row| row.iter().zip(&u).map(|(a, b)| a * b).sum())
+            .collect();
+        let h = self.minv.apply(&fu);
+        let ufu: f64 = u.iter().zip(&fu).map(|(a, b)| a * b).sum();
+        let c = self
+            .minv
+            .downdate(&u, s, m)
+            .ok_or(Error::NotPositiveDefinite { index: x })?;
+        for cand in 0..self.v.n {
+            let row = self.v.row(cand);
+            let p: f64 = row.iter().zip(&u).map(|(a, b)| a * b).sum();
+            let e: f64 = row.iter().zip(&h).map(|(a, b)| a * b).sum();
+            self.s[cand] -= c * p * p;
+            self.q[cand] += -2.0 * c * p * e + c * c * ufu * p * p;
         }
-        for c in 0..self.v.n {
-            let row = self.v.row(c);
-            let vb: f64 = row.iter().zip(&beta).map(|(a, b)| a * b).sum();
-            let vh: f64 = row.iter().zip(&h).map(|(a, b)| a * b).sum();
-            self.s[c] -= sign * vb * vb;
-            self.q[c] += -2.0 * sign * vb * vh + bfb * vb * vb;
-        }
+        Ok(())
     }
 }
 
@@ -409,8 +409,7 @@ fn bait<D: Device, T: Scalar>(post: &Posterior<D, T>, pool: &Pool<'_, T>, batch:
         .collect();
     let mut state = Bait {
         d,
-        minv: flat(&minv_mat),
-        a: flat(&a_mat),
+        minv: HostInverse::new(flat(&minv_mat), d),
         f,
         v,
         s,
@@ -424,7 +423,7 @@ fn bait<D: Device, T: Scalar>(post: &Posterior<D, T>, pool: &Pool<'_, T>, batch:
             .filter(|&c| available[c])
             .map(|c| (c, state.q[c] / (1.0 + state.s[c])));
         let Some(best) = arg_max(gains) else { break };
-        state.apply(best, 1.0);
+        state.apply(best, 1.0)?;
         available[best] = false;
         chosen.push(best);
     }
@@ -436,7 +435,7 @@ fn bait<D: Device, T: Scalar>(post: &Posterior<D, T>, pool: &Pool<'_, T>, batch:
             .map(|(slot, &c)| (slot, -(state.q[c] / (1.0 - state.s[c]))));
         let Some(slot) = arg_max(costs) else { break };
         let c = chosen.remove(slot);
-        state.apply(c, -1.0);
+        state.apply(c, -1.0)?;
     }
     Ok(chosen)
 }

@@ -32,7 +32,7 @@ pub mod launch;
 pub mod provided;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod registry;
-mod sherman_morrison;
+pub(crate) mod sherman_morrison;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 

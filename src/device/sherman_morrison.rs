@@ -174,3 +174,81 @@ fn block_recursion(
 fn cast<T: Scalar>(v: &[f64]) -> Vec<T> {
     v.iter().map(|&x| T::from_f64(x)).collect()
 }
+
+/// The same blocked recursion on the host in f64, for callers that choose each rank-one term
+/// from the current inverse (BAIT's greedy picks), so that no block of samples is known ahead.
+///
+/// Holds `Σ = Σ₀ − Σ_l c_l u_l u_lᵀ` with at most [`BLOCK`] pending terms: Σ₀ is read, never
+/// written, inside a block, `Σx = Σ₀x − U diag(c) Uᵀx` costs one d × d product plus O(d·t), and
+/// a full block is folded into Σ₀ by one rank-64 product `Σ₀ ← Σ₀ − Uᵀ diag(c) U`.
+pub(crate) struct HostInverse {
+    d: usize,
+    /// Σ₀, d × d row-major, symmetric.
+    base: Vec<f64>,
+    /// Pending `u_l`, one row each, up to [`BLOCK`] × d.
+    pending: Vec<f64>,
+    coefficients: Vec<f64>,
+}
+
+impl HostInverse {
+    /// `Σ = Σ₀`, d × d row-major and symmetric.
+    pub(crate) fn new(base: Vec<f64>, d: usize) -> Self {
+        debug_assert_eq!(base.len(), d * d);
+        HostInverse {
+            d,
+            base,
+            pending: Vec::with_capacity(BLOCK * d),
+            coefficients: Vec::with_capacity(BLOCK),
+        }
+    }
+
+    /// `Σx`.
+    pub(crate) fn apply(&self, x: &[f64]) -> Vec<f64> {
+        let mut y: Vec<f64> = self.base.chunks_exact(self.d).map(|row| dot(row, x)).collect();
+        for (u, c) in self.pending.chunks_exact(self.d).zip(&self.coefficients) {
+            let scale = c * dot(u, x);
+            y.iter_mut().zip(u).for_each(|(yi, ui)| *yi -= scale * ui);
+        }
+        y
+    }
+
+    /// The Sherman–Morrison step for `Σ⁻¹ ← Σ⁻¹ + m vvᵀ` given `u = Σv` (from [`Self::apply`])
+    /// and `s = vᵀu`: `Σ ← Σ − c uuᵀ` with `c = m/(1 + m s)`, returned. `None`, with Σ
+    /// unchanged, when `1 + m s` is not positive and finite.
+    pub(crate) fn downdate(&mut self, u: &[f64], s: f64, m: f64) -> Option<f64> {
+        let denom = 1.0 + m * s;
+        if !(denom.is_finite() && denom > 0.0) {
+            return None;
+        }
+        let c = m / denom;
+        self.pending.extend_from_slice(u);
+        self.coefficients.push(c);
+        if self.coefficients.len() == BLOCK {
+            self.fold();
+        }
+        Some(c)
+    }
+
+    /// `Σ₀ ← Σ₀ − Uᵀ diag(c) U`, emptying the block.
+    fn fold(&mut self) {
+        use faer::{Accum, Mat, MatMut, MatRef, Par};
+        let (t, d) = (self.coefficients.len(), self.d);
+        let u = MatRef::from_row_major_slice(&self.pending, t, d);
+        let cu = Mat::<f64>::from_fn(t, d, |l, i| self.coefficients[l] * u[(l, i)]);
+        faer::linalg::matmul::matmul(
+            MatMut::from_row_major_slice_mut(&mut self.base, d, d),
+            Accum::Add,
+            u.transpose(),
+            cu.as_ref(),
+            -1.0,
+            Par::Seq,
+        );
+        crate::device::cpu::settle_vector_state();
+        self.pending.clear();
+        self.coefficients.clear();
+    }
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
