@@ -6,12 +6,16 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 use laplace_update::{
     BiasMode, CpuDevice, FitConfig, HostMatrix, Link, OutputWeighting, Posterior, Structure, UpdateConfig, UpdateRule,
 };
+
+#[path = "../tests/common/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::peak_during;
 
 fn threads() -> usize {
     std::env::var("LAPLACE_BENCH_THREADS")
@@ -63,6 +67,25 @@ impl Problem {
             d,
             k,
         }
+    }
+
+    /// Seeded features and labels uniform over the classes, for heads too large to label by
+    /// their own argmax in reasonable time (K = 32,000).
+    fn uniform_labels(n: usize, d: usize, k: usize, seed: u64) -> Self {
+        let mut p = Problem::new(0, d, k, seed);
+        let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            state >> 33
+        };
+        p.phi = (0..n * d)
+            .map(|_| (next() as f32 / (1u64 << 31) as f32 - 0.5) * 2.0)
+            .collect();
+        p.labels = (0..n).map(|_| (next() % k as u64) as u32).collect();
+        p.n = n;
+        p
     }
 
     /// Fits on the first `n` rows.
@@ -176,5 +199,103 @@ fn bench_predict(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_fit, bench_update, bench_predict);
+/// Times `f` like `Bencher::iter`, and prints the peak heap bytes of its first run (by the
+/// counting allocator) beside the case's name, once per case (`reported`: criterion calls a
+/// case's routine once per sample).
+fn iter_with_peak<R>(
+    b: &mut criterion::Bencher<'_>,
+    reported: &std::cell::Cell<bool>,
+    label: &str,
+    mut f: impl FnMut() -> R,
+) {
+    b.iter_custom(|iters| {
+        if !reported.replace(true) {
+            let (_, peak) = peak_during(&mut f);
+            eprintln!("scale: {label}: peak heap {:.0} MB", peak as f64 / 1e6);
+        }
+        let start = std::time::Instant::now();
+        for _ in 0..iters {
+            black_box(f());
+        }
+        start.elapsed()
+    });
+}
+
+/// The sizes users run: heads of 1,000, 3,100 and 32,000 classes, and N = 500,000. Each case
+/// prints its peak heap bytes; the Shared fit at N = 500,000 also prints numpy's `XᵀX` plus
+/// inverse on the same shape (`benches/peers/numpy_scale.py`) when python3 and numpy are
+/// there. Data and fits are made lazily, so that a filter that skips a case skips its cost.
+fn bench_scale(c: &mut Criterion) {
+    use std::cell::{Cell, OnceCell};
+    let cpu = CpuDevice::new(threads()).unwrap();
+    let mut group = c.benchmark_group(format!("scale [{}]", laplace_update::Device::name(&cpu)));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_millis(500));
+    let warmed = OnceCell::new();
+    // The first sizeable fit of a process allocates once (thread pools, faer's workspace).
+    let warm_up = || {
+        warmed.get_or_init(|| {
+            Problem::new(2_000, 64, 10, 9).fit(&cpu, Structure::Diag, 2_000);
+        })
+    };
+    let shared = Structure::Shared(OutputWeighting::Gaussian);
+    let structures = [("diag", Structure::Diag), ("kron", Structure::Kron), ("shared", shared)];
+    let points = 2_000;
+    for (n, d, k, names) in [
+        (5_000, 512, 1_000, &["diag", "kron", "shared"][..]),
+        (20_000, 128, 3_100, &["diag", "kron", "shared"][..]),
+        (10_000, 768, 32_000, &["diag", "shared"][..]),
+    ] {
+        let pb = OnceCell::new();
+        let problem = || pb.get_or_init(|| Problem::uniform_labels(n.max(points), d, k, 11));
+        for &(name, structure) in structures.iter().filter(|(s, _)| names.contains(s)) {
+            let label = format!("{name} f32 N={n} D={d} K={k}");
+            let reported = Cell::new(false);
+            group.throughput(Throughput::Elements(n as u64));
+            group.bench_function(format!("fit {label}"), |b| {
+                warm_up();
+                iter_with_peak(b, &reported, &format!("fit {label}"), || {
+                    problem().fit(&cpu, structure, n)
+                })
+            });
+            let reported = Cell::new(false);
+            let fitted = OnceCell::new();
+            group.throughput(Throughput::Elements(points as u64));
+            group.bench_function(format!("predict {label} ({points} points, probit)"), |b| {
+                warm_up();
+                let post = fitted.get_or_init(|| problem().fit(&cpu, structure, n));
+                let x = HostMatrix::new(&problem().phi[..points * d], points, d).unwrap();
+                iter_with_peak(b, &reported, &format!("predict {label}"), || {
+                    post.predict(x, Link::default()).unwrap()
+                })
+            });
+        }
+    }
+    let (n, d, k) = (500_000, 512, 10);
+    let label = format!("shared f32 N={n} D={d} K={k}");
+    group.throughput(Throughput::Elements(n as u64));
+    let pb = OnceCell::new();
+    let reported = Cell::new(false);
+    group.bench_function(format!("fit {label}"), |b| {
+        warm_up();
+        let pb = pb.get_or_init(|| {
+            let numpy = std::process::Command::new("python3")
+                .args(["benches/peers/numpy_scale.py", &n.to_string(), &d.to_string()])
+                .output();
+            match numpy {
+                Ok(out) if out.status.success() => {
+                    eprintln!("scale: {}", String::from_utf8_lossy(&out.stdout).trim())
+                }
+                _ => eprintln!("scale: numpy not available, no peer figure"),
+            }
+            Problem::uniform_labels(n, d, k, 12)
+        });
+        iter_with_peak(b, &reported, &format!("fit {label}"), || pb.fit(&cpu, shared, n))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_fit, bench_update, bench_predict, bench_scale);
 criterion_main!(benches);

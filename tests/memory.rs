@@ -3,50 +3,18 @@
 //! with N beyond the chunk, and stays within a bound linear in N·K, far below the N·K² of
 //! per-sample output curvatures.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use laplace_update::{CpuDevice, FitConfig, HostMatrix, Posterior, Structure};
 
-struct Counting;
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::peak_during;
 
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
 /// One device for every measurement, so that its thread pool's start-up is not measured.
 static CPU: std::sync::OnceLock<CpuDevice> = std::sync::OnceLock::new();
 /// Measurements run one at a time: the counters are global.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-// SAFETY: every call forwards to the system allocator with the caller's layout and pointer;
-// the counters only observe sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = CURRENT.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above; `ptr` came from `alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) };
-        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// Peak bytes allocated while `f` runs, above what was allocated when it started.
-fn peak_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    let start = CURRENT.load(Ordering::Relaxed);
-    PEAK.store(start, Ordering::Relaxed);
-    let r = f();
-    (r, PEAK.load(Ordering::Relaxed).saturating_sub(start))
-}
 
 /// Peak bytes of an f32 fit of `structure` on n samples, K classes, D features, in chunks of
 /// `chunk` rows, on one CPU thread.

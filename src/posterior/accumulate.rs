@@ -113,7 +113,7 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
             Some(_) => Some(KronFactors::empty(device, post.classes, post.augmented_features())?),
             None => None,
         };
-        let chunk = self.chunk_rows;
+        let chunk = super::pass_rows(self.chunk_rows, post.classes, post.augmented_features());
         let host_basis = self.basis.as_ref().map(|(h, _)| (h.as_slice(), post.classes - 1));
         let device_basis = self.basis.as_ref().map(|(_, d)| d);
         for start in (0..features.rows()).step_by(chunk) {

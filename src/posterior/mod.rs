@@ -112,8 +112,21 @@ pub struct FitConfig {
     pub prior_precision: f64,
     /// Whether the bias is part of the posterior.
     pub bias: BiasMode,
-    /// Rows of Φ uploaded and accumulated per pass; bounds device memory for large N.
+    /// Rows of Φ uploaded and accumulated per pass, at most: a pass also holds at most
+    /// [`CHUNK_ELEMENTS`] values of its `rows × (K + D_aug)` features and outputs, so that memory
+    /// stays bounded for large N and for large heads (K = 32,000 gives passes of 1,000 rows).
     pub chunk_rows: usize,
+}
+
+/// The most `rows × (K + D_aug)` values one pass over the data holds (2²⁵: 128 MB of f32).
+pub const CHUNK_ELEMENTS: usize = 1 << 25;
+
+/// The rows of one pass: `chunk_rows`, capped so that `rows × (K + D_aug) ≤ CHUNK_ELEMENTS`,
+/// and at least 1.
+pub(crate) fn pass_rows(chunk_rows: usize, classes: usize, augmented_features: usize) -> usize {
+    chunk_rows
+        .min(CHUNK_ELEMENTS / (classes + augmented_features).max(1))
+        .max(1)
 }
 
 impl Default for FitConfig {
@@ -291,6 +304,13 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// K × D_aug (Diag and Kron, their eigenvalues).
     pub fn stored_shape(&self) -> (usize, usize) {
         stored_shape(self.structure, self.classes, self.augmented_features())
+    }
+    /// Kron's factors; an internal error for the other structures (callers check first).
+    pub(crate) fn kron(&self) -> Result<&KronFactors<D, T>> {
+        self.moments
+            .kron
+            .as_ref()
+            .ok_or_else(|| Error::Unsupported(format!("{:?} posteriors have no Kronecker factors", self.structure)))
     }
     /// The Kron factors `(A, G, U_A, U_G)`, row-major, the eigenvectors as columns, with the
     /// weight N of [`Posterior::kron_weight`]; `None` for the other structures.

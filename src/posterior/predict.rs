@@ -44,9 +44,14 @@ pub struct Prediction<T> {
     pub probs: Vec<T>,
     /// Logit mean `f = W φ + b`, n × K.
     pub logit_mean: Vec<T>,
-    /// Logit covariance: n × K² (row n is Σ_f of input n, row-major) for Full and Kron, n × K
-    /// (its diagonal) for Diag, n × 1 for Shared (`Σ_f = v I_K`).
+    /// Logit covariance in the structure's layout: n × K² (row n is Σ_f of input n, row-major)
+    /// for Full, n × K (its diagonal) for Diag, n × 1 for Shared (`Σ_f = v I_K`), and for Kron
+    /// n × K eigenvalues `e_n` in the basis [`Prediction::logit_basis`]:
+    /// `Σ_f = U_A diag(e_n) U_Aᵀ`. [`Prediction::logit_cov_at`] reads any of them.
     pub logit_cov: Vec<T>,
+    /// Kron only: the K × K orthonormal eigenvectors U_A (row-major, one per column) shared by
+    /// every input's logit covariance; `None` for the other structures.
+    pub logit_basis: Option<Vec<T>>,
     /// Number of inputs n.
     pub rows: usize,
     /// Number of classes K.
@@ -57,6 +62,10 @@ impl<T: Scalar> Prediction<T> {
     /// `Σ_f[k, l]` of input `n`.
     pub fn logit_cov_at(&self, n: usize, k: usize, l: usize) -> T {
         let width = self.logit_cov.len() / self.rows.max(1);
+        if let Some(u) = &self.logit_basis {
+            let (c, e) = (self.classes, &self.logit_cov[n * width..(n + 1) * width]);
+            return (0..c).fold(T::zero(), |acc, i| acc + u[k * c + i] * e[i] * u[l * c + i]);
+        }
         match width {
             1 if k == l => self.logit_cov[n],
             w if w == self.classes && k == l => self.logit_cov[n * w + k],
@@ -98,32 +107,90 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let phi = self.upload_features(&features, 0, n)?;
         let mean = logits(device, &phi, &self.moments.head, self.fixed_bias.as_ref())?;
         let cov = self.logit_covariance(&phi)?;
-        let probs = match link {
-            _ if self.is_regression() => device.copy(&mean)?,
-            Link::Probit { lambda } => device.probit_softmax(&mean, &cov, T::from_f64(lambda))?,
-            Link::MonteCarlo { samples, seed } => {
-                let eps: Vec<T> = crate::random::SplitMix64::new(seed)
-                    .normals(samples * self.classes)
-                    .into_iter()
-                    .map(T::from_f64)
-                    .collect();
-                let eps = device.upload(&eps, samples, self.classes)?;
-                device.monte_carlo_softmax(&mean, &cov, &eps)?
+        // Kron's Σ_f = U_A diag(e_n) U_Aᵀ per input: its diagonal for the probit, and K × K
+        // matrices in passes of at most CHUNK_ELEMENTS for the links that read all of it.
+        let basis = match self.structure {
+            Structure::Kron => Some(&self.kron()?.a_vecs),
+            _ => None,
+        };
+        let link_of = |mean: &Matrix<D, T>, cov: &Matrix<D, T>| -> Result<Matrix<D, T>> {
+            Ok(match link {
+                _ if self.is_regression() => device.copy(mean)?,
+                Link::Probit { lambda } => device.probit_softmax(mean, cov, T::from_f64(lambda))?,
+                Link::MonteCarlo { samples, seed } => {
+                    let eps: Vec<T> = crate::random::SplitMix64::new(seed)
+                        .normals(samples * self.classes)
+                        .into_iter()
+                        .map(T::from_f64)
+                        .collect();
+                    let eps = device.upload(&eps, samples, self.classes)?;
+                    device.monte_carlo_softmax(mean, cov, &eps)?
+                }
+                Link::Bridge => device.bridge_dirichlet(mean, cov)?,
+                Link::None => {
+                    let mut p = device.copy(mean)?;
+                    device.softmax_rows(&mut p)?;
+                    p
+                }
+            })
+        };
+        let probs = match basis {
+            Some(u) if !self.is_regression() && matches!(link, Link::Probit { .. }) => {
+                // diag Σ_f = e_n (U_A ∘ U_A)ᵀ.
+                let mut squares = device.copy(u)?;
+                device.hadamard(&mut squares, u)?;
+                let mut diagonal = device.zeros(n, self.classes)?;
+                device.gemm(&mut diagonal, T::zero(), &cov, Op::N, &squares, Op::T, T::one())?;
+                link_of(&mean, &diagonal)?
             }
-            Link::Bridge => device.bridge_dirichlet(&mean, &cov)?,
-            Link::None => {
-                let mut p = device.copy(&mean)?;
-                device.softmax_rows(&mut p)?;
-                p
+            Some(u) if !self.is_regression() && !matches!(link, Link::None) => {
+                self.expanded_link(&mean, &cov, u, link_of)?
             }
+            _ => link_of(&mean, &cov)?,
         };
         Ok(Prediction {
             probs: device.download(&probs)?,
             logit_mean: device.download(&mean)?,
             logit_cov: device.download(&cov)?,
+            logit_basis: basis.map(|u| device.download(u)).transpose()?,
             rows: n,
             classes: self.classes,
         })
+    }
+
+    /// A link over Kron's `Σ_f = U diag(e_n) Uᵀ` expanded to K × K per input, in passes of at
+    /// most [`CHUNK_ELEMENTS`](super::CHUNK_ELEMENTS) values.
+    fn expanded_link(
+        &self,
+        mean: &Matrix<D, T>,
+        eigen: &Matrix<D, T>,
+        basis: &Matrix<D, T>,
+        link: impl Fn(&Matrix<D, T>, &Matrix<D, T>) -> Result<Matrix<D, T>>,
+    ) -> Result<Matrix<D, T>> {
+        let device = &self.device;
+        let (n, k) = mean.shape();
+        let rows = (super::CHUNK_ELEMENTS / (k * k).max(1)).max(1);
+        let (mean_h, eigen_h) = (device.download(mean)?, device.download(eigen)?);
+        let u: Vec<f64> = device.download(basis)?.iter().map(|x| x.as_f64()).collect();
+        let mut probs = Vec::with_capacity(n * k);
+        for start in (0..n).step_by(rows) {
+            let r = rows.min(n - start);
+            let mut full = vec![T::zero(); r * k * k];
+            for (i, block) in full.chunks_exact_mut(k * k).enumerate() {
+                let e = &eigen_h[(start + i) * k..(start + i + 1) * k];
+                for a in 0..k {
+                    for b in 0..=a {
+                        let v: f64 = (0..k).map(|j| u[a * k + j] * e[j].as_f64() * u[b * k + j]).sum();
+                        block[a * k + b] = T::from_f64(v);
+                        block[b * k + a] = T::from_f64(v);
+                    }
+                }
+            }
+            let m = device.upload(&mean_h[start * k..(start + r) * k], r, k)?;
+            let c = device.upload_owned(full, r, k * k)?;
+            probs.extend(device.download(&link(&m, &c)?)?);
+        }
+        device.upload_owned(probs, n, k)
     }
 
     /// The logit covariance of Φ (n × D_aug) in the structure's layout (see [`Prediction`]).
@@ -141,29 +208,15 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 Ok(cov)
             }
             Structure::Kron => {
-                let kron = self
-                    .moments
-                    .kron
-                    .as_ref()
-                    .ok_or_else(|| Error::invalid("structure", "Kron factors missing"))?;
+                // e_n[i] = Σ_j (U_Gᵀφ_n)_j² / λ_ij, with Σ holding 1/λ (K × D_aug).
+                let kron = self.kron()?;
                 let mut psi = device.zeros(n, phi.cols())?;
                 device.gemm(&mut psi, T::zero(), phi, Op::N, &kron.g_vecs, Op::N, T::one())?;
                 let rotated = device.copy(&psi)?;
                 device.hadamard(&mut psi, &rotated)?;
                 let mut eigen = device.zeros(n, k)?;
                 device.gemm(&mut eigen, T::zero(), &psi, Op::N, sigma, Op::T, T::one())?;
-                // V[i, (a, b)] = U_A[a, i] U_A[b, i], so Σ_f = eigen · V.
-                let u = device.download(&kron.a_vecs)?;
-                let v: Vec<T> = (0..k)
-                    .flat_map(|i| {
-                        let u = &u;
-                        (0..k * k).map(move |ab| u[(ab / k) * k + i] * u[(ab % k) * k + i])
-                    })
-                    .collect();
-                let v = device.upload(&v, k, k * k)?;
-                let mut cov = device.zeros(n, k * k)?;
-                device.gemm(&mut cov, T::zero(), &eigen, Op::N, &v, Op::N, T::one())?;
-                Ok(cov)
+                Ok(eigen)
             }
         }
     }

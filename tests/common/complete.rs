@@ -368,10 +368,48 @@ pub fn check_structures<D: Device, T: Scalar>(dev: &D) {
                             .collect();
                         let e = rel_err(&got, &sf.a);
                         assert!(e < tol::<T>(p, 1000.0), "{name}: logit covariance err {e}");
-                        if let Likelihood::Regression { .. } = lik {
-                            let f = case.logits(&w1, 23 + i);
-                            let e = rel_err(&pred.probs[i * pb.k..(i + 1) * pb.k], &f);
-                            assert!(e < tol::<T>(p, 1000.0), "{name}: regression mean err {e}");
+                        let f = case.logits(&w1, 23 + i);
+                        let want = match lik {
+                            Likelihood::Regression { .. } => f,
+                            // The probit link reads the diagonal of Σ_f.
+                            _ => {
+                                let lambda = std::f64::consts::PI / 8.0;
+                                let scaled: Vec<f64> =
+                                    (0..pb.k).map(|c| f[c] / (1.0 + lambda * sf.at(c, c)).sqrt()).collect();
+                                softmax(&scaled)
+                            }
+                        };
+                        let e = rel_err(&pred.probs[i * pb.k..(i + 1) * pb.k], &want);
+                        assert!(e < tol::<T>(p, 1000.0), "{name}: predictive mean err {e}");
+                    }
+                    // Links that read all of Σ_f: Kron expands its eigenvalue layout per input;
+                    // the link on the dense J Σ Jᵀ of this test must agree.
+                    if s == Structure::Kron && lik == Likelihood::Classification {
+                        let mut dense = Vec::new();
+                        for i in 0..3 {
+                            let j = jacobian(&pb.phi_aug(pb.x(23 + i)), pb.k);
+                            dense.extend(Problem::cast::<T>(&j.mul(&cov1).mul(&j.t()).a));
+                        }
+                        let mean = dev.upload(&pred.logit_mean, 3, pb.k).unwrap();
+                        let cov = dev.upload(&dense, 3, pb.k * pb.k).unwrap();
+                        let (samples, seed) = (64, 5);
+                        let eps: Vec<T> = laplace_update::random::SplitMix64::new(seed)
+                            .normals(samples * pb.k)
+                            .into_iter()
+                            .map(T::from_f64)
+                            .collect();
+                        let eps = dev.upload(&eps, samples, pb.k).unwrap();
+                        for (link, want) in [
+                            (Link::Bridge, dev.bridge_dirichlet(&mean, &cov).unwrap()),
+                            (
+                                Link::MonteCarlo { samples, seed },
+                                dev.monte_carlo_softmax(&mean, &cov, &eps).unwrap(),
+                            ),
+                        ] {
+                            let got = post.predict(HostMatrix::new(&x, 3, pb.d).unwrap(), link).unwrap();
+                            let want: Vec<f64> = dev.download(&want).unwrap().iter().map(|v| v.as_f64()).collect();
+                            let e = rel_err(&got.probs, &want);
+                            assert!(e < tol::<T>(p, 1000.0), "{name}: {link:?} over Kron's Σ_f err {e}");
                         }
                     }
                 }
