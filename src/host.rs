@@ -150,10 +150,28 @@ impl<T: Scalar> Targets<T> for HostMatrix<'_, T> {
 
 /// Fails with `NonFinite` at the first NaN or ±Inf.
 pub(crate) fn check_finite<T: Scalar>(argument: &'static str, data: &[T]) -> Result<()> {
+    use rayon::prelude::*;
+    if data.par_chunks(1 << 18).all(all_finite) {
+        return Ok(());
+    }
     match data.iter().position(|x| !x.is_finite()) {
         Some(index) => Err(Error::NonFinite { argument, index }),
         None => Ok(()),
     }
+}
+
+/// Whether every value is finite, at memory speed: `0·x` is ±0 for a finite x and NaN for ±∞
+/// and NaN, summed in 16 independent lanes that the compiler vectorises.
+fn all_finite<T: Scalar>(data: &[T]) -> bool {
+    let mut lanes = [T::zero(); 16];
+    let chunks = data.chunks_exact(16);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane += x * T::zero();
+        }
+    }
+    lanes.iter().all(|l| *l == T::zero()) && rest.iter().all(|x| x.is_finite())
 }
 
 /// Checks a batch of features: non-empty, `cols` columns, finite.
@@ -192,13 +210,54 @@ pub(crate) fn one_hot<T: Scalar, L: Label>(labels: &[L], classes: usize) -> Vec<
 
 /// Rows `start..start + count` of `x`, with a trailing column of ones when `augment` is set.
 pub(crate) fn feature_rows<T: Scalar>(x: &HostMatrix<'_, T>, start: usize, count: usize, augment: bool) -> Vec<T> {
+    let mut out = Vec::new();
+    feature_rows_into(&mut out, x, start, count, augment);
+    out
+}
+
+/// [`feature_rows`] written into `out`, whose allocation is reused when large enough.
+pub(crate) fn feature_rows_into<T: Scalar>(
+    out: &mut Vec<T>,
+    x: &HostMatrix<'_, T>,
+    start: usize,
+    count: usize,
+    augment: bool,
+) {
+    out.clear();
     if !augment {
-        return x.data()[start * x.cols()..(start + count) * x.cols()].to_vec();
+        out.extend_from_slice(&x.data()[start * x.cols()..(start + count) * x.cols()]);
+        return;
     }
-    let mut out = Vec::with_capacity(count * (x.cols() + 1));
+    out.reserve(count * (x.cols() + 1));
     for i in start..start + count {
         out.extend_from_slice(x.row(i));
         out.push(T::one());
     }
-    out
+}
+
+#[cfg(test)]
+mod finite_tests {
+    use super::check_finite;
+    use crate::error::Error;
+
+    /// Every non-finite kind, in a lane, in the remainder and across parallel blocks, is found
+    /// at its index; finite data of any length passes.
+    #[test]
+    fn non_finite_values_are_found_at_their_index() {
+        for len in [0usize, 1, 15, 16, 17, 1000, (1 << 18) + 5, 3 << 18] {
+            let data: Vec<f32> = (0..len).map(|i| (i % 97) as f32 - 48.0).collect();
+            assert!(check_finite("x", &data).is_ok(), "len {len}");
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                for index in [0, len / 2, len.saturating_sub(1)].into_iter().filter(|&i| i < len) {
+                    let mut d = data.clone();
+                    d[index] = bad;
+                    match check_finite("x", &d) {
+                        Err(Error::NonFinite { index: got, .. }) => assert_eq!(got, index, "len {len}, {bad}"),
+                        other => panic!("len {len}, {bad} at {index}: {other:?}"),
+                    }
+                }
+            }
+        }
+        assert!(check_finite("x", &[f64::MAX, f64::MIN_POSITIVE, -0.0]).is_ok());
+    }
 }

@@ -288,6 +288,14 @@ impl Device for CpuDevice {
         Matrix::from_parts(data, rows, cols)
     }
 
+    fn upload_staged<T: Scalar>(&self, staging: &mut Vec<T>, rows: usize, cols: usize) -> Result<Matrix<Self, T>> {
+        self.upload_owned(std::mem::take(staging), rows, cols)
+    }
+
+    fn reclaim<T: Scalar>(&self, m: Matrix<Self, T>, staging: &mut Vec<T>) {
+        *staging = m.into_parts().0;
+    }
+
     fn download<T: Scalar>(&self, m: &Matrix<Self, T>) -> Result<Vec<T>> {
         Ok(m.buffer()[..m.len()].to_vec())
     }
@@ -946,6 +954,14 @@ impl Device for CpuDevice {
                 .zip(x.buffer().par_iter())
                 .for_each(|(a, b)| *a += alpha * *b)
         });
+        Ok(())
+    }
+
+    fn softmax_rows<T: Scalar>(&self, logits: &mut Matrix<Self, T>) -> Result<()> {
+        let k = logits.cols();
+        if k > 0 {
+            self.run(|| logits.buffer_mut().par_chunks_mut(k).for_each(softmax_in_place));
+        }
         Ok(())
     }
 

@@ -218,6 +218,17 @@ pub trait Device: Clone + Send + Sync + 'static {
     fn upload_owned<T: Scalar>(&self, data: Vec<T>, rows: usize, cols: usize) -> Result<Matrix<Self, T>> {
         self.upload(&data, rows, cols)
     }
+    /// Uploads `staging` (row-major, rows × cols) so that its allocation can serve the next
+    /// chunk: a copy that leaves `staging` as it is, or, where matrices live in host memory, a
+    /// move that [`Device::reclaim`] undoes.
+    fn upload_staged<T: Scalar>(&self, staging: &mut Vec<T>, rows: usize, cols: usize) -> Result<Matrix<Self, T>> {
+        self.upload(staging, rows, cols)
+    }
+    /// Ends the use of a matrix from [`Device::upload_staged`], handing its host allocation back
+    /// to `staging` where it has one (elsewhere the matrix is freed and `staging` kept).
+    fn reclaim<T: Scalar>(&self, m: Matrix<Self, T>, staging: &mut Vec<T>) {
+        let _ = (m, staging);
+    }
     /// Copies a device matrix back to row-major host memory.
     fn download<T: Scalar>(&self, m: &Matrix<Self, T>) -> Result<Vec<T>>;
     /// A new zero-filled matrix.

@@ -116,9 +116,11 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
         let chunk = super::pass_rows(self.chunk_rows, post.classes, post.augmented_features());
         let host_basis = self.basis.as_ref().map(|(h, _)| (h.as_slice(), post.classes - 1));
         let device_basis = self.basis.as_ref().map(|(_, d)| d);
+        // One host allocation for every chunk's Φ (none on the CPU after the first chunk).
+        let mut staging = Vec::new();
         for start in (0..features.rows()).step_by(chunk) {
             let rows = chunk.min(features.rows() - start);
-            let batch = post.upload_batch(&features, targets, start, rows)?;
+            let batch = post.upload_batch_staged(&features, targets, start, rows, &mut staging)?;
             let term = match model.head_free_term() {
                 Some(term) => term,
                 None => {
@@ -127,6 +129,8 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
                 }
             };
             model.add_curvature(&mut sum, kron.as_mut(), &batch.phi, &term, T::one(), device_basis)?;
+            drop(term);
+            device.reclaim(batch.phi, &mut staging);
         }
         self.add(sum, kron, features.rows())
     }

@@ -27,7 +27,7 @@ pub use update::{UpdateConfig, UpdateRule};
 
 use crate::device::{Device, Matrix, OutputWeighting};
 use crate::error::{Error, Result};
-use crate::host::{HostMatrix, Targets, feature_rows};
+use crate::host::{HostMatrix, Targets};
 use crate::scalar::Scalar;
 use model::{Batch, KronFactors};
 
@@ -374,12 +374,21 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         start: usize,
         count: usize,
     ) -> Result<Matrix<D, T>> {
+        self.upload_features_staged(features, start, count, &mut Vec::new())
+    }
+
+    /// [`Self::upload_features`] through `staging`, a host buffer reused across chunks
+    /// ([`Device::upload_staged`]; give the matrix back with [`Device::reclaim`]).
+    pub(crate) fn upload_features_staged(
+        &self,
+        features: &HostMatrix<'_, T>,
+        start: usize,
+        count: usize,
+        staging: &mut Vec<T>,
+    ) -> Result<Matrix<D, T>> {
         let augment = self.bias_mode == BiasMode::InPosterior;
-        self.device.upload_owned(
-            feature_rows(features, start, count, augment),
-            count,
-            self.augmented_features(),
-        )
+        crate::host::feature_rows_into(staging, features, start, count, augment);
+        self.device.upload_staged(staging, count, self.augmented_features())
     }
 
     /// Validates a batch of features and targets against the posterior.
@@ -400,6 +409,18 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         start: usize,
         count: usize,
     ) -> Result<Batch<D, T>> {
+        self.upload_batch_staged(features, targets, start, count, &mut Vec::new())
+    }
+
+    /// [`Self::upload_batch`] with Φ through `staging` (see [`Self::upload_features_staged`]).
+    pub(crate) fn upload_batch_staged<Y: Targets<T> + ?Sized>(
+        &self,
+        features: &HostMatrix<'_, T>,
+        targets: &Y,
+        start: usize,
+        count: usize,
+        staging: &mut Vec<T>,
+    ) -> Result<Batch<D, T>> {
         let host_targets = targets.target_rows(start, count, self.classes);
         let keys = match self.curvature {
             Curvature::MonteCarloFisher { .. } => (start..start + count)
@@ -408,7 +429,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             _ => Vec::new(),
         };
         Ok(Batch {
-            phi: self.upload_features(features, start, count)?,
+            phi: self.upload_features_staged(features, start, count, staging)?,
             targets: self.device.upload(&host_targets, count, self.classes)?,
             host_targets,
             keys,

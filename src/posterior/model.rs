@@ -409,6 +409,27 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
                     weights: Some(device.categorical_weights(outputs)?),
                 });
             }
+            Structure::Diag if softmax_ggn => {
+                // M_n[k,k] = p_nk (1 − p_nk) = p − p∘p, on the device.
+                let mut squares = device.copy(outputs)?;
+                device.hadamard(&mut squares, outputs)?;
+                let mut weights = device.copy(outputs)?;
+                device.axpy(&mut weights, -T::one(), &squares)?;
+                return Ok(CurvatureTerm::Diagonal { weights });
+            }
+            Structure::Kron if softmax_ggn => {
+                // Σ_n M_n = diag(Σ_n p_n) − PᵀP: the column sums by one GEMM, then one SYRK.
+                let (n, k) = outputs.shape();
+                let ones = device.upload(&vec![T::one(); n], 1, n)?;
+                let mut sums = device.zeros(1, k)?;
+                device.gemm(&mut sums, T::zero(), &ones, Op::N, outputs, Op::N, T::one())?;
+                let sums = device.download(&sums)?;
+                let mut gram = vec![T::zero(); k * k];
+                sums.iter().enumerate().for_each(|(c, &v)| gram[c * k + c] = v);
+                let mut gram = device.upload_owned(gram, k, k)?;
+                device.weighted_syrk(&mut gram, T::one(), outputs, None, -T::one())?;
+                return Ok(CurvatureTerm::Kronecker { gram });
+            }
             _ => {}
         }
         let host = |v: &[T]| v.iter().map(|x| x.as_f64()).collect::<Vec<f64>>();
