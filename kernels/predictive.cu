@@ -75,6 +75,7 @@ __device__ void monte_carlo_body(const PredParams& p, const T* mean, const T* co
         T dmax = 0;
         for (u32 a = 0; a < k; a++) dmax = max(dmax, sigma_at(p, cov, i, a, a));
         const T eps_t = sizeof(T) == 4 ? T(1.1920929e-7) : T(2.220446049250313e-16);
+        // The zero-pivot rule of src/numerics.rs: PIVOT_ULPS · ε · K · max variance.
         const T floor_v = T(64) * eps_t * dmax * T(k);
         for (u32 j = 0; j < k; j++) {
             T dj = sigma_at(p, cov, i, j, j);

@@ -126,6 +126,7 @@ fn monte_carlo(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
         for (var a = 0u; a < k; a++) {
             dmax = max(dmax, sigma(i, a, a));
         }
+        // The zero-pivot rule of src/numerics.rs: PIVOT_ULPS · ε · K · max variance.
         let pivot_floor = 64.0 * 1.1920929e-7 * dmax * f32(k);
         for (var j = 0u; j < k; j++) {
             var dj = sigma(i, j, j);

@@ -48,11 +48,17 @@ pub(crate) fn softmax_rows<T: Scalar>(x: &[T], k: usize) -> Vec<T> {
     out
 }
 
+/// Rounding units of the zero-pivot rule: a pivot at or below `PIVOT_ULPS · ε · K · max_k Σ_kk`
+/// (ε of the precision the factorisation runs in) counts as zero. The one rule for the host
+/// ([`psd_cholesky`], f64) and the Monte Carlo kernels (`shaders/predictive.wgsl`,
+/// `kernels/predictive.cu`, in the working precision), which spell the same constant.
+pub(crate) const PIVOT_ULPS: f64 = 64.0;
+
 /// The pivot below which [`psd_cholesky`] counts a pivot as zero, from the variances
 /// (the diagonal): pivots at rounding level relative to the largest variance, so that a rank-
 /// deficient covariance does not divide rounding noise by rounding noise.
 pub(crate) fn psd_pivot_floor(variances: &[f64]) -> f64 {
-    1e3 * f64::EPSILON * variances.iter().copied().fold(0.0, f64::max) * variances.len() as f64
+    PIVOT_ULPS * f64::EPSILON * variances.iter().copied().fold(0.0, f64::max) * variances.len() as f64
 }
 
 /// Lower Cholesky factor of a small PSD matrix (row-major k × k) in f64, in place, the strict
@@ -78,5 +84,19 @@ pub(crate) fn psd_cholesky(a: &mut [f64], k: usize) {
         for i in 0..j {
             a[i * k + j] = 0.0;
         }
+    }
+}
+
+#[cfg(test)]
+mod pivot_rule_tests {
+    use super::PIVOT_ULPS;
+
+    /// The Monte Carlo kernels spell the host's zero-pivot constant.
+    #[test]
+    fn kernels_use_the_host_pivot_rule() {
+        let wgsl = include_str!("../shaders/predictive.wgsl");
+        assert!(wgsl.contains(&format!("{PIVOT_ULPS:.1} * 1.1920929e-7 * dmax * f32(k)")));
+        let cuda = include_str!("../kernels/predictive.cu");
+        assert!(cuda.contains(&format!("T({PIVOT_ULPS}) * eps_t * dmax * T(k)")));
     }
 }

@@ -118,9 +118,11 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
         let device_basis = self.basis.as_ref().map(|(_, d)| d);
         // One host allocation for every chunk's Φ (none on the CPU after the first chunk).
         let mut staging = Vec::new();
+        // Only the empirical Fisher's curvature reads the targets.
+        let with_targets = post.curvature == super::Curvature::EmpiricalFisher;
         for start in (0..features.rows()).step_by(chunk) {
             let rows = chunk.min(features.rows() - start);
-            let batch = post.upload_batch_staged(&features, targets, start, rows, &mut staging)?;
+            let batch = post.upload_batch_staged(&features, targets, start, rows, &mut staging, with_targets)?;
             let term = match model.head_free_term() {
                 Some(term) => term,
                 None => {

@@ -409,10 +409,11 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         start: usize,
         count: usize,
     ) -> Result<Batch<D, T>> {
-        self.upload_batch_staged(features, targets, start, count, &mut Vec::new())
+        self.upload_batch_staged(features, targets, start, count, &mut Vec::new(), true)
     }
 
-    /// [`Self::upload_batch`] with Φ through `staging` (see [`Self::upload_features_staged`]).
+    /// [`Self::upload_batch`] with Φ through `staging` (see [`Self::upload_features_staged`]),
+    /// and the targets 0 × K unless `with_targets` (a curvature that never reads them).
     pub(crate) fn upload_batch_staged<Y: Targets<T> + ?Sized>(
         &self,
         features: &HostMatrix<'_, T>,
@@ -420,8 +421,12 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         start: usize,
         count: usize,
         staging: &mut Vec<T>,
+        with_targets: bool,
     ) -> Result<Batch<D, T>> {
-        let host_targets = targets.target_rows(start, count, self.classes);
+        let (host_targets, target_rows) = match with_targets {
+            true => (targets.target_rows(start, count, self.classes), count),
+            false => (Vec::new(), 0),
+        };
         let keys = match self.curvature {
             Curvature::MonteCarloFisher { .. } => (start..start + count)
                 .map(|i| model::sample_key(features.row(i)))
@@ -430,7 +435,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         };
         Ok(Batch {
             phi: self.upload_features_staged(features, start, count, staging)?,
-            targets: self.device.upload(&host_targets, count, self.classes)?,
+            targets: self.device.upload(&host_targets, target_rows, self.classes)?,
             host_targets,
             keys,
         })

@@ -12,9 +12,10 @@ use crate::scalar::Scalar;
 pub(crate) struct Batch<D: Device, T: Scalar> {
     /// Φ, m × D_aug.
     pub phi: Matrix<D, T>,
-    /// Targets, m × K: one-hot rows (classification) or values (regression).
+    /// Targets, m × K: one-hot rows (classification) or values (regression); 0 × K in fits
+    /// whose curvature does not read them (all but the empirical Fisher).
     pub targets: Matrix<D, T>,
-    /// The same targets on the host.
+    /// The same targets on the host (empty where `targets` is).
     pub host_targets: Vec<T>,
     /// Per-sample keys that seed Monte Carlo draws, a hash of the sample's features; empty
     /// unless the curvature draws.
