@@ -264,11 +264,7 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
                 out.moments.precision = precision;
             }
             Structure::Kron => {
-                let mut kron = self
-                    .kron
-                    .as_ref()
-                    .ok_or_else(|| Error::invalid("structure", "Kron sums missing"))?
-                    .copy(device)?;
+                let mut kron = super::model::require_kron(self.kron.as_ref())?.copy(device)?;
                 let (precision, covariance) = model.kron_refactor(&mut kron, tau)?;
                 out.moments.precision = precision;
                 out.moments.covariance = covariance;

@@ -307,10 +307,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     }
     /// Kron's factors; an internal error for the other structures (callers check first).
     pub(crate) fn kron(&self) -> Result<&KronFactors<D, T>> {
-        self.moments
-            .kron
-            .as_ref()
-            .ok_or_else(|| Error::Unsupported(format!("{:?} posteriors have no Kronecker factors", self.structure)))
+        model::require_kron(self.moments.kron.as_ref())
     }
     /// The Kron factors `(A, G, U_A, U_G)`, row-major, the eigenvectors as columns, with the
     /// weight N of [`Posterior::kron_weight`]; `None` for the other structures.

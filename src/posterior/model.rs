@@ -483,7 +483,7 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
                 device.gemm(precision, T::one(), weights, Op::T, &squares, Op::N, alpha)
             }
             CurvatureTerm::Kronecker { gram } => {
-                let kron = kron.ok_or_else(|| Error::invalid("structure", "Kron sums missing"))?;
+                let kron = require_kron(kron)?;
                 device.axpy(&mut kron.a_sum, alpha, gram)?;
                 device.weighted_syrk(&mut kron.g_sum, T::one(), phi, None, alpha)?;
                 let n = phi.rows() as f64;
@@ -620,10 +620,7 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
                 Ok(CovarianceStep::Woodbury { u, c_chol })
             }
             Structure::Kron => {
-                let source = moments
-                    .kron
-                    .as_ref()
-                    .ok_or_else(|| Error::invalid("structure", "Kron sums missing"))?;
+                let source = require_kron(moments.kron.as_ref())?;
                 let mut kron = source.copy(device)?;
                 let mut unused = device.zeros(1, 1)?;
                 self.add_curvature(&mut unused, Some(&mut kron), phi, term, alpha, None)?;
@@ -777,7 +774,7 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
                 device.axpy(out, alpha, &scaled)
             }
             Structure::Kron => {
-                let kron = kron.ok_or_else(|| Error::invalid("structure", "Kron factors missing"))?;
+                let kron = require_kron(kron)?;
                 let (k, da) = x.shape();
                 let mut left = device.zeros(k, da)?;
                 device.gemm(&mut left, T::zero(), &kron.a_vecs, Op::T, x, Op::N, T::one())?;
@@ -789,6 +786,13 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
             }
         }
     }
+}
+
+/// Kron's factors where a code path needs them. Only Kron posteriors keep them, and every path
+/// that asks is Kron's, so their absence is an inconsistency of the library, reported as
+/// `Unsupported`, never as the caller's argument.
+pub(crate) fn require_kron<X>(kron: Option<X>) -> Result<X> {
+    kron.ok_or_else(|| Error::Unsupported("Kronecker factors are kept only by Kron posteriors".into()))
 }
 
 /// Rejects an inverse whose `max |(ΠΣ − I)[:, j]|` over 8 fixed probe columns exceeds
