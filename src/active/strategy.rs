@@ -5,6 +5,7 @@ use crate::device::Device;
 use crate::device::sherman_morrison::HostInverse;
 use crate::error::{Error, Result};
 use crate::host::{HostMatrix, check_features};
+use crate::numerics::dot;
 use crate::posterior::{BiasMode, Link, Posterior};
 use crate::random::SplitMix64;
 use crate::scalar::Scalar;
@@ -334,22 +335,17 @@ impl Bait {
         let d = self.d;
         let vx = self.v.row(x);
         let u = self.minv.apply(vx);
-        let s: f64 = vx.iter().zip(&u).map(|(a, b)| a * b).sum();
-        let fu: Vec<f64> = self
-            .f
-            .chunks_exact(d)
-            .map(|row| row.iter().zip(&u).map(|(a, b)| a * b).sum())
-            .collect();
+        let s = dot(vx, &u);
+        let fu: Vec<f64> = self.f.chunks_exact(d).map(|row| dot(row, &u)).collect();
         let h = self.minv.apply(&fu);
-        let ufu: f64 = u.iter().zip(&fu).map(|(a, b)| a * b).sum();
+        let ufu = dot(&u, &fu);
         let c = self
             .minv
             .downdate(&u, s, m)
             .ok_or(Error::NotPositiveDefinite { index: x })?;
         for cand in 0..self.v.n {
             let row = self.v.row(cand);
-            let p: f64 = row.iter().zip(&u).map(|(a, b)| a * b).sum();
-            let e: f64 = row.iter().zip(&h).map(|(a, b)| a * b).sum();
+            let (p, e) = (dot(row, &u), dot(row, &h));
             self.s[cand] -= c * p * p;
             self.q[cand] += -2.0 * c * p * e + c * c * ufu * p * p;
         }

@@ -17,7 +17,7 @@ use super::{
     low_rank_shapes, predictive_shapes, sherman_morrison_shapes,
 };
 use crate::error::{Error, Result};
-use crate::numerics::softmax_in_place;
+use crate::numerics::{dot, softmax_in_place};
 use crate::scalar::Scalar;
 
 /// Rows of Φ handled per pass of the chunked kernels; bounds the scratch of `ggn_accumulate`
@@ -1024,22 +1024,6 @@ impl Device for CpuDevice {
     fn max_abs<T: Scalar>(&self, a: &Matrix<Self, T>) -> Result<T> {
         Ok(self.run(|| a.buffer().par_iter().map(|x| x.abs()).reduce(T::zero, |x, y| x.max(y))))
     }
-}
-
-/// `Σ_i a_i b_i` with 16 independent partial sums, so that the reduction vectorises instead of
-/// waiting on one running sum (the sequential Sherman–Morrison loop is made of these).
-fn dot<T: Scalar>(a: &[T], b: &[T]) -> T {
-    const LANES: usize = 16;
-    let mut acc = [T::zero(); LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..LANES {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let tail = ra.iter().zip(rb).fold(T::zero(), |s, (x, y)| s + *x * *y);
-    acc.iter().fold(tail, |s, &v| s + v)
 }
 
 /// In-place lower Cholesky factor of the column-major n × n `buf` (strict upper part untouched).

@@ -17,6 +17,7 @@
 
 use super::{Device, Matrix, Op, OutputWeighting, sherman_morrison_shapes};
 use crate::error::{Error, Result};
+use crate::numerics::dot;
 use crate::scalar::Scalar;
 
 /// Samples per block.
@@ -247,8 +248,4 @@ impl HostInverse {
         self.pending.clear();
         self.coefficients.clear();
     }
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
