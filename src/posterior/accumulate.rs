@@ -131,7 +131,6 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
                 }
             };
             model.add_curvature(&mut sum, kron.as_mut(), &batch.phi, &term, T::one(), device_basis)?;
-            drop(term);
             device.reclaim(batch.phi, &mut staging);
         }
         self.add(sum, kron, features.rows())

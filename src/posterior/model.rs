@@ -419,15 +419,17 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
                 return Ok(CurvatureTerm::Diagonal { weights });
             }
             Structure::Kron if softmax_ggn => {
-                // Σ_n M_n = diag(Σ_n p_n) − PᵀP: the column sums by one GEMM, then one SYRK.
+                // Σ_n M_n = diag(Σ_n p_n) − PᵀP, on the device: the column sums s = 1ᵀP by one
+                // GEMM, diag(s) = (1 sᵀ) ∘ I, then one SYRK.
                 let (n, k) = outputs.shape();
                 let ones = device.upload(&vec![T::one(); n], 1, n)?;
                 let mut sums = device.zeros(1, k)?;
                 device.gemm(&mut sums, T::zero(), &ones, Op::N, outputs, Op::N, T::one())?;
-                let sums = device.download(&sums)?;
-                let mut gram = vec![T::zero(); k * k];
-                sums.iter().enumerate().for_each(|(c, &v)| gram[c * k + c] = v);
-                let mut gram = device.upload_owned(gram, k, k)?;
+                let mut gram = device.zeros(k, k)?;
+                device.add_row(&mut gram, &sums)?;
+                let mut identity = device.zeros(k, k)?;
+                device.add_diagonal(&mut identity, T::one())?;
+                device.hadamard(&mut gram, &identity)?;
                 device.weighted_syrk(&mut gram, T::one(), outputs, None, -T::one())?;
                 return Ok(CurvatureTerm::Kronecker { gram });
             }

@@ -4,6 +4,7 @@ use super::{Posterior, Structure, logits};
 use crate::device::{Device, Matrix, Op};
 use crate::error::{Error, Result};
 use crate::host::{HostMatrix, check_features};
+use crate::numerics::dot;
 use crate::scalar::Scalar;
 
 /// How logit uncertainty is turned into class probabilities.
@@ -113,21 +114,26 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             Structure::Kron => Some(&self.kron()?.a_vecs),
             _ => None,
         };
+        // The Monte Carlo draws, once for every pass of the link.
+        let eps = match link {
+            Link::MonteCarlo { samples, seed } => {
+                let eps: Vec<T> = crate::random::SplitMix64::new(seed)
+                    .normals(samples * self.classes)
+                    .into_iter()
+                    .map(T::from_f64)
+                    .collect();
+                Some(device.upload_owned(eps, samples, self.classes)?)
+            }
+            _ => None,
+        };
         let link_of = |mean: &Matrix<D, T>, cov: &Matrix<D, T>| -> Result<Matrix<D, T>> {
-            Ok(match link {
+            Ok(match (link, &eps) {
                 _ if self.is_regression() => device.copy(mean)?,
-                Link::Probit { lambda } => device.probit_softmax(mean, cov, T::from_f64(lambda))?,
-                Link::MonteCarlo { samples, seed } => {
-                    let eps: Vec<T> = crate::random::SplitMix64::new(seed)
-                        .normals(samples * self.classes)
-                        .into_iter()
-                        .map(T::from_f64)
-                        .collect();
-                    let eps = device.upload(&eps, samples, self.classes)?;
-                    device.monte_carlo_softmax(mean, cov, &eps)?
-                }
-                Link::Bridge => device.bridge_dirichlet(mean, cov)?,
-                Link::None => {
+                (Link::Probit { lambda }, _) => device.probit_softmax(mean, cov, T::from_f64(lambda))?,
+                (Link::MonteCarlo { .. }, Some(eps)) => device.monte_carlo_softmax(mean, cov, eps)?,
+                (Link::MonteCarlo { .. }, None) => unreachable!("the draws are made for every Monte Carlo link"),
+                (Link::Bridge, _) => device.bridge_dirichlet(mean, cov)?,
+                (Link::None, _) => {
                     let mut p = device.copy(mean)?;
                     device.softmax_rows(&mut p)?;
                     p
@@ -178,11 +184,13 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             let mut full = vec![T::zero(); r * k * k];
             for (i, block) in full.chunks_exact_mut(k * k).enumerate() {
                 let e = &eigen_h[(start + i) * k..(start + i + 1) * k];
+                // Σ_f[a, b] = (u_a ∘ e) · u_b for the rows u_a of U.
+                let scaled: Vec<f64> = (0..k * k).map(|aj| u[aj] * e[aj % k].as_f64()).collect();
                 for a in 0..k {
                     for b in 0..=a {
-                        let v: f64 = (0..k).map(|j| u[a * k + j] * e[j].as_f64() * u[b * k + j]).sum();
-                        block[a * k + b] = T::from_f64(v);
-                        block[b * k + a] = T::from_f64(v);
+                        let v = T::from_f64(dot(&scaled[a * k..(a + 1) * k], &u[b * k..(b + 1) * k]));
+                        block[a * k + b] = v;
+                        block[b * k + a] = v;
                     }
                 }
             }
