@@ -11,7 +11,7 @@ use super::locked::write_durably;
 use crate::device::{Device, OutputWeighting};
 use crate::error::{Error, Result};
 use crate::posterior::{
-    BiasMode, Curvature, CurvatureAccumulator, Likelihood, Posterior, RawAccumulator, RawPosterior, Structure,
+    BiasMode, Curvature, CurvatureAccumulator, Likelihood, Posterior, RawPosterior, RawTensor, Structure,
 };
 use crate::scalar::{DType, Scalar};
 
@@ -107,13 +107,12 @@ fn common_parts<T: Scalar>(raw: &RawPosterior<T>, format: &str) -> (Vec<NamedTen
     if let Some(b) = &raw.fixed_bias {
         tensors.push(("bias", vec![1, raw.classes], bytes_of(b)));
     }
-    if let Some([a, g, ua, ug]) = &raw.kron {
-        let (k, da) = (raw.classes, raw.augmented_features());
-        tensors.push(("kron_a", vec![k, k], bytes_of(a)));
-        tensors.push(("kron_g", vec![da, da], bytes_of(g)));
-        if !ua.is_empty() {
-            tensors.push(("kron_a_vectors", vec![k, k], bytes_of(ua)));
-            tensors.push(("kron_g_vectors", vec![da, da], bytes_of(ug)));
+    for factor in &raw.factors {
+        // Every name a structure keeps is one of TENSORS, which the checksum covers.
+        let name = TENSORS.iter().copied().find(|n| *n == factor.name);
+        debug_assert!(name.is_some(), "tensor `{}` is not in TENSORS", factor.name);
+        if let Some(name) = name {
+            tensors.push((name, vec![factor.rows, factor.cols], bytes_of(&factor.values)));
         }
     }
     let (likelihood, sigma) = match raw.likelihood {
@@ -149,8 +148,8 @@ fn common_parts<T: Scalar>(raw: &RawPosterior<T>, format: &str) -> (Vec<NamedTen
         ("samples_seen", raw.samples_seen.to_string()),
     ];
     let mut metadata = metadata;
-    if raw.kron.is_some() && raw.kron_weight != raw.samples_seen as f64 {
-        metadata.push(("kron_weight", raw.kron_weight.to_string()));
+    if raw.factor_weight != raw.samples_seen as f64 {
+        metadata.push(("kron_weight", raw.factor_weight.to_string()));
     }
     (tensors, metadata)
 }
@@ -194,10 +193,8 @@ pub fn save_posterior<D: Device, T: Scalar>(post: &Posterior<D, T>, path: &Path)
 
 /// Saves a partial [`CurvatureAccumulator`] durably, for merging elsewhere.
 pub fn save_accumulator<D: Device, T: Scalar>(acc: &CurvatureAccumulator<D, T>, path: &Path) -> Result<()> {
-    let stored = acc.to_raw()?;
-    let (mut tensors, mut metadata) = common_parts(&stored.raw, ACCUMULATOR_FORMAT);
-    let (rows, cols) = stored.sum_shape;
-    tensors.push(("sum", vec![rows, cols], bytes_of(&stored.raw.precision)));
+    let raw = acc.to_raw()?;
+    let (tensors, mut metadata) = common_parts(&raw, ACCUMULATOR_FORMAT);
     metadata.push(("prior_precision", String::new()));
     write_file(path, T::DTYPE, tensors, metadata)
 }
@@ -243,17 +240,8 @@ pub fn load_accumulator<D: Device, T: Scalar>(
     if format != ACCUMULATOR_FORMAT {
         return Err(fail("a posterior, not a curvature accumulator".into()));
     }
-    let (mut raw, tensors) = raw_parts::<T>(&file, &header, path)?;
-    raw.precision = tensors.require("sum")?;
-    let shape = file.tensor("sum").map(|v| v.shape().to_vec()).unwrap_or_default();
-    if shape.len() != 2 {
-        return Err(fail("tensor `sum` must have rank 2".into()));
-    }
-    let stored = RawAccumulator {
-        sum_shape: (shape[0], shape[1]),
-        raw,
-    };
-    CurvatureAccumulator::from_raw(device, stored, chunk_rows).map_err(|e| fail(format!("inconsistent contents: {e}")))
+    let (raw, _) = raw_parts::<T>(&file, &header, path)?;
+    CurvatureAccumulator::from_raw(device, raw, chunk_rows).map_err(|e| fail(format!("inconsistent contents: {e}")))
 }
 
 /// Typed access to a parsed file's tensors.
@@ -303,15 +291,30 @@ fn raw_parts<'a, 'b, T: Scalar>(
         path,
         dtype: header.dtype,
     };
-    let kron = match header.structure {
-        Structure::Kron => Some([
-            tensors.require::<T>("kron_a")?,
-            tensors.require::<T>("kron_g")?,
-            tensors.get::<T>("kron_a_vectors")?.unwrap_or_default(),
-            tensors.get::<T>("kron_g_vectors")?.unwrap_or_default(),
-        ]),
-        _ => None,
-    };
+    // Every tensor besides the ones all files share belongs to the structure (or, in an
+    // accumulator, to its data term).
+    let mut factors = Vec::new();
+    for name in TENSORS {
+        if ["head", "bias", "precision", "covariance"].contains(&name) {
+            continue;
+        }
+        let Some(values) = tensors.get::<T>(name)? else {
+            continue;
+        };
+        let shape = file.tensor(name).map(|v| v.shape().to_vec()).unwrap_or_default();
+        let [rows, cols] = shape[..] else {
+            return Err(Error::Format {
+                what: path.display().to_string(),
+                reason: format!("tensor `{name}` must have rank 2"),
+            });
+        };
+        factors.push(RawTensor {
+            name: name.to_string(),
+            rows,
+            cols,
+            values,
+        });
+    }
     let raw = RawPosterior {
         structure: header.structure,
         likelihood: header.likelihood,
@@ -324,8 +327,8 @@ fn raw_parts<'a, 'b, T: Scalar>(
         fixed_bias: tensors.get("bias")?,
         precision: Vec::new(),
         covariance: Vec::new(),
-        kron,
-        kron_weight: header.kron_weight.unwrap_or(header.samples_seen as f64),
+        factors,
+        factor_weight: header.kron_weight.unwrap_or(header.samples_seen as f64),
         samples_seen: header.samples_seen,
     };
     Ok((raw, tensors))

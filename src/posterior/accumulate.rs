@@ -1,8 +1,8 @@
 //! [`CurvatureAccumulator`]: the curvature of a data set, accumulated in shards that merge.
 
 use super::fit::null_free_basis;
-use super::model::KronFactors;
-use super::{FitConfig, Likelihood, Posterior, Structure, positive};
+use super::structure::{DataTerm, RawTensor, uses_reduced_basis};
+use super::{FitConfig, Posterior, positive};
 use crate::device::{Device, Matrix};
 use crate::error::{Error, Result};
 use crate::host::{HostMatrix, Targets};
@@ -39,9 +39,8 @@ use crate::scalar::Scalar;
 pub struct CurvatureAccumulator<D: Device, T: Scalar> {
     /// The head, bias and settings, with placeholder moments.
     shell: Posterior<D, T>,
-    /// Full: (K'·D_aug)², Shared: D_aug², Diag: K × D_aug, Kron: 1 × 1 (unused).
-    sum: Matrix<D, T>,
-    kron: Option<KronFactors<D, T>>,
+    /// The data term in the structure's parts.
+    sum: DataTerm<D, T>,
     /// The reduced class basis Q₁ (K × (K−1)) of Full classification, host and device.
     basis: Option<(Vec<f64>, Matrix<D, T>)>,
     chunk_rows: usize,
@@ -56,32 +55,19 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
     pub fn new(device: &D, head: HostMatrix<'_, T>, bias: Option<&[T]>, config: &FitConfig) -> Result<Self> {
         let shell = Posterior::assemble(device, head, bias, config)?;
         let (k, da) = (shell.classes, shell.augmented_features());
-        let basis = match (shell.structure, shell.likelihood) {
-            (Structure::Full, Likelihood::Classification) => {
+        let basis = match uses_reduced_basis(config.structure, config.likelihood) {
+            true => {
                 let host = null_free_basis(k);
                 let cast: Vec<T> = host.iter().map(|&x| T::from_f64(x)).collect();
                 let dev = device.upload(&cast, k, k - 1)?;
                 Some((host, dev))
             }
-            _ => None,
+            false => None,
         };
-        let (rows, cols) = match shell.structure {
-            Structure::Full => {
-                let side = basis.as_ref().map_or(k, |_| k - 1) * da;
-                (side, side)
-            }
-            Structure::Shared(_) => (da, da),
-            Structure::Diag => (k, da),
-            Structure::Kron => (1, 1),
-        };
-        let kron = match shell.structure {
-            Structure::Kron => Some(KronFactors::empty(device, k, da)?),
-            _ => None,
-        };
+        let sum = shell.moments.state.empty_sum(device, k, da, basis.is_some())?;
         Ok(CurvatureAccumulator {
-            sum: device.zeros(rows, cols)?,
+            sum,
             shell,
-            kron,
             basis,
             chunk_rows: config.chunk_rows,
             count: 0,
@@ -107,14 +93,12 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
         post.check_batch(&features, targets)?;
         let device = &post.device;
         let model = post.model();
+        let state = &*post.moments.state;
+        let (k, da) = (post.classes, post.augmented_features());
         // A fresh partial sum, added at the end, so that a failure changes nothing.
-        let mut sum = device.zeros(self.sum.rows(), self.sum.cols())?;
-        let mut kron = match &self.kron {
-            Some(_) => Some(KronFactors::empty(device, post.classes, post.augmented_features())?),
-            None => None,
-        };
-        let chunk = super::pass_rows(self.chunk_rows, post.classes, post.augmented_features());
-        let host_basis = self.basis.as_ref().map(|(h, _)| (h.as_slice(), post.classes - 1));
+        let mut sum = state.empty_sum(device, k, da, self.basis.is_some())?;
+        let chunk = super::pass_rows(self.chunk_rows, k, da);
+        let host_basis = self.basis.as_ref().map(|(h, _)| (h.as_slice(), k - 1));
         let device_basis = self.basis.as_ref().map(|(_, d)| d);
         // One host allocation for every chunk's Φ (none on the CPU after the first chunk).
         let mut staging = Vec::new();
@@ -123,45 +107,25 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
         for start in (0..features.rows()).step_by(chunk) {
             let rows = chunk.min(features.rows() - start);
             let batch = post.upload_batch_staged(&features, targets, start, rows, &mut staging, with_targets)?;
-            let term = match model.head_free_term() {
+            let term = match state.head_free_term(&model) {
                 Some(term) => term,
                 None => {
                     let outputs = model.outputs(&batch.phi, &post.moments.head)?;
-                    model.curvature_term(&batch, &outputs, host_basis)?
+                    state.curvature_term(&model, &batch, &outputs, host_basis)?
                 }
             };
-            model.add_curvature(&mut sum, kron.as_mut(), &batch.phi, &term, T::one(), device_basis)?;
+            state.add_curvature(device, &mut sum, &batch.phi, &term, T::one(), device_basis)?;
             device.reclaim(batch.phi, &mut staging);
         }
-        self.add(sum, kron, features.rows())
+        self.add(sum, features.rows())
     }
 
     /// Adds a partial sum: moved in when this accumulator is empty (bit-exact), else added.
-    fn add(&mut self, sum: Matrix<D, T>, kron: Option<KronFactors<D, T>>, count: usize) -> Result<()> {
-        let device = &self.shell.device;
-        if self.count == 0 {
-            self.sum = sum;
-            if kron.is_some() {
-                self.kron = kron;
-            }
-        } else {
-            let mut total = device.copy(&self.sum)?;
-            device.axpy(&mut total, T::one(), &sum)?;
-            let total_kron = match (&self.kron, &kron) {
-                (Some(mine), Some(theirs)) => {
-                    let mut k = mine.copy(device)?;
-                    device.axpy(&mut k.a_sum, T::one(), &theirs.a_sum)?;
-                    device.axpy(&mut k.g_sum, T::one(), &theirs.g_sum)?;
-                    k.weight += theirs.weight;
-                    Some(k)
-                }
-                _ => None,
-            };
-            self.sum = total;
-            if total_kron.is_some() {
-                self.kron = total_kron;
-            }
-        }
+    fn add(&mut self, sum: DataTerm<D, T>, count: usize) -> Result<()> {
+        self.sum = match self.count {
+            0 => sum,
+            _ => self.sum.sum(&self.shell.device, &sum)?,
+        };
         self.count += count;
         Ok(())
     }
@@ -171,7 +135,7 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
     /// `InvalidArgument` and nothing changes.
     pub fn merge(&mut self, other: &Self) -> Result<()> {
         let (a, b) = (&self.shell, &other.shell);
-        let same = a.structure == b.structure
+        let same = a.structure() == b.structure()
             && a.likelihood == b.likelihood
             && a.curvature == b.curvature
             && a.bias_mode == b.bias_mode
@@ -199,9 +163,8 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
         if other.count == 0 {
             return Ok(());
         }
-        let sum = self.shell.device.copy(&other.sum)?;
-        let kron = other.kron.as_ref().map(|k| k.copy(&self.shell.device)).transpose()?;
-        self.add(sum, kron, other.count)
+        let sum = other.sum.copy(&self.shell.device)?;
+        self.add(sum, other.count)
     }
 
     /// The posterior `Π = τ I + sum`, `Σ = Π⁻¹`, around the accumulator's head.
@@ -210,7 +173,7 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
     pub fn finish(&self, prior_precision: f64) -> Result<Posterior<D, T>> {
         let device = self.shell.device.clone();
         device.scope(|| {
-            let sum = device.copy(&self.sum)?;
+            let sum = self.sum.copy(&device)?;
             self.finish_with(self.shell.try_clone()?, sum, prior_precision)
         })
     }
@@ -219,7 +182,11 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
     pub fn into_posterior(mut self, prior_precision: f64) -> Result<Posterior<D, T>> {
         let device = self.shell.device.clone();
         device.scope(|| {
-            let sum = std::mem::replace(&mut self.sum, device.zeros(1, 1)?);
+            let empty = DataTerm {
+                parts: Vec::new(),
+                weight: 0.0,
+            };
+            let sum = std::mem::replace(&mut self.sum, empty);
             let shell = self.shell.try_clone()?;
             self.finish_with(shell, sum, prior_precision)
         })
@@ -229,76 +196,45 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
     fn finish_with(
         &self,
         mut out: Posterior<D, T>,
-        sum: Matrix<D, T>,
+        sum: DataTerm<D, T>,
         prior_precision: f64,
     ) -> Result<Posterior<D, T>> {
         let tau: T = positive("prior_precision", prior_precision)?;
-        let post = &self.shell;
-        let device = &post.device;
-        let model = post.model();
+        let device = &self.shell.device;
+        let basis = self.basis.as_ref().map(|(_, d)| d);
+        out.moments.state = self.shell.moments.state.finish(device, sum, tau, basis)?;
         out.prior_precision = vec![tau];
         out.samples_seen = self.count;
-        match post.structure {
-            Structure::Full | Structure::Shared(_) => {
-                let mut precision = sum;
-                device.add_diagonal(&mut precision, tau)?;
-                let covariance = device.spd_inverse(&precision)?;
-                super::model::check_inverse(device, &precision, &covariance)?;
-                match &self.basis {
-                    Some((_, r)) => {
-                        out.moments.precision = device.kron_congruence(&precision, r, tau)?;
-                        out.moments.covariance = device.kron_congruence(&covariance, r, T::one() / tau)?;
-                    }
-                    None => {
-                        out.moments.precision = precision;
-                        out.moments.covariance = covariance;
-                    }
-                }
-            }
-            Structure::Diag => {
-                let mut precision = sum;
-                let prior = device.upload(&vec![tau; precision.len()], precision.rows(), precision.cols())?;
-                device.axpy(&mut precision, T::one(), &prior)?;
-                out.moments.covariance = model.covariance_of(&precision)?;
-                out.moments.precision = precision;
-            }
-            Structure::Kron => {
-                let mut kron = super::model::require_kron(self.kron.as_ref())?.copy(device)?;
-                let (precision, covariance) = model.kron_refactor(&mut kron, tau)?;
-                out.moments.precision = precision;
-                out.moments.covariance = covariance;
-                out.moments.kron = Some(kron);
-            }
-        }
         Ok(out)
     }
 
-    /// The accumulator's contents for the io layer.
-    pub(crate) fn to_raw(&self) -> Result<RawAccumulator<T>> {
+    /// The accumulator's contents for the io layer: the shell's, with the data term's parts
+    /// as its factors.
+    pub(crate) fn to_raw(&self) -> Result<super::RawPosterior<T>> {
         let mut raw = self.shell.to_raw()?;
         let device = &self.shell.device;
-        raw.precision = device.download(&self.sum)?;
+        let names = self.shell.moments.state.sum_names();
+        raw.precision = Vec::new();
         raw.covariance = Vec::new();
         raw.samples_seen = self.count;
-        raw.kron_weight = self.count as f64;
-        raw.kron = match &self.kron {
-            Some(k) => Some([
-                device.download(&k.a_sum)?,
-                device.download(&k.g_sum)?,
-                Vec::new(),
-                Vec::new(),
-            ]),
-            None => None,
-        };
-        Ok(RawAccumulator {
-            sum_shape: self.sum.shape(),
-            raw,
-        })
+        raw.factor_weight = self.sum.weight;
+        raw.factors = names
+            .iter()
+            .zip(&self.sum.parts)
+            .map(|(name, part)| {
+                Ok(RawTensor {
+                    name: name.to_string(),
+                    rows: part.rows(),
+                    cols: part.cols(),
+                    values: device.download(part)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(raw)
     }
 
     /// Rebuilds an accumulator from its contents, checking every shape and value.
-    pub(crate) fn from_raw(device: &D, stored: RawAccumulator<T>, chunk_rows: usize) -> Result<Self> {
-        let raw = stored.raw;
+    pub(crate) fn from_raw(device: &D, raw: super::RawPosterior<T>, chunk_rows: usize) -> Result<Self> {
         let config = raw.config(chunk_rows);
         let da = raw.augmented_features();
         if raw.classes == 0 || raw.features == 0 || raw.head.len() != raw.classes * da {
@@ -317,34 +253,26 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
             bias.as_deref(),
             &config,
         )?;
-        if stored.sum_shape != acc.sum.shape() || raw.precision.len() != acc.sum.len() {
-            return Err(Error::shape("sum", acc.sum.shape(), stored.sum_shape));
-        }
-        crate::host::check_finite("sum", &raw.precision)?;
-        acc.sum = device.upload(&raw.precision, stored.sum_shape.0, stored.sum_shape.1)?;
-        match (&mut acc.kron, raw.kron) {
-            (Some(k), Some([a, g, _, _])) => {
-                if a.len() != raw.classes * raw.classes || g.len() != da * da {
-                    return Err(Error::invalid("kron", "factor sums of the wrong size"));
-                }
-                crate::host::check_finite("kron", &a)?;
-                crate::host::check_finite("kron", &g)?;
-                k.a_sum = device.upload(&a, raw.classes, raw.classes)?;
-                k.g_sum = device.upload(&g, da, da)?;
-                k.weight = raw.samples_seen as f64;
+        let names = acc.shell.moments.state.sum_names();
+        for (name, part) in names.iter().zip(acc.sum.parts.iter_mut()) {
+            let stored = raw
+                .factors
+                .iter()
+                .find(|t| t.name == *name)
+                .ok_or_else(|| Error::invalid("sum", format!("missing part `{name}` of the sum")))?;
+            if (stored.rows, stored.cols) != part.shape() || stored.values.len() != part.len() {
+                return Err(Error::shape("sum", part.shape(), (stored.rows, stored.cols)));
             }
-            (None, None) => {}
-            _ => return Err(Error::invalid("kron", "Kronecker sums do not match the structure")),
+            crate::host::check_finite("sum", &stored.values)?;
+            *part = device.upload(&stored.values, stored.rows, stored.cols)?;
         }
+        if !(raw.factor_weight.is_finite() && raw.factor_weight >= 0.0) {
+            return Err(Error::invalid("kron_weight", "must be finite and ≥ 0"));
+        }
+        acc.sum.weight = raw.factor_weight;
         acc.count = raw.samples_seen;
         Ok(acc)
     }
-}
-
-/// An accumulator's contents: the shell posterior's raw form with `precision` holding the sum.
-pub(crate) struct RawAccumulator<T> {
-    pub sum_shape: (usize, usize),
-    pub raw: super::RawPosterior<T>,
 }
 
 /// Splits a stored head K × D_aug into W (K × D) and, when augmented, the bias column.

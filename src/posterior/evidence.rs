@@ -1,7 +1,6 @@
 //! The Laplace log marginal likelihood and the prior precision that maximises it.
 
-use super::model::symmetric_eigenvalues;
-use super::{Likelihood, Posterior, Structure};
+use super::{Likelihood, Posterior};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::host::{HostMatrix, Targets};
@@ -18,7 +17,7 @@ pub enum PriorShape {
 }
 
 /// Search interval of τ.
-const TAU_RANGE: (f64, f64) = (1e-10, 1e10);
+pub(crate) const TAU_RANGE: (f64, f64) = (1e-10, 1e10);
 
 impl<D: Device, T: Scalar> Posterior<D, T> {
     /// The Laplace approximation of the log marginal likelihood of the data (Φ, targets) at
@@ -45,7 +44,8 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 log_likelihood += self.log_likelihood(&outputs, &batch.host_targets);
             }
             let tau: Vec<f64> = (0..self.classes).map(|k| self.prior_of(k).as_f64()).collect();
-            Ok(log_likelihood + self.prior_terms(&tau)? - 0.5 * self.log_det_precision()?)
+            let log_det = self.moments.state.log_det_precision(&self.device, self.classes)?;
+            Ok(log_likelihood + self.prior_terms(&tau)? - 0.5 * log_det)
         })
     }
 
@@ -93,31 +93,6 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             .collect())
     }
 
-    /// `log det Π` of the stored precision.
-    fn log_det_precision(&self) -> Result<f64> {
-        let device = &self.device;
-        match self.structure {
-            Structure::Full | Structure::Shared(_) => {
-                let mut l = device.copy(&self.moments.precision)?;
-                device.cholesky(&mut l)?;
-                let n = l.rows();
-                let l = device.download(&l)?;
-                let half: f64 = (0..n).map(|i| l[i * n + i].as_f64().ln()).sum();
-                let copies = if self.structure == Structure::Full {
-                    1.0
-                } else {
-                    self.classes as f64
-                };
-                Ok(2.0 * half * copies)
-            }
-            Structure::Diag | Structure::Kron => Ok(device
-                .download(&self.moments.precision)?
-                .iter()
-                .map(|x| x.as_f64().ln())
-                .sum()),
-        }
-    }
-
     /// Maximises the log marginal likelihood over the prior precision, with the mean ŵ held
     /// fixed (post hoc, as is usual for Laplace), sets it, and returns it (1 or K values).
     ///
@@ -147,25 +122,28 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     pub fn optimize_prior_precision(&mut self, shape: PriorShape) -> Result<Vec<f64>> {
         let device = self.device.clone();
         device.scope(|| {
-            let tau = match (shape, self.structure) {
-                (PriorShape::Scalar, _) => {
-                    let (h, multiplicity) = self.curvature_eigenvalues()?;
+            let prior = self.prior_values();
+            let da = self.augmented_features();
+            let tau = match shape {
+                PriorShape::Scalar => {
+                    let (h, multiplicity) =
+                        self.moments
+                            .state
+                            .curvature_eigenvalues(&self.device, &prior, self.classes, da)?;
                     let norm: f64 = self.head_row_norms()?.iter().sum();
                     vec![evidence_root(&h, multiplicity, norm)]
                 }
-                (PriorShape::PerClass, Structure::Diag) => {
-                    let da = self.augmented_features();
-                    let (h, _) = self.curvature_eigenvalues()?;
+                PriorShape::PerClass => {
                     let norms = self.head_row_norms()?;
-                    (0..self.classes)
-                        .map(|k| evidence_root(&h[k * da..(k + 1) * da], 1.0, norms[k]))
-                        .collect()
-                }
-                (PriorShape::PerClass, Structure::Full) => self.mackay_per_class()?,
-                (PriorShape::PerClass, other) => {
-                    return Err(Error::Unsupported(format!(
-                        "one prior precision per class for the {other:?} structure (Full and Diag have it)"
-                    )));
+                    self.moments
+                        .state
+                        .per_class_optimum(&self.device, &norms, &prior, da)?
+                        .ok_or_else(|| {
+                            Error::Unsupported(format!(
+                                "one prior precision per class for the {:?} structure (Full and Diag have it)",
+                                self.structure()
+                            ))
+                        })?
                 }
             };
             self.set_prior_precision(&tau)?;
@@ -192,10 +170,10 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 ));
             }
         };
-        if per_class && matches!(self.structure, Structure::Shared(_) | Structure::Kron) {
+        if per_class && !self.moments.state.per_class_prior() {
             return Err(Error::Unsupported(format!(
                 "one prior precision per class for the {:?} structure",
-                self.structure
+                self.structure()
             )));
         }
         let device = &self.device;
@@ -203,105 +181,25 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let delta: Vec<f64> = (0..self.classes)
             .map(|k| new_tau(k) - self.prior_of(k).as_f64())
             .collect();
-        let precision = match self.structure {
-            Structure::Shared(_) => {
-                let mut p = device.copy(&self.moments.precision)?;
-                device.add_diagonal(&mut p, T::from_f64(delta[0]))?;
-                p
-            }
-            Structure::Full => {
-                let n = self.moments.precision.rows();
-                let da = self.augmented_features();
-                let mut p = device.download(&self.moments.precision)?;
-                (0..n).for_each(|i| p[i * n + i] += T::from_f64(delta[i / da]));
-                device.upload(&p, n, n)?
-            }
-            Structure::Diag | Structure::Kron => {
-                let da = self.augmented_features();
-                let mut p = device.download(&self.moments.precision)?;
-                p.iter_mut()
-                    .enumerate()
-                    .for_each(|(i, x)| *x += T::from_f64(delta[i / da]));
-                device.upload(&p, self.classes, da)?
-            }
-        };
-        let covariance = self.model().covariance_of(&precision)?;
-        self.moments.precision = precision;
-        self.moments.covariance = covariance;
+        let state = &self.moments.state;
+        let precision = state.shift_prior(device, state.precision(), &delta, self.augmented_features())?;
+        let covariance = state.covariance_of(device, &precision)?;
+        let (p, c) = self.moments.state.pair_mut();
+        *p = precision;
+        *c = covariance;
         self.prior_precision = tau.iter().map(|&t| T::from_f64(t)).collect();
         Ok(())
     }
 
-    /// The curvature's eigenvalues `h_i` (clipped at 0) and how many weights each stands for.
-    fn curvature_eigenvalues(&self) -> Result<(Vec<f64>, f64)> {
-        let device = &self.device;
-        let da = self.augmented_features();
-        match self.structure {
-            Structure::Full | Structure::Shared(_) => {
-                let n = self.moments.precision.rows();
-                let mut p = device.download(&self.moments.precision)?;
-                for i in 0..n {
-                    let k = if self.structure == Structure::Full { i / da } else { 0 };
-                    p[i * n + i] -= self.prior_of(k);
-                }
-                let h = symmetric_eigenvalues(&p, n)?.into_iter().map(|x| x.max(0.0)).collect();
-                let copies = if self.structure == Structure::Full {
-                    1.0
-                } else {
-                    self.classes as f64
-                };
-                Ok((h, copies))
-            }
-            Structure::Diag | Structure::Kron => {
-                let p = device.download(&self.moments.precision)?;
-                let h = p
-                    .iter()
-                    .enumerate()
-                    .map(|(i, x)| (x.as_f64() - self.prior_of(i / da).as_f64()).max(0.0))
-                    .collect();
-                Ok((h, 1.0))
-            }
-        }
-    }
-
-    /// MacKay's fixed point for one τ per class of the Full structure.
-    fn mackay_per_class(&self) -> Result<Vec<f64>> {
-        let device = &self.device;
-        let (k, da) = (self.classes, self.augmented_features());
-        let n = k * da;
-        let norms = self.head_row_norms()?;
-        let mut curvature = device.download(&self.moments.precision)?;
-        for i in 0..n {
-            curvature[i * n + i] -= self.prior_of(i / da);
-        }
-        let mut tau: Vec<f64> = (0..k).map(|c| self.prior_of(c).as_f64()).collect();
-        for _ in 0..500 {
-            let mut p = curvature.clone();
-            (0..n).for_each(|i| p[i * n + i] += T::from_f64(tau[i / da]));
-            let sigma = device.download(&device.spd_inverse(&device.upload(&p, n, n)?)?)?;
-            let mut change: f64 = 0.0;
-            for c in 0..k {
-                let trace: f64 = (c * da..(c + 1) * da).map(|i| sigma[i * n + i].as_f64()).sum();
-                let effective = (da as f64 - tau[c] * trace).max(0.0);
-                let next = if norms[c] > 0.0 {
-                    (effective / norms[c]).clamp(TAU_RANGE.0, TAU_RANGE.1)
-                } else {
-                    TAU_RANGE.1
-                };
-                change = change.max((next / tau[c]).ln().abs());
-                tau[c] = next;
-            }
-            if change < 1e-10 {
-                break;
-            }
-        }
-        Ok(tau)
+    /// τ of every class, in f64.
+    fn prior_values(&self) -> Vec<f64> {
+        (0..self.classes).map(|k| self.prior_of(k).as_f64()).collect()
     }
 }
 
 /// The τ that maximises `−½τ‖w‖² + ½P log τ − ½ c Σ_i log(h_i + τ)` (P = c·len(h)): the root
 /// of `c Σ_i h_i/(h_i + τ) − τ‖w‖²`, which decreases in τ, by bisection on log τ.
-fn evidence_root(h: &[f64], multiplicity: f64, norm: f64) -> f64 {
+pub(crate) fn evidence_root(h: &[f64], multiplicity: f64, norm: f64) -> f64 {
     let slope = |tau: f64| multiplicity * h.iter().map(|x| x / (x + tau)).sum::<f64>() - tau * norm;
     let (mut lo, mut hi) = (TAU_RANGE.0.ln(), TAU_RANGE.1.ln());
     if slope(hi.exp()) >= 0.0 {

@@ -40,7 +40,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     }
 
     /// Validates the head and settings and uploads them: a posterior whose moments are
-    /// placeholders (1 × 1) until the caller sets them.
+    /// placeholders (1 × 1, Kron's sums empty) until the caller sets them.
     pub(crate) fn assemble(
         device: &D,
         head: HostMatrix<'_, T>,
@@ -81,7 +81,6 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let da = dim + usize::from(augment);
         Ok(Posterior {
             device: device.clone(),
-            structure: config.structure,
             likelihood: config.likelihood,
             curvature: config.curvature,
             bias_mode: config.bias,
@@ -94,9 +93,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             },
             moments: Moments {
                 head: device.upload(&head_host, classes, da)?,
-                precision: device.zeros(1, 1)?,
-                covariance: device.zeros(1, 1)?,
-                kron: None,
+                state: super::structure::placeholder(config.structure, device)?,
             },
             samples_seen: 0,
             refresh_policy: Some(super::RefreshPolicy::default()),

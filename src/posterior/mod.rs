@@ -13,14 +13,15 @@ mod head;
 mod model;
 mod predict;
 mod sample;
+mod structure;
 mod unlearn;
 mod update;
 
 pub use accumulate::CurvatureAccumulator;
-pub(crate) use accumulate::RawAccumulator;
 pub use evidence::PriorShape;
 pub use head::{HeadConfig, HeadFit, HeadSolver, fit_head};
 pub use predict::{Link, Prediction};
+pub(crate) use structure::RawTensor;
 
 pub use unlearn::UnlearnConfig;
 pub use update::{UpdateConfig, UpdateRule};
@@ -29,7 +30,8 @@ use crate::device::{Device, Matrix, OutputWeighting};
 use crate::error::{Error, Result};
 use crate::host::{HostMatrix, Targets};
 use crate::scalar::Scalar;
-use model::{Batch, KronFactors};
+use model::Batch;
+use structure::CovarianceStructure;
 
 /// Which covariance the posterior keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,27 +163,20 @@ impl FitConfig {
     }
 }
 
-/// Mean, precision and covariance: everything an update changes, kept together so that an
-/// update can work on a copy and commit by a move.
+/// Mean and covariance state: everything an update changes, kept together so that an update
+/// can work on a copy and commit by a move.
 pub(crate) struct Moments<D: Device, T: Scalar> {
     /// Head `[W, b]` (K × D_aug) when the bias is in the posterior, W (K × D) otherwise.
     head: Matrix<D, T>,
-    /// Π: P × P (Full), D_aug × D_aug (Shared), or K × D_aug eigenvalues of Π (Diag: its
-    /// diagonal; Kron: `a_i g_j / N + τ` in the basis of `kron`).
-    precision: Matrix<D, T>,
-    /// Σ = Π⁻¹, same shape (Diag and Kron: the reciprocals).
-    covariance: Matrix<D, T>,
-    /// The Kron structure's running sums and eigenbases.
-    kron: Option<KronFactors<D, T>>,
+    /// The structure's Π, Σ and whatever else it keeps.
+    state: Box<dyn CovarianceStructure<D, T>>,
 }
 
 impl<D: Device, T: Scalar> Moments<D, T> {
     fn copy(&self, device: &D) -> Result<Self> {
         Ok(Moments {
             head: device.copy(&self.head)?,
-            precision: device.copy(&self.precision)?,
-            covariance: device.copy(&self.covariance)?,
-            kron: self.kron.as_ref().map(|f| f.copy(device)).transpose()?,
+            state: self.state.copy(device)?,
         })
     }
 }
@@ -205,7 +200,6 @@ impl<D: Device, T: Scalar> Moments<D, T> {
 /// ```
 pub struct Posterior<D: Device, T: Scalar> {
     device: D,
-    structure: Structure,
     likelihood: Likelihood,
     curvature: Curvature,
     bias_mode: BiasMode,
@@ -261,7 +255,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     }
     /// Covariance structure.
     pub fn structure(&self) -> Structure {
-        self.structure
+        self.moments.state.kind()
     }
     /// Bias mode.
     pub fn bias_mode(&self) -> BiasMode {
@@ -303,30 +297,36 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// Shape of the stored Π and Σ: P × P (Full, `P = K·D_aug`), D_aug × D_aug (Shared), or
     /// K × D_aug (Diag and Kron, their eigenvalues).
     pub fn stored_shape(&self) -> (usize, usize) {
-        stored_shape(self.structure, self.classes, self.augmented_features())
-    }
-    /// Kron's factors; an internal error for the other structures (callers check first).
-    pub(crate) fn kron(&self) -> Result<&KronFactors<D, T>> {
-        model::require_kron(self.moments.kron.as_ref())
+        structure::stored_shape(self.structure(), self.classes, self.augmented_features())
     }
     /// The Kron factors `(A, G, U_A, U_G)`, row-major, the eigenvectors as columns, with the
     /// weight N of [`Posterior::kron_weight`]; `None` for the other structures.
     #[allow(clippy::type_complexity)]
     pub fn kron_factors(&self) -> Result<Option<(Vec<T>, Vec<T>, Vec<T>, Vec<T>)>> {
-        let Some(f) = &self.moments.kron else { return Ok(None) };
-        let d = &self.device;
-        Ok(Some((
-            d.download(&f.a_sum)?,
-            d.download(&f.g_sum)?,
-            d.download(&f.a_vecs)?,
-            d.download(&f.g_vecs)?,
-        )))
+        let mut tensors = self.moments.state.factor_tensors(&self.device)?;
+        let mut take = |name: &str| {
+            tensors
+                .iter_mut()
+                .find(|t| t.name == name)
+                .map(|t| std::mem::take(&mut t.values))
+        };
+        Ok(
+            match (
+                take("kron_a"),
+                take("kron_g"),
+                take("kron_a_vectors"),
+                take("kron_g_vectors"),
+            ) {
+                (Some(a), Some(g), Some(ua), Some(ug)) => Some((a, g, ua, ug)),
+                _ => None,
+            },
+        )
     }
 
     /// The Kron structure's weight N in `(A ⊗ G)/N`: [`Posterior::samples_seen`], less what
     /// [`UpdateConfig::forgetting`] discounted (`None` for the other structures).
     pub fn kron_weight(&self) -> Option<f64> {
-        self.moments.kron.as_ref().map(|k| k.weight)
+        self.moments.state.factor_weight()
     }
 
     /// The posterior mean of W (K × D, row-major), without the bias column.
@@ -356,11 +356,11 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     }
     /// Σ, row-major in [`Posterior::stored_shape`], index `(k, d) ↦ k·D_aug + d` for Full.
     pub fn covariance(&self) -> Result<Vec<T>> {
-        self.device.download(&self.moments.covariance)
+        self.device.download(self.moments.state.covariance())
     }
     /// Π, same layout as [`Posterior::covariance`].
     pub fn precision(&self) -> Result<Vec<T>> {
-        self.device.download(&self.moments.precision)
+        self.device.download(self.moments.state.precision())
     }
 
     /// Uploads rows `start..start + count` of `features`, with the column of ones appended when
@@ -442,7 +442,6 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     pub fn try_clone(&self) -> Result<Self> {
         Ok(Posterior {
             device: self.device.clone(),
-            structure: self.structure,
             likelihood: self.likelihood,
             curvature: self.curvature,
             bias_mode: self.bias_mode,
@@ -464,21 +463,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// Costs one product of the stored matrices. Exact arithmetic gives 0; updates in floating
     /// point let it grow, and [`Posterior::refresh`] resets it.
     pub fn drift(&self) -> Result<T> {
-        let (prec, cov) = (&self.moments.precision, &self.moments.covariance);
-        let device = &self.device;
-        if self.moments.kron.is_some() || self.structure == Structure::Diag {
-            let mut product = device.copy(prec)?;
-            device.hadamard(&mut product, cov)?;
-            let ones = device.upload(&vec![T::one(); product.len()], product.rows(), product.cols())?;
-            device.axpy(&mut product, -T::one(), &ones)?;
-            return device.max_abs(&product);
-        }
-        let n = prec.rows();
-        let mut product = device.zeros(n, n)?;
-        use crate::device::Op;
-        device.gemm(&mut product, T::zero(), prec, Op::N, cov, Op::N, T::one())?;
-        device.add_diagonal(&mut product, -T::one())?;
-        device.max_abs(&product)
+        self.moments.state.drift(&self.device, None)
     }
 
     /// The automatic drift check of [`Posterior::update`] (on by default).
@@ -508,25 +493,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// `max_j |(ΠΣ − I)[:, j]|` over `probes` columns j drawn from `seed`: a lower bound of
     /// [`Posterior::drift`] at O(n² · probes) cost.
     pub fn drift_estimate(&self, probes: usize, seed: u64) -> Result<T> {
-        let (prec, cov) = (&self.moments.precision, &self.moments.covariance);
-        if self.moments.kron.is_some() || self.structure == Structure::Diag {
-            return self.drift();
-        }
-        let device = &self.device;
-        let n = prec.rows();
-        let mut rng = crate::random::SplitMix64::new(seed);
-        let count = probes.clamp(1, n.max(1));
-        let mut e = vec![T::zero(); n * count];
-        for c in 0..count {
-            e[(rng.next_u64() % n as u64) as usize * count + c] = T::one();
-        }
-        let e = device.upload(&e, n, count)?;
-        use crate::device::Op;
-        let mut x = device.zeros(n, count)?;
-        device.gemm(&mut x, T::zero(), cov, Op::N, &e, Op::N, T::one())?;
-        let mut y = device.copy(&e)?;
-        device.gemm(&mut y, -T::one(), prec, Op::N, &x, Op::N, T::one())?;
-        device.max_abs(&y)
+        self.moments.state.drift(&self.device, Some((probes, seed)))
     }
 
     /// Runs the refresh policy after `m` updated samples.
@@ -554,7 +521,9 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// Recomputes `Σ = Π⁻¹` from the precision (Cholesky, or the reciprocals of the
     /// eigenvalues), discarding accumulated drift. On failure the posterior is unchanged.
     pub fn refresh(&mut self) -> Result<()> {
-        self.moments.covariance = self.model().covariance_of(&self.moments.precision)?;
+        let state = &mut self.moments.state;
+        let covariance = state.covariance_of(&self.device, state.precision())?;
+        *state.pair_mut().1 = covariance;
         Ok(())
     }
 
@@ -569,31 +538,21 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         (model, &mut self.moments)
     }
 
-    fn settings(&self) -> (Structure, Likelihood, Curvature) {
-        (self.structure, self.likelihood, self.curvature)
+    fn settings(&self) -> (Likelihood, Curvature) {
+        (self.likelihood, self.curvature)
     }
 
     fn model_of<'a>(
         device: &'a D,
-        (structure, likelihood, curvature): (Structure, Likelihood, Curvature),
+        (likelihood, curvature): (Likelihood, Curvature),
         fixed_bias: Option<&'a Matrix<D, T>>,
     ) -> model::Model<'a, D, T> {
         model::Model {
             device,
-            structure,
             likelihood,
             curvature,
             fixed_bias,
         }
-    }
-}
-
-/// Shape of the stored Π and Σ for a structure, K classes and D_aug columns.
-pub(crate) fn stored_shape(structure: Structure, classes: usize, da: usize) -> (usize, usize) {
-    match structure {
-        Structure::Full => (classes * da, classes * da),
-        Structure::Shared(_) => (da, da),
-        Structure::Diag | Structure::Kron => (classes, da),
     }
 }
 
@@ -613,10 +572,11 @@ pub(crate) struct RawPosterior<T> {
     pub fixed_bias: Option<Vec<T>>,
     pub precision: Vec<T>,
     pub covariance: Vec<T>,
-    /// Kron: A (K × K), G (D_aug × D_aug), U_A, U_G.
-    pub kron: Option<[Vec<T>; 4]>,
-    /// Kron: the weight N of the sums (the samples seen, less what forgetting discounted).
-    pub kron_weight: f64,
+    /// What the structure keeps besides Π and Σ (Kron: A, G, U_A, U_G; accumulators: the
+    /// parts of the data term).
+    pub factors: Vec<structure::RawTensor<T>>,
+    /// The weight of the structure's sums: the samples seen, less what forgetting discounted.
+    pub factor_weight: f64,
     pub samples_seen: usize,
 }
 
@@ -636,14 +596,14 @@ impl<T> RawPosterior<T> {
         self.features + usize::from(self.bias_mode == BiasMode::InPosterior)
     }
     pub fn stored_shape(&self) -> (usize, usize) {
-        stored_shape(self.structure, self.classes, self.augmented_features())
+        structure::stored_shape(self.structure, self.classes, self.augmented_features())
     }
 }
 
 impl<D: Device, T: Scalar> Posterior<D, T> {
     pub(crate) fn to_raw(&self) -> Result<RawPosterior<T>> {
         Ok(RawPosterior {
-            structure: self.structure,
+            structure: self.structure(),
             likelihood: self.likelihood,
             curvature: self.curvature,
             bias_mode: self.bias_mode,
@@ -652,14 +612,10 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             features: self.features,
             head: self.device.download(&self.moments.head)?,
             fixed_bias: self.fixed_bias.as_ref().map(|b| self.device.download(b)).transpose()?,
-            precision: self.device.download(&self.moments.precision)?,
-            covariance: self.device.download(&self.moments.covariance)?,
-            kron: self.kron_factors()?.map(|(a, g, ua, ug)| [a, g, ua, ug]),
-            kron_weight: self
-                .moments
-                .kron
-                .as_ref()
-                .map_or(self.samples_seen as f64, |k| k.weight),
+            precision: self.precision()?,
+            covariance: self.covariance()?,
+            factors: self.moments.state.factor_tensors(&self.device)?,
+            factor_weight: self.moments.state.factor_weight().unwrap_or(self.samples_seen as f64),
             samples_seen: self.samples_seen,
         })
     }
@@ -688,47 +644,14 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             ));
         }
         let da = raw.augmented_features();
-        let (rows, cols) = raw.stored_shape();
-        let mut expected = vec![
-            ("head", raw.head.len(), raw.classes * da),
-            ("precision", raw.precision.len(), rows * cols),
-            ("covariance", raw.covariance.len(), rows * cols),
-        ];
-        match (&raw.kron, raw.structure) {
-            (Some([a, g, ua, ug]), Structure::Kron) => {
-                let k2 = raw.classes * raw.classes;
-                expected.extend([
-                    ("kron_a", a.len(), k2),
-                    ("kron_g", g.len(), da * da),
-                    ("kron_a_vectors", ua.len(), k2),
-                    ("kron_g_vectors", ug.len(), da * da),
-                ]);
-            }
-            (None, Structure::Kron) => return Err(Error::invalid("kron", "missing Kronecker factors")),
-            (Some(_), _) => return Err(Error::invalid("kron", "Kronecker factors for a non-Kron structure")),
-            (None, _) => {}
-        }
-        for (name, len, want) in expected {
-            if len != want {
-                return Err(Error::ShapeMismatch {
-                    argument: name,
-                    expected: format!("{want} elements"),
-                    got: format!("{len} elements"),
-                });
-            }
-        }
-        if !(raw.kron_weight.is_finite() && raw.kron_weight >= 0.0) {
-            return Err(Error::invalid(
-                "kron_weight",
-                format!("must be finite and ≥ 0, got {}", raw.kron_weight),
-            ));
+        if raw.head.len() != raw.classes * da {
+            return Err(Error::ShapeMismatch {
+                argument: "head",
+                expected: format!("{} elements", raw.classes * da),
+                got: format!("{} elements", raw.head.len()),
+            });
         }
         check_finite("head", &raw.head)?;
-        check_finite("precision", &raw.precision)?;
-        check_finite("covariance", &raw.covariance)?;
-        if let Some(parts) = &raw.kron {
-            parts.iter().try_for_each(|p| check_finite("kron", p))?;
-        }
         let fixed_bias = match (&raw.fixed_bias, raw.bias_mode) {
             (None, _) => None,
             (Some(b), BiasMode::Fixed) if b.len() == raw.classes => {
@@ -747,20 +670,22 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 ));
             }
         };
-        let (k, samples_seen) = (raw.classes, raw.samples_seen);
-        let kron = match &raw.kron {
-            Some([a, g, ua, ug]) => Some(KronFactors {
-                a_sum: device.upload(a, k, k)?,
-                g_sum: device.upload(g, da, da)?,
-                a_vecs: device.upload(ua, k, k)?,
-                g_vecs: device.upload(ug, da, da)?,
-                weight: raw.kron_weight,
-            }),
-            None => None,
+        let k = raw.classes;
+        let parts = structure::StoredParts {
+            precision: &raw.precision,
+            covariance: &raw.covariance,
+            tensors: &raw.factors,
+            weight: raw.factor_weight,
         };
+        let state = structure::placeholder(raw.structure, device)?.restore(device, parts, k, da)?;
+        if raw.prior_precision.len() > 1 && !state.per_class_prior() {
+            return Err(Error::invalid(
+                "prior_precision",
+                format!("one per class for the {:?} structure", raw.structure),
+            ));
+        }
         Ok(Posterior {
             device: device.clone(),
-            structure: raw.structure,
             likelihood: raw.likelihood,
             curvature: raw.curvature,
             bias_mode: raw.bias_mode,
@@ -770,11 +695,9 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             fixed_bias,
             moments: Moments {
                 head: device.upload(&raw.head, k, da)?,
-                precision: device.upload(&raw.precision, rows, cols)?,
-                covariance: device.upload(&raw.covariance, rows, cols)?,
-                kron,
+                state,
             },
-            samples_seen,
+            samples_seen: raw.samples_seen,
             refresh_policy: Some(RefreshPolicy::default()),
             since_check: 0,
             drift_floor: 0.0,

@@ -1,6 +1,6 @@
 //! [`Posterior::predict`]: the predictive distribution at new inputs.
 
-use super::{Posterior, Structure, logits};
+use super::{Posterior, logits};
 use crate::device::{Device, Matrix, Op};
 use crate::error::{Error, Result};
 use crate::host::{HostMatrix, check_features};
@@ -107,13 +107,12 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let n = features.rows();
         let phi = self.upload_features(&features, 0, n)?;
         let mean = logits(device, &phi, &self.moments.head, self.fixed_bias.as_ref())?;
-        let cov = self.logit_covariance(&phi)?;
-        // Kron's Σ_f = U_A diag(e_n) U_Aᵀ per input: its diagonal for the probit, and K × K
-        // matrices in passes of at most CHUNK_ELEMENTS for the links that read all of it.
-        let basis = match self.structure {
-            Structure::Kron => Some(&self.kron()?.a_vecs),
-            _ => None,
-        };
+        let state = &self.moments.state;
+        let cov = state.logit_covariance(device, &phi, self.classes)?;
+        // A covariance in a basis, Σ_f = U diag(e_n) Uᵀ per input (Kron): its diagonal for the
+        // probit, and K × K matrices in passes of at most CHUNK_ELEMENTS for the links that
+        // read all of it.
+        let basis = state.logit_basis();
         // The Monte Carlo draws, once for every pass of the link.
         let eps = match link {
             Link::MonteCarlo { samples, seed } => {
@@ -199,33 +198,5 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             probs.extend(device.download(&link(&m, &c)?)?);
         }
         device.upload_owned(probs, n, k)
-    }
-
-    /// The logit covariance of Φ (n × D_aug) in the structure's layout (see [`Prediction`]).
-    fn logit_covariance(&self, phi: &Matrix<D, T>) -> Result<Matrix<D, T>> {
-        let device = &self.device;
-        let (n, k) = (phi.rows(), self.classes);
-        let sigma = &self.moments.covariance;
-        match self.structure {
-            Structure::Full | Structure::Shared(_) => device.predictive_covariance(sigma, phi),
-            Structure::Diag => {
-                let mut squares = device.copy(phi)?;
-                device.hadamard(&mut squares, phi)?;
-                let mut cov = device.zeros(n, k)?;
-                device.gemm(&mut cov, T::zero(), &squares, Op::N, sigma, Op::T, T::one())?;
-                Ok(cov)
-            }
-            Structure::Kron => {
-                // e_n[i] = Σ_j (U_Gᵀφ_n)_j² / λ_ij, with Σ holding 1/λ (K × D_aug).
-                let kron = self.kron()?;
-                let mut psi = device.zeros(n, phi.cols())?;
-                device.gemm(&mut psi, T::zero(), phi, Op::N, &kron.g_vecs, Op::N, T::one())?;
-                let rotated = device.copy(&psi)?;
-                device.hadamard(&mut psi, &rotated)?;
-                let mut eigen = device.zeros(n, k)?;
-                device.gemm(&mut eigen, T::zero(), &psi, Op::N, sigma, Op::T, T::one())?;
-                Ok(eigen)
-            }
-        }
     }
 }

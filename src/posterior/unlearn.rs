@@ -1,7 +1,8 @@
 //! [`Posterior::unlearn`]: remove samples that a Joint update added.
 
 use super::model::Model;
-use super::{Curvature, Posterior, Structure};
+use super::structure::{self, Operand};
+use super::{Curvature, Posterior};
 use crate::device::{Device, Sign};
 use crate::error::{Error, Result};
 use crate::host::{HostMatrix, Targets};
@@ -96,14 +97,14 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let device = model.device;
 
         let tolerance = config.tolerance.max(8.0 * T::EPS.as_f64());
-        let kron = moments.kron.as_ref();
+        let state = &moments.state;
         // Fixed point w ← w' − γ Σ' g(w), from w = w': cheap, and contracting for the GGN.
         let mut head = device.copy(&moments.head)?;
         let mut converged = false;
         for _ in 0..config.max_iterations.min(FIXED_POINT_ITERATIONS) {
             let (_, grad) = model.evaluate(&batch, &head)?;
             let mut next = device.copy(&moments.head)?;
-            model.apply(&moments.covariance, kron, &grad, &mut next, -gamma)?;
+            state.apply(device, Operand::Covariance, &grad, &mut next, -gamma)?;
             let mut change = device.copy(&next)?;
             device.axpy(&mut change, -T::one(), &head)?;
             let (moved, size) = (device.max_abs(&change)?, device.max_abs(&next)?);
@@ -116,7 +117,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 break;
             }
         }
-        if !converged && newton_applies(model.structure) {
+        if !converged && state.scaled_removal() {
             // Newton on F(w) = w + γ Σ' g(w) − w': F'(w) = I − γ Σ' G(w) with G the GGN of the
             // removed samples, so w ← w − (Π' − γ G(w))⁻¹ Π' F(w), from w = w' again.
             let newton = Model {
@@ -127,7 +128,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             for _ in 0..config.max_iterations {
                 let (outputs, grad) = model.evaluate(&batch, &head)?;
                 let mut residual = device.copy(&head)?;
-                model.apply(&moments.covariance, kron, &grad, &mut residual, gamma)?;
+                state.apply(device, Operand::Covariance, &grad, &mut residual, gamma)?;
                 device.axpy(&mut residual, -T::one(), &moments.head)?;
                 let (size, norm) = (device.max_abs(&residual)?, device.max_abs(&head)?);
                 if !size.is_finite() {
@@ -138,11 +139,11 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                     break;
                 }
                 let mut rhs = device.zeros(residual.rows(), residual.cols())?;
-                model.apply(&moments.precision, kron, &residual, &mut rhs, T::one())?;
-                let term = newton.curvature_term(&batch, &outputs, None)?;
-                let step = newton.covariance_step(moments, &batch.phi, &term, Sign::Plus, tau, gamma)?;
-                let jacobian = newton.stepped_covariance(moments, step, Sign::Plus)?;
-                newton.apply(&jacobian.covariance, jacobian.kron.as_ref(), &rhs, &mut head, -T::one())?;
+                state.apply(device, Operand::Precision, &residual, &mut rhs, T::one())?;
+                let term = state.curvature_term(&newton, &batch, &outputs, None)?;
+                let step = state.covariance_step(device, &batch.phi, &term, Sign::Plus, tau, gamma)?;
+                let jacobian = structure::stepped(device, &**state, step, Sign::Plus)?;
+                jacobian.apply(device, Operand::Covariance, &rhs, &mut head, -T::one())?;
             }
         }
         if !converged {
@@ -155,10 +156,10 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             ));
         }
         let (outputs, _) = model.evaluate(&batch, &head)?;
-        let term = model.curvature_term(&batch, &outputs, None)?;
-        let step = model.covariance_step(moments, &batch.phi, &term, Sign::Plus, tau, T::one())?;
+        let term = state.curvature_term(&model, &batch, &outputs, None)?;
+        let step = state.covariance_step(device, &batch.phi, &term, Sign::Plus, tau, T::one())?;
         // Commit: only device faults can fail from here.
-        model.commit(moments, step, &batch.phi, &term, Sign::Plus)?;
+        structure::commit(device, &mut moments.state, step, &batch.phi, &term, Sign::Plus)?;
         moments.head = head;
         self.samples_seen -= m;
         Ok(())
@@ -167,9 +168,3 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
 
 /// Fixed-point iterations tried before Newton's method takes over.
 const FIXED_POINT_ITERATIONS: usize = 100;
-
-/// Whether the Newton recovery applies: Kron refactors its sums, so a scaled removal of the
-/// curvature is not an operation it has.
-fn newton_applies(structure: Structure) -> bool {
-    structure != Structure::Kron
-}

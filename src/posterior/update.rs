@@ -1,7 +1,8 @@
 //! [`Posterior::update`]: closed-form Bayesian updates with new labelled samples.
 
 use super::model::{Batch, Model};
-use super::{Curvature, Likelihood, Moments, Posterior, Structure};
+use super::structure::{self, Operand};
+use super::{Curvature, Likelihood, Moments, Posterior};
 use crate::device::{Device, Matrix, Sign};
 use crate::error::{Error, Result};
 use crate::host::{HostMatrix, Targets};
@@ -94,11 +95,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         if rho < 1.0 {
             // Forget, then fold the batch in; a failure in either restores the saved moments.
             let saved = self.moments.copy(&self.device)?;
-            let prior = self.prior_precision.clone();
-            let forgotten = {
-                let (model, moments) = self.split();
-                model.forget(moments, rho, &prior)
-            };
+            let forgotten = self.forget(rho);
             let updated = forgotten.and_then(|()| self.fold_in(features, targets, config));
             if updated.is_err() {
                 self.moments = saved;
@@ -122,17 +119,19 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let rule = if m == 1 { UpdateRule::Joint } else { config.rule };
         let fused = self.likelihood == Likelihood::Classification && self.curvature == Curvature::Ggn;
 
-        match (rule, self.structure) {
+        match (rule, self.moments.state.fused_sequential()) {
             (UpdateRule::Joint, _) => {
                 let batch = self.upload_batch(&features, targets, 0, m)?;
                 let (model, moments) = self.split();
                 newton(&model, moments, &batch, gamma, config.iterations, tau)?;
             }
-            (UpdateRule::Sequential, Structure::Shared(weighting)) if config.iterations == 1 && fused => {
+            (UpdateRule::Sequential, Some(weighting)) if config.iterations == 1 && fused => {
+                // Shared's Sherman–Morrison recursion runs fused on the device.
                 let batch = self.upload_batch(&features, targets, 0, m)?;
                 let mut work = self.moments.copy(&self.device)?;
+                let (precision, covariance) = work.state.pair_mut();
                 let used = self.device.sherman_morrison_sequence(
-                    &mut work.covariance,
+                    covariance,
                     &mut work.head,
                     self.fixed_bias.as_ref(),
                     &batch.phi,
@@ -141,7 +140,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                     weighting,
                 )?;
                 self.device
-                    .weighted_syrk(&mut work.precision, T::one(), &batch.phi, Some(&used), T::one())?;
+                    .weighted_syrk(precision, T::one(), &batch.phi, Some(&used), T::one())?;
                 self.moments = work;
             }
             (UpdateRule::Sequential, _) => {
@@ -156,6 +155,33 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         }
         self.samples_seen += m;
         self.after_update(m);
+        Ok(())
+    }
+
+    /// Forgetting: the data part of the precision scaled by ρ ∈ (0, 1),
+    /// `Π ← ρ(Π − Π₀) + Π₀ = ρΠ + (1 − ρ)Π₀` with the prior `Π₀ = diag(τ_k)`, the structure's
+    /// own sums scaled by ρ, and Σ recomputed. Full and Shared: one elementwise pass and one
+    /// Cholesky inverse of Π (O(P³) and O(D³)); Diag: O(K·D) on the diagonal; Kron: A, G and
+    /// their weight N scaled by ρ (so `a_i g_j / N` scales by ρ, the eigenvectors unchanged),
+    /// O(K·D) on the eigenvalues. Exact for every structure: for Kron it is the KFAC of the
+    /// ρ-weighted sums. The caller restores the moments on error.
+    fn forget(&mut self, rho: f64) -> Result<()> {
+        let device = &self.device;
+        let state = &mut self.moments.state;
+        let mut scaled = device.zeros(state.precision().rows(), state.precision().cols())?;
+        device.axpy(&mut scaled, T::from_f64(rho), state.precision())?;
+        let keep: Vec<f64> = self.prior_precision.iter().map(|t| (1.0 - rho) * t.as_f64()).collect();
+        let precision = state.shift_prior(
+            device,
+            &scaled,
+            &keep,
+            self.features + usize::from(self.bias_mode == super::BiasMode::InPosterior),
+        )?;
+        state.scale_sums(device, rho)?;
+        let covariance = state.covariance_of(device, &precision)?;
+        let (p, c) = state.pair_mut();
+        *p = precision;
+        *c = covariance;
         Ok(())
     }
 }
@@ -178,12 +204,13 @@ fn newton<D: Device, T: Scalar>(
         let head = iterate.as_ref().unwrap_or(&moments.head);
         // Gradient of the log-likelihood, K × D_aug, plus −Π(w_t − ŵ) after the first step.
         let (outputs, mut grad) = model.evaluate(batch, head)?;
-        let term = model.curvature_term(batch, &outputs, None)?;
-        let step = model.covariance_step(moments, &batch.phi, &term, Sign::Minus, tau, T::one())?;
+        let state = &moments.state;
+        let term = state.curvature_term(model, batch, &outputs, None)?;
+        let step = state.covariance_step(device, &batch.phi, &term, Sign::Minus, tau, T::one())?;
         if let Some(w_t) = &iterate {
             let mut diff = device.copy(w_t)?;
             device.axpy(&mut diff, -T::one(), &moments.head)?;
-            model.apply(&moments.precision, moments.kron.as_ref(), &diff, &mut grad, -T::one())?;
+            state.apply(device, Operand::Precision, &diff, &mut grad, -T::one())?;
         }
         let mut new_head = match iterate.take() {
             Some(w_t) => w_t,
@@ -191,12 +218,14 @@ fn newton<D: Device, T: Scalar>(
         };
         if t + 1 == iterations {
             // Commit: from here on only device faults can fail.
-            model.commit(moments, step, &batch.phi, &term, Sign::Minus)?;
-            model.apply(&moments.covariance, moments.kron.as_ref(), &grad, &mut new_head, gamma)?;
+            structure::commit(device, &mut moments.state, step, &batch.phi, &term, Sign::Minus)?;
+            moments
+                .state
+                .apply(device, Operand::Covariance, &grad, &mut new_head, gamma)?;
             moments.head = new_head;
         } else {
-            let stepped = model.stepped_covariance(moments, step, Sign::Minus)?;
-            model.apply(&stepped.covariance, stepped.kron.as_ref(), &grad, &mut new_head, gamma)?;
+            let stepped = structure::stepped(device, &**state, step, Sign::Minus)?;
+            stepped.apply(device, Operand::Covariance, &grad, &mut new_head, gamma)?;
             iterate = Some(new_head);
         }
     }

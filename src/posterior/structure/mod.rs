@@ -1,0 +1,642 @@
+//! Covariance structures: one file each, behind [`CovarianceStructure`].
+//!
+//! A structure owns its state (Π and Σ in its stored layout, and whatever else it keeps, such
+//! as Kron's running sums and eigenbases) and every operation that depends on it: the closed
+//! form of a batch's curvature, accumulating it, the covariance of a Newton step, products
+//! with Σ or Π, the logit covariance of a prediction, `log det Π`, prior changes, forgetting,
+//! posterior draws and its tensors in the posterior file. Fit, update, predict, evidence and
+//! unlearn are written once over the trait; a new structure is one new file and one arm in
+//! [`placeholder`].
+
+mod diag;
+mod full;
+mod kron;
+mod shared;
+
+pub(crate) use kron::KronFactors;
+
+use super::model::{Batch, Model};
+use super::{Likelihood, Structure};
+use crate::device::{Device, Matrix, Op, OutputWeighting, Sign};
+use crate::error::{Error, Result};
+use crate::scalar::Scalar;
+
+/// A structure's state and operations.
+///
+/// `k` is the number of classes K and `da` the head's columns D_aug wherever they appear.
+pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
+    /// The public tag.
+    fn kind(&self) -> Structure;
+
+    /// A device-side deep copy.
+    fn copy(&self, device: &D) -> Result<Box<dyn CovarianceStructure<D, T>>>;
+
+    /// Π in the stored layout ([`stored_shape`]).
+    fn precision(&self) -> &Matrix<D, T>;
+
+    /// Σ = Π⁻¹ in the stored layout.
+    fn covariance(&self) -> &Matrix<D, T>;
+
+    /// Π and Σ, to replace (they must stay each other's inverse).
+    fn pair_mut(&mut self) -> (&mut Matrix<D, T>, &mut Matrix<D, T>);
+
+    /// `Σ = Π⁻¹` of a precision in the stored layout: a Cholesky inverse checked for drift
+    /// (dense structures) or the reciprocals of the eigenvalues, `NotPositiveDefinite` at the
+    /// first one that is not positive.
+    fn covariance_of(&self, device: &D, precision: &Matrix<D, T>) -> Result<Matrix<D, T>>;
+
+    /// `max |(ΠΣ − I)|` over all entries, or over `probes` columns drawn from `seed`.
+    fn drift(&self, device: &D, probes: Option<(usize, u64)>) -> Result<T>;
+
+    /// The batch's curvature term when it does not depend on the head (no logits needed).
+    fn head_free_term(&self, _model: &Model<'_, D, T>) -> Option<CurvatureTerm<D, T>> {
+        None
+    }
+
+    /// The batch's curvature at the head that gave `outputs` (probabilities or logits,
+    /// n × K), in closed form for this structure. Full takes `basis` (R, K'), the reduced
+    /// class basis its fit accumulates in.
+    fn curvature_term(
+        &self,
+        model: &Model<'_, D, T>,
+        batch: &Batch<D, T>,
+        outputs: &Matrix<D, T>,
+        basis: Option<(&[f64], usize)>,
+    ) -> Result<CurvatureTerm<D, T>>;
+
+    /// A zero data term `Σ_n H_n` for K classes and D_aug columns (`reduced`: Full's fit in
+    /// the basis of the classes' complement of 1, side (K−1)·D_aug).
+    fn empty_sum(&self, device: &D, k: usize, da: usize, reduced: bool) -> Result<DataTerm<D, T>>;
+
+    /// `sum += α H(term)`; `basis` is the reduced class basis Full's fit accumulates in.
+    fn add_curvature(
+        &self,
+        device: &D,
+        sum: &mut DataTerm<D, T>,
+        phi: &Matrix<D, T>,
+        term: &CurvatureTerm<D, T>,
+        alpha: T,
+        basis: Option<&Matrix<D, T>>,
+    ) -> Result<()>;
+
+    /// The state with `Π = τ I + sum`, `Σ = Π⁻¹` (`basis`: the reduced basis the sum is in).
+    fn finish(
+        &self,
+        device: &D,
+        sum: DataTerm<D, T>,
+        tau: T,
+        basis: Option<&Matrix<D, T>>,
+    ) -> Result<Box<dyn CovarianceStructure<D, T>>>;
+
+    /// The covariance after adding (`Sign::Minus`, an update) or removing (`Sign::Plus`, a
+    /// downdate) `scale` (> 0) times the term's curvature, computed before anything changes.
+    /// `tau` is the prior Kron adds to its eigenvalues.
+    fn covariance_step(
+        &self,
+        device: &D,
+        phi: &Matrix<D, T>,
+        term: &CurvatureTerm<D, T>,
+        sign: Sign,
+        tau: T,
+        scale: T,
+    ) -> Result<CovarianceStep<D, T>>;
+
+    /// Applies a Woodbury step `Σ ← Σ ∓ U C⁻¹ Uᵀ` and adds (or removes) the term to Π. Only
+    /// the dense structures take Woodbury steps.
+    fn commit_woodbury(
+        &mut self,
+        _device: &D,
+        _woodbury: Woodbury<D, T>,
+        _phi: &Matrix<D, T>,
+        _term: &CurvatureTerm<D, T>,
+        _sign: Sign,
+    ) -> Result<()> {
+        Err(Error::Unsupported(format!(
+            "a Woodbury step for the {:?} structure",
+            self.kind()
+        )))
+    }
+
+    /// Σ after a Woodbury step, in a copy of the state.
+    fn woodbury_stepped(
+        &self,
+        device: &D,
+        woodbury: Woodbury<D, T>,
+        sign: Sign,
+    ) -> Result<Box<dyn CovarianceStructure<D, T>>> {
+        let mut next = self.copy(device)?;
+        device.low_rank_update(next.pair_mut().1, &woodbury.u, &woodbury.c_chol, sign)?;
+        Ok(next)
+    }
+
+    /// `out ← out + α · A x` for A = Σ or Π acting on weight space, x a K × D_aug head-shaped
+    /// matrix.
+    fn apply(&self, device: &D, which: Operand, x: &Matrix<D, T>, out: &mut Matrix<D, T>, alpha: T) -> Result<()>;
+
+    /// The logit covariance of Φ (n × D_aug) in the structure's layout (see
+    /// [`Prediction`](super::Prediction)).
+    fn logit_covariance(&self, device: &D, phi: &Matrix<D, T>, k: usize) -> Result<Matrix<D, T>>;
+
+    /// The orthonormal basis the logit covariances are diagonal in (Kron's U_A), if any.
+    fn logit_basis(&self) -> Option<&Matrix<D, T>> {
+        None
+    }
+
+    /// `log det Π` over all K·D_aug weights.
+    fn log_det_precision(&self, device: &D, k: usize) -> Result<f64>;
+
+    /// The eigenvalues `h_i ≥ 0` of the data term `Π − diag(τ)` (`prior` holds τ per class)
+    /// and how many weights each stands for.
+    fn curvature_eigenvalues(&self, device: &D, prior: &[f64], k: usize, da: usize) -> Result<(Vec<f64>, f64)>;
+
+    /// Whether the structure takes one τ per class.
+    fn per_class_prior(&self) -> bool;
+
+    /// The per-class τ that maximise the evidence (`norms`: `‖ŵ_k‖²`; `prior`: the current
+    /// τ per class); `None` where the structure has no per-class prior.
+    fn per_class_optimum(&self, _device: &D, _norms: &[f64], _prior: &[f64], _da: usize) -> Result<Option<Vec<f64>>> {
+        Ok(None)
+    }
+
+    /// `precision + diag(δ)` with δ constant over each class's weights (`delta` holds 1 value,
+    /// or one per class).
+    fn shift_prior(&self, device: &D, precision: &Matrix<D, T>, delta: &[f64], da: usize) -> Result<Matrix<D, T>>;
+
+    /// Scales what the structure keeps besides Π by ρ, for forgetting (Kron's sums and their
+    /// weight N); nothing for the others.
+    fn scale_sums(&mut self, _device: &D, _rho: f64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether a scaled removal of curvature is a covariance step the structure has (the
+    /// Newton head recovery of unlearning); Kron refactors its sums instead.
+    fn scaled_removal(&self) -> bool {
+        true
+    }
+
+    /// The Shared structure's output weighting, where the fused sequential Sherman–Morrison
+    /// routine of the device applies to it.
+    fn fused_sequential(&self) -> Option<OutputWeighting> {
+        None
+    }
+
+    /// `L Z` for the P × S standard normal draws Z (row `c·D_aug + t` is weight (c, t)) and
+    /// `L Lᵀ = Σ`.
+    fn sample_factor(&self, device: &D, z: faer::MatRef<'_, f64>, k: usize, da: usize) -> Result<faer::Mat<f64>>;
+
+    /// What the structure keeps besides Π and Σ, for the posterior file.
+    fn factor_tensors(&self, _device: &D) -> Result<Vec<RawTensor<T>>> {
+        Ok(Vec::new())
+    }
+
+    /// The weight N of Kron's sums `(A ⊗ G)/N`; `None` for the others.
+    fn factor_weight(&self) -> Option<f64> {
+        None
+    }
+
+    /// The state from stored Π, Σ and the structure's own tensors, each shape checked.
+    fn restore(
+        &self,
+        device: &D,
+        parts: StoredParts<'_, T>,
+        k: usize,
+        da: usize,
+    ) -> Result<Box<dyn CovarianceStructure<D, T>>>;
+
+    /// The names of the data term's parts, in the order of [`DataTerm::parts`].
+    fn sum_names(&self) -> &'static [&'static str];
+}
+
+/// Which stored matrix [`CovarianceStructure::apply`] multiplies by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Operand {
+    /// Σ.
+    Covariance,
+    /// Π.
+    Precision,
+}
+
+/// The data part `Σ_n H_n` of a precision as a structure accumulates it, with the weight of the
+/// samples in it.
+pub(crate) struct DataTerm<D: Device, T: Scalar> {
+    /// Full, Shared: the dense sum; Diag: K × D_aug; Kron: `A = Σ w_n M_n` and `G = Σ w_n φφᵀ`.
+    pub parts: Vec<Matrix<D, T>>,
+    /// `Σ_n w_n`: the samples in the sum, until forgetting discounts them.
+    pub weight: f64,
+}
+
+impl<D: Device, T: Scalar> DataTerm<D, T> {
+    /// Zeros of the given part shapes.
+    pub fn zeros(device: &D, shapes: &[(usize, usize)]) -> Result<Self> {
+        Ok(DataTerm {
+            parts: shapes.iter().map(|&(r, c)| device.zeros(r, c)).collect::<Result<_>>()?,
+            weight: 0.0,
+        })
+    }
+
+    /// A device-side copy.
+    pub fn copy(&self, device: &D) -> Result<Self> {
+        Ok(DataTerm {
+            parts: self.parts.iter().map(|p| device.copy(p)).collect::<Result<_>>()?,
+            weight: self.weight,
+        })
+    }
+
+    /// `self + other`, part by part (shapes checked).
+    pub fn sum(&self, device: &D, other: &Self) -> Result<Self> {
+        let mut out = self.copy(device)?;
+        if out.parts.len() != other.parts.len() {
+            return Err(Error::invalid("sum", "data terms of different structures"));
+        }
+        for (mine, theirs) in out.parts.iter_mut().zip(&other.parts) {
+            device.axpy(mine, T::one(), theirs)?;
+        }
+        out.weight += other.weight;
+        Ok(out)
+    }
+}
+
+/// A tensor a structure stores in the posterior file beside Π and Σ.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RawTensor<T> {
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    pub values: Vec<T>,
+}
+
+/// What a posterior file holds of a structure's state, for [`CovarianceStructure::restore`].
+pub(crate) struct StoredParts<'a, T> {
+    pub precision: &'a [T],
+    pub covariance: &'a [T],
+    /// The file's other tensors.
+    pub tensors: &'a [RawTensor<T>],
+    pub weight: f64,
+}
+
+impl<T: Scalar> StoredParts<'_, T> {
+    /// The tensor `name`, checked to hold `len` finite values; `None` if absent.
+    pub fn tensor(&self, name: &'static str, len: usize) -> Result<Option<&[T]>> {
+        match self.tensors.iter().find(|t| t.name == name) {
+            None => Ok(None),
+            Some(t) if t.values.len() != len => Err(Error::ShapeMismatch {
+                argument: name,
+                expected: format!("{len} elements"),
+                got: format!("{} elements", t.values.len()),
+            }),
+            Some(t) => {
+                crate::host::check_finite(name, &t.values)?;
+                Ok(Some(&t.values))
+            }
+        }
+    }
+
+    /// Π and Σ checked against the stored shape (rows × cols) and for finite values.
+    pub fn pair(&self, rows: usize, cols: usize) -> Result<(&[T], &[T])> {
+        for (name, v) in [("precision", self.precision), ("covariance", self.covariance)] {
+            if v.len() != rows * cols {
+                return Err(Error::ShapeMismatch {
+                    argument: name,
+                    expected: format!("{} elements", rows * cols),
+                    got: format!("{} elements", v.len()),
+                });
+            }
+            crate::host::check_finite(name, v)?;
+        }
+        Ok((self.precision, self.covariance))
+    }
+
+    /// Refuses tensors this structure does not keep.
+    pub fn only(&self, known: &[&str]) -> Result<()> {
+        match self.tensors.iter().find(|t| !known.contains(&t.name.as_str())) {
+            Some(t) => Err(Error::invalid(
+                "tensors",
+                format!("`{}` is not kept by this structure", t.name),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One batch's curvature, in the form its structure consumes.
+pub(crate) enum CurvatureTerm<D: Device, T: Scalar> {
+    /// Softmax GGN for Full: the device kernels build `Λ_n` from the probabilities.
+    Softmax { probs: Matrix<D, T> },
+    /// Shared: `Σ_n m_n φ_nφ_nᵀ`, `None` for all ones.
+    Weighted { weights: Option<Matrix<D, T>> },
+    /// Full, any other curvature: rows `s ⊗ φ` whose Gram matrix is the curvature.
+    Rows { rows: Matrix<D, T> },
+    /// Diag: `Q_nk = M_n[k,k]`, n × K; the curvature is `Qᵀ (Φ ∘ Φ)`.
+    Diagonal { weights: Matrix<D, T> },
+    /// Kron: `Σ_n M_n` (K × K); G gains `ΦᵀΦ`.
+    Kronecker { gram: Matrix<D, T> },
+}
+
+/// `Σ' = Σ ∓ U C⁻¹ Uᵀ` with `c_chol = chol(C)`.
+pub(crate) struct Woodbury<D: Device, T: Scalar> {
+    pub u: Matrix<D, T>,
+    pub c_chol: Matrix<D, T>,
+}
+
+/// The covariance part of a Newton step, computed before anything is committed.
+pub(crate) enum CovarianceStep<D: Device, T: Scalar> {
+    /// A low-rank change of Σ; Π gains (or loses) the curvature on commit.
+    Woodbury(Woodbury<D, T>),
+    /// The new state, refactored.
+    Replace(Box<dyn CovarianceStructure<D, T>>),
+}
+
+/// Writes a step into `state`; only device faults can fail here.
+pub(crate) fn commit<D: Device, T: Scalar>(
+    device: &D,
+    state: &mut Box<dyn CovarianceStructure<D, T>>,
+    step: CovarianceStep<D, T>,
+    phi: &Matrix<D, T>,
+    term: &CurvatureTerm<D, T>,
+    sign: Sign,
+) -> Result<()> {
+    match step {
+        CovarianceStep::Woodbury(w) => state.commit_woodbury(device, w, phi, term, sign),
+        CovarianceStep::Replace(next) => {
+            *state = next;
+            Ok(())
+        }
+    }
+}
+
+/// The state a step leads to, without touching `state`.
+pub(crate) fn stepped<D: Device, T: Scalar>(
+    device: &D,
+    state: &dyn CovarianceStructure<D, T>,
+    step: CovarianceStep<D, T>,
+    sign: Sign,
+) -> Result<Box<dyn CovarianceStructure<D, T>>> {
+    match step {
+        CovarianceStep::Woodbury(w) => state.woodbury_stepped(device, w, sign),
+        CovarianceStep::Replace(next) => Ok(next),
+    }
+}
+
+/// A structure's state of 1 × 1 placeholders, for a shell that holds no data yet and to
+/// [`restore`](CovarianceStructure::restore) or [`finish`](CovarianceStructure::finish) from.
+/// The one place that maps a [`Structure`] to its implementation.
+pub(crate) fn placeholder<D: Device, T: Scalar>(
+    structure: Structure,
+    device: &D,
+) -> Result<Box<dyn CovarianceStructure<D, T>>> {
+    let (precision, covariance) = (device.zeros(1, 1)?, device.zeros(1, 1)?);
+    Ok(match structure {
+        Structure::Full => Box::new(full::Full { precision, covariance }),
+        Structure::Shared(weighting) => Box::new(shared::Shared {
+            weighting,
+            precision,
+            covariance,
+        }),
+        Structure::Diag => Box::new(diag::Diag { precision, covariance }),
+        Structure::Kron => Box::new(kron::Kron {
+            precision,
+            covariance,
+            factors: KronFactors::empty(device, 1, 1)?,
+        }),
+    })
+}
+
+/// Shape of the stored Π and Σ for a structure, K classes and D_aug columns.
+pub(crate) fn stored_shape(structure: Structure, k: usize, da: usize) -> (usize, usize) {
+    match structure {
+        Structure::Full => (k * da, k * da),
+        Structure::Shared(_) => (da, da),
+        Structure::Diag | Structure::Kron => (k, da),
+    }
+}
+
+/// Whether the Full fit accumulates in the reduced class basis: softmax curvature vanishes
+/// along `1 ⊗ x`.
+pub(crate) fn uses_reduced_basis(structure: Structure, likelihood: Likelihood) -> bool {
+    structure == Structure::Full && likelihood == Likelihood::Classification
+}
+
+// ---- Helpers shared by the structures ------------------------------------------------------
+
+/// Rejects an inverse whose `max |(ΠΣ − I)[:, j]|` over 8 fixed probe columns exceeds
+/// [`ILL_CONDITIONED_DRIFT`](crate::error::ILL_CONDITIONED_DRIFT): a Cholesky that succeeded on a
+/// nearly singular matrix.
+pub(crate) fn check_inverse<D: Device, T: Scalar>(
+    device: &D,
+    precision: &Matrix<D, T>,
+    covariance: &Matrix<D, T>,
+) -> Result<()> {
+    let n = precision.rows();
+    if n == 0 {
+        return Ok(());
+    }
+    let probes = 8.min(n);
+    let columns: Vec<usize> = (0..probes).map(|c| c * n / probes).collect();
+    let drift = probe_drift(device, precision, covariance, &columns)?.as_f64();
+    if drift.is_nan() || drift > crate::error::ILL_CONDITIONED_DRIFT {
+        return Err(Error::IllConditioned { drift });
+    }
+    Ok(())
+}
+
+/// `max_j |(ΠΣ − I)[:, j]|` over the given columns j (two n × probes products).
+fn probe_drift<D: Device, T: Scalar>(
+    device: &D,
+    precision: &Matrix<D, T>,
+    covariance: &Matrix<D, T>,
+    columns: &[usize],
+) -> Result<T> {
+    let (n, count) = (precision.rows(), columns.len());
+    let mut e = vec![T::zero(); n * count];
+    for (c, &row) in columns.iter().enumerate() {
+        e[row * count + c] = T::one();
+    }
+    let e = device.upload(&e, n, count)?;
+    let mut x = device.zeros(n, count)?;
+    device.gemm(&mut x, T::zero(), covariance, Op::N, &e, Op::N, T::one())?;
+    let mut y = device.copy(&e)?;
+    device.gemm(&mut y, -T::one(), precision, Op::N, &x, Op::N, T::one())?;
+    device.max_abs(&y)
+}
+
+/// Drift of a dense pair: all of `ΠΣ − I`, or `probes` columns drawn from `seed`.
+fn dense_drift<D: Device, T: Scalar>(
+    device: &D,
+    precision: &Matrix<D, T>,
+    covariance: &Matrix<D, T>,
+    probes: Option<(usize, u64)>,
+) -> Result<T> {
+    let n = precision.rows();
+    match probes {
+        Some((probes, seed)) => {
+            let mut rng = crate::random::SplitMix64::new(seed);
+            let count = probes.clamp(1, n.max(1));
+            let columns: Vec<usize> = (0..count).map(|_| (rng.next_u64() % n as u64) as usize).collect();
+            probe_drift(device, precision, covariance, &columns)
+        }
+        None => {
+            let mut product = device.zeros(n, n)?;
+            device.gemm(&mut product, T::zero(), precision, Op::N, covariance, Op::N, T::one())?;
+            device.add_diagonal(&mut product, -T::one())?;
+            device.max_abs(&product)
+        }
+    }
+}
+
+/// Drift of eigenvalue pairs: `max |π σ − 1|`.
+fn elementwise_drift<D: Device, T: Scalar>(
+    device: &D,
+    precision: &Matrix<D, T>,
+    covariance: &Matrix<D, T>,
+) -> Result<T> {
+    let mut product = device.copy(precision)?;
+    device.hadamard(&mut product, covariance)?;
+    let ones = device.upload(&vec![T::one(); product.len()], product.rows(), product.cols())?;
+    device.axpy(&mut product, -T::one(), &ones)?;
+    device.max_abs(&product)
+}
+
+/// The checked Cholesky inverse of a dense SPD precision.
+fn dense_inverse<D: Device, T: Scalar>(device: &D, precision: &Matrix<D, T>) -> Result<Matrix<D, T>> {
+    let covariance = device.spd_inverse(precision)?;
+    check_inverse(device, precision, &covariance)?;
+    Ok(covariance)
+}
+
+/// Reciprocals of positive eigenvalues, `NotPositiveDefinite` at the first that is not.
+fn reciprocals<D: Device, T: Scalar>(device: &D, precision: &Matrix<D, T>) -> Result<Matrix<D, T>> {
+    let mut values = device.download(precision)?;
+    for (index, v) in values.iter_mut().enumerate() {
+        if !(*v > T::zero() && v.is_finite()) {
+            return Err(Error::NotPositiveDefinite { index });
+        }
+        *v = T::one() / *v;
+    }
+    device.upload_owned(values, precision.rows(), precision.cols())
+}
+
+/// `2 Σ log L_ii` of the Cholesky factor of a dense SPD matrix.
+fn dense_log_det<D: Device, T: Scalar>(device: &D, precision: &Matrix<D, T>) -> Result<f64> {
+    let mut l = device.copy(precision)?;
+    device.cholesky(&mut l)?;
+    let n = l.rows();
+    let l = device.download(&l)?;
+    Ok(2.0 * (0..n).map(|i| l[i * n + i].as_f64().ln()).sum::<f64>())
+}
+
+/// Eigenvalues of a dense precision less its prior diagonal (`tau_of(i)` for row i), clipped
+/// at 0.
+fn dense_curvature_eigenvalues<D: Device, T: Scalar>(
+    device: &D,
+    precision: &Matrix<D, T>,
+    tau_of: impl Fn(usize) -> f64,
+) -> Result<Vec<f64>> {
+    let n = precision.rows();
+    let mut p = device.download(precision)?;
+    for i in 0..n {
+        p[i * n + i] -= T::from_f64(tau_of(i));
+    }
+    Ok(symmetric_eigenvalues(&p, n)?.into_iter().map(|x| x.max(0.0)).collect())
+}
+
+/// `K × D_aug` eigenvalues (Diag, Kron) with `delta` added to class k's row.
+fn shift_rows<D: Device, T: Scalar>(
+    device: &D,
+    precision: &Matrix<D, T>,
+    delta: &[f64],
+    da: usize,
+) -> Result<Matrix<D, T>> {
+    let of = |k: usize| delta[if delta.len() == 1 { 0 } else { k }];
+    let mut values = device.download(precision)?;
+    values
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v += T::from_f64(of(i / da)));
+    device.upload_owned(values, precision.rows(), precision.cols())
+}
+
+/// The eigenvalues of a row-eigenvalue structure's data term, `π − τ_k` clipped at 0.
+fn row_curvature_eigenvalues<D: Device, T: Scalar>(
+    device: &D,
+    precision: &Matrix<D, T>,
+    prior: &[f64],
+    da: usize,
+) -> Result<Vec<f64>> {
+    let of = |k: usize| prior[if prior.len() == 1 { 0 } else { k }];
+    Ok(device
+        .download(precision)?
+        .iter()
+        .enumerate()
+        .map(|(i, x)| (x.as_f64() - of(i / da)).max(0.0))
+        .collect())
+}
+
+/// `Σ_i log π_i` of eigenvalue pairs.
+fn row_log_det<D: Device, T: Scalar>(device: &D, precision: &Matrix<D, T>) -> Result<f64> {
+    Ok(device.download(precision)?.iter().map(|x| x.as_f64().ln()).sum())
+}
+
+/// The Woodbury factors from `(U, G) = (ΣB, BᵀΣB)` for the factor B of a dense structure's
+/// curvature (`B Bᵀ` its curvature) and the scale s: `U` and `L = chol(I/s ± G)`, `+` for an
+/// update (`Sign::Minus`), `−` for a downdate.
+fn woodbury_factor<D: Device, T: Scalar>(
+    device: &D,
+    (u, g): (Matrix<D, T>, Matrix<D, T>),
+    sign: Sign,
+    scale: T,
+) -> Result<Woodbury<D, T>> {
+    let mut c = device.zeros(g.rows(), g.cols())?;
+    device.add_diagonal(&mut c, T::one() / scale)?;
+    device.axpy(&mut c, if sign == Sign::Minus { T::one() } else { -T::one() }, &g)?;
+    device.cholesky(&mut c)?;
+    Ok(Woodbury { u, c_chol: c })
+}
+
+/// Host f64 values cast to T.
+fn cast<T: Scalar>(v: &[f64]) -> Vec<T> {
+    v.iter().map(|&x| T::from_f64(x)).collect()
+}
+
+/// The curvature's summary the non-GGN curvatures give on the host, for the structures that
+/// reduce it in closed form.
+fn host_curvature<'a, D: Device, T: Scalar>(
+    model: &Model<'_, D, T>,
+    batch: &'a Batch<D, T>,
+    outputs: &Matrix<D, T>,
+    storage: &'a mut (Vec<f64>, Vec<f64>),
+) -> Result<super::model::OutputCurvature<'a>> {
+    let host = |v: &[T]| v.iter().map(|x| x.as_f64()).collect::<Vec<f64>>();
+    storage.0 = host(&model.device.download(outputs)?);
+    storage.1 = host(&batch.host_targets);
+    Ok(super::model::OutputCurvature::new(
+        model.likelihood,
+        model.curvature,
+        &storage.0,
+        &storage.1,
+        &batch.keys,
+        batch.rows(),
+    ))
+}
+
+/// Eigendecomposition of a symmetric n × n matrix (row-major, in f64 on the host): ascending
+/// eigenvalues and the eigenvectors as the columns of a row-major n × n matrix.
+pub(crate) fn symmetric_eigen<T: Scalar>(a: &[T], n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    let m = faer::Mat::<f64>::from_fn(n, n, |i, j| 0.5 * (a[i * n + j].as_f64() + a[j * n + i].as_f64()));
+    let eig = m.self_adjoint_eigen(faer::Side::Lower).map_err(|e| Error::Device {
+        backend: "cpu",
+        reason: format!("eigendecomposition failed: {e:?}"),
+    })?;
+    let values = (0..n).map(|i| eig.S()[i]).collect();
+    let vectors = (0..n * n).map(|ij| eig.U()[(ij / n, ij % n)]).collect();
+    Ok((values, vectors))
+}
+
+/// Ascending eigenvalues of a symmetric n × n matrix, in f64 on the host.
+pub(crate) fn symmetric_eigenvalues<T: Scalar>(a: &[T], n: usize) -> Result<Vec<f64>> {
+    let m = faer::Mat::<f64>::from_fn(n, n, |i, j| 0.5 * (a[i * n + j].as_f64() + a[j * n + i].as_f64()));
+    m.self_adjoint_eigenvalues(faer::Side::Lower)
+        .map_err(|e| Error::Device {
+            backend: "cpu",
+            reason: format!("eigendecomposition failed: {e:?}"),
+        })
+}

@@ -1,0 +1,243 @@
+//! Shared: one D_aug × D_aug covariance for all classes, `Π = I_K ⊗ Π_D`, the seed paper's form.
+//!
+//! `Π_D = τ I + Σ_n m_n φ_nφ_nᵀ`: the weighting sets m_n for the softmax GGN (1 for the
+//! Gaussian weighting, with no softmax at all; `p_max(1 − p_max)` for the categorical one);
+//! every other curvature uses `m_n = tr(M_n)/K`. Logit covariances are `v I_K`, `v = φᵀΣ_Dφ`,
+//! O(D²) per input whatever K. Updates are Woodbury steps of rank m while m < D_aug/2.
+
+use super::{
+    CovarianceStep, CovarianceStructure, CurvatureTerm, DataTerm, Operand, StoredParts, Woodbury, cast,
+    dense_curvature_eigenvalues, dense_drift, dense_inverse, dense_log_det, host_curvature, woodbury_factor,
+};
+use crate::device::{Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign};
+use crate::error::{Error, Result};
+use crate::posterior::Structure;
+use crate::posterior::model::{Batch, Model};
+use crate::scalar::Scalar;
+
+pub(crate) struct Shared<D: Device, T: Scalar> {
+    pub weighting: OutputWeighting,
+    pub precision: Matrix<D, T>,
+    pub covariance: Matrix<D, T>,
+}
+
+/// The weights m_n of a Shared term.
+fn weights<D: Device, T: Scalar>(term: &CurvatureTerm<D, T>) -> Result<Option<&Matrix<D, T>>> {
+    match term {
+        CurvatureTerm::Weighted { weights } => Ok(weights.as_ref()),
+        _ => Err(Error::Unsupported("a non-Shared curvature term for Shared".into())),
+    }
+}
+
+impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Shared<D, T> {
+    fn kind(&self) -> Structure {
+        Structure::Shared(self.weighting)
+    }
+
+    fn copy(&self, device: &D) -> Result<Box<dyn CovarianceStructure<D, T>>> {
+        Ok(Box::new(Shared {
+            weighting: self.weighting,
+            precision: device.copy(&self.precision)?,
+            covariance: device.copy(&self.covariance)?,
+        }))
+    }
+
+    fn precision(&self) -> &Matrix<D, T> {
+        &self.precision
+    }
+
+    fn covariance(&self) -> &Matrix<D, T> {
+        &self.covariance
+    }
+
+    fn pair_mut(&mut self) -> (&mut Matrix<D, T>, &mut Matrix<D, T>) {
+        (&mut self.precision, &mut self.covariance)
+    }
+
+    fn covariance_of(&self, device: &D, precision: &Matrix<D, T>) -> Result<Matrix<D, T>> {
+        dense_inverse(device, precision)
+    }
+
+    fn drift(&self, device: &D, probes: Option<(usize, u64)>) -> Result<T> {
+        dense_drift(device, &self.precision, &self.covariance, probes)
+    }
+
+    /// The Gaussian weighting of the softmax GGN: `Σ_n φ_nφ_nᵀ`, no logits needed.
+    fn head_free_term(&self, model: &Model<'_, D, T>) -> Option<CurvatureTerm<D, T>> {
+        (model.softmax_ggn() && self.weighting == OutputWeighting::Gaussian)
+            .then_some(CurvatureTerm::Weighted { weights: None })
+    }
+
+    fn curvature_term(
+        &self,
+        model: &Model<'_, D, T>,
+        batch: &Batch<D, T>,
+        outputs: &Matrix<D, T>,
+        _basis: Option<(&[f64], usize)>,
+    ) -> Result<CurvatureTerm<D, T>> {
+        if let Some(term) = self.head_free_term(model) {
+            return Ok(term);
+        }
+        let device = model.device;
+        if model.softmax_ggn() {
+            return Ok(CurvatureTerm::Weighted {
+                weights: Some(device.categorical_weights(outputs)?),
+            });
+        }
+        let mut storage = Default::default();
+        let traces = host_curvature(model, batch, outputs, &mut storage)?.mean_traces();
+        Ok(CurvatureTerm::Weighted {
+            weights: Some(device.upload_owned(cast::<T>(&traces), batch.rows(), 1)?),
+        })
+    }
+
+    fn empty_sum(&self, device: &D, _k: usize, da: usize, _reduced: bool) -> Result<DataTerm<D, T>> {
+        DataTerm::zeros(device, &[(da, da)])
+    }
+
+    fn add_curvature(
+        &self,
+        device: &D,
+        sum: &mut DataTerm<D, T>,
+        phi: &Matrix<D, T>,
+        term: &CurvatureTerm<D, T>,
+        alpha: T,
+        _basis: Option<&Matrix<D, T>>,
+    ) -> Result<()> {
+        device.weighted_syrk(&mut sum.parts[0], T::one(), phi, weights(term)?, alpha)?;
+        sum.weight += alpha.as_f64().signum() * phi.rows() as f64;
+        Ok(())
+    }
+
+    fn finish(
+        &self,
+        device: &D,
+        mut sum: DataTerm<D, T>,
+        tau: T,
+        _basis: Option<&Matrix<D, T>>,
+    ) -> Result<Box<dyn CovarianceStructure<D, T>>> {
+        let mut precision = sum.parts.swap_remove(0);
+        device.add_diagonal(&mut precision, tau)?;
+        let covariance = dense_inverse(device, &precision)?;
+        Ok(Box::new(Shared {
+            weighting: self.weighting,
+            precision,
+            covariance,
+        }))
+    }
+
+    fn covariance_step(
+        &self,
+        device: &D,
+        phi: &Matrix<D, T>,
+        term: &CurvatureTerm<D, T>,
+        sign: Sign,
+        _tau: T,
+        scale: T,
+    ) -> Result<CovarianceStep<D, T>> {
+        let weights = weights(term)?;
+        if 2 * phi.rows() < self.covariance.rows() {
+            let products = device.kron_products(&self.covariance, phi, LowRankFactor::Shared { weights })?;
+            return Ok(CovarianceStep::Woodbury(woodbury_factor(
+                device, products, sign, scale,
+            )?));
+        }
+        let alpha = if sign == Sign::Minus { scale } else { -scale };
+        let mut precision = device.copy(&self.precision)?;
+        device.weighted_syrk(&mut precision, T::one(), phi, weights, alpha)?;
+        let covariance = dense_inverse(device, &precision)?;
+        Ok(CovarianceStep::Replace(Box::new(Shared {
+            weighting: self.weighting,
+            precision,
+            covariance,
+        })))
+    }
+
+    fn commit_woodbury(
+        &mut self,
+        device: &D,
+        woodbury: Woodbury<D, T>,
+        phi: &Matrix<D, T>,
+        term: &CurvatureTerm<D, T>,
+        sign: Sign,
+    ) -> Result<()> {
+        device.low_rank_update(&mut self.covariance, &woodbury.u, &woodbury.c_chol, sign)?;
+        let alpha = if sign == Sign::Minus { T::one() } else { -T::one() };
+        device.weighted_syrk(&mut self.precision, T::one(), phi, weights(term)?, alpha)
+    }
+
+    /// `out += α x A_D` (`A = I_K ⊗ A_D`).
+    fn apply(&self, device: &D, which: Operand, x: &Matrix<D, T>, out: &mut Matrix<D, T>, alpha: T) -> Result<()> {
+        let values = match which {
+            Operand::Covariance => &self.covariance,
+            Operand::Precision => &self.precision,
+        };
+        device.gemm(out, T::one(), x, Op::N, values, Op::N, alpha)
+    }
+
+    /// `v = φᵀ Σ_D φ`, n × 1 (`Σ_f = v I_K`).
+    fn logit_covariance(&self, device: &D, phi: &Matrix<D, T>, _k: usize) -> Result<Matrix<D, T>> {
+        device.predictive_covariance(&self.covariance, phi)
+    }
+
+    /// `K log det Π_D`.
+    fn log_det_precision(&self, device: &D, k: usize) -> Result<f64> {
+        Ok(dense_log_det(device, &self.precision)? * k as f64)
+    }
+
+    /// The eigenvalues of `Π_D − τ I`, each standing for K weights.
+    fn curvature_eigenvalues(&self, device: &D, prior: &[f64], k: usize, _da: usize) -> Result<(Vec<f64>, f64)> {
+        Ok((
+            dense_curvature_eigenvalues(device, &self.precision, |_| prior[0])?,
+            k as f64,
+        ))
+    }
+
+    fn per_class_prior(&self) -> bool {
+        false
+    }
+
+    fn shift_prior(&self, device: &D, precision: &Matrix<D, T>, delta: &[f64], _da: usize) -> Result<Matrix<D, T>> {
+        let mut p = device.copy(precision)?;
+        device.add_diagonal(&mut p, T::from_f64(delta[0]))?;
+        Ok(p)
+    }
+
+    fn fused_sequential(&self) -> Option<OutputWeighting> {
+        Some(self.weighting)
+    }
+
+    /// `(I_K ⊗ L_D) Z` with L_D the Cholesky factor of Σ_D.
+    fn sample_factor(&self, device: &D, z: faer::MatRef<'_, f64>, k: usize, da: usize) -> Result<faer::Mat<f64>> {
+        let mut l = device.copy(&self.covariance)?;
+        device.cholesky(&mut l)?;
+        let l = device.download(&l)?;
+        let l = faer::Mat::<f64>::from_fn(da, da, |i, j| l[i * da + j].as_f64());
+        let mut out = faer::Mat::<f64>::zeros(z.nrows(), z.ncols());
+        for c in 0..k {
+            let block = &l * z.subrows(c * da, da);
+            out.as_mut().subrows_mut(c * da, da).copy_from(&block);
+        }
+        Ok(out)
+    }
+
+    fn restore(
+        &self,
+        device: &D,
+        parts: StoredParts<'_, T>,
+        _k: usize,
+        da: usize,
+    ) -> Result<Box<dyn CovarianceStructure<D, T>>> {
+        parts.only(&[])?;
+        let (precision, covariance) = parts.pair(da, da)?;
+        Ok(Box::new(Shared {
+            weighting: self.weighting,
+            precision: device.upload(precision, da, da)?,
+            covariance: device.upload(covariance, da, da)?,
+        }))
+    }
+
+    fn sum_names(&self) -> &'static [&'static str] {
+        &["sum"]
+    }
+}
