@@ -21,6 +21,11 @@ pub(crate) fn label_nll(p: f64) -> f64 {
     -p.max(PROBABILITY_FLOOR).ln()
 }
 
+/// f64 values converted to the working precision T.
+pub(crate) fn from_f64s<T: Scalar>(v: &[f64]) -> Vec<T> {
+    v.iter().map(|&x| T::from_f64(x)).collect()
+}
+
 /// `Σ_i a_i b_i` with 16 independent partial sums, so that the reduction vectorises instead of
 /// waiting on one running sum (the sequential Sherman–Morrison loops and BAIT are made of these).
 pub(crate) fn dot<T: Scalar>(a: &[T], b: &[T]) -> T {

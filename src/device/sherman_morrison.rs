@@ -73,12 +73,12 @@ pub fn blocked<D: Device, T: Scalar>(
             used[start + jj] = T::from_f64(*w);
         }
         // Σ ← Σ − (diag(√c) M Y)ᵀ (diag(√c) M Y), symmetric by construction.
-        let scaled = dev.upload(&cast::<T>(&step.sigma_factor), b, b)?;
+        let scaled = dev.upload(&crate::numerics::from_f64s::<T>(&step.sigma_factor), b, b)?;
         let mut us = dev.zeros::<T>(b, d)?;
         dev.gemm(&mut us, T::zero(), &scaled, Op::N, &y, Op::N, T::one())?;
         dev.weighted_syrk(sigma, T::one(), &us, None, -T::one())?;
         // W ← W + (Rᵀ diag(1/d) M) Y.
-        let q = dev.upload(&cast::<T>(&step.head_factor), k, b)?;
+        let q = dev.upload(&crate::numerics::from_f64s::<T>(&step.head_factor), k, b)?;
         dev.gemm(head, T::one(), &q, Op::N, &y, Op::N, T::one())?;
     }
     dev.upload(&used, m, 1)
@@ -170,10 +170,6 @@ fn block_recursion(
         sigma_factor,
         head_factor,
     })
-}
-
-fn cast<T: Scalar>(v: &[f64]) -> Vec<T> {
-    v.iter().map(|&x| T::from_f64(x)).collect()
 }
 
 /// The same blocked recursion on the host in f64, for callers that choose each rank-one term

@@ -98,7 +98,7 @@ fn bytes_of<T: Scalar>(v: &[T]) -> Vec<u8> {
 }
 
 /// The tensors and metadata every file shares: head, bias, Kron sums, settings.
-fn common_parts<T: Scalar>(raw: &RawPosterior<T>, format: &str) -> (Vec<NamedTensor>, Vec<MetadataEntry>) {
+fn common_parts<T: Scalar>(raw: &RawPosterior<T>, format: &str) -> Result<(Vec<NamedTensor>, Vec<MetadataEntry>)> {
     let mut tensors = vec![(
         "head",
         vec![raw.classes, raw.head.len() / raw.classes],
@@ -108,12 +108,11 @@ fn common_parts<T: Scalar>(raw: &RawPosterior<T>, format: &str) -> (Vec<NamedTen
         tensors.push(("bias", vec![1, raw.classes], bytes_of(b)));
     }
     for factor in &raw.factors {
-        // Every name a structure keeps is one of TENSORS, which the checksum covers.
-        let name = TENSORS.iter().copied().find(|n| *n == factor.name);
-        debug_assert!(name.is_some(), "tensor `{}` is not in TENSORS", factor.name);
-        if let Some(name) = name {
-            tensors.push((name, vec![factor.rows, factor.cols], bytes_of(&factor.values)));
-        }
+        // Every name a structure keeps must be one of TENSORS, which the checksum covers.
+        let name = TENSORS.iter().copied().find(|n| *n == factor.name).ok_or_else(|| {
+            Error::Unsupported(format!("tensor `{}` has no place in the posterior file", factor.name))
+        })?;
+        tensors.push((name, vec![factor.rows, factor.cols], bytes_of(&factor.values)));
     }
     let (likelihood, sigma) = match raw.likelihood {
         Likelihood::Classification => ("classification", String::new()),
@@ -151,7 +150,7 @@ fn common_parts<T: Scalar>(raw: &RawPosterior<T>, format: &str) -> (Vec<NamedTen
     if raw.factor_weight != raw.samples_seen as f64 {
         metadata.push(("kron_weight", raw.factor_weight.to_string()));
     }
-    (tensors, metadata)
+    Ok((tensors, metadata))
 }
 
 /// Serialises tensors and metadata with the checksum, and writes them durably.
@@ -182,7 +181,7 @@ fn write_file(path: &Path, dtype: DType, mut tensors: Vec<NamedTensor>, metadata
 /// Saves `post` to `path` durably: a crash mid-write leaves any previous file intact.
 pub fn save_posterior<D: Device, T: Scalar>(post: &Posterior<D, T>, path: &Path) -> Result<()> {
     let raw = post.to_raw()?;
-    let (mut tensors, mut metadata) = common_parts(&raw, POSTERIOR_FORMAT);
+    let (mut tensors, mut metadata) = common_parts(&raw, POSTERIOR_FORMAT)?;
     let (rows, cols) = raw.stored_shape();
     tensors.push(("covariance", vec![rows, cols], bytes_of(&raw.covariance)));
     tensors.push(("precision", vec![rows, cols], bytes_of(&raw.precision)));
@@ -194,7 +193,7 @@ pub fn save_posterior<D: Device, T: Scalar>(post: &Posterior<D, T>, path: &Path)
 /// Saves a partial [`CurvatureAccumulator`] durably, for merging elsewhere.
 pub fn save_accumulator<D: Device, T: Scalar>(acc: &CurvatureAccumulator<D, T>, path: &Path) -> Result<()> {
     let raw = acc.to_raw()?;
-    let (tensors, mut metadata) = common_parts(&raw, ACCUMULATOR_FORMAT);
+    let (tensors, mut metadata) = common_parts(&raw, ACCUMULATOR_FORMAT)?;
     metadata.push(("prior_precision", String::new()));
     write_file(path, T::DTYPE, tensors, metadata)
 }

@@ -115,6 +115,7 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
                 }
             };
             state.add_curvature(device, &mut sum, &batch.phi, &term, T::one(), device_basis)?;
+            sum.weight += rows as f64;
             device.reclaim(batch.phi, &mut staging);
         }
         self.add(sum, features.rows())

@@ -182,11 +182,14 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             .map(|k| new_tau(k) - self.prior_of(k).as_f64())
             .collect();
         let state = &self.moments.state;
-        let precision = state.shift_prior(device, state.precision(), &delta, self.augmented_features())?;
+        let precision = state.shift_prior(
+            device,
+            device.copy(state.precision())?,
+            &delta,
+            self.augmented_features(),
+        )?;
         let covariance = state.covariance_of(device, &precision)?;
-        let (p, c) = self.moments.state.pair_mut();
-        *p = precision;
-        *c = covariance;
+        *self.moments.state.pair_mut() = super::structure::StoredPair { precision, covariance };
         self.prior_precision = tau.iter().map(|&t| T::from_f64(t)).collect();
         Ok(())
     }

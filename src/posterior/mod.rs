@@ -523,7 +523,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     pub fn refresh(&mut self) -> Result<()> {
         let state = &mut self.moments.state;
         let covariance = state.covariance_of(&self.device, state.precision())?;
-        *state.pair_mut().1 = covariance;
+        state.pair_mut().covariance = covariance;
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! [`Posterior::update`]: closed-form Bayesian updates with new labelled samples.
 
 use super::model::{Batch, Model};
-use super::structure::{self, Operand};
+use super::structure::{self, Operand, StoredPair};
 use super::{Curvature, Likelihood, Moments, Posterior};
 use crate::device::{Device, Matrix, Sign};
 use crate::error::{Error, Result};
@@ -129,9 +129,9 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 // Shared's Sherman–Morrison recursion runs fused on the device.
                 let batch = self.upload_batch(&features, targets, 0, m)?;
                 let mut work = self.moments.copy(&self.device)?;
-                let (precision, covariance) = work.state.pair_mut();
+                let pair = work.state.pair_mut();
                 let used = self.device.sherman_morrison_sequence(
-                    covariance,
+                    &mut pair.covariance,
                     &mut work.head,
                     self.fixed_bias.as_ref(),
                     &batch.phi,
@@ -140,7 +140,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                     weighting,
                 )?;
                 self.device
-                    .weighted_syrk(precision, T::one(), &batch.phi, Some(&used), T::one())?;
+                    .weighted_syrk(&mut pair.precision, T::one(), &batch.phi, Some(&used), T::one())?;
                 self.moments = work;
             }
             (UpdateRule::Sequential, _) => {
@@ -167,21 +167,15 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// ρ-weighted sums. The caller restores the moments on error.
     fn forget(&mut self, rho: f64) -> Result<()> {
         let device = &self.device;
+        let da = self.augmented_features();
         let state = &mut self.moments.state;
         let mut scaled = device.zeros(state.precision().rows(), state.precision().cols())?;
         device.axpy(&mut scaled, T::from_f64(rho), state.precision())?;
         let keep: Vec<f64> = self.prior_precision.iter().map(|t| (1.0 - rho) * t.as_f64()).collect();
-        let precision = state.shift_prior(
-            device,
-            &scaled,
-            &keep,
-            self.features + usize::from(self.bias_mode == super::BiasMode::InPosterior),
-        )?;
+        let precision = state.shift_prior(device, scaled, &keep, da)?;
         state.scale_sums(device, rho)?;
         let covariance = state.covariance_of(device, &precision)?;
-        let (p, c) = state.pair_mut();
-        *p = precision;
-        *c = covariance;
+        *state.pair_mut() = StoredPair { precision, covariance };
         Ok(())
     }
 }

@@ -5,19 +5,20 @@
 //! curvature is then one GEMM `Qᵀ(Φ ∘ Φ)`. Updates are exact on the diagonal, O(m·K·D).
 
 use super::{
-    CovarianceStep, CovarianceStructure, CurvatureTerm, DataTerm, Operand, StoredParts, cast, elementwise_drift,
+    CovarianceStep, CovarianceStructure, CurvatureTerm, DataTerm, Operand, StoredPair, StoredParts, elementwise_drift,
     host_curvature, reciprocals, row_curvature_eigenvalues, row_log_det, shift_rows,
 };
 use crate::device::{Device, Matrix, Op, Sign};
 use crate::error::{Error, Result};
+use crate::numerics::from_f64s;
 use crate::posterior::Structure;
 use crate::posterior::evidence::evidence_root;
 use crate::posterior::model::{Batch, Model};
 use crate::scalar::Scalar;
 
 pub(crate) struct Diag<D: Device, T: Scalar> {
-    pub precision: Matrix<D, T>,
-    pub covariance: Matrix<D, T>,
+    /// Π and Σ.
+    pub pair: StoredPair<D, T>,
 }
 
 /// `target += α Qᵀ (Φ ∘ Φ)` for the term's `Q_nk = M_n[k,k]`.
@@ -43,21 +44,16 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Diag<D, T> {
 
     fn copy(&self, device: &D) -> Result<Box<dyn CovarianceStructure<D, T>>> {
         Ok(Box::new(Diag {
-            precision: device.copy(&self.precision)?,
-            covariance: device.copy(&self.covariance)?,
+            pair: self.pair.copy(device)?,
         }))
     }
 
-    fn precision(&self) -> &Matrix<D, T> {
-        &self.precision
+    fn pair(&self) -> &StoredPair<D, T> {
+        &self.pair
     }
 
-    fn covariance(&self) -> &Matrix<D, T> {
-        &self.covariance
-    }
-
-    fn pair_mut(&mut self) -> (&mut Matrix<D, T>, &mut Matrix<D, T>) {
-        (&mut self.precision, &mut self.covariance)
+    fn pair_mut(&mut self) -> &mut StoredPair<D, T> {
+        &mut self.pair
     }
 
     fn covariance_of(&self, device: &D, precision: &Matrix<D, T>) -> Result<Matrix<D, T>> {
@@ -65,7 +61,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Diag<D, T> {
     }
 
     fn drift(&self, device: &D, _probes: Option<(usize, u64)>) -> Result<T> {
-        elementwise_drift(device, &self.precision, &self.covariance)
+        elementwise_drift(device, &self.pair.precision, &self.pair.covariance)
     }
 
     fn curvature_term(
@@ -87,7 +83,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Diag<D, T> {
         let mut storage = Default::default();
         let diagonals = host_curvature(model, batch, outputs, &mut storage)?.diagonals();
         Ok(CurvatureTerm::Diagonal {
-            weights: device.upload_owned(cast::<T>(&diagonals), batch.rows(), outputs.cols())?,
+            weights: device.upload_owned(from_f64s::<T>(&diagonals), batch.rows(), outputs.cols())?,
         })
     }
 
@@ -104,9 +100,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Diag<D, T> {
         alpha: T,
         _basis: Option<&Matrix<D, T>>,
     ) -> Result<()> {
-        add_term(device, &mut sum.parts[0], phi, term, alpha)?;
-        sum.weight += alpha.as_f64().signum() * phi.rows() as f64;
-        Ok(())
+        add_term(device, &mut sum.parts[0], phi, term, alpha)
     }
 
     fn finish(
@@ -120,7 +114,9 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Diag<D, T> {
         let da = sum.cols();
         let precision = shift_rows(device, &sum, &[tau.as_f64()], da)?;
         let covariance = reciprocals(device, &precision)?;
-        Ok(Box::new(Diag { precision, covariance }))
+        Ok(Box::new(Diag {
+            pair: StoredPair { precision, covariance },
+        }))
     }
 
     fn covariance_step(
@@ -133,18 +129,17 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Diag<D, T> {
         scale: T,
     ) -> Result<CovarianceStep<D, T>> {
         let alpha = if sign == Sign::Minus { scale } else { -scale };
-        let mut precision = device.copy(&self.precision)?;
+        let mut precision = device.copy(&self.pair.precision)?;
         add_term(device, &mut precision, phi, term, alpha)?;
         let covariance = reciprocals(device, &precision)?;
-        Ok(CovarianceStep::Replace(Box::new(Diag { precision, covariance })))
+        Ok(CovarianceStep::Replace(Box::new(Diag {
+            pair: StoredPair { precision, covariance },
+        })))
     }
 
     /// `out += α x ∘ A`.
     fn apply(&self, device: &D, which: Operand, x: &Matrix<D, T>, out: &mut Matrix<D, T>, alpha: T) -> Result<()> {
-        let values = match which {
-            Operand::Covariance => &self.covariance,
-            Operand::Precision => &self.precision,
-        };
+        let values = self.pair.get(which);
         let mut scaled = device.copy(x)?;
         device.hadamard(&mut scaled, values)?;
         device.axpy(out, alpha, &scaled)
@@ -155,16 +150,24 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Diag<D, T> {
         let mut squares = device.copy(phi)?;
         device.hadamard(&mut squares, phi)?;
         let mut cov = device.zeros(phi.rows(), k)?;
-        device.gemm(&mut cov, T::zero(), &squares, Op::N, &self.covariance, Op::T, T::one())?;
+        device.gemm(
+            &mut cov,
+            T::zero(),
+            &squares,
+            Op::N,
+            &self.pair.covariance,
+            Op::T,
+            T::one(),
+        )?;
         Ok(cov)
     }
 
     fn log_det_precision(&self, device: &D, _k: usize) -> Result<f64> {
-        row_log_det(device, &self.precision)
+        row_log_det(device, &self.pair.precision)
     }
 
     fn curvature_eigenvalues(&self, device: &D, prior: &[f64], _k: usize, da: usize) -> Result<(Vec<f64>, f64)> {
-        Ok((row_curvature_eigenvalues(device, &self.precision, prior, da)?, 1.0))
+        Ok((row_curvature_eigenvalues(device, &self.pair.precision, prior, da)?, 1.0))
     }
 
     fn per_class_prior(&self) -> bool {
@@ -173,7 +176,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Diag<D, T> {
 
     /// The evidence's root per class: each class's weights are independent.
     fn per_class_optimum(&self, device: &D, norms: &[f64], prior: &[f64], da: usize) -> Result<Option<Vec<f64>>> {
-        let h = row_curvature_eigenvalues(device, &self.precision, prior, da)?;
+        let h = row_curvature_eigenvalues(device, &self.pair.precision, prior, da)?;
         Ok(Some(
             (0..norms.len())
                 .map(|k| evidence_root(&h[k * da..(k + 1) * da], 1.0, norms[k]))
@@ -181,13 +184,13 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Diag<D, T> {
         ))
     }
 
-    fn shift_prior(&self, device: &D, precision: &Matrix<D, T>, delta: &[f64], da: usize) -> Result<Matrix<D, T>> {
-        shift_rows(device, precision, delta, da)
+    fn shift_prior(&self, device: &D, precision: Matrix<D, T>, delta: &[f64], da: usize) -> Result<Matrix<D, T>> {
+        shift_rows(device, &precision, delta, da)
     }
 
     /// `√σ ∘ Z`.
     fn sample_factor(&self, device: &D, z: faer::MatRef<'_, f64>, _k: usize, _da: usize) -> Result<faer::Mat<f64>> {
-        let var = device.download(&self.covariance)?;
+        let var = device.download(&self.pair.covariance)?;
         Ok(faer::Mat::<f64>::from_fn(z.nrows(), z.ncols(), |i, s| {
             var[i].as_f64().max(0.0).sqrt() * z[(i, s)]
         }))
@@ -203,8 +206,10 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Diag<D, T> {
         parts.only(&[])?;
         let (precision, covariance) = parts.pair(k, da)?;
         Ok(Box::new(Diag {
-            precision: device.upload(precision, k, da)?,
-            covariance: device.upload(covariance, k, da)?,
+            pair: StoredPair {
+                precision: device.upload(precision, k, da)?,
+                covariance: device.upload(covariance, k, da)?,
+            },
         }))
     }
 

@@ -6,19 +6,20 @@
 //! (≈ 2P²r + r³/3), else a refactor (≈ P³).
 
 use super::{
-    CovarianceStep, CovarianceStructure, CurvatureTerm, DataTerm, Operand, StoredParts, Woodbury, cast,
+    CovarianceStep, CovarianceStructure, CurvatureTerm, DataTerm, Operand, StoredPair, StoredParts, Woodbury,
     dense_curvature_eigenvalues, dense_drift, dense_inverse, dense_log_det, host_curvature, woodbury_factor,
 };
 use crate::device::{Device, LowRankFactor, Matrix, Op, Sign};
 use crate::error::Result;
+use crate::numerics::from_f64s;
 use crate::posterior::Structure;
 use crate::posterior::evidence::TAU_RANGE;
 use crate::posterior::model::{Batch, Model};
 use crate::scalar::Scalar;
 
 pub(crate) struct Full<D: Device, T: Scalar> {
-    pub precision: Matrix<D, T>,
-    pub covariance: Matrix<D, T>,
+    /// Π and Σ.
+    pub pair: StoredPair<D, T>,
 }
 
 /// Factor rows `s` (K wide) in the basis R (K × K', row-major): rows `Rᵀ s`, K' wide.
@@ -60,21 +61,16 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
 
     fn copy(&self, device: &D) -> Result<Box<dyn CovarianceStructure<D, T>>> {
         Ok(Box::new(Full {
-            precision: device.copy(&self.precision)?,
-            covariance: device.copy(&self.covariance)?,
+            pair: self.pair.copy(device)?,
         }))
     }
 
-    fn precision(&self) -> &Matrix<D, T> {
-        &self.precision
+    fn pair(&self) -> &StoredPair<D, T> {
+        &self.pair
     }
 
-    fn covariance(&self) -> &Matrix<D, T> {
-        &self.covariance
-    }
-
-    fn pair_mut(&mut self) -> (&mut Matrix<D, T>, &mut Matrix<D, T>) {
-        (&mut self.precision, &mut self.covariance)
+    fn pair_mut(&mut self) -> &mut StoredPair<D, T> {
+        &mut self.pair
     }
 
     fn covariance_of(&self, device: &D, precision: &Matrix<D, T>) -> Result<Matrix<D, T>> {
@@ -82,7 +78,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
     }
 
     fn drift(&self, device: &D, probes: Option<(usize, u64)>) -> Result<T> {
-        dense_drift(device, &self.precision, &self.covariance, probes)
+        dense_drift(device, &self.pair.precision, &self.pair.covariance, probes)
     }
 
     fn curvature_term(
@@ -103,7 +99,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         let (n, k) = (batch.rows(), outputs.cols());
         let (values, rank) = curvature.factors();
         let (values, width) = reduce_factors(values, k, basis);
-        let s = device.upload_owned(cast::<T>(&values), n * rank, width)?;
+        let s = device.upload_owned(from_f64s::<T>(&values), n * rank, width)?;
         Ok(CurvatureTerm::Rows {
             rows: device.kron_rows(&s, &batch.phi, rank)?,
         })
@@ -123,9 +119,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         alpha: T,
         basis: Option<&Matrix<D, T>>,
     ) -> Result<()> {
-        add_term(device, &mut sum.parts[0], phi, term, alpha, basis)?;
-        sum.weight += alpha.as_f64().signum() * phi.rows() as f64;
-        Ok(())
+        add_term(device, &mut sum.parts[0], phi, term, alpha, basis)
     }
 
     fn finish(
@@ -141,10 +135,14 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         // In the reduced basis R = Q₁ ⊗ I: Π = R Π_r Rᵀ + τ(I − RRᵀ), and Σ the same with 1/τ.
         Ok(Box::new(match basis {
             Some(r) => Full {
-                precision: device.kron_congruence(&precision, r, tau)?,
-                covariance: device.kron_congruence(&covariance, r, T::one() / tau)?,
+                pair: StoredPair {
+                    precision: device.kron_congruence(&precision, r, tau)?,
+                    covariance: device.kron_congruence(&covariance, r, T::one() / tau)?,
+                },
             },
-            None => Full { precision, covariance },
+            None => Full {
+                pair: StoredPair { precision, covariance },
+            },
         }))
     }
 
@@ -162,7 +160,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
             CurvatureTerm::Rows { rows } => rows.rows(),
             _ => phi.rows(),
         };
-        let sigma = &self.covariance;
+        let sigma = &self.pair.covariance;
         if 2 * rank < sigma.rows() {
             let products = match term {
                 CurvatureTerm::Softmax { probs } => {
@@ -186,10 +184,12 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
             )?));
         }
         let alpha = if sign == Sign::Minus { scale } else { -scale };
-        let mut precision = device.copy(&self.precision)?;
+        let mut precision = device.copy(&self.pair.precision)?;
         add_term(device, &mut precision, phi, term, alpha, None)?;
         let covariance = dense_inverse(device, &precision)?;
-        Ok(CovarianceStep::Replace(Box::new(Full { precision, covariance })))
+        Ok(CovarianceStep::Replace(Box::new(Full {
+            pair: StoredPair { precision, covariance },
+        })))
     }
 
     fn commit_woodbury(
@@ -200,17 +200,14 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         term: &CurvatureTerm<D, T>,
         sign: Sign,
     ) -> Result<()> {
-        device.low_rank_update(&mut self.covariance, &woodbury.u, &woodbury.c_chol, sign)?;
+        device.low_rank_update(&mut self.pair.covariance, &woodbury.u, &woodbury.c_chol, sign)?;
         let alpha = if sign == Sign::Minus { T::one() } else { -T::one() };
-        add_term(device, &mut self.precision, phi, term, alpha, None)
+        add_term(device, &mut self.pair.precision, phi, term, alpha, None)
     }
 
     /// `vec(out) += α A vec(x)`.
     fn apply(&self, device: &D, which: Operand, x: &Matrix<D, T>, out: &mut Matrix<D, T>, alpha: T) -> Result<()> {
-        let values = match which {
-            Operand::Covariance => &self.covariance,
-            Operand::Precision => &self.precision,
-        };
+        let values = self.pair.get(which);
         let (k, da) = x.shape();
         let mut x_vec = device.copy(x)?;
         x_vec.reshape(k * da, 1)?;
@@ -222,16 +219,16 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
 
     /// `Σ_f[k,l] = φᵀ Σ_{kl} φ`, n × K².
     fn logit_covariance(&self, device: &D, phi: &Matrix<D, T>, _k: usize) -> Result<Matrix<D, T>> {
-        device.predictive_covariance(&self.covariance, phi)
+        device.predictive_covariance(&self.pair.covariance, phi)
     }
 
     fn log_det_precision(&self, device: &D, _k: usize) -> Result<f64> {
-        dense_log_det(device, &self.precision)
+        dense_log_det(device, &self.pair.precision)
     }
 
     fn curvature_eigenvalues(&self, device: &D, prior: &[f64], _k: usize, da: usize) -> Result<(Vec<f64>, f64)> {
         let of = |i: usize| prior[if prior.len() == 1 { 0 } else { i / da }];
-        Ok((dense_curvature_eigenvalues(device, &self.precision, of)?, 1.0))
+        Ok((dense_curvature_eigenvalues(device, &self.pair.precision, of)?, 1.0))
     }
 
     fn per_class_prior(&self) -> bool {
@@ -244,7 +241,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         let k = norms.len();
         let n = k * da;
         let of = |c: usize| prior[if prior.len() == 1 { 0 } else { c }];
-        let mut curvature = device.download(&self.precision)?;
+        let mut curvature = device.download(&self.pair.precision)?;
         for i in 0..n {
             curvature[i * n + i] -= T::from_f64(of(i / da));
         }
@@ -272,14 +269,14 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         Ok(Some(tau))
     }
 
-    fn shift_prior(&self, device: &D, precision: &Matrix<D, T>, delta: &[f64], da: usize) -> Result<Matrix<D, T>> {
+    fn shift_prior(&self, device: &D, precision: Matrix<D, T>, delta: &[f64], da: usize) -> Result<Matrix<D, T>> {
         if delta.len() == 1 {
-            let mut p = device.copy(precision)?;
+            let mut p = precision;
             device.add_diagonal(&mut p, T::from_f64(delta[0]))?;
             return Ok(p);
         }
         let n = precision.rows();
-        let mut p = device.download(precision)?;
+        let mut p = device.download(&precision)?;
         (0..n).for_each(|i| p[i * n + i] += T::from_f64(delta[i / da]));
         device.upload_owned(p, n, n)
     }
@@ -287,7 +284,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
     /// `L Z` with L the P × P Cholesky factor of Σ.
     fn sample_factor(&self, device: &D, z: faer::MatRef<'_, f64>, _k: usize, _da: usize) -> Result<faer::Mat<f64>> {
         let p = z.nrows();
-        let mut l = device.copy(&self.covariance)?;
+        let mut l = device.copy(&self.pair.covariance)?;
         device.cholesky(&mut l)?;
         let l = device.download(&l)?;
         Ok(faer::Mat::<f64>::from_fn(p, p, |i, j| l[i * p + j].as_f64()) * z)
@@ -304,8 +301,10 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         parts.only(&[])?;
         let (precision, covariance) = parts.pair(side, side)?;
         Ok(Box::new(Full {
-            precision: device.upload(precision, side, side)?,
-            covariance: device.upload(covariance, side, side)?,
+            pair: StoredPair {
+                precision: device.upload(precision, side, side)?,
+                covariance: device.upload(covariance, side, side)?,
+            },
         }))
     }
 

@@ -9,12 +9,13 @@
 //! factorisations.
 
 use super::{
-    CovarianceStep, CovarianceStructure, CurvatureTerm, DataTerm, Operand, RawTensor, StoredParts, cast,
+    CovarianceStep, CovarianceStructure, CurvatureTerm, DataTerm, Operand, RawTensor, StoredPair, StoredParts,
     elementwise_drift, host_curvature, reciprocals, row_curvature_eigenvalues, row_log_det, shift_rows,
     symmetric_eigen,
 };
 use crate::device::{Device, Matrix, Op, Sign};
 use crate::error::{Error, Result};
+use crate::numerics::from_f64s;
 use crate::posterior::Structure;
 use crate::posterior::model::{Batch, Model};
 use crate::scalar::Scalar;
@@ -41,19 +42,14 @@ impl<D: Device, T: Scalar> KronFactors<D, T> {
         })
     }
 
-    /// Empty sums with identity bases.
-    pub fn empty(device: &D, classes: usize, da: usize) -> Result<Self> {
-        let identity = |n: usize| -> Result<Matrix<D, T>> {
-            let mut m = device.zeros(n, n)?;
-            device.add_diagonal(&mut m, T::one())?;
-            Ok(m)
-        };
+    /// The sums with 1 × 1 placeholder bases, until [`KronFactors::refactor`] computes them.
+    pub fn unfactored(device: &D, a_sum: Matrix<D, T>, g_sum: Matrix<D, T>, weight: f64) -> Result<Self> {
         Ok(KronFactors {
-            a_sum: device.zeros(classes, classes)?,
-            g_sum: device.zeros(da, da)?,
-            a_vecs: identity(classes)?,
-            g_vecs: identity(da)?,
-            weight: 0.0,
+            a_sum,
+            g_sum,
+            a_vecs: device.zeros(1, 1)?,
+            g_vecs: device.zeros(1, 1)?,
+            weight,
         })
     }
 
@@ -69,31 +65,30 @@ impl<D: Device, T: Scalar> KronFactors<D, T> {
             .iter()
             .flat_map(|&a| g_vals.iter().map(move |&g| a.max(0.0) * g.max(0.0) * inv_n + tau))
             .collect();
-        self.a_vecs = device.upload_owned(cast::<T>(&a_vecs), k, k)?;
-        self.g_vecs = device.upload_owned(cast::<T>(&g_vecs), da, da)?;
+        self.a_vecs = device.upload_owned(from_f64s::<T>(&a_vecs), k, k)?;
+        self.g_vecs = device.upload_owned(from_f64s::<T>(&g_vecs), da, da)?;
         let inverse: Vec<f64> = lambda.iter().map(|l| 1.0 / l).collect();
         Ok(Kron {
-            precision: device.upload_owned(cast::<T>(&lambda), k, da)?,
-            covariance: device.upload_owned(cast::<T>(&inverse), k, da)?,
+            pair: StoredPair {
+                precision: device.upload_owned(from_f64s::<T>(&lambda), k, da)?,
+                covariance: device.upload_owned(from_f64s::<T>(&inverse), k, da)?,
+            },
             factors: self,
         })
     }
 }
 
 pub(crate) struct Kron<D: Device, T: Scalar> {
-    /// λ_ij, K × D_aug.
-    pub precision: Matrix<D, T>,
-    /// 1/λ_ij.
-    pub covariance: Matrix<D, T>,
+    /// Π and Σ: λ_ij and 1/λ_ij, K × D_aug.
+    pub pair: StoredPair<D, T>,
     pub factors: KronFactors<D, T>,
 }
 
-/// `A += α gram`, `G += α ΦᵀΦ`, `N ± n` (never below 0).
+/// `A += α gram`, `G += α ΦᵀΦ`.
 fn add_term<D: Device, T: Scalar>(
     device: &D,
     a: &mut Matrix<D, T>,
     g: &mut Matrix<D, T>,
-    weight: &mut f64,
     phi: &Matrix<D, T>,
     term: &CurvatureTerm<D, T>,
     alpha: T,
@@ -102,14 +97,7 @@ fn add_term<D: Device, T: Scalar>(
         return Err(Error::Unsupported("a non-Kron curvature term for Kron".into()));
     };
     device.axpy(a, alpha, gram)?;
-    device.weighted_syrk(g, T::one(), phi, None, alpha)?;
-    let n = phi.rows() as f64;
-    *weight = if alpha > T::zero() {
-        *weight + n
-    } else {
-        (*weight - n).max(0.0)
-    };
-    Ok(())
+    device.weighted_syrk(g, T::one(), phi, None, alpha)
 }
 
 impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Kron<D, T> {
@@ -119,22 +107,17 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Kron<D, T> {
 
     fn copy(&self, device: &D) -> Result<Box<dyn CovarianceStructure<D, T>>> {
         Ok(Box::new(Kron {
-            precision: device.copy(&self.precision)?,
-            covariance: device.copy(&self.covariance)?,
+            pair: self.pair.copy(device)?,
             factors: self.factors.copy(device)?,
         }))
     }
 
-    fn precision(&self) -> &Matrix<D, T> {
-        &self.precision
+    fn pair(&self) -> &StoredPair<D, T> {
+        &self.pair
     }
 
-    fn covariance(&self) -> &Matrix<D, T> {
-        &self.covariance
-    }
-
-    fn pair_mut(&mut self) -> (&mut Matrix<D, T>, &mut Matrix<D, T>) {
-        (&mut self.precision, &mut self.covariance)
+    fn pair_mut(&mut self) -> &mut StoredPair<D, T> {
+        &mut self.pair
     }
 
     fn covariance_of(&self, device: &D, precision: &Matrix<D, T>) -> Result<Matrix<D, T>> {
@@ -142,7 +125,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Kron<D, T> {
     }
 
     fn drift(&self, device: &D, _probes: Option<(usize, u64)>) -> Result<T> {
-        elementwise_drift(device, &self.precision, &self.covariance)
+        elementwise_drift(device, &self.pair.precision, &self.pair.covariance)
     }
 
     fn curvature_term(
@@ -171,7 +154,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Kron<D, T> {
         let mut storage = Default::default();
         let sum = host_curvature(model, batch, outputs, &mut storage)?.sum();
         Ok(CurvatureTerm::Kronecker {
-            gram: device.upload_owned(cast::<T>(&sum), k, k)?,
+            gram: device.upload_owned(from_f64s::<T>(&sum), k, k)?,
         })
     }
 
@@ -191,7 +174,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Kron<D, T> {
         let [a, g] = sum.parts.as_mut_slice() else {
             return Err(Error::Unsupported("a Kron data term has two parts".into()));
         };
-        add_term(device, a, g, &mut sum.weight, phi, term, alpha)
+        add_term(device, a, g, phi, term, alpha)
     }
 
     fn finish(
@@ -205,10 +188,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Kron<D, T> {
         let (Some(a_sum), Some(g_sum)) = (a_sum, g_sum) else {
             return Err(Error::Unsupported("a Kron data term has two parts".into()));
         };
-        let mut factors = KronFactors::empty(device, a_sum.rows(), g_sum.rows())?;
-        factors.a_sum = a_sum;
-        factors.g_sum = g_sum;
-        factors.weight = sum.weight;
+        let factors = KronFactors::unfactored(device, a_sum, g_sum, sum.weight)?;
         Ok(Box::new(factors.refactor(device, tau)?))
     }
 
@@ -224,24 +204,19 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Kron<D, T> {
     ) -> Result<CovarianceStep<D, T>> {
         let alpha = if sign == Sign::Minus { scale } else { -scale };
         let mut factors = self.factors.copy(device)?;
-        add_term(
-            device,
-            &mut factors.a_sum,
-            &mut factors.g_sum,
-            &mut factors.weight,
-            phi,
-            term,
-            alpha,
-        )?;
+        add_term(device, &mut factors.a_sum, &mut factors.g_sum, phi, term, alpha)?;
+        // N gains the samples of an update, and loses those of a downdate (never below 0).
+        let n = phi.rows() as f64;
+        factors.weight = match sign {
+            Sign::Minus => factors.weight + n,
+            Sign::Plus => (factors.weight - n).max(0.0),
+        };
         Ok(CovarianceStep::Replace(Box::new(factors.refactor(device, tau)?)))
     }
 
     /// `out += α U_A ((U_Aᵀ x U_G) ∘ A) U_Gᵀ`.
     fn apply(&self, device: &D, which: Operand, x: &Matrix<D, T>, out: &mut Matrix<D, T>, alpha: T) -> Result<()> {
-        let values = match which {
-            Operand::Covariance => &self.covariance,
-            Operand::Precision => &self.precision,
-        };
+        let values = self.pair.get(which);
         let f = &self.factors;
         let (k, da) = x.shape();
         let mut left = device.zeros(k, da)?;
@@ -261,7 +236,15 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Kron<D, T> {
         let rotated = device.copy(&psi)?;
         device.hadamard(&mut psi, &rotated)?;
         let mut eigen = device.zeros(n, k)?;
-        device.gemm(&mut eigen, T::zero(), &psi, Op::N, &self.covariance, Op::T, T::one())?;
+        device.gemm(
+            &mut eigen,
+            T::zero(),
+            &psi,
+            Op::N,
+            &self.pair.covariance,
+            Op::T,
+            T::one(),
+        )?;
         Ok(eigen)
     }
 
@@ -270,19 +253,19 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Kron<D, T> {
     }
 
     fn log_det_precision(&self, device: &D, _k: usize) -> Result<f64> {
-        row_log_det(device, &self.precision)
+        row_log_det(device, &self.pair.precision)
     }
 
     fn curvature_eigenvalues(&self, device: &D, prior: &[f64], _k: usize, da: usize) -> Result<(Vec<f64>, f64)> {
-        Ok((row_curvature_eigenvalues(device, &self.precision, prior, da)?, 1.0))
+        Ok((row_curvature_eigenvalues(device, &self.pair.precision, prior, da)?, 1.0))
     }
 
     fn per_class_prior(&self) -> bool {
         false
     }
 
-    fn shift_prior(&self, device: &D, precision: &Matrix<D, T>, delta: &[f64], da: usize) -> Result<Matrix<D, T>> {
-        shift_rows(device, precision, delta, da)
+    fn shift_prior(&self, device: &D, precision: Matrix<D, T>, delta: &[f64], da: usize) -> Result<Matrix<D, T>> {
+        shift_rows(device, &precision, delta, da)
     }
 
     /// A, G and N scale by ρ, so `a_i g_j / N` scales by ρ with the eigenvectors unchanged.
@@ -309,7 +292,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Kron<D, T> {
             Ok(faer::Mat::<f64>::from_fn(side, side, |i, j| v[i * side + j].as_f64()))
         };
         let (ua, ug) = (host(&self.factors.a_vecs, k)?, host(&self.factors.g_vecs, da)?);
-        let var = device.download(&self.covariance)?;
+        let var = device.download(&self.pair.covariance)?;
         let mut out = faer::Mat::<f64>::zeros(z.nrows(), z.ncols());
         for s in 0..z.ncols() {
             let zs = faer::Mat::<f64>::from_fn(k, da, |c, t| {
@@ -370,8 +353,10 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Kron<D, T> {
             ));
         }
         Ok(Box::new(Kron {
-            precision: device.upload(precision, k, da)?,
-            covariance: device.upload(covariance, k, da)?,
+            pair: StoredPair {
+                precision: device.upload(precision, k, da)?,
+                covariance: device.upload(covariance, k, da)?,
+            },
             factors: KronFactors {
                 a_sum: required("kron_a", k)?,
                 g_sum: required("kron_g", da)?,

@@ -31,14 +31,21 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
     /// A device-side deep copy.
     fn copy(&self, device: &D) -> Result<Box<dyn CovarianceStructure<D, T>>>;
 
-    /// Π in the stored layout ([`stored_shape`]).
-    fn precision(&self) -> &Matrix<D, T>;
-
-    /// Σ = Π⁻¹ in the stored layout.
-    fn covariance(&self) -> &Matrix<D, T>;
+    /// Π and Σ in the stored layout ([`stored_shape`]).
+    fn pair(&self) -> &StoredPair<D, T>;
 
     /// Π and Σ, to replace (they must stay each other's inverse).
-    fn pair_mut(&mut self) -> (&mut Matrix<D, T>, &mut Matrix<D, T>);
+    fn pair_mut(&mut self) -> &mut StoredPair<D, T>;
+
+    /// Π in the stored layout.
+    fn precision(&self) -> &Matrix<D, T> {
+        &self.pair().precision
+    }
+
+    /// Σ = Π⁻¹ in the stored layout.
+    fn covariance(&self) -> &Matrix<D, T> {
+        &self.pair().covariance
+    }
 
     /// `Σ = Π⁻¹` of a precision in the stored layout: a Cholesky inverse checked for drift
     /// (dense structures) or the reciprocals of the eigenvalues, `NotPositiveDefinite` at the
@@ -68,7 +75,8 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
     /// the basis of the classes' complement of 1, side (K−1)·D_aug).
     fn empty_sum(&self, device: &D, k: usize, da: usize, reduced: bool) -> Result<DataTerm<D, T>>;
 
-    /// `sum += α H(term)`; `basis` is the reduced class basis Full's fit accumulates in.
+    /// `sum.parts += α H(term)` (the caller keeps `sum.weight`); `basis` is the reduced class
+    /// basis Full's fit accumulates in.
     fn add_curvature(
         &self,
         device: &D,
@@ -125,7 +133,7 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
         sign: Sign,
     ) -> Result<Box<dyn CovarianceStructure<D, T>>> {
         let mut next = self.copy(device)?;
-        device.low_rank_update(next.pair_mut().1, &woodbury.u, &woodbury.c_chol, sign)?;
+        device.low_rank_update(&mut next.pair_mut().covariance, &woodbury.u, &woodbury.c_chol, sign)?;
         Ok(next)
     }
 
@@ -159,8 +167,8 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
     }
 
     /// `precision + diag(δ)` with δ constant over each class's weights (`delta` holds 1 value,
-    /// or one per class).
-    fn shift_prior(&self, device: &D, precision: &Matrix<D, T>, delta: &[f64], da: usize) -> Result<Matrix<D, T>>;
+    /// or one per class), in place where the structure can.
+    fn shift_prior(&self, device: &D, precision: Matrix<D, T>, delta: &[f64], da: usize) -> Result<Matrix<D, T>>;
 
     /// Scales what the structure keeps besides Π by ρ, for forgetting (Kron's sums and their
     /// weight N); nothing for the others.
@@ -205,6 +213,40 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
 
     /// The names of the data term's parts, in the order of [`DataTerm::parts`].
     fn sum_names(&self) -> &'static [&'static str];
+}
+
+/// Π and Σ = Π⁻¹ in a structure's stored layout: P × P (Full), D_aug × D_aug (Shared), or
+/// K × D_aug eigenvalues (Diag: the diagonal; Kron: `a_i g_j / N + τ` in its bases) and their
+/// reciprocals.
+pub(crate) struct StoredPair<D: Device, T: Scalar> {
+    pub precision: Matrix<D, T>,
+    pub covariance: Matrix<D, T>,
+}
+
+impl<D: Device, T: Scalar> StoredPair<D, T> {
+    /// 1 × 1 zeros, for a state that holds no data yet.
+    fn placeholder(device: &D) -> Result<Self> {
+        Ok(StoredPair {
+            precision: device.zeros(1, 1)?,
+            covariance: device.zeros(1, 1)?,
+        })
+    }
+
+    /// A device-side copy.
+    pub fn copy(&self, device: &D) -> Result<Self> {
+        Ok(StoredPair {
+            precision: device.copy(&self.precision)?,
+            covariance: device.copy(&self.covariance)?,
+        })
+    }
+
+    /// Σ or Π.
+    pub fn get(&self, which: Operand) -> &Matrix<D, T> {
+        match which {
+            Operand::Covariance => &self.covariance,
+            Operand::Precision => &self.precision,
+        }
+    }
 }
 
 /// Which stored matrix [`CovarianceStructure::apply`] multiplies by.
@@ -384,19 +426,14 @@ pub(crate) fn placeholder<D: Device, T: Scalar>(
     structure: Structure,
     device: &D,
 ) -> Result<Box<dyn CovarianceStructure<D, T>>> {
-    let (precision, covariance) = (device.zeros(1, 1)?, device.zeros(1, 1)?);
+    let pair = StoredPair::placeholder(device)?;
     Ok(match structure {
-        Structure::Full => Box::new(full::Full { precision, covariance }),
-        Structure::Shared(weighting) => Box::new(shared::Shared {
-            weighting,
-            precision,
-            covariance,
-        }),
-        Structure::Diag => Box::new(diag::Diag { precision, covariance }),
+        Structure::Full => Box::new(full::Full { pair }),
+        Structure::Shared(weighting) => Box::new(shared::Shared { weighting, pair }),
+        Structure::Diag => Box::new(diag::Diag { pair }),
         Structure::Kron => Box::new(kron::Kron {
-            precision,
-            covariance,
-            factors: KronFactors::empty(device, 1, 1)?,
+            pair,
+            factors: KronFactors::unfactored(device, device.zeros(1, 1)?, device.zeros(1, 1)?, 0.0)?,
         }),
     })
 }
@@ -590,11 +627,6 @@ fn woodbury_factor<D: Device, T: Scalar>(
     device.axpy(&mut c, if sign == Sign::Minus { T::one() } else { -T::one() }, &g)?;
     device.cholesky(&mut c)?;
     Ok(Woodbury { u, c_chol: c })
-}
-
-/// Host f64 values cast to T.
-fn cast<T: Scalar>(v: &[f64]) -> Vec<T> {
-    v.iter().map(|&x| T::from_f64(x)).collect()
 }
 
 /// The curvature's summary the non-GGN curvatures give on the host, for the structures that

@@ -6,19 +6,20 @@
 //! O(D²) per input whatever K. Updates are Woodbury steps of rank m while m < D_aug/2.
 
 use super::{
-    CovarianceStep, CovarianceStructure, CurvatureTerm, DataTerm, Operand, StoredParts, Woodbury, cast,
+    CovarianceStep, CovarianceStructure, CurvatureTerm, DataTerm, Operand, StoredPair, StoredParts, Woodbury,
     dense_curvature_eigenvalues, dense_drift, dense_inverse, dense_log_det, host_curvature, woodbury_factor,
 };
 use crate::device::{Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign};
 use crate::error::{Error, Result};
+use crate::numerics::from_f64s;
 use crate::posterior::Structure;
 use crate::posterior::model::{Batch, Model};
 use crate::scalar::Scalar;
 
 pub(crate) struct Shared<D: Device, T: Scalar> {
     pub weighting: OutputWeighting,
-    pub precision: Matrix<D, T>,
-    pub covariance: Matrix<D, T>,
+    /// Π and Σ.
+    pub pair: StoredPair<D, T>,
 }
 
 /// The weights m_n of a Shared term.
@@ -37,21 +38,16 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Shared<D, T> {
     fn copy(&self, device: &D) -> Result<Box<dyn CovarianceStructure<D, T>>> {
         Ok(Box::new(Shared {
             weighting: self.weighting,
-            precision: device.copy(&self.precision)?,
-            covariance: device.copy(&self.covariance)?,
+            pair: self.pair.copy(device)?,
         }))
     }
 
-    fn precision(&self) -> &Matrix<D, T> {
-        &self.precision
+    fn pair(&self) -> &StoredPair<D, T> {
+        &self.pair
     }
 
-    fn covariance(&self) -> &Matrix<D, T> {
-        &self.covariance
-    }
-
-    fn pair_mut(&mut self) -> (&mut Matrix<D, T>, &mut Matrix<D, T>) {
-        (&mut self.precision, &mut self.covariance)
+    fn pair_mut(&mut self) -> &mut StoredPair<D, T> {
+        &mut self.pair
     }
 
     fn covariance_of(&self, device: &D, precision: &Matrix<D, T>) -> Result<Matrix<D, T>> {
@@ -59,7 +55,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Shared<D, T> {
     }
 
     fn drift(&self, device: &D, probes: Option<(usize, u64)>) -> Result<T> {
-        dense_drift(device, &self.precision, &self.covariance, probes)
+        dense_drift(device, &self.pair.precision, &self.pair.covariance, probes)
     }
 
     /// The Gaussian weighting of the softmax GGN: `Σ_n φ_nφ_nᵀ`, no logits needed.
@@ -87,7 +83,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Shared<D, T> {
         let mut storage = Default::default();
         let traces = host_curvature(model, batch, outputs, &mut storage)?.mean_traces();
         Ok(CurvatureTerm::Weighted {
-            weights: Some(device.upload_owned(cast::<T>(&traces), batch.rows(), 1)?),
+            weights: Some(device.upload_owned(from_f64s::<T>(&traces), batch.rows(), 1)?),
         })
     }
 
@@ -104,9 +100,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Shared<D, T> {
         alpha: T,
         _basis: Option<&Matrix<D, T>>,
     ) -> Result<()> {
-        device.weighted_syrk(&mut sum.parts[0], T::one(), phi, weights(term)?, alpha)?;
-        sum.weight += alpha.as_f64().signum() * phi.rows() as f64;
-        Ok(())
+        device.weighted_syrk(&mut sum.parts[0], T::one(), phi, weights(term)?, alpha)
     }
 
     fn finish(
@@ -121,8 +115,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Shared<D, T> {
         let covariance = dense_inverse(device, &precision)?;
         Ok(Box::new(Shared {
             weighting: self.weighting,
-            precision,
-            covariance,
+            pair: StoredPair { precision, covariance },
         }))
     }
 
@@ -136,20 +129,19 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Shared<D, T> {
         scale: T,
     ) -> Result<CovarianceStep<D, T>> {
         let weights = weights(term)?;
-        if 2 * phi.rows() < self.covariance.rows() {
-            let products = device.kron_products(&self.covariance, phi, LowRankFactor::Shared { weights })?;
+        if 2 * phi.rows() < self.pair.covariance.rows() {
+            let products = device.kron_products(&self.pair.covariance, phi, LowRankFactor::Shared { weights })?;
             return Ok(CovarianceStep::Woodbury(woodbury_factor(
                 device, products, sign, scale,
             )?));
         }
         let alpha = if sign == Sign::Minus { scale } else { -scale };
-        let mut precision = device.copy(&self.precision)?;
+        let mut precision = device.copy(&self.pair.precision)?;
         device.weighted_syrk(&mut precision, T::one(), phi, weights, alpha)?;
         let covariance = dense_inverse(device, &precision)?;
         Ok(CovarianceStep::Replace(Box::new(Shared {
             weighting: self.weighting,
-            precision,
-            covariance,
+            pair: StoredPair { precision, covariance },
         })))
     }
 
@@ -161,34 +153,31 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Shared<D, T> {
         term: &CurvatureTerm<D, T>,
         sign: Sign,
     ) -> Result<()> {
-        device.low_rank_update(&mut self.covariance, &woodbury.u, &woodbury.c_chol, sign)?;
+        device.low_rank_update(&mut self.pair.covariance, &woodbury.u, &woodbury.c_chol, sign)?;
         let alpha = if sign == Sign::Minus { T::one() } else { -T::one() };
-        device.weighted_syrk(&mut self.precision, T::one(), phi, weights(term)?, alpha)
+        device.weighted_syrk(&mut self.pair.precision, T::one(), phi, weights(term)?, alpha)
     }
 
     /// `out += α x A_D` (`A = I_K ⊗ A_D`).
     fn apply(&self, device: &D, which: Operand, x: &Matrix<D, T>, out: &mut Matrix<D, T>, alpha: T) -> Result<()> {
-        let values = match which {
-            Operand::Covariance => &self.covariance,
-            Operand::Precision => &self.precision,
-        };
+        let values = self.pair.get(which);
         device.gemm(out, T::one(), x, Op::N, values, Op::N, alpha)
     }
 
     /// `v = φᵀ Σ_D φ`, n × 1 (`Σ_f = v I_K`).
     fn logit_covariance(&self, device: &D, phi: &Matrix<D, T>, _k: usize) -> Result<Matrix<D, T>> {
-        device.predictive_covariance(&self.covariance, phi)
+        device.predictive_covariance(&self.pair.covariance, phi)
     }
 
     /// `K log det Π_D`.
     fn log_det_precision(&self, device: &D, k: usize) -> Result<f64> {
-        Ok(dense_log_det(device, &self.precision)? * k as f64)
+        Ok(dense_log_det(device, &self.pair.precision)? * k as f64)
     }
 
     /// The eigenvalues of `Π_D − τ I`, each standing for K weights.
     fn curvature_eigenvalues(&self, device: &D, prior: &[f64], k: usize, _da: usize) -> Result<(Vec<f64>, f64)> {
         Ok((
-            dense_curvature_eigenvalues(device, &self.precision, |_| prior[0])?,
+            dense_curvature_eigenvalues(device, &self.pair.precision, |_| prior[0])?,
             k as f64,
         ))
     }
@@ -197,8 +186,8 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Shared<D, T> {
         false
     }
 
-    fn shift_prior(&self, device: &D, precision: &Matrix<D, T>, delta: &[f64], _da: usize) -> Result<Matrix<D, T>> {
-        let mut p = device.copy(precision)?;
+    fn shift_prior(&self, device: &D, precision: Matrix<D, T>, delta: &[f64], _da: usize) -> Result<Matrix<D, T>> {
+        let mut p = precision;
         device.add_diagonal(&mut p, T::from_f64(delta[0]))?;
         Ok(p)
     }
@@ -209,7 +198,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Shared<D, T> {
 
     /// `(I_K ⊗ L_D) Z` with L_D the Cholesky factor of Σ_D.
     fn sample_factor(&self, device: &D, z: faer::MatRef<'_, f64>, k: usize, da: usize) -> Result<faer::Mat<f64>> {
-        let mut l = device.copy(&self.covariance)?;
+        let mut l = device.copy(&self.pair.covariance)?;
         device.cholesky(&mut l)?;
         let l = device.download(&l)?;
         let l = faer::Mat::<f64>::from_fn(da, da, |i, j| l[i * da + j].as_f64());
@@ -232,8 +221,10 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Shared<D, T> {
         let (precision, covariance) = parts.pair(da, da)?;
         Ok(Box::new(Shared {
             weighting: self.weighting,
-            precision: device.upload(precision, da, da)?,
-            covariance: device.upload(covariance, da, da)?,
+            pair: StoredPair {
+                precision: device.upload(precision, da, da)?,
+                covariance: device.upload(covariance, da, da)?,
+            },
         }))
     }
 
