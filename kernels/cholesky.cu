@@ -2,7 +2,8 @@
 // block in shared memory, panel solve, gemm trailing update on the lower tiles) and the blocked
 // triangular solve. NB = 32: the diagonal block fits shared memory in f64 (8 KiB), and each
 // thread keeps one 32-element row or column in registers. The first failing pivot (≤ 0 or NaN)
-// is recorded in status[0] with atomicMin.
+// is recorded in status[0] with atomicMin. Every kernel takes the family's slots (l, a, out,
+// status), unused ones included, so both backends launch with one argument list.
 
 #define NB 32
 
@@ -94,8 +95,8 @@ __device__ void trsm_block_body(const CholParams& p, const T* l, T* b, T* out) {
 }
 
 #define POTRF_DIAGONAL(T) (PARAMS w, const T* unused, T* a, T* out, u32* status) { potrf_diagonal_body<T>(params<CholParams>(w), a, out, status); }
-#define TRSM_PANEL(T) (PARAMS w, const T* l, T* a, T* out) { trsm_panel_body<T>(params<CholParams>(w), l, a, out); }
-#define TRSM_BLOCK(T) (PARAMS w, const T* l, T* b, T* out) { trsm_block_body<T>(params<CholParams>(w), l, b, out); }
+#define TRSM_PANEL(T) (PARAMS w, const T* l, T* a, T* out, u32* no_status) { trsm_panel_body<T>(params<CholParams>(w), l, a, out); }
+#define TRSM_BLOCK(T) (PARAMS w, const T* l, T* b, T* out, u32* no_status) { trsm_block_body<T>(params<CholParams>(w), l, b, out); }
 ENTRY_F32_F64(potrf_diagonal, 32, POTRF_DIAGONAL)
 ENTRY_F32_F64(trsm_panel, 64, TRSM_PANEL)
 ENTRY_F32_F64(trsm_block, 64, TRSM_BLOCK)

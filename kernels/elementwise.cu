@@ -17,20 +17,20 @@ __device__ __forceinline__ T factor(const ElemParams& p, T v) {
     return (p.flags & 1u) ? sqrt(v) : v;
 }
 
-#define AXPY(T) (PARAMS w, const T* x, T* y) { ELEM_INDEX y[i] += (T)p.alpha * x[i]; }
-#define HADAMARD(T) (PARAMS w, const T* x, T* y) { ELEM_INDEX y[i] *= x[i]; }
-#define ADD_ROW(T) (PARAMS w, const T* x, T* y) { ELEM_INDEX y[i] += x[i % p.cols]; }
-#define SCALE_ROWS(T) (PARAMS w, const T* x, T* y) { ELEM_INDEX y[i] *= factor(p, x[i / p.cols]); }
-#define SCALE_COLUMNS(T) (PARAMS w, const T* x, T* y) { ELEM_INDEX y[i] *= factor(p, x[i % p.cols]); }
-#define ADD_DIAGONAL(T) (PARAMS w, const T* x, T* y) { ELEM_INDEX y[(u64)i * p.cols + i] += (T)p.alpha; }
+#define AXPY(T) (PARAMS w, const T* x, T* y, T* no_result) { ELEM_INDEX y[i] += (T)p.alpha * x[i]; }
+#define HADAMARD(T) (PARAMS w, const T* x, T* y, T* no_result) { ELEM_INDEX y[i] *= x[i]; }
+#define ADD_ROW(T) (PARAMS w, const T* x, T* y, T* no_result) { ELEM_INDEX y[i] += x[i % p.cols]; }
+#define SCALE_ROWS(T) (PARAMS w, const T* x, T* y, T* no_result) { ELEM_INDEX y[i] *= factor(p, x[i / p.cols]); }
+#define SCALE_COLUMNS(T) (PARAMS w, const T* x, T* y, T* no_result) { ELEM_INDEX y[i] *= factor(p, x[i % p.cols]); }
+#define ADD_DIAGONAL(T) (PARAMS w, const T* x, T* y, T* no_result) { ELEM_INDEX y[(u64)i * p.cols + i] += (T)p.alpha; }
 #define MIRROR_LOWER(T)                                                                         \
-    (PARAMS w, const T* x, T* y) {                                                               \
+    (PARAMS w, const T* x, T* y, T* no_result) {                                                               \
         ELEM_INDEX const u32 r = i / p.cols, c = i % p.cols;                                    \
         if (c > r) y[i] = y[(u64)c * p.cols + r];                                               \
     }
-#define ZERO_UPPER(T) (PARAMS w, const T* x, T* y) { ELEM_INDEX if (i % p.cols > i / p.cols) y[i] = T(0); }
+#define ZERO_UPPER(T) (PARAMS w, const T* x, T* y, T* no_result) { ELEM_INDEX if (i % p.cols > i / p.cols) y[i] = T(0); }
 #define SYMMETRIZE(T)                                                                           \
-    (PARAMS w, const T* x, T* y) {                                                                           \
+    (PARAMS w, const T* x, T* y, T* no_result) {                                                                           \
         ELEM_INDEX const u32 r = i / p.cols, c = i % p.cols;                                    \
         if (c > r) {                                                                            \
             const u64 j = (u64)c * p.cols + r;                                                  \
@@ -39,7 +39,7 @@ __device__ __forceinline__ T factor(const ElemParams& p, T v) {
             y[j] = v;                                                                           \
         }                                                                                       \
     }
-#define TRANSPOSE(T) (PARAMS w, const T* x, T* y) { ELEM_INDEX y[i] = x[(u64)(i % p.rows) * p.cols + i / p.rows]; }
+#define TRANSPOSE(T) (PARAMS w, const T* x, T* y, T* no_result) { ELEM_INDEX y[i] = x[(u64)(i % p.rows) * p.cols + i / p.rows]; }
 
 ENTRY_F32_F64(axpy, 256, AXPY)
 ENTRY_F32_F64(hadamard, 256, HADAMARD)
@@ -53,26 +53,29 @@ ENTRY_F32_F64(symmetrize, 256, SYMMETRIZE)
 ENTRY_F32_F64(transpose, 256, TRANSPOSE)
 
 // result ← max(result, max_i |x_i|) on the IEEE bits (non-negative floats order like their
-// bits, and NaN's bits exceed +Inf's, so NaN wins).
+// bits, and NaN's bits exceed +Inf's, so NaN wins): a shuffle reduction within each warp, the
+// warps' maxima through shared memory, then one atomic per block.
+template <typename T> struct AbsBits;
+template <> struct AbsBits<float> { typedef unsigned int type; };
+template <> struct AbsBits<double> { typedef unsigned long long type; };
 __device__ __forceinline__ unsigned int abs_bits(float v) { return __float_as_uint(fabsf(v)); }
 __device__ __forceinline__ unsigned long long abs_bits(double v) { return __double_as_longlong(fabs(v)); }
 
-template <typename T, typename U>
-__device__ void max_abs_body(const ElemParams& p, const T* x, U* result) {
-    __shared__ U partial[256];
-    const u32 i = linear_index(), t = threadIdx.x;
-    partial[t] = i < p.len ? abs_bits(x[i]) : U(0);
+template <typename T>
+__device__ void max_abs_body(const ElemParams& p, const T* x, typename AbsBits<T>::type* result) {
+    typedef typename AbsBits<T>::type U;
+    __shared__ U partial[256 / 32];
+    const u32 i = linear_index(), t = threadIdx.x, lane = t % 32, warp = t / 32;
+    U v = i < p.len ? abs_bits(x[i]) : U(0);
+    for (u32 s = 16; s > 0; s >>= 1) v = max(v, __shfl_down_sync(0xffffffffu, v, s));
+    if (lane == 0) partial[warp] = v;
     __syncthreads();
-    for (u32 s = 128; s > 0; s >>= 1) {
-        if (t < s) partial[t] = max(partial[t], partial[t + s]);
-        __syncthreads();
+    if (warp == 0) {
+        v = lane < blockDim.x / 32 ? partial[lane] : U(0);
+        for (u32 s = 16; s > 0; s >>= 1) v = max(v, __shfl_down_sync(0xffffffffu, v, s));
+        if (lane == 0) atomicMax(result, v);
     }
-    if (t == 0) atomicMax(result, partial[0]);
 }
 
-extern "C" __global__ void __launch_bounds__(256) max_abs_f32(PARAMS w, const float* x, float* unused, unsigned int* result) {
-    max_abs_body<float, unsigned int>(params<ElemParams>(w), x, result);
-}
-extern "C" __global__ void __launch_bounds__(256) max_abs_f64(PARAMS w, const double* x, double* unused, unsigned long long* result) {
-    max_abs_body<double, unsigned long long>(params<ElemParams>(w), x, result);
-}
+#define MAX_ABS(T) (PARAMS w, const T* x, T* unused, AbsBits<T>::type* result) { max_abs_body<T>(params<ElemParams>(w), x, result); }
+ENTRY_F32_F64(max_abs, 256, MAX_ABS)

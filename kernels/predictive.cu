@@ -176,12 +176,12 @@ __device__ void categorical_weights_body(const PredParams& p, const T* probs, T*
     out[i] = pmax * (T(1) - pmax);
 }
 
-#define ROW_DOT(T) (PARAMS w, const T* t, const T* phi, const T* unused, T* out) { row_dot_body<T>(params<PredParams>(w), t, phi, out); }
-#define SOFTMAX_ROWS(T) (PARAMS w, const T* u0, const T* u1, const T* u2, T* logits) { softmax_rows_body<T>(params<PredParams>(w), logits); }
-#define PROBIT(T) (PARAMS w, const T* mean, const T* cov, const T* unused, T* out) { probit_body<T>(params<PredParams>(w), mean, cov, out); }
+#define ROW_DOT(T) (PARAMS w, const T* t, const T* phi, const T* unused, T* out, T* no_scratch) { row_dot_body<T>(params<PredParams>(w), t, phi, out); }
+#define SOFTMAX_ROWS(T) (PARAMS w, const T* u0, const T* u1, const T* u2, T* logits, T* no_scratch) { softmax_rows_body<T>(params<PredParams>(w), logits); }
+#define PROBIT(T) (PARAMS w, const T* mean, const T* cov, const T* unused, T* out, T* no_scratch) { probit_body<T>(params<PredParams>(w), mean, cov, out); }
 #define MONTE_CARLO(T) (PARAMS w, const T* mean, const T* cov, const T* eps, T* out, T* scratch) { monte_carlo_body<T>(params<PredParams>(w), mean, cov, eps, out, scratch); }
 #define BRIDGE(T) (PARAMS w, const T* mean, const T* cov, const T* unused, T* out, T* scratch) { bridge_body<T>(params<PredParams>(w), mean, cov, out, scratch); }
-#define CATEGORICAL_WEIGHTS(T) (PARAMS w, const T* probs, const T* u1, const T* u2, T* out) { categorical_weights_body<T>(params<PredParams>(w), probs, out); }
+#define CATEGORICAL_WEIGHTS(T) (PARAMS w, const T* probs, const T* u1, const T* u2, T* out, T* no_scratch) { categorical_weights_body<T>(params<PredParams>(w), probs, out); }
 ENTRY_F32_F64(row_dot, 256, ROW_DOT)
 ENTRY_F32_F64(softmax_rows, 256, SOFTMAX_ROWS)
 ENTRY_F32_F64(probit, 256, PROBIT)

@@ -50,6 +50,8 @@ pub mod scalar;
 
 #[cfg(feature = "cuda")]
 pub use device::cuda::{CudaDevice, CudaOptions};
+#[cfg(feature = "cuda-emu")]
+pub use device::cuda::{CudaEmuDevice, CudaEmuOptions};
 pub use device::{
     AnyDevice, AutoChoice, CpuDevice, Device, DeviceBuffer, LowRankFactor, Matrix, Op, OutputWeighting, Sign,
 };

@@ -229,7 +229,7 @@ fn elementwise<R: Clone>(
         flags: field(flags),
         alpha,
     };
-    rec.launch(kernel, dtype, params.into(), &[x, Some(y)], Grid::Threads(len))
+    rec.launch(kernel, dtype, params.into(), &[x, Some(y), None], Grid::Threads(len))
 }
 
 /// Mirrors the lower triangle of the n × n `y` onto the upper one.
@@ -276,7 +276,7 @@ fn record_cholesky<Rt: Runtime, T: Scalar>(
             Kernel::TrsmPanel,
             dtype,
             params.into(),
-            &[Some(diagonal.clone()), Some(a.clone()), Some(panel.clone())],
+            &[Some(diagonal.clone()), Some(a.clone()), Some(panel.clone()), None],
             Grid::Threads(rows),
         )?;
         // A₂₂ ← A₂₂ − L₂₁ L₂₁ᵀ on the lower tiles.
@@ -329,7 +329,7 @@ fn record_trsm<Rt: Runtime, T: Scalar>(
             Kernel::TrsmBlock,
             dtype,
             params.into(),
-            &[Some(l.clone()), Some(b.clone()), Some(solved.clone())],
+            &[Some(l.clone()), Some(b.clone()), Some(solved.clone()), None],
             Grid::Threads(cols),
         )?;
         let update = match op {
@@ -838,7 +838,7 @@ pub(crate) fn predictive_covariance<Rt: Runtime, T: Scalar>(
             Kernel::RowDot,
             dtype,
             params.into(),
-            &[Some(t.clone()), Some(raw(phi)), None, Some(raw(&out))],
+            &[Some(t.clone()), Some(raw(phi)), None, Some(raw(&out)), None],
             Grid::Threads(c * k * k),
         )?;
     }

@@ -21,16 +21,16 @@
 //! host and device only through [`Device::upload`] and [`Device::download`].
 
 mod auto;
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
+#[cfg(any(feature = "wgpu", feature = "cuda", feature = "cuda-emu"))]
 pub(crate) mod compose;
 pub mod cpu;
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 pub mod cuda;
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
+#[cfg(any(feature = "wgpu", feature = "cuda", feature = "cuda-emu"))]
 pub mod gpu;
 pub mod launch;
 pub mod provided;
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
+#[cfg(any(feature = "wgpu", feature = "cuda", feature = "cuda-emu"))]
 mod registry;
 pub(crate) mod sherman_morrison;
 #[cfg(feature = "wgpu")]

@@ -394,8 +394,20 @@ params! {
     }
 }
 
-/// A device error unless `params` is the parameter struct of `kernel`'s family.
-pub(crate) fn check_params(kernel: Kernel, params: &KernelParams) -> Result<()> {
+/// A device error unless `params` is the parameter struct of `kernel`'s family and the launch
+/// passes one buffer (or `None`) per slot of the family, as every entry point's signature has.
+pub(crate) fn check_launch(kernel: Kernel, params: &KernelParams, buffers: usize) -> Result<()> {
+    let slots = kernel.family().slots().len();
+    if buffers != slots {
+        return Err(crate::error::Error::Device {
+            backend: "gpu",
+            reason: format!(
+                "`{}` takes the {slots} buffer slots of {:?}, the launch passes {buffers}",
+                kernel.name(),
+                kernel.family()
+            ),
+        });
+    }
     if params.family != kernel.family() {
         return Err(crate::error::Error::Device {
             backend: "gpu",

@@ -766,31 +766,33 @@ pub fn check_bad_inputs_leave_posterior_unchanged<D: Device, T: Scalar>(dev: &D)
     }
 }
 
-/// 1,000 sequential updates at D = 64 keep ‖ΠΣ − I‖_max small, and refresh() resets it.
-pub fn check_drift<D: Device, T: Scalar>(dev: &D, bound: f64) {
+/// `100 · chunks` sequential updates at D = `d` (1,000 at 64 in the GPU and CPU suites) keep
+/// ‖ΠΣ − I‖_max small, and refresh() resets it.
+pub fn check_drift<D: Device, T: Scalar>(dev: &D, bound: f64, d: usize, chunks: usize) {
     for (structure, name) in [
         (Structure::Shared(OutputWeighting::Gaussian), "shared-gaussian"),
         (Structure::Shared(OutputWeighting::Categorical), "shared-categorical"),
         (Structure::Full, "full"),
     ] {
         let k = 10;
-        let pb = Problem::random(99, 1100, 64, k, true);
+        let n = 100 * (chunks + 1);
+        let pb = Problem::random(99, n, d, k, true);
         let pb_fit = pb.first(100);
         let mut post = fit::<D, T>(dev, &pb_fit, structure);
-        let phi = Problem::cast::<T>(&pb.phi[100 * 64..]);
+        let phi = Problem::cast::<T>(&pb.phi[100 * d..]);
         let cfg = UpdateConfig {
             rule: UpdateRule::Sequential,
             gamma: 1.0,
             iterations: 1,
             forgetting: 1.0,
         };
-        for chunk in 0..10 {
+        for chunk in 0..chunks {
             let rows = chunk * 100..(chunk + 1) * 100;
-            let x = HostMatrix::new(&phi[rows.start * 64..rows.end * 64], 100, 64).unwrap();
+            let x = HostMatrix::new(&phi[rows.start * d..rows.end * d], 100, d).unwrap();
             post.update(x, &pb.labels[100 + rows.start..100 + rows.end], &cfg)
                 .unwrap();
         }
-        assert_eq!(post.samples_seen(), 1100);
+        assert_eq!(post.samples_seen(), n);
         let drift = post.drift().unwrap().as_f64();
         let mut fresh = post.try_clone().unwrap();
         fresh.refresh().unwrap();
@@ -808,12 +810,13 @@ pub fn check_drift<D: Device, T: Scalar>(dev: &D, bound: f64) {
         );
         assert!(
             drift < bound,
-            "{name}: drift {drift} after 1000 sequential updates (bound {bound})"
+            "{name}: drift {drift} after {} sequential updates (bound {bound})",
+            n - 100
         );
         post.refresh().unwrap();
         let after = post.drift().unwrap().as_f64();
         assert!(
-            after < bound && after <= drift.max(tol::<T>(64, 10.0)),
+            after < bound && after <= drift.max(tol::<T>(d, 10.0)),
             "{name}: refresh left drift {after} (was {drift})"
         );
     }
@@ -822,6 +825,11 @@ pub fn check_drift<D: Device, T: Scalar>(dev: &D, bound: f64) {
 #[macro_export]
 macro_rules! posterior_suite {
     ($backend:literal, $make:expr, $($t:ident),+) => {
+        $crate::posterior_suite!($backend, $make, drift(64, 10), $($t),+);
+    };
+    // `drift(d, chunks)`: the drift test's feature count and its chunks of 100 sequential
+    // updates (64 and 10 by default; an emulator takes fewer).
+    ($backend:literal, $make:expr, drift($drift_d:expr, $drift_chunks:expr), $($t:ident),+) => {
         $(
         mod $t {
             use super::common::{backend_or_skip, suite};
@@ -842,7 +850,7 @@ macro_rules! posterior_suite {
             #[test] fn fit_head_matches_dense_newton() { if let Some(d) = device() { suite::check_fit_head::<_, $t>(&d) } }
             #[test] fn drift_stays_bounded() {
                 let bound = if <$t as laplace_update::Scalar>::DTYPE == laplace_update::DType::F32 { 1e-4 } else { 1e-10 };
-                if let Some(d) = device() { suite::check_drift::<_, $t>(&d, bound) }
+                if let Some(d) = device() { suite::check_drift::<_, $t>(&d, bound, $drift_d, $drift_chunks) }
             }
         }
         )+

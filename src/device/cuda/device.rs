@@ -13,11 +13,12 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
 
+use super::abi::{Words, launch_dims};
 use super::{Family, compile, nvrtc_available};
 use crate::device::Op;
 use crate::device::gpu::{GpuDevice, Runtime};
 use crate::device::gpu::{Grid, Kernel, KernelParams, Record};
-use crate::device::launch::{GridLimits, LaunchPolicy, fold_threads};
+use crate::device::launch::{GridLimits, LaunchPolicy};
 use crate::error::{Error, Result};
 use crate::scalar::DType;
 
@@ -43,30 +44,8 @@ fn device_error(what: &str, e: cudarc::driver::DriverError) -> Error {
     }
 }
 
-/// The 16 × 64-bit parameter block every kernel takes by value (`Words` in `common.cuh`).
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct Words([u64; 16]);
-
-// SAFETY: `Words` is plain old data with the layout of `struct Words { u64 w[16]; }`.
+// SAFETY: `Words` is `#[repr(C)]` plain old data with the layout of `struct Words { u64 w[16]; }`.
 unsafe impl cudarc::driver::DeviceRepr for Words {}
-
-impl Words {
-    /// C layout of a `Params` struct of doubles then 32-bit integers.
-    fn pack(params: &KernelParams) -> Words {
-        let mut words = Words::default();
-        let mut i = 0;
-        for r in &params.reals {
-            words.0[i] = r.to_bits();
-            i += 1;
-        }
-        for pair in params.ints.chunks(2) {
-            words.0[i] = pair[0] as u64 | (pair.get(1).copied().unwrap_or(0) as u64) << 32;
-            i += 1;
-        }
-        words
-    }
-}
 
 /// One device allocation and its address, shared by the handles of [`CudaRuntime`].
 pub struct CudaAllocation {
@@ -262,28 +241,12 @@ impl Record for CudaLaunches {
         buffers: &[Option<Arc<CudaAllocation>>],
         grid: Grid,
     ) -> Result<()> {
-        crate::device::registry::check_params(kernel, &params)?;
+        crate::device::registry::check_launch(kernel, &params, buffers.len())?;
         let f = self.dev.function(kernel, dtype)?;
-        let (bx, by) = kernel.block_threads();
-        let grid_dim = match grid {
-            Grid::Threads(n) => {
-                let [x, y, z] = fold_threads(n, (bx * by) as usize, GridLimits::CUDA)?;
-                (x, y, z)
-            }
-            Grid::Blocks(x, y, z) => {
-                // The compositions split their grids within these limits; this guards it.
-                let max = GridLimits::CUDA.max_blocks;
-                if x > max[0] || y > max[1] || z > max[2] {
-                    return Err(Error::Unsupported(format!(
-                        "grid {x} x {y} x {z} exceeds CUDA's limits"
-                    )));
-                }
-                (x.max(1) as u32, y.max(1) as u32, z.max(1) as u32)
-            }
-        };
+        let (blocks, threads) = launch_dims(kernel, grid, GridLimits::CUDA)?;
         let cfg = LaunchConfig {
-            grid_dim,
-            block_dim: (bx, by, 1),
+            grid_dim: (blocks[0], blocks[1], blocks[2]),
+            block_dim: (threads[0], threads[1], threads[2]),
             shared_mem_bytes: 0,
         };
         let words = Words::pack(&params);

@@ -164,7 +164,7 @@ impl Record for Recorder {
         grid: Grid,
     ) -> Result<()> {
         debug_assert_eq!(dtype, DType::F32, "the wgpu backend checks for f32 at its boundary");
-        crate::device::registry::check_params(kernel, &params)?;
+        crate::device::registry::check_launch(kernel, &params, buffers.len())?;
         let groups = match grid {
             Grid::Threads(n) => {
                 let (x, y) = kernel.block_threads();
