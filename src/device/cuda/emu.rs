@@ -14,9 +14,9 @@
 //! ABI and the host launch code. What it cannot: coalescing, occupancy, timing, and the weaker
 //! ordering of real GPU memory.
 //!
-//! Beyond a GPU, each allocation carries a guard zone of NaN bytes after its end: a kernel that
-//! writes past an allocation is a [`Error::Device`] naming the kernel and the slot, and one that
-//! reads past it reads NaN.
+//! Beyond a GPU, each allocation carries a guard zone of NaN bytes after its end (half its size,
+//! 4 KiB to 1 MiB): a kernel that writes past an allocation is an [`Error::Device`] naming the
+//! kernel and the slot, and one that reads past it reads NaN.
 //!
 //! ```
 //! # #[cfg(feature = "cuda-emu")] {
@@ -159,12 +159,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Alignment of every allocation, as `cudaMalloc`'s.
 const ALIGN: usize = 256;
-/// Bytes of NaN (all ones) after every allocation's end.
-const GUARD: usize = 256;
+/// The guard zone's byte: all ones, a NaN in f32 and f64.
 const GUARD_BYTE: u8 = 0xff;
 
+/// Bytes of guard after an allocation of `bytes`: half its size, between 4 KiB and 1 MiB, so that
+/// an edge tile or a row written one past the end lands in it.
+fn guard_bytes(bytes: usize) -> usize {
+    (bytes / 2).clamp(4096, 1 << 20).next_multiple_of(ALIGN)
+}
+
 /// A host allocation standing in for device memory: `bytes` usable bytes, 256-aligned, then a
-/// guard zone.
+/// guard zone of [`guard_bytes`].
 pub struct EmuAllocation {
     ptr: NonNull<u8>,
     bytes: usize,
@@ -180,25 +185,25 @@ unsafe impl Sync for EmuAllocation {}
 impl EmuAllocation {
     fn layout(bytes: usize) -> Result<std::alloc::Layout> {
         bytes
-            .checked_add(GUARD)
+            .checked_add(guard_bytes(bytes))
             .and_then(|total| std::alloc::Layout::from_size_align(total, ALIGN).ok())
             .ok_or_else(|| device_error(format!("an allocation of {bytes} bytes overflows")))
     }
 
     fn new(bytes: usize, label: &str) -> Result<Self> {
         let layout = Self::layout(bytes)?;
-        // SAFETY: the layout has a non-zero size (the guard alone is 256 bytes).
+        // SAFETY: the layout has a non-zero size (the guard alone is 4 KiB).
         let ptr = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
             .ok_or_else(|| device_error(format!("allocating {label} ({bytes} bytes): out of memory")))?;
         // SAFETY: the guard zone lies within the allocation just made.
-        unsafe { std::ptr::write_bytes(ptr.as_ptr().add(bytes), GUARD_BYTE, GUARD) };
+        unsafe { std::ptr::write_bytes(ptr.as_ptr().add(bytes), GUARD_BYTE, guard_bytes(bytes)) };
         Ok(EmuAllocation { ptr, bytes })
     }
 
     /// Whether the guard zone still holds its pattern.
     fn guard_intact(&self) -> bool {
         // SAFETY: the guard zone lies within the allocation, which lives while `self` does.
-        let guard = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(self.bytes), GUARD) };
+        let guard = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(self.bytes), guard_bytes(self.bytes)) };
         guard.iter().all(|&b| b == GUARD_BYTE)
     }
 
