@@ -111,3 +111,25 @@ fn auto_falls_back_to_the_cpu_and_says_why() {
     assert_eq!(ok.unwrap(), vec![1.0, 2.0]);
     assert!(matches!(AnyDevice::select("tpu"), Err(Error::InvalidArgument { .. })));
 }
+
+/// Every backend `LAPLACE_REQUIRE` names is known and built into this test run: a suite whose
+/// feature is off compiles to nothing, which would otherwise pass silently.
+#[test]
+fn required_backends_are_built() {
+    let Ok(required) = std::env::var("LAPLACE_REQUIRE") else {
+        return;
+    };
+    for backend in required.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+        let built = match backend {
+            "cpu" => true,
+            "wgpu" => cfg!(feature = "wgpu"),
+            "cuda" | "nvrtc" => cfg!(feature = "cuda"),
+            "cuda-emu" => cfg!(feature = "cuda-emu"),
+            other => panic!("LAPLACE_REQUIRE names `{other}`, which is no backend (cpu, wgpu, cuda, nvrtc, cuda-emu)"),
+        };
+        assert!(
+            built,
+            "LAPLACE_REQUIRE names `{backend}`, but its feature is not built into this test run"
+        );
+    }
+}
