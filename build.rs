@@ -19,7 +19,7 @@ mod emulator {
             std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
         let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
         let kernels = root.join("kernels");
-        for file in ["common.cuh", "emu/cuda_emu.h", "emu/runtime.cpp"] {
+        for file in ["common.cuh", "emu/cuda_emu.h", "emu/runtime.cpp", "emu/selftest.cpp"] {
             println!("cargo:rerun-if-changed={}", kernels.join(file).display());
         }
         let mut build = cc::Build::new();
@@ -32,7 +32,8 @@ mod emulator {
             .flag_if_supported("-Wno-unknown-pragmas")
             .flag_if_supported("-Wno-unused-parameter")
             .flag_if_supported("-Wno-unused-variable")
-            .file(kernels.join("emu/runtime.cpp"));
+            .file(kernels.join("emu/runtime.cpp"))
+            .file(kernels.join("emu/selftest.cpp"));
         // Every kernels/*.cu is a family (tests/nvrtc.rs checks that the registry lists each).
         println!("cargo:rerun-if-changed={}", kernels.display());
         let mut stems: Vec<String> = std::fs::read_dir(&kernels)

@@ -297,6 +297,42 @@ impl GpuDevice<CudaEmuRuntime> {
     }
 }
 
+/// Runs `thunk` over `blocks` blocks of `threads` threads on up to `workers` OS threads; the
+/// launcher's message when it fails (a block too large, a divergent barrier).
+///
+/// # Safety
+/// `thunk` must be an entry point of the emulator's tables taking the parameter block and
+/// `pointers.len()` pointers, each live for the call (or null where the kernel does not touch
+/// it), and the kernel must index within them for `words` and this grid.
+unsafe fn run_grid(
+    thunk: *const c_void,
+    words: &Words,
+    pointers: &[*mut c_void],
+    (blocks, threads): ([u32; 3], [u32; 3]),
+    workers: usize,
+) -> std::result::Result<(), String> {
+    let mut error = [0 as c_char; 512];
+    // SAFETY: the caller's contract covers the kernel and its pointers; the grid and block
+    // arrays hold three entries, and the error buffer `error.len()` bytes.
+    let status = unsafe {
+        laplace_emu_launch(
+            thunk,
+            (words as *const Words).cast(),
+            pointers.as_ptr(),
+            blocks.as_ptr(),
+            threads.as_ptr(),
+            u32::try_from(workers).unwrap_or(u32::MAX),
+            error.as_mut_ptr(),
+            error.len(),
+        )
+    };
+    if status == 0 {
+        return Ok(());
+    }
+    // SAFETY: the launcher NUL-terminates its message within the buffer.
+    Err(unsafe { CStr::from_ptr(error.as_ptr()) }.to_string_lossy().into_owned())
+}
+
 /// Launches run when recorded; [`Record::submit`] has nothing left to wait for.
 pub struct EmuLaunches {
     runtime: CudaEmuRuntime,
@@ -331,31 +367,22 @@ impl Record for EmuLaunches {
             .iter()
             .map(|b| b.as_ref().map_or(std::ptr::null_mut(), |a| a.ptr.as_ptr().cast()))
             .collect();
-        let mut error = [0 as c_char; 512];
         // SAFETY: `entry.thunk` is the compiled entry point `name`, which takes the parameter
         // block and `entry.slots` pointers (checked above against the family's slots). Every
         // pointer is a live allocation (held by `buffers` for the call) or null for a slot the
         // kernel does not touch under these parameters, and the compositions derive every
-        // launch's index range from the operands' checked shapes, as for a GPU. The grid and
-        // block arrays hold three entries; the error buffer holds `error.len()` bytes.
+        // launch's index range from the operands' checked shapes, as for a GPU.
         let status = unsafe {
-            laplace_emu_launch(
+            run_grid(
                 entry.thunk,
-                (&words as *const Words).cast(),
-                pointers.as_ptr(),
-                blocks.as_ptr(),
-                threads.as_ptr(),
-                self.runtime.options.workers as u32,
-                error.as_mut_ptr(),
-                error.len(),
+                &words,
+                &pointers,
+                (blocks, threads),
+                self.runtime.options.workers,
             )
         };
         record_launch(&name);
-        if status != 0 {
-            // SAFETY: the launcher NUL-terminates the message within the buffer.
-            let reason = unsafe { CStr::from_ptr(error.as_ptr()) }.to_string_lossy().into_owned();
-            return Err(device_error(format!("`{name}`: {reason}")));
-        }
+        status.map_err(|reason| device_error(format!("`{name}`: {reason}")))?;
         for (slot, buffer) in buffers.iter().enumerate() {
             if buffer.as_ref().is_some_and(|b| !b.guard_intact()) {
                 return Err(device_error(format!(
@@ -425,5 +452,122 @@ impl Runtime for CudaEmuRuntime {
 
     fn policy(&self) -> &LaunchPolicy {
         &self.options.policy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The emulator's own semantics, on the kernels of `kernels/emu/selftest.cpp`.
+    use super::*;
+
+    unsafe extern "C" {
+        fn laplace_emu_test_entries(len: *mut usize) -> *const EmuEntry;
+    }
+
+    /// Runs self-test kernel `name` over `grid` blocks of `block` threads with argument words
+    /// `args` on `data`, through the launcher the runtime uses.
+    fn run(name: &str, grid: [u32; 3], block: [u32; 3], args: &[u64], data: &mut [u32]) -> Result<()> {
+        let mut len = 0usize;
+        // SAFETY: a static table of `len` rows with static NUL-terminated names.
+        let rows = unsafe { std::slice::from_raw_parts(laplace_emu_test_entries(&mut len), len) };
+        let entry = rows
+            .iter()
+            // SAFETY: as above.
+            .find(|r| unsafe { CStr::from_ptr(r.name) }.to_str() == Ok(name))
+            .expect("a self-test kernel");
+        assert_eq!(entry.slots, 1);
+        let buffer = EmuAllocation::new(data.len() * 4, "self-test")?;
+        let runtime = CudaEmuRuntime {
+            options: Arc::new(CudaEmuOptions::default()),
+        };
+        let buffer = Arc::new(buffer);
+        runtime.write(&buffer, bytemuck::cast_slice(data))?;
+        let mut words = Words::default();
+        words.0[..args.len()].copy_from_slice(args);
+        let pointers = [buffer.ptr.as_ptr().cast::<c_void>()];
+        // SAFETY: each self-test kernel takes the parameter block and one u32 pointer, and
+        // indexes only the elements each test below allocates for its grid.
+        unsafe { run_grid(entry.thunk, &words, &pointers, (grid, block), 4) }.map_err(device_error)?;
+        let bytes = runtime.read(&buffer, data.len() * 4)?;
+        data.copy_from_slice(&bytemuck::pod_collect_to_vec::<u8, u32>(&bytes));
+        Ok(())
+    }
+
+    /// Every `__shfl_*_sync` mode at every width and argument returns CUDA's source lane:
+    /// the lane's own value where the source falls outside its segment.
+    #[test]
+    fn shuffles_follow_cuda() {
+        for width in [2u32, 4, 8, 16, 32] {
+            for arg in 0..width {
+                let mut out = vec![0u32; 64 * 4];
+                run(
+                    "emu_test_shuffles",
+                    [1, 1, 1],
+                    [64, 1, 1],
+                    &[arg as u64, width as u64],
+                    &mut out,
+                )
+                .unwrap();
+                for t in 0..64u32 {
+                    let lane = t % 32;
+                    let segment = lane - lane % width;
+                    let within = |src: i64| src >= segment as i64 && src < (segment + width) as i64;
+                    let or_own = |src: i64| 100 + if within(src) { src as u32 } else { lane };
+                    let want = [
+                        100 + segment + arg % width,
+                        or_own(lane as i64 - arg as i64),
+                        or_own(lane as i64 + arg as i64),
+                        or_own((lane ^ arg) as i64),
+                    ];
+                    let got = &out[4 * t as usize..4 * t as usize + 4];
+                    assert_eq!(got, want, "thread {t}, width {width}, argument {arg}");
+                }
+            }
+        }
+    }
+
+    /// Atomics are atomic across blocks that run on concurrent OS threads.
+    #[test]
+    fn atomics_hold_across_concurrent_blocks() {
+        let (blocks, threads) = (300u32, 128u32);
+        let mut out = vec![0, 0, u32::MAX];
+        run("emu_test_atomics", [100, 3, 1], [threads, 1, 1], &[7], &mut out).unwrap();
+        assert_eq!(out, vec![blocks * threads, blocks - 1, 7]);
+    }
+
+    /// A block's threads see each other's shared-memory writes after `__syncthreads`, and not
+    /// before it: without the barrier the first threads read slots not yet written.
+    #[test]
+    fn a_missing_barrier_changes_the_result() {
+        let data: Vec<u32> = (0..512).collect();
+        let reversed: Vec<u32> = data.chunks(256).flat_map(|c| c.iter().rev().copied()).collect();
+        let mut with = data.clone();
+        run("emu_test_shared_reverse", [2, 1, 1], [256, 1, 1], &[0], &mut with).unwrap();
+        assert_eq!(with, reversed);
+        let mut without = data.clone();
+        run("emu_test_shared_reverse", [2, 1, 1], [256, 1, 1], &[1], &mut without).unwrap();
+        assert_ne!(without, reversed);
+    }
+
+    /// A barrier that part of a block never reaches is an error naming the block, not a hang.
+    #[test]
+    fn a_divergent_barrier_is_an_error() {
+        let mut out = vec![0u32; 64];
+        let err = run("emu_test_divergent_barrier", [1, 1, 1], [64, 1, 1], &[16], &mut out).unwrap_err();
+        assert!(err.to_string().contains("diverged"), "{err}");
+        // All threads at the barrier, or all in the shuffle, is fine.
+        run("emu_test_divergent_barrier", [1, 1, 1], [64, 1, 1], &[64], &mut out).unwrap();
+        run("emu_test_divergent_barrier", [1, 1, 1], [64, 1, 1], &[0], &mut out).unwrap();
+        assert_eq!(out[..31], (1..32).collect::<Vec<u32>>()[..]);
+    }
+
+    /// A write past an allocation lands in its guard zone and is detected.
+    #[test]
+    fn the_guard_zone_detects_overruns() {
+        let a = EmuAllocation::new(64, "guard").unwrap();
+        assert!(a.guard_intact());
+        // SAFETY: byte 64 is the first guard byte, inside the allocation.
+        unsafe { *a.ptr.as_ptr().add(64) = 0 };
+        assert!(!a.guard_intact());
     }
 }
