@@ -320,3 +320,24 @@ fn every_strategy_is_total_on_random_degenerate_problems() {
         LIMITED.load(Ordering::Relaxed)
     );
 }
+
+/// Cases the random search found, kept as regressions.
+#[test]
+fn found_cases_stay_fixed() {
+    let cpu = CpuDevice::new(1).unwrap();
+    // BAIT's backward step on raw tabular columns with no labelled data: a rank-one removal
+    // that rounding made singular (1 − s ≤ 0) was an error; it is now refactored exactly.
+    let spec = Spec {
+        seed: 500030214940941914,
+        d: 30,
+        k: 2,
+        batch: 3,
+        pool: PoolSize::Larger,
+        degenerate: Degenerate::EmptyLabelled,
+        tabular: true,
+        structure: Structure::Full,
+        bias: BiasMode::InPosterior,
+        single: false,
+    };
+    run_case::<f64>(&cpu, &spec).unwrap();
+}

@@ -7,7 +7,9 @@
 // even phases and backward in odd ones. A missing barrier therefore reads shared memory that
 // the other threads have not written yet, and changes the result. Blocks run concurrently on OS
 // threads, `__shared__` memory is per block (thread-local to the OS thread that runs it), and
-// atomics are real atomics. See kernels/emu/runtime.cpp.
+// atomics are real atomics. A worker runs its block to the end, so a grid-wide barrier would make
+// progress only among as many blocks as there are workers: the co-residency a persistent kernel
+// must also respect on a GPU. See kernels/emu/runtime.cpp.
 #pragma once
 
 #include <math.h>

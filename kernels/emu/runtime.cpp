@@ -110,6 +110,10 @@ extern "C" void emu_fiber_start();
 #endif
 
 constexpr size_t kStackBytes = 64 * 1024;
+// The lowest bytes of each fiber stack hold this pattern; a thread whose frames reach them has
+// overflowed its stack, reported as an error after its block.
+constexpr size_t kCanaryBytes = 256;
+constexpr unsigned char kCanary = 0x5c;
 constexpr unsigned kWarp = 32;
 
 enum class State { Ready, Barrier, Collective, Done };
@@ -199,6 +203,7 @@ void yield_to_scheduler(Fiber* f) {
 }
 
 void prepare(Fiber& f) {
+    std::memset(f.stack, kCanary, kCanaryBytes);
     // The initial frame emu_switch pops: six callee-saved registers (x86-64) or the 176-byte
     // frame (AArch64), then emu_fiber_start as the return address. The stack top is 16-aligned.
     auto top = reinterpret_cast<uintptr_t>(f.stack + kStackBytes) & ~uintptr_t(15);
@@ -289,7 +294,20 @@ void run_block(Block& b, uint3 idx) {
                 if (b.fibers[t].state == State::Collective) b.fibers[t].state = State::Ready;
             released = true;
         }
-        if (!live) return;
+        if (!live) {
+            for (unsigned t = 0; t < n; t++) {
+                const char* low = b.fibers[t].stack;
+                for (size_t i = 0; i < kCanaryBytes; i++) {
+                    if ((unsigned char)low[i] != kCanary) {
+                        l.fail("thread " + std::to_string(t) + " of block (" + std::to_string(idx.x) + ", " +
+                               std::to_string(idx.y) + ", " + std::to_string(idx.z) + ") overflowed its " +
+                               std::to_string(kStackBytes / 1024) + " KiB stack");
+                        return;
+                    }
+                }
+            }
+            return;
+        }
         if (released) continue;
         if (all_at_barrier) {
             for (unsigned t = 0; t < n; t++)

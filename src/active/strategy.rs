@@ -324,6 +324,40 @@ struct Bait {
 }
 
 impl Bait {
+    /// The state for `M` (d × d, row-major) from its Cholesky factorisation: `M⁻¹`, and `s`,
+    /// `q` for every candidate. `InvalidArgument` when M is not positive definite (τ ≤ 0).
+    fn factored(m: &[f64], f: Vec<f64>, v: Points) -> Result<Self> {
+        let d = v.d;
+        let m_mat = faer::Mat::<f64>::from_fn(d, d, |i, j| m[i * d + j]);
+        let llt = m_mat.llt(faer::Side::Lower).map_err(|_| {
+            Error::invalid(
+                "prior_precision",
+                "BAIT's M = τI + Σ V_x is not positive definite: τ must be positive",
+            )
+        })?;
+        let minv_mat = faer::linalg::solvers::DenseSolveCore::inverse(&llt);
+        let f_mat = faer::Mat::<f64>::from_fn(d, d, |i, j| f[i * d + j]);
+        let a_mat = &minv_mat * &f_mat * &minv_mat;
+        let flat = |m: &faer::Mat<f64>| (0..d * d).map(|ij| m[(ij / d, ij % d)]).collect::<Vec<f64>>();
+        let x = faer::MatRef::from_row_major_slice(&v.x, v.n, d);
+        let vm = x * &minv_mat;
+        let va = x * &a_mat;
+        let s = (0..v.n)
+            .map(|c| (0..d).map(|t| vm[(c, t)] * v.x[c * d + t]).sum())
+            .collect();
+        let q = (0..v.n)
+            .map(|c| (0..d).map(|t| va[(c, t)] * v.x[c * d + t]).sum())
+            .collect();
+        Ok(Bait {
+            d,
+            minv: HostInverse::new(flat(&minv_mat), d),
+            f,
+            v,
+            s,
+            q,
+        })
+    }
+
     /// Adds (`m = 1`) or removes (`m = −1`) candidate `x`. With `u = M⁻¹v_x`, the
     /// Sherman–Morrison step `M⁻¹ ← M⁻¹ − c uuᵀ`, `c = m/(1 + m v_xᵀu)`, and for every
     /// candidate, with `P = v_cᵀu` and `e = v_cᵀM⁻¹Fu` (the M⁻¹ before the step):
@@ -380,36 +414,23 @@ fn bait<D: Device, T: Scalar>(post: &Posterior<D, T>, pool: &Pool<'_, T>, batch:
         (0..d * d).map(|ij| g[(ij / d, ij % d)]).collect::<Vec<f64>>()
     };
     let tau = post.prior_precision()[0].as_f64();
-    let mut m = gram(&labeled);
-    (0..d).for_each(|i| m[i * d + i] += tau);
+    let mut base = gram(&labeled);
+    (0..d).for_each(|i| base[i * d + i] += tau);
     let f: Vec<f64> = gram(&labeled).iter().zip(gram(&v)).map(|(a, b)| a + b).collect();
-    let m_mat = faer::Mat::<f64>::from_fn(d, d, |i, j| m[i * d + j]);
-    let llt = m_mat.llt(faer::Side::Lower).map_err(|_| {
-        Error::invalid(
-            "prior_precision",
-            "BAIT's M = τI + Σ V_x is not positive definite: τ must be positive",
-        )
-    })?;
-    let minv_mat = faer::linalg::solvers::DenseSolveCore::inverse(&llt);
-    let f_mat = faer::Mat::<f64>::from_fn(d, d, |i, j| f[i * d + j]);
-    let a_mat = &minv_mat * &f_mat * &minv_mat;
-    let flat = |m: &faer::Mat<f64>| (0..d * d).map(|ij| m[(ij / d, ij % d)]).collect::<Vec<f64>>();
-    let x = faer::MatRef::from_row_major_slice(&v.x, v.n, d);
-    let vm = x * &minv_mat;
-    let va = x * &a_mat;
-    let s = (0..v.n)
-        .map(|c| (0..d).map(|t| vm[(c, t)] * v.x[c * d + t]).sum())
-        .collect();
-    let q = (0..v.n)
-        .map(|c| (0..d).map(|t| va[(c, t)] * v.x[c * d + t]).sum())
-        .collect();
-    let mut state = Bait {
-        d,
-        minv: HostInverse::new(flat(&minv_mat), d),
-        f,
-        v,
-        s,
-        q,
+    let mut state = Bait::factored(&base, f, v)?;
+    // A rank-one step that rounding made singular (a removal with 1 − s ≤ 0 on an
+    // ill-conditioned M) is redone exactly: M = base + Σ_chosen v vᵀ factored afresh.
+    let refactor = |state: Bait, chosen: &[usize]| -> Result<Bait> {
+        let mut m = base.clone();
+        for &c in chosen {
+            let row = state.v.row(c);
+            for i in 0..d {
+                for j in 0..d {
+                    m[i * d + j] += row[i] * row[j];
+                }
+            }
+        }
+        Bait::factored(&m, state.f, state.v)
     };
     // Forward: the largest decrease q/(1 + s) of tr(M⁻¹F), up to 2b picks.
     let mut chosen: Vec<usize> = Vec::new();
@@ -419,9 +440,11 @@ fn bait<D: Device, T: Scalar>(post: &Posterior<D, T>, pool: &Pool<'_, T>, batch:
             .filter(|&c| available[c])
             .map(|c| (c, state.q[c] / (1.0 + state.s[c])));
         let Some(best) = arg_max(gains) else { break };
-        state.apply(best, 1.0)?;
         available[best] = false;
         chosen.push(best);
+        if state.apply(best, 1.0).is_err() {
+            state = refactor(state, &chosen)?;
+        }
     }
     // Backward: drop the pick whose removal raises tr(M⁻¹F) least, q/(1 − s), down to b.
     while chosen.len() > batch {
@@ -431,7 +454,9 @@ fn bait<D: Device, T: Scalar>(post: &Posterior<D, T>, pool: &Pool<'_, T>, batch:
             .map(|(slot, &c)| (slot, -(state.q[c] / (1.0 - state.s[c]))));
         let Some(slot) = arg_max(costs) else { break };
         let c = chosen.remove(slot);
-        state.apply(c, -1.0)?;
+        if state.apply(c, -1.0).is_err() {
+            state = refactor(state, &chosen)?;
+        }
     }
     Ok(chosen)
 }
