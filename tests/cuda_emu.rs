@@ -7,13 +7,12 @@ mod common;
 
 use laplace_update::{CudaEmuDevice, CudaEmuOptions, Result};
 
-/// Where this binary logs the entry points it launched, for `tests/cuda_emu_coverage.rs`.
-pub const LAUNCH_LOG: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/cuda-emu-launched.txt");
-
 /// Starts the launch log, once per process.
 fn log_launches() {
     static START: std::sync::Once = std::sync::Once::new();
-    START.call_once(|| CudaEmuDevice::log_launches_to(std::path::Path::new(LAUNCH_LOG)).expect("launch log"));
+    START.call_once(|| {
+        CudaEmuDevice::log_launches_to(std::path::Path::new(common::EMU_LAUNCH_LOG)).expect("launch log")
+    });
 }
 
 /// The emulator with CUDA's limits.

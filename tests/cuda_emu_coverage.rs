@@ -12,9 +12,6 @@ use std::collections::BTreeSet;
 use laplace_update::CudaEmuDevice;
 use laplace_update::device::cuda::Family;
 
-/// Written by `tests/cuda_emu.rs`.
-const LAUNCH_LOG: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/cuda-emu-launched.txt");
-
 /// The entry points of every family's PTX, from NVRTC.
 #[cfg(feature = "cuda")]
 fn exported() -> BTreeSet<String> {
@@ -63,8 +60,11 @@ fn every_entry_point_ran_on_the_emulator() {
         compiled, exported,
         "the emulator compiled other entry points than the PTX exports"
     );
-    let log = std::fs::read_to_string(LAUNCH_LOG).unwrap_or_else(|e| {
-        panic!("{LAUNCH_LOG}: {e}; run the emulated suites first (`cargo test --features cuda-emu --test cuda_emu`)")
+    let log = std::fs::read_to_string(common::EMU_LAUNCH_LOG).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run the emulated suites first (`cargo test --features cuda-emu --test cuda_emu`)",
+            common::EMU_LAUNCH_LOG
+        )
     });
     let launched: BTreeSet<String> = log.lines().map(str::to_string).collect();
     let covered = exported.intersection(&launched).count();

@@ -195,12 +195,9 @@ extern "C" void emu_fiber_main(Fiber* f) {
     std::abort();  // a finished fiber is never resumed
 }
 
-// Back to the scheduler; returns when the scheduler resumes this fiber.
-void yield_to_scheduler(Fiber* f) {
-    emu_switch(&f->sp, f->block->scheduler_sp);
-    current = f;
-    emu_thread_idx = f->tid;
-}
+// Back to the scheduler; returns when the scheduler resumes this fiber (having set `current`
+// and `emu_thread_idx` for it).
+void yield_to_scheduler(Fiber* f) { emu_switch(&f->sp, f->block->scheduler_sp); }
 
 void prepare(Fiber& f) {
     std::memset(f.stack, kCanary, kCanaryBytes);

@@ -421,15 +421,9 @@ fn bait<D: Device, T: Scalar>(post: &Posterior<D, T>, pool: &Pool<'_, T>, batch:
     // A rank-one step that rounding made singular (a removal with 1 − s ≤ 0 on an
     // ill-conditioned M) is redone exactly: M = base + Σ_chosen v vᵀ factored afresh.
     let refactor = |state: Bait, chosen: &[usize]| -> Result<Bait> {
-        let mut m = base.clone();
-        for &c in chosen {
-            let row = state.v.row(c);
-            for i in 0..d {
-                for j in 0..d {
-                    m[i * d + j] += row[i] * row[j];
-                }
-            }
-        }
+        let rows = chosen.iter().flat_map(|&c| state.v.row(c).iter().copied()).collect();
+        let picked = gram(&Points::new(rows, chosen.len(), d));
+        let m: Vec<f64> = base.iter().zip(&picked).map(|(a, b)| a + b).collect();
         Bait::factored(&m, state.f, state.v)
     };
     // Forward: the largest decrease q/(1 + s) of tr(M⁻¹F), up to 2b picks.

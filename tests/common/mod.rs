@@ -365,6 +365,10 @@ pub fn le_bytes<T: bytemuck::Pod>(v: &[T]) -> Vec<u8> {
     bytemuck::cast_slice(v).to_vec()
 }
 
+/// Where `tests/cuda_emu.rs` logs the entry points it launched on the CUDA emulator, and
+/// `tests/cuda_emu_coverage.rs` reads them.
+pub const EMU_LAUNCH_LOG: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/cuda-emu-launched.txt");
+
 /// Whether the environment demands this backend (`LAPLACE_REQUIRE=wgpu,nvrtc,...`).
 pub fn required(backend: &str) -> bool {
     std::env::var("LAPLACE_REQUIRE").is_ok_and(|v| v.split(',').any(|b| b.trim() == backend))

@@ -1,9 +1,45 @@
 //! What the host side of a CUDA launch fixes, shared by the GPU runtime and the emulator: the
-//! parameter block's bytes and the grid and block dimensions.
+//! entry point's name, the parameter block's bytes and the grid and block dimensions.
 
 use crate::device::gpu::{Grid, Kernel, KernelParams};
 use crate::device::launch::{GridLimits, fold_threads};
 use crate::error::{Error, Result};
+use crate::scalar::DType;
+
+/// The `extern "C"` entry point of `kernel` in `dtype`: `gemm_f32`.
+pub(crate) fn entry_name(kernel: Kernel, dtype: DType) -> String {
+    format!("{}_{}", kernel.name(), dtype.name())
+}
+
+/// One launch as a CUDA runtime issues it: the packed parameters and the grid and block.
+pub(crate) struct LaunchPlan {
+    /// The parameter block.
+    pub(crate) words: Words,
+    /// Blocks in x, y, z.
+    pub(crate) blocks: [u32; 3],
+    /// Threads per block in x, y, z.
+    pub(crate) threads: [u32; 3],
+}
+
+impl LaunchPlan {
+    /// The launch of `kernel` with `params` on `buffers` slots over `grid`, within `limits`;
+    /// a device error unless the parameters and slots are the family's.
+    pub(crate) fn new(
+        kernel: Kernel,
+        params: &KernelParams,
+        buffers: usize,
+        grid: Grid,
+        limits: GridLimits,
+    ) -> Result<Self> {
+        crate::device::registry::check_launch(kernel, params, buffers)?;
+        let (blocks, threads) = launch_dims(kernel, grid, limits)?;
+        Ok(LaunchPlan {
+            words: Words::pack(params),
+            blocks,
+            threads,
+        })
+    }
+}
 
 /// The 16 × 64-bit parameter block every kernel takes by value (`Words` in `common.cuh`).
 #[repr(C)]
@@ -30,7 +66,7 @@ impl Words {
 
 /// The grid (blocks) and block (threads) dimensions of one launch of `kernel`, within the
 /// runtime's grid `limits`.
-pub(crate) fn launch_dims(kernel: Kernel, grid: Grid, limits: GridLimits) -> Result<([u32; 3], [u32; 3])> {
+fn launch_dims(kernel: Kernel, grid: Grid, limits: GridLimits) -> Result<([u32; 3], [u32; 3])> {
     let (bx, by) = kernel.block_threads();
     let blocks = match grid {
         Grid::Threads(n) => fold_threads(n, (bx * by) as usize, limits)?,

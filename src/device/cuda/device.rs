@@ -13,7 +13,7 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
 
-use super::abi::{Words, launch_dims};
+use super::abi::{LaunchPlan, Words, entry_name};
 use super::{Family, compile, nvrtc_available};
 use crate::device::Op;
 use crate::device::gpu::{GpuDevice, Runtime};
@@ -216,7 +216,7 @@ impl CudaRuntime {
                 }
             }
         };
-        let name = format!("{}_{}", kernel.name(), dtype.name());
+        let name = entry_name(kernel, dtype);
         let f = module
             .load_function(&name)
             .map_err(|e| device_error(&format!("kernel `{name}`"), e))?;
@@ -241,15 +241,14 @@ impl Record for CudaLaunches {
         buffers: &[Option<Arc<CudaAllocation>>],
         grid: Grid,
     ) -> Result<()> {
-        crate::device::registry::check_launch(kernel, &params, buffers.len())?;
+        let LaunchPlan { words, blocks, threads } =
+            LaunchPlan::new(kernel, &params, buffers.len(), grid, GridLimits::CUDA)?;
         let f = self.dev.function(kernel, dtype)?;
-        let (blocks, threads) = launch_dims(kernel, grid, GridLimits::CUDA)?;
         let cfg = LaunchConfig {
             grid_dim: (blocks[0], blocks[1], blocks[2]),
             block_dim: (threads[0], threads[1], threads[2]),
             shared_mem_bytes: 0,
         };
-        let words = Words::pack(&params);
         let pointers: Vec<u64> = buffers.iter().map(|b| b.as_ref().map_or(0, |a| a.ptr)).collect();
         let mut args = self.dev.inner.stream.launch_builder(&f);
         args.arg(&words);

@@ -35,7 +35,7 @@ use std::ffi::{CStr, c_char, c_int, c_void};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::abi::{Words, launch_dims};
+use super::abi::{LaunchPlan, Words, entry_name};
 use crate::device::gpu::{GpuDevice, Grid, Kernel, KernelParams, Record, Runtime};
 use crate::device::launch::{GridLimits, LaunchPolicy};
 use crate::error::{Error, Result};
@@ -105,13 +105,6 @@ fn entries() -> &'static HashMap<String, Entry> {
         }
         map
     })
-}
-
-/// Every entry point compiled into the emulator (`gemm_f32`, …), sorted.
-fn compiled_entry_points() -> Vec<String> {
-    let mut names: Vec<String> = entries().keys().cloned().collect();
-    names.sort();
-    names
 }
 
 /// The entry points launched so far in this process, by any emulated device, and the file
@@ -272,11 +265,6 @@ impl GpuDevice<CudaEmuRuntime> {
         }))
     }
 
-    /// Every entry point launched so far in this process by any emulated device (`gemm_f32`, …).
-    pub fn launched_entry_points() -> BTreeSet<String> {
-        lock(launched()).names.clone()
-    }
-
     /// Logs launched entry points to `path`, one name per line: those launched so far (the file
     /// is replaced), then each one the first time it launches. Coverage checks read it.
     pub fn log_launches_to(path: &std::path::Path) -> Result<()> {
@@ -293,7 +281,9 @@ impl GpuDevice<CudaEmuRuntime> {
 
     /// Every entry point compiled into the emulator, sorted.
     pub fn compiled_entry_points() -> Vec<String> {
-        compiled_entry_points()
+        let mut names: Vec<String> = entries().keys().cloned().collect();
+        names.sort();
+        names
     }
 }
 
@@ -349,8 +339,9 @@ impl Record for EmuLaunches {
         buffers: &[Option<Arc<EmuAllocation>>],
         grid: Grid,
     ) -> Result<()> {
-        crate::device::registry::check_launch(kernel, &params, buffers.len())?;
-        let name = format!("{}_{}", kernel.name(), dtype.name());
+        let LaunchPlan { words, blocks, threads } =
+            LaunchPlan::new(kernel, &params, buffers.len(), grid, self.runtime.options.grid_limits)?;
+        let name = entry_name(kernel, dtype);
         let entry = *entries()
             .get(&name)
             .ok_or_else(|| device_error(format!("no compiled entry point `{name}`")))?;
@@ -361,8 +352,6 @@ impl Record for EmuLaunches {
                 buffers.len()
             )));
         }
-        let (blocks, threads) = launch_dims(kernel, grid, self.runtime.options.grid_limits)?;
-        let words = Words::pack(&params);
         let pointers: Vec<*mut c_void> = buffers
             .iter()
             .map(|b| b.as_ref().map_or(std::ptr::null_mut(), |a| a.ptr.as_ptr().cast()))
