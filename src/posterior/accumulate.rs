@@ -97,7 +97,7 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
         let (k, da) = (post.classes, post.augmented_features());
         // A fresh partial sum, added at the end, so that a failure changes nothing.
         let mut sum = state.empty_sum(device, k, da, self.basis.is_some())?;
-        let chunk = super::pass_rows(self.chunk_rows, k, da);
+        let chunk = super::pass_rows(self.chunk_rows, k, da, state.pass_elements());
         let host_basis = self.basis.as_ref().map(|(h, _)| (h.as_slice(), k - 1));
         let device_basis = self.basis.as_ref().map(|(_, d)| d);
         // One host allocation for every chunk's Φ (none on the CPU after the first chunk).

@@ -36,7 +36,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             self.check_batch(&features, targets)?;
             let model = self.model();
             let mut log_likelihood = 0.0;
-            let chunk = super::pass_rows(8192, self.classes, self.augmented_features());
+            let chunk = super::pass_rows(8192, self.classes, self.augmented_features(), super::CHUNK_ELEMENTS);
             for start in (0..features.rows()).step_by(chunk) {
                 let rows = chunk.min(features.rows() - start);
                 let batch = self.upload_batch(&features, targets, start, rows)?;

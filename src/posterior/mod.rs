@@ -123,11 +123,11 @@ pub struct FitConfig {
 /// The most `rows × (K + D_aug)` values one pass over the data holds (2²⁵: 128 MB of f32).
 pub const CHUNK_ELEMENTS: usize = 1 << 25;
 
-/// The rows of one pass: `chunk_rows`, capped so that `rows × (K + D_aug) ≤ CHUNK_ELEMENTS`,
-/// and at least 1.
-pub(crate) fn pass_rows(chunk_rows: usize, classes: usize, augmented_features: usize) -> usize {
+/// The rows of one pass: `chunk_rows`, capped so that `rows × (K + D_aug) ≤ elements`
+/// (at most [`CHUNK_ELEMENTS`], a structure may ask for fewer), and at least 1.
+pub(crate) fn pass_rows(chunk_rows: usize, classes: usize, augmented_features: usize, elements: usize) -> usize {
     chunk_rows
-        .min(CHUNK_ELEMENTS / (classes + augmented_features).max(1))
+        .min(elements.min(CHUNK_ELEMENTS) / (classes + augmented_features).max(1))
         .max(1)
 }
 

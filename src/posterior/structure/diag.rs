@@ -64,6 +64,12 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Diag<D, T> {
         elementwise_drift(device, &self.pair.precision, &self.pair.covariance)
     }
 
+    /// 2²² values (16 MB of f32): Diag's pass is a few elementwise sweeps over n × K between
+    /// two GEMMs, which stay in cache at this size.
+    fn pass_elements(&self) -> usize {
+        1 << 22
+    }
+
     fn curvature_term(
         &self,
         model: &Model<'_, D, T>,

@@ -55,6 +55,13 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
     /// `max |(ΠΣ − I)|` over all entries, or over `probes` columns drawn from `seed`.
     fn drift(&self, device: &D, probes: Option<(usize, u64)>) -> Result<T>;
 
+    /// The most `rows × (K + D_aug)` values one pass over the data holds for this structure
+    /// ([`pass_rows`](crate::posterior::pass_rows)): large passes amortise Full's and Kron's
+    /// per-pass GEMMs, small ones keep an elementwise structure's n × K temporaries in cache.
+    fn pass_elements(&self) -> usize {
+        crate::posterior::CHUNK_ELEMENTS
+    }
+
     /// The batch's curvature term when it does not depend on the head (no logits needed).
     fn head_free_term(&self, _model: &Model<'_, D, T>) -> Option<CurvatureTerm<D, T>> {
         None
