@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use common::{Problem, temp_dir, write_labels};
 use laplace_update::io::{load_posterior, read_npy, write_npy};
-use laplace_update::{CpuDevice, HostMatrix, Link, Posterior};
+use laplace_update::{BiasMode, CpuDevice, HostMatrix, Link, Posterior};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_laplace-update"))
@@ -85,7 +85,7 @@ fn fit_update_predict_info_round_trip() {
     let f = Files::new("flow");
     let post = f.p("post.safetensors");
     ok(&format!(
-        "fit --features {} --labels {} --weights {} --bias-vector {} --structure full --prior-precision 0.5 --out {}",
+        "fit --features {} --labels {} --weights {} --bias-vector {} --fixed-bias --structure full --prior-precision 0.5 --out {}",
         f.p("x.npy"),
         f.p("y.npy"),
         f.p("w.npy"),
@@ -117,6 +117,7 @@ fn fit_update_predict_info_round_trip() {
     // The same computation through the library.
     let cpu = CpuDevice::new(1).unwrap();
     let loaded: Posterior<CpuDevice, f32> = load_posterior(&cpu, Path::new(&post)).unwrap();
+    assert_eq!(loaded.bias_mode(), BiasMode::Fixed);
     let x: Vec<f32> = f.pb.phi[30 * 6..].iter().map(|v| *v as f32).collect();
     let want = loaded
         .predict(HostMatrix::new(&x, 10, 6).unwrap(), Link::default())
@@ -133,7 +134,7 @@ fn fit_update_predict_info_round_trip() {
     // Monte Carlo link, f64 posterior, shared structure, bias in the posterior.
     let post64 = f.p("post64.safetensors");
     ok(&format!(
-        "fit --features {} --labels {} --weights {} --structure shared-categorical --bias --dtype f64 --out {}",
+        "fit --features {} --labels {} --weights {} --structure shared-categorical --dtype f64 --out {}",
         f.p("x.npy"),
         f.p("y.npy"),
         f.p("w.npy"),
@@ -145,6 +146,10 @@ fn fit_update_predict_info_round_trip() {
         f.p("x.npy"),
         f.p("p64.npy")
     ));
+    let default_bias = load_posterior::<CpuDevice, f64>(&cpu, Path::new(&post64))
+        .unwrap()
+        .bias_mode();
+    assert_eq!(default_bias, BiasMode::InPosterior, "laplace-torch's default");
     let p64 = read_npy(&f.dir.join("p64.npy")).unwrap().to_matrix::<f64>().unwrap().0;
     assert!(p64.chunks(3).all(|r| (r.iter().sum::<f64>() - 1.0).abs() < 1e-9));
     ok(&format!(
@@ -323,7 +328,17 @@ fn devices_and_help() {
         out.contains("cpu") && out.contains("cuda") && out.contains("wgpu"),
         "{out}"
     );
-    for sub in ["fit", "update", "unlearn", "predict", "info", "devices", "demo"] {
+    for sub in [
+        "fit",
+        "accumulate",
+        "merge",
+        "update",
+        "unlearn",
+        "predict",
+        "info",
+        "devices",
+        "demo",
+    ] {
         assert!(ok(&format!("{sub} --help")).contains("Usage"), "{sub} --help");
     }
 }
@@ -380,7 +395,7 @@ fn structures_curvatures_and_prior_optimisation() {
     ] {
         let post = f.p("s.safetensors");
         ok(&format!(
-            "fit --features {} --labels {} --bias {flags} --out {post}",
+            "fit --features {} --labels {} {flags} --out {post}",
             f.p("x.npy"),
             f.p("y.npy")
         ));
@@ -442,7 +457,7 @@ fn regression_fit_update_predict() {
     write_npy(&f.dir.join("yr_new.npy"), &targets[30 * k..], &[10, k]).unwrap();
     let post = f.p("r.safetensors");
     ok(&format!(
-        "fit --features {} --labels {} --likelihood regression --sigma-noise {sigma} --bias --prior-precision {tau} \
+        "fit --features {} --labels {} --likelihood regression --sigma-noise {sigma} --prior-precision {tau} \
          --dtype f64 --structure full --out {post}",
         f.p("xr.npy"),
         f.p("yr.npy")
@@ -603,4 +618,197 @@ fn profile_reports_every_kernel() {
     assert!(text.contains("GFLOP/s") && text.contains("GB/s"));
     fails("profile --sizes 16,1,50,4");
     fails("profile --kernels nonsense");
+}
+
+/// Largest |a − b| over the largest |b|.
+fn relative_error(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+/// Four shards accumulated apart and merged (at once, and as a tree of partial merges) give
+/// the posterior of one fit over all rows, for every structure whose state is a sum.
+#[test]
+fn accumulate_and_merge_shards_equal_one_fit() {
+    let f = Files::new("shards");
+    let bounds = [0usize, 8, 16, 23, 30];
+    for s in 0..4 {
+        let (lo, hi) = (bounds[s], bounds[s + 1]);
+        let rows: Vec<f32> = f.pb.phi[lo * 6..hi * 6].iter().map(|v| *v as f32).collect();
+        write_npy(&f.dir.join(format!("x{s}.npy")), &rows, &[hi - lo, 6]).unwrap();
+        write_labels(&f.dir.join(format!("y{s}.npy")), &f.pb.labels[lo..hi]);
+    }
+    let cpu = CpuDevice::new(1).unwrap();
+    let load = |path: &str| load_posterior::<CpuDevice, f64>(&cpu, Path::new(path)).unwrap();
+    let head = format!("--weights {} --bias-vector {}", f.p("w.npy"), f.p("b.npy"));
+    let mut worst = 0.0f64;
+    for structure in ["full", "kron", "diag"] {
+        let model = format!("--structure {structure} --dtype f64 --device cpu");
+        let whole = f.p(&format!("whole-{structure}.safetensors"));
+        ok(&format!(
+            "fit --features {} --labels {} {head} {model} --prior-precision 0.7 --out {whole}",
+            f.p("x.npy"),
+            f.p("y.npy")
+        ));
+        let shards: Vec<String> = (0..4)
+            .map(|s| f.p(&format!("acc{s}-{structure}.safetensors")))
+            .collect();
+        for (s, acc) in shards.iter().enumerate() {
+            ok(&format!(
+                "accumulate --features {} --labels {} {head} {model} --out {acc}",
+                f.p(&format!("x{s}.npy")),
+                f.p(&format!("y{s}.npy"))
+            ));
+        }
+        let merged = f.p(&format!("merged-{structure}.safetensors"));
+        ok(&format!(
+            "merge {} --prior-precision 0.7 --device cpu --out {merged}",
+            shards.join(" ")
+        ));
+        // A tree: (3, 0) and (1, 2) merged partially, then the two partial sums.
+        let (left, right) = (f.p("left.safetensors"), f.p("right.safetensors"));
+        ok(&format!(
+            "merge {} {} --partial --device cpu --out {left}",
+            shards[3], shards[0]
+        ));
+        ok(&format!(
+            "merge {} {} --partial --device cpu --out {right}",
+            shards[1], shards[2]
+        ));
+        let tree = f.p(&format!("tree-{structure}.safetensors"));
+        ok(&format!(
+            "merge {left} {right} --prior-precision 0.7 --device cpu --out {tree}"
+        ));
+        let reference = load(&whole);
+        assert_eq!(reference.samples_seen(), 30);
+        for path in [&merged, &tree] {
+            let post = load(path);
+            assert_eq!(post.samples_seen(), 30, "{structure}");
+            assert_eq!(post.structure(), reference.structure());
+            let precision = relative_error(&post.precision().unwrap(), &reference.precision().unwrap());
+            let covariance = relative_error(&post.covariance().unwrap(), &reference.covariance().unwrap());
+            assert!(
+                precision < 1e-10 && covariance < 1e-10,
+                "{structure}: {precision:e} {covariance:e}"
+            );
+            worst = worst.max(precision).max(covariance);
+        }
+        // τ by marginal likelihood: the same optimum from the merged sums as from one fit.
+        let (whole_opt, merged_opt) = (f.p("whole-opt.safetensors"), f.p("merged-opt.safetensors"));
+        ok(&format!(
+            "fit --features {} --labels {} {head} {model} --optimize-prior --out {whole_opt}",
+            f.p("x.npy"),
+            f.p("y.npy")
+        ));
+        ok(&format!(
+            "merge {} --optimize-prior --device cpu --out {merged_opt}",
+            shards.join(" ")
+        ));
+        let (a, b) = (load(&merged_opt), load(&whole_opt));
+        let tau = relative_error(a.prior_precision(), b.prior_precision());
+        assert!(
+            tau < 1e-8,
+            "{structure}: τ {:?} against {:?}",
+            a.prior_precision(),
+            b.prior_precision()
+        );
+        assert!(relative_error(&a.covariance().unwrap(), &b.covariance().unwrap()) < 1e-8);
+    }
+    println!("shard merge: worst relative error {worst:.2e} over full, kron, diag");
+    // Shards of different heads do not merge, and the error names the file.
+    let other_head = f.p("w2.npy");
+    let doubled: Vec<f32> = f.pb.head.iter().map(|v| 2.0 * *v as f32).collect();
+    write_npy(Path::new(&other_head), &doubled, &[3, 6]).unwrap();
+    let stray = f.p("stray.safetensors");
+    ok(&format!(
+        "accumulate --features {} --labels {} --weights {other_head} --dtype f64 --device cpu --out {stray}",
+        f.p("x0.npy"),
+        f.p("y0.npy")
+    ));
+    let first = f.p("acc0-full.safetensors");
+    let kept = f.p("never.safetensors");
+    let message = fails(&format!("merge {first} {stray} --device cpu --out {kept}"));
+    assert!(message.contains("stray.safetensors"), "{message}");
+    assert!(!Path::new(&kept).exists());
+    // A posterior is not an accumulator.
+    fails(&format!(
+        "merge {} --device cpu --out {kept}",
+        f.p("whole-full.safetensors")
+    ));
+}
+
+/// Without `XDG_RUNTIME_DIR` (containers, CI runners), no driver writes to the terminal:
+/// `devices` prints only its table, and a bad argument is one line, found before any probe.
+#[test]
+fn no_driver_chatter_without_a_runtime_dir() {
+    let f = Files::new("quiet");
+    let quiet = |args: &str| {
+        bin()
+            .args(args.split_whitespace())
+            .env_remove("XDG_RUNTIME_DIR")
+            .output()
+            .expect("the binary runs")
+    };
+    let out = quiet("devices");
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.trim().is_empty(), "devices wrote to stderr: {stderr}");
+    let out = quiet(&format!(
+        "al --data {} --labels {} --strategies nonsense",
+        f.p("x.npy"),
+        f.p("y.npy")
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.contains("nonsense"), "{stderr}");
+    let out = quiet(&format!(
+        "fit --features {} --labels {} --out {}",
+        f.p("x.npy"),
+        f.p("y.npy"),
+        f.p("post.safetensors")
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        2,
+        "head fit and fit lines only: {stderr}"
+    );
+}
+
+/// `--device cpu` loads no GPU driver: the Vulkan loader's own debug log stays silent, while
+/// `--device auto` (with wgpu built and required) does load it.
+#[test]
+fn cpu_device_touches_no_driver() {
+    let f = Files::new("nodriver");
+    let fit = |device: &str| {
+        let out = bin()
+            .args(
+                format!(
+                    "fit --features {} --labels {} --device {device} --out {}",
+                    f.p("x.npy"),
+                    f.p("y.npy"),
+                    f.p(&format!("{device}.safetensors"))
+                )
+                .split_whitespace(),
+            )
+            .env("VK_LOADER_DEBUG", "all")
+            .output()
+            .expect("the binary runs");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let log = fit("cpu");
+    assert!(!log.contains("Vulkan Loader") && !log.contains("LOADER"), "{log}");
+    let wgpu_required = std::env::var("LAPLACE_REQUIRE").is_ok_and(|r| r.split(',').any(|b| b == "wgpu"));
+    if cfg!(feature = "wgpu") && wgpu_required {
+        let log = fit("auto");
+        assert!(
+            log.contains("Vulkan Loader") || log.contains("LOADER"),
+            "the control run: {log}"
+        );
+    }
 }

@@ -225,7 +225,7 @@ def main():
     for prefix, rule, label in (("seq", "sequential", "Shared Sequential update, D=768 K=77, per sample"),
                                 ("joint", "joint", "Joint update of 100 samples, D=1,536 K=10")):
         run_cli(args.bin, ["fit", "--features", path(f"{prefix}_x.npy"), "--labels", path(f"{prefix}_y.npy"),
-                           "--weights", path(f"{prefix}_w.npy"), "--bias", "--structure", "shared",
+                           "--weights", path(f"{prefix}_w.npy"), "--structure", "shared",
                            "--prior-precision", str(TAU), "--device", "cpu", "--out", path(f"{prefix}_post.safetensors")])
         paper = peer(f"paper-{'sequential' if prefix == 'seq' else 'joint'}", repeats_ours)
         # One process, repeats on copies of the loaded posterior, as the torch loop repeats in

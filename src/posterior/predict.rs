@@ -38,6 +38,24 @@ impl Default for Link {
     }
 }
 
+impl Link {
+    /// Checks the settings: λ finite and ≥ 0, at least one Monte Carlo sample.
+    ///
+    /// Errors: `InvalidArgument`.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            Link::Probit { lambda } if !(lambda.is_finite() && lambda >= 0.0) => Err(Error::invalid(
+                "lambda",
+                format!("must be finite and >= 0, got {lambda}"),
+            )),
+            Link::MonteCarlo { samples: 0, .. } => {
+                Err(Error::invalid("samples", "at least one Monte Carlo sample is required"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The predictive distribution at n inputs, in host memory (row-major).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction<T> {
@@ -90,18 +108,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     }
 
     fn predict_in_scope(&self, features: HostMatrix<'_, T>, link: Link) -> Result<Prediction<T>> {
-        match link {
-            Link::Probit { lambda } if !(lambda.is_finite() && lambda >= 0.0) => {
-                return Err(Error::invalid(
-                    "lambda",
-                    format!("must be finite and >= 0, got {lambda}"),
-                ));
-            }
-            Link::MonteCarlo { samples: 0, .. } => {
-                return Err(Error::invalid("samples", "at least one Monte Carlo sample is required"));
-            }
-            _ => {}
-        }
+        link.validate()?;
         check_features("features", &features, self.features)?;
         let device = &self.device;
         let n = features.rows();

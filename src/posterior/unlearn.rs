@@ -30,6 +30,32 @@ impl Default for UnlearnConfig {
     }
 }
 
+impl UnlearnConfig {
+    /// Checks the settings: 0 < γ ≤ 1, a finite tolerance ≥ 0.
+    ///
+    /// Errors: `InvalidArgument`, `Unsupported` (γ > 1).
+    pub fn validate(&self) -> Result<()> {
+        if !(self.gamma.is_finite() && self.gamma > 0.0) {
+            return Err(Error::invalid(
+                "gamma",
+                format!("must be finite and > 0, got {}", self.gamma),
+            ));
+        }
+        if self.gamma > 1.0 {
+            // w ↦ w + γ Σ' g(w) need not be one-to-one for γ > 1: the head before the update
+            // would not be determined by the head after it.
+            return Err(Error::Unsupported(format!(
+                "unlearning an update with γ = {} > 1: the head before it is not uniquely determined",
+                self.gamma
+            )));
+        }
+        if !(self.tolerance.is_finite() && self.tolerance >= 0.0) {
+            return Err(Error::invalid("tolerance", "must be finite and >= 0"));
+        }
+        Ok(())
+    }
+}
+
 impl<D: Device, T: Scalar> Posterior<D, T> {
     /// Removes m samples that a Joint update (step scale 0 < γ ≤ 1, one Newton step) added: the
     /// exact inverse of that update.
@@ -65,23 +91,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         targets: &Y,
         config: &UnlearnConfig,
     ) -> Result<()> {
-        if !(config.gamma.is_finite() && config.gamma > 0.0) {
-            return Err(Error::invalid(
-                "gamma",
-                format!("must be finite and > 0, got {}", config.gamma),
-            ));
-        }
-        if config.gamma > 1.0 {
-            // w ↦ w + γ Σ' g(w) need not be one-to-one for γ > 1: the head before the update
-            // would not be determined by the head after it.
-            return Err(Error::Unsupported(format!(
-                "unlearning an update with γ = {} > 1: the head before it is not uniquely determined",
-                config.gamma
-            )));
-        }
-        if !(config.tolerance.is_finite() && config.tolerance >= 0.0) {
-            return Err(Error::invalid("tolerance", "must be finite and >= 0"));
-        }
+        config.validate()?;
         self.check_batch(&features, targets)?;
         let m = features.rows();
         if m > self.samples_seen {

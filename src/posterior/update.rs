@@ -50,6 +50,25 @@ impl Default for UpdateConfig {
     }
 }
 
+impl UpdateConfig {
+    /// Checks the settings: γ finite, `iterations ≥ 1`, forgetting in (0, 1].
+    ///
+    /// Errors: `InvalidArgument`.
+    pub fn validate(&self) -> Result<()> {
+        if !self.gamma.is_finite() {
+            return Err(Error::invalid("gamma", format!("must be finite, got {}", self.gamma)));
+        }
+        if self.iterations == 0 {
+            return Err(Error::invalid("iterations", "must be at least 1"));
+        }
+        let rho = self.forgetting;
+        if !(rho > 0.0 && rho <= 1.0) {
+            return Err(Error::invalid("forgetting", format!("must be in (0, 1], got {rho}")));
+        }
+        Ok(())
+    }
+}
+
 impl<D: Device, T: Scalar> Posterior<D, T> {
     /// Folds m new samples (Φ_new m × D, with class labels or m × K regression targets) into
     /// the posterior.
@@ -81,16 +100,8 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         targets: &Y,
         config: &UpdateConfig,
     ) -> Result<()> {
-        if !config.gamma.is_finite() {
-            return Err(Error::invalid("gamma", format!("must be finite, got {}", config.gamma)));
-        }
-        if config.iterations == 0 {
-            return Err(Error::invalid("iterations", "must be at least 1"));
-        }
+        config.validate()?;
         let rho = config.forgetting;
-        if !(rho > 0.0 && rho <= 1.0) {
-            return Err(Error::invalid("forgetting", format!("must be in (0, 1], got {rho}")));
-        }
         self.check_batch(&features, targets)?;
         if rho < 1.0 {
             // Forget, then fold the batch in; a failure in either restores the saved moments.

@@ -130,13 +130,8 @@ struct Point {
     nll: f64,
 }
 
+/// Checks the arguments, then probes the device: a bad argument never touches a driver.
 pub fn run(args: &AlArgs) -> Result<()> {
-    let device = select_device(args.device)?;
-    laplace_update::with_device!(&device, |d| run_on(d, args))
-}
-
-fn run_on<D: Device>(device: &D, args: &AlArgs) -> Result<()> {
-    let started = Instant::now();
     let names: Vec<String> = args
         .strategies
         .split(',')
@@ -150,6 +145,12 @@ fn run_on<D: Device>(device: &D, args: &AlArgs) -> Result<()> {
             "need at least one strategy, and --initial, --batch and --seeds of at least 1",
         ));
     }
+    let device = select_device(args.device)?;
+    laplace_update::with_device!(&device, |d| run_on(d, args, &names, &plans))
+}
+
+fn run_on<D: Device>(device: &D, args: &AlArgs, names: &[String], plans: &[Plan]) -> Result<()> {
+    let started = Instant::now();
     let (x, y, d, k) = match (&args.data, &args.labels) {
         (Some(data), Some(labels)) => {
             let (x, n, d) = read_array(data)?.to_matrix::<f32>()?;
@@ -291,11 +292,11 @@ fn run_on<D: Device>(device: &D, args: &AlArgs) -> Result<()> {
         path: args.out_dir.display().to_string(),
         reason: e.to_string(),
     })?;
-    let table = auc_table(&names, &points, args.seeds);
+    let table = auc_table(names, &points, args.seeds);
     print_auc(&table, args.seeds);
-    write_csv(&args.out_dir.join("al.csv"), &names, &points)?;
+    write_csv(&args.out_dir.join("al.csv"), names, &points)?;
     write_auc(&args.out_dir.join("auc.csv"), &table)?;
-    plot(&args.out_dir.join("al.png"), &names, &points)?;
+    plot(&args.out_dir.join("al.png"), names, &points)?;
     println!(
         "wrote {}, {} and {} in {:.1} s",
         args.out_dir.join("al.csv").display(),
@@ -411,7 +412,8 @@ fn write_auc(path: &Path, table: &[Auc]) -> Result<()> {
 
 /// Accuracy and NLL against labels: per strategy the mean over seeds, with a ± std band.
 fn plot(path: &Path, names: &[String], points: &[Point]) -> Result<()> {
-    let (root, panels) = figure::two_panels(path)?;
+    let key: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (root, panels) = figure::two_panels(path, &key)?;
     let mut labels: Vec<usize> = points.iter().map(|p| p.labels).collect();
     labels.sort_unstable();
     labels.dedup();
@@ -443,7 +445,7 @@ fn plot(path: &Path, names: &[String], points: &[Point]) -> Result<()> {
             });
         let mut chart = figure::chart(panel, path, title, "labels", x_range.clone(), span, 0.05)?;
         for (s, curve) in curves.iter().enumerate() {
-            let color = Palette99::pick(s).to_rgba();
+            let color = figure::color(s);
             let band: Vec<(f64, f64)> = curve
                 .iter()
                 .map(|(x, m, sd)| (*x, m + sd))
@@ -457,11 +459,8 @@ fn plot(path: &Path, names: &[String], points: &[Point]) -> Result<()> {
                     curve.iter().map(|(x, m, _)| (*x, *m)),
                     color.stroke_width(2),
                 ))
-                .map_err(|e| figure::failure(path, e))?
-                .label(names[s].as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                .map_err(|e| figure::failure(path, e))?;
         }
-        figure::legend(&mut chart, path)?;
     }
     root.present().map_err(|e| figure::failure(path, e))
 }

@@ -9,8 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use laplace_update::metrics::{Scores, score};
 use laplace_update::random::SplitMix64;
 use laplace_update::{
-    BiasMode, Device, Error, FitConfig, HeadConfig, HostMatrix, Link, OutputWeighting, Posterior, Result, Structure,
-    UpdateConfig, UpdateRule, fit_head,
+    BiasMode, Device, Error, FitConfig, HeadConfig, HostMatrix, Link, OutputWeighting, Posterior, PriorShape, Result,
+    Structure, UpdateConfig, UpdateRule, fit_head,
 };
 use plotters::prelude::*;
 
@@ -22,6 +22,8 @@ use super::figure;
 const INITIAL: usize = 100;
 const BATCHES: usize = 10;
 const BATCH: usize = 10;
+/// The prior precision of the MAP head; each posterior then chooses its own τ by marginal
+/// likelihood.
 const PRIOR_PRECISION: f64 = 0.1;
 
 #[derive(Args)]
@@ -132,6 +134,18 @@ fn run_on<D: Device>(device: &D, args: &DemoArgs) -> Result<()> {
         };
         states.push(Some(fit_posterior(device, &x0, &y0, &head, structure)?));
     }
+    let tau_of = |want: Structure| {
+        METHODS
+            .iter()
+            .position(|(_, m)| matches!(m, Method::Update { structure, .. } if *structure == want))
+            .and_then(|i| states[i].as_ref())
+            .map_or(f64::NAN, |p| f64::from(p.prior_precision()[0]))
+    };
+    println!(
+        "prior precision by marginal likelihood: shared τ = {:.3}, full τ = {:.3} (the MAP head's τ = {PRIOR_PRECISION})",
+        tau_of(Structure::Shared(OutputWeighting::Gaussian)),
+        tau_of(Structure::Full)
+    );
 
     let mut table: Vec<Row> = Vec::new();
     for (i, (name, _)) in METHODS.iter().enumerate() {
@@ -242,14 +256,16 @@ fn fit_posterior<D: Device>(
         bias: BiasMode::InPosterior,
         ..Default::default()
     };
-    Posterior::fit(
+    let mut post = Posterior::fit(
         device,
         HostMatrix::new(x, y.len(), FEATURES)?,
         y,
         HostMatrix::new(&head.weights, CLASSES, FEATURES)?,
         Some(&head.bias),
         &config,
-    )
+    )?;
+    post.optimize_prior_precision(PriorShape::Scalar)?;
+    Ok(post)
 }
 
 fn evaluate<D: Device>(post: &Posterior<D, f32>, x: &[f32], y: &[u32]) -> Result<Scores> {
@@ -306,7 +322,8 @@ fn write_csv(path: &Path, table: &[Row]) -> Result<()> {
 
 /// Accuracy and NLL against the number of labels, one line per method.
 fn plot(path: &Path, table: &[Row]) -> Result<()> {
-    let (root, panels) = figure::two_panels(path)?;
+    let names: Vec<&str> = METHODS.iter().map(|(name, _)| *name).collect();
+    let (root, panels) = figure::two_panels(path, &names)?;
     let x_range = INITIAL as f64..(INITIAL + BATCHES * BATCH) as f64;
     for (panel, (title, metric)) in panels.iter().zip([("test accuracy", 0usize), ("test NLL", 1)]) {
         let value = |r: &Row| if metric == 0 { r.scores.accuracy } else { r.scores.nll };
@@ -316,7 +333,7 @@ fn plot(path: &Path, table: &[Row]) -> Result<()> {
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
         let mut chart = figure::chart(panel, path, title, "labels seen", x_range.clone(), span, 0.08)?;
         for (i, (name, _)) in METHODS.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
+            let color = figure::color(i);
             let points: Vec<(f64, f64)> = table
                 .iter()
                 .filter(|r| r.method == *name)
@@ -324,11 +341,8 @@ fn plot(path: &Path, table: &[Row]) -> Result<()> {
                 .collect();
             chart
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))
-                .map_err(|e| figure::failure(path, e))?
-                .label(*name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                .map_err(|e| figure::failure(path, e))?;
         }
-        figure::legend(&mut chart, path)?;
     }
     root.present().map_err(|e| figure::failure(path, e))
 }

@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use laplace_update::io::{PosteriorFile, load_posterior, peek_posterior, read_array, write_npy};
+use laplace_update::io::{PosteriorFile, load_accumulator, load_posterior, peek_posterior, read_array, write_npy};
 use laplace_update::{
-    AnyDevice, BiasMode, Curvature, DType, Device, Error, FitConfig, HeadConfig, HostMatrix, Likelihood, Link,
-    OutputWeighting, Posterior, PriorShape, Result, Scalar, Structure, Targets, UnlearnConfig, UpdateConfig,
-    UpdateRule, fit_head,
+    AnyDevice, BiasMode, Curvature, CurvatureAccumulator, DType, Device, Error, FitConfig, HeadConfig, HostMatrix,
+    Likelihood, Link, OutputWeighting, Posterior, PriorShape, Result, Scalar, Structure, Targets, UnlearnConfig,
+    UpdateConfig, UpdateRule, fit_head,
 };
 
 #[derive(Parser)]
@@ -34,6 +34,12 @@ enum Command {
     /// Fit a posterior from features, labels and (optionally) a head; without --weights the
     /// head is fitted first (MAP).
     Fit(FitArgs),
+    /// Map step of a sharded fit: one shard's curvature around a given head, saved as a
+    /// partial accumulator for `merge`.
+    Accumulate(AccumulateArgs),
+    /// Reduce step of a sharded fit: add the accumulators of `accumulate` (taken around the
+    /// same head) and finish them into a posterior, or, with --partial, into one accumulator.
+    Merge(MergeArgs),
     /// Fold new labelled samples into a posterior.
     Update(UpdateArgs),
     /// Remove samples that a Joint update added (its exact inverse).
@@ -106,23 +112,13 @@ pub(crate) enum DTypeArg {
     F64,
 }
 
+/// What the posterior models: shared by `fit` and `accumulate`.
 #[derive(Args)]
-struct FitArgs {
-    /// Features Φ, N × D (.npy or FILE.safetensors:TENSOR).
+struct ModelArgs {
+    /// Hold the head's bias fixed (added to the logits). By default the bias is a weight of the
+    /// posterior, as in laplace-torch's last-layer Laplace: features are augmented to [φ, 1].
     #[arg(long)]
-    features: String,
-    /// Labels, N integers in 0..K (classification) or N × K reals (regression).
-    #[arg(long)]
-    labels: String,
-    /// Head W, K × D; fitted by MAP when absent.
-    #[arg(long)]
-    weights: Option<String>,
-    /// Bias b, length K (zero when absent; fitted with the head when --weights is absent).
-    #[arg(long)]
-    bias_vector: Option<String>,
-    /// Put the bias in the posterior; without it the bias stays fixed.
-    #[arg(long)]
-    bias: bool,
+    fixed_bias: bool,
     /// Covariance structure.
     #[arg(long, value_enum, default_value = "full")]
     structure: StructureArg,
@@ -141,6 +137,70 @@ struct FitArgs {
     /// Observation noise σ of the regression likelihood.
     #[arg(long, default_value_t = 1.0)]
     sigma_noise: f64,
+}
+
+impl ModelArgs {
+    fn likelihood(&self) -> Likelihood {
+        match self.likelihood {
+            LikelihoodArg::Classification => Likelihood::Classification,
+            LikelihoodArg::Regression => Likelihood::Regression {
+                sigma_noise: self.sigma_noise,
+            },
+        }
+    }
+
+    fn regression(&self) -> bool {
+        self.likelihood == LikelihoodArg::Regression
+    }
+
+    /// The fit's settings with prior precision τ, validated.
+    fn config(&self, prior_precision: f64) -> Result<FitConfig> {
+        let config = FitConfig {
+            structure: match self.structure {
+                StructureArg::Full => Structure::Full,
+                StructureArg::Shared => Structure::Shared(OutputWeighting::Gaussian),
+                StructureArg::SharedCategorical => Structure::Shared(OutputWeighting::Categorical),
+                StructureArg::Diag => Structure::Diag,
+                StructureArg::Kron => Structure::Kron,
+            },
+            likelihood: self.likelihood(),
+            curvature: match self.curvature {
+                CurvatureArg::Ggn => Curvature::Ggn,
+                CurvatureArg::Ef => Curvature::EmpiricalFisher,
+                CurvatureArg::Mc => Curvature::MonteCarloFisher {
+                    samples: self.mc_samples,
+                    seed: self.seed,
+                },
+            },
+            prior_precision,
+            bias: if self.fixed_bias {
+                BiasMode::Fixed
+            } else {
+                BiasMode::InPosterior
+            },
+            ..Default::default()
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[derive(Args)]
+struct FitArgs {
+    /// Features Φ, N × D (.npy or FILE.safetensors:TENSOR).
+    #[arg(long)]
+    features: String,
+    /// Labels, N integers in 0..K (classification) or N × K reals (regression).
+    #[arg(long)]
+    labels: String,
+    /// Head W, K × D; fitted by MAP when absent.
+    #[arg(long)]
+    weights: Option<String>,
+    /// Bias b, length K (zero when absent; fitted with the head when --weights is absent).
+    #[arg(long)]
+    bias_vector: Option<String>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Number of classes K when --weights is absent (default: largest label + 1).
     #[arg(long)]
     classes: Option<usize>,
@@ -158,6 +218,62 @@ struct FitArgs {
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DTypeArg,
     /// Output posterior file (.safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// Seconds to wait for another process writing the output file to finish.
+    #[arg(long, default_value = "60", value_name = "SECONDS", value_parser = seconds)]
+    lock_timeout: std::time::Duration,
+}
+
+#[derive(Args)]
+struct AccumulateArgs {
+    /// This shard's features Φ, n × D (.npy or FILE.safetensors:TENSOR).
+    #[arg(long)]
+    features: String,
+    /// Their labels, n integers in 0..K (classification) or n × K reals (regression).
+    #[arg(long)]
+    labels: String,
+    /// The head W, K × D, that every shard shares.
+    #[arg(long)]
+    weights: String,
+    /// The bias b, length K (zero when absent), that every shard shares.
+    #[arg(long)]
+    bias_vector: Option<String>,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Element type of the sums.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DTypeArg,
+    /// Output accumulator file (.safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// Seconds to wait for another process writing the output file to finish.
+    #[arg(long, default_value = "60", value_name = "SECONDS", value_parser = seconds)]
+    lock_timeout: std::time::Duration,
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// Accumulator files written by `accumulate` (or `merge --partial`), in any order.
+    #[arg(num_args = 1.., required = true, value_name = "ACC")]
+    inputs: Vec<PathBuf>,
+    /// Prior precision τ of the finished posterior.
+    #[arg(long, default_value_t = 1.0, conflicts_with_all = ["optimize_prior", "partial"])]
+    prior_precision: f64,
+    /// Choose τ by maximising the Laplace marginal likelihood.
+    #[arg(long, conflicts_with = "partial")]
+    optimize_prior: bool,
+    /// Write the merged sums as one accumulator (a step of a tree reduction) instead of a
+    /// posterior.
+    #[arg(long)]
+    partial: bool,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Output file: a posterior, or an accumulator with --partial.
     #[arg(long)]
     out: PathBuf,
     /// Seconds to wait for another process writing the output file to finish.
@@ -266,6 +382,7 @@ struct PredictArgs {
 }
 
 fn main() -> ExitCode {
+    quiet_vulkan_loader();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(), // --help and --version
@@ -279,6 +396,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Fit(args) => fit(&args),
+        Command::Accumulate(args) => accumulate(&args),
+        Command::Merge(args) => merge(&args),
         Command::Update(args) => update(&args),
         Command::Unlearn(args) => unlearn(&args),
         Command::Predict(args) => predict(&args),
@@ -294,6 +413,23 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Keeps window-system chatter off the terminal. Mesa's implicit Vulkan layer
+/// `VK_LAYER_MESA_device_select` only reorders GPUs for a desktop session, and to do so connects
+/// to Wayland, whose client library prints `error: XDG_RUNTIME_DIR is invalid or not set` twice
+/// where that variable is unset (containers, CI runners). The wgpu backend picks its adapter by
+/// type and name itself, so the layer is switched off (`NODEVICE_SELECT=1`) unless the user set
+/// that variable, or asked the layer to choose with `MESA_VK_DEVICE_SELECT`.
+fn quiet_vulkan_loader() {
+    if cfg!(feature = "wgpu")
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+        && std::env::var_os("MESA_VK_DEVICE_SELECT").is_none()
+    {
+        // SAFETY: called first in `main`, before this program starts any thread, so no other
+        // thread reads or writes the environment at the same time.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
     }
 }
 
@@ -326,11 +462,12 @@ pub(crate) fn select_device(choice: DeviceArg) -> Result<AnyDevice> {
     }
 }
 
-/// Runs the f32 or the f64 variant of a command, as the posterior file's dtype says.
+/// Runs the f32 or the f64 variant of a command, as the posterior file's dtype says; the
+/// file is read before any device is probed.
 macro_rules! on_posterior {
     ($choice:expr, $posterior:expr, $run:ident, $args:expr) => {{
-        let device = select_device($choice)?;
         let dtype = peek_posterior($posterior)?.dtype;
+        let device = select_device($choice)?;
         laplace_update::with_device!(&device, |d| match dtype {
             DType::F32 => $run::<_, f32>(d, $args),
             DType::F64 => $run::<_, f64>(d, $args),
@@ -339,14 +476,17 @@ macro_rules! on_posterior {
 }
 
 fn update(args: &UpdateArgs) -> Result<()> {
+    args.config().validate()?;
     on_posterior!(args.batch.device, &args.batch.posterior, update_as, args)
 }
 
 fn unlearn(args: &UnlearnArgs) -> Result<()> {
+    args.config().validate()?;
     on_posterior!(args.batch.device, &args.batch.posterior, unlearn_as, args)
 }
 
 fn predict(args: &PredictArgs) -> Result<()> {
+    args.link().validate()?;
     on_posterior!(args.device, &args.posterior, predict_as, args)
 }
 
@@ -361,11 +501,47 @@ fn devices() -> Result<()> {
 }
 
 fn fit(args: &FitArgs) -> Result<()> {
+    let prior_precision = if args.optimize_prior { 1.0 } else { args.prior_precision };
+    let config = args.model.config(prior_precision)?;
     let device = select_device(args.device)?;
     laplace_update::with_device!(&device, |d| match args.dtype {
-        DTypeArg::F32 => fit_as::<_, f32>(d, args),
-        DTypeArg::F64 => fit_as::<_, f64>(d, args),
+        DTypeArg::F32 => fit_as::<_, f32>(d, args, &config),
+        DTypeArg::F64 => fit_as::<_, f64>(d, args, &config),
     })
+}
+
+fn accumulate(args: &AccumulateArgs) -> Result<()> {
+    let config = args.model.config(1.0)?;
+    let device = select_device(args.device)?;
+    laplace_update::with_device!(&device, |d| match args.dtype {
+        DTypeArg::F32 => accumulate_as::<_, f32>(d, args, &config),
+        DTypeArg::F64 => accumulate_as::<_, f64>(d, args, &config),
+    })
+}
+
+fn merge(args: &MergeArgs) -> Result<()> {
+    if !(args.prior_precision.is_finite() && args.prior_precision > 0.0) {
+        return Err(Error::invalid(
+            "prior_precision",
+            format!("must be finite and > 0, got {}", args.prior_precision),
+        ));
+    }
+    let dtype = peek_posterior(&args.inputs[0])?.dtype;
+    let device = select_device(args.device)?;
+    laplace_update::with_device!(&device, |d| match dtype {
+        DType::F32 => merge_as::<_, f32>(d, args),
+        DType::F64 => merge_as::<_, f64>(d, args),
+    })
+}
+
+/// Reads a head `W` (K × D) and an optional bias (length K); returns them with K.
+fn read_head<T: Scalar>(weights: &str, bias: Option<&str>, d: usize) -> Result<(Vec<T>, Option<Vec<T>>, usize)> {
+    let (w, k, dw) = read_array(weights)?.to_matrix::<T>()?;
+    if dw != d {
+        return Err(Error::shape("weights", (k, d), (k, dw)));
+    }
+    let bias = bias.map(|b| read_array(b)?.to_vector::<T>()).transpose()?;
+    Ok((w, bias, k))
 }
 
 /// A batch's labels as the command line reads them.
@@ -396,58 +572,13 @@ fn targets_of<T: Scalar>(spec: &str, regression: bool) -> Result<CliTargets<T>> 
     }
 }
 
-fn fit_as<D: Device, T: Scalar>(device: &D, args: &FitArgs) -> Result<()> {
+fn fit_as<D: Device, T: Scalar>(device: &D, args: &FitArgs, config: &FitConfig) -> Result<()> {
     let (phi, n, d) = read_array(&args.features)?.to_matrix::<T>()?;
-    let regression = args.likelihood == LikelihoodArg::Regression;
-    let targets = targets_of::<T>(&args.labels, regression)?;
+    let targets = targets_of::<T>(&args.labels, args.model.regression())?;
     let features = HostMatrix::new(&phi, n, d)?;
-    let likelihood = match args.likelihood {
-        LikelihoodArg::Classification => Likelihood::Classification,
-        LikelihoodArg::Regression => Likelihood::Regression {
-            sigma_noise: args.sigma_noise,
-        },
-    };
-    let prior_precision = if args.optimize_prior { 1.0 } else { args.prior_precision };
-    let bias_mode = if args.bias {
-        BiasMode::InPosterior
-    } else {
-        BiasMode::Fixed
-    };
-    let config = FitConfig {
-        structure: match args.structure {
-            StructureArg::Full => Structure::Full,
-            StructureArg::Shared => Structure::Shared(OutputWeighting::Gaussian),
-            StructureArg::SharedCategorical => Structure::Shared(OutputWeighting::Categorical),
-            StructureArg::Diag => Structure::Diag,
-            StructureArg::Kron => Structure::Kron,
-        },
-        likelihood,
-        curvature: match args.curvature {
-            CurvatureArg::Ggn => Curvature::Ggn,
-            CurvatureArg::Ef => Curvature::EmpiricalFisher,
-            CurvatureArg::Mc => Curvature::MonteCarloFisher {
-                samples: args.mc_samples,
-                seed: args.seed,
-            },
-        },
-        prior_precision,
-        bias: bias_mode,
-        ..Default::default()
-    };
-    config.validate()?;
+    let (likelihood, prior_precision) = (config.likelihood, config.prior_precision);
     let (head, bias, classes) = match (&args.weights, &targets) {
-        (Some(spec), _) => {
-            let (w, k, dw) = read_array(spec)?.to_matrix::<T>()?;
-            if dw != d {
-                return Err(Error::shape("weights", (k, d), (k, dw)));
-            }
-            let bias = args
-                .bias_vector
-                .as_deref()
-                .map(|b| read_array(b)?.to_vector::<T>())
-                .transpose()?;
-            (w, bias, k)
-        }
+        (Some(spec), _) => read_head(spec, args.bias_vector.as_deref(), d)?,
         (None, CliTargets::Labels(labels)) => {
             let classes = match args.classes {
                 Some(k) => k,
@@ -484,7 +615,7 @@ fn fit_as<D: Device, T: Scalar>(device: &D, args: &FitArgs) -> Result<()> {
     };
     let head = HostMatrix::new(&head, classes, d)?;
     let started = std::time::Instant::now();
-    let mut post = targets.with(|y| Posterior::fit(device, features, y, head, bias.as_deref(), &config))?;
+    let mut post = targets.with(|y| Posterior::fit(device, features, y, head, bias.as_deref(), config))?;
     let fit_ms = started.elapsed().as_secs_f64() * 1e3;
     if args.optimize_prior {
         let tau = post.optimize_prior_precision(PriorShape::Scalar)?;
@@ -494,6 +625,60 @@ fn fit_as<D: Device, T: Scalar>(device: &D, args: &FitArgs) -> Result<()> {
     eprintln!(
         "fitted on {n} samples (K = {classes}, D = {d}) in {fit_ms:.2} ms on {}; wrote {}",
         device.name(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn accumulate_as<D: Device, T: Scalar>(device: &D, args: &AccumulateArgs, config: &FitConfig) -> Result<()> {
+    let (phi, n, d) = read_array(&args.features)?.to_matrix::<T>()?;
+    let targets = targets_of::<T>(&args.labels, args.model.regression())?;
+    let (head, bias, classes) = read_head::<T>(&args.weights, args.bias_vector.as_deref(), d)?;
+    let started = std::time::Instant::now();
+    let mut acc = CurvatureAccumulator::new(device, HostMatrix::new(&head, classes, d)?, bias.as_deref(), config)?;
+    targets.with(|y| acc.accumulate(HostMatrix::new(&phi, n, d)?, y))?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    PosteriorFile::lock(&args.out, args.lock_timeout)?.commit_accumulator(&acc)?;
+    eprintln!(
+        "accumulated {n} samples (K = {classes}, D = {d}) in {ms:.2} ms on {}; wrote {}",
+        device.name(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn merge_as<D: Device, T: Scalar>(device: &D, args: &MergeArgs) -> Result<()> {
+    let chunk_rows = FitConfig::default().chunk_rows;
+    let load = |path: &Path| load_accumulator::<D, T>(device, path, chunk_rows);
+    let mut total = load(&args.inputs[0])?;
+    for path in &args.inputs[1..] {
+        total.merge(&load(path)?).map_err(|e| match e {
+            Error::InvalidArgument { reason, .. } => Error::invalid(
+                "inputs",
+                format!(
+                    "{} does not merge with {}: {reason}",
+                    path.display(),
+                    args.inputs[0].display()
+                ),
+            ),
+            other => other,
+        })?;
+    }
+    let file = PosteriorFile::lock(&args.out, args.lock_timeout)?;
+    let count = total.count();
+    if args.partial {
+        file.commit_accumulator(&total)?;
+    } else {
+        let mut post = total.into_posterior(args.prior_precision)?;
+        if args.optimize_prior {
+            let tau = post.optimize_prior_precision(PriorShape::Scalar)?;
+            eprintln!("prior precision τ = {:.6e} maximises the marginal likelihood", tau[0]);
+        }
+        file.commit(&post)?;
+    }
+    eprintln!(
+        "merged {} accumulators ({count} samples); wrote {}",
+        args.inputs.len(),
         args.out.display()
     );
     Ok(())
@@ -547,17 +732,47 @@ fn change_posterior<D: Device, T: Scalar>(
     Ok(m)
 }
 
+impl UpdateArgs {
+    fn config(&self) -> UpdateConfig {
+        UpdateConfig {
+            rule: match self.rule {
+                RuleArg::Joint => UpdateRule::Joint,
+                RuleArg::Sequential => UpdateRule::Sequential,
+            },
+            gamma: self.gamma,
+            iterations: self.iterations,
+            forgetting: self.forgetting,
+        }
+    }
+}
+
+impl UnlearnArgs {
+    fn config(&self) -> UnlearnConfig {
+        UnlearnConfig {
+            gamma: self.gamma,
+            ..Default::default()
+        }
+    }
+}
+
+impl PredictArgs {
+    fn link(&self) -> Link {
+        match self.link {
+            LinkArg::Probit => Link::Probit {
+                lambda: self.mean_field_factor,
+            },
+            LinkArg::Mc => Link::MonteCarlo {
+                samples: self.samples,
+                seed: self.seed,
+            },
+            LinkArg::Bridge => Link::Bridge,
+            LinkArg::None => Link::None,
+        }
+    }
+}
+
 fn update_as<D: Device, T: Scalar>(device: &D, args: &UpdateArgs) -> Result<()> {
-    let rule = match args.rule {
-        RuleArg::Joint => UpdateRule::Joint,
-        RuleArg::Sequential => UpdateRule::Sequential,
-    };
-    let config = UpdateConfig {
-        rule,
-        gamma: args.gamma,
-        iterations: args.iterations,
-        forgetting: args.forgetting,
-    };
+    let config = args.config();
     let mut times = Vec::with_capacity(args.repeat.max(1));
     let m = change_posterior::<D, T>(device, &args.batch, |post, x, y| {
         let update = |p: &mut Posterior<D, T>| -> Result<std::time::Duration> {
@@ -582,10 +797,7 @@ fn update_as<D: Device, T: Scalar>(device: &D, args: &UpdateArgs) -> Result<()> 
 }
 
 fn unlearn_as<D: Device, T: Scalar>(device: &D, args: &UnlearnArgs) -> Result<()> {
-    let config = UnlearnConfig {
-        gamma: args.gamma,
-        ..Default::default()
-    };
+    let config = args.config();
     let m = change_posterior::<D, T>(device, &args.batch, |post, x, y| post.unlearn(x, y, &config))?;
     eprintln!("removed {m} samples; wrote {}", args.batch.out.display());
     Ok(())
@@ -594,17 +806,7 @@ fn unlearn_as<D: Device, T: Scalar>(device: &D, args: &UnlearnArgs) -> Result<()
 fn predict_as<D: Device, T: Scalar>(device: &D, args: &PredictArgs) -> Result<()> {
     let post: Posterior<D, T> = load_posterior(device, &args.posterior)?;
     let (phi, n, d) = read_array(&args.features)?.to_matrix::<T>()?;
-    let link = match args.link {
-        LinkArg::Probit => Link::Probit {
-            lambda: args.mean_field_factor,
-        },
-        LinkArg::Mc => Link::MonteCarlo {
-            samples: args.samples,
-            seed: args.seed,
-        },
-        LinkArg::Bridge => Link::Bridge,
-        LinkArg::None => Link::None,
-    };
+    let link = args.link();
     let started = std::time::Instant::now();
     let pred = post.predict(HostMatrix::new(&phi, n, d)?, link)?;
     eprintln!(
