@@ -9,6 +9,13 @@
 //! (lavapipe, llvmpipe) is asked for with [`WgpuOptions::allow_software`] or the environment
 //! variable `LAPLACE_WGPU_ADAPTER=software`. `LAPLACE_WGPU_ADAPTER` may also hold part of an
 //! adapter's name to pick that adapter.
+//!
+//! Driver output: creating an instance loads the Vulkan loader, whose Mesa device-select layer
+//! prints `error: XDG_RUNTIME_DIR is invalid or not set in the environment.` to stderr where that
+//! variable is unset (containers, CI runners). A program that owns its terminal can set
+//! `NODEVICE_SELECT=1` before the first [`WgpuDevice::new`] (the `laplace-update` program does,
+//! unless the user chose a device-select setting); the adapter choice above does not need the
+//! layer.
 
 mod kernels;
 
