@@ -31,6 +31,12 @@ impl<'a, T: Scalar> HostMatrix<'a, T> {
         }
         Ok(HostMatrix { data, rows, cols })
     }
+    /// Wraps `data`, whose length the caller has already checked to be `rows · cols`.
+    #[cfg_attr(not(feature = "candle"), allow(dead_code))]
+    pub(crate) fn from_checked(data: &'a [T], rows: usize, cols: usize) -> Self {
+        debug_assert_eq!(rows.checked_mul(cols), Some(data.len()));
+        HostMatrix { data, rows, cols }
+    }
     /// Number of rows.
     pub fn rows(&self) -> usize {
         self.rows

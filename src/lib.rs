@@ -37,6 +37,8 @@
 #![warn(missing_docs)]
 
 pub mod active;
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod device;
 pub mod error;
 pub mod host;

@@ -1,7 +1,7 @@
 //! The demo: labelled digits arrive in small batches; each method folds them in its own way and
 //! is scored on held-out digits after every batch.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
@@ -12,12 +12,11 @@ use laplace_update::{
     BiasMode, Device, Error, FitConfig, HeadConfig, HostMatrix, Link, OutputWeighting, Posterior, PriorShape, Result,
     Structure, UpdateConfig, UpdateRule, fit_head,
 };
-use plotters::prelude::*;
 
 use super::{DeviceArg, select_device};
 
 use super::digits::{CLASSES, FEATURES, load_digits, random_fourier_features};
-use super::figure;
+use super::report::{self, Row};
 
 const INITIAL: usize = 100;
 const BATCHES: usize = 10;
@@ -88,13 +87,6 @@ const METHODS: [(&str, Method); 6] = [
     ("retrain (MAP refit)", Method::Retrain),
 ];
 
-struct Row {
-    labels: usize,
-    method: &'static str,
-    scores: Scores,
-    update_ms: f64,
-}
-
 pub fn run(args: &DemoArgs) -> Result<()> {
     let device = select_device(args.device)?;
     laplace_update::with_device!(&device, |d| run_on(d, args))
@@ -154,7 +146,7 @@ fn run_on<D: Device>(device: &D, args: &DemoArgs) -> Result<()> {
                 labels: INITIAL,
                 method: name,
                 scores: evaluate(post, &test_x, &test_y)?,
-                update_ms: 0.0,
+                ms: 0.0,
             });
         }
     }
@@ -199,7 +191,7 @@ fn run_on<D: Device>(device: &D, args: &DemoArgs) -> Result<()> {
                     labels: seen,
                     method: name,
                     scores: evaluate(post, &test_x, &test_y)?,
-                    update_ms,
+                    ms: update_ms,
                 });
             }
             bar.inc(1);
@@ -213,9 +205,10 @@ fn run_on<D: Device>(device: &D, args: &DemoArgs) -> Result<()> {
         reason: e.to_string(),
     })?;
     let csv = args.out_dir.join("demo.csv");
-    write_csv(&csv, &table)?;
+    report::write_csv(&csv, &table)?;
     let png = args.out_dir.join("demo.png");
-    plot(&png, &table)?;
+    let names: Vec<&str> = METHODS.iter().map(|(name, _)| *name).collect();
+    report::plot(&png, &names, &table, INITIAL as f64..(INITIAL + BATCHES * BATCH) as f64)?;
     println!(
         "wrote {} and {} in {:.1} s",
         csv.display(),
@@ -275,74 +268,7 @@ fn evaluate<D: Device>(post: &Posterior<D, f32>, x: &[f32], y: &[u32]) -> Result
 
 fn print_summary(table: &[Row]) {
     let last = table.iter().map(|r| r.labels).max().unwrap_or(0);
-    let mean_ms = |method: &str| {
-        let times: Vec<f64> = table
-            .iter()
-            .filter(|r| r.method == method && r.labels > INITIAL)
-            .map(|r| r.update_ms)
-            .collect();
-        times.iter().sum::<f64>() / times.len().max(1) as f64
-    };
-    let retrain_ms = mean_ms(METHODS[METHODS.len() - 1].0);
     println!("\nafter {last} labels ({BATCHES} batches of {BATCH}), held-out digits, probit predictive:\n");
-    println!(
-        "{:<20} {:>9} {:>7} {:>7} {:>11} {:>10}",
-        "method", "accuracy", "NLL", "ECE", "ms/update", "speed-up"
-    );
-    for (name, method) in METHODS {
-        let Some(row) = table.iter().find(|r| r.method == name && r.labels == last) else {
-            continue;
-        };
-        let ms = mean_ms(name);
-        let speedup = match method {
-            Method::NoUpdate => "-".to_string(),
-            _ => format!("{:.0}x", retrain_ms / ms.max(1e-9)),
-        };
-        println!(
-            "{:<20} {:>9.3} {:>7.3} {:>7.3} {:>11.2} {:>10}",
-            name, row.scores.accuracy, row.scores.nll, row.scores.ece, ms, speedup
-        );
-    }
-    println!();
-}
-
-fn write_csv(path: &Path, table: &[Row]) -> Result<()> {
-    let mut text = String::from("labels,method,accuracy,nll,ece,update_ms\n");
-    for r in table {
-        text.push_str(&format!(
-            "{},{},{:.6},{:.6},{:.6},{:.4}\n",
-            r.labels, r.method, r.scores.accuracy, r.scores.nll, r.scores.ece, r.update_ms
-        ));
-    }
-    std::fs::write(path, text).map_err(|e| Error::Io {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })
-}
-
-/// Accuracy and NLL against the number of labels, one line per method.
-fn plot(path: &Path, table: &[Row]) -> Result<()> {
     let names: Vec<&str> = METHODS.iter().map(|(name, _)| *name).collect();
-    let (root, panels) = figure::two_panels(path, &names)?;
-    let x_range = INITIAL as f64..(INITIAL + BATCHES * BATCH) as f64;
-    for (panel, (title, metric)) in panels.iter().zip([("test accuracy", 0usize), ("test NLL", 1)]) {
-        let value = |r: &Row| if metric == 0 { r.scores.accuracy } else { r.scores.nll };
-        let span = table
-            .iter()
-            .map(value)
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
-        let mut chart = figure::chart(panel, path, title, "labels seen", x_range.clone(), span, 0.08)?;
-        for (i, (name, _)) in METHODS.iter().enumerate() {
-            let color = figure::color(i);
-            let points: Vec<(f64, f64)> = table
-                .iter()
-                .filter(|r| r.method == *name)
-                .map(|r| (r.labels as f64, value(r)))
-                .collect();
-            chart
-                .draw_series(LineSeries::new(points, color.stroke_width(2)))
-                .map_err(|e| figure::failure(path, e))?;
-        }
-    }
-    root.present().map_err(|e| figure::failure(path, e))
+    report::print_table(table, &names, INITIAL, names[names.len() - 1]);
 }

@@ -6,6 +6,7 @@ mod demo;
 mod digits;
 mod figure;
 mod profile;
+mod report;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
