@@ -17,6 +17,8 @@
 //! - [`CurvatureAccumulator`]: fits sharded over machines, merged, finished anywhere.
 //! - [`fit_head`]: the MAP head, when there is none.
 //! - [`Error`]: one typed error enum for everything.
+//! - `candle` (feature `candle`): candle tensors as inputs, contiguous CPU tensors borrowed in
+//!   place.
 //!
 //! ```
 //! use laplace_update::{CpuDevice, FitConfig, HostMatrix, Link, Posterior, UpdateConfig, UpdateRule};

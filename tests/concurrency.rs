@@ -41,6 +41,7 @@ fn fit_f64(dir: &Path, structure: &str, tau: f64) -> PathBuf {
         s(&dir.join("y0.npy")),
         "--weights",
         s(&dir.join("w.npy")),
+        "--fixed-bias",
         "--structure",
         structure,
         "--prior-precision",

@@ -204,7 +204,7 @@ def main():
         err, _, mem = run_cli(
             args.bin,
             ["fit", "--features", path("fit_x.npy"), "--labels", path("fit_y.npy"), "--weights", path("fit_w.npy"),
-             "--bias-vector", path("fit_b.npy"), "--bias", "--structure", "full", "--prior-precision", str(TAU),
+             "--bias-vector", path("fit_b.npy"), "--structure", "full", "--prior-precision", str(TAU),
              "--device", "cpu", "--out", path("full.safetensors")],
         )
         ours_fit.append(internal_ms(err, "fitted") / 1e3)
