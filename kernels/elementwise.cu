@@ -39,6 +39,13 @@ __device__ __forceinline__ T factor(const ElemParams& p, T v) {
             y[j] = v;                                                                           \
         }                                                                                       \
     }
+// y (count × cols) ← rows `rows..rows + count` of x (cols − flags columns), with a column of ones
+// appended when flags = 1: the chunk Φ_aug every posterior kernel reads.
+#define FEATURE_ROWS(T)                                                                         \
+    (PARAMS w, const T* x, T* y, T* no_result) {                                                \
+        ELEM_INDEX const u32 r = i / p.cols, c = i % p.cols, d = p.cols - p.flags;              \
+        y[i] = c < d ? x[((u64)p.rows + r) * d + c] : T(1);                                     \
+    }
 #define TRANSPOSE(T) (PARAMS w, const T* x, T* y, T* no_result) { ELEM_INDEX y[i] = x[(u64)(i % p.rows) * p.cols + i / p.rows]; }
 
 ENTRY_F32_F64(axpy, 256, AXPY)
@@ -51,6 +58,7 @@ ENTRY_F32_F64(mirror_lower, 256, MIRROR_LOWER)
 ENTRY_F32_F64(zero_upper, 256, ZERO_UPPER)
 ENTRY_F32_F64(symmetrize, 256, SYMMETRIZE)
 ENTRY_F32_F64(transpose, 256, TRANSPOSE)
+ENTRY_F32_F64(feature_rows, 256, FEATURE_ROWS)
 
 // result ← max(result, max_i |x_i|) on the IEEE bits (non-negative floats order like their
 // bits, and NaN's bits exceed +Inf's, so NaN wins): a shuffle reduction within each warp, the

@@ -1,5 +1,5 @@
 // elementwise family: axpy, hadamard, row and diagonal additions, row/column scalings, triangle moves,
-// transposition and the max-abs reduction. Memory-bound; one invocation per element, 256 per
+// transposition, feature-row gathers and the max-abs reduction. Memory-bound; one invocation per element, 256 per
 // workgroup, the grid folded into (x, y) to stay under the per-dimension workgroup limit.
 
 struct Params {
@@ -127,6 +127,23 @@ fn transpose(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
         let c = i / p.rows;
         let r = i % p.rows;
         y[i] = x[r * p.cols + c];
+    }
+}
+
+// y (count × cols) ← rows `rows..rows + count` of x (cols − flags columns), with a column of
+// ones appended when flags = 1: the chunk Φ_aug every posterior kernel reads.
+@compute @workgroup_size(256)
+fn feature_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = linear(gid, groups);
+    if (i < p.len) {
+        let r = i / p.cols;
+        let c = i % p.cols;
+        let d = p.cols - p.flags;
+        if (c < d) {
+            y[i] = x[(p.rows + r) * d + c];
+        } else {
+            y[i] = 1.0;
+        }
     }
 }
 

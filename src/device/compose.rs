@@ -1060,6 +1060,32 @@ pub(crate) fn add_row<Rt: Runtime, T: Scalar>(
     rec.submit()
 }
 
+/// [`Device::feature_rows`]: one gather launch, the ones column written by the same threads.
+pub(crate) fn feature_rows<Rt: Runtime, T: Scalar>(
+    dev: &GpuDevice<Rt>,
+    x: &GpuMatrix<Rt, T>,
+    start: usize,
+    count: usize,
+    augment: bool,
+) -> Result<GpuMatrix<Rt, T>> {
+    crate::device::check_row_range(x, start, count)?;
+    let cols = x.cols() + usize::from(augment);
+    let out = dev.zeros::<T>(count, cols)?;
+    let mut rec = dev.recorder();
+    elementwise(
+        &mut rec,
+        T::DTYPE,
+        Kernel::FeatureRows,
+        Some(raw(x)),
+        raw(&out),
+        (count * cols, start, cols),
+        usize::from(augment),
+        0.0,
+    )?;
+    rec.submit()?;
+    Ok(out)
+}
+
 /// [`Device::add_diagonal`].
 pub(crate) fn add_diagonal<Rt: Runtime, T: Scalar>(
     dev: &GpuDevice<Rt>,

@@ -1022,7 +1022,30 @@ impl Device for CpuDevice {
     }
 
     fn max_abs<T: Scalar>(&self, a: &Matrix<Self, T>) -> Result<T> {
-        Ok(self.run(|| a.buffer().par_iter().map(|x| x.abs()).reduce(T::zero, |x, y| x.max(y))))
+        // NaN wins, as on the GPU backends (`f64::max` would drop it).
+        let max = |x: T, y: T| if x.is_nan() || x > y { x } else { y };
+        Ok(self.run(|| a.buffer().par_iter().map(|x| x.abs()).reduce(T::zero, max)))
+    }
+
+    fn feature_rows<T: Scalar>(
+        &self,
+        x: &Matrix<Self, T>,
+        start: usize,
+        count: usize,
+        augment: bool,
+    ) -> Result<Matrix<Self, T>> {
+        super::check_row_range(x, start, count)?;
+        let d = x.cols();
+        let rows = &x.buffer()[start * d..(start + count) * d];
+        let mut out = Vec::with_capacity(count * (d + usize::from(augment)));
+        match augment {
+            false => out.extend_from_slice(rows),
+            true => rows.chunks(d.max(1)).for_each(|r| {
+                out.extend_from_slice(r);
+                out.push(T::one());
+            }),
+        }
+        Matrix::from_parts(out, count, d + usize::from(augment))
     }
 }
 

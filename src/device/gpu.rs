@@ -165,6 +165,29 @@ impl<R: Runtime> GpuDevice<R> {
         })
     }
 
+    /// A rows × cols matrix over `raw`, an allocation the runtime made or adopted that holds at
+    /// least rows · cols elements of `T` (the caller checked its byte length).
+    pub(crate) fn matrix_over<T: Scalar>(&self, raw: R::Raw, rows: usize, cols: usize) -> Result<GpuMatrix<R, T>> {
+        self.runtime.check_dtype(T::DTYPE)?;
+        let len = rows
+            .checked_mul(cols)
+            .filter(|&l| l <= u32::MAX as usize)
+            .ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "a {rows} × {cols} matrix exceeds the 32-bit indexing of the GPU kernels"
+                ))
+            })?;
+        Matrix::from_parts(
+            GpuBuffer {
+                raw,
+                len,
+                _t: PhantomData,
+            },
+            rows,
+            cols,
+        )
+    }
+
     /// A scratch buffer of `len` elements (zero-filled).
     pub(crate) fn scratch<T: Scalar>(&self, len: usize, label: &'static str) -> Result<R::Raw> {
         Ok(self.buffer::<T>(len, label)?.raw)
@@ -389,5 +412,15 @@ impl<R: Runtime> Device for GpuDevice<R> {
 
     fn max_abs<T: Scalar>(&self, a: &Matrix<Self, T>) -> Result<T> {
         compose::max_abs(self, a)
+    }
+
+    fn feature_rows<T: Scalar>(
+        &self,
+        x: &Matrix<Self, T>,
+        start: usize,
+        count: usize,
+        augment: bool,
+    ) -> Result<Matrix<Self, T>> {
+        compose::feature_rows(self, x, start, count, augment)
     }
 }

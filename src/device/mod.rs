@@ -10,7 +10,7 @@
 //! | | methods |
 //! |---|---|
 //! | storage | [`Device::upload`], [`Device::download`], [`Device::zeros`], [`Device::copy`], [`Device::synchronize`] |
-//! | primitives | [`Device::gemm`], [`Device::weighted_syrk`], [`Device::kron_rows`], [`Device::kron_congruence`], [`Device::low_rank_update`], [`Device::cholesky`], [`Device::triangular_solve`], [`Device::predictive_covariance`], [`Device::axpy`], [`Device::hadamard`], [`Device::add_row`], [`Device::add_diagonal`], [`Device::max_abs`] |
+//! | primitives | [`Device::gemm`], [`Device::weighted_syrk`], [`Device::kron_rows`], [`Device::kron_congruence`], [`Device::low_rank_update`], [`Device::cholesky`], [`Device::triangular_solve`], [`Device::predictive_covariance`], [`Device::axpy`], [`Device::hadamard`], [`Device::add_row`], [`Device::add_diagonal`], [`Device::max_abs`], [`Device::feature_rows`] |
 //! | provided | [`Device::ggn_accumulate`], [`Device::kron_products`], [`Device::spd_inverse`], [`Device::sherman_morrison_sequence`], [`Device::probit_softmax`], [`Device::monte_carlo_softmax`], [`Device::bridge_dirichlet`], [`Device::softmax_rows`], [`Device::categorical_weights`] |
 //!
 //! The GPU device overrides every provided method with kernel compositions except the blocked
@@ -404,8 +404,27 @@ pub trait Device: Clone + Send + Sync + 'static {
     fn add_row<T: Scalar>(&self, a: &mut Matrix<Self, T>, row: &Matrix<Self, T>) -> Result<()>;
     /// `A[i, i] ← A[i, i] + v` for a square A.
     fn add_diagonal<T: Scalar>(&self, a: &mut Matrix<Self, T>, value: T) -> Result<()>;
-    /// `max_ij |A_ij|` (0 for an empty matrix).
+    /// `max_ij |A_ij|` (0 for an empty matrix); NaN when any entry is NaN, so a finite result
+    /// means every entry is finite.
     fn max_abs<T: Scalar>(&self, a: &Matrix<Self, T>) -> Result<T>;
+    /// Rows `start..start + count` of X (n × D) as a new count × (D + a) matrix, `a = augment`:
+    /// `Y[r, c] = X[start + r, c]` for c < D and, when `augment`, `Y[r, D] = 1` (the bias column).
+    /// `ShapeMismatch` when the range passes the last row.
+    fn feature_rows<T: Scalar>(
+        &self,
+        x: &Matrix<Self, T>,
+        start: usize,
+        count: usize,
+        augment: bool,
+    ) -> Result<Matrix<Self, T>>;
+}
+
+/// The row range of a [`Device::feature_rows`] call, checked against X's rows.
+pub(crate) fn check_row_range<D: Device, T: Scalar>(x: &Matrix<D, T>, start: usize, count: usize) -> Result<()> {
+    match start.checked_add(count) {
+        Some(end) if end <= x.rows() => Ok(()),
+        _ => Err(Error::shape("rows", (start.saturating_add(count), x.cols()), x.shape())),
+    }
 }
 
 /// How a logit-covariance matrix is stored per input.

@@ -284,6 +284,8 @@ kernels! {
     Symmetrize => ("symmetrize", Elementwise, (256, 1)),
     /// Out-of-place transpose.
     Transpose => ("transpose", Elementwise, (256, 1)),
+    /// Gathers a range of feature rows, appending the bias column of ones.
+    FeatureRows => ("feature_rows", Elementwise, (256, 1)),
     /// Scales each row by a vector entry.
     ScaleRows => ("scale_rows", Elementwise, (256, 1)),
     /// Scales each column by a vector entry.

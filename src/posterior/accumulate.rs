@@ -1,5 +1,6 @@
 //! [`CurvatureAccumulator`]: the curvature of a data set, accumulated in shards that merge.
 
+use super::Features;
 use super::fit::null_free_basis;
 use super::structure::{DataTerm, RawTensor, uses_reduced_basis};
 use super::{FitConfig, Posterior, positive};
@@ -83,12 +84,16 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
     /// configured `chunk_rows`. On error the accumulator is unchanged.
     ///
     /// Errors: `EmptyBatch`, `ShapeMismatch`, `NonFinite`, `LabelOutOfRange`, `InvalidArgument`.
-    pub fn accumulate<Y: Targets<T> + ?Sized>(&mut self, features: HostMatrix<'_, T>, targets: &Y) -> Result<()> {
+    pub fn accumulate<F: Features<D, T>, Y: Targets<T> + ?Sized>(&mut self, features: F, targets: &Y) -> Result<()> {
         let device = self.shell.device.clone();
         device.scope(|| self.accumulate_in_scope(features, targets))
     }
 
-    fn accumulate_in_scope<Y: Targets<T> + ?Sized>(&mut self, features: HostMatrix<'_, T>, targets: &Y) -> Result<()> {
+    fn accumulate_in_scope<F: Features<D, T>, Y: Targets<T> + ?Sized>(
+        &mut self,
+        features: F,
+        targets: &Y,
+    ) -> Result<()> {
         let post = &self.shell;
         post.check_batch(&features, targets)?;
         let device = &post.device;
@@ -116,7 +121,7 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
             };
             state.add_curvature(device, &mut sum, &batch.phi, &term, T::one(), device_basis)?;
             sum.weight += rows as f64;
-            device.reclaim(batch.phi, &mut staging);
+            features.release(device, batch.phi, &mut staging);
         }
         self.add(sum, features.rows())
     }

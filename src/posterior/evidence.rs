@@ -1,9 +1,10 @@
 //! The Laplace log marginal likelihood and the prior precision that maximises it.
 
+use super::Features;
 use super::{Likelihood, Posterior};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::host::{HostMatrix, Targets};
+use crate::host::Targets;
 use crate::scalar::Scalar;
 
 /// Which prior precisions [`Posterior::optimize_prior_precision`] fits.
@@ -27,9 +28,9 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     ///
     /// The data should be the data the posterior was fitted on. Errors: those of
     /// [`Posterior::update`]'s inputs, `NotPositiveDefinite`.
-    pub fn log_marginal_likelihood<Y: Targets<T> + ?Sized>(
+    pub fn log_marginal_likelihood<F: Features<D, T>, Y: Targets<T> + ?Sized>(
         &self,
-        features: HostMatrix<'_, T>,
+        features: F,
         targets: &Y,
     ) -> Result<f64> {
         self.device.scope(|| {

@@ -1,5 +1,6 @@
 //! [`Posterior::fit`] and [`Posterior::prior`]: the Laplace posterior around a given head.
 
+use super::Features;
 use super::{BiasMode, CurvatureAccumulator, FitConfig, Likelihood, Moments, Posterior};
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -26,9 +27,9 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     ///
     /// Errors: `EmptyBatch`, `ShapeMismatch`, `NonFinite`, `LabelOutOfRange`, `InvalidArgument`
     /// (τ ≤ 0, σ ≤ 0, K < 2 classes or no output, D = 0, targets of the wrong kind), `NotPositiveDefinite`.
-    pub fn fit<Y: Targets<T> + ?Sized>(
+    pub fn fit<F: Features<D, T>, Y: Targets<T> + ?Sized>(
         device: &D,
-        features: HostMatrix<'_, T>,
+        features: F,
         targets: &Y,
         head: HostMatrix<'_, T>,
         bias: Option<&[T]>,

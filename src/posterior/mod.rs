@@ -8,6 +8,7 @@
 
 mod accumulate;
 mod evidence;
+mod features;
 mod fit;
 mod head;
 mod model;
@@ -19,6 +20,7 @@ mod update;
 
 pub use accumulate::CurvatureAccumulator;
 pub use evidence::PriorShape;
+pub use features::Features;
 pub use head::{HeadConfig, HeadFit, HeadSolver, fit_head};
 pub use predict::{Link, Prediction};
 pub(crate) use structure::RawTensor;
@@ -28,7 +30,7 @@ pub use update::{UpdateConfig, UpdateRule};
 
 use crate::device::{Device, Matrix, OutputWeighting};
 use crate::error::{Error, Result};
-use crate::host::{HostMatrix, Targets};
+use crate::host::Targets;
 use crate::scalar::Scalar;
 use model::Batch;
 use structure::CovarianceStructure;
@@ -363,34 +365,25 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         self.device.download(self.moments.state.precision())
     }
 
-    /// Uploads rows `start..start + count` of `features`, with the column of ones appended when
-    /// the bias is in the posterior: the Φ (count × D_aug) every kernel sees.
-    pub(crate) fn upload_features(
+    /// Rows `start..start + count` of `features` on the device, with the column of ones
+    /// appended when the bias is in the posterior: the Φ (count × D_aug) every kernel sees.
+    pub(crate) fn upload_features<F: Features<D, T> + ?Sized>(
         &self,
-        features: &HostMatrix<'_, T>,
+        features: &F,
         start: usize,
         count: usize,
-    ) -> Result<Matrix<D, T>> {
-        self.upload_features_staged(features, start, count, &mut Vec::new())
-    }
-
-    /// [`Self::upload_features`] through `staging`, a host buffer reused across chunks
-    /// ([`Device::upload_staged`]; give the matrix back with [`Device::reclaim`]).
-    pub(crate) fn upload_features_staged(
-        &self,
-        features: &HostMatrix<'_, T>,
-        start: usize,
-        count: usize,
-        staging: &mut Vec<T>,
     ) -> Result<Matrix<D, T>> {
         let augment = self.bias_mode == BiasMode::InPosterior;
-        crate::host::feature_rows_into(staging, features, start, count, augment);
-        self.device.upload_staged(staging, count, self.augmented_features())
+        features.chunk(&self.device, start, count, augment, &mut Vec::new())
     }
 
     /// Validates a batch of features and targets against the posterior.
-    pub(crate) fn check_batch<Y: Targets<T> + ?Sized>(&self, features: &HostMatrix<'_, T>, targets: &Y) -> Result<()> {
-        crate::host::check_features("features", features, self.features)?;
+    pub(crate) fn check_batch<F: Features<D, T> + ?Sized, Y: Targets<T> + ?Sized>(
+        &self,
+        features: &F,
+        targets: &Y,
+    ) -> Result<()> {
+        features.check(&self.device, "features", self.features)?;
         targets.check(features.rows(), self.classes, self.is_regression())
     }
 
@@ -399,9 +392,9 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     }
 
     /// Rows `start..start + count` of a checked batch on the device.
-    pub(crate) fn upload_batch<Y: Targets<T> + ?Sized>(
+    pub(crate) fn upload_batch<F: Features<D, T> + ?Sized, Y: Targets<T> + ?Sized>(
         &self,
-        features: &HostMatrix<'_, T>,
+        features: &F,
         targets: &Y,
         start: usize,
         count: usize,
@@ -409,11 +402,12 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         self.upload_batch_staged(features, targets, start, count, &mut Vec::new(), true)
     }
 
-    /// [`Self::upload_batch`] with Φ through `staging` (see [`Self::upload_features_staged`]),
-    /// and the targets 0 × K unless `with_targets` (a curvature that never reads them).
-    pub(crate) fn upload_batch_staged<Y: Targets<T> + ?Sized>(
+    /// [`Self::upload_batch`] with host Φ through `staging` (give it back with
+    /// `Source::release`), and the targets 0 × K unless `with_targets` (a curvature that never
+    /// reads them).
+    pub(crate) fn upload_batch_staged<F: Features<D, T> + ?Sized, Y: Targets<T> + ?Sized>(
         &self,
-        features: &HostMatrix<'_, T>,
+        features: &F,
         targets: &Y,
         start: usize,
         count: usize,
@@ -425,13 +419,12 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             false => (Vec::new(), 0),
         };
         let keys = match self.curvature {
-            Curvature::MonteCarloFisher { .. } => (start..start + count)
-                .map(|i| model::sample_key(features.row(i)))
-                .collect(),
+            Curvature::MonteCarloFisher { .. } => features.sample_keys(start, count)?,
             _ => Vec::new(),
         };
+        let augment = self.bias_mode == BiasMode::InPosterior;
         Ok(Batch {
-            phi: self.upload_features_staged(features, start, count, staging)?,
+            phi: features.chunk(&self.device, start, count, augment, staging)?,
             targets: self.device.upload(&host_targets, target_rows, self.classes)?,
             host_targets,
             keys,

@@ -1,9 +1,9 @@
 //! [`Posterior::predict`]: the predictive distribution at new inputs.
 
+use super::Features;
 use super::{Posterior, logits};
 use crate::device::{Device, Matrix, Op};
 use crate::error::{Error, Result};
-use crate::host::{HostMatrix, check_features};
 use crate::numerics::dot;
 use crate::scalar::Scalar;
 
@@ -103,13 +103,13 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// regression the predictive mean is f and the probabilities are the logits themselves
     /// (the link is ignored); the predictive variance of output k adds σ² to `Σ_f[k,k]`. Errors: `EmptyBatch`, `ShapeMismatch`, `NonFinite`,
     /// `InvalidArgument` (λ < 0 or not finite, 0 Monte Carlo samples).
-    pub fn predict(&self, features: HostMatrix<'_, T>, link: Link) -> Result<Prediction<T>> {
+    pub fn predict<F: Features<D, T>>(&self, features: F, link: Link) -> Result<Prediction<T>> {
         self.device.scope(|| self.predict_in_scope(features, link))
     }
 
-    fn predict_in_scope(&self, features: HostMatrix<'_, T>, link: Link) -> Result<Prediction<T>> {
+    fn predict_in_scope<F: Features<D, T>>(&self, features: F, link: Link) -> Result<Prediction<T>> {
         link.validate()?;
-        check_features("features", &features, self.features)?;
+        features.check(&self.device, "features", self.features)?;
         let device = &self.device;
         let n = features.rows();
         let phi = self.upload_features(&features, 0, n)?;

@@ -1,11 +1,12 @@
 //! [`Posterior::unlearn`]: remove samples that a Joint update added.
 
+use super::Features;
 use super::model::Model;
 use super::structure::{self, Operand};
 use super::{Curvature, Posterior};
 use crate::device::{Device, Sign};
 use crate::error::{Error, Result};
-use crate::host::{HostMatrix, Targets};
+use crate::host::Targets;
 use crate::scalar::Scalar;
 
 /// Settings of [`Posterior::unlearn`].
@@ -75,9 +76,9 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// removed than were seen, or when the head recovery does not converge;
     /// `NotPositiveDefinite` when `I − BᵀΣ'B` is not positive definite (the samples cannot have
     /// been added). On any error the posterior is unchanged.
-    pub fn unlearn<Y: Targets<T> + ?Sized>(
+    pub fn unlearn<F: Features<D, T>, Y: Targets<T> + ?Sized>(
         &mut self,
-        features: HostMatrix<'_, T>,
+        features: F,
         targets: &Y,
         config: &UnlearnConfig,
     ) -> Result<()> {
@@ -85,9 +86,9 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         device.scope(|| self.unlearn_in_scope(features, targets, config))
     }
 
-    fn unlearn_in_scope<Y: Targets<T> + ?Sized>(
+    fn unlearn_in_scope<F: Features<D, T>, Y: Targets<T> + ?Sized>(
         &mut self,
-        features: HostMatrix<'_, T>,
+        features: F,
         targets: &Y,
         config: &UnlearnConfig,
     ) -> Result<()> {

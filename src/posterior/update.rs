@@ -1,11 +1,12 @@
 //! [`Posterior::update`]: closed-form Bayesian updates with new labelled samples.
 
+use super::Features;
 use super::model::{Batch, Model};
 use super::structure::{self, Operand, StoredPair};
 use super::{Curvature, Likelihood, Moments, Posterior};
 use crate::device::{Device, Matrix, Sign};
 use crate::error::{Error, Result};
-use crate::host::{HostMatrix, Targets};
+use crate::host::Targets;
 use crate::scalar::Scalar;
 
 /// How the m new samples are folded in.
@@ -84,9 +85,9 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// Errors: `EmptyBatch`, `ShapeMismatch`, `NonFinite`, `LabelOutOfRange`, `InvalidArgument`
     /// (γ not finite, `iterations == 0`, forgetting outside (0, 1], targets of the wrong kind),
     /// `NotPositiveDefinite`.
-    pub fn update<Y: Targets<T> + ?Sized>(
+    pub fn update<F: Features<D, T>, Y: Targets<T> + ?Sized>(
         &mut self,
-        features: HostMatrix<'_, T>,
+        features: F,
         targets: &Y,
         config: &UpdateConfig,
     ) -> Result<()> {
@@ -94,9 +95,9 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         device.scope(|| self.update_in_scope(features, targets, config))
     }
 
-    fn update_in_scope<Y: Targets<T> + ?Sized>(
+    fn update_in_scope<F: Features<D, T>, Y: Targets<T> + ?Sized>(
         &mut self,
-        features: HostMatrix<'_, T>,
+        features: F,
         targets: &Y,
         config: &UpdateConfig,
     ) -> Result<()> {
@@ -107,19 +108,19 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             // Forget, then fold the batch in; a failure in either restores the saved moments.
             let saved = self.moments.copy(&self.device)?;
             let forgotten = self.forget(rho);
-            let updated = forgotten.and_then(|()| self.fold_in(features, targets, config));
+            let updated = forgotten.and_then(|()| self.fold_in(&features, targets, config));
             if updated.is_err() {
                 self.moments = saved;
             }
             return updated;
         }
-        self.fold_in(features, targets, config)
+        self.fold_in(&features, targets, config)
     }
 
     /// The update after the checks (and any forgetting): the batch folded in by the rule.
-    fn fold_in<Y: Targets<T> + ?Sized>(
+    fn fold_in<F: Features<D, T>, Y: Targets<T> + ?Sized>(
         &mut self,
-        features: HostMatrix<'_, T>,
+        features: &F,
         targets: &Y,
         config: &UpdateConfig,
     ) -> Result<()> {
@@ -132,13 +133,13 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
 
         match (rule, self.moments.state.fused_sequential()) {
             (UpdateRule::Joint, _) => {
-                let batch = self.upload_batch(&features, targets, 0, m)?;
+                let batch = self.upload_batch(features, targets, 0, m)?;
                 let (model, moments) = self.split();
                 newton(&model, moments, &batch, gamma, config.iterations, tau)?;
             }
             (UpdateRule::Sequential, Some(weighting)) if config.iterations == 1 && fused => {
                 // Shared's Sherman–Morrison recursion runs fused on the device.
-                let batch = self.upload_batch(&features, targets, 0, m)?;
+                let batch = self.upload_batch(features, targets, 0, m)?;
                 let mut work = self.moments.copy(&self.device)?;
                 let pair = work.state.pair_mut();
                 let used = self.device.sherman_morrison_sequence(
@@ -158,7 +159,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 let mut work = self.moments.copy(&self.device)?;
                 let model = self.model();
                 for j in 0..m {
-                    let batch = self.upload_batch(&features, targets, j, 1)?;
+                    let batch = self.upload_batch(features, targets, j, 1)?;
                     newton(&model, &mut work, &batch, gamma, config.iterations, tau)?;
                 }
                 self.moments = work;

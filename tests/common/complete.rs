@@ -849,6 +849,169 @@ pub fn check_forgetting<D: Device, T: Scalar>(dev: &D) {
     }
 }
 
+/// Features already on the device (`&Matrix`) go through fit (in chunks, so the gathers start
+/// mid-matrix), Joint and Sequential updates, unlearning, the predictive and the evidence, each
+/// against the dense formula or, for the Sequential rule and the evidence, the host path those
+/// formulas test; bad device features are typed errors that change nothing.
+pub fn check_resident_features<D: Device, T: Scalar>(dev: &D) {
+    let lik = Likelihood::Classification;
+    for s in STRUCTURES {
+        for bias_in in [true, false] {
+            let name = format!("{s:?} bias_in={bias_in}");
+            let case = Case::new(52, 26, 5, 3, bias_in);
+            let pb = &case.pb;
+            let p = pb.k * pb.da();
+            let rows = |range: std::ops::Range<usize>| {
+                let x = Problem::cast::<T>(&pb.phi[range.start * pb.d..range.end * pb.d]);
+                dev.upload(&x, range.len(), pb.d).unwrap()
+            };
+            let labels = |range: std::ops::Range<usize>| pb.labels[range].to_vec();
+            let head = Problem::cast::<T>(&pb.head);
+            let bias = Problem::cast::<T>(&pb.bias);
+            let config = case.config(s, lik, Curvature::Ggn, 7);
+            let head_m = HostMatrix::new(&head, pb.k, pb.d).unwrap();
+            let mut post = Posterior::fit(dev, &rows(0..20), &labels(0..20), head_m, Some(&bias), &config).unwrap();
+            let w0 = pb.head_aug();
+            let fit_rows: Vec<usize> = (0..20).collect();
+            let prec0 = Dense::identity(p)
+                .scale(TAU)
+                .add(&case.curvature(&w0, &fit_rows, s, lik, Curvature::Ggn), 1.0);
+            let (got_p, _) = dense_of(&post);
+            let e = rel_err(&Problem::cast::<T>(&got_p.a), &prec0.a);
+            assert!(e < tol::<T>(p, 50.0), "{name}: resident fit precision err {e}");
+
+            // The accumulator takes them too, shard by shard.
+            let mut acc = CurvatureAccumulator::new(dev, head_m, Some(&bias), &config).unwrap();
+            acc.accumulate(&rows(0..13), &labels(0..13)).unwrap();
+            acc.accumulate(&rows(13..20), &labels(13..20)).unwrap();
+            let (acc_p, _) = dense_of(&acc.finish(TAU).unwrap());
+            let e = rel_err(&Problem::cast::<T>(&acc_p.a), &prec0.a);
+            assert!(e < tol::<T>(p, 50.0), "{name}: resident accumulation err {e}");
+
+            // Bad batches: typed errors, nothing changed.
+            let before = dense_of(&post);
+            let mut bad = Problem::cast::<T>(&pb.phi[20 * pb.d..23 * pb.d]);
+            bad[7] = T::nan();
+            let bad = dev.upload(&bad, 3, pb.d).unwrap();
+            let err = post
+                .update(&bad, &labels(20..23), &UpdateConfig::default())
+                .unwrap_err();
+            assert!(matches!(err, Error::NonFinite { index: 7, .. }), "{name}: {err}");
+            let wide = dev.upload(&vec![T::one(); 3 * (pb.d + 1)], 3, pb.d + 1).unwrap();
+            let err = post
+                .update(&wide, &labels(20..23), &UpdateConfig::default())
+                .unwrap_err();
+            assert!(matches!(err, Error::ShapeMismatch { .. }), "{name}: {err}");
+            let empty = dev.zeros::<T>(0, pb.d).unwrap();
+            let err = post.predict(&empty, Link::default()).unwrap_err();
+            assert!(matches!(err, Error::EmptyBatch { .. }), "{name}: {err}");
+            let after = dense_of(&post);
+            assert!(
+                after.0.a == before.0.a && after.1.a == before.1.a,
+                "{name}: changed on error"
+            );
+
+            // Joint update against the dense Newton step.
+            let gamma = 0.8;
+            let joint = UpdateConfig {
+                rule: UpdateRule::Joint,
+                gamma,
+                iterations: 1,
+                forgetting: 1.0,
+            };
+            let mut sequential = post.try_clone().unwrap();
+            post.update(&rows(20..23), &labels(20..23), &joint).unwrap();
+            let new_rows: Vec<usize> = (20..23).collect();
+            let all: Vec<usize> = (0..23).collect();
+            let prec1 = match s {
+                Structure::Kron => Dense::identity(p)
+                    .scale(TAU)
+                    .add(&case.curvature(&w0, &all, s, lik, Curvature::Ggn), 1.0),
+                _ => prec0.add(&case.curvature(&w0, &new_rows, s, lik, Curvature::Ggn), 1.0),
+            };
+            let cov1 = prec1.inverse();
+            let w1 = step(&w0, &cov1, &case.gradient(&w0, &new_rows, lik), gamma);
+            let (_, got_c) = dense_of(&post);
+            let e = rel_err(&Problem::cast::<T>(&got_c.a), &cov1.a);
+            assert!(e < tol::<T>(p, 1000.0), "{name}: resident Joint covariance err {e}");
+            let e = rel_err(&Problem::cast::<T>(&suite::dense_head_of(&post, pb)), &w1.a);
+            assert!(e < tol::<T>(p, 1000.0), "{name}: resident Joint mean err {e}");
+
+            // Predictive at unseen inputs against J Σ Jᵀ.
+            let pred = post.predict(&rows(23..26), Link::default()).unwrap();
+            for i in 0..3 {
+                let j = jacobian(&pb.phi_aug(pb.x(23 + i)), pb.k);
+                let sf = j.mul(&cov1).mul(&j.t());
+                let got: Vec<T> = (0..pb.k * pb.k)
+                    .map(|kl| pred.logit_cov_at(i, kl / pb.k, kl % pb.k))
+                    .collect();
+                let e = rel_err(&got, &sf.a);
+                assert!(e < tol::<T>(p, 1000.0), "{name}: resident logit covariance err {e}");
+            }
+
+            // Sequential update and the evidence: the same as through host rows.
+            let seq = UpdateConfig {
+                rule: UpdateRule::Sequential,
+                gamma,
+                ..Default::default()
+            };
+            let mut host = sequential.try_clone().unwrap();
+            sequential.update(&rows(20..23), &labels(20..23), &seq).unwrap();
+            update_rows(&case, &mut host, 20..23, lik, &seq).unwrap();
+            let (a, b) = (dense_of(&sequential), dense_of(&host));
+            let e = rel_err(&Problem::cast::<T>(&a.1.a), &b.1.a);
+            assert!(e < tol::<T>(p, 10.0), "{name}: resident Sequential covariance err {e}");
+            let resident = sequential
+                .log_marginal_likelihood(&rows(0..23), &labels(0..23))
+                .unwrap()
+                .as_f64();
+            let on_host = case
+                .with_rows(0..23, lik, |x, y| host.log_marginal_likelihood(x, y))
+                .unwrap()
+                .as_f64();
+            assert!(
+                (resident - on_host).abs() <= 1e-6 * on_host.abs().max(1.0),
+                "{name}: evidence {resident} vs {on_host}"
+            );
+
+            // Unlearning the Joint batch brings the fit's precision back (not Kron: refactored).
+            if s != Structure::Kron {
+                let unlearn = UnlearnConfig {
+                    gamma,
+                    ..Default::default()
+                };
+                post.unlearn(&rows(20..23), &labels(20..23), &unlearn).unwrap();
+                let (got_p, _) = dense_of(&post);
+                let e = rel_err(&Problem::cast::<T>(&got_p.a), &prec0.a);
+                assert!(e < tol::<T>(p, 1000.0), "{name}: resident unlearn precision err {e}");
+            }
+        }
+    }
+    // The Monte Carlo Fisher keys its draws on host values: a typed refusal.
+    let case = Case::new(53, 8, 4, 3, true);
+    let pb = &case.pb;
+    let config = case.config(
+        Structure::Diag,
+        lik,
+        Curvature::MonteCarloFisher { samples: 4, seed: 1 },
+        7,
+    );
+    let head = Problem::cast::<T>(&pb.head);
+    let x = dev.upload(&Problem::cast::<T>(&pb.phi), pb.n, pb.d).unwrap();
+    let fit = Posterior::fit(
+        dev,
+        &x,
+        &pb.labels,
+        HostMatrix::new(&head, pb.k, pb.d).unwrap(),
+        None,
+        &config,
+    );
+    assert!(
+        matches!(fit, Err(Error::Unsupported(_))),
+        "Monte Carlo Fisher on device features"
+    );
+}
+
 #[macro_export]
 macro_rules! complete_suite {
     ($backend:literal, $make:expr, $($t:ident),+) => {
@@ -866,6 +1029,7 @@ macro_rules! complete_suite {
             #[test] fn accumulator_shards_merge() { if let Some(d) = device() { complete::check_accumulator_shards::<_, $t>(&d) } }
             #[test] fn unlearn_structures() { if let Some(d) = device() { complete::check_unlearn_structures::<_, $t>(&d) } }
             #[test] fn forgetting() { if let Some(d) = device() { complete::check_forgetting::<_, $t>(&d) } }
+            #[test] fn resident_features() { if let Some(d) = device() { complete::check_resident_features::<_, $t>(&d) } }
         }
         )+
     };

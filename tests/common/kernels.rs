@@ -578,6 +578,36 @@ pub fn check_elementwise<D: Device, T: Scalar>(dev: &D) {
     assert!((got - a.max_abs()).abs() <= a.max_abs() * tol::<T>(1, 1.0));
     let mut r = up::<D, T>(dev, &a);
     assert!(r.reshape(5, 17).is_ok() && r.reshape(4, 4).is_err());
+    // Feature-row gathers: whole, inner, last-row and wide (D = 769) ranges, with and without
+    // the bias column, against rows copied here.
+    for &(n, d, start, count) in &[
+        (17, 5, 0, 17),
+        (17, 5, 3, 9),
+        (17, 5, 16, 1),
+        (300, 769, 100, 200),
+        (9, 1, 2, 0),
+    ] {
+        let x = random(&mut rng, n, d);
+        let xd = up::<D, T>(dev, &x);
+        for augment in [false, true] {
+            let got = dev.feature_rows(&xd, start, count, augment).unwrap();
+            let cols = d + usize::from(augment);
+            assert_eq!(got.shape(), (count, cols));
+            let want: Vec<f64> = (start..start + count)
+                .flat_map(|i| x.row(i).iter().copied().chain(augment.then_some(1.0)))
+                .collect();
+            let got: Vec<f64> = down(dev, &got).iter().map(|v| v.as_f64()).collect();
+            let exact: Vec<f64> = want.iter().map(|&v| T::from_f64(v).as_f64()).collect();
+            assert_eq!(
+                got, exact,
+                "feature_rows n={n} d={d} start={start} count={count} augment={augment}"
+            );
+        }
+        assert!(matches!(
+            dev.feature_rows(&xd, start + 1, n - start, false),
+            Err(laplace_update::Error::ShapeMismatch { .. })
+        ));
+    }
 }
 
 pub fn check_sherman_morrison<D: Device, T: Scalar>(dev: &D) {

@@ -5,7 +5,9 @@
 //! `unsafe` launch states what makes it sound. The kernel compositions are shared with the wgpu
 //! backend ([`compose`](crate::device::compose)).
 
+use std::any::Any;
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::CudaBlas;
@@ -15,12 +17,12 @@ use cudarc::driver::{
 
 use super::abi::{LaunchPlan, Words, entry_name};
 use super::{Family, compile, nvrtc_available};
-use crate::device::Op;
 use crate::device::gpu::{GpuDevice, Runtime};
 use crate::device::gpu::{Grid, Kernel, KernelParams, Record};
 use crate::device::launch::{GridLimits, LaunchPolicy};
+use crate::device::{Device, Matrix, Op};
 use crate::error::{Error, Result};
-use crate::scalar::DType;
+use crate::scalar::{DType, Scalar};
 
 fn unavailable(reason: impl Into<String>) -> Error {
     Error::BackendUnavailable {
@@ -49,14 +51,38 @@ unsafe impl cudarc::driver::DeviceRepr for Words {}
 
 /// One device allocation and its address, shared by the handles of [`CudaRuntime`].
 pub struct CudaAllocation {
-    /// Locked only for host-side copies, which cudarc takes by `&mut`.
-    slice: Mutex<CudaSlice<u8>>,
+    /// Locked only for host-side copies, which cudarc takes by `&mut`. Ended by `Drop`: freed
+    /// when the allocation owns its memory, released without a free when it borrows it.
+    slice: Mutex<ManuallyDrop<CudaSlice<u8>>>,
     /// The device address, passed to kernels.
     ptr: u64,
+    /// The driver context the address belongs to, checked before every launch.
+    context: usize,
+    /// What keeps borrowed memory alive ([`CudaDevice::matrix_from_device_ptr`]); `None` when
+    /// the allocation owns its memory.
+    owner: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl Drop for CudaAllocation {
+    fn drop(&mut self) {
+        let slot = self.slice.get_mut().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: `slot` is taken exactly once, here, and never used again.
+        let slice = unsafe { ManuallyDrop::take(slot) };
+        match self.owner {
+            // Frees the memory on the runtime's stream, after the work queued there.
+            None => drop(slice),
+            // Borrowed: only the handle ends; `owner` (dropped after this) keeps or frees it.
+            Some(_) => {
+                slice.leak();
+            }
+        }
+    }
 }
 
 struct Inner {
     ctx: Arc<CudaContext>,
+    /// `ctx`'s driver handle, the identity every allocation is checked against.
+    context: usize,
     stream: Arc<CudaStream>,
     name: String,
     arch: String,
@@ -135,13 +161,63 @@ impl GpuDevice<CudaRuntime> {
         }
         nvrtc_available()?;
         let ctx = CudaContext::new(ordinal).map_err(|e| unavailable(format!("device {ordinal}: {e:?}")))?;
+        let stream = ctx.default_stream();
+        Self::open(ctx, stream, options)
+    }
+
+    /// The device of an existing cudarc stream, such as a candle CUDA device's
+    /// (`candle_core::CudaDevice::cuda_stream`): its kernels and copies run on `stream`, ordered
+    /// with the other work its owner queues there, in the same context, so matrices made by
+    /// [`CudaDevice::matrix_from_slice`] and [`CudaDevice::matrix_from_device_ptr`] go to the
+    /// posterior without a copy or a host round trip.
+    ///
+    /// ```no_run
+    /// use laplace_update::{CudaDevice, CudaOptions, Device};
+    /// let ctx = cudarc::driver::CudaContext::new(0).unwrap();
+    /// let stream = ctx.new_stream().unwrap();
+    /// let gpu = CudaDevice::from_stream(stream.clone(), &CudaOptions::default())?;
+    /// // Memory that some other code computed on the same stream, adopted in place.
+    /// let features = stream.clone_htod(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+    /// let phi = gpu.matrix_from_slice(features, 3, 2)?;
+    /// assert_eq!(gpu.download(&phi)?, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    /// # Ok::<(), laplace_update::Error>(())
+    /// ```
+    ///
+    /// A candle tensor's storage (candle built with its `cuda` feature, so not compiled here):
+    ///
+    /// ```ignore
+    /// use candle_core::{Storage, cuda_backend::cudarc::driver::DevicePtr};
+    /// let candle_gpu = candle_core::Device::new_cuda(0)?;
+    /// let gpu = CudaDevice::from_stream(candle_gpu.as_cuda_device()?.cuda_stream(), &CudaOptions::default())?;
+    /// let features = backbone.forward(&images)?.contiguous()?; // n × D, f32, on candle_gpu
+    /// let (n, d) = features.dims2()?;
+    /// let phi = {
+    ///     let (storage, layout) = features.storage_and_layout();
+    ///     let Storage::Cuda(cuda) = &*storage else { unreachable!() };
+    ///     let slice = cuda.as_cuda_slice::<f32>()?;
+    ///     let (base, _sync) = slice.device_ptr(slice.stream());
+    ///     let ptr = base + (layout.start_offset() * 4) as u64;
+    ///     // SAFETY: n · d contiguous f32 at `ptr` in this context, kept alive by the clone of
+    ///     // `features` the matrix holds, and written by nothing while the matrix lives.
+    ///     unsafe { gpu.matrix_from_device_ptr::<f32>(ptr, n, d, features.clone())? }
+    /// };
+    /// let post = Posterior::fit(&gpu, &phi, &labels, head.view(), None, &config)?;
+    /// ```
+    ///
+    /// Errors: `BackendUnavailable` without NVRTC, or as [`CudaDevice::with_options`] for cuBLAS.
+    pub fn from_stream(stream: Arc<CudaStream>, options: &CudaOptions) -> Result<Self> {
+        nvrtc_available()?;
+        Self::open(stream.context().clone(), stream, options)
+    }
+
+    fn open(ctx: Arc<CudaContext>, stream: Arc<CudaStream>, options: &CudaOptions) -> Result<Self> {
+        let ordinal = ctx.ordinal();
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| unavailable(format!("device {ordinal}: {e:?}")))?;
         let memory = ctx.total_mem().ok().map(|b| b as u64);
         let largest = u32::MAX as u64 * 8;
-        let stream = ctx.default_stream();
         let blas = if options.cublas {
             // SAFETY: only tries to dlopen the candidate library names; nothing is called.
             if !unsafe { cudarc::cublas::sys::is_culib_present() } {
@@ -157,6 +233,7 @@ impl GpuDevice<CudaRuntime> {
         let suffix = if blas.is_some() { " + cuBLAS" } else { "" };
         Ok(GpuDevice::from_runtime(CudaRuntime {
             inner: Arc::new(Inner {
+                context: ctx.cu_ctx() as usize,
                 ctx,
                 stream,
                 name: format!("cuda:{ordinal} {name}{suffix}"),
@@ -167,6 +244,99 @@ impl GpuDevice<CudaRuntime> {
                 blas,
             }),
         }))
+    }
+
+    /// The stream every kernel and copy of this device runs on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.runtime.inner.stream
+    }
+
+    /// Adopts `slice` (rows · cols values of `T`, row-major) as a matrix without a copy: the
+    /// matrix owns the memory from now on and frees it on this device's stream. Work queued on
+    /// the slice's own stream is waited for first when that is another stream.
+    ///
+    /// Errors: `InvalidArgument` when the slice belongs to another context, `ShapeMismatch`
+    /// when its length is not rows · cols, `Unsupported` past 2³² elements.
+    pub fn matrix_from_slice<T: Scalar>(
+        &self,
+        slice: CudaSlice<T>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Matrix<Self, T>> {
+        let inner = &self.runtime.inner;
+        if slice.context().cu_ctx() as usize != inner.context {
+            return Err(Error::invalid(
+                "slice",
+                "belongs to another CUDA context; make the device with CudaDevice::from_stream on the slice's stream",
+            ));
+        }
+        crate::device::check_upload(slice.len(), rows, cols)?;
+        if slice.is_empty() {
+            return self.zeros(rows, cols);
+        }
+        if !Arc::ptr_eq(slice.stream(), &inner.stream) {
+            slice
+                .stream()
+                .synchronize()
+                .map_err(|e| device_error("waiting for the slice's stream", e))?;
+        }
+        let bytes = slice.num_bytes();
+        let ptr = slice.leak();
+        // SAFETY: `leak` handed over `ptr`, an allocation of this context holding `bytes` bytes
+        // that nothing else frees; the new slice owns it, every byte of it already holds a
+        // value of `T` (plain old data), and it is freed once, when the matrix's last handle
+        // drops.
+        let owned = unsafe { inner.stream.upgrade_device_ptr::<u8>(ptr, bytes) };
+        let raw = Arc::new(CudaAllocation {
+            slice: Mutex::new(ManuallyDrop::new(owned)),
+            ptr,
+            context: inner.context,
+            owner: None,
+        });
+        self.matrix_over(raw, rows, cols)
+    }
+
+    /// A matrix over rows · cols values of `T` at `ptr`, memory this device does not own:
+    /// `owner` is kept while the matrix lives and dropped after it, and nothing is freed.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must address at least rows · cols initialised values of `T`, row-major, in memory
+    /// allocated in this device's context that stays allocated while `owner` lives. Nothing
+    /// may write that memory while the matrix exists except through this device or work
+    /// ordered with its stream; operations that change the matrix write the memory in place.
+    ///
+    /// Errors: `InvalidArgument` for a null or misaligned `ptr`, `Unsupported` past 2³²
+    /// elements.
+    pub unsafe fn matrix_from_device_ptr<T: Scalar>(
+        &self,
+        ptr: u64,
+        rows: usize,
+        cols: usize,
+        owner: impl Any + Send + Sync,
+    ) -> Result<Matrix<Self, T>> {
+        let inner = &self.runtime.inner;
+        if ptr == 0 || !ptr.is_multiple_of(std::mem::align_of::<T>() as u64) {
+            return Err(Error::invalid(
+                "ptr",
+                format!("{ptr:#x} is null or not aligned to {} bytes", std::mem::align_of::<T>()),
+            ));
+        }
+        let bytes = rows
+            .checked_mul(cols)
+            .and_then(|l| l.checked_mul(std::mem::size_of::<T>()))
+            .ok_or_else(|| Error::Unsupported(format!("a {rows} × {cols} matrix overflows a byte count")))?;
+        // SAFETY: by this function's contract `ptr` addresses `bytes` bytes of this context
+        // that stay allocated while `owner` does; the slice is never freed (`Drop` releases it
+        // with `leak`) and the allocation holds `owner` until then.
+        let view = unsafe { inner.stream.upgrade_device_ptr::<u8>(ptr, bytes.max(1)) };
+        let raw = Arc::new(CudaAllocation {
+            slice: Mutex::new(ManuallyDrop::new(view)),
+            ptr,
+            context: inner.context,
+            owner: Some(Box::new(owner)),
+        });
+        self.matrix_over(raw, rows, cols)
     }
 
     /// The architecture the kernels are compiled for, e.g. `"sm_90"`.
@@ -181,6 +351,18 @@ impl GpuDevice<CudaRuntime> {
 }
 
 impl CudaRuntime {
+    /// A device error unless `a` belongs to this runtime's context: an address from another
+    /// context (another GPU, or a device opened apart) is not valid in this one's kernels.
+    fn check_context(&self, a: &CudaAllocation) -> Result<()> {
+        match a.context == self.inner.context {
+            true => Ok(()),
+            false => Err(Error::Device {
+                backend: "cuda",
+                reason: "a matrix from another CUDA context was passed to this device".into(),
+            }),
+        }
+    }
+
     fn function(&self, kernel: Kernel, dtype: DType) -> Result<CudaFunction> {
         if let Some(f) = lock(&self.inner.functions).get(&(kernel, dtype)) {
             return Ok(f.clone());
@@ -243,6 +425,9 @@ impl Record for CudaLaunches {
     ) -> Result<()> {
         let LaunchPlan { words, blocks, threads } =
             LaunchPlan::new(kernel, &params, buffers.len(), grid, GridLimits::CUDA)?;
+        for b in buffers.iter().flatten() {
+            self.dev.check_context(b)?;
+        }
         let f = self.dev.function(kernel, dtype)?;
         let cfg = LaunchConfig {
             grid_dim: (blocks[0], blocks[1], blocks[2]),
@@ -296,8 +481,10 @@ impl Runtime for CudaRuntime {
             .map_err(|e| device_error(&format!("allocating {label} ({bytes} bytes)"), e))?;
         let ptr = slice.device_ptr(&self.inner.stream).0;
         Ok(Arc::new(CudaAllocation {
-            slice: Mutex::new(slice),
+            slice: Mutex::new(ManuallyDrop::new(slice)),
             ptr,
+            context: self.inner.context,
+            owner: None,
         }))
     }
 
@@ -366,6 +553,9 @@ impl Runtime for CudaRuntime {
     ) -> Result<bool> {
         use cudarc::cublas::{result, sys::cublasOperation_t};
         let Some(blas) = &self.inner.blas else { return Ok(false) };
+        for x in [a, b, c] {
+            self.check_context(x)?;
+        }
         let dims: Option<Vec<i32>> = [m, n, k, lda.max(1), ldb.max(1)]
             .iter()
             .map(|&v| i32::try_from(v).ok())
@@ -447,6 +637,8 @@ impl Runtime for CudaRuntime {
     ) -> Result<bool> {
         use cudarc::cublas::sys::{self, cublasFillMode_t, cublasOperation_t, cublasStatus_t};
         let Some(blas) = &self.inner.blas else { return Ok(false) };
+        self.check_context(a)?;
+        self.check_context(c)?;
         let (Ok(n), Ok(d)) = (i32::try_from(n), i32::try_from(d)) else {
             return Ok(false);
         };
