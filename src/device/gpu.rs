@@ -166,7 +166,9 @@ impl<R: Runtime> GpuDevice<R> {
     }
 
     /// A rows × cols matrix over `raw`, an allocation the runtime made or adopted that holds at
-    /// least rows · cols elements of `T` (the caller checked its byte length).
+    /// least rows · cols elements of `T` (the caller checked its byte length): the CUDA
+    /// backend's adopted memory.
+    #[cfg(feature = "cuda")]
     pub(crate) fn matrix_over<T: Scalar>(&self, raw: R::Raw, rows: usize, cols: usize) -> Result<GpuMatrix<R, T>> {
         self.runtime.check_dtype(T::DTYPE)?;
         let len = rows

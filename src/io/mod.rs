@@ -15,7 +15,9 @@ pub use array::{Array, ArrayData};
 pub use locked::{DEFAULT_LOCK_TIMEOUT, PosteriorFile, remove_dead_temporaries};
 pub use npy::{parse_npy, read_npy, write_npy};
 pub use posterior_file::{
-    PosteriorHeader, load_accumulator, load_posterior, peek_posterior, save_accumulator, save_posterior, structure_name,
+    PosteriorHeader, accumulator_from_bytes, accumulator_to_bytes, load_accumulator, load_posterior, parse_structure,
+    peek_bytes, peek_posterior, posterior_from_bytes, posterior_to_bytes, save_accumulator, save_posterior,
+    structure_name,
 };
 pub use safetensors_array::read_safetensors_tensor;
 

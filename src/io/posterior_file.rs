@@ -75,7 +75,8 @@ pub fn structure_name(s: Structure) -> &'static str {
     }
 }
 
-fn parse_structure(name: &str) -> Option<Structure> {
+/// The structure of a metadata name ([`structure_name`]'s inverse).
+pub fn parse_structure(name: &str) -> Option<Structure> {
     Some(match name {
         "full" => Structure::Full,
         "shared-gaussian" => Structure::Shared(OutputWeighting::Gaussian),
@@ -153,8 +154,13 @@ fn common_parts<T: Scalar>(raw: &RawPosterior<T>, format: &str) -> Result<(Vec<N
     Ok((tensors, metadata))
 }
 
-/// Serialises tensors and metadata with the checksum, and writes them durably.
-fn write_file(path: &Path, dtype: DType, mut tensors: Vec<NamedTensor>, metadata: Vec<MetadataEntry>) -> Result<()> {
+/// Serialises tensors and metadata with the checksum; `path` names the file in errors.
+fn serialize(
+    path: &Path,
+    dtype: DType,
+    mut tensors: Vec<NamedTensor>,
+    metadata: Vec<MetadataEntry>,
+) -> Result<Vec<u8>> {
     tensors.sort_by(|a, b| a.0.cmp(b.0));
     let checksum = checksum(tensors.iter().map(|t| t.2.as_slice()));
     let metadata: HashMap<String, String> = metadata
@@ -174,12 +180,24 @@ fn write_file(path: &Path, dtype: DType, mut tensors: Vec<NamedTensor>, metadata
                 .map_err(fail)
         })
         .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(fail)?;
-    write_durably(path, &bytes)
+    safetensors::serialize(views, Some(metadata)).map_err(fail)
 }
+
+/// Where in-memory files are named in errors.
+const IN_MEMORY: &str = "<bytes>";
 
 /// Saves `post` to `path` durably: a crash mid-write leaves any previous file intact.
 pub fn save_posterior<D: Device, T: Scalar>(post: &Posterior<D, T>, path: &Path) -> Result<()> {
+    write_durably(path, &posterior_bytes(post, path)?)
+}
+
+/// `post` as the bytes of its posterior file ([`save_posterior`] without the file), for
+/// pickling and for shipping between processes; [`posterior_from_bytes`] reads them back.
+pub fn posterior_to_bytes<D: Device, T: Scalar>(post: &Posterior<D, T>) -> Result<Vec<u8>> {
+    posterior_bytes(post, Path::new(IN_MEMORY))
+}
+
+fn posterior_bytes<D: Device, T: Scalar>(post: &Posterior<D, T>, path: &Path) -> Result<Vec<u8>> {
     let raw = post.to_raw()?;
     let (mut tensors, mut metadata) = common_parts(&raw, POSTERIOR_FORMAT)?;
     let (rows, cols) = raw.stored_shape();
@@ -187,15 +205,24 @@ pub fn save_posterior<D: Device, T: Scalar>(post: &Posterior<D, T>, path: &Path)
     tensors.push(("precision", vec![rows, cols], bytes_of(&raw.precision)));
     let tau: Vec<String> = raw.prior_precision.iter().map(|t| t.as_f64().to_string()).collect();
     metadata.push(("prior_precision", tau.join(",")));
-    write_file(path, T::DTYPE, tensors, metadata)
+    serialize(path, T::DTYPE, tensors, metadata)
 }
 
 /// Saves a partial [`CurvatureAccumulator`] durably, for merging elsewhere.
 pub fn save_accumulator<D: Device, T: Scalar>(acc: &CurvatureAccumulator<D, T>, path: &Path) -> Result<()> {
+    write_durably(path, &accumulator_bytes(acc, path)?)
+}
+
+/// `acc` as the bytes of its accumulator file; [`accumulator_from_bytes`] reads them back.
+pub fn accumulator_to_bytes<D: Device, T: Scalar>(acc: &CurvatureAccumulator<D, T>) -> Result<Vec<u8>> {
+    accumulator_bytes(acc, Path::new(IN_MEMORY))
+}
+
+fn accumulator_bytes<D: Device, T: Scalar>(acc: &CurvatureAccumulator<D, T>, path: &Path) -> Result<Vec<u8>> {
     let raw = acc.to_raw()?;
     let (tensors, mut metadata) = common_parts(&raw, ACCUMULATOR_FORMAT)?;
     metadata.push(("prior_precision", String::new()));
-    write_file(path, T::DTYPE, tensors, metadata)
+    serialize(path, T::DTYPE, tensors, metadata)
 }
 
 /// Reads the header of the posterior or accumulator file at `path`.
@@ -208,7 +235,22 @@ pub fn peek_posterior(path: &Path) -> Result<PosteriorHeader> {
 /// Loads the posterior at `path` onto `device`. The file's dtype must be `T`.
 pub fn load_posterior<D: Device, T: Scalar>(device: &D, path: &Path) -> Result<Posterior<D, T>> {
     let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
-    let (file, header, format) = parse(&bytes, path)?;
+    posterior_from(device, &bytes, path)
+}
+
+/// The posterior in `bytes` (from [`posterior_to_bytes`], or a file's contents) on `device`,
+/// checked as [`load_posterior`] checks a file.
+pub fn posterior_from_bytes<D: Device, T: Scalar>(device: &D, bytes: &[u8]) -> Result<Posterior<D, T>> {
+    posterior_from(device, bytes, Path::new(IN_MEMORY))
+}
+
+/// The header of the posterior or accumulator in `bytes`.
+pub fn peek_bytes(bytes: &[u8]) -> Result<PosteriorHeader> {
+    Ok(parse(bytes, Path::new(IN_MEMORY))?.1)
+}
+
+fn posterior_from<D: Device, T: Scalar>(device: &D, bytes: &[u8], path: &Path) -> Result<Posterior<D, T>> {
+    let (file, header, format) = parse(bytes, path)?;
     let fail = |reason: String| Error::Format {
         what: path.display().to_string(),
         reason,
@@ -231,7 +273,26 @@ pub fn load_accumulator<D: Device, T: Scalar>(
     chunk_rows: usize,
 ) -> Result<CurvatureAccumulator<D, T>> {
     let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
-    let (file, header, format) = parse(&bytes, path)?;
+    accumulator_from(device, &bytes, path, chunk_rows)
+}
+
+/// The accumulator in `bytes` (from [`accumulator_to_bytes`]) on `device`, as
+/// [`load_accumulator`].
+pub fn accumulator_from_bytes<D: Device, T: Scalar>(
+    device: &D,
+    bytes: &[u8],
+    chunk_rows: usize,
+) -> Result<CurvatureAccumulator<D, T>> {
+    accumulator_from(device, bytes, Path::new(IN_MEMORY), chunk_rows)
+}
+
+fn accumulator_from<D: Device, T: Scalar>(
+    device: &D,
+    bytes: &[u8],
+    path: &Path,
+    chunk_rows: usize,
+) -> Result<CurvatureAccumulator<D, T>> {
+    let (file, header, format) = parse(bytes, path)?;
     let fail = |reason: String| Error::Format {
         what: path.display().to_string(),
         reason,

@@ -75,6 +75,11 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
         })
     }
 
+    /// The likelihood the curvature is of.
+    pub fn likelihood(&self) -> super::Likelihood {
+        self.shell.likelihood
+    }
+
     /// Samples accumulated so far.
     pub fn count(&self) -> usize {
         self.count

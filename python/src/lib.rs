@@ -1,0 +1,1039 @@
+//! `laplace_update` for Python: [`Posterior`] and [`Accumulator`] over numpy arrays.
+//!
+//! Arrays go in as numpy arrays of the posterior's dtype, read in place when C-contiguous and aligned
+//! (a copy otherwise, by `numpy.require`), and results come out as new numpy arrays that
+//! own the library's buffers. Every call releases the GIL while it computes, and a posterior
+//! is behind a read-write lock: predictions run concurrently, updates one at a time.
+//! Errors are exceptions, one class per `laplace_update::Error` variant under `LaplaceError`,
+//! with the variant's fields as attributes.
+
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use laplace_update::active::{LabelSource, Pool, Strategy, UpdateDriven};
+use laplace_update::io;
+use laplace_update::{
+    BiasMode, CpuDevice, Curvature, CurvatureAccumulator, Error, FitConfig, HostMatrix, Likelihood, Link,
+    Posterior as Post, PriorShape, Scalar, Structure, Targets, UnlearnConfig, UpdateConfig, UpdateRule,
+};
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use pyo3::BoundObject;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+pyo3::create_exception!(
+    laplace_update,
+    LaplaceError,
+    PyException,
+    "Base class of the library's errors."
+);
+macro_rules! exceptions {
+    ($($name:ident: $doc:literal),* $(,)?) => {
+        $(pyo3::create_exception!(laplace_update, $name, LaplaceError, $doc);)*
+        fn add_exceptions(m: &Bound<'_, PyModule>) -> PyResult<()> {
+            m.add("LaplaceError", m.py().get_type::<LaplaceError>())?;
+            $(m.add(stringify!($name), m.py().get_type::<$name>())?;)*
+            Ok(())
+        }
+    };
+}
+exceptions! {
+    ShapeMismatchError: "An argument has the wrong shape (`argument`, `expected`, `got`).",
+    NonFiniteError: "An input holds NaN or ±inf (`argument`, `index`: its first flat index).",
+    LabelOutOfRangeError: "A label is not a class (`index`, `label`, `classes`).",
+    EmptyBatchError: "A batch has no rows (`argument`).",
+    InvalidArgumentError: "An argument is out of its domain (`argument`, `reason`).",
+    NotPositiveDefiniteError: "A matrix that must be positive definite is not (`index`: the failing pivot or sample).",
+    IllConditionedError: "The covariance drifted from the precision's inverse (`drift`).",
+    BackendUnavailableError: "A device backend cannot be used here (`backend`, `reason`).",
+    UnsupportedError: "Valid, but not supported by this backend or configuration (`reason`).",
+    FileError: "A file could not be read or written (`path`, `reason`).",
+    LockTimeoutError: "A posterior file stayed locked by another writer (`path`, `lock`, `waited_s`).",
+    FormatError: "Bytes or a file are not a valid posterior or array (`what`, `reason`).",
+    DeviceError: "A device operation failed (`backend`, `reason`).",
+}
+
+/// The library's error as the exception of its variant, its fields as attributes.
+fn to_py(e: Error) -> PyErr {
+    Python::attach(|py| {
+        let message = e.to_string();
+        let (err, fields): (PyErr, Vec<(&str, Py<PyAny>)>) = match e {
+            Error::ShapeMismatch {
+                argument,
+                expected,
+                got,
+            } => (
+                ShapeMismatchError::new_err(message),
+                vec![
+                    ("argument", obj(py, argument)),
+                    ("expected", obj(py, expected)),
+                    ("got", obj(py, got)),
+                ],
+            ),
+            Error::NonFinite { argument, index } => (
+                NonFiniteError::new_err(message),
+                vec![("argument", obj(py, argument)), ("index", obj(py, index))],
+            ),
+            Error::LabelOutOfRange { index, label, classes } => (
+                LabelOutOfRangeError::new_err(message),
+                vec![
+                    ("index", obj(py, index)),
+                    ("label", obj(py, label)),
+                    ("classes", obj(py, classes)),
+                ],
+            ),
+            Error::EmptyBatch { argument } => {
+                (EmptyBatchError::new_err(message), vec![("argument", obj(py, argument))])
+            }
+            Error::InvalidArgument { argument, reason } => (
+                InvalidArgumentError::new_err(message),
+                vec![("argument", obj(py, argument)), ("reason", obj(py, reason))],
+            ),
+            Error::NotPositiveDefinite { index } => (
+                NotPositiveDefiniteError::new_err(message),
+                vec![("index", obj(py, index))],
+            ),
+            Error::IllConditioned { drift } => (IllConditionedError::new_err(message), vec![("drift", obj(py, drift))]),
+            Error::BackendUnavailable { backend, reason } => (
+                BackendUnavailableError::new_err(message),
+                vec![("backend", obj(py, backend)), ("reason", obj(py, reason))],
+            ),
+            Error::Unsupported(reason) => (UnsupportedError::new_err(message), vec![("reason", obj(py, reason))]),
+            Error::Io { path, reason } => (
+                FileError::new_err(message),
+                vec![("path", obj(py, path)), ("reason", obj(py, reason))],
+            ),
+            Error::LockTimeout { path, lock, waited_s } => (
+                LockTimeoutError::new_err(message),
+                vec![
+                    ("path", obj(py, path)),
+                    ("lock", obj(py, lock)),
+                    ("waited_s", obj(py, waited_s)),
+                ],
+            ),
+            Error::Format { what, reason } => (
+                FormatError::new_err(message),
+                vec![("what", obj(py, what)), ("reason", obj(py, reason))],
+            ),
+            Error::Device { backend, reason } => (
+                DeviceError::new_err(message),
+                vec![("backend", obj(py, backend)), ("reason", obj(py, reason))],
+            ),
+            other => (LaplaceError::new_err(other.to_string()), vec![]),
+        };
+        let value = err.value(py);
+        for (name, v) in fields {
+            let _ = value.setattr(name, v);
+        }
+        err
+    })
+}
+
+fn obj<'py, V: IntoPyObject<'py>>(py: Python<'py>, v: V) -> Py<PyAny> {
+    v.into_pyobject(py)
+        .map(|b| b.into_any().unbind())
+        .unwrap_or_else(|_| py.None())
+}
+
+fn invalid(argument: &'static str, reason: impl Into<String>) -> PyErr {
+    to_py(Error::invalid(argument, reason))
+}
+
+type R<T> = PyResult<T>;
+
+/// `numpy.require(x, dtype, "CA")`: `x` itself when it is C-contiguous, aligned and of
+/// `dtype`, else a converted copy (arrays unpickled from out-of-band buffers can be misaligned).
+fn contiguous<'py>(x: &Bound<'py, PyAny>, dtype: &str) -> R<Bound<'py, PyAny>> {
+    x.py().import("numpy")?.call_method1("require", (x, dtype, "CA"))
+}
+
+/// A C-contiguous 2-D array of `T`: `x` itself when it already is one, else a converted copy.
+fn matrix<'py, T: Scalar + numpy::Element>(x: &Bound<'py, PyAny>) -> R<PyReadonlyArray2<'py, T>> {
+    let a = contiguous(x, dtype_name::<T>())?;
+    if a.getattr("ndim")?.extract::<usize>()? != 2 {
+        let shape: Vec<usize> = a.getattr("shape")?.extract()?;
+        return Err(to_py(Error::ShapeMismatch {
+            argument: "features",
+            expected: "a 2-D array".into(),
+            got: format!("shape {shape:?}"),
+        }));
+    }
+    Ok(a.cast_into::<numpy::PyArray2<T>>()?.readonly())
+}
+
+/// Class labels as int64, or regression targets as a 2-D array of `T`.
+enum TargetArray<'py, T: numpy::Element> {
+    Labels(PyReadonlyArray1<'py, i64>),
+    Values(PyReadonlyArray2<'py, T>),
+}
+
+fn targets<'py, T: Scalar + numpy::Element>(y: &Bound<'py, PyAny>, regression: bool) -> R<TargetArray<'py, T>> {
+    let np = y.py().import("numpy")?;
+    if regression {
+        let a = np.call_method1("asarray", (y,))?;
+        let a = if a.getattr("ndim")?.extract::<usize>()? == 1 {
+            a.call_method1("reshape", ((-1i64, 1i64),))?
+        } else {
+            a
+        };
+        return Ok(TargetArray::Values(matrix::<T>(&a)?));
+    }
+    let a = np.call_method1("asarray", (y,))?;
+    let kind: String = a.getattr("dtype")?.getattr("kind")?.extract()?;
+    if kind != "i" && kind != "u" {
+        return Err(invalid("labels", format!("must be integers, got dtype kind `{kind}`")));
+    }
+    let a = contiguous(&a, "int64")?;
+    Ok(TargetArray::Labels(a.cast_into::<PyArray1<i64>>()?.readonly()))
+}
+
+/// Class labels read in place.
+struct Labels<'a>(&'a [i64]);
+
+impl<T: Scalar> Targets<T> for Labels<'_> {
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+    fn check(&self, rows: usize, outputs: usize, regression: bool) -> laplace_update::Result<()> {
+        Targets::<T>::check(self.0, rows, outputs, regression)
+    }
+    fn target_rows(&self, start: usize, count: usize, outputs: usize) -> Vec<T> {
+        Targets::<T>::target_rows(self.0, start, count, outputs)
+    }
+}
+
+impl<T: Scalar + numpy::Element> TargetArray<'_, T> {
+    fn with<V>(&self, f: impl FnOnce(&dyn Targets<T>) -> laplace_update::Result<V>) -> laplace_update::Result<V> {
+        match self {
+            TargetArray::Labels(l) => {
+                let s = l.as_slice().map_err(|e| Error::Unsupported(e.to_string()))?;
+                f(&Labels(s))
+            }
+            TargetArray::Values(v) => {
+                let (n, k) = (v.shape()[0], v.shape()[1]);
+                let s = v.as_slice().map_err(|e| Error::Unsupported(e.to_string()))?;
+                f(&HostMatrix::new(s, n, k)?)
+            }
+        }
+    }
+}
+
+fn host<'a, T: Scalar + numpy::Element>(a: &'a PyReadonlyArray2<'_, T>) -> laplace_update::Result<HostMatrix<'a, T>> {
+    let (n, d) = (a.shape()[0], a.shape()[1]);
+    HostMatrix::new(a.as_slice().map_err(|e| Error::Unsupported(e.to_string()))?, n, d)
+}
+
+fn structure(name: &str) -> R<Structure> {
+    io::parse_structure(name).ok_or_else(|| {
+        invalid(
+            "structure",
+            format!("unknown `{name}`; one of full, shared-gaussian, shared-categorical, diag, kron"),
+        )
+    })
+}
+
+fn likelihood(name: &str, sigma_noise: f64) -> R<Likelihood> {
+    match name {
+        "classification" => Ok(Likelihood::Classification),
+        "regression" => Ok(Likelihood::Regression { sigma_noise }),
+        _ => Err(invalid(
+            "likelihood",
+            format!("unknown `{name}`; one of classification, regression"),
+        )),
+    }
+}
+
+fn curvature(name: &str, samples: usize, seed: u64) -> R<Curvature> {
+    match name {
+        "ggn" => Ok(Curvature::Ggn),
+        "ef" | "empirical-fisher" => Ok(Curvature::EmpiricalFisher),
+        "mc" | "monte-carlo-fisher" => Ok(Curvature::MonteCarloFisher { samples, seed }),
+        _ => Err(invalid("curvature", format!("unknown `{name}`; one of ggn, ef, mc"))),
+    }
+}
+
+fn link(name: &str, samples: usize, seed: u64) -> R<Link> {
+    match name {
+        "probit" => Ok(Link::default()),
+        "mc" | "monte-carlo" => Ok(Link::MonteCarlo { samples, seed }),
+        "bridge" => Ok(Link::Bridge),
+        "none" | "map" => Ok(Link::None),
+        _ => Err(invalid(
+            "link",
+            format!("unknown `{name}`; one of probit, mc, bridge, none"),
+        )),
+    }
+}
+
+fn rule(name: &str) -> R<UpdateRule> {
+    match name {
+        "joint" => Ok(UpdateRule::Joint),
+        "sequential" => Ok(UpdateRule::Sequential),
+        _ => Err(invalid("rule", format!("unknown `{name}`; one of joint, sequential"))),
+    }
+}
+
+/// The posterior of one device and dtype.
+enum Inner {
+    CpuF32(Post<CpuDevice, f32>),
+    CpuF64(Post<CpuDevice, f64>),
+    #[cfg(feature = "cuda")]
+    CudaF32(Post<laplace_update::CudaDevice, f32>),
+    #[cfg(feature = "cuda")]
+    CudaF64(Post<laplace_update::CudaDevice, f64>),
+    #[cfg(feature = "wgpu")]
+    WgpuF32(Post<laplace_update::WgpuDevice, f32>),
+}
+
+/// Runs `$body` with `$p` bound to the posterior inside an [`Inner`] and `$T` its dtype.
+macro_rules! each {
+    ($inner:expr, |$p:ident: $T:ident| $body:expr) => {
+        match $inner {
+            Inner::CpuF32($p) => {
+                #[allow(dead_code)]
+                type $T = f32;
+                $body
+            }
+            Inner::CpuF64($p) => {
+                #[allow(dead_code)]
+                type $T = f64;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            Inner::CudaF32($p) => {
+                #[allow(dead_code)]
+                type $T = f32;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            Inner::CudaF64($p) => {
+                #[allow(dead_code)]
+                type $T = f64;
+                $body
+            }
+            #[cfg(feature = "wgpu")]
+            Inner::WgpuF32($p) => {
+                #[allow(dead_code)]
+                type $T = f32;
+                $body
+            }
+        }
+    };
+}
+
+/// A device chosen by name, and the dtype's variant built on it by `$make`.
+macro_rules! on_device {
+    ($device:expr, $dtype:expr, |$d:ident, $T:ident| $make:expr, $wrap:ident) => {{
+        let f64_ = match $dtype {
+            "float32" => false,
+            "float64" => true,
+            other => return Err(invalid("dtype", format!("unknown `{other}`; one of float32, float64"))),
+        };
+        match ($device, f64_) {
+            ("cpu", false) => {
+                let $d = CpuDevice::new(0).map_err(to_py)?;
+                type $T = f32;
+                $wrap::CpuF32($make)
+            }
+            ("cpu", true) => {
+                let $d = CpuDevice::new(0).map_err(to_py)?;
+                type $T = f64;
+                $wrap::CpuF64($make)
+            }
+            #[cfg(feature = "cuda")]
+            ("cuda", false) => {
+                let $d = laplace_update::CudaDevice::new(0).map_err(to_py)?;
+                type $T = f32;
+                $wrap::CudaF32($make)
+            }
+            #[cfg(feature = "cuda")]
+            ("cuda", true) => {
+                let $d = laplace_update::CudaDevice::new(0).map_err(to_py)?;
+                type $T = f64;
+                $wrap::CudaF64($make)
+            }
+            #[cfg(feature = "wgpu")]
+            ("wgpu", false) => {
+                let $d = laplace_update::WgpuDevice::new().map_err(to_py)?;
+                type $T = f32;
+                $wrap::WgpuF32($make)
+            }
+            (other, _) => {
+                return Err(to_py(
+                    laplace_update::AnyDevice::select(other)
+                        .err()
+                        .unwrap_or_else(|| Error::Unsupported(format!("{other} in {}", $dtype))),
+                ));
+            }
+        }
+    }};
+}
+
+fn dtype_name<T: Scalar>() -> &'static str {
+    if T::DTYPE == laplace_update::DType::F32 {
+        "float32"
+    } else {
+        "float64"
+    }
+}
+
+/// A last-layer Laplace posterior `N(ŵ, Σ)` over a trained head, updated in closed form.
+#[pyclass(module = "laplace_update", frozen)]
+struct Posterior {
+    inner: RwLock<Inner>,
+    device: String,
+}
+
+/// A value moved out of [`Python::detach`] on the thread that made it.
+struct SameThread<G>(G);
+// SAFETY: `Python::detach` runs its closure on the calling thread and returns there, so a lock
+// guard wrapped here is made, used and dropped on one thread; nothing else reaches it.
+unsafe impl<G> Send for SameThread<G> {}
+
+/// Read access, waited for with the GIL released (a writer computing without the GIL may need
+/// it back before it can finish).
+fn read<'a, X: Send + Sync>(py: Python<'_>, lock: &'a RwLock<X>) -> RwLockReadGuard<'a, X> {
+    py.detach(|| SameThread(lock.read().unwrap_or_else(|e| e.into_inner())))
+        .0
+}
+
+/// Write access, as [`read`].
+fn write<'a, X: Send + Sync>(py: Python<'_>, lock: &'a RwLock<X>) -> RwLockWriteGuard<'a, X> {
+    py.detach(|| SameThread(lock.write().unwrap_or_else(|e| e.into_inner())))
+        .0
+}
+
+fn fit_config(
+    structure_: &str,
+    likelihood_: &str,
+    curvature_: &str,
+    prior_precision: f64,
+    bias_in_posterior: bool,
+    sigma_noise: f64,
+    mc_samples: usize,
+    seed: u64,
+) -> R<FitConfig> {
+    Ok(FitConfig {
+        structure: structure(structure_)?,
+        likelihood: likelihood(likelihood_, sigma_noise)?,
+        curvature: curvature(curvature_, mc_samples, seed)?,
+        prior_precision,
+        bias: if bias_in_posterior {
+            BiasMode::InPosterior
+        } else {
+            BiasMode::Fixed
+        },
+        ..Default::default()
+    })
+}
+
+fn bias_vector<'py, T: Scalar + numpy::Element>(
+    bias: Option<&Bound<'py, PyAny>>,
+) -> R<Option<PyReadonlyArray1<'py, T>>> {
+    let Some(b) = bias else { return Ok(None) };
+    if b.is_none() {
+        return Ok(None);
+    }
+    let a = contiguous(&b.py().import("numpy")?.call_method1("ravel", (b,))?, dtype_name::<T>())?;
+    Ok(Some(a.cast_into::<PyArray1<T>>()?.readonly()))
+}
+
+fn slice1<'a, T: numpy::Element>(a: &'a Option<PyReadonlyArray1<'_, T>>) -> R<Option<&'a [T]>> {
+    a.as_ref()
+        .map(|a| a.as_slice().map_err(|e| to_py(Error::Unsupported(e.to_string()))))
+        .transpose()
+}
+
+fn out<'py, T: Scalar + numpy::Element>(py: Python<'py>, v: Vec<T>, shape: &[usize]) -> R<Bound<'py, PyAny>> {
+    Ok(PyArray1::from_vec(py, v).reshape(shape.to_vec())?.into_any())
+}
+
+#[pymethods]
+impl Posterior {
+    /// Fits the posterior around the head `weights` (K × D) and `bias` (K) from `features`
+    /// (N × D) and `labels` (N integers; N × K values for regression).
+    #[staticmethod]
+    #[pyo3(signature = (features, labels, weights, bias=None, structure="full", likelihood="classification",
+        prior_precision=1.0, bias_in_posterior=true, dtype="float64", device="cpu", curvature="ggn",
+        sigma_noise=1.0, mc_samples=1, seed=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn fit(
+        py: Python<'_>,
+        features: &Bound<'_, PyAny>,
+        labels: &Bound<'_, PyAny>,
+        weights: &Bound<'_, PyAny>,
+        bias: Option<&Bound<'_, PyAny>>,
+        structure: &str,
+        likelihood: &str,
+        prior_precision: f64,
+        bias_in_posterior: bool,
+        dtype: &str,
+        device: &str,
+        curvature: &str,
+        sigma_noise: f64,
+        mc_samples: usize,
+        seed: u64,
+    ) -> R<Posterior> {
+        let config = fit_config(
+            structure,
+            likelihood,
+            curvature,
+            prior_precision,
+            bias_in_posterior,
+            sigma_noise,
+            mc_samples,
+            seed,
+        )?;
+        let regression = config.likelihood != Likelihood::Classification;
+        let inner = on_device!(
+            device,
+            dtype,
+            |d, T| {
+                let (x, w, b) = (matrix::<T>(features)?, matrix::<T>(weights)?, bias_vector::<T>(bias)?);
+                let y = targets::<T>(labels, regression)?;
+                let b = slice1(&b)?;
+                let (x, w) = (host(&x).map_err(to_py)?, host(&w).map_err(to_py)?);
+                y.with(|y| py.detach(|| Post::fit(&d, x, y, w, b, &config)))
+                    .map_err(to_py)?
+            },
+            Inner
+        );
+        Ok(Posterior {
+            inner: RwLock::new(inner),
+            device: device.to_string(),
+        })
+    }
+
+    /// Folds new labelled data in: one Newton step (`iterations` of them) with the inverse
+    /// Hessian by Woodbury (`rule="joint"`) or sample by sample (`"sequential"`).
+    #[pyo3(signature = (features, labels, rule="joint", gamma=1.0, iterations=1, forgetting=1.0))]
+    fn update(
+        &self,
+        py: Python<'_>,
+        features: &Bound<'_, PyAny>,
+        labels: &Bound<'_, PyAny>,
+        rule: &str,
+        gamma: f64,
+        iterations: usize,
+        forgetting: f64,
+    ) -> R<()> {
+        let config = UpdateConfig {
+            rule: self::rule(rule)?,
+            gamma,
+            iterations,
+            forgetting,
+        };
+        let mut guard = write(py, &self.inner);
+        each!(&mut *guard, |p: T| {
+            let regression = p.likelihood() != Likelihood::Classification;
+            let (x, y) = (matrix::<T>(features)?, targets::<T>(labels, regression)?);
+            let x = host(&x).map_err(to_py)?;
+            y.with(|y| py.detach(|| p.update(x, y, &config))).map_err(to_py)
+        })
+    }
+
+    /// Removes data an earlier update folded in.
+    #[pyo3(signature = (features, labels, gamma=1.0))]
+    fn unlearn(&self, py: Python<'_>, features: &Bound<'_, PyAny>, labels: &Bound<'_, PyAny>, gamma: f64) -> R<()> {
+        let config = UnlearnConfig {
+            gamma,
+            ..Default::default()
+        };
+        let mut guard = write(py, &self.inner);
+        each!(&mut *guard, |p: T| {
+            let regression = p.likelihood() != Likelihood::Classification;
+            let (x, y) = (matrix::<T>(features)?, targets::<T>(labels, regression)?);
+            let x = host(&x).map_err(to_py)?;
+            y.with(|y| py.detach(|| p.unlearn(x, y, &config))).map_err(to_py)
+        })
+    }
+
+    /// `(probs, logit_var)`: the predictive under `link` (probit, mc, bridge, none) and the
+    /// logit covariance, N × K × K for Full and N × K (its diagonal) for the other structures.
+    #[pyo3(signature = (features, link="probit", samples=100, seed=0))]
+    fn predict<'py>(
+        &self,
+        py: Python<'py>,
+        features: &Bound<'py, PyAny>,
+        link: &str,
+        samples: usize,
+        seed: u64,
+    ) -> R<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        let link = self::link(link, samples, seed)?;
+        let guard = read(py, &self.inner);
+        each!(&*guard, |p: T| {
+            let x = matrix::<T>(features)?;
+            let (full, k) = (p.structure() == Structure::Full, p.classes());
+            let x = host(&x).map_err(to_py)?;
+            let pred = py.detach(|| p.predict(x, link)).map_err(to_py)?;
+            let n = pred.probs.len() / k;
+            let var: Vec<T> = match full {
+                true => (0..n * k * k)
+                    .map(|i| pred.logit_cov_at(i / (k * k), (i / k) % k, i % k))
+                    .collect(),
+                false => (0..n * k).map(|i| pred.logit_cov_at(i / k, i % k, i % k)).collect(),
+            };
+            let shape: Vec<usize> = if full { vec![n, k, k] } else { vec![n, k] };
+            Ok((out(py, pred.probs, &[n, k])?, out(py, var, &shape)?))
+        })
+    }
+
+    /// The log marginal likelihood of the data under the Laplace approximation.
+    fn log_marginal_likelihood(
+        &self,
+        py: Python<'_>,
+        features: &Bound<'_, PyAny>,
+        labels: &Bound<'_, PyAny>,
+    ) -> R<f64> {
+        let guard = read(py, &self.inner);
+        each!(&*guard, |p: T| {
+            let regression = p.likelihood() != Likelihood::Classification;
+            let (x, y) = (matrix::<T>(features)?, targets::<T>(labels, regression)?);
+            let x = host(&x).map_err(to_py)?;
+            y.with(|y| py.detach(|| p.log_marginal_likelihood(x, y)))
+                .map(|v| v.as_f64())
+                .map_err(to_py)
+        })
+    }
+
+    /// Chooses τ by maximising the marginal likelihood (one value, or one per class with
+    /// `per_class=True`); returns it.
+    #[pyo3(signature = (per_class=false))]
+    fn optimize_prior_precision(&self, py: Python<'_>, per_class: bool) -> R<Vec<f64>> {
+        let shape = if per_class {
+            PriorShape::PerClass
+        } else {
+            PriorShape::Scalar
+        };
+        let mut guard = write(py, &self.inner);
+        each!(&mut *guard, |p: T| py
+            .detach(|| p.optimize_prior_precision(shape))
+            .map_err(to_py))
+    }
+
+    /// Saves the posterior file durably (a crash mid-write keeps any previous file).
+    fn save(&self, py: Python<'_>, path: std::path::PathBuf) -> R<()> {
+        let guard = read(py, &self.inner);
+        each!(&*guard, |p: T| py
+            .detach(|| io::save_posterior(p, &path))
+            .map_err(to_py))
+    }
+
+    /// Loads a posterior file onto `device`, in the file's dtype.
+    #[staticmethod]
+    #[pyo3(signature = (path, device="cpu"))]
+    fn load(py: Python<'_>, path: std::path::PathBuf, device: &str) -> R<Posterior> {
+        let bytes = std::fs::read(&path).map_err(|e| {
+            to_py(Error::Io {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })
+        })?;
+        Self::from_bytes(py, &bytes, device)
+    }
+
+    /// The posterior file's bytes.
+    fn to_bytes<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyBytes>> {
+        let guard = read(py, &self.inner);
+        let bytes = each!(&*guard, |p: T| py
+            .detach(|| io::posterior_to_bytes(p))
+            .map_err(to_py)?);
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// A posterior from the bytes of [`Posterior.to_bytes`] or of a posterior file.
+    #[staticmethod]
+    #[pyo3(signature = (data, device="cpu"))]
+    fn from_bytes(py: Python<'_>, data: &[u8], device: &str) -> R<Posterior> {
+        let header = io::peek_bytes(data).map_err(to_py)?;
+        let dtype = if header.dtype == laplace_update::DType::F32 {
+            "float32"
+        } else {
+            "float64"
+        };
+        let inner = on_device!(
+            device,
+            dtype,
+            |d, T| {
+                py.detach(|| io::posterior_from_bytes::<_, T>(&d, data))
+                    .map_err(to_py)?
+            },
+            Inner
+        );
+        Ok(Posterior {
+            inner: RwLock::new(inner),
+            device: device.to_string(),
+        })
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> R<(Bound<'py, PyAny>, (Bound<'py, PyBytes>, String))> {
+        let py = slf.py();
+        let ctor = py.get_type::<Posterior>().getattr("from_bytes")?;
+        Ok((ctor, (slf.get().to_bytes(py)?, slf.get().device.clone())))
+    }
+
+    /// The head W (K × D) and, with the bias in the posterior, the bias (K): the mean.
+    fn mean<'py>(&self, py: Python<'py>) -> R<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        let guard = read(py, &self.inner);
+        each!(&*guard, |p: T| {
+            let (w, b) = (p.head().map_err(to_py)?, p.bias().map_err(to_py)?);
+            Ok((out(py, w, &[p.classes(), p.features()])?, out(py, b, &[p.classes()])?))
+        })
+    }
+
+    /// The covariance Σ in the structure's layout (P × P for Full, D_aug × D_aug for Shared,
+    /// K × D_aug for Diag; Kron's factors are in `to_bytes`).
+    fn covariance<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyAny>> {
+        let guard = read(py, &self.inner);
+        each!(&*guard, |p: T| {
+            let (r, c) = p.stored_shape();
+            out(py, p.covariance().map_err(to_py)?, &[r, c])
+        })
+    }
+
+    /// The precision Π, as [`Posterior.covariance`].
+    fn precision<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyAny>> {
+        let guard = read(py, &self.inner);
+        each!(&*guard, |p: T| {
+            let (r, c) = p.stored_shape();
+            out(py, p.precision().map_err(to_py)?, &[r, c])
+        })
+    }
+
+    /// τ, one value or one per class.
+    #[getter]
+    fn prior_precision(&self, py: Python<'_>) -> Vec<f64> {
+        let guard = read(py, &self.inner);
+        each!(&*guard, |p: T| p.prior_precision().iter().map(|t| t.as_f64()).collect())
+    }
+
+    #[getter]
+    fn classes(&self, py: Python<'_>) -> usize {
+        let guard = read(py, &self.inner);
+        each!(&*guard, |p: T| p.classes())
+    }
+
+    #[getter]
+    fn features(&self, py: Python<'_>) -> usize {
+        let guard = read(py, &self.inner);
+        each!(&*guard, |p: T| p.features())
+    }
+
+    #[getter]
+    fn samples_seen(&self, py: Python<'_>) -> usize {
+        let guard = read(py, &self.inner);
+        each!(&*guard, |p: T| p.samples_seen())
+    }
+
+    #[getter]
+    fn structure(&self, py: Python<'_>) -> &'static str {
+        let guard = read(py, &self.inner);
+        each!(&*guard, |p: T| io::structure_name(p.structure()))
+    }
+
+    #[getter]
+    fn dtype(&self, py: Python<'_>) -> &'static str {
+        let guard = read(py, &self.inner);
+        each!(&*guard, |_p: T| dtype_name::<T>())
+    }
+
+    #[getter]
+    fn device(&self) -> String {
+        self.device.clone()
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "Posterior(structure={:?}, classes={}, features={}, samples_seen={}, dtype={:?}, device={:?})",
+            self.structure(py),
+            self.classes(py),
+            self.features(py),
+            self.samples_seen(py),
+            self.dtype(py),
+            self.device
+        )
+    }
+}
+
+/// The accumulator of one device and dtype.
+enum AccInner {
+    CpuF32(CurvatureAccumulator<CpuDevice, f32>),
+    CpuF64(CurvatureAccumulator<CpuDevice, f64>),
+    #[cfg(feature = "cuda")]
+    CudaF32(CurvatureAccumulator<laplace_update::CudaDevice, f32>),
+    #[cfg(feature = "cuda")]
+    CudaF64(CurvatureAccumulator<laplace_update::CudaDevice, f64>),
+    #[cfg(feature = "wgpu")]
+    WgpuF32(CurvatureAccumulator<laplace_update::WgpuDevice, f32>),
+}
+
+macro_rules! each_acc {
+    ($inner:expr, |$a:ident: $T:ident, $wrap:ident| $body:expr) => {
+        match $inner {
+            AccInner::CpuF32($a) => {
+                #[allow(dead_code)]
+                type $T = f32;
+                let $wrap = Inner::CpuF32;
+                $body
+            }
+            AccInner::CpuF64($a) => {
+                #[allow(dead_code)]
+                type $T = f64;
+                let $wrap = Inner::CpuF64;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            AccInner::CudaF32($a) => {
+                #[allow(dead_code)]
+                type $T = f32;
+                let $wrap = Inner::CudaF32;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            AccInner::CudaF64($a) => {
+                #[allow(dead_code)]
+                type $T = f64;
+                let $wrap = Inner::CudaF64;
+                $body
+            }
+            #[cfg(feature = "wgpu")]
+            AccInner::WgpuF32($a) => {
+                #[allow(dead_code)]
+                type $T = f32;
+                let $wrap = Inner::WgpuF32;
+                $body
+            }
+        }
+    };
+}
+
+/// Curvature sums around one head, accumulated in parts (shards, workers) and merged:
+/// `finish` gives the posterior a single fit over all the parts gives.
+#[pyclass(module = "laplace_update", frozen)]
+struct Accumulator {
+    inner: RwLock<AccInner>,
+    device: String,
+}
+
+const ACC_CHUNK_ROWS: usize = 4096;
+
+#[pymethods]
+impl Accumulator {
+    #[new]
+    #[pyo3(signature = (weights, bias=None, structure="full", likelihood="classification", bias_in_posterior=true,
+        dtype="float64", device="cpu", curvature="ggn", sigma_noise=1.0, mc_samples=1, seed=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        weights: &Bound<'_, PyAny>,
+        bias: Option<&Bound<'_, PyAny>>,
+        structure: &str,
+        likelihood: &str,
+        bias_in_posterior: bool,
+        dtype: &str,
+        device: &str,
+        curvature: &str,
+        sigma_noise: f64,
+        mc_samples: usize,
+        seed: u64,
+    ) -> R<Accumulator> {
+        let config = FitConfig {
+            chunk_rows: ACC_CHUNK_ROWS,
+            ..fit_config(
+                structure,
+                likelihood,
+                curvature,
+                1.0,
+                bias_in_posterior,
+                sigma_noise,
+                mc_samples,
+                seed,
+            )?
+        };
+        let inner = on_device!(
+            device,
+            dtype,
+            |d, T| {
+                let (w, b) = (matrix::<T>(weights)?, bias_vector::<T>(bias)?);
+                let b = slice1(&b)?;
+                let w = host(&w).map_err(to_py)?;
+                py.detach(|| CurvatureAccumulator::new(&d, w, b, &config))
+                    .map_err(to_py)?
+            },
+            AccInner
+        );
+        Ok(Accumulator {
+            inner: RwLock::new(inner),
+            device: device.to_string(),
+        })
+    }
+
+    /// Adds the curvature of `features` with their `labels`.
+    fn accumulate(&self, py: Python<'_>, features: &Bound<'_, PyAny>, labels: &Bound<'_, PyAny>) -> R<()> {
+        let mut guard = write(py, &self.inner);
+        each_acc!(&mut *guard, |a: T, _wrap| {
+            let regression = a.likelihood() != Likelihood::Classification;
+            let (x, y) = (matrix::<T>(features)?, targets::<T>(labels, regression)?);
+            let x = host(&x).map_err(to_py)?;
+            y.with(|y| py.detach(|| a.accumulate(x, y))).map_err(to_py)
+        })
+    }
+
+    /// Adds another accumulator's sums (same head, settings, dtype and device).
+    fn merge(&self, py: Python<'_>, other: &Accumulator) -> R<()> {
+        if std::ptr::eq(self, other) {
+            return Err(invalid("other", "an accumulator cannot merge itself; merge a copy"));
+        }
+        let theirs = other.inner.read().unwrap_or_else(|e| e.into_inner());
+        let mut guard = write(py, &self.inner);
+        match (&mut *guard, &*theirs) {
+            (AccInner::CpuF32(a), AccInner::CpuF32(b)) => py.detach(|| a.merge(b)).map_err(to_py),
+            (AccInner::CpuF64(a), AccInner::CpuF64(b)) => py.detach(|| a.merge(b)).map_err(to_py),
+            #[cfg(feature = "cuda")]
+            (AccInner::CudaF32(a), AccInner::CudaF32(b)) => py.detach(|| a.merge(b)).map_err(to_py),
+            #[cfg(feature = "cuda")]
+            (AccInner::CudaF64(a), AccInner::CudaF64(b)) => py.detach(|| a.merge(b)).map_err(to_py),
+            #[cfg(feature = "wgpu")]
+            (AccInner::WgpuF32(a), AccInner::WgpuF32(b)) => py.detach(|| a.merge(b)).map_err(to_py),
+            _ => Err(invalid("other", "must have the same dtype and device")),
+        }
+    }
+
+    /// The posterior with prior precision τ, or with τ chosen by marginal likelihood when
+    /// `optimize_prior=True` (starting from `prior_precision`).
+    #[pyo3(signature = (prior_precision=1.0, optimize_prior=false))]
+    fn finish(&self, py: Python<'_>, prior_precision: f64, optimize_prior: bool) -> R<Posterior> {
+        let guard = read(py, &self.inner);
+        let inner = each_acc!(&*guard, |a: T, wrap| {
+            let mut post = py.detach(|| a.finish(prior_precision)).map_err(to_py)?;
+            if optimize_prior {
+                py.detach(|| post.optimize_prior_precision(PriorShape::Scalar))
+                    .map_err(to_py)?;
+            }
+            wrap(post)
+        });
+        Ok(Posterior {
+            inner: RwLock::new(inner),
+            device: self.device.clone(),
+        })
+    }
+
+    /// Samples accumulated so far.
+    #[getter]
+    fn count(&self, py: Python<'_>) -> usize {
+        let guard = read(py, &self.inner);
+        each_acc!(&*guard, |a: T, _wrap| a.count())
+    }
+
+    /// The accumulator file's bytes.
+    fn to_bytes<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyBytes>> {
+        let guard = read(py, &self.inner);
+        let bytes = each_acc!(&*guard, |a: T, _wrap| py
+            .detach(|| io::accumulator_to_bytes(a))
+            .map_err(to_py)?);
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// An accumulator from the bytes of [`Accumulator.to_bytes`].
+    #[staticmethod]
+    #[pyo3(signature = (data, device="cpu"))]
+    fn from_bytes(py: Python<'_>, data: &[u8], device: &str) -> R<Accumulator> {
+        let header = io::peek_bytes(data).map_err(to_py)?;
+        let dtype = if header.dtype == laplace_update::DType::F32 {
+            "float32"
+        } else {
+            "float64"
+        };
+        let inner = on_device!(
+            device,
+            dtype,
+            |d, T| {
+                py.detach(|| io::accumulator_from_bytes::<_, T>(&d, data, ACC_CHUNK_ROWS))
+                    .map_err(to_py)?
+            },
+            AccInner
+        );
+        Ok(Accumulator {
+            inner: RwLock::new(inner),
+            device: device.to_string(),
+        })
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> R<(Bound<'py, PyAny>, (Bound<'py, PyBytes>, String))> {
+        let py = slf.py();
+        let ctor = py.get_type::<Accumulator>().getattr("from_bytes")?;
+        Ok((ctor, (slf.get().to_bytes(py)?, slf.get().device.clone())))
+    }
+}
+
+/// Picks `batch` pool candidates (indices) for labelling by `strategy` (random, entropy,
+/// margin, least-confidence, bald, badge, bait, coreset, typiclust); with `update_driven`, one
+/// at a time, each folded in (with the posterior's own most probable label) before the next.
+#[pyfunction]
+#[pyo3(signature = (post, pool_features, strategy="margin", batch=10, update_driven=false, seed=0, labeled_features=None))]
+fn select(
+    py: Python<'_>,
+    post: &Posterior,
+    pool_features: &Bound<'_, PyAny>,
+    strategy: &str,
+    batch: usize,
+    update_driven: bool,
+    seed: u64,
+    labeled_features: Option<&Bound<'_, PyAny>>,
+) -> R<Vec<usize>> {
+    let strategy = Strategy::from_name(strategy).map_err(to_py)?;
+    let guard = read(py, &post.inner);
+    each!(&*guard, |p: T| {
+        let x = matrix::<T>(pool_features)?;
+        let labeled = match labeled_features {
+            Some(l) if !l.is_none() => Some(matrix::<T>(l)?),
+            _ => None,
+        };
+        let empty: [T; 0] = [];
+        let pool = Pool {
+            candidates: host(&x).map_err(to_py)?,
+            labeled: match &labeled {
+                Some(l) => host(l),
+                None => HostMatrix::new(&empty, 0, p.features()),
+            }
+            .map_err(to_py)?,
+        };
+        py.detach(|| match update_driven {
+            false => strategy.select(p, &pool, batch, seed),
+            true => UpdateDriven {
+                base: strategy,
+                labels: LabelSource::Predicted,
+                update: UpdateConfig::default(),
+            }
+            .select(p, &pool, batch, seed),
+        })
+        .map_err(to_py)
+    })
+}
+
+/// The backends of this build: `(name, available, detail)` each, `detail` the device's name
+/// or the reason it cannot be used.
+#[pyfunction]
+fn devices(py: Python<'_>) -> Vec<(String, bool, String)> {
+    py.detach(|| {
+        ["cpu", "cuda", "wgpu"]
+            .iter()
+            .map(|&b| match laplace_update::AnyDevice::select(b) {
+                Ok(d) => (b.to_string(), true, d.name()),
+                Err(e) => (b.to_string(), false, e.to_string()),
+            })
+            .collect()
+    })
+}
+
+#[pymodule]
+#[pyo3(name = "laplace_update")]
+fn laplace_update_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Posterior>()?;
+    m.add_class::<Accumulator>()?;
+    m.add_function(wrap_pyfunction!(select, m)?)?;
+    m.add_function(wrap_pyfunction!(devices, m)?)?;
+    add_exceptions(m)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
