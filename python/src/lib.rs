@@ -7,6 +7,9 @@
 //! Errors are exceptions, one class per `laplace_update::Error` variant under `LaplaceError`,
 //! with the variant's fields as attributes.
 
+// The functions mirror Python signatures with keyword arguments, one Rust argument each.
+#![allow(clippy::too_many_arguments)]
+
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use laplace_update::active::{LabelSource, Pool, Strategy, UpdateDriven};
@@ -140,6 +143,9 @@ fn invalid(argument: &'static str, reason: impl Into<String>) -> PyErr {
 }
 
 type R<T> = PyResult<T>;
+
+/// What `__reduce__` returns: the constructor from bytes, and its arguments (bytes, device).
+type Reduce<'py> = (Bound<'py, PyAny>, (Bound<'py, PyBytes>, String));
 
 /// `numpy.require(x, dtype, "CA")`: `x` itself when it is C-contiguous, aligned and of
 /// `dtype`, else a converted copy (arrays unpickled from out-of-band buffers can be misaligned).
@@ -456,7 +462,6 @@ impl Posterior {
     #[pyo3(signature = (features, labels, weights, bias=None, structure="full", likelihood="classification",
         prior_precision=1.0, bias_in_posterior=true, dtype="float64", device="cpu", curvature="ggn",
         sigma_noise=1.0, mc_samples=1, seed=0))]
-    #[allow(clippy::too_many_arguments)]
     fn fit(
         py: Python<'_>,
         features: &Bound<'_, PyAny>,
@@ -666,7 +671,7 @@ impl Posterior {
         })
     }
 
-    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> R<(Bound<'py, PyAny>, (Bound<'py, PyBytes>, String))> {
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> R<Reduce<'py>> {
         let py = slf.py();
         let ctor = py.get_type::<Posterior>().getattr("from_bytes")?;
         Ok((ctor, (slf.get().to_bytes(py)?, slf.get().device.clone())))
@@ -822,7 +827,6 @@ impl Accumulator {
     #[new]
     #[pyo3(signature = (weights, bias=None, structure="full", likelihood="classification", bias_in_posterior=true,
         dtype="float64", device="cpu", curvature="ggn", sigma_noise=1.0, mc_samples=1, seed=0))]
-    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         weights: &Bound<'_, PyAny>,
@@ -959,7 +963,7 @@ impl Accumulator {
         })
     }
 
-    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> R<(Bound<'py, PyAny>, (Bound<'py, PyBytes>, String))> {
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> R<Reduce<'py>> {
         let py = slf.py();
         let ctor = py.get_type::<Accumulator>().getattr("from_bytes")?;
         Ok((ctor, (slf.get().to_bytes(py)?, slf.get().device.clone())))
