@@ -327,6 +327,37 @@ macro_rules! each {
     };
 }
 
+/// One device per backend and process, shared by every posterior and accumulator on it: one
+/// thread pool for the CPU (a pool per object would leave its threads competing), one context
+/// per GPU.
+fn shared<D: Clone + Send + Sync + 'static>(
+    cell: &'static std::sync::OnceLock<D>,
+    make: impl FnOnce() -> laplace_update::Result<D>,
+) -> R<D> {
+    if let Some(d) = cell.get() {
+        return Ok(d.clone());
+    }
+    let d = make().map_err(to_py)?;
+    Ok(cell.get_or_init(|| d).clone())
+}
+
+fn cpu() -> R<CpuDevice> {
+    static CPU: std::sync::OnceLock<CpuDevice> = std::sync::OnceLock::new();
+    shared(&CPU, || CpuDevice::new(0))
+}
+
+#[cfg(feature = "cuda")]
+fn cuda() -> R<laplace_update::CudaDevice> {
+    static CUDA: std::sync::OnceLock<laplace_update::CudaDevice> = std::sync::OnceLock::new();
+    shared(&CUDA, || laplace_update::CudaDevice::new(0))
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu() -> R<laplace_update::WgpuDevice> {
+    static WGPU: std::sync::OnceLock<laplace_update::WgpuDevice> = std::sync::OnceLock::new();
+    shared(&WGPU, laplace_update::WgpuDevice::new)
+}
+
 /// A device chosen by name, and the dtype's variant built on it by `$make`.
 macro_rules! on_device {
     ($device:expr, $dtype:expr, |$d:ident, $T:ident| $make:expr, $wrap:ident) => {{
@@ -337,30 +368,35 @@ macro_rules! on_device {
         };
         match ($device, f64_) {
             ("cpu", false) => {
-                let $d = CpuDevice::new(0).map_err(to_py)?;
+                let $d = cpu()?;
+                #[allow(dead_code)]
                 type $T = f32;
                 $wrap::CpuF32($make)
             }
             ("cpu", true) => {
-                let $d = CpuDevice::new(0).map_err(to_py)?;
+                let $d = cpu()?;
+                #[allow(dead_code)]
                 type $T = f64;
                 $wrap::CpuF64($make)
             }
             #[cfg(feature = "cuda")]
             ("cuda", false) => {
-                let $d = laplace_update::CudaDevice::new(0).map_err(to_py)?;
+                let $d = cuda()?;
+                #[allow(dead_code)]
                 type $T = f32;
                 $wrap::CudaF32($make)
             }
             #[cfg(feature = "cuda")]
             ("cuda", true) => {
-                let $d = laplace_update::CudaDevice::new(0).map_err(to_py)?;
+                let $d = cuda()?;
+                #[allow(dead_code)]
                 type $T = f64;
                 $wrap::CudaF64($make)
             }
             #[cfg(feature = "wgpu")]
             ("wgpu", false) => {
-                let $d = laplace_update::WgpuDevice::new().map_err(to_py)?;
+                let $d = wgpu()?;
+                #[allow(dead_code)]
                 type $T = f32;
                 $wrap::WgpuF32($make)
             }
@@ -1030,6 +1066,53 @@ fn devices(py: Python<'_>) -> Vec<(String, bool, String)> {
     })
 }
 
+/// The exception a sample error of `variant` (`"ShapeMismatch"`, ...) becomes: the tests check
+/// every variant's class and attributes with it, including those no call here can provoke.
+#[pyfunction]
+fn _sample_error(variant: &str) -> R<PyErr> {
+    let reason = || "sample".to_string();
+    let e = match variant {
+        "ShapeMismatch" => Error::shape("features", (2, 3), (2, 4)),
+        "NonFinite" => Error::NonFinite {
+            argument: "features",
+            index: 5,
+        },
+        "LabelOutOfRange" => Error::LabelOutOfRange {
+            index: 1,
+            label: 7,
+            classes: 3,
+        },
+        "EmptyBatch" => Error::EmptyBatch { argument: "features" },
+        "InvalidArgument" => Error::invalid("gamma", reason()),
+        "NotPositiveDefinite" => Error::NotPositiveDefinite { index: 4 },
+        "IllConditioned" => Error::IllConditioned { drift: 0.5 },
+        "BackendUnavailable" => Error::BackendUnavailable {
+            backend: "cuda",
+            reason: reason(),
+        },
+        "Unsupported" => Error::Unsupported(reason()),
+        "Io" => Error::Io {
+            path: "p".into(),
+            reason: reason(),
+        },
+        "LockTimeout" => Error::LockTimeout {
+            path: "p".into(),
+            lock: "p.lock".into(),
+            waited_s: 1.5,
+        },
+        "Format" => Error::Format {
+            what: "p".into(),
+            reason: reason(),
+        },
+        "Device" => Error::Device {
+            backend: "cuda",
+            reason: reason(),
+        },
+        other => return Err(invalid("variant", format!("unknown `{other}`"))),
+    };
+    Ok(to_py(e))
+}
+
 #[pymodule]
 #[pyo3(name = "laplace_update")]
 fn laplace_update_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -1037,6 +1120,7 @@ fn laplace_update_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Accumulator>()?;
     m.add_function(wrap_pyfunction!(select, m)?)?;
     m.add_function(wrap_pyfunction!(devices, m)?)?;
+    m.add_function(wrap_pyfunction!(_sample_error, m)?)?;
     add_exceptions(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -46,6 +46,32 @@ def test_save_load_and_pickle(tmp_path, structure):
     assert np.array_equal(again.finish(TAU).precision(), acc.finish(TAU).precision())
 
 
+SAMPLES = {
+    "ShapeMismatch": ("ShapeMismatchError", {"argument": "features"}),
+    "NonFinite": ("NonFiniteError", {"argument": "features", "index": 5}),
+    "LabelOutOfRange": ("LabelOutOfRangeError", {"index": 1, "label": 7, "classes": 3}),
+    "EmptyBatch": ("EmptyBatchError", {"argument": "features"}),
+    "InvalidArgument": ("InvalidArgumentError", {"argument": "gamma", "reason": "sample"}),
+    "NotPositiveDefinite": ("NotPositiveDefiniteError", {"index": 4}),
+    "IllConditioned": ("IllConditionedError", {"drift": 0.5}),
+    "BackendUnavailable": ("BackendUnavailableError", {"backend": "cuda", "reason": "sample"}),
+    "Unsupported": ("UnsupportedError", {"reason": "sample"}),
+    "Io": ("FileError", {"path": "p", "reason": "sample"}),
+    "LockTimeout": ("LockTimeoutError", {"path": "p", "lock": "p.lock", "waited_s": 1.5}),
+    "Format": ("FormatError", {"what": "p", "reason": "sample"}),
+    "Device": ("DeviceError", {"backend": "cuda", "reason": "sample"}),
+}
+
+
+def test_every_variant_maps_to_its_class_with_its_fields():
+    assert sorted(cls for cls, _ in SAMPLES.values()) == sorted(EXCEPTIONS)
+    for variant, (cls, fields) in SAMPLES.items():
+        e = lu._sample_error(variant)
+        assert type(e) is getattr(lu, cls) and isinstance(e, lu.LaplaceError), variant
+        for name, value in fields.items():
+            assert getattr(e, name) == value, (variant, name)
+
+
 def test_exceptions_are_typed_with_data():
     for name in EXCEPTIONS:
         assert issubclass(getattr(lu, name), lu.LaplaceError)
