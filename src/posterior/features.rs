@@ -10,9 +10,9 @@ use crate::host::{HostMatrix, check_features, feature_rows_into};
 use crate::scalar::Scalar;
 
 /// Features Φ (n × D) for [`Posterior::fit`](super::Posterior::fit), `update`, `unlearn`,
-/// `predict`, `log_marginal_likelihood` and [`CurvatureAccumulator::accumulate`]
-/// (super::CurvatureAccumulator::accumulate): a [`HostMatrix`] or a `&Matrix` on the
-/// posterior's device. Sealed.
+/// `predict`, `log_marginal_likelihood` and
+/// [`CurvatureAccumulator::accumulate`](super::CurvatureAccumulator::accumulate): a
+/// [`HostMatrix`] or a `&Matrix` on the posterior's device. Sealed.
 ///
 /// ```
 /// use laplace_update::{CpuDevice, Device, FitConfig, HostMatrix, Link, Posterior};
