@@ -182,13 +182,19 @@ fn all_finite<T: Scalar>(data: &[T]) -> bool {
 
 /// Checks a batch of features: non-empty, `cols` columns, finite.
 pub(crate) fn check_features<T: Scalar>(argument: &'static str, x: &HostMatrix<'_, T>, cols: usize) -> Result<()> {
-    if x.rows() == 0 {
+    check_batch_shape(argument, (x.rows(), x.cols()), cols)?;
+    check_finite(argument, x.data())
+}
+
+/// `EmptyBatch` for no rows, `ShapeMismatch` unless a batch of `shape` has `cols` columns.
+pub(crate) fn check_batch_shape(argument: &'static str, (rows, got): (usize, usize), cols: usize) -> Result<()> {
+    if rows == 0 {
         return Err(Error::EmptyBatch { argument });
     }
-    if x.cols() != cols {
-        return Err(Error::shape(argument, (x.rows(), cols), (x.rows(), x.cols())));
+    if got != cols {
+        return Err(Error::shape(argument, (rows, cols), (rows, got)));
     }
-    check_finite(argument, x.data())
+    Ok(())
 }
 
 /// Checks labels against the batch size and the class count.

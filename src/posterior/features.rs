@@ -6,7 +6,7 @@
 
 use crate::device::{Device, Matrix};
 use crate::error::{Error, Result};
-use crate::host::{HostMatrix, check_features, feature_rows_into};
+use crate::host::{HostMatrix, check_batch_shape, check_features, feature_rows_into};
 use crate::scalar::Scalar;
 
 /// Features Φ (n × D) for [`Posterior::fit`](super::Posterior::fit), `update`, `unlearn`,
@@ -110,13 +110,7 @@ impl<D: Device, T: Scalar> sealed::Source<D, T> for &Matrix<D, T> {
     /// The shape on the host; finiteness by [`Device::max_abs`] on the device (NaN and ±∞ win
     /// its maximum), a one-value read. Only a failing check downloads Φ, to name the index.
     fn check(&self, device: &D, argument: &'static str, cols: usize) -> Result<()> {
-        let (n, d) = self.shape();
-        if n == 0 {
-            return Err(Error::EmptyBatch { argument });
-        }
-        if d != cols {
-            return Err(Error::shape(argument, (n, cols), (n, d)));
-        }
+        check_batch_shape(argument, self.shape(), cols)?;
         if num_traits::Float::is_finite(device.max_abs(self)?) {
             return Ok(());
         }
