@@ -17,6 +17,7 @@ use super::{
     low_rank_shapes, predictive_shapes, sherman_morrison_shapes,
 };
 use crate::error::{Error, Result};
+use crate::host::HostMatrix;
 use crate::numerics::{dot, softmax_in_place};
 use crate::scalar::Scalar;
 
@@ -94,6 +95,42 @@ impl CpuDevice {
             settle_vector_state();
             out
         })
+    }
+
+    /// `C += α·L Rᵀ` for the d × d row-major `c`, where `L` and `R` are d × n views with `L Rᵀ`
+    /// symmetric (a Gram). A contraction long against d is split over its rows, one sequential
+    /// d × d sum per thread: one product with a d × d output keeps the threads in step at every
+    /// panel. Runs inside the pool.
+    fn gram_add<T: Scalar>(&self, c: &mut [T], lhs: MatRef<'_, T>, rhs_t: MatRef<'_, T>, alpha: T) {
+        let (d, n) = (lhs.nrows(), lhs.ncols());
+        let threads = self.threads;
+        let tall = threads > 1
+            && n >= TALL_RATIO * d * threads
+            && d * d * threads * std::mem::size_of::<T>() <= TALL_SCRATCH_BYTES;
+        if !tall {
+            if symmetric_add(MatMut::from_row_major_slice_mut(c, d, d), lhs, rhs_t, alpha, self.par()) {
+                fill_triangle(c, d, Fill::LowerToUpper);
+            }
+            return;
+        }
+        let rows = n.div_ceil(threads);
+        let sums: Vec<Vec<T>> = (0..threads)
+            .into_par_iter()
+            .map(|t| {
+                let (lo, hi) = ((t * rows).min(n), ((t + 1) * rows).min(n));
+                let mut sum = zeroed(d * d);
+                let (l, r) = (lhs.subcols(lo, hi - lo), rhs_t.subcols(lo, hi - lo));
+                if symmetric_add(MatMut::from_row_major_slice_mut(&mut sum, d, d), l, r, alpha, Par::Seq) {
+                    fill_triangle(&mut sum, d, Fill::LowerToUpper);
+                }
+                sum
+            })
+            .collect();
+        c.par_chunks_mut(d.max(1)).enumerate().for_each(|(i, row)| {
+            for sum in &sums {
+                row.iter_mut().zip(&sum[i * d..(i + 1) * d]).for_each(|(o, v)| *o += *v);
+            }
+        });
     }
 }
 
@@ -237,6 +274,25 @@ fn transposed<T: Scalar>(x: &[T], rows: usize, cols: usize) -> Vec<T> {
     out
 }
 
+/// `Σ_n x_n` of the row-major rows of `data` (d columns), in f64, over blocks of rows in parallel.
+fn column_sums<T: Scalar>(data: &[T], d: usize) -> Vec<f64> {
+    data.par_chunks(d.max(1) * 4096)
+        .map(|block| {
+            let mut sums = vec![0.0; d];
+            for row in block.chunks_exact(d.max(1)) {
+                sums.iter_mut().zip(row).for_each(|(s, x)| *s += x.as_f64());
+            }
+            sums
+        })
+        .reduce(
+            || vec![0.0; d],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
 /// Rank up to which a symmetric update computes both triangles with one plain GEMM: below it,
 /// the multiply-adds saved by symmetry cost less than mirroring the triangle (measured on
 /// D = 1536 rank-100 updates: the full product wins at this size).
@@ -361,7 +417,6 @@ impl Device for CpuDevice {
         if let Some(w) = weights {
             w.expect_shape("weights", n, 1)?;
         }
-        let par = self.par();
         self.run_dense(|| {
             scale_in_place(c.buffer_mut(), beta);
             // Aᵀ and (diag(w) A)ᵀ as strided views of the row-major data: no transposing copy.
@@ -376,38 +431,46 @@ impl Device for CpuDevice {
             let rhs_t = wa
                 .as_deref()
                 .map_or(lhs, |x| MatRef::from_row_major_slice(x, n, d).transpose());
-            let threads = self.threads;
-            let tall = threads > 1
-                && n >= TALL_RATIO * d * threads
-                && d * d * threads * std::mem::size_of::<T>() <= TALL_SCRATCH_BYTES;
-            if tall {
-                // One product with a d × d output and a long contraction keeps the threads in
-                // step at every panel; instead each thread sums its own block of rows
-                // sequentially, and the d × d sums are added.
-                let rows = n.div_ceil(threads);
-                let sums: Vec<Vec<T>> = (0..threads)
-                    .into_par_iter()
-                    .map(|t| {
-                        let (lo, hi) = ((t * rows).min(n), ((t + 1) * rows).min(n));
-                        let mut sum = vec![T::zero(); d * d];
-                        let (l, r) = (lhs.subcols(lo, hi - lo), rhs_t.subcols(lo, hi - lo));
-                        if symmetric_add(MatMut::from_row_major_slice_mut(&mut sum, d, d), l, r, alpha, Par::Seq) {
-                            fill_triangle(&mut sum, d, Fill::LowerToUpper);
-                        }
-                        sum
-                    })
-                    .collect();
-                c.buffer_mut()
-                    .par_chunks_mut(d.max(1))
-                    .enumerate()
-                    .for_each(|(i, row)| {
-                        for sum in &sums {
-                            row.iter_mut().zip(&sum[i * d..(i + 1) * d]).for_each(|(o, v)| *o += *v);
-                        }
-                    });
-            } else if symmetric_add(view_mut(c), lhs, rhs_t, alpha, par) {
-                fill_triangle(c.buffer_mut(), d, Fill::LowerToUpper);
+            self.gram_add(c.buffer_mut(), lhs, rhs_t, alpha);
+        });
+        Ok(())
+    }
+
+    /// In place on the caller's rows: Φᵀ is a column-major view of the row-major Φ, so no row
+    /// is copied; the ones column's entries are column sums (in f64) and n.
+    fn add_host_gram<T: Scalar>(
+        &self,
+        c: &mut Matrix<Self, T>,
+        features: HostMatrix<'_, T>,
+        augment: bool,
+        _chunk_rows: usize,
+    ) -> Result<()> {
+        let (n, d) = (features.rows(), features.cols());
+        let da = d + usize::from(augment);
+        c.expect_shape("c", da, da)?;
+        self.run_dense(|| {
+            let phi_t = MatRef::from_column_major_slice(features.data(), d, n);
+            if !augment {
+                self.gram_add(c.buffer_mut(), phi_t, phi_t, T::one());
+                return;
             }
+            let mut gram = zeroed(d * d);
+            self.gram_add(&mut gram, phi_t, phi_t, T::one());
+            let sums = column_sums(features.data(), d);
+            let out = c.buffer_mut();
+            out.par_chunks_mut(da).enumerate().for_each(|(i, row)| match i < d {
+                true => {
+                    row[..d]
+                        .iter_mut()
+                        .zip(&gram[i * d..(i + 1) * d])
+                        .for_each(|(o, &g)| *o += g);
+                    row[d] += T::from_f64(sums[i]);
+                }
+                false => {
+                    row[..d].iter_mut().zip(&sums).for_each(|(o, &s)| *o += T::from_f64(s));
+                    row[d] += T::from_f64(n as f64);
+                }
+            });
         });
         Ok(())
     }

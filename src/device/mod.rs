@@ -37,6 +37,7 @@ pub(crate) mod sherman_morrison;
 pub mod wgpu;
 
 use crate::error::{Error, Result};
+use crate::host::HostMatrix;
 use crate::scalar::Scalar;
 
 #[cfg(feature = "wgpu")]
@@ -264,6 +265,29 @@ pub trait Device: Clone + Send + Sync + 'static {
         weights: Option<&Matrix<Self, T>>,
         alpha: T,
     ) -> Result<()>;
+    /// `C ← C + Xᵀ X` for host rows Φ (n × D) and `X = [Φ 1]` (the ones column when
+    /// `augment`; else `X = Φ`), C (D_aug × D_aug) symmetric: the Gram of a whole batch. By
+    /// default Φ goes up in chunks of `chunk_rows` rows through one staging buffer, each a
+    /// [`Device::weighted_syrk`]; a backend whose matrices live in host memory reads Φ in place.
+    fn add_host_gram<T: Scalar>(
+        &self,
+        c: &mut Matrix<Self, T>,
+        features: HostMatrix<'_, T>,
+        augment: bool,
+        chunk_rows: usize,
+    ) -> Result<()> {
+        let da = features.cols() + usize::from(augment);
+        c.expect_shape("c", da, da)?;
+        let mut staging = Vec::new();
+        for start in (0..features.rows()).step_by(chunk_rows.max(1)) {
+            let count = chunk_rows.max(1).min(features.rows() - start);
+            crate::host::feature_rows_into(&mut staging, &features, start, count, augment);
+            let rows = self.upload_staged(&mut staging, count, da)?;
+            self.weighted_syrk(c, T::one(), &rows, None, T::one())?;
+            self.reclaim(rows, &mut staging);
+        }
+        Ok(())
+    }
     /// `Π ← Π + α·Σ_n (Rᵀ Λ_n R) ⊗ φ_n φ_nᵀ` with `Λ_n = diag(p_n) − p_n p_nᵀ`, Φ n × D, P n × K,
     /// and R (K × K') the `basis` (`None` = I_K); Π is (K'·D) × (K'·D). Block (a, b) is
     /// `Σ_k R_ka R_kb Φᵀ diag(p_k) Φ − Ã_aᵀ Ã_b` with `Ã_a = diag(Pr_a) Φ`, streamed over n.

@@ -100,14 +100,33 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
         targets: &Y,
     ) -> Result<()> {
         let post = &self.shell;
-        post.check_batch(&features, targets)?;
         let device = &post.device;
         let model = post.model();
         let state = &*post.moments.state;
+        let gram_only = state.gram_only(&model);
+        match gram_only {
+            // Φ's finiteness is read off its Gram instead: `Σ_n φ_nj²` is finite exactly when
+            // column j is (and does not overflow), so Φ is read once, not twice.
+            true => post.check_batch_shape(&features, targets)?,
+            false => post.check_batch(&features, targets)?,
+        }
         let (k, da) = (post.classes, post.augmented_features());
         // A fresh partial sum, added at the end, so that a failure changes nothing.
         let mut sum = state.empty_sum(device, k, da, self.basis.is_some())?;
         let chunk = super::pass_rows(self.chunk_rows, k, da, state.pass_elements());
+        if gram_only {
+            let augment = post.bias_mode == super::BiasMode::InPosterior;
+            features.add_gram(device, &mut sum.parts[0], augment, chunk)?;
+            if !num_traits::Float::is_finite(device.max_abs(&sum.parts[0])?) {
+                features.check(device, "features", post.features)?;
+                return Err(Error::invalid(
+                    "features",
+                    "their Gram Σ φφᵀ overflows the element type; rescale them or use f64",
+                ));
+            }
+            sum.weight += features.rows() as f64;
+            return self.add(sum, features.rows());
+        }
         let host_basis = self.basis.as_ref().map(|(h, _)| (h.as_slice(), k - 1));
         let device_basis = self.basis.as_ref().map(|(_, d)| d);
         // One host allocation for every chunk's Φ (none on the CPU after the first chunk).
@@ -117,13 +136,8 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
         for start in (0..features.rows()).step_by(chunk) {
             let rows = chunk.min(features.rows() - start);
             let batch = post.upload_batch_staged(&features, targets, start, rows, &mut staging, with_targets)?;
-            let term = match state.head_free_term(&model) {
-                Some(term) => term,
-                None => {
-                    let outputs = model.outputs(&batch.phi, &post.moments.head)?;
-                    state.curvature_term(&model, &batch, &outputs, host_basis)?
-                }
-            };
+            let outputs = model.outputs(&batch.phi, &post.moments.head)?;
+            let term = state.curvature_term(&model, &batch, &outputs, host_basis)?;
             state.add_curvature(device, &mut sum, &batch.phi, &term, T::one(), device_basis)?;
             sum.weight += rows as f64;
             features.release(device, batch.phi, &mut staging);

@@ -52,6 +52,9 @@ pub(crate) mod sealed {
             augment: bool,
             staging: &mut Vec<T>,
         ) -> Result<Matrix<D, T>>;
+        /// `C ← C + Xᵀ X` over all rows, `X = [Φ 1]` when `augment` (else Φ), in chunks of
+        /// `chunk` rows where the rows have to move.
+        fn add_gram(&self, device: &D, c: &mut Matrix<D, T>, augment: bool, chunk: usize) -> Result<()>;
         /// Ends the use of a [`Source::chunk`].
         fn release(&self, device: &D, chunk: Matrix<D, T>, staging: &mut Vec<T>);
         /// The keys of the Monte Carlo Fisher's draws for rows `start..start + count`: hashes
@@ -84,6 +87,10 @@ impl<D: Device, T: Scalar> sealed::Source<D, T> for HostMatrix<'_, T> {
     ) -> Result<Matrix<D, T>> {
         feature_rows_into(staging, self, start, count, augment);
         device.upload_staged(staging, count, HostMatrix::cols(self) + usize::from(augment))
+    }
+
+    fn add_gram(&self, device: &D, c: &mut Matrix<D, T>, augment: bool, chunk: usize) -> Result<()> {
+        device.add_host_gram(c, *self, augment, chunk)
     }
 
     fn release(&self, device: &D, chunk: Matrix<D, T>, staging: &mut Vec<T>) {
@@ -128,6 +135,15 @@ impl<D: Device, T: Scalar> sealed::Source<D, T> for &Matrix<D, T> {
         _staging: &mut Vec<T>,
     ) -> Result<Matrix<D, T>> {
         device.feature_rows(self, start, count, augment)
+    }
+
+    fn add_gram(&self, device: &D, c: &mut Matrix<D, T>, augment: bool, chunk: usize) -> Result<()> {
+        for start in (0..Matrix::rows(self)).step_by(chunk.max(1)) {
+            let count = chunk.max(1).min(Matrix::rows(self) - start);
+            let rows = device.feature_rows(self, start, count, augment)?;
+            device.weighted_syrk(c, T::one(), &rows, None, T::one())?;
+        }
+        Ok(())
     }
 
     fn release(&self, _device: &D, _chunk: Matrix<D, T>, _staging: &mut Vec<T>) {}

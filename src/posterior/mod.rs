@@ -387,6 +387,16 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         targets.check(features.rows(), self.classes, self.is_regression())
     }
 
+    /// [`Self::check_batch`] without the features' finiteness (the caller checks it another way).
+    pub(crate) fn check_batch_shape<F: Features<D, T> + ?Sized, Y: Targets<T> + ?Sized>(
+        &self,
+        features: &F,
+        targets: &Y,
+    ) -> Result<()> {
+        crate::host::check_batch_shape("features", (features.rows(), features.cols()), self.features)?;
+        targets.check(features.rows(), self.classes, self.is_regression())
+    }
+
     pub(crate) fn is_regression(&self) -> bool {
         matches!(self.likelihood, Likelihood::Regression { .. })
     }

@@ -105,6 +105,40 @@ pub fn check_weighted_syrk<D: Device, T: Scalar>(dev: &D) {
             assert!(e < tol::<T>(n, 8.0), "weighted_syrk n={n} d={d}: err {e}");
         }
     }
+    // The Gram of host rows, `C + [Φ 1]ᵀ[Φ 1]` (or `C + ΦᵀΦ`), in chunks that do not divide n.
+    for (n, d) in [(1usize, 1usize), (17, 16), (33, 33), (200, 65), (4001, 130)] {
+        for augment in [false, true] {
+            let phi = random(&mut rng, n, d);
+            let da = d + usize::from(augment);
+            let c0 = spd(&mut rng, da);
+            let mut want = c0.clone();
+            let x = |i: usize, j: usize| if j == d { 1.0 } else { phi.at(i, j) };
+            for i in 0..n {
+                for a in 0..da {
+                    for b in 0..da {
+                        want.a[a * da + b] += x(i, a) * x(i, b);
+                    }
+                }
+            }
+            let host = Problem::cast::<T>(&phi.a);
+            for chunk in [n.div_ceil(3), n] {
+                let mut c = up::<D, T>(dev, &c0);
+                dev.add_host_gram(&mut c, HostMatrix::new(&host, n, d).unwrap(), augment, chunk)
+                    .unwrap();
+                let e = rel_err(&down(dev, &c), &want.a);
+                assert!(
+                    e < tol::<T>(n, 8.0),
+                    "add_host_gram n={n} d={d} augment={augment} chunk={chunk}: err {e}"
+                );
+            }
+        }
+    }
+    let mut wrong = dev.zeros::<T>(3, 3).unwrap();
+    let two = [T::one(); 4];
+    assert!(matches!(
+        dev.add_host_gram(&mut wrong, HostMatrix::new(&two, 2, 2).unwrap(), false, 8),
+        Err(Error::ShapeMismatch { .. })
+    ));
 }
 
 pub fn check_ggn_accumulate<D: Device, T: Scalar>(dev: &D) {

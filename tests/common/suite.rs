@@ -723,6 +723,56 @@ pub fn check_bad_inputs_leave_posterior_unchanged<D: Device, T: Scalar>(dev: &D)
                 classes: 3
             }
         );
+        // NaN and ±∞ features are found at their index (the Gaussian weighting reads them off
+        // the Gram), features whose Gram overflows are refused, and the accumulator that saw
+        // them is unchanged.
+        let config = FitConfig {
+            structure,
+            prior_precision: TAU,
+            ..Default::default()
+        };
+        let mut acc = CurvatureAccumulator::new(dev, HostMatrix::new(&head, 3, 4).unwrap(), None, &config).unwrap();
+        acc.accumulate(HostMatrix::new(&phi[..8], 2, 4).unwrap(), &pb.labels[..2])
+            .unwrap();
+        let accumulated = snapshot(&acc.finish(TAU).unwrap());
+        for (value, index) in [(T::nan(), 13usize), (T::infinity(), 0), (T::neg_infinity(), 6)] {
+            let mut bad = phi.clone();
+            bad[index] = value;
+            let e = acc
+                .accumulate(HostMatrix::new(&bad, pb.n, pb.d).unwrap(), &pb.labels)
+                .unwrap_err();
+            assert_eq!(
+                e,
+                Error::NonFinite {
+                    argument: "features",
+                    index
+                },
+                "{name}"
+            );
+        }
+        if structure == Structure::Shared(OutputWeighting::Gaussian) {
+            let huge = T::from_f64(T::max_value().as_f64().sqrt() * 4.0);
+            let mut big = phi.clone();
+            big[2] = huge;
+            let e = acc
+                .accumulate(HostMatrix::new(&big, pb.n, pb.d).unwrap(), &pb.labels)
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::InvalidArgument {
+                        argument: "features",
+                        ..
+                    }
+                ),
+                "{name}: {e}"
+            );
+        }
+        assert_eq!(acc.count(), 2, "{name}");
+        assert!(
+            snapshot(&acc.finish(TAU).unwrap()) == accumulated,
+            "{name}: accumulator changed by failed calls"
+        );
         for tau in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             let e = fit_with(HostMatrix::new(&head, 3, 4).unwrap(), &pb.labels, tau)
                 .err()

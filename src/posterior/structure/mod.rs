@@ -62,9 +62,11 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
         crate::posterior::CHUNK_ELEMENTS
     }
 
-    /// The batch's curvature term when it does not depend on the head (no logits needed).
-    fn head_free_term(&self, _model: &Model<'_, D, T>) -> Option<CurvatureTerm<D, T>> {
-        None
+    /// Whether the data term is the Gram `Σ_n φ_nφ_nᵀ` in part 0 of the sum, whatever the
+    /// head (no logits needed): a fit is then one [`Features`](crate::posterior::Features)
+    /// Gram over the whole batch.
+    fn gram_only(&self, _model: &Model<'_, D, T>) -> bool {
+        false
     }
 
     /// The batch's curvature at the head that gave `outputs` (probabilities or logits,

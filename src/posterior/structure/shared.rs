@@ -59,9 +59,8 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Shared<D, T> {
     }
 
     /// The Gaussian weighting of the softmax GGN: `Σ_n φ_nφ_nᵀ`, no logits needed.
-    fn head_free_term(&self, model: &Model<'_, D, T>) -> Option<CurvatureTerm<D, T>> {
-        (model.softmax_ggn() && self.weighting == OutputWeighting::Gaussian)
-            .then_some(CurvatureTerm::Weighted { weights: None })
+    fn gram_only(&self, model: &Model<'_, D, T>) -> bool {
+        model.softmax_ggn() && self.weighting == OutputWeighting::Gaussian
     }
 
     fn curvature_term(
@@ -71,8 +70,8 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Shared<D, T> {
         outputs: &Matrix<D, T>,
         _basis: Option<(&[f64], usize)>,
     ) -> Result<CurvatureTerm<D, T>> {
-        if let Some(term) = self.head_free_term(model) {
-            return Ok(term);
+        if self.gram_only(model) {
+            return Ok(CurvatureTerm::Weighted { weights: None });
         }
         let device = model.device;
         if model.softmax_ggn() {
