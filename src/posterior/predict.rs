@@ -2,7 +2,7 @@
 
 use super::Features;
 use super::{Posterior, logits};
-use crate::device::{Device, Matrix, Op};
+use crate::device::{Device, Matrix};
 use crate::error::{Error, Result};
 use crate::numerics::dot;
 use crate::scalar::Scalar;
@@ -99,8 +99,9 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     ///
     /// Logit covariance: `Σ_f[k,l] = φᵀ Σ_{kl} φ` (Full), `v = φᵀ Σ_D φ` (Shared),
     /// `Σ_f[k,k] = Σ_d Σ_kd φ_d²` (Diag), `Σ_f = U_A diag_i(Σ_j (U_Gᵀφ)_j² / λ_ij) U_Aᵀ` (Kron,
-    /// without forming the Kronecker product), computed for the whole batch by GEMMs. For
-    /// regression the predictive mean is f and the probabilities are the logits themselves
+    /// without forming the Kronecker product; the probit reads its diagonal as
+    /// `R (U_Gᵀφ)²` with `R = (U_A ∘ U_A) Σ` made once per Σ, O(K·D) per input), computed for
+    /// the whole batch by GEMMs. For regression the predictive mean is f and the probabilities are the logits themselves
     /// (the link is ignored); the predictive variance of output k adds σ² to `Σ_f[k,k]`. Errors: `EmptyBatch`, `ShapeMismatch`, `NonFinite`,
     /// `InvalidArgument` (λ < 0 or not finite, 0 Monte Carlo samples).
     pub fn predict<F: Features<D, T>>(&self, features: F, link: Link) -> Result<Prediction<T>> {
@@ -116,8 +117,8 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let mean = logits(device, &phi, &self.moments.head, self.fixed_bias.as_ref())?;
         let state = &self.moments.state;
         let cov = state.logit_covariance(device, &phi, self.classes)?;
-        // A covariance in a basis, Σ_f = U diag(e_n) Uᵀ per input (Kron): its diagonal for the
-        // probit, and K × K matrices in passes of at most CHUNK_ELEMENTS for the links that
+        // A covariance in a basis, Σ_f = U diag(e_n) Uᵀ per input (Kron): its diagonal from the
+        // structure for the probit, and K × K matrices in passes of at most CHUNK_ELEMENTS for the links that
         // read all of it.
         let basis = state.logit_basis();
         // The Monte Carlo draws, once for every pass of the link.
@@ -147,13 +148,9 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             })
         };
         let probs = match basis {
-            Some(u) if !self.is_regression() && matches!(link, Link::Probit { .. }) => {
-                // diag Σ_f = e_n (U_A ∘ U_A)ᵀ.
-                let mut squares = device.copy(u)?;
-                device.hadamard(&mut squares, u)?;
-                let mut diagonal = device.zeros(n, self.classes)?;
-                device.gemm(&mut diagonal, T::zero(), &cov, Op::N, &squares, Op::T, T::one())?;
-                link_of(&mean, &diagonal)?
+            Some(_) if !self.is_regression() && matches!(link, Link::Probit { .. }) => {
+                let variances = state.logit_variances(device, &phi, self.classes)?;
+                link_of(&mean, &variances)?
             }
             Some(u) if !self.is_regression() && !matches!(link, Link::None) => {
                 self.expanded_link(&mean, &cov, u, link_of)?

@@ -411,6 +411,24 @@ pub fn check_structures<D: Device, T: Scalar>(dev: &D) {
                             let e = rel_err(&got.probs, &want);
                             assert!(e < tol::<T>(p, 1000.0), "{name}: {link:?} over Kron's Σ_f err {e}");
                         }
+                        // The probit's variances after a prior change (Π + δI for Kron), read from
+                        // the new Σ and not from the one the predictions above were made with.
+                        let delta = 0.5;
+                        post.set_prior_precision(&[TAU + delta]).unwrap();
+                        let cov2 = prec1.add(&Dense::identity(p), delta).inverse();
+                        let got = post
+                            .predict(HostMatrix::new(&x, 3, pb.d).unwrap(), Link::default())
+                            .unwrap();
+                        for i in 0..3 {
+                            let j = jacobian(&pb.phi_aug(pb.x(23 + i)), pb.k);
+                            let sf = j.mul(&cov2).mul(&j.t());
+                            let f: Vec<f64> = (0..pb.k).map(|c| got.logit_mean[i * pb.k + c].as_f64()).collect();
+                            let lambda = std::f64::consts::PI / 8.0;
+                            let scaled: Vec<f64> =
+                                (0..pb.k).map(|c| f[c] / (1.0 + lambda * sf.at(c, c)).sqrt()).collect();
+                            let e = rel_err(&got.probs[i * pb.k..(i + 1) * pb.k], &softmax(&scaled));
+                            assert!(e < tol::<T>(p, 1000.0), "{name}: probit after a prior change err {e}");
+                        }
                     }
                 }
             }

@@ -19,6 +19,7 @@ use crate::numerics::from_f64s;
 use crate::posterior::Structure;
 use crate::posterior::model::{Batch, Model};
 use crate::scalar::Scalar;
+use std::sync::OnceLock;
 
 /// Kron's running sums `A = Σ_n w_n M_n` (K × K) and `G = Σ_n w_n φ_nφ_nᵀ` (D_aug × D_aug) with
 /// their weight `N = Σ_n w_n` (the sample count, until forgetting discounts old samples), and
@@ -68,20 +69,40 @@ impl<D: Device, T: Scalar> KronFactors<D, T> {
         self.a_vecs = device.upload_owned(from_f64s::<T>(&a_vecs), k, k)?;
         self.g_vecs = device.upload_owned(from_f64s::<T>(&g_vecs), da, da)?;
         let inverse: Vec<f64> = lambda.iter().map(|l| 1.0 / l).collect();
-        Ok(Kron {
-            pair: StoredPair {
-                precision: device.upload_owned(from_f64s::<T>(&lambda), k, da)?,
-                covariance: device.upload_owned(from_f64s::<T>(&inverse), k, da)?,
-            },
-            factors: self,
-        })
+        let pair = StoredPair {
+            precision: device.upload_owned(from_f64s::<T>(&lambda), k, da)?,
+            covariance: device.upload_owned(from_f64s::<T>(&inverse), k, da)?,
+        };
+        Ok(Kron::new(pair, self))
     }
 }
 
 pub(crate) struct Kron<D: Device, T: Scalar> {
     /// Π and Σ: λ_ij and 1/λ_ij, K × D_aug.
-    pub pair: StoredPair<D, T>,
-    pub factors: KronFactors<D, T>,
+    pair: StoredPair<D, T>,
+    factors: KronFactors<D, T>,
+    /// `R = (U_A ∘ U_A) Σ` (K × D_aug), made by the first prediction after Σ changes and dropped
+    /// by [`CovarianceStructure::pair_mut`]: `diag Σ_f(φ) = R (U_Gᵀφ)²`.
+    variance_weights: OnceLock<Matrix<D, T>>,
+}
+
+impl<D: Device, T: Scalar> Kron<D, T> {
+    pub fn new(pair: StoredPair<D, T>, factors: KronFactors<D, T>) -> Self {
+        Kron {
+            pair,
+            factors,
+            variance_weights: OnceLock::new(),
+        }
+    }
+
+    /// `Ψ∘Ψ` for `Ψ = Φ U_G` (n × D_aug): the inputs' squared coordinates in G's eigenbasis.
+    fn squared_rotation(&self, device: &D, phi: &Matrix<D, T>) -> Result<Matrix<D, T>> {
+        let mut psi = device.zeros(phi.rows(), phi.cols())?;
+        device.gemm(&mut psi, T::zero(), phi, Op::N, &self.factors.g_vecs, Op::N, T::one())?;
+        let rotated = device.copy(&psi)?;
+        device.hadamard(&mut psi, &rotated)?;
+        Ok(psi)
+    }
 }
 
 /// `A += α gram`, `G += α ΦᵀΦ`.
@@ -106,10 +127,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Kron<D, T> {
     }
 
     fn copy(&self, device: &D) -> Result<Box<dyn CovarianceStructure<D, T>>> {
-        Ok(Box::new(Kron {
-            pair: self.pair.copy(device)?,
-            factors: self.factors.copy(device)?,
-        }))
+        Ok(Box::new(Kron::new(self.pair.copy(device)?, self.factors.copy(device)?)))
     }
 
     fn pair(&self) -> &StoredPair<D, T> {
@@ -117,6 +135,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Kron<D, T> {
     }
 
     fn pair_mut(&mut self) -> &mut StoredPair<D, T> {
+        self.variance_weights = OnceLock::new();
         &mut self.pair
     }
 
@@ -230,12 +249,8 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Kron<D, T> {
 
     /// `e_n[i] = Σ_j (U_Gᵀφ_n)_j² / λ_ij`, n × K, in the basis U_A.
     fn logit_covariance(&self, device: &D, phi: &Matrix<D, T>, k: usize) -> Result<Matrix<D, T>> {
-        let n = phi.rows();
-        let mut psi = device.zeros(n, phi.cols())?;
-        device.gemm(&mut psi, T::zero(), phi, Op::N, &self.factors.g_vecs, Op::N, T::one())?;
-        let rotated = device.copy(&psi)?;
-        device.hadamard(&mut psi, &rotated)?;
-        let mut eigen = device.zeros(n, k)?;
+        let psi = self.squared_rotation(device, phi)?;
+        let mut eigen = device.zeros(phi.rows(), k)?;
         device.gemm(
             &mut eigen,
             T::zero(),
@@ -246,6 +261,35 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Kron<D, T> {
             T::one(),
         )?;
         Ok(eigen)
+    }
+
+    /// `diag Σ_f[k] = Σ_i U_A[k,i]² e_n[i] = Σ_j R[k,j] (U_Gᵀφ_n)_j²` with `R = (U_A ∘ U_A) Σ`:
+    /// O(K·D_aug) per input instead of the O(K²) of expanding `e_n` in the basis. R costs one
+    /// K × K × D_aug GEMM, once per Σ.
+    fn logit_variances(&self, device: &D, phi: &Matrix<D, T>, k: usize) -> Result<Matrix<D, T>> {
+        let weights = match self.variance_weights.get() {
+            Some(weights) => weights,
+            None => {
+                let mut squares = device.copy(&self.factors.a_vecs)?;
+                device.hadamard(&mut squares, &self.factors.a_vecs)?;
+                let mut weights = device.zeros(k, phi.cols())?;
+                device.gemm(
+                    &mut weights,
+                    T::zero(),
+                    &squares,
+                    Op::N,
+                    &self.pair.covariance,
+                    Op::N,
+                    T::one(),
+                )?;
+                // A racing prediction may have set it first: the same values.
+                self.variance_weights.get_or_init(|| weights)
+            }
+        };
+        let psi = self.squared_rotation(device, phi)?;
+        let mut variances = device.zeros(phi.rows(), k)?;
+        device.gemm(&mut variances, T::zero(), &psi, Op::N, weights, Op::T, T::one())?;
+        Ok(variances)
     }
 
     fn logit_basis(&self) -> Option<&Matrix<D, T>> {
@@ -352,19 +396,18 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Kron<D, T> {
                 format!("must be finite and ≥ 0, got {}", parts.weight),
             ));
         }
-        Ok(Box::new(Kron {
-            pair: StoredPair {
-                precision: device.upload(precision, k, da)?,
-                covariance: device.upload(covariance, k, da)?,
-            },
-            factors: KronFactors {
-                a_sum: required("kron_a", k)?,
-                g_sum: required("kron_g", da)?,
-                a_vecs: required("kron_a_vectors", k)?,
-                g_vecs: required("kron_g_vectors", da)?,
-                weight: parts.weight,
-            },
-        }))
+        let pair = StoredPair {
+            precision: device.upload(precision, k, da)?,
+            covariance: device.upload(covariance, k, da)?,
+        };
+        let factors = KronFactors {
+            a_sum: required("kron_a", k)?,
+            g_sum: required("kron_g", da)?,
+            a_vecs: required("kron_a_vectors", k)?,
+            g_vecs: required("kron_g_vectors", da)?,
+            weight: parts.weight,
+        };
+        Ok(Box::new(Kron::new(pair, factors)))
     }
 
     fn sum_names(&self) -> &'static [&'static str] {

@@ -159,6 +159,15 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
         None
     }
 
+    /// `diag Σ_f` of Φ (n × K) for a structure with a [`logit_basis`](Self::logit_basis),
+    /// whose layout does not hold the diagonal; `Unsupported` for the others.
+    fn logit_variances(&self, _device: &D, _phi: &Matrix<D, T>, _k: usize) -> Result<Matrix<D, T>> {
+        Err(Error::Unsupported(format!(
+            "logit variances outside the {:?} layout",
+            self.kind()
+        )))
+    }
+
     /// `log det Π` over all K·D_aug weights.
     fn log_det_precision(&self, device: &D, k: usize) -> Result<f64>;
 
@@ -440,10 +449,10 @@ pub(crate) fn placeholder<D: Device, T: Scalar>(
         Structure::Full => Box::new(full::Full { pair }),
         Structure::Shared(weighting) => Box::new(shared::Shared { weighting, pair }),
         Structure::Diag => Box::new(diag::Diag { pair }),
-        Structure::Kron => Box::new(kron::Kron {
+        Structure::Kron => Box::new(kron::Kron::new(
             pair,
-            factors: KronFactors::unfactored(device, device.zeros(1, 1)?, device.zeros(1, 1)?, 0.0)?,
-        }),
+            KronFactors::unfactored(device, device.zeros(1, 1)?, device.zeros(1, 1)?, 0.0)?,
+        )),
     })
 }
 
