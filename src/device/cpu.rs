@@ -97,18 +97,25 @@ impl CpuDevice {
         })
     }
 
-    /// `C += α·L Rᵀ` for the d × d row-major `c`, where `L` and `R` are d × n views with `L Rᵀ`
-    /// symmetric (a Gram). A contraction long against d is split over its rows, one sequential
-    /// d × d sum per thread: one product with a d × d output keeps the threads in step at every
-    /// panel. Runs inside the pool.
-    fn gram_add<T: Scalar>(&self, c: &mut [T], lhs: MatRef<'_, T>, rhs_t: MatRef<'_, T>, alpha: T) {
-        let (d, n) = (lhs.nrows(), lhs.ncols());
+    /// `C += α·Aᵀ B` for the d × d row-major `c`, where `A` and `B` are row-major n × d with
+    /// `Aᵀ B` symmetric (a Gram: `B = A` or `B = diag(w) A`). A contraction long against d is
+    /// split over its rows, one sequential d × d sum per thread: one product with a d × d output
+    /// keeps the threads in step at every panel. Contractions over more than
+    /// [`FULL_GEMM_MAX_RANK`] rows run the AVX2 Gram kernel
+    /// ([`cpu_gram`](super::cpu_gram)) where the CPU has it. Runs inside the pool.
+    fn gram_add<T: Scalar>(&self, c: &mut [T], a: &[T], b: &[T], n: usize, d: usize, alpha: T) {
         let threads = self.threads;
         let tall = threads > 1
             && n >= TALL_RATIO * d * threads
             && d * d * threads * std::mem::size_of::<T>() <= TALL_SCRATCH_BYTES;
         if !tall {
-            if symmetric_add(MatMut::from_row_major_slice_mut(c, d, d), lhs, rhs_t, alpha, self.par()) {
+            // Short contractions keep faer's plain GEMM (see FULL_GEMM_MAX_RANK).
+            if n > FULL_GEMM_MAX_RANK && kernel_gram(c, &a[..n * d], &b[..n * d], d, alpha, threads > 1) {
+                fill_triangle(c, d, Fill::LowerToUpper);
+                return;
+            }
+            let (lhs, rhs) = (row_major(a, n, d).transpose(), row_major(b, n, d).transpose());
+            if symmetric_add(MatMut::from_row_major_slice_mut(c, d, d), lhs, rhs, alpha, self.par()) {
                 fill_triangle(c, d, Fill::LowerToUpper);
             }
             return;
@@ -119,10 +126,17 @@ impl CpuDevice {
             .map(|t| {
                 let (lo, hi) = ((t * rows).min(n), ((t + 1) * rows).min(n));
                 let mut sum = zeroed(d * d);
-                let (l, r) = (lhs.subcols(lo, hi - lo), rhs_t.subcols(lo, hi - lo));
-                if symmetric_add(MatMut::from_row_major_slice_mut(&mut sum, d, d), l, r, alpha, Par::Seq) {
-                    fill_triangle(&mut sum, d, Fill::LowerToUpper);
+                let (a, b) = (&a[lo * d..hi * d], &b[lo * d..hi * d]);
+                if !kernel_gram(&mut sum, a, b, d, alpha, false) {
+                    let (l, r) = (
+                        row_major(a, hi - lo, d).transpose(),
+                        row_major(b, hi - lo, d).transpose(),
+                    );
+                    if !symmetric_add(MatMut::from_row_major_slice_mut(&mut sum, d, d), l, r, alpha, Par::Seq) {
+                        return sum;
+                    }
                 }
+                fill_triangle(&mut sum, d, Fill::LowerToUpper);
                 sum
             })
             .collect();
@@ -132,6 +146,45 @@ impl CpuDevice {
             }
         });
     }
+}
+
+/// The row-major n × d `data` as a faer view.
+fn row_major<T: Scalar>(data: &[T], n: usize, d: usize) -> MatRef<'_, T> {
+    MatRef::from_row_major_slice(&data[..n * d], n, d)
+}
+
+/// Lower triangle of `c += α Aᵀ B` by the AVX2 Gram kernel, for row-major A and B (`a.len() / d`
+/// rows), on this thread or (`parallel`) the current pool; `false`, with `c` untouched, where
+/// the CPU lacks the kernel.
+fn kernel_gram<T: Scalar>(c: &mut [T], a: &[T], b: &[T], d: usize, alpha: T, parallel: bool) -> bool {
+    use super::cpu_gram::{available, gram_lower_f32, gram_lower_f64};
+    use crate::scalar::DType;
+    if !available() || d == 0 {
+        return false;
+    }
+    let n = a.len() / d;
+    // Pointer equality of A and B lets the kernel pack once; the casts keep it.
+    match T::DTYPE {
+        DType::F32 => gram_lower_f32(
+            bytemuck::cast_slice_mut(c),
+            bytemuck::cast_slice(a),
+            bytemuck::cast_slice(b),
+            n,
+            d,
+            alpha.as_f64() as f32,
+            parallel,
+        ),
+        DType::F64 => gram_lower_f64(
+            bytemuck::cast_slice_mut(c),
+            bytemuck::cast_slice(a),
+            bytemuck::cast_slice(b),
+            n,
+            d,
+            alpha.as_f64(),
+            parallel,
+        ),
+    }
+    true
 }
 
 type CpuMatrix<T> = Matrix<CpuDevice, T>;
@@ -427,11 +480,8 @@ impl Device for CpuDevice {
                     .for_each(|(row, &s)| row.iter_mut().for_each(|x| *x *= s));
                 out
             });
-            let lhs = view(a).transpose();
-            let rhs_t = wa
-                .as_deref()
-                .map_or(lhs, |x| MatRef::from_row_major_slice(x, n, d).transpose());
-            self.gram_add(c.buffer_mut(), lhs, rhs_t, alpha);
+            let rows = &a.buffer()[..n * d];
+            self.gram_add(c.buffer_mut(), rows, wa.as_deref().unwrap_or(rows), n, d, alpha);
         });
         Ok(())
     }
@@ -449,13 +499,13 @@ impl Device for CpuDevice {
         let da = d + usize::from(augment);
         c.expect_shape("c", da, da)?;
         self.run_dense(|| {
-            let phi_t = MatRef::from_column_major_slice(features.data(), d, n);
+            let rows = &features.data()[..n * d];
             if !augment {
-                self.gram_add(c.buffer_mut(), phi_t, phi_t, T::one());
+                self.gram_add(c.buffer_mut(), rows, rows, n, d, T::one());
                 return;
             }
             let mut gram = zeroed(d * d);
-            self.gram_add(&mut gram, phi_t, phi_t, T::one());
+            self.gram_add(&mut gram, rows, rows, n, d, T::one());
             let sums = column_sums(features.data(), d);
             let out = c.buffer_mut();
             out.par_chunks_mut(da).enumerate().for_each(|(i, row)| match i < d {

@@ -24,6 +24,7 @@ mod auto;
 #[cfg(any(feature = "wgpu", feature = "cuda", feature = "cuda-emu"))]
 pub(crate) mod compose;
 pub mod cpu;
+mod cpu_gram;
 #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 pub mod cuda;
 #[cfg(any(feature = "wgpu", feature = "cuda", feature = "cuda-emu"))]
