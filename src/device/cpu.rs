@@ -409,6 +409,17 @@ impl Device for CpuDevice {
         Ok(m.buffer()[..m.len()].to_vec())
     }
 
+    fn host_slice<'a, T: Scalar>(&self, m: &'a Matrix<Self, T>) -> Option<&'a [T]> {
+        Some(&m.buffer()[..m.len()])
+    }
+
+    /// The buffer itself, no copy.
+    fn download_owned<T: Scalar>(&self, m: Matrix<Self, T>) -> Result<Vec<T>> {
+        let (mut buffer, rows, cols) = m.into_parts();
+        buffer.truncate(rows * cols);
+        Ok(buffer)
+    }
+
     fn zeros<T: Scalar>(&self, rows: usize, cols: usize) -> Result<Matrix<Self, T>> {
         reserve::<T>(rows, cols)?;
         Matrix::from_parts(zeroed(rows * cols), rows, cols)

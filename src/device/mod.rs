@@ -233,6 +233,17 @@ pub trait Device: Clone + Send + Sync + 'static {
     }
     /// Copies a device matrix back to row-major host memory.
     fn download<T: Scalar>(&self, m: &Matrix<Self, T>) -> Result<Vec<T>>;
+    /// The matrix's values in place, row-major, where the device's buffers are host memory
+    /// (the CPU); `None` elsewhere, and callers [`Device::download`].
+    fn host_slice<'a, T: Scalar>(&self, m: &'a Matrix<Self, T>) -> Option<&'a [T]> {
+        let _ = m;
+        None
+    }
+    /// [`Device::download`] of a matrix no longer needed: a device whose buffers are host
+    /// memory hands the buffer over without a copy.
+    fn download_owned<T: Scalar>(&self, m: Matrix<Self, T>) -> Result<Vec<T>> {
+        self.download(&m)
+    }
     /// A new zero-filled matrix.
     fn zeros<T: Scalar>(&self, rows: usize, cols: usize) -> Result<Matrix<Self, T>>;
     /// A device-side copy.

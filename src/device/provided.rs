@@ -115,7 +115,15 @@ fn map_rows<D: Device, T: Scalar>(
     let layout = cov_layout(mean, cov)?;
     let (n, k) = mean.shape();
     let cw = cov.cols();
-    let (mean_h, cov_h) = (dev.download(mean)?, dev.download(cov)?);
+    // Read in place where the device's buffers are host memory.
+    let (mean_copy, cov_copy);
+    let (mean_h, cov_h) = match (dev.host_slice(mean), dev.host_slice(cov)) {
+        (Some(m), Some(c)) => (m, c),
+        _ => {
+            (mean_copy, cov_copy) = (dev.download(mean)?, dev.download(cov)?);
+            (&mean_copy[..], &cov_copy[..])
+        }
+    };
     let mut out = vec![T::zero(); n * k];
     if k > 0 {
         out.par_chunks_mut(k).enumerate().for_each(|(i, row)| {

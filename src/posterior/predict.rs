@@ -1,5 +1,7 @@
 //! [`Posterior::predict`]: the predictive distribution at new inputs.
 
+use std::sync::Arc;
+
 use super::Features;
 use super::{Posterior, logits};
 use crate::device::{Device, Matrix};
@@ -69,8 +71,9 @@ pub struct Prediction<T> {
     /// `Σ_f = U_A diag(e_n) U_Aᵀ`. [`Prediction::logit_cov_at`] reads any of them.
     pub logit_cov: Vec<T>,
     /// Kron only: the K × K orthonormal eigenvectors U_A (row-major, one per column) shared by
-    /// every input's logit covariance; `None` for the other structures.
-    pub logit_basis: Option<Vec<T>>,
+    /// every input's logit covariance, and by every prediction of one posterior (one host copy);
+    /// `None` for the other structures.
+    pub logit_basis: Option<Arc<[T]>>,
     /// Number of inputs n.
     pub rows: usize,
     /// Number of classes K.
@@ -158,10 +161,10 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             _ => link_of(&mean, &cov)?,
         };
         Ok(Prediction {
-            probs: device.download(&probs)?,
-            logit_mean: device.download(&mean)?,
-            logit_cov: device.download(&cov)?,
-            logit_basis: basis.map(|u| device.download(u)).transpose()?,
+            probs: device.download_owned(probs)?,
+            logit_mean: device.download_owned(mean)?,
+            logit_cov: device.download_owned(cov)?,
+            logit_basis: state.host_logit_basis(device)?,
             rows: n,
             classes: self.classes,
         })

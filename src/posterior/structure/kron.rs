@@ -19,7 +19,7 @@ use crate::numerics::from_f64s;
 use crate::posterior::Structure;
 use crate::posterior::model::{Batch, Model};
 use crate::scalar::Scalar;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// Kron's running sums `A = Σ_n w_n M_n` (K × K) and `G = Σ_n w_n φ_nφ_nᵀ` (D_aug × D_aug) with
 /// their weight `N = Σ_n w_n` (the sample count, until forgetting discounts old samples), and
@@ -84,6 +84,9 @@ pub(crate) struct Kron<D: Device, T: Scalar> {
     /// `R = (U_A ∘ U_A) Σ` (K × D_aug), made by the first prediction after Σ changes and dropped
     /// by [`CovarianceStructure::pair_mut`]: `diag Σ_f(φ) = R (U_Gᵀφ)²`.
     variance_weights: OnceLock<Matrix<D, T>>,
+    /// U_A in host memory, for [`Prediction::logit_basis`](crate::Prediction::logit_basis);
+    /// U_A never changes within one `Kron` (a refactor makes a new one).
+    host_basis: OnceLock<Arc<[T]>>,
 }
 
 impl<D: Device, T: Scalar> Kron<D, T> {
@@ -92,6 +95,7 @@ impl<D: Device, T: Scalar> Kron<D, T> {
             pair,
             factors,
             variance_weights: OnceLock::new(),
+            host_basis: OnceLock::new(),
         }
     }
 
@@ -294,6 +298,14 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Kron<D, T> {
 
     fn logit_basis(&self) -> Option<&Matrix<D, T>> {
         Some(&self.factors.a_vecs)
+    }
+
+    fn host_logit_basis(&self, device: &D) -> Result<Option<Arc<[T]>>> {
+        if let Some(basis) = self.host_basis.get() {
+            return Ok(Some(basis.clone()));
+        }
+        let basis: Arc<[T]> = device.download(&self.factors.a_vecs)?.into();
+        Ok(Some(self.host_basis.get_or_init(|| basis).clone()))
     }
 
     fn log_det_precision(&self, device: &D, _k: usize) -> Result<f64> {

@@ -159,6 +159,12 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
         None
     }
 
+    /// [`logit_basis`](Self::logit_basis) in host memory, downloaded once per basis and shared
+    /// by every prediction.
+    fn host_logit_basis(&self, _device: &D) -> Result<Option<std::sync::Arc<[T]>>> {
+        Ok(None)
+    }
+
     /// `diag Σ_f` of Φ (n × K) for a structure with a [`logit_basis`](Self::logit_basis),
     /// whose layout does not hold the diagonal; `Unsupported` for the others.
     fn logit_variances(&self, _device: &D, _phi: &Matrix<D, T>, _k: usize) -> Result<Matrix<D, T>> {
