@@ -428,7 +428,21 @@ pub fn check_structures<D: Device, T: Scalar>(dev: &D) {
                                 (0..pb.k).map(|c| f[c] / (1.0 + lambda * sf.at(c, c)).sqrt()).collect();
                             let e = rel_err(&got.probs[i * pb.k..(i + 1) * pb.k], &softmax(&scaled));
                             assert!(e < tol::<T>(p, 1000.0), "{name}: probit after a prior change err {e}");
+                            // Σ_f in full, from e_n and the shared host copy of U_A.
+                            let full: Vec<T> = (0..pb.k * pb.k)
+                                .map(|ab| got.logit_cov_at(i, ab / pb.k, ab % pb.k))
+                                .collect();
+                            let e = rel_err(&full, &sf.a);
+                            assert!(e < tol::<T>(p, 1000.0), "{name}: Σ_f after a prior change err {e}");
                         }
+                        let again = post
+                            .predict(HostMatrix::new(&x, 3, pb.d).unwrap(), Link::default())
+                            .unwrap();
+                        let (first, second) = (got.logit_basis.as_ref().unwrap(), again.logit_basis.as_ref().unwrap());
+                        assert!(
+                            std::sync::Arc::ptr_eq(first, second),
+                            "{name}: one host copy of U_A per posterior"
+                        );
                     }
                 }
             }
