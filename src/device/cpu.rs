@@ -110,7 +110,9 @@ impl CpuDevice {
             && d * d * threads * std::mem::size_of::<T>() <= TALL_SCRATCH_BYTES;
         if !tall {
             // Short contractions keep faer's plain GEMM (see FULL_GEMM_MAX_RANK).
-            if n > FULL_GEMM_MAX_RANK && kernel_gram(c, &a[..n * d], &b[..n * d], d, alpha, threads > 1) {
+            if n > FULL_GEMM_MAX_RANK
+                && kernel_gram(c, &a[..n * d], &b[..n * d], d, alpha, threads > 1, &mut Vec::new())
+            {
                 fill_triangle(c, d, Fill::LowerToUpper);
                 return;
             }
@@ -127,7 +129,7 @@ impl CpuDevice {
                 let (lo, hi) = ((t * rows).min(n), ((t + 1) * rows).min(n));
                 let mut sum = zeroed(d * d);
                 let (a, b) = (&a[lo * d..hi * d], &b[lo * d..hi * d]);
-                if !kernel_gram(&mut sum, a, b, d, alpha, false) {
+                if !kernel_gram(&mut sum, a, b, d, alpha, false, &mut Vec::new()) {
                     let (l, r) = (
                         row_major(a, hi - lo, d).transpose(),
                         row_major(b, hi - lo, d).transpose(),
@@ -154,35 +156,42 @@ fn row_major<T: Scalar>(data: &[T], n: usize, d: usize) -> MatRef<'_, T> {
 }
 
 /// Lower triangle of `c += α Aᵀ B` by the AVX2 Gram kernel, for row-major A and B (`a.len() / d`
-/// rows), on this thread or (`parallel`) the current pool; `false`, with `c` untouched, where
-/// the CPU lacks the kernel.
-fn kernel_gram<T: Scalar>(c: &mut [T], a: &[T], b: &[T], d: usize, alpha: T, parallel: bool) -> bool {
+/// rows), on this thread or (`parallel`) the current pool, packing into the reused `packing`;
+/// `false`, with `c` untouched, where the CPU lacks the kernel.
+fn kernel_gram<T: Scalar>(
+    c: &mut [T],
+    a: &[T],
+    b: &[T],
+    d: usize,
+    alpha: T,
+    parallel: bool,
+    packing: &mut Vec<T>,
+) -> bool {
     use super::cpu_gram::{available, gram_lower_f32, gram_lower_f64};
-    use crate::scalar::DType;
+    use std::any::Any;
     if !available() || d == 0 {
         return false;
     }
     let n = a.len() / d;
-    // Pointer equality of A and B lets the kernel pack once; the casts keep it.
-    match T::DTYPE {
-        DType::F32 => gram_lower_f32(
+    // T is f32 or f64: the scratch names which, and the slices are cast to it. Pointer equality
+    // of A and B lets the kernel pack once; the casts keep it.
+    let packing: &mut dyn Any = packing;
+    if let Some(packing) = packing.downcast_mut::<Vec<f32>>() {
+        let (c, a, b) = (
             bytemuck::cast_slice_mut(c),
             bytemuck::cast_slice(a),
             bytemuck::cast_slice(b),
-            n,
-            d,
-            alpha.as_f64() as f32,
-            parallel,
-        ),
-        DType::F64 => gram_lower_f64(
+        );
+        gram_lower_f32(c, a, b, n, d, alpha.as_f64() as f32, parallel, packing);
+    } else if let Some(packing) = packing.downcast_mut::<Vec<f64>>() {
+        let (c, a, b) = (
             bytemuck::cast_slice_mut(c),
             bytemuck::cast_slice(a),
             bytemuck::cast_slice(b),
-            n,
-            d,
-            alpha.as_f64(),
-            parallel,
-        ),
+        );
+        gram_lower_f64(c, a, b, n, d, alpha.as_f64(), parallel, packing);
+    } else {
+        return false;
     }
     true
 }
@@ -278,6 +287,141 @@ struct SyncPtr<T>(*mut T);
 unsafe impl<T: Send> Send for SyncPtr<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send> Sync for SyncPtr<T> {}
+
+/// Feature widths from which the CPU's softmax GGN is summed class pair by class pair
+/// ([`ggn_by_class_pairs`]); narrower features keep one SYRK over the `K'·D`-wide rows
+/// `p̃_n ⊗ φ_n`, whose per-pair blocks would be too small to run well.
+const PAIR_GGN_MIN_FEATURES: usize = 32;
+/// Rows of Φ per pass of [`ggn_by_class_pairs`]: the pass's rows and each thread's weighted
+/// copy of them (2 MB at D = 512 in f32) stay in cache across the pairs.
+const PAIR_GGN_ROWS: usize = 1024;
+
+/// The sizes of one [`ggn_by_class_pairs`] call: n rows of Φ (D wide), K classes, K' reduced ones.
+#[derive(Clone, Copy)]
+struct PairGgnShape {
+    n: usize,
+    d: usize,
+    k: usize,
+    kr: usize,
+}
+
+/// `Π += α Σ_n (Rᵀ Λ_n R) ⊗ φ_nφ_nᵀ` with `Λ_n = diag(p_n) − p_n p_nᵀ` (R = I without a basis),
+/// for the row-major `(K'·D)²` Π, one D × D block per class pair a ≥ b:
+///
+/// `B_ab = Φᵀ diag(w_ab) Φ`, `w_ab[n] = Σ_c R[c,a] R[c,b] p_nc − p̃_na p̃_nb`, `p̃_n = Rᵀ p_n`.
+///
+/// Every `B_ab` is symmetric, so only its lower triangle is summed (the Gram kernel where the CPU
+/// has it, faer's triangular product otherwise), then mirrored and added to blocks (a, b) and
+/// (b, a): `K'(K'+1)/2 · N·D²` FLOP, about half of one SYRK over the rows `p̃_n ⊗ φ_n`, which sums
+/// both triangles of every off-diagonal block. Scratch: the `K'(K'+1)/2` blocks (about half of
+/// Π) and one pass of rows per thread. Runs inside the pool.
+fn ggn_by_class_pairs<T: Scalar>(
+    precision: &mut [T],
+    phi: &[T],
+    probs: &[T],
+    basis: Option<&[T]>,
+    shape: PairGgnShape,
+    alpha: T,
+    threads: usize,
+) {
+    let PairGgnShape { n, d, k, kr } = shape;
+    let p = kr * d;
+    let pairs: Vec<(usize, usize)> = (0..kr).flat_map(|a| (0..=a).map(move |b| (a, b))).collect();
+    // R[c,a] R[c,b] per pair (K values each), for the diagonal part Rᵀ diag(p) R.
+    let products: Option<Vec<T>> = basis.map(|r| {
+        pairs
+            .iter()
+            .flat_map(|&(a, b)| (0..k).map(move |c| r[c * kr + a] * r[c * kr + b]))
+            .collect()
+    });
+    let mut blocks = zeroed::<T>(pairs.len() * d * d);
+    // Few pairs: one pair at a time over the whole pool. Many: each thread its share of the
+    // pairs (they cost the same), with its own scratch kept across passes.
+    let across_pairs = pairs.len() >= 4 * threads;
+    let share = pairs.len().div_ceil(threads.max(1));
+    let mut scratches: Vec<(Vec<T>, Vec<T>)> = (0..threads.max(1)).map(|_| Default::default()).collect();
+    let mut reduced = vec![T::zero(); PAIR_GGN_ROWS.min(n) * kr];
+    for start in (0..n).step_by(PAIR_GGN_ROWS) {
+        let rows = PAIR_GGN_ROWS.min(n - start);
+        let (phi_pass, probs_pass) = (
+            &phi[start * d..(start + rows) * d],
+            &probs[start * k..(start + rows) * k],
+        );
+        let reduced = &mut reduced[..rows * kr];
+        match basis {
+            None => reduced.copy_from_slice(probs_pass),
+            Some(r) => {
+                for (out, pn) in reduced.chunks_exact_mut(kr).zip(probs_pass.chunks_exact(k)) {
+                    for (a, o) in out.iter_mut().enumerate() {
+                        *o = (0..k).fold(T::zero(), |s, c| s + r[c * kr + a] * pn[c]);
+                    }
+                }
+            }
+        }
+        let reduced = &*reduced;
+        let add_pair = |index: usize, block: &mut [T], (weighted, packing): &mut (Vec<T>, Vec<T>), parallel: bool| {
+            let (a, b) = pairs[index];
+            weighted.resize(rows * d, T::zero());
+            for (i, (out, x)) in weighted.chunks_exact_mut(d).zip(phi_pass.chunks_exact(d)).enumerate() {
+                let pn = &probs_pass[i * k..(i + 1) * k];
+                let diagonal = match &products {
+                    Some(prod) => dot(&prod[index * k..(index + 1) * k], pn),
+                    None if a == b => pn[a],
+                    None => T::zero(),
+                };
+                let w = diagonal - reduced[i * kr + a] * reduced[i * kr + b];
+                out.iter_mut().zip(x).for_each(|(o, v)| *o = w * *v);
+            }
+            if !kernel_gram(block, phi_pass, weighted, d, T::one(), parallel, packing) {
+                let (lhs, rhs) = (
+                    row_major(phi_pass, rows, d).transpose(),
+                    row_major(weighted, rows, d).transpose(),
+                );
+                let par = if parallel { Par::rayon(threads) } else { Par::Seq };
+                let _lower_only = symmetric_add(MatMut::from_row_major_slice_mut(block, d, d), lhs, rhs, T::one(), par);
+            }
+        };
+        if across_pairs {
+            blocks
+                .par_chunks_mut(share * d * d)
+                .zip(scratches.par_iter_mut())
+                .enumerate()
+                .for_each(|(t, (group, scratch))| {
+                    for (j, block) in group.chunks_mut(d * d).enumerate() {
+                        add_pair(t * share + j, block, scratch, false);
+                    }
+                });
+        } else {
+            for (index, block) in blocks.chunks_mut(d * d).enumerate() {
+                add_pair(index, block, &mut scratches[0], threads > 1);
+            }
+        }
+    }
+    blocks
+        .par_chunks_mut(d * d)
+        .for_each(|block| fill_triangle_sequential(block, d));
+    // Row x of block row a: block b of it is row x of B_{max(a,b), min(a,b)}.
+    precision[..p * p].par_chunks_mut(p).enumerate().for_each(|(row, out)| {
+        let (a, x) = (row / d, row % d);
+        for b in 0..kr {
+            let (hi, lo) = (a.max(b), a.min(b));
+            let block = &blocks[(hi * (hi + 1) / 2 + lo) * d * d..][..d * d];
+            out[b * d..(b + 1) * d]
+                .iter_mut()
+                .zip(&block[x * d..(x + 1) * d])
+                .for_each(|(o, v)| *o += alpha * *v);
+        }
+    });
+}
+
+/// The lower triangle of the row-major n × n `buf` copied onto its upper one, on this thread.
+fn fill_triangle_sequential<T: Scalar>(buf: &mut [T], n: usize) {
+    for i in 0..n {
+        for j in i + 1..n {
+            buf[i * n + j] = buf[j * n + i];
+        }
+    }
+}
 
 /// A zero-filled vector whose pages are written now, in parallel. `vec![0; n]` maps zero pages
 /// lazily, and the faults then land inside GEMM writes, where they cost far more (measured:
@@ -549,6 +693,14 @@ impl Device for CpuDevice {
             return Ok(());
         }
         let par = self.par();
+        if d >= PAIR_GGN_MIN_FEATURES {
+            let shape = PairGgnShape { n, d, k, kr };
+            let (phi, probs) = (&phi.buffer()[..n * d], &probs.buffer()[..n * k]);
+            let basis = basis.map(|r| &r.buffer()[..k * kr]);
+            let threads = self.threads;
+            self.run_dense(|| ggn_by_class_pairs(precision.buffer_mut(), phi, probs, basis, shape, alpha, threads));
+            return Ok(());
+        }
         let chunk = (SCRATCH_ELEMENTS / p).clamp(64, 16_384).min(n);
         self.run_dense(|| {
             let mut a_t = zeroed(p * chunk);

@@ -39,8 +39,19 @@ macro_rules! gram_kernel {
         /// and FMA ([`available`]).
         ///
         /// `parallel` spreads each block's groups of NR rows over the current rayon pool (each
-        /// writes its own rows of `c`); otherwise the call runs on this thread.
-        pub(crate) fn $name(c: &mut [$t], a: &[$t], b: &[$t], n: usize, d: usize, alpha: $t, parallel: bool) {
+        /// writes its own rows of `c`); otherwise the call runs on this thread. `packing` is
+        /// the packed blocks' scratch, grown as needed and kept for the caller's next call.
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) fn $name(
+            c: &mut [$t],
+            a: &[$t],
+            b: &[$t],
+            n: usize,
+            d: usize,
+            alpha: $t,
+            parallel: bool,
+            packing: &mut Vec<$t>,
+        ) {
             const MR: usize = $mr;
             assert!(available(), "the Gram kernel needs AVX2 and FMA");
             assert!(c.len() >= d * d && a.len() >= n * d && b.len() >= n * d);
@@ -50,12 +61,14 @@ macro_rules! gram_kernel {
             let same = std::ptr::eq(a.as_ptr(), b.as_ptr());
             let panels = d.div_ceil(MR);
             let kc_max = KC.min(n);
-            let mut packed_a = vec![0.0 as $t; panels * MR * kc_max];
-            let mut packed_b = if same {
-                Vec::new()
-            } else {
-                vec![0.0 as $t; panels * MR * kc_max]
-            };
+            // Every element a block uses is written by `pack` (zero past d), so the scratch is
+            // only grown, never cleared.
+            let block = panels * MR * kc_max;
+            let needed = if same { block } else { 2 * block };
+            if packing.len() < needed {
+                packing.resize(needed, 0.0);
+            }
+            let (packed_a, packed_b) = packing[..needed].split_at_mut(block);
             // Panel p holds rows k0..k0+kc of features p·MR.., MR per row, zero past d. Each
             // source row is read once, front to back (the prefetcher streams it), and scattered
             // over the panels, which stay in L2.
@@ -79,12 +92,12 @@ macro_rules! gram_kernel {
             };
             for k0 in (0..n).step_by(kc_max) {
                 let kc = kc_max.min(n - k0);
-                pack(a, k0, kc, &mut packed_a);
+                pack(a, k0, kc, packed_a);
                 if !same {
-                    pack(b, k0, kc, &mut packed_b);
+                    pack(b, k0, kc, packed_b);
                 }
-                let packed_b: &[$t] = if same { &packed_a } else { &packed_b };
-                let packed_a = &packed_a;
+                let packed_b: &[$t] = if same { packed_a } else { packed_b };
+                let packed_a = &*packed_a;
                 // Rows i0..i0+NR of c (`rows`, row-major, d wide, from row i0): tiles of the
                 // column panels q with q·MR ≤ the last row.
                 let tile_rows = |g: usize, rows: &mut [$t]| {
@@ -236,7 +249,10 @@ mod tests {
             eprintln!("skipped: no AVX2/FMA");
             return;
         }
-        for &d in &[1, 5, 6, 7, 8, 9, 15, 16, 17, 31, 33, 70, 129] {
+        // One scratch per dtype across every shape: a block must not read what an earlier,
+        // wider call left in it.
+        let (mut packing, mut packing32) = (Vec::new(), Vec::new());
+        for &d in &[129, 1, 5, 6, 7, 8, 9, 15, 16, 17, 31, 33, 70] {
             for &n in &[0, 1, 3, KC - 1, KC, KC + 1, 2 * KC + 37] {
                 for weighted in [false, true] {
                     let a = values(n * d, d + n);
@@ -252,7 +268,7 @@ mod tests {
                     // f64
                     let mut c = vec![sentinel; d * d];
                     let b_ref = if weighted { &b[..] } else { &a[..] };
-                    gram_lower_f64(&mut c, &a, b_ref, n, d, alpha, n % 2 == 1);
+                    gram_lower_f64(&mut c, &a, b_ref, n, d, alpha, n % 2 == 1, &mut packing);
                     // f32
                     let (a32, b32): (Vec<f32>, Vec<f32>) = (
                         a.iter().map(|&x| x as f32).collect(),
@@ -260,7 +276,7 @@ mod tests {
                     );
                     let mut c32 = vec![sentinel as f32; d * d];
                     let b32_ref = if weighted { &b32[..] } else { &a32[..] };
-                    gram_lower_f32(&mut c32, &a32, b32_ref, n, d, alpha as f32, n % 2 == 0);
+                    gram_lower_f32(&mut c32, &a32, b32_ref, n, d, alpha as f32, n % 2 == 0, &mut packing32);
                     let scale = (n as f64).max(1.0);
                     for i in 0..d {
                         for j in 0..d {

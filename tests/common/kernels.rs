@@ -152,6 +152,10 @@ pub fn check_ggn_accumulate<D: Device, T: Scalar>(dev: &D) {
         (65, 3, 3),
         (150, 9, 4),
         (100, 130, 5),
+        // D ≥ 32 sums class pair by class pair on the CPU: few pairs (one at a time over the
+        // pool) and many (spread over the threads), with passes of rows past the pair path's.
+        (40, 64, 2),
+        (1_100, 33, 12),
     ] {
         let phi = random(&mut rng, n, d);
         let p = probs(&mut rng, n, k);
@@ -203,6 +207,8 @@ pub fn check_ggn_basis_and_congruence<D: Device, T: Scalar>(dev: &D) {
         (20, 7, 10, 9),
         (9, 3, 3, 3),
         (130, 6, 4, 3),
+        (70, 40, 3, 2),
+        (50, 33, 10, 9),
     ] {
         let phi = random(&mut rng, n, d);
         let p = probs(&mut rng, n, k);

@@ -66,8 +66,8 @@ impl<D: Device, T: Scalar> KronFactors<D, T> {
             .iter()
             .flat_map(|&a| g_vals.iter().map(move |&g| a.max(0.0) * g.max(0.0) * inv_n + tau))
             .collect();
-        self.a_vecs = device.upload_owned(from_f64s::<T>(&a_vecs), k, k)?;
-        self.g_vecs = device.upload_owned(from_f64s::<T>(&g_vecs), da, da)?;
+        self.a_vecs = device.upload_owned(a_vecs, k, k)?;
+        self.g_vecs = device.upload_owned(g_vecs, da, da)?;
         let inverse: Vec<f64> = lambda.iter().map(|l| 1.0 / l).collect();
         let pair = StoredPair {
             precision: device.upload_owned(from_f64s::<T>(&lambda), k, da)?,
