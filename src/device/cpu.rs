@@ -158,6 +158,8 @@ fn row_major<T: Scalar>(data: &[T], n: usize, d: usize) -> MatRef<'_, T> {
 /// Lower triangle of `c += α Aᵀ B` by the AVX2 Gram kernel, for row-major A and B (`a.len() / d`
 /// rows), on this thread or (`parallel`) the current pool, packing into the reused `packing`;
 /// `false`, with `c` untouched, where the CPU lacks the kernel.
+// The scratch is a Vec, not a slice: the kernel grows it.
+#[allow(clippy::ptr_arg)]
 fn kernel_gram<T: Scalar>(
     c: &mut [T],
     a: &[T],
