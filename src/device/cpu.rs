@@ -807,40 +807,49 @@ impl Device for CpuDevice {
         let (k, kr, d) = congruence_shapes(x, basis)?;
         let n_red = kr * d;
         let p = k * d;
-        let par = self.par();
+
         self.run_dense(|| {
-            // Z = (R ⊗ I) X: X seen as K' × (D·K'D), one GEMM with inner dimension K'.
-            let mut z = zeroed(p * n_red);
-            matmul(
-                MatMut::from_row_major_slice_mut(&mut z, k, d * n_red),
-                Accum::Replace,
-                view(basis),
-                MatRef::from_row_major_slice(x.buffer().as_slice(), kr, d * n_red),
-                T::one(),
-                par,
-            );
-            // Y = Z (Rᵀ ⊗ I) + c (I − R Rᵀ) ⊗ I, lower triangle: row (k, x) block l ≤ k is
-            // Σ_b R[l, b] Z[(k, x), (b, ·)].
-            let rb = basis.buffer();
+            let (xb, rb) = (x.buffer(), basis.buffer());
             let rrt: Vec<T> = (0..k * k)
                 .map(|kl| (0..kr).map(|b| rb[(kl / k) * kr + b] * rb[(kl % k) * kr + b]).sum())
                 .collect();
-            let mut y = zeroed(p * p);
-            y.par_chunks_mut(p).enumerate().for_each(|(row, yrow)| {
-                let (kk, xx) = (row / d, row % d);
-                let zrow = &z[row * n_red..(row + 1) * n_red];
-                for l in 0..=kk {
-                    let dst = &mut yrow[l * d..(l + 1) * d];
-                    for b in 0..kr {
-                        let coef = rb[l * kr + b];
-                        dst.iter_mut()
-                            .zip(&zrow[b * d..(b + 1) * d])
-                            .for_each(|(o, v)| *o += coef * *v);
+            let mut y = zeroed::<T>(p * p);
+            let rows = SyncPtr(y.as_mut_ptr());
+            // One task per feature x: the rows (·, x) of Z = (R ⊗ I) X, `Z[(k, x), ·] =
+            // Σ_a R[k, a] X[(a, x), ·]`, from the K' rows (a, x) of X (each read once, Z never
+            // held whole), then rows (k, x) of Y = Z (Rᵀ ⊗ I) + c (I − R Rᵀ) ⊗ I, lower triangle:
+            // block l ≤ k is Σ_b R[l, b] Z[(k, x), (b, ·)].
+            (0..d).into_par_iter().for_each_init(
+                || vec![T::zero(); k * n_red],
+                |z, xx| {
+                    let rows = &rows;
+                    z.fill(T::zero());
+                    for a in 0..kr {
+                        let xrow = &xb[(a * d + xx) * n_red..(a * d + xx + 1) * n_red];
+                        for (kk, zrow) in z.chunks_exact_mut(n_red).enumerate() {
+                            let coef = rb[kk * kr + a];
+                            zrow.iter_mut().zip(xrow).for_each(|(o, v)| *o += coef * *v);
+                        }
                     }
-                    let delta = if l == kk { T::one() } else { T::zero() };
-                    dst[xx] += complement * (delta - rrt[kk * k + l]);
-                }
-            });
+                    for (kk, zrow) in z.chunks_exact(n_red).enumerate() {
+                        let row = kk * d + xx;
+                        // SAFETY: row (kk, xx) is written by the task of xx alone, and
+                        // (row + 1)·p ≤ p² = y.len().
+                        let yrow = unsafe { std::slice::from_raw_parts_mut(rows.0.add(row * p), p) };
+                        for l in 0..=kk {
+                            let dst = &mut yrow[l * d..(l + 1) * d];
+                            for b in 0..kr {
+                                let coef = rb[l * kr + b];
+                                dst.iter_mut()
+                                    .zip(&zrow[b * d..(b + 1) * d])
+                                    .for_each(|(o, v)| *o += coef * *v);
+                            }
+                            let delta = if l == kk { T::one() } else { T::zero() };
+                            dst[xx] += complement * (delta - rrt[kk * k + l]);
+                        }
+                    }
+                },
+            );
             fill_triangle(&mut y, p, Fill::LowerToUpper);
             Matrix::from_parts(y, p, p)
         })
