@@ -807,8 +807,7 @@ impl Device for CpuDevice {
         let (k, kr, d) = congruence_shapes(x, basis)?;
         let n_red = kr * d;
         let p = k * d;
-
-        self.run_dense(|| {
+        self.run(|| {
             let (xb, rb) = (x.buffer(), basis.buffer());
             let rrt: Vec<T> = (0..k * k)
                 .map(|kl| (0..kr).map(|b| rb[(kl / k) * kr + b] * rb[(kl % k) * kr + b]).sum())
