@@ -154,8 +154,10 @@ pub fn check_ggn_accumulate<D: Device, T: Scalar>(dev: &D) {
         (100, 130, 5),
         // D ≥ 32 sums class pair by class pair on the CPU: few pairs (one at a time over the
         // pool) and many (spread over the threads), with passes of rows past the pair path's.
+        // The provided path's factor rows (n·K × K·D) stay within the split-grid devices'
+        // 4,096 blocks of 256 threads per launch.
         (40, 64, 2),
-        (1_100, 33, 12),
+        (1_030, 33, 4),
     ] {
         let phi = random(&mut rng, n, d);
         let p = probs(&mut rng, n, k);
