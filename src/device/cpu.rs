@@ -401,7 +401,7 @@ fn ggn_by_class_pairs<T: Scalar>(
     }
     blocks
         .par_chunks_mut(d * d)
-        .for_each(|block| fill_triangle_sequential(block, d));
+        .for_each(|block| fill_triangle(block, d, Fill::LowerToUpper));
     // Row x of block row a: block b of it is row x of B_{max(a,b), min(a,b)}.
     precision[..p * p].par_chunks_mut(p).enumerate().for_each(|(row, out)| {
         let (a, x) = (row / d, row % d);
@@ -414,15 +414,6 @@ fn ggn_by_class_pairs<T: Scalar>(
                 .for_each(|(o, v)| *o += alpha * *v);
         }
     });
-}
-
-/// The lower triangle of the row-major n × n `buf` copied onto its upper one, on this thread.
-fn fill_triangle_sequential<T: Scalar>(buf: &mut [T], n: usize) {
-    for i in 0..n {
-        for j in i + 1..n {
-            buf[i * n + j] = buf[j * n + i];
-        }
-    }
 }
 
 /// A zero-filled vector whose pages are written now, in parallel. `vec![0; n]` maps zero pages
