@@ -1,7 +1,9 @@
 //! End-to-end posterior operations on the CPU backend at the sizes users have, next to faer's
 //! own GEMM on the same shapes (the reference for the throughput the fit reaches).
 //!
-//! `cargo bench --bench posterior`; set `LAPLACE_BENCH_THREADS` to pin the thread count.
+//! `cargo bench --bench posterior [--features cuda,wgpu]`; set `LAPLACE_BENCH_THREADS` to pin
+//! the thread count, and `LAPLACE_BENCH_DEVICES` (`cpu,cuda,wgpu`, default `cpu`) to choose the
+//! devices of the `scale` group.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -10,7 +12,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 use laplace_update::{
-    BiasMode, CpuDevice, FitConfig, HostMatrix, Link, OutputWeighting, Posterior, Structure, UpdateConfig, UpdateRule,
+    BiasMode, CpuDevice, Device, FitConfig, HostMatrix, Link, OutputWeighting, Posterior, Structure, UpdateConfig, UpdateRule,
 };
 
 #[path = "../tests/common/counting_alloc.rs"]
@@ -89,7 +91,7 @@ impl Problem {
     }
 
     /// Fits on the first `n` rows.
-    fn fit(&self, cpu: &CpuDevice, structure: Structure, n: usize) -> Posterior<CpuDevice, f32> {
+    fn fit<D: Device>(&self, device: &D, structure: Structure, n: usize) -> Posterior<D, f32> {
         let config = FitConfig {
             structure,
             prior_precision: 1.0,
@@ -97,7 +99,7 @@ impl Problem {
             ..Default::default()
         };
         Posterior::fit(
-            cpu,
+            device,
             HostMatrix::new(&self.phi[..n * self.d], n, self.d).unwrap(),
             &self.labels[..n],
             HostMatrix::new(&self.head, self.k, self.d).unwrap(),
@@ -224,14 +226,38 @@ fn iter_with_peak<R>(
     });
 }
 
-/// The sizes users run: heads of 1,000, 3,100 and 32,000 classes, and N = 500,000. Each case
-/// prints its peak heap bytes; the Shared fit at N = 500,000 also prints numpy's `XᵀX` plus
-/// inverse on the same shape (`benches/peers/numpy_scale.py`) when python3 and numpy are
-/// there. Data and fits are made lazily, so that a filter that skips a case skips its cost.
+/// The `scale` group on each device of `LAPLACE_BENCH_DEVICES` (default `cpu`); a device that
+/// cannot start is reported and skipped.
 fn bench_scale(c: &mut Criterion) {
+    let devices = std::env::var("LAPLACE_BENCH_DEVICES").unwrap_or_else(|_| "cpu".into());
+    let wanted = |name: &str| devices.split(',').any(|d| d.trim() == name);
+    if wanted("cpu") {
+        scale_on(c, &CpuDevice::new(threads()).unwrap(), true);
+    }
+    #[cfg(feature = "cuda")]
+    if wanted("cuda") {
+        match laplace_update::CudaDevice::new(0) {
+            Ok(gpu) => scale_on(c, &gpu, false),
+            Err(e) => eprintln!("SKIPPED cuda: {e}"),
+        }
+    }
+    #[cfg(feature = "wgpu")]
+    if wanted("wgpu") {
+        match laplace_update::WgpuDevice::new() {
+            Ok(gpu) => scale_on(c, &gpu, false),
+            Err(e) => eprintln!("SKIPPED wgpu: {e}"),
+        }
+    }
+}
+
+/// The sizes users run: heads of 1,000, 3,100 and 32,000 classes, and N = 500,000. Each case
+/// prints its peak heap bytes (host memory only); with `numpy_peer`, the Shared fit at
+/// N = 500,000 also prints numpy's `XᵀX` plus inverse on the same shape
+/// (`benches/peers/numpy_scale.py`) when python3 and numpy are there. Data and fits are made
+/// lazily, so that a filter that skips a case skips its cost.
+fn scale_on<D: Device>(c: &mut Criterion, device: &D, numpy_peer: bool) {
     use std::cell::{Cell, OnceCell};
-    let cpu = CpuDevice::new(threads()).unwrap();
-    let mut group = c.benchmark_group(format!("scale [{}]", laplace_update::Device::name(&cpu)));
+    let mut group = c.benchmark_group(format!("scale [{}]", device.name()));
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(5))
@@ -240,7 +266,7 @@ fn bench_scale(c: &mut Criterion) {
     // The first sizeable fit of a process allocates once (thread pools, faer's workspace).
     let warm_up = || {
         warmed.get_or_init(|| {
-            Problem::new(2_000, 64, 10, 9).fit(&cpu, Structure::Diag, 2_000);
+            Problem::new(2_000, 64, 10, 9).fit(device, Structure::Diag, 2_000);
         })
     };
     let shared = Structure::Shared(OutputWeighting::Gaussian);
@@ -260,7 +286,7 @@ fn bench_scale(c: &mut Criterion) {
             group.bench_function(format!("fit {label}"), |b| {
                 warm_up();
                 iter_with_peak(b, &reported, &format!("fit {label}"), || {
-                    problem().fit(&cpu, structure, n)
+                    problem().fit(device, structure, n)
                 })
             });
             let reported = Cell::new(false);
@@ -268,7 +294,7 @@ fn bench_scale(c: &mut Criterion) {
             group.throughput(Throughput::Elements(points as u64));
             group.bench_function(format!("predict {label} ({points} points, probit)"), |b| {
                 warm_up();
-                let post = fitted.get_or_init(|| problem().fit(&cpu, structure, n));
+                let post = fitted.get_or_init(|| problem().fit(device, structure, n));
                 let x = HostMatrix::new(&problem().phi[..points * d], points, d).unwrap();
                 iter_with_peak(b, &reported, &format!("predict {label}"), || {
                     post.predict(x, Link::default()).unwrap()
@@ -284,18 +310,20 @@ fn bench_scale(c: &mut Criterion) {
     group.bench_function(format!("fit {label}"), |b| {
         warm_up();
         let pb = pb.get_or_init(|| {
-            let numpy = std::process::Command::new("python3")
-                .args(["benches/peers/numpy_scale.py", &n.to_string(), &d.to_string()])
-                .output();
-            match numpy {
-                Ok(out) if out.status.success() => {
-                    eprintln!("scale: {}", String::from_utf8_lossy(&out.stdout).trim())
+            if numpy_peer {
+                let numpy = std::process::Command::new("python3")
+                    .args(["benches/peers/numpy_scale.py", &n.to_string(), &d.to_string()])
+                    .output();
+                match numpy {
+                    Ok(out) if out.status.success() => {
+                        eprintln!("scale: {}", String::from_utf8_lossy(&out.stdout).trim())
+                    }
+                    _ => eprintln!("scale: numpy not available, no peer figure"),
                 }
-                _ => eprintln!("scale: numpy not available, no peer figure"),
             }
             Problem::uniform_labels(n, d, k, 12)
         });
-        iter_with_peak(b, &reported, &format!("fit {label}"), || pb.fit(&cpu, shared, n))
+        iter_with_peak(b, &reported, &format!("fit {label}"), || pb.fit(device, shared, n))
     });
     group.finish();
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, on a machine with Rust, the executables that scripts/gpu-check.sh runs on a GPU
-# machine without Rust: the CUDA and wgpu test suites, the launch-plan tests, the kernel benches
-# and the command-line tool (for `profile`), with `--features cuda,wgpu`, stripped, into
+# machine without Rust: the CUDA and wgpu test suites, the launch-plan tests, the kernel and
+# posterior benches and the command-line tool (for `profile`), with `--features cuda,wgpu`, stripped, into
 # target/gpu-bundle/ (carry that folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ for line in sys.stdin:
 
 cargo test --release --no-run --features cuda,wgpu --test cuda --test wgpu --test launch_plans --message-format=json-render-diagnostics |
     executables | while read -r name path; do cp "$path" "$out/$name-tests"; done
-cargo bench --no-run --features cuda,wgpu --bench kernels --message-format=json-render-diagnostics |
+cargo bench --no-run --features cuda,wgpu --bench kernels --bench posterior --message-format=json-render-diagnostics |
     executables | while read -r name path; do cp "$path" "$out/$name-bench"; done
 cargo build --release --features cli,cuda,wgpu --bin laplace-update
 cp target/release/laplace-update "$out/"

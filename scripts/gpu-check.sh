@@ -9,8 +9,11 @@
 #   4. the kernel benches on CUDA (and gemm, SYRK on cuBLAS) at the [bench] target sizes: Full-GGN accumulation at
 #      N = 100,000, D = 768, K = 10; the low-rank update at P = 7,680 (D = 768, K = 10);
 #      sequential Sherman–Morrison at D = 1,536;
-#   5. the wgpu suite when a Vulkan loader is present.
-# Writes OUTDIR/gpu-check.log and OUTDIR/results.md; finishes in under 8 minutes.
+#   5. the structures at the sizes users run on CUDA: the Diag, Kron and Shared fits and probit
+#      predictions of the `scale` bench group at K = 1,000 (D = 512, N = 5,000) and K = 3,100
+#      (D = 128, N = 20,000), in criterion's quick mode;
+#   6. the wgpu suite when a Vulkan loader is present.
+# Writes OUTDIR/gpu-check.log and OUTDIR/results.md; finishes in under 9 minutes.
 set -uo pipefail
 out="${1:?usage: scripts/gpu-check.sh OUTDIR}"
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -53,6 +56,14 @@ bench_rc=$?
 bench_s=$(( $(date +%s) - start ))
 cat "$out/bench.log" >>"$log"
 
+step "structures at scale on CUDA"
+start=$(date +%s)
+LAPLACE_BENCH_DEVICES=cuda timeout 120 "$bundle/posterior-bench" --bench --quick --noplot \
+    'scale .*K=(1000|3100)' >"$out/scale.log" 2>&1
+scale_rc=$?
+scale_s=$(( $(date +%s) - start ))
+cat "$out/scale.log" >>"$log"
+
 wgpu_line="not run (no Vulkan loader)"
 if ldconfig -p 2>/dev/null | grep -q libvulkan.so.1 && [ -x "$bundle/wgpu-tests" ]; then
     step "wgpu suite"
@@ -69,6 +80,7 @@ fi
     echo "| CUDA suite | exit $tests_rc: $passed passed, $failed failed | $tests_s |"
     echo "| profile | exit $profile_rc | $profile_s |"
     echo "| kernel benches | exit $bench_rc | $bench_s |"
+    echo "| structures at scale | exit $scale_rc | $scale_s |"
     echo "| wgpu suite | $wgpu_line | |"
     echo
     echo "## profile --device cuda"
@@ -82,6 +94,12 @@ fi
     echo '```'
     grep -E '^[a-z_]+ \[|time:|thrpt:' "$out/bench.log" || true
     echo '```'
+    echo
+    echo "## Structures at scale on CUDA (criterion --quick: case, peak host heap, time, throughput)"
+    echo
+    echo '```'
+    grep -E '^scale|time:|thrpt:|SKIPPED' "$out/scale.log" || true
+    echo '```'
 } >"$out/results.md"
 cat "$out/results.md"
-[ "$plans_rc" = 0 ] && [ "$tests_rc" = 0 ] && [ "$profile_rc" = 0 ] && [ "$bench_rc" = 0 ]
+[ "$plans_rc" = 0 ] && [ "$tests_rc" = 0 ] && [ "$profile_rc" = 0 ] && [ "$bench_rc" = 0 ] && [ "$scale_rc" = 0 ]
