@@ -12,7 +12,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 use laplace_update::{
-    BiasMode, CpuDevice, Device, FitConfig, HostMatrix, Link, OutputWeighting, Posterior, Structure, UpdateConfig, UpdateRule,
+    BiasMode, CpuDevice, Device, FitConfig, HostMatrix, Link, OutputWeighting, Posterior, Structure, UpdateConfig,
+    UpdateRule,
 };
 
 #[path = "../tests/common/counting_alloc.rs"]

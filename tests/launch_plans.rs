@@ -222,6 +222,40 @@ fn heads_with_k_1000() {
     assert_eq!(h200().samples_per_launch(per_sample), usize::MAX / per_sample);
 }
 
+/// Heads of K = 3,100 (D = 128) and K = 32,000 (D = 768), the `scale` bench's: at the largest
+/// pass of a fit (`CHUNK_ELEMENTS` values of rows × (K + D + 1)), the logits, the softmax
+/// rows, the elementwise kernels over rows × K, the Diag GGN (K × D over the pass's rows) and
+/// the predictive variances; at K = 3,100 also Kron's class factor (K × K: SYRK, diagonal,
+/// mirror) and its predictive weights `(U_A ∘ U_A) Σ` (K × D over K).
+#[test]
+fn heads_with_k_3100_and_32000() {
+    use laplace_update::posterior::CHUNK_ELEMENTS;
+    for (k, d) in [(3_100, 128), (32_000, 768)] {
+        let rows = CHUNK_ELEMENTS / (k + d + 1);
+        for (policy, limits) in [
+            (h200(), GridLimits::CUDA),
+            (vulkan_gpu(), GridLimits::WEBGPU),
+            (LaunchPolicy::software(), GridLimits::WEBGPU),
+        ] {
+            let mut gemms = vec![
+                ("logits", (rows, k, d)),
+                ("diag ggn", (k, d, rows)),
+                ("variances", (rows, k, d)),
+            ];
+            if k == 3_100 {
+                gemms.extend([("kron class factor", (k, k, rows)), ("kron weights", (k, d, k))]);
+                assert_folds("kron class factor", k * k, 256, limits);
+            }
+            for (what, shape) in gemms {
+                let launches = gemm_launches(shape, 1, limits, &policy);
+                assert_gemm_plan(what, shape, 1, &launches, limits);
+            }
+            assert_folds("softmax rows", rows, 256, limits);
+            assert_folds("probabilities", rows * k, 256, limits);
+        }
+    }
+}
+
 /// A Σ of side 7,680 (K = 10, D = 768): the SPD inverse's gemms (the trailing update of each
 /// 32-wide Cholesky block, and the final n × n × n product) fit every limit, and the matrix is
 /// indexable in 32 bits.
