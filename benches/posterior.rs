@@ -12,8 +12,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 use laplace_update::{
-    BiasMode, CpuDevice, Device, FitConfig, HostMatrix, Link, OutputWeighting, Posterior, Structure, UpdateConfig,
-    UpdateRule,
+    AnyDevice, BiasMode, CpuDevice, Device, FitConfig, HostMatrix, Link, OutputWeighting, Posterior, Structure,
+    UpdateConfig, UpdateRule, with_device,
 };
 
 #[path = "../tests/common/counting_alloc.rs"]
@@ -227,26 +227,19 @@ fn iter_with_peak<R>(
     });
 }
 
-/// The `scale` group on each device of `LAPLACE_BENCH_DEVICES` (default `cpu`); a device that
-/// cannot start is reported and skipped.
+/// The `scale` group on each device of `LAPLACE_BENCH_DEVICES` (default `cpu`), as
+/// [`AnyDevice::select`] opens it (the CPU with `LAPLACE_BENCH_THREADS`); a device that cannot
+/// start is reported and skipped.
 fn bench_scale(c: &mut Criterion) {
     let devices = std::env::var("LAPLACE_BENCH_DEVICES").unwrap_or_else(|_| "cpu".into());
-    let wanted = |name: &str| devices.split(',').any(|d| d.trim() == name);
-    if wanted("cpu") {
-        scale_on(c, &CpuDevice::new(threads()).unwrap(), true);
-    }
-    #[cfg(feature = "cuda")]
-    if wanted("cuda") {
-        match laplace_update::CudaDevice::new(0) {
-            Ok(gpu) => scale_on(c, &gpu, false),
-            Err(e) => eprintln!("SKIPPED cuda: {e}"),
-        }
-    }
-    #[cfg(feature = "wgpu")]
-    if wanted("wgpu") {
-        match laplace_update::WgpuDevice::new() {
-            Ok(gpu) => scale_on(c, &gpu, false),
-            Err(e) => eprintln!("SKIPPED wgpu: {e}"),
+    for name in devices.split(',').map(str::trim) {
+        let device = match name {
+            "cpu" => CpuDevice::new(threads()).map(AnyDevice::Cpu),
+            other => AnyDevice::select(other),
+        };
+        match device {
+            Ok(device) => with_device!(&device, |d| scale_on(c, d, name == "cpu")),
+            Err(e) => eprintln!("SKIPPED {name}: {e}"),
         }
     }
 }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds, on a machine with Rust, the executables that scripts/gpu-check.sh runs on a GPU
 # machine without Rust: the CUDA and wgpu test suites, the launch-plan tests, the kernel and
-# posterior benches and the command-line tool (for `profile`), with `--features cuda,wgpu`, stripped, into
-# target/gpu-bundle/ (carry that folder).
+# posterior benches and the command-line tool (for `profile`), with `--features cuda,wgpu`,
+# stripped, into target/gpu-bundle/ (carry that folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
