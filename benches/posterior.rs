@@ -165,9 +165,7 @@ fn bench_update(c: &mut Criterion) {
                 let new_labels = &pb.labels[n_fit..n_fit + m];
                 let config = UpdateConfig {
                     rule,
-                    gamma: 1.0,
-                    iterations: 1,
-                    forgetting: 1.0,
+                    ..UpdateConfig::newton(1.0)
                 };
                 // Updates streamed into one posterior, as in use: the cost of an update does not
                 // depend on how many came before.

@@ -36,7 +36,7 @@ use laplace_update::candle::TensorMatrix;
 use laplace_update::metrics::{Scores, score};
 use laplace_update::random::SplitMix64;
 use laplace_update::{
-    CpuDevice, FitConfig, HostMatrix, Link, Posterior, PriorShape, Structure, UpdateConfig, UpdateRule,
+    CpuDevice, FitConfig, HostMatrix, Link, Posterior, PriorShape, StepControl, Structure, UpdateConfig, UpdateRule,
 };
 use report::Row;
 
@@ -149,9 +149,9 @@ fn softmax_scores(logits: &Tensor, y: &[u32]) -> AnyResult<Scores> {
 
 const METHODS: [&str; 6] = [
     "no update",
-    "sequential γ=10",
-    "joint",
-    "joint ×3",
+    "paper rule (γ = 10)",
+    "undamped Newton",
+    "update (default)",
     "retrain head (AdamW 200)",
     "fine-tune network (AdamW 200)",
 ];
@@ -222,9 +222,9 @@ fn main() -> AnyResult<()> {
         Ok(score(&pred.probs, &y_test, CLASSES, 15)?)
     };
     let updates = [
-        (1, UpdateRule::Sequential, 10.0, 1),
-        (2, UpdateRule::Joint, 1.0, 1),
-        (3, UpdateRule::Joint, 1.0, 3),
+        (1, UpdateRule::Sequential, StepControl::newton(StepControl::PAPER_GAMMA)),
+        (2, UpdateRule::Joint, StepControl::newton(1.0)),
+        (3, UpdateRule::Joint, StepControl::default()),
     ];
     let mut posts: Vec<Posterior<CpuDevice, f32>> = (0..updates.len())
         .map(|_| start.try_clone())
@@ -262,11 +262,10 @@ fn main() -> AnyResult<()> {
         push(METHODS[0], initial, 0.0);
         let phi_b = net.features(&xb)?;
         let phi_b = TensorMatrix::<f32>::new(&phi_b)?;
-        for (&(m, rule, gamma, iterations), post) in updates.iter().zip(posts.iter_mut()) {
+        for (&(m, rule, step), post) in updates.iter().zip(posts.iter_mut()) {
             let update = UpdateConfig {
                 rule,
-                gamma,
-                iterations,
+                step,
                 ..Default::default()
             };
             let t = Instant::now();

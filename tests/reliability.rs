@@ -250,7 +250,7 @@ proptest! {
                     }
                     let n = x.len().checked_div(width).unwrap_or(0);
                     let head = Dense::from(pb.k, pb.da(), dense_head_of(&post, pb));
-                    let r = HostMatrix::new(&x, n, width).and_then(|m| post.update(m, &y, &UpdateConfig { gamma: g, ..Default::default() }));
+                    let r = HostMatrix::new(&x, n, width).and_then(|m| post.update(m, &y, &UpdateConfig::newton(g)));
                     if r.is_ok() {
                         let idx: Vec<usize> = (next..next + rows).collect();
                         let curv = case.curvature(&head, &idx, structure, Likelihood::Classification, Curvature::Ggn);
@@ -268,7 +268,7 @@ proptest! {
                     Some((start, rows, g, curv)) => {
                         let x = pb.phi[start * pb.d..(start + rows) * pb.d].to_vec();
                         let r = post.unlearn(HostMatrix::new(&x, rows, pb.d).unwrap(), &pb.labels[start..start + rows],
-                                             &UnlearnConfig { gamma: g, ..Default::default() });
+                                             &UnlearnConfig::newton(g));
                         if r.is_ok() { prec = prec.add(&curv, -1.0); next = start; } else { added.push((start, rows, g, curv)); }
                         r
                     }

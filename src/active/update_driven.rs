@@ -5,7 +5,7 @@ use super::strategy::{Pool, Strategy, check_batch_size};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::host::HostMatrix;
-use crate::posterior::{Link, Posterior, UpdateConfig};
+use crate::posterior::{Link, Posterior, StepControl, UpdateConfig};
 use crate::scalar::Scalar;
 
 /// Where the label of a picked candidate comes from, for the update inside the loop.
@@ -83,7 +83,7 @@ impl UpdateDriven<'_> {
                     let best = (0..p.len()).fold(0, |b, c| if p[c] > p[b] { c } else { b }) as u32;
                     let config = match self.labels {
                         LabelSource::Expected => UpdateConfig {
-                            gamma: 0.0,
+                            step: StepControl::newton(0.0),
                             ..self.update
                         },
                         _ => self.update,

@@ -3,8 +3,9 @@
 //! The head W (K × D) of a trained network is the mean of a Gaussian posterior over
 //! `w = vec_row(W)`; its precision is `Π = τ I + Σ_n H_n` with the softmax GGN
 //! `H_n = Λ_n ⊗ φ_n φ_nᵀ`, `Λ_n = diag(p_n) − p_n p_nᵀ`. [`Posterior::update`] folds new labelled
-//! samples in with one Newton step, `Σ' = (Σ⁻¹ + Σ_j H_j)⁻¹` by Woodbury and
-//! `w' = ŵ + γ Σ' Σ_j (e_{y_j} − p_j) ⊗ φ_j`.
+//! samples in by damped Newton steps to the mode of `Σ_j log p(y_j | w) − ½ (w − ŵ)ᵀ Π (w − ŵ)`,
+//! each `d = Σ_w ∇J(w)` with `Σ_w = (Σ⁻¹ + Σ_j H_j(w))⁻¹` by Woodbury, and keeps the Laplace
+//! approximation at the new mode.
 
 mod accumulate;
 mod evidence;
@@ -14,6 +15,7 @@ mod head;
 mod model;
 mod predict;
 mod sample;
+mod step;
 mod structure;
 mod unlearn;
 mod update;
@@ -26,7 +28,7 @@ pub use predict::{Link, Prediction};
 pub(crate) use structure::RawTensor;
 
 pub use unlearn::UnlearnConfig;
-pub use update::{UpdateConfig, UpdateRule};
+pub use update::{CurvatureAt, StepControl, UpdateConfig, UpdateReport, UpdateRule};
 
 use crate::device::{Device, Matrix, OutputWeighting};
 use crate::error::{Error, Result};

@@ -3,7 +3,7 @@
 use super::Features;
 use super::model::Model;
 use super::structure::{self, Operand};
-use super::{Curvature, Posterior};
+use super::{Curvature, CurvatureAt, Posterior, StepControl};
 use crate::device::{Device, Sign};
 use crate::error::{Error, Result};
 use crate::host::Targets;
@@ -12,9 +12,9 @@ use crate::scalar::Scalar;
 /// Settings of [`Posterior::unlearn`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct UnlearnConfig {
-    /// The step scale γ the samples were added with.
-    pub gamma: f64,
-    /// Cap on the fixed-point iterations that recover the head before the update.
+    /// The step control the samples were added with (a Joint update's).
+    pub step: StepControl,
+    /// Cap on the iterations that recover the head before a [`StepControl::Newton`] update.
     pub max_iterations: usize,
     /// Stop when the head moves by at most `tol · max(1, ‖w‖_∞)` in one iteration, with
     /// `tol = max(tolerance, 8 ε)` for the posterior's element type.
@@ -24,7 +24,7 @@ pub struct UnlearnConfig {
 impl Default for UnlearnConfig {
     fn default() -> Self {
         UnlearnConfig {
-            gamma: 1.0,
+            step: StepControl::default(),
             max_iterations: 200,
             tolerance: 1e-12,
         }
@@ -32,36 +32,70 @@ impl Default for UnlearnConfig {
 }
 
 impl UnlearnConfig {
-    /// Checks the settings: 0 < γ ≤ 1, a finite tolerance ≥ 0.
-    ///
-    /// Errors: `InvalidArgument`, `Unsupported` (γ > 1).
-    pub fn validate(&self) -> Result<()> {
-        if !(self.gamma.is_finite() && self.gamma > 0.0) {
-            return Err(Error::invalid(
-                "gamma",
-                format!("must be finite and > 0, got {}", self.gamma),
-            ));
+    /// The default settings for samples added by one Newton step of scale γ.
+    pub fn newton(gamma: f64) -> Self {
+        UnlearnConfig {
+            step: StepControl::newton(gamma),
+            ..Default::default()
         }
-        if self.gamma > 1.0 {
+    }
+
+    /// Checks the settings: a damped update whose covariance is at the mode, or one Newton
+    /// step with 0 < γ ≤ 1; a finite tolerance ≥ 0.
+    ///
+    /// Errors: `InvalidArgument`, `Unsupported` (γ > 1, several Newton steps, or a damped
+    /// update whose covariance is at its start).
+    pub fn validate(&self) -> Result<()> {
+        self.step.validate()?;
+        if !(self.tolerance.is_finite() && self.tolerance >= 0.0) {
+            return Err(Error::invalid("tolerance", "must be finite and >= 0"));
+        }
+        let gamma = match self.step {
+            StepControl::Damped {
+                curvature_at: CurvatureAt::Mode,
+                ..
+            } => return Ok(()),
+            StepControl::Damped {
+                curvature_at: CurvatureAt::Start,
+                ..
+            } => {
+                // Π' = Π + H(ŵ) with ŵ unknown: the precision to remove depends on the answer.
+                return Err(Error::Unsupported(
+                    "unlearning a damped update whose covariance is at its start: use CurvatureAt::Mode".into(),
+                ));
+            }
+            StepControl::Newton { iterations, .. } if iterations > 1 => {
+                return Err(Error::Unsupported(format!(
+                    "unlearning an update of {iterations} Newton steps: only one step is invertible here"
+                )));
+            }
+            StepControl::Newton { gamma, .. } => gamma,
+        };
+        if !(gamma > 0.0) {
+            return Err(Error::invalid("gamma", format!("must be finite and > 0, got {gamma}")));
+        }
+        if gamma > 1.0 {
             // w ↦ w + γ Σ' g(w) need not be one-to-one for γ > 1: the head before the update
             // would not be determined by the head after it.
             return Err(Error::Unsupported(format!(
                 "unlearning an update with γ = {} > 1: the head before it is not uniquely determined",
-                self.gamma
+                gamma
             )));
-        }
-        if !(self.tolerance.is_finite() && self.tolerance >= 0.0) {
-            return Err(Error::invalid("tolerance", "must be finite and >= 0"));
         }
         Ok(())
     }
 }
 
 impl<D: Device, T: Scalar> Posterior<D, T> {
-    /// Removes m samples that a Joint update (step scale 0 < γ ≤ 1, one Newton step) added: the
-    /// exact inverse of that update.
+    /// Removes m samples that a Joint update added: the inverse of that update.
     ///
-    /// The head ŵ the update started from solves `w' = ŵ + γ Σ' g(ŵ)`, with Σ' the current
+    /// A damped update ([`StepControl::Damped`], covariance at the mode) ended at the mode w' of
+    /// `J(w) = Σ_j log p(y_j | w) − ½ (w − ŵ)ᵀ Π (w − ŵ)`, where `∇J(w') = 0`, so
+    /// `ŵ = w' − Π⁻¹ Σ_j g_j(w')` with `Π = Π' − Σ_j H_j(w')`: one downdate and one product, in
+    /// closed form. The head is recovered to the accuracy the update converged to (its
+    /// [`UpdateReport::converged`](super::UpdateReport)).
+    ///
+    /// After one Newton step of scale 0 < γ ≤ 1 ([`StepControl::Newton`]), the head ŵ the update started from solves `w' = ŵ + γ Σ' g(ŵ)`, with Σ' the current
     /// covariance and `g(w) = Σ_j (e_{y_j} − p_j(w)) ⊗ φ_j`; it is found by the fixed-point
     /// iteration `w ← w' − γ Σ' g(w)`, which contracts when `γ ‖Σ' G‖ < 1` for the curvature
     /// G of the removed samples: for the GGN (Σ' is the inverse of a precision that contains G),
@@ -72,7 +106,8 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// `Σ = Σ' + Σ'B (I − BᵀΣ'B)⁻¹ BᵀΣ'`, the precision loses `Σ_j H_j(ŵ)`, and the mean becomes ŵ.
     ///
     /// Errors: the input errors of [`Posterior::update`]; `Unsupported` for γ > 1 (the map
-    /// w ↦ w + γΣ'g(w) need not be one-to-one); `InvalidArgument` when more samples are
+    /// w ↦ w + γΣ'g(w) need not be one-to-one), several Newton steps, or a damped update with
+    /// its covariance at the start; `InvalidArgument` when more samples are
     /// removed than were seen, or when the head recovery does not converge;
     /// `NotPositiveDefinite` when `I − BᵀΣ'B` is not positive definite (the samples cannot have
     /// been added). On any error the posterior is unchanged.
@@ -102,10 +137,27 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             ));
         }
         let batch = self.upload_batch(&features, targets, 0, m)?;
-        let gamma = T::from_f64(config.gamma);
         let tau = self.prior_precision[0];
         let (model, moments) = self.split();
         let device = model.device;
+        let gamma = match config.step {
+            StepControl::Newton { gamma, .. } => T::from_f64(gamma),
+            StepControl::Damped { .. } => {
+                // ŵ = w' − Π⁻¹ g(w'), Π⁻¹ the covariance after removing H(w').
+                let (outputs, grad) = model.evaluate(&batch, &moments.head)?;
+                let term = moments.state.curvature_term(&model, &batch, &outputs, None)?;
+                let step = moments
+                    .state
+                    .covariance_step(device, &batch.phi, &term, Sign::Plus, tau, T::one())?;
+                let mut head = device.copy(&moments.head)?;
+                structure::apply_stepped(device, &*moments.state, &step, Sign::Plus, &grad, &mut head, -T::one())?;
+                // Commit: only device faults can fail from here.
+                structure::commit(device, &mut moments.state, step, &batch.phi, &term, Sign::Plus)?;
+                moments.head = head;
+                self.samples_seen -= m;
+                return Ok(());
+            }
+        };
 
         let tolerance = config.tolerance.max(8.0 * T::EPS.as_f64());
         let state = &moments.state;

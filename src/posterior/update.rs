@@ -1,10 +1,11 @@
-//! [`Posterior::update`]: closed-form Bayesian updates with new labelled samples.
+//! [`Posterior::update`]: Bayesian updates with new labelled samples, by damped Newton steps to
+//! the new mode (the default) or by the seed paper's fixed-scale Newton step.
 
 use super::Features;
-use super::model::{Batch, Model};
-use super::structure::{self, Operand, StoredPair};
-use super::{Curvature, Likelihood, Moments, Posterior};
-use crate::device::{Device, Matrix, Sign};
+use super::Posterior;
+use super::step::{self, StepOutcome};
+use super::structure::StoredPair;
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::host::Targets;
 use crate::scalar::Scalar;
@@ -12,12 +13,106 @@ use crate::scalar::Scalar;
 /// How the m new samples are folded in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum UpdateRule {
-    /// One sample after another, as in the seed paper's code: each sample updates Σ by
-    /// Sherman–Morrison (rank K for Full) and then the mean with the Σ just updated.
+    /// One sample after another, as in the seed paper's code: each sample is an update of its
+    /// own, with the posterior left by the one before as its prior.
     Sequential,
-    /// One Woodbury update for all m samples, then one Newton step with the summed gradient.
+    /// All m samples in one update: one Woodbury step per Newton step.
     #[default]
     Joint,
+}
+
+/// Where the curvature of the covariance an update stores is evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CurvatureAt {
+    /// At the new mean w': `Π' = Π + Σ_j H_j(w')`, the Laplace approximation at the new mode.
+    #[default]
+    Mode,
+    /// At the mean the update started from: `Π' = Π + Σ_j H_j(ŵ)`.
+    Start,
+}
+
+/// How an update moves the mean.
+///
+/// Both controls maximise the new samples' log-likelihood under the old posterior as prior,
+/// `J(w) = Σ_j log p(y_j | w) − ½ (w − ŵ)ᵀ Π (w − ŵ)`, by Newton steps
+/// `d = (Π + Σ_j H_j(w))⁻¹ ∇J(w)` through the structure's own Woodbury or refactor path.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StepControl {
+    /// Newton steps with a backtracking (Armijo) line search, `w ← w + α d` with the largest
+    /// `α ∈ {1, ½, ¼, …}` such that `J(w + α d) ≥ J(w) + 10⁻⁴ α λ²`, until the Newton decrement
+    /// `λ² = ∇Jᵀ d` satisfies `λ²/2 ≤ tolerance · max(1, |J|)` (the tolerance is at least the
+    /// element type's ε) or `max_iterations` steps were taken. `J` never decreases, so a batch
+    /// of confidently wrong samples cannot throw the head off. The default.
+    Damped {
+        /// Cap on the Newton steps (≥ 1).
+        max_iterations: usize,
+        /// Relative tolerance on the Newton decrement (≥ 0).
+        tolerance: f64,
+        /// Where the stored covariance's curvature is evaluated.
+        curvature_at: CurvatureAt,
+    },
+    /// The seed paper's rule: `iterations` undamped steps `w ← w + γ d`, the covariance of the
+    /// last one kept (its curvature at the iterate that step started from). γ = 1 with one
+    /// iteration is one full Newton step; the seed paper tuned γ = 10 for the Sequential rule.
+    Newton {
+        /// Step scale γ (finite).
+        gamma: f64,
+        /// Newton steps (≥ 1).
+        iterations: usize,
+    },
+}
+
+impl Default for StepControl {
+    /// `Damped { max_iterations: 25, tolerance: 1e-10, curvature_at: Mode }`.
+    fn default() -> Self {
+        StepControl::Damped {
+            max_iterations: 25,
+            tolerance: 1e-10,
+            curvature_at: CurvatureAt::Mode,
+        }
+    }
+}
+
+impl StepControl {
+    /// The step scale the seed paper tuned for its Sequential rule.
+    pub const PAPER_GAMMA: f64 = 10.0;
+
+    /// One undamped Newton step of scale γ.
+    pub fn newton(gamma: f64) -> Self {
+        StepControl::Newton { gamma, iterations: 1 }
+    }
+
+    /// Checks the settings: γ finite, at least one step, a finite tolerance ≥ 0.
+    ///
+    /// Errors: `InvalidArgument`.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            StepControl::Damped {
+                max_iterations,
+                tolerance,
+                ..
+            } => {
+                if max_iterations == 0 {
+                    return Err(Error::invalid("iterations", "must be at least 1"));
+                }
+                if !(tolerance.is_finite() && tolerance >= 0.0) {
+                    return Err(Error::invalid(
+                        "tolerance",
+                        format!("must be finite and >= 0, got {tolerance}"),
+                    ));
+                }
+            }
+            StepControl::Newton { gamma, iterations } => {
+                if !gamma.is_finite() {
+                    return Err(Error::invalid("gamma", format!("must be finite, got {gamma}")));
+                }
+                if iterations == 0 {
+                    return Err(Error::invalid("iterations", "must be at least 1"));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Settings of [`Posterior::update`].
@@ -25,12 +120,8 @@ pub enum UpdateRule {
 pub struct UpdateConfig {
     /// Update rule.
     pub rule: UpdateRule,
-    /// Step scale γ of the Newton step (1 is the true Newton step; the seed paper tuned 10).
-    pub gamma: f64,
-    /// Newton steps per update (≥ 1). Steps after the first are taken at the current iterate
-    /// `w_t`, with the prior term `−Π(w_t − ŵ)` in the gradient; the stored covariance is the
-    /// one of the last step, evaluated at the iterate that step started from.
-    pub iterations: usize,
+    /// How the mean moves: damped Newton steps to the mode (the default), or fixed-scale steps.
+    pub step: StepControl,
     /// Forgetting ρ ∈ (0, 1], for streams that drift; 1 (the default) forgets nothing. Before
     /// the new samples are folded in, the data part of the precision is scaled by ρ:
     /// `Π ← ρ(Π − Π₀) + Π₀` with Π₀ the prior, so that after batches B_1..B_t the precision is
@@ -41,27 +132,30 @@ pub struct UpdateConfig {
 }
 
 impl Default for UpdateConfig {
+    /// Joint rule, damped steps to the mode, no forgetting.
     fn default() -> Self {
         UpdateConfig {
             rule: UpdateRule::Joint,
-            gamma: 1.0,
-            iterations: 1,
+            step: StepControl::default(),
             forgetting: 1.0,
         }
     }
 }
 
 impl UpdateConfig {
-    /// Checks the settings: γ finite, `iterations ≥ 1`, forgetting in (0, 1].
+    /// The default settings with one undamped Newton step of scale γ (the seed paper's rule).
+    pub fn newton(gamma: f64) -> Self {
+        UpdateConfig {
+            step: StepControl::newton(gamma),
+            ..Default::default()
+        }
+    }
+
+    /// Checks the settings: the step control's, and forgetting in (0, 1].
     ///
     /// Errors: `InvalidArgument`.
     pub fn validate(&self) -> Result<()> {
-        if !self.gamma.is_finite() {
-            return Err(Error::invalid("gamma", format!("must be finite, got {}", self.gamma)));
-        }
-        if self.iterations == 0 {
-            return Err(Error::invalid("iterations", "must be at least 1"));
-        }
+        self.step.validate()?;
         let rho = self.forgetting;
         if !(rho > 0.0 && rho <= 1.0) {
             return Err(Error::invalid("forgetting", format!("must be in (0, 1], got {rho}")));
@@ -70,27 +164,56 @@ impl UpdateConfig {
     }
 }
 
+/// What an update did, returned by [`Posterior::update`].
+///
+/// The objective is the batch's `J(w) = Σ_j log p(y_j | w) − ½ (w − ŵ)ᵀ Π (w − ŵ)` under the
+/// posterior before the update (for regression, the log-likelihood without its constant).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdateReport {
+    /// Newton steps taken (summed over the samples for the Sequential rule).
+    pub steps: usize,
+    /// The length α of the last step taken (γ for [`StepControl::Newton`]; the smallest over
+    /// the samples for the Sequential rule).
+    pub step_length: f64,
+    /// `J(ŵ)`, at the mean before the update.
+    pub objective_before: f64,
+    /// `J(w')`, at the mean after it.
+    pub objective_after: f64,
+    /// `‖w' − ŵ‖ / ‖ŵ‖` (Frobenius norms of the head, bias included when in the posterior).
+    pub relative_step: f64,
+    /// Whether the line search rejected a full Newton step (a step of length 1 would have
+    /// lowered J).
+    pub undamped_rejected: bool,
+    /// Whether the damped steps met their tolerance within the cap (always true for
+    /// [`StepControl::Newton`]).
+    pub converged: bool,
+}
+
 impl<D: Device, T: Scalar> Posterior<D, T> {
     /// Folds m new samples (Φ_new m × D, with class labels or m × K regression targets) into
-    /// the posterior.
+    /// the posterior, and says what the step did.
     ///
-    /// `Σ' = (Σ⁻¹ + Σ_j H_j)⁻¹` (dense structures by Woodbury, `Σ' = Σ − U C⁻¹ Uᵀ`, `U = ΣB`,
-    /// `C = I + BᵀΣB`; Diag exactly on its diagonal; Kron by refactoring its running sums),
-    /// `Π' = Π + Σ_j H_j`, and `w' = ŵ + γ Σ' Σ_j g_j` with the log-likelihood gradient
-    /// `g_j = (e_{y_j} − p_j) ⊗ φ_j` (or `(y_j − f_j)/σ² ⊗ φ_j` for regression).
+    /// The mean moves by Newton steps on `J(w) = Σ_j log p(y_j | w) − ½ (w − ŵ)ᵀ Π (w − ŵ)`,
+    /// `d = Σ_w ∇J(w)` with `Σ_w = (Π + Σ_j H_j(w))⁻¹` (dense structures by Woodbury,
+    /// `Σ_w = Σ − U C⁻¹ Uᵀ`, `U = ΣB`, `C = I + BᵀΣB`; Diag exactly on its diagonal; Kron by
+    /// refactoring its running sums) and `∇J(w) = Σ_j g_j(w) − Π(w − ŵ)` with the
+    /// log-likelihood gradient `g_j = (e_{y_j} − p_j) ⊗ φ_j` (or `(y_j − f_j)/σ² ⊗ φ_j`). The
+    /// steps are damped to the mode by default, or of fixed scale γ
+    /// ([`StepControl`]); the stored precision is `Π' = Π + Σ_j H_j` at the point
+    /// [`CurvatureAt`] names.
     ///
     /// The update is a transaction: on any error the posterior is exactly as before. After it,
     /// the [`RefreshPolicy`](super::RefreshPolicy) may recompute Σ from Π to bound drift.
     ///
     /// Errors: `EmptyBatch`, `ShapeMismatch`, `NonFinite`, `LabelOutOfRange`, `InvalidArgument`
-    /// (γ not finite, `iterations == 0`, forgetting outside (0, 1], targets of the wrong kind),
-    /// `NotPositiveDefinite`.
+    /// (γ not finite, no steps, a bad tolerance, forgetting outside (0, 1], targets of the
+    /// wrong kind), `NotPositiveDefinite`.
     pub fn update<F: Features<D, T>, Y: Targets<T> + ?Sized>(
         &mut self,
         features: F,
         targets: &Y,
         config: &UpdateConfig,
-    ) -> Result<()> {
+    ) -> Result<UpdateReport> {
         let device = self.device.clone();
         device.scope(|| self.update_in_scope(features, targets, config))
     }
@@ -100,7 +223,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         features: F,
         targets: &Y,
         config: &UpdateConfig,
-    ) -> Result<()> {
+    ) -> Result<UpdateReport> {
         config.validate()?;
         let rho = config.forgetting;
         self.check_batch(&features, targets)?;
@@ -123,51 +246,69 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         features: &F,
         targets: &Y,
         config: &UpdateConfig,
-    ) -> Result<()> {
-        let gamma = T::from_f64(config.gamma);
+    ) -> Result<UpdateReport> {
         let tau = self.prior_precision[0];
         let m = features.rows();
         // One sample: both rules are the same update, and Joint needs no working copy.
         let rule = if m == 1 { UpdateRule::Joint } else { config.rule };
-        let fused = self.likelihood == Likelihood::Classification && self.curvature == Curvature::Ggn;
+        let fused = self.model().softmax_ggn();
+        let batch = self.upload_batch(features, targets, 0, m)?;
+        let before = self.device.copy(&self.moments.head)?;
 
-        match (rule, self.moments.state.fused_sequential()) {
-            (UpdateRule::Joint, _) => {
-                let batch = self.upload_batch(features, targets, 0, m)?;
+        let outcome = match (rule, config.step, self.moments.state.fused_sequential()) {
+            (UpdateRule::Joint, step, _) => {
+                // In place: every fallible computation runs before the moments are written.
                 let (model, moments) = self.split();
-                newton(&model, moments, &batch, gamma, config.iterations, tau)?;
+                step::solve(&model, moments, &batch, step, tau)?
             }
-            (UpdateRule::Sequential, Some(weighting)) if config.iterations == 1 && fused => {
-                // Shared's Sherman–Morrison recursion runs fused on the device.
-                let batch = self.upload_batch(features, targets, 0, m)?;
+            (UpdateRule::Sequential, step, weighting) => {
                 let mut work = self.moments.copy(&self.device)?;
-                let pair = work.state.pair_mut();
-                let used = self.device.sherman_morrison_sequence(
-                    &mut pair.covariance,
-                    &mut work.head,
-                    self.fixed_bias.as_ref(),
-                    &batch.phi,
-                    &batch.targets,
-                    gamma,
-                    weighting,
-                )?;
-                self.device
-                    .weighted_syrk(&mut pair.precision, T::one(), &batch.phi, Some(&used), T::one())?;
-                self.moments = work;
-            }
-            (UpdateRule::Sequential, _) => {
-                let mut work = self.moments.copy(&self.device)?;
-                let model = self.model();
-                for j in 0..m {
-                    let batch = self.upload_batch(features, targets, j, 1)?;
-                    newton(&model, &mut work, &batch, gamma, config.iterations, tau)?;
+                let mut outcome = StepOutcome::empty();
+                match (step, weighting) {
+                    (StepControl::Newton { gamma, iterations: 1 }, Some(weighting)) if fused => {
+                        // Shared's Sherman–Morrison recursion runs fused on the device.
+                        let pair = work.state.pair_mut();
+                        let used = self.device.sherman_morrison_sequence(
+                            &mut pair.covariance,
+                            &mut work.head,
+                            self.fixed_bias.as_ref(),
+                            &batch.phi,
+                            &batch.targets,
+                            T::from_f64(gamma),
+                            weighting,
+                        )?;
+                        self.device
+                            .weighted_syrk(&mut pair.precision, T::one(), &batch.phi, Some(&used), T::one())?;
+                        outcome = StepOutcome::fixed(m, gamma);
+                    }
+                    _ => {
+                        let model = self.model();
+                        for j in 0..m {
+                            let one = self.upload_batch(features, targets, j, 1)?;
+                            outcome = outcome.then(step::solve(&model, &mut work, &one, step, tau)?);
+                        }
+                    }
                 }
+                // The report's objective is the whole batch's under the posterior before it.
+                let model = self.model();
+                outcome.objective_before = step::objective(&model, &self.moments, &batch, &before)?;
+                outcome.objective_after = step::objective(&model, &self.moments, &batch, &work.head)?;
                 self.moments = work;
+                outcome
             }
-        }
+        };
+        let report = UpdateReport {
+            steps: outcome.steps,
+            step_length: outcome.step_length,
+            objective_before: outcome.objective_before,
+            objective_after: outcome.objective_after,
+            relative_step: step::relative_change(&self.device, &before, &self.moments.head)?,
+            undamped_rejected: outcome.undamped_rejected,
+            converged: outcome.converged,
+        };
         self.samples_seen += m;
         self.after_update(m);
-        Ok(())
+        Ok(report)
     }
 
     /// Forgetting: the data part of the precision scaled by ρ ∈ (0, 1),
@@ -190,50 +331,4 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         *state.pair_mut() = StoredPair { precision, covariance };
         Ok(())
     }
-}
-
-/// Joint Newton update of `moments` with a batch: `iterations` steps, the covariance of the
-/// last one kept. Every fallible computation of a step runs before `moments` is written, so an
-/// error leaves it untouched. `tau` is the prior the Kron structure adds to its eigenvalues.
-fn newton<D: Device, T: Scalar>(
-    model: &Model<'_, D, T>,
-    moments: &mut Moments<D, T>,
-    batch: &Batch<D, T>,
-    gamma: T,
-    iterations: usize,
-    tau: T,
-) -> Result<()> {
-    let device = model.device;
-    // Iterate w_t; `None` while it is still the anchor ŵ = moments.head.
-    let mut iterate: Option<Matrix<D, T>> = None;
-    for t in 0..iterations {
-        let head = iterate.as_ref().unwrap_or(&moments.head);
-        // Gradient of the log-likelihood, K × D_aug, plus −Π(w_t − ŵ) after the first step.
-        let (outputs, mut grad) = model.evaluate(batch, head)?;
-        let state = &moments.state;
-        let term = state.curvature_term(model, batch, &outputs, None)?;
-        let step = state.covariance_step(device, &batch.phi, &term, Sign::Minus, tau, T::one())?;
-        if let Some(w_t) = &iterate {
-            let mut diff = device.copy(w_t)?;
-            device.axpy(&mut diff, -T::one(), &moments.head)?;
-            state.apply(device, Operand::Precision, &diff, &mut grad, -T::one())?;
-        }
-        let mut new_head = match iterate.take() {
-            Some(w_t) => w_t,
-            None => device.copy(&moments.head)?,
-        };
-        if t + 1 == iterations {
-            // Commit: from here on only device faults can fail.
-            structure::commit(device, &mut moments.state, step, &batch.phi, &term, Sign::Minus)?;
-            moments
-                .state
-                .apply(device, Operand::Covariance, &grad, &mut new_head, gamma)?;
-            moments.head = new_head;
-        } else {
-            let stepped = structure::stepped(device, &**state, step, Sign::Minus)?;
-            stepped.apply(device, Operand::Covariance, &grad, &mut new_head, gamma)?;
-            iterate = Some(new_head);
-        }
-    }
-    Ok(())
 }

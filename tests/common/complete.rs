@@ -216,7 +216,7 @@ pub fn update_rows<D: Device, T: Scalar>(
     lik: Likelihood,
     config: &UpdateConfig,
 ) -> Result<()> {
-    case.with_rows(range, lik, |x, y| post.update(x, y, config))
+    case.with_rows(range, lik, |x, y| post.update(x, y, config).map(|_| ()))
 }
 
 /// Removes rows `range` of the case from `post`.
@@ -331,8 +331,7 @@ pub fn check_structures<D: Device, T: Scalar>(dev: &D) {
                     let gamma = 1.5;
                     let config = UpdateConfig {
                         rule: UpdateRule::Joint,
-                        gamma,
-                        iterations: 1,
+                        step: StepControl::Newton { gamma, iterations: 1 },
                         forgetting: 1.0,
                     };
                     update_rows(&case, &mut post, 20..23, lik, &config).unwrap();
@@ -743,15 +742,9 @@ pub fn check_unlearn_structures<D: Device, T: Scalar>(dev: &D) {
             let (p0, c0) = dense_of(&post);
             let w0 = suite::dense_head_of(&post, &case.pb);
             let gamma = 0.8;
-            let update = UpdateConfig {
-                gamma,
-                ..Default::default()
-            };
+            let update = UpdateConfig::newton(gamma);
             update_rows(&case, &mut post, 20..24, lik, &update).unwrap();
-            let unlearn = UnlearnConfig {
-                gamma,
-                ..Default::default()
-            };
+            let unlearn = UnlearnConfig::newton(gamma);
             let name = format!("{s:?} {lik:?} {curv:?}");
             let before = dense_of(&post);
             if let Err(e) = unlearn_rows(&case, &mut post, 20..24, lik, &unlearn) {
@@ -806,7 +799,7 @@ pub fn check_forgetting<D: Device, T: Scalar>(dev: &D) {
                 let config = UpdateConfig {
                     rule,
                     forgetting: rho,
-                    ..Default::default()
+                    ..UpdateConfig::newton(1.0)
                 };
                 let mut data = Dense::zeros(p, p);
                 let (mut a_w, mut g_w, mut n_w) = (Dense::zeros(k, k), Dense::zeros(da, da), 0.0);
@@ -947,8 +940,7 @@ pub fn check_resident_features<D: Device, T: Scalar>(dev: &D) {
             let gamma = 0.8;
             let joint = UpdateConfig {
                 rule: UpdateRule::Joint,
-                gamma,
-                iterations: 1,
+                step: StepControl::Newton { gamma, iterations: 1 },
                 forgetting: 1.0,
             };
             let mut sequential = post.try_clone().unwrap();
@@ -984,8 +976,7 @@ pub fn check_resident_features<D: Device, T: Scalar>(dev: &D) {
             // Sequential update and the evidence: the same as through host rows.
             let seq = UpdateConfig {
                 rule: UpdateRule::Sequential,
-                gamma,
-                ..Default::default()
+                ..UpdateConfig::newton(gamma)
             };
             let mut host = sequential.try_clone().unwrap();
             sequential.update(&rows(20..23), &labels(20..23), &seq).unwrap();
@@ -1008,10 +999,7 @@ pub fn check_resident_features<D: Device, T: Scalar>(dev: &D) {
 
             // Unlearning the Joint batch brings the fit's precision back (not Kron: refactored).
             if s != Structure::Kron {
-                let unlearn = UnlearnConfig {
-                    gamma,
-                    ..Default::default()
-                };
+                let unlearn = UnlearnConfig::newton(gamma);
                 post.unlearn(&rows(20..23), &labels(20..23), &unlearn).unwrap();
                 let (got_p, _) = dense_of(&post);
                 let e = rel_err(&Problem::cast::<T>(&got_p.a), &prec0.a);

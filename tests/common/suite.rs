@@ -112,8 +112,7 @@ pub fn check_joint_update<D: Device, T: Scalar>(dev: &D) {
                 let gamma = 1.5;
                 let config = UpdateConfig {
                     rule: UpdateRule::Joint,
-                    gamma,
-                    iterations: 1,
+                    step: StepControl::Newton { gamma, iterations: 1 },
                     forgetting: 1.0,
                 };
                 post.update(HostMatrix::new(&phi_new, m, pb.d).unwrap(), &pb.labels[20..], &config)
@@ -156,8 +155,7 @@ pub fn check_joint_iterations<D: Device, T: Scalar>(dev: &D) {
         let iterations = 3;
         let config = UpdateConfig {
             rule: UpdateRule::Joint,
-            gamma: 1.0,
-            iterations,
+            step: StepControl::Newton { gamma: 1.0, iterations },
             forgetting: 1.0,
         };
         post.update(HostMatrix::new(&phi_new, m, pb.d).unwrap(), &pb.labels[18..], &config)
@@ -235,8 +233,7 @@ pub fn check_sequential_shared<D: Device, T: Scalar>(dev: &D) {
             let phi_new = Problem::cast::<T>(&pb.phi[25 * pb.d..]);
             let config = UpdateConfig {
                 rule: UpdateRule::Sequential,
-                gamma,
-                iterations: 1,
+                step: StepControl::Newton { gamma, iterations: 1 },
                 forgetting: 1.0,
             };
             post.update(HostMatrix::new(&phi_new, 15, pb.d).unwrap(), &pb.labels[25..], &config)
@@ -281,8 +278,10 @@ pub fn check_sequential_full<D: Device, T: Scalar>(dev: &D) {
     let mut joint = seq.try_clone().unwrap();
     let cfg = |rule| UpdateConfig {
         rule,
-        gamma: 2.0,
-        iterations: 1,
+        step: StepControl::Newton {
+            gamma: 2.0,
+            iterations: 1,
+        },
         forgetting: 1.0,
     };
     seq.update(
@@ -493,7 +492,7 @@ pub fn check_shape_sweep<D: Device, T: Scalar>(dev: &D) {
                 post.update(
                     HostMatrix::new(&phi_new, 3, d).unwrap(),
                     &pb.labels[n..],
-                    &UpdateConfig::default(),
+                    &UpdateConfig::newton(1.0),
                 )
                 .unwrap();
                 let w0 = pb.head_aug();
@@ -633,7 +632,10 @@ pub fn check_bad_inputs_leave_posterior_unchanged<D: Device, T: Scalar>(dev: &D)
                 matches!(e, Error::ShapeMismatch { argument: "labels", .. }),
                 "{name}: {e}"
             );
-            let bad_gamma = UpdateConfig { gamma: f64::NAN, ..cfg };
+            let bad_gamma = UpdateConfig {
+                step: StepControl::newton(f64::NAN),
+                ..cfg
+            };
             let e = post
                 .update(HostMatrix::new(&good, 2, 4).unwrap(), &[0u32, 1], &bad_gamma)
                 .unwrap_err();
@@ -641,7 +643,13 @@ pub fn check_bad_inputs_leave_posterior_unchanged<D: Device, T: Scalar>(dev: &D)
                 matches!(e, Error::InvalidArgument { argument: "gamma", .. }),
                 "{name}: {e}"
             );
-            let no_steps = UpdateConfig { iterations: 0, ..cfg };
+            let no_steps = UpdateConfig {
+                step: StepControl::Newton {
+                    gamma: 1.0,
+                    iterations: 0,
+                },
+                ..cfg
+            };
             let e = post
                 .update(HostMatrix::new(&good, 2, 4).unwrap(), &[0u32, 1], &no_steps)
                 .unwrap_err();
@@ -832,8 +840,10 @@ pub fn check_drift<D: Device, T: Scalar>(dev: &D, bound: f64, d: usize, chunks: 
         let phi = Problem::cast::<T>(&pb.phi[100 * d..]);
         let cfg = UpdateConfig {
             rule: UpdateRule::Sequential,
-            gamma: 1.0,
-            iterations: 1,
+            step: StepControl::Newton {
+                gamma: 1.0,
+                iterations: 1,
+            },
             forgetting: 1.0,
         };
         for chunk in 0..chunks {
@@ -1003,21 +1013,13 @@ pub fn check_unlearn<D: Device, T: Scalar>(dev: &D) {
                 &pb.labels[20..],
                 &UpdateConfig {
                     rule: UpdateRule::Joint,
-                    gamma,
-                    iterations: 1,
+                    step: StepControl::Newton { gamma, iterations: 1 },
                     forgetting: 1.0,
                 },
             )
             .unwrap();
-            post.unlearn(
-                new,
-                &pb.labels[20..],
-                &UnlearnConfig {
-                    gamma,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            post.unlearn(new, &pb.labels[20..], &UnlearnConfig::newton(gamma))
+                .unwrap();
             let after = snapshot(&post);
             let f64s = |v: &[T]| v.iter().map(|x| x.as_f64()).collect::<Vec<f64>>();
             for (what, got, want) in [

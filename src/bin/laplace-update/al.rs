@@ -57,9 +57,10 @@ pub struct AlArgs {
     /// Prior precision τ of the head and the posterior.
     #[arg(long, default_value_t = 0.1)]
     prior_precision: f64,
-    /// Step scale γ of the updates inside update-driven selection.
-    #[arg(long, default_value_t = 1.0)]
-    gamma: f64,
+    /// Step scale γ of undamped updates inside update-driven selection; left out, those
+    /// updates take damped steps to the mode.
+    #[arg(long)]
+    gamma: Option<f64>,
     /// Compute backend.
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
@@ -237,9 +238,9 @@ fn run_on<D: Device>(device: &D, args: &AlArgs, names: &[String], plans: &[Plan]
                     labeled: HostMatrix::new(&lx, labeled.len(), d)?,
                 };
                 let choice_seed = (seed as u64) << 32 | cycle as u64;
-                let update = UpdateConfig {
-                    gamma: args.gamma,
-                    ..Default::default()
+                let update = match args.gamma {
+                    Some(gamma) => UpdateConfig::newton(gamma),
+                    None => UpdateConfig::default(),
                 };
                 let picks = match *plan {
                     Plan::Plain(strategy) => strategy.select(&post, &pool, args.batch, choice_seed)?,

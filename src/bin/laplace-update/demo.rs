@@ -10,7 +10,7 @@ use laplace_update::metrics::{Scores, score};
 use laplace_update::random::SplitMix64;
 use laplace_update::{
     BiasMode, Device, Error, FitConfig, HeadConfig, HostMatrix, Link, OutputWeighting, Posterior, PriorShape, Result,
-    Structure, UpdateConfig, UpdateRule, fit_head,
+    StepControl, Structure, UpdateConfig, UpdateRule, fit_head,
 };
 
 use super::{DeviceArg, select_device};
@@ -45,7 +45,7 @@ enum Method {
     Update {
         structure: Structure,
         rule: UpdateRule,
-        gamma: f64,
+        step: StepControl,
     },
     Retrain,
 }
@@ -57,7 +57,10 @@ const METHODS: [(&str, Method); 6] = [
         Method::Update {
             structure: Structure::Shared(OutputWeighting::Gaussian),
             rule: UpdateRule::Sequential,
-            gamma: 1.0,
+            step: StepControl::Newton {
+                gamma: 1.0,
+                iterations: 1,
+            },
         },
     ),
     (
@@ -65,7 +68,10 @@ const METHODS: [(&str, Method); 6] = [
         Method::Update {
             structure: Structure::Shared(OutputWeighting::Gaussian),
             rule: UpdateRule::Sequential,
-            gamma: 10.0,
+            step: StepControl::Newton {
+                gamma: 10.0,
+                iterations: 1,
+            },
         },
     ),
     (
@@ -73,7 +79,10 @@ const METHODS: [(&str, Method); 6] = [
         Method::Update {
             structure: Structure::Shared(OutputWeighting::Gaussian),
             rule: UpdateRule::Joint,
-            gamma: 1.0,
+            step: StepControl::Newton {
+                gamma: 1.0,
+                iterations: 1,
+            },
         },
     ),
     (
@@ -81,7 +90,10 @@ const METHODS: [(&str, Method); 6] = [
         Method::Update {
             structure: Structure::Full,
             rule: UpdateRule::Joint,
-            gamma: 1.0,
+            step: StepControl::Newton {
+                gamma: 1.0,
+                iterations: 1,
+            },
         },
     ),
     ("retrain (MAP refit)", Method::Retrain),
@@ -163,10 +175,10 @@ fn run_on<D: Device>(device: &D, args: &DemoArgs) -> Result<()> {
             let start = Instant::now();
             match *method {
                 Method::NoUpdate => {}
-                Method::Update { rule, gamma, .. } => {
+                Method::Update { rule, step, .. } => {
                     let config = UpdateConfig {
                         rule,
-                        gamma,
+                        step,
                         ..UpdateConfig::default()
                     };
                     if let Some(post) = states[i].as_mut() {

@@ -18,6 +18,7 @@ use laplace_update::{
     Likelihood, Link, OutputWeighting, Posterior, PriorShape, Result, Scalar, Structure, Targets, UnlearnConfig,
     UpdateConfig, UpdateRule, fit_head,
 };
+use laplace_update::{CurvatureAt, StepControl, UpdateReport};
 
 #[derive(Parser)]
 #[command(
@@ -282,6 +283,79 @@ struct MergeArgs {
     lock_timeout: std::time::Duration,
 }
 
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum StepArg {
+    /// Newton steps with a backtracking line search, to the new mode.
+    Damped,
+    /// Undamped steps of scale γ (the seed paper's rule).
+    Newton,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CurvatureAtArg {
+    /// The Laplace approximation at the new mode.
+    Mode,
+    /// The curvature at the mean the update started from.
+    Start,
+}
+
+/// How an update moves the mean (and how an update to unlearn moved it).
+#[derive(Args)]
+struct StepArgs {
+    /// Step control: `damped` (the default) takes Newton steps with a line search to the mode
+    /// of the new samples' likelihood under the old posterior; `newton` takes undamped steps of
+    /// scale γ. Giving `--gamma` alone chooses `newton`.
+    #[arg(long, value_enum)]
+    step: Option<StepArg>,
+    /// Step scale γ of `--step newton` (the seed paper tuned 10 for the sequential rule).
+    #[arg(long)]
+    gamma: Option<f64>,
+    /// Newton steps: the cap for `damped` (default 25), the count for `newton` (default 1).
+    #[arg(long)]
+    iterations: Option<usize>,
+    /// `damped`: stop when half the Newton decrement is at most this times max(1, |J|).
+    #[arg(long, default_value_t = 1e-10)]
+    tolerance: f64,
+    /// `damped`: where the stored covariance's curvature is evaluated.
+    #[arg(long, value_enum, default_value = "mode")]
+    curvature_at: CurvatureAtArg,
+}
+
+impl StepArgs {
+    /// The step control these flags name.
+    fn control(&self) -> Result<StepControl> {
+        let step = match (self.step, self.gamma) {
+            (Some(step), _) => step,
+            (None, Some(_)) => StepArg::Newton,
+            (None, None) => StepArg::Damped,
+        };
+        let control = match step {
+            StepArg::Damped => {
+                if self.gamma.is_some() {
+                    return Err(Error::invalid(
+                        "gamma",
+                        "applies to `--step newton`, not to damped steps",
+                    ));
+                }
+                StepControl::Damped {
+                    max_iterations: self.iterations.unwrap_or(25),
+                    tolerance: self.tolerance,
+                    curvature_at: match self.curvature_at {
+                        CurvatureAtArg::Mode => CurvatureAt::Mode,
+                        CurvatureAtArg::Start => CurvatureAt::Start,
+                    },
+                }
+            }
+            StepArg::Newton => StepControl::Newton {
+                gamma: self.gamma.unwrap_or(1.0),
+                iterations: self.iterations.unwrap_or(1),
+            },
+        };
+        control.validate()?;
+        Ok(control)
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum RuleArg {
     Joint,
@@ -315,15 +389,11 @@ struct BatchArgs {
 struct UpdateArgs {
     #[command(flatten)]
     batch: BatchArgs,
-    /// Step scale γ of the Newton step.
-    #[arg(long, default_value_t = 1.0)]
-    gamma: f64,
+    #[command(flatten)]
+    step: StepArgs,
     /// Update rule.
     #[arg(long, value_enum, default_value = "joint")]
     rule: RuleArg,
-    /// Newton steps.
-    #[arg(long, default_value_t = 1)]
-    iterations: usize,
     /// Forgetting ρ in (0, 1] for drifting streams: the data part of the precision is scaled
     /// by ρ before the batch is folded in (1 forgets nothing).
     #[arg(long, default_value_t = 1.0, value_parser = forgetting_factor)]
@@ -338,9 +408,8 @@ struct UpdateArgs {
 struct UnlearnArgs {
     #[command(flatten)]
     batch: BatchArgs,
-    /// The step scale γ the samples were added with (0 < γ ≤ 1).
-    #[arg(long, default_value_t = 1.0)]
-    gamma: f64,
+    #[command(flatten)]
+    step: StepArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -477,12 +546,12 @@ macro_rules! on_posterior {
 }
 
 fn update(args: &UpdateArgs) -> Result<()> {
-    args.config().validate()?;
+    args.config()?;
     on_posterior!(args.batch.device, &args.batch.posterior, update_as, args)
 }
 
 fn unlearn(args: &UnlearnArgs) -> Result<()> {
-    args.config().validate()?;
+    args.config()?;
     on_posterior!(args.batch.device, &args.batch.posterior, unlearn_as, args)
 }
 
@@ -734,25 +803,28 @@ fn change_posterior<D: Device, T: Scalar>(
 }
 
 impl UpdateArgs {
-    fn config(&self) -> UpdateConfig {
-        UpdateConfig {
+    fn config(&self) -> Result<UpdateConfig> {
+        let config = UpdateConfig {
             rule: match self.rule {
                 RuleArg::Joint => UpdateRule::Joint,
                 RuleArg::Sequential => UpdateRule::Sequential,
             },
-            gamma: self.gamma,
-            iterations: self.iterations,
+            step: self.step.control()?,
             forgetting: self.forgetting,
-        }
+        };
+        config.validate()?;
+        Ok(config)
     }
 }
 
 impl UnlearnArgs {
-    fn config(&self) -> UnlearnConfig {
-        UnlearnConfig {
-            gamma: self.gamma,
+    fn config(&self) -> Result<UnlearnConfig> {
+        let config = UnlearnConfig {
+            step: self.step.control()?,
             ..Default::default()
-        }
+        };
+        config.validate()?;
+        Ok(config)
     }
 }
 
@@ -773,12 +845,13 @@ impl PredictArgs {
 }
 
 fn update_as<D: Device, T: Scalar>(device: &D, args: &UpdateArgs) -> Result<()> {
-    let config = args.config();
+    let config = args.config()?;
     let mut times = Vec::with_capacity(args.repeat.max(1));
+    let mut report = None;
     let m = change_posterior::<D, T>(device, &args.batch, |post, x, y| {
-        let update = |p: &mut Posterior<D, T>| -> Result<std::time::Duration> {
+        let mut update = |p: &mut Posterior<D, T>| -> Result<std::time::Duration> {
             let start = std::time::Instant::now();
-            p.update(x, y, &config)?;
+            report = Some(p.update(x, y, &config)?);
             Ok(start.elapsed())
         };
         for _ in 1..args.repeat.max(1) {
@@ -790,6 +863,11 @@ fn update_as<D: Device, T: Scalar>(device: &D, args: &UpdateArgs) -> Result<()> 
     })?;
     times.sort();
     let ms = times[times.len() / 2].as_secs_f64() * 1e3;
+    if let Some(r) = report {
+        for line in report_lines(&r, &config) {
+            eprintln!("{line}");
+        }
+    }
     eprintln!(
         "updated with {m} samples in {ms:.2} ms; wrote {}",
         args.batch.out.display()
@@ -797,8 +875,34 @@ fn update_as<D: Device, T: Scalar>(device: &D, args: &UpdateArgs) -> Result<()> 
     Ok(())
 }
 
+/// What an update did, and a warning where its step went wrong or was damped.
+fn report_lines(r: &UpdateReport, config: &UpdateConfig) -> Vec<String> {
+    let mut lines = vec![format!(
+        "step: {} Newton step(s), last step length {}, objective J {:.6} -> {:.6}, mean moved by {:.3} of the head",
+        r.steps, r.step_length, r.objective_before, r.objective_after, r.relative_step
+    )];
+    if r.undamped_rejected {
+        lines.push(
+            "warning: the full Newton step would have lowered J (confidently wrong samples pull the mean \
+             too far); the line search took a shorter step"
+                .into(),
+        );
+    }
+    match config.step {
+        StepControl::Newton { .. } if r.objective_after < r.objective_before => lines.push(format!(
+            "warning: the undamped step lowered J from {:.6} to {:.6}; `--step damped` (the default) would not",
+            r.objective_before, r.objective_after
+        )),
+        StepControl::Damped { max_iterations, .. } if !r.converged => lines.push(format!(
+            "warning: the damped steps did not converge within {max_iterations} iterations (raise --iterations)"
+        )),
+        _ => {}
+    }
+    lines
+}
+
 fn unlearn_as<D: Device, T: Scalar>(device: &D, args: &UnlearnArgs) -> Result<()> {
-    let config = args.config();
+    let config = args.config()?;
     let m = change_posterior::<D, T>(device, &args.batch, |post, x, y| post.unlearn(x, y, &config))?;
     eprintln!("removed {m} samples; wrote {}", args.batch.out.display());
     Ok(())

@@ -8,6 +8,7 @@
 use super::{
     CovarianceStep, CovarianceStructure, CurvatureTerm, DataTerm, Operand, StoredPair, StoredParts, Woodbury,
     dense_curvature_eigenvalues, dense_drift, dense_inverse, dense_log_det, host_curvature, woodbury_factor,
+    woodbury_rows,
 };
 use crate::device::{Device, LowRankFactor, Matrix, Op, Sign};
 use crate::error::Result;
@@ -203,6 +204,25 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         device.low_rank_update(&mut self.pair.covariance, &woodbury.u, &woodbury.c_chol, sign)?;
         let alpha = if sign == Sign::Minus { T::one() } else { -T::one() };
         add_term(device, &mut self.pair.precision, phi, term, alpha, None)
+    }
+
+    /// `vec(out) += α Σ' vec(x)`: `vec(x)ᵀ Σ'` as one row, Σ' symmetric.
+    fn apply_woodbury(
+        &self,
+        device: &D,
+        woodbury: &Woodbury<D, T>,
+        sign: Sign,
+        x: &Matrix<D, T>,
+        out: &mut Matrix<D, T>,
+        alpha: T,
+    ) -> Result<()> {
+        let (k, da) = x.shape();
+        let mut x_row = device.copy(x)?;
+        x_row.reshape(1, k * da)?;
+        out.reshape(1, k * da)?;
+        let result = woodbury_rows(device, &self.pair.covariance, woodbury, sign, &x_row, out, alpha);
+        out.reshape(k, da)?;
+        result
     }
 
     /// `vec(out) += α A vec(x)`.

@@ -134,6 +134,23 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
         )))
     }
 
+    /// `out ← out + α Σ' x` for the covariance `Σ' = Σ ∓ U C⁻¹ Uᵀ` of a Woodbury step,
+    /// without forming Σ' (x head-shaped, K × D_aug).
+    fn apply_woodbury(
+        &self,
+        _device: &D,
+        _woodbury: &Woodbury<D, T>,
+        _sign: Sign,
+        _x: &Matrix<D, T>,
+        _out: &mut Matrix<D, T>,
+        _alpha: T,
+    ) -> Result<()> {
+        Err(Error::Unsupported(format!(
+            "a Woodbury step for the {:?} structure",
+            self.kind()
+        )))
+    }
+
     /// Σ after a Woodbury step, in a copy of the state.
     fn woodbury_stepped(
         &self,
@@ -428,6 +445,42 @@ pub(crate) fn commit<D: Device, T: Scalar>(
             Ok(())
         }
     }
+}
+
+/// `out += α Σ' x` for the covariance Σ' a step leads to, without touching `state`.
+pub(crate) fn apply_stepped<D: Device, T: Scalar>(
+    device: &D,
+    state: &dyn CovarianceStructure<D, T>,
+    step: &CovarianceStep<D, T>,
+    sign: Sign,
+    x: &Matrix<D, T>,
+    out: &mut Matrix<D, T>,
+    alpha: T,
+) -> Result<()> {
+    match step {
+        CovarianceStep::Woodbury(w) => state.apply_woodbury(device, w, sign, x, out, alpha),
+        CovarianceStep::Replace(next) => next.apply(device, Operand::Covariance, x, out, alpha),
+    }
+}
+
+/// `out += α X Σ'` for rows X (r × n) and the covariance `Σ' = Σ ∓ U C⁻¹ Uᵀ` (n × n, symmetric)
+/// of a Woodbury step: `X Σ ∓ ((C⁻¹ Uᵀ Xᵀ)ᵀ) Uᵀ`, O(r·n·(n + rank)).
+pub(super) fn woodbury_rows<D: Device, T: Scalar>(
+    device: &D,
+    covariance: &Matrix<D, T>,
+    woodbury: &Woodbury<D, T>,
+    sign: Sign,
+    x: &Matrix<D, T>,
+    out: &mut Matrix<D, T>,
+    alpha: T,
+) -> Result<()> {
+    device.gemm(out, T::one(), x, Op::N, covariance, Op::N, alpha)?;
+    let mut y = device.zeros(woodbury.u.cols(), x.rows())?;
+    device.gemm(&mut y, T::zero(), &woodbury.u, Op::T, x, Op::T, T::one())?;
+    device.triangular_solve(&woodbury.c_chol, &mut y, Op::N)?;
+    device.triangular_solve(&woodbury.c_chol, &mut y, Op::T)?;
+    let beta = if sign == Sign::Minus { -alpha } else { alpha };
+    device.gemm(out, T::one(), &y, Op::T, &woodbury.u, Op::T, beta)
 }
 
 /// The state a step leads to, without touching `state`.

@@ -8,6 +8,7 @@
 use super::{
     CovarianceStep, CovarianceStructure, CurvatureTerm, DataTerm, Operand, StoredPair, StoredParts, Woodbury,
     dense_curvature_eigenvalues, dense_drift, dense_inverse, dense_log_det, host_curvature, woodbury_factor,
+    woodbury_rows,
 };
 use crate::device::{Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign};
 use crate::error::{Error, Result};
@@ -155,6 +156,19 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Shared<D, T> {
         device.low_rank_update(&mut self.pair.covariance, &woodbury.u, &woodbury.c_chol, sign)?;
         let alpha = if sign == Sign::Minus { T::one() } else { -T::one() };
         device.weighted_syrk(&mut self.pair.precision, T::one(), phi, weights(term)?, alpha)
+    }
+
+    /// `out += α x Σ'_D` (`Σ' = I_K ⊗ Σ'_D`).
+    fn apply_woodbury(
+        &self,
+        device: &D,
+        woodbury: &Woodbury<D, T>,
+        sign: Sign,
+        x: &Matrix<D, T>,
+        out: &mut Matrix<D, T>,
+        alpha: T,
+    ) -> Result<()> {
+        woodbury_rows(device, &self.pair.covariance, woodbury, sign, x, out, alpha)
     }
 
     /// `out += α x A_D` (`A = I_K ⊗ A_D`).

@@ -1,0 +1,327 @@
+//! The Newton steps of an update: damped to the mode of the update's objective, or of fixed
+//! scale (the seed paper's rule), each through the structure's own covariance step.
+//!
+//! The objective of a batch under the posterior `N(ŵ, Π⁻¹)` is
+//! `J(w) = Σ_j log p(y_j | w) − ½ (w − ŵ)ᵀ Π (w − ŵ)`; a step at w is
+//! `d = (Π + Σ_j H_j(w))⁻¹ ∇J(w)`, and the Newton decrement `λ² = ∇J(w)ᵀ d`.
+
+use super::model::{Batch, Model};
+use super::structure::{self, CovarianceStep, CurvatureTerm, Operand};
+use super::update::{CurvatureAt, StepControl};
+use super::{Likelihood, Moments, logits};
+use crate::device::{Device, Matrix, Sign};
+use crate::error::{Error, Result};
+use crate::scalar::Scalar;
+
+/// Armijo's sufficient-increase constant c in `J(w + αd) ≥ J(w) + c α λ²`.
+const ARMIJO: f64 = 1e-4;
+/// Halvings of the step length before the line search gives up (α ≥ 2⁻⁴⁰).
+const HALVINGS: usize = 40;
+
+/// What the steps of one solve did (see [`UpdateReport`](super::UpdateReport)).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct StepOutcome {
+    pub steps: usize,
+    pub step_length: f64,
+    pub objective_before: f64,
+    pub objective_after: f64,
+    pub undamped_rejected: bool,
+    pub converged: bool,
+}
+
+impl StepOutcome {
+    /// Nothing done yet: the identity of [`StepOutcome::then`].
+    pub fn empty() -> Self {
+        StepOutcome {
+            steps: 0,
+            step_length: f64::INFINITY,
+            objective_before: 0.0,
+            objective_after: 0.0,
+            undamped_rejected: false,
+            converged: true,
+        }
+    }
+
+    /// `steps` fixed-scale steps of scale γ (objectives filled in by the caller).
+    pub fn fixed(steps: usize, gamma: f64) -> Self {
+        StepOutcome {
+            steps,
+            step_length: gamma,
+            ..Self::empty()
+        }
+    }
+
+    /// Two solves in sequence: steps and objectives summed, the shorter step, either rejection.
+    pub fn then(self, next: Self) -> Self {
+        StepOutcome {
+            steps: self.steps + next.steps,
+            step_length: self.step_length.min(next.step_length),
+            objective_before: self.objective_before + next.objective_before,
+            objective_after: self.objective_after + next.objective_after,
+            undamped_rejected: self.undamped_rejected || next.undamped_rejected,
+            converged: self.converged && next.converged,
+        }
+    }
+}
+
+/// Moves `moments` to the batch's new mean by the step control, and adds the batch's curvature
+/// to its covariance. Every fallible computation runs before `moments` is written, so an error
+/// leaves it untouched. `tau` is the prior Kron adds to its eigenvalues.
+pub(crate) fn solve<D: Device, T: Scalar>(
+    model: &Model<'_, D, T>,
+    moments: &mut Moments<D, T>,
+    batch: &Batch<D, T>,
+    control: StepControl,
+    tau: T,
+) -> Result<StepOutcome> {
+    match control {
+        StepControl::Newton { gamma, iterations } => fixed(model, moments, batch, T::from_f64(gamma), iterations, tau),
+        StepControl::Damped {
+            max_iterations,
+            tolerance,
+            curvature_at,
+        } => damped(model, moments, batch, max_iterations, tolerance, curvature_at, tau),
+    }
+}
+
+/// A covariance step at `w` with its curvature term: `Σ_w = (Π + Σ_j H_j(w))⁻¹`.
+struct Linearisation<D: Device, T: Scalar> {
+    term: CurvatureTerm<D, T>,
+    step: CovarianceStep<D, T>,
+}
+
+impl<D: Device, T: Scalar> Linearisation<D, T> {
+    /// The batch's curvature at the head that gave `outputs`, and the covariance step it makes.
+    fn at(
+        model: &Model<'_, D, T>,
+        moments: &Moments<D, T>,
+        batch: &Batch<D, T>,
+        outputs: &Matrix<D, T>,
+        tau: T,
+    ) -> Result<Self> {
+        let state = &moments.state;
+        let term = state.curvature_term(model, batch, outputs, None)?;
+        let step = state.covariance_step(model.device, &batch.phi, &term, Sign::Minus, tau, T::one())?;
+        Ok(Linearisation { term, step })
+    }
+
+    /// `out += α Σ_w x`.
+    fn apply(
+        &self,
+        device: &D,
+        moments: &Moments<D, T>,
+        x: &Matrix<D, T>,
+        out: &mut Matrix<D, T>,
+        alpha: T,
+    ) -> Result<()> {
+        structure::apply_stepped(device, &*moments.state, &self.step, Sign::Minus, x, out, alpha)
+    }
+
+    /// Writes the step into the state; only device faults can fail here.
+    fn commit(self, device: &D, moments: &mut Moments<D, T>, phi: &Matrix<D, T>) -> Result<()> {
+        structure::commit(device, &mut moments.state, self.step, phi, &self.term, Sign::Minus)
+    }
+}
+
+/// The seed paper's rule: `iterations` steps `w ← w + γ Σ_w ∇J(w)`, the covariance of the last
+/// step kept.
+fn fixed<D: Device, T: Scalar>(
+    model: &Model<'_, D, T>,
+    moments: &mut Moments<D, T>,
+    batch: &Batch<D, T>,
+    gamma: T,
+    iterations: usize,
+    tau: T,
+) -> Result<StepOutcome> {
+    let device = model.device;
+    let before = objective(model, moments, batch, &moments.head)?;
+    let mut head = device.copy(&moments.head)?;
+    let mut last = None;
+    for t in 0..iterations {
+        let (outputs, mut grad) = model.evaluate(batch, &head)?;
+        if t > 0 {
+            let mut diff = device.copy(&head)?;
+            device.axpy(&mut diff, -T::one(), &moments.head)?;
+            moments
+                .state
+                .apply(device, Operand::Precision, &diff, &mut grad, -T::one())?;
+        }
+        let lin = Linearisation::at(model, moments, batch, &outputs, tau)?;
+        lin.apply(device, moments, &grad, &mut head, gamma)?;
+        last = Some(lin);
+    }
+    let after = objective(model, moments, batch, &head)?;
+    if let Some(lin) = last {
+        lin.commit(device, moments, &batch.phi)?;
+    }
+    moments.head = head;
+    Ok(StepOutcome {
+        objective_before: before,
+        objective_after: after,
+        ..StepOutcome::fixed(iterations, gamma.as_f64())
+    })
+}
+
+/// Damped Newton steps to the mode of J with a backtracking (Armijo) line search, then the
+/// covariance with the curvature at the mode (or at the start).
+fn damped<D: Device, T: Scalar>(
+    model: &Model<'_, D, T>,
+    moments: &mut Moments<D, T>,
+    batch: &Batch<D, T>,
+    max_iterations: usize,
+    tolerance: f64,
+    curvature_at: CurvatureAt,
+    tau: T,
+) -> Result<StepOutcome> {
+    let device = model.device;
+    let tolerance = tolerance.max(T::EPS.as_f64());
+    // The curvature of a Gaussian likelihood's GGN does not depend on the head: one step.
+    let fixed_curvature = !model.head_dependent_curvature();
+    let (k, da) = moments.head.shape();
+    let mut w = device.copy(&moments.head)?;
+    // r = Π(w − ŵ) and q = (w − ŵ)ᵀ Π (w − ŵ), kept along the steps.
+    let mut r = device.zeros(k, da)?;
+    let mut q = 0.0;
+    let before = log_likelihood(model, batch, &w)?;
+    let mut objective = before;
+    // The linearisation at ŵ, kept where the covariance or every step needs it.
+    let mut first: Option<Linearisation<D, T>> = None;
+    let mut outcome = StepOutcome {
+        objective_before: before,
+        ..StepOutcome::fixed(0, 0.0)
+    };
+    for t in 0.. {
+        let (outputs, mut grad) = model.evaluate(batch, &w)?;
+        device.axpy(&mut grad, -T::one(), &r)?;
+        let lin = match first.take() {
+            Some(kept) if fixed_curvature => kept,
+            kept => {
+                first = kept;
+                Linearisation::at(model, moments, batch, &outputs, tau)?
+            }
+        };
+        let mut d = device.zeros(k, da)?;
+        lin.apply(device, moments, &grad, &mut d, T::one())?;
+        let decrement = inner(device, &grad, &d)?;
+        if !decrement.is_finite() {
+            return Err(Error::NonFinite {
+                argument: "update step",
+                index: 0,
+            });
+        }
+        let converged = decrement / 2.0 <= tolerance * objective.abs().max(1.0);
+        let accepted = if converged || t == max_iterations {
+            None
+        } else {
+            // Line search along d: J(w + αd) = log p(w + αd) − ½(q + 2α rᵀd + α² dᵀΠd).
+            let mut pd = device.zeros(k, da)?;
+            moments.state.apply(device, Operand::Precision, &d, &mut pd, T::one())?;
+            let (rd, dpd) = (inner(device, &r, &d)?, inner(device, &d, &pd)?);
+            let mut alpha = 1.0;
+            let mut accepted = None;
+            for _ in 0..=HALVINGS {
+                let mut trial = device.copy(&w)?;
+                device.axpy(&mut trial, T::from_f64(alpha), &d)?;
+                let trial_q = q + 2.0 * alpha * rd + alpha * alpha * dpd;
+                let trial_objective = log_likelihood(model, batch, &trial)? - 0.5 * trial_q;
+                if trial_objective >= objective + ARMIJO * alpha * decrement {
+                    accepted = Some((alpha, trial, trial_q, trial_objective, pd));
+                    break;
+                }
+                alpha *= 0.5;
+            }
+            accepted
+        };
+        let Some((alpha, trial, trial_q, trial_objective, pd)) = accepted else {
+            // Converged, at the cap, or no increase along an ascent direction (J is at its
+            // maximum to working precision): the covariance at w, or at ŵ.
+            outcome.converged = converged || t < max_iterations;
+            outcome.objective_after = objective;
+            let keep = match (curvature_at, first) {
+                (CurvatureAt::Start, Some(kept)) => kept,
+                _ => lin,
+            };
+            keep.commit(device, moments, &batch.phi)?;
+            moments.head = w;
+            return Ok(outcome);
+        };
+        if fixed_curvature || (t == 0 && curvature_at == CurvatureAt::Start) {
+            first = Some(lin);
+        }
+        outcome.undamped_rejected |= t == 0 && alpha < 1.0;
+        outcome.steps += 1;
+        outcome.step_length = alpha;
+        device.axpy(&mut r, T::from_f64(alpha), &pd)?;
+        (w, q, objective) = (trial, trial_q, trial_objective);
+    }
+    unreachable!("the loop returns by its cap")
+}
+
+/// `J(w)` of a batch under the posterior `moments` (mean ŵ, precision Π).
+pub(crate) fn objective<D: Device, T: Scalar>(
+    model: &Model<'_, D, T>,
+    moments: &Moments<D, T>,
+    batch: &Batch<D, T>,
+    head: &Matrix<D, T>,
+) -> Result<f64> {
+    let device = model.device;
+    let mut diff = device.copy(head)?;
+    device.axpy(&mut diff, -T::one(), &moments.head)?;
+    let mut pdiff = device.zeros(diff.rows(), diff.cols())?;
+    moments
+        .state
+        .apply(device, Operand::Precision, &diff, &mut pdiff, T::one())?;
+    Ok(log_likelihood(model, batch, head)? - 0.5 * inner(device, &diff, &pdiff)?)
+}
+
+/// `Σ_j log p(y_j | w)` in f64 from the logits: `f_{y_j} − logsumexp(f_j)` (classification) or
+/// `−‖y_j − f_j‖² / 2σ²` (regression, without its constant).
+pub(crate) fn log_likelihood<D: Device, T: Scalar>(
+    model: &Model<'_, D, T>,
+    batch: &Batch<D, T>,
+    head: &Matrix<D, T>,
+) -> Result<f64> {
+    let f = logits(model.device, &batch.phi, head, model.fixed_bias)?;
+    let k = f.cols();
+    let f = model.device.download_owned(f)?;
+    let targets = &batch.host_targets;
+    Ok(match model.likelihood {
+        Likelihood::Classification => f
+            .chunks_exact(k)
+            .zip(targets.chunks_exact(k))
+            .map(|(row, t)| {
+                let top = row.iter().fold(f64::NEG_INFINITY, |a, v| a.max(v.as_f64()));
+                let lse = top + row.iter().map(|v| (v.as_f64() - top).exp()).sum::<f64>().ln();
+                row.iter()
+                    .zip(t)
+                    .map(|(v, t)| t.as_f64() * (v.as_f64() - lse))
+                    .sum::<f64>()
+            })
+            .sum(),
+        Likelihood::Regression { sigma_noise } => {
+            let squares: f64 = f
+                .iter()
+                .zip(targets)
+                .map(|(v, t)| (t.as_f64() - v.as_f64()).powi(2))
+                .sum();
+            -0.5 * squares / (sigma_noise * sigma_noise)
+        }
+    })
+}
+
+/// `‖b − a‖_F / ‖a‖_F` (∞ when a is 0 and b is not).
+pub(crate) fn relative_change<D: Device, T: Scalar>(device: &D, a: &Matrix<D, T>, b: &Matrix<D, T>) -> Result<f64> {
+    let mut diff = device.copy(b)?;
+    device.axpy(&mut diff, -T::one(), a)?;
+    let (change, size) = (inner(device, &diff, &diff)?.sqrt(), inner(device, a, a)?.sqrt());
+    Ok(if change == 0.0 { 0.0 } else { change / size })
+}
+
+/// `Σ_ij a_ij b_ij` in f64.
+pub(crate) fn inner<D: Device, T: Scalar>(device: &D, a: &Matrix<D, T>, b: &Matrix<D, T>) -> Result<f64> {
+    let product = |a: &[T], b: &[T]| a.iter().zip(b).map(|(x, y)| x.as_f64() * y.as_f64()).sum::<f64>();
+    match (device.host_slice(a), device.host_slice(b)) {
+        (Some(a), Some(b)) => Ok(product(a, b)),
+        _ => Ok(product(&device.download(a)?, &device.download(b)?)),
+    }
+}
