@@ -66,13 +66,13 @@ fn methods() -> Vec<Method> {
     };
     vec![
         method(
-            "paper rule (Full, sequential γ = 10)",
+            "paper rule (Full sequential γ = 10)",
             Structure::Full,
             UpdateRule::Sequential,
             StepControl::newton(StepControl::PAPER_GAMMA),
         ),
         method(
-            "undamped Newton (Full, joint γ = 1)",
+            "undamped Newton (Full joint γ = 1)",
             Structure::Full,
             UpdateRule::Joint,
             StepControl::newton(1.0),
@@ -233,8 +233,11 @@ fn run_seed(
                 ..Default::default()
             };
             let t = Instant::now();
-            post.update(phi_b.view(), &yb, &config)?;
+            let report = post.update(phi_b.view(), &yb, &config)?;
             let ms = t.elapsed().as_secs_f64() * 1e3;
+            if std::env::var_os("UPDATE_QUALITY_REPORTS").is_some() {
+                println!("  batch {batch} {}: {report:?}", m.name);
+            }
             push(batch, m.name, evaluate(post)?, ms);
         }
         let t = Instant::now();

@@ -15,14 +15,14 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use laplace_update::active::{LabelSource, Pool, Strategy, UpdateDriven};
 use laplace_update::io;
 use laplace_update::{
-    BiasMode, CpuDevice, Curvature, CurvatureAccumulator, Error, FitConfig, HostMatrix, Likelihood, Link,
-    Posterior as Post, PriorShape, Scalar, Structure, Targets, UnlearnConfig, UpdateConfig, UpdateRule,
+    BiasMode, CpuDevice, Curvature, CurvatureAccumulator, CurvatureAt, Error, FitConfig, HostMatrix, Likelihood, Link,
+    Posterior as Post, PriorShape, Scalar, StepControl, Structure, Targets, UnlearnConfig, UpdateConfig, UpdateRule,
 };
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::BoundObject;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyDict};
 
 pyo3::create_exception!(
     laplace_update,
@@ -191,6 +191,52 @@ fn targets<'py, T: Scalar + numpy::Element>(y: &Bound<'py, PyAny>, regression: b
     }
     let a = contiguous(&a, "int64")?;
     Ok(TargetArray::Labels(a.cast_into::<PyArray1<i64>>()?.readonly()))
+}
+
+/// The step control of `update` and `unlearn`: `step` `"damped"` or `"newton"`, chosen as
+/// `"newton"` when only `gamma` is given, the same as the command line's `--step`.
+fn step_control(
+    step: Option<&str>,
+    gamma: Option<f64>,
+    iterations: Option<usize>,
+    tolerance: f64,
+    curvature_at: &str,
+) -> R<StepControl> {
+    let at = match curvature_at {
+        "mode" => CurvatureAt::Mode,
+        "start" => CurvatureAt::Start,
+        other => {
+            return Err(to_py(Error::invalid(
+                "curvature_at",
+                format!("`mode` or `start`, got `{other}`"),
+            )));
+        }
+    };
+    let control = match (step, gamma) {
+        (Some("damped"), Some(_)) => {
+            return Err(to_py(Error::invalid(
+                "gamma",
+                "applies to step=\"newton\", not to damped steps",
+            )));
+        }
+        (Some("damped"), None) | (None, None) => StepControl::Damped {
+            max_iterations: iterations.unwrap_or(25),
+            tolerance,
+            curvature_at: at,
+        },
+        (Some("newton"), _) | (None, Some(_)) => StepControl::Newton {
+            gamma: gamma.unwrap_or(1.0),
+            iterations: iterations.unwrap_or(1),
+        },
+        (Some(other), _) => {
+            return Err(to_py(Error::invalid(
+                "step",
+                format!("`damped` or `newton`, got `{other}`"),
+            )));
+        }
+    };
+    control.validate().map_err(to_py)?;
+    Ok(control)
 }
 
 /// Class labels read in place.
@@ -545,39 +591,71 @@ impl Posterior {
         })
     }
 
-    /// Folds new labelled data in: one Newton step (`iterations` of them) with the inverse
-    /// Hessian by Woodbury (`rule="joint"`) or sample by sample (`"sequential"`).
-    #[pyo3(signature = (features, labels, rule="joint", gamma=1.0, iterations=1, forgetting=1.0))]
-    fn update(
+    /// Folds new labelled data in and returns what the step did, as a dict (`steps`,
+    /// `step_length`, `objective_before`, `objective_after`, `relative_step`,
+    /// `undamped_rejected`, `converged`).
+    ///
+    /// `step="damped"` (the default) takes Newton steps with a line search to the mode of
+    /// `J(w) = Σ_j log p(y_j | w) − ½ (w − ŵ)ᵀ Π (w − ŵ)`, at most `iterations` (25) of them,
+    /// and keeps the covariance with the curvature at `curvature_at` (`"mode"` or `"start"`).
+    /// `step="newton"` takes `iterations` (1) undamped steps `w ← w + γ Σ' ∇J(w)`, the seed
+    /// paper's rule; giving `gamma` alone chooses it. The inverse Hessian comes by Woodbury
+    /// (`rule="joint"`) or sample by sample (`"sequential"`).
+    #[pyo3(signature = (features, labels, rule="joint", step=None, gamma=None, iterations=None, tolerance=1e-10, curvature_at="mode", forgetting=1.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn update<'py>(
         &self,
-        py: Python<'_>,
-        features: &Bound<'_, PyAny>,
-        labels: &Bound<'_, PyAny>,
+        py: Python<'py>,
+        features: &Bound<'py, PyAny>,
+        labels: &Bound<'py, PyAny>,
         rule: &str,
-        gamma: f64,
-        iterations: usize,
+        step: Option<&str>,
+        gamma: Option<f64>,
+        iterations: Option<usize>,
+        tolerance: f64,
+        curvature_at: &str,
         forgetting: f64,
-    ) -> R<()> {
+    ) -> R<Bound<'py, PyDict>> {
         let config = UpdateConfig {
             rule: self::rule(rule)?,
-            gamma,
-            iterations,
+            step: step_control(step, gamma, iterations, tolerance, curvature_at)?,
             forgetting,
         };
         let mut guard = write(py, &self.inner);
-        each!(&mut *guard, |p: T| {
+        let report = each!(&mut *guard, |p: T| {
             let regression = p.likelihood() != Likelihood::Classification;
             let (x, y) = (matrix::<T>(features)?, targets::<T>(labels, regression)?);
             let x = host(&x).map_err(to_py)?;
             y.with(|y| py.detach(|| p.update(x, y, &config))).map_err(to_py)
-        })
+        })?;
+        let out = PyDict::new(py);
+        out.set_item("steps", report.steps)?;
+        out.set_item("step_length", report.step_length)?;
+        out.set_item("objective_before", report.objective_before)?;
+        out.set_item("objective_after", report.objective_after)?;
+        out.set_item("relative_step", report.relative_step)?;
+        out.set_item("undamped_rejected", report.undamped_rejected)?;
+        out.set_item("converged", report.converged)?;
+        Ok(out)
     }
 
-    /// Removes data an earlier update folded in.
-    #[pyo3(signature = (features, labels, gamma=1.0))]
-    fn unlearn(&self, py: Python<'_>, features: &Bound<'_, PyAny>, labels: &Bound<'_, PyAny>, gamma: f64) -> R<()> {
+    /// Removes data an earlier Joint update folded in, given how it stepped (`step`, `gamma`,
+    /// `iterations`, `curvature_at` as in `update`): in closed form after damped steps to the
+    /// mode, by a fixed point after one Newton step of 0 < γ ≤ 1.
+    #[pyo3(signature = (features, labels, step=None, gamma=None, iterations=None, curvature_at="mode"))]
+    #[allow(clippy::too_many_arguments)]
+    fn unlearn(
+        &self,
+        py: Python<'_>,
+        features: &Bound<'_, PyAny>,
+        labels: &Bound<'_, PyAny>,
+        step: Option<&str>,
+        gamma: Option<f64>,
+        iterations: Option<usize>,
+        curvature_at: &str,
+    ) -> R<()> {
         let config = UnlearnConfig {
-            gamma,
+            step: step_control(step, gamma, iterations, 1e-10, curvature_at)?,
             ..Default::default()
         };
         let mut guard = write(py, &self.inner);

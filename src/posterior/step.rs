@@ -175,7 +175,7 @@ fn damped<D: Device, T: Scalar>(
 ) -> Result<StepOutcome> {
     let device = model.device;
     let tolerance = tolerance.max(T::EPS.as_f64());
-    // The curvature of a Gaussian likelihood's GGN does not depend on the head: one step.
+    // The curvature of a Gaussian likelihood's GGN does not depend on the head.
     let fixed_curvature = !model.head_dependent_curvature();
     let (k, da) = moments.head.shape();
     let mut w = device.copy(&moments.head)?;
@@ -184,8 +184,8 @@ fn damped<D: Device, T: Scalar>(
     let mut q = 0.0;
     let before = log_likelihood(model, batch, &w)?;
     let mut objective = before;
-    // The linearisation at ŵ, kept where the covariance or every step needs it.
-    let mut first: Option<Linearisation<D, T>> = None;
+    // The curvature at ŵ (and the covariance step it made, if any), kept for `CurvatureAt::Start`.
+    let mut start: Option<Curvature<D, T>> = None;
     let mut outcome = StepOutcome {
         objective_before: before,
         ..StepOutcome::fixed(0, 0.0)
@@ -193,15 +193,12 @@ fn damped<D: Device, T: Scalar>(
     for t in 0.. {
         let (outputs, mut grad) = model.evaluate(batch, &w)?;
         device.axpy(&mut grad, -T::one(), &r)?;
-        let lin = match first.take() {
-            Some(kept) if fixed_curvature => kept,
-            kept => {
-                first = kept;
-                Linearisation::at(model, moments, batch, &outputs, tau)?
-            }
-        };
+        let term = moments.state.curvature_term(model, batch, &outputs, None)?;
         let mut d = device.zeros(k, da)?;
-        lin.apply(device, moments, &grad, &mut d, T::one())?;
+        let step = moments
+            .state
+            .newton_direction(device, &batch.phi, &term, tau, &grad, &mut d)?;
+        let here = Curvature { term, step };
         let decrement = inner(device, &grad, &d)?;
         if !decrement.is_finite() {
             return Err(Error::NonFinite {
@@ -232,29 +229,57 @@ fn damped<D: Device, T: Scalar>(
             }
             accepted
         };
-        let Some((alpha, trial, trial_q, trial_objective, pd)) = accepted else {
+        // A Gaussian likelihood's J is quadratic: a full step lands on the mode.
+        let exact = matches!(accepted, Some((alpha, ..)) if alpha == 1.0 && fixed_curvature);
+        let finish = match accepted {
+            Some((alpha, trial, trial_q, trial_objective, pd)) => {
+                outcome.undamped_rejected |= t == 0 && alpha < 1.0;
+                outcome.steps += 1;
+                outcome.step_length = alpha;
+                device.axpy(&mut r, T::from_f64(alpha), &pd)?;
+                (w, q, objective) = (trial, trial_q, trial_objective);
+                exact
+            }
             // Converged, at the cap, or no increase along an ascent direction (J is at its
-            // maximum to working precision): the covariance at w, or at ŵ.
-            outcome.converged = converged || t < max_iterations;
+            // maximum to working precision).
+            None => true,
+        };
+        if finish {
+            outcome.converged = converged || exact || t < max_iterations;
             outcome.objective_after = objective;
-            let keep = match (curvature_at, first) {
+            let keep = match (curvature_at, start) {
                 (CurvatureAt::Start, Some(kept)) => kept,
-                _ => lin,
+                _ => here,
             };
-            keep.commit(device, moments, &batch.phi)?;
+            keep.commit(model.device, moments, batch, tau)?;
             moments.head = w;
             return Ok(outcome);
-        };
-        if fixed_curvature || (t == 0 && curvature_at == CurvatureAt::Start) {
-            first = Some(lin);
         }
-        outcome.undamped_rejected |= t == 0 && alpha < 1.0;
-        outcome.steps += 1;
-        outcome.step_length = alpha;
-        device.axpy(&mut r, T::from_f64(alpha), &pd)?;
-        (w, q, objective) = (trial, trial_q, trial_objective);
+        if t == 0 && curvature_at == CurvatureAt::Start {
+            start = Some(here);
+        }
     }
     unreachable!("the loop returns by its cap")
+}
+
+/// A batch's curvature at some head, and the covariance step it made if one was formed.
+struct Curvature<D: Device, T: Scalar> {
+    term: CurvatureTerm<D, T>,
+    step: Option<CovarianceStep<D, T>>,
+}
+
+impl<D: Device, T: Scalar> Curvature<D, T> {
+    /// Adds the curvature to the state (forming its covariance step if need be); only device
+    /// faults and a covariance that fails its checks can fail here, before anything is written.
+    fn commit(self, device: &D, moments: &mut Moments<D, T>, batch: &Batch<D, T>, tau: T) -> Result<()> {
+        let step = match self.step {
+            Some(step) => step,
+            None => moments
+                .state
+                .covariance_step(device, &batch.phi, &self.term, Sign::Minus, tau, T::one())?,
+        };
+        structure::commit(device, &mut moments.state, step, &batch.phi, &self.term, Sign::Minus)
+    }
 }
 
 /// `J(w)` of a batch under the posterior `moments` (mean ŵ, precision Π).

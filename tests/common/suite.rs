@@ -907,6 +907,8 @@ macro_rules! posterior_suite {
             #[test] fn shape_sweep() { if let Some(d) = device() { suite::check_shape_sweep::<_, $t>(&d) } }
             #[test] fn bad_inputs_leave_posterior_unchanged() { if let Some(d) = device() { suite::check_bad_inputs_leave_posterior_unchanged::<_, $t>(&d) } }
             #[test] fn unlearn_inverts_joint_update() { if let Some(d) = device() { suite::check_unlearn::<_, $t>(&d) } }
+            #[test] fn damped_update_matches_dense_line_search() { if let Some(d) = device() { suite::check_damped_update::<_, $t>(&d) } }
+            #[test] fn unlearn_inverts_damped_update() { if let Some(d) = device() { suite::check_unlearn_damped::<_, $t>(&d) } }
             #[test] fn fit_head_matches_dense_newton() { if let Some(d) = device() { suite::check_fit_head::<_, $t>(&d) } }
             #[test] fn drift_stays_bounded() {
                 let bound = if <$t as laplace_update::Scalar>::DTYPE == laplace_update::DType::F32 { 1e-4 } else { 1e-10 };
@@ -1053,5 +1055,239 @@ pub fn check_unlearn<D: Device, T: Scalar>(dev: &D) {
             snapshot(&post) == before,
             "{name}: a failed unlearn changed the posterior"
         );
+    }
+}
+
+/// The update's objective `J(w) = Σ_j log p(y_j | w) − ½ vec(w − ŵ)ᵀ Π vec(w − ŵ)` in dense f64,
+/// Π in the structure's dense form (Full: P × P; Shared: the D_aug × D_aug block of `I_K ⊗ Π_D`).
+fn dense_objective(pb: &Problem, w: &Dense, anchor: &Dense, prec: &Dense, rows: &[usize], structure: Structure) -> f64 {
+    let likelihood: f64 = rows
+        .iter()
+        .map(|&i| pb.probs(w, pb.x(i))[pb.labels[i] as usize].ln())
+        .sum();
+    let diff = w.add(anchor, -1.0);
+    let pdiff = match structure {
+        Structure::Full => prec.mul(&Dense::from(diff.a.len(), 1, diff.a.clone())).a,
+        _ => diff.mul(prec).a,
+    };
+    likelihood - 0.5 * diff.a.iter().zip(&pdiff).map(|(a, b)| a * b).sum::<f64>()
+}
+
+/// Damped Newton with the library's Armijo rule, in dense f64: from ŵ, at most `cap` steps
+/// `w ← w + α (Π + H(w))⁻¹ ∇J(w)`, α the largest of 1, ½, … (40 halvings) with
+/// `J(w + αd) ≥ J(w) + 10⁻⁴ α λ²`, stopping when `λ²/2 ≤ tol · max(1, |J|)`. Returns the
+/// mean, the precision `Π + H` at it, the steps taken and whether the first full step was
+/// rejected.
+pub fn dense_damped_newton(
+    pb: &Problem,
+    anchor: &Dense,
+    prec: &Dense,
+    rows: &[usize],
+    structure: Structure,
+    cap: usize,
+    tol: f64,
+) -> (Dense, Dense, usize, bool) {
+    let mut w = anchor.clone();
+    let mut steps = 0;
+    let mut rejected = false;
+    loop {
+        let objective = dense_objective(pb, &w, anchor, prec, rows, structure);
+        let hessian = add_dense_curvature(pb, &w, rows, structure, prec);
+        let diff = w.add(anchor, -1.0);
+        let prior_grad = match structure {
+            Structure::Full => {
+                let v = prec.mul(&Dense::from(diff.a.len(), 1, diff.a.clone()));
+                Dense::from(w.rows, w.cols, v.a)
+            }
+            _ => diff.mul(prec),
+        };
+        let grad = gradient(pb, &w, rows).add(&prior_grad, -1.0);
+        let zero = Dense::zeros(w.rows, w.cols);
+        let d = dense_step(&zero, &hessian.inverse(), &grad, 1.0, structure);
+        let decrement: f64 = grad.a.iter().zip(&d.a).map(|(a, b)| a * b).sum();
+        if decrement / 2.0 <= tol * objective.abs().max(1.0) || steps == cap {
+            return (w, hessian, steps, rejected);
+        }
+        let mut alpha = 1.0;
+        let mut next = None;
+        for _ in 0..=40 {
+            let trial = w.add(&d, alpha);
+            if dense_objective(pb, &trial, anchor, prec, rows, structure) >= objective + 1e-4 * alpha * decrement {
+                next = Some(trial);
+                break;
+            }
+            alpha *= 0.5;
+        }
+        let Some(next) = next else {
+            return (w, hessian, steps, rejected);
+        };
+        rejected |= steps == 0 && alpha < 1.0;
+        w = next;
+        steps += 1;
+    }
+}
+
+/// The default (damped) update against [`dense_damped_newton`] on a saturated head (logits
+/// scaled ×6, the new samples labelled with their least likely class, so that they are
+/// confidently wrong, and features ×5, so that their gradient outweighs what J can gain): the
+/// mean after 1, 2 and all
+/// steps, the precision at the mode, the report; and the undamped step on the same batch, which
+/// lowers the objective the damped one raises.
+pub fn check_damped_update<D: Device, T: Scalar>(dev: &D) {
+    let f64_only = T::DTYPE == DType::F64;
+    for (structure, name) in structures() {
+        for bias_in in [true, false] {
+            let m = 8;
+            let mut pb = Problem::random(71, 20 + m, 9, 4, bias_in);
+            pb.head.iter_mut().for_each(|v| *v *= 6.0);
+            pb.bias.iter_mut().for_each(|v| *v *= 6.0);
+            let w_saturated = pb.head_aug();
+            pb.phi[20 * pb.d..].iter_mut().for_each(|v| *v *= 5.0);
+            for i in 20..20 + m {
+                let p = pb.probs(&w_saturated, pb.x(i));
+                pb.labels[i] = (0..pb.k).fold(0, |b, c| if p[c] < p[b] { c } else { b }) as u32;
+            }
+            let fit_rows: Vec<usize> = (0..20).collect();
+            let new_rows: Vec<usize> = (20..20 + m).collect();
+            let start = fit::<D, T>(dev, &pb.first(20), structure);
+            let phi_new = Problem::cast::<T>(&pb.phi[20 * pb.d..]);
+            let new = HostMatrix::new(&phi_new, m, pb.d).unwrap();
+            let w0 = pb.head_aug();
+            let prec0 = dense_precision(&pb, &w0, &fit_rows, structure);
+            let tolerance = if f64_only { 1e-13 } else { 1e-7 };
+            for cap in [1usize, 2, 25] {
+                let mut post = start.try_clone().unwrap();
+                let config = UpdateConfig {
+                    step: StepControl::Damped {
+                        max_iterations: cap,
+                        tolerance,
+                        curvature_at: CurvatureAt::Mode,
+                    },
+                    ..Default::default()
+                };
+                let report = post.update(new, &pb.labels[20..], &config).unwrap();
+                let (w, prec, steps, rejected) =
+                    dense_damped_newton(&pb, &w0, &prec0, &new_rows, structure, cap, tolerance);
+                let case = format!("{name}/{bias_in}/cap={cap}");
+                let e = rel_err(&dense_head_of(&post, &pb), &w.a);
+                assert!(e < tol::<T>(prec.rows, 2000.0), "{case}: damped mean err {e}");
+                let e = rel_err(&post.precision().unwrap(), &prec.a);
+                assert!(e < tol::<T>(prec.rows, 2000.0), "{case}: precision at the mode err {e}");
+                let j0 = dense_objective(&pb, &w0, &w0, &prec0, &new_rows, structure);
+                let j1 = dense_objective(&pb, &w, &w0, &prec0, &new_rows, structure);
+                assert!(
+                    (report.objective_before - j0).abs() < 1e-4 * j0.abs().max(1.0),
+                    "{case}: J before"
+                );
+                assert!(
+                    (report.objective_after - j1).abs() < 1e-4 * j1.abs().max(1.0),
+                    "{case}: J after"
+                );
+                assert!(report.objective_after >= report.objective_before, "{case}: J fell");
+                if f64_only {
+                    assert_eq!(
+                        (report.steps, report.undamped_rejected),
+                        (steps, rejected),
+                        "{case}: report"
+                    );
+                }
+                // Shared's steps are quasi-Newton (its curvature is not the softmax Hessian), so
+                // they converge linearly; Full's quadratically.
+                if cap == 25 && structure == Structure::Full {
+                    assert!(report.converged, "{case}: not converged");
+                }
+                if cap == 25 && structure == Structure::Full {
+                    assert!(rejected, "{case}: the test batch should need damping");
+                }
+            }
+            // The undamped step lowers J on this batch (Full; Shared's unit curvature weights
+            // keep its step short).
+            if structure != Structure::Full {
+                continue;
+            }
+            let mut undamped = start.try_clone().unwrap();
+            let report = undamped
+                .update(new, &pb.labels[20..], &UpdateConfig::newton(1.0))
+                .unwrap();
+            assert!(
+                report.objective_after < report.objective_before,
+                "{name}/{bias_in}: the undamped step should overshoot here: {report:?}"
+            );
+        }
+    }
+}
+
+/// Unlearning a damped update restores the head and the precision; a damped update with its
+/// covariance at the start, and several Newton steps, cannot be unlearned (typed error,
+/// nothing changed).
+pub fn check_unlearn_damped<D: Device, T: Scalar>(dev: &D) {
+    for (structure, name) in structures() {
+        let m = 6;
+        let mut pb = Problem::random(73, 20 + m, 7, 3, true);
+        pb.head.iter_mut().for_each(|v| *v *= 4.0);
+        let mut post = fit::<D, T>(dev, &pb.first(20), structure);
+        let (head0, prec0) = (post.head().unwrap(), post.precision().unwrap());
+        let phi_new = Problem::cast::<T>(&pb.phi[20 * pb.d..]);
+        let new = HostMatrix::new(&phi_new, m, pb.d).unwrap();
+        let tolerance = if T::DTYPE == DType::F64 { 1e-14 } else { 1e-7 };
+        let step = StepControl::Damped {
+            max_iterations: 50,
+            tolerance,
+            curvature_at: CurvatureAt::Mode,
+        };
+        let report = post
+            .update(
+                new,
+                &pb.labels[20..],
+                &UpdateConfig {
+                    step,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert!(report.converged && report.steps > 1, "{name}: {report:?}");
+        for refused in [
+            StepControl::Damped {
+                max_iterations: 50,
+                tolerance,
+                curvature_at: CurvatureAt::Start,
+            },
+            StepControl::Newton {
+                gamma: 1.0,
+                iterations: 2,
+            },
+        ] {
+            let before = snapshot(&post);
+            let e = post
+                .unlearn(
+                    new,
+                    &pb.labels[20..],
+                    &UnlearnConfig {
+                        step: refused,
+                        ..Default::default()
+                    },
+                )
+                .unwrap_err();
+            assert!(matches!(e, Error::Unsupported(_)), "{name}: {e}");
+            assert!(snapshot(&post) == before, "{name}: changed by a refused unlearn");
+        }
+        post.unlearn(
+            new,
+            &pb.labels[20..],
+            &UnlearnConfig {
+                step,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // Exact up to how far the update's steps were from the mode: √tolerance.
+        let bound = tol::<T>(pb.k * pb.da(), 2000.0).max(10.0 * tolerance.sqrt());
+        let want: Vec<f64> = head0.iter().map(|v| v.as_f64()).collect();
+        let e = rel_err(&post.head().unwrap(), &want);
+        assert!(e < bound, "{name}: head after unlearning err {e}");
+        let want: Vec<f64> = prec0.iter().map(|v| v.as_f64()).collect();
+        let e = rel_err(&post.precision().unwrap(), &want);
+        assert!(e < bound, "{name}: precision after unlearning err {e}");
+        assert_eq!(post.samples_seen(), 20);
     }
 }

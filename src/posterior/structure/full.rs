@@ -37,6 +37,15 @@ fn reduce_factors(values: Vec<f64>, k: usize, basis: Option<(&[f64], usize)>) ->
     }
 }
 
+/// The rank of a term's curvature: a Woodbury step is taken while it is below half of P.
+fn woodbury_rank<D: Device, T: Scalar>(phi: &Matrix<D, T>, term: &CurvatureTerm<D, T>) -> usize {
+    match term {
+        CurvatureTerm::Softmax { probs } => phi.rows() * probs.cols(),
+        CurvatureTerm::Rows { rows } => rows.rows(),
+        _ => phi.rows(),
+    }
+}
+
 /// `target += α H(term)` for a Full term.
 fn add_term<D: Device, T: Scalar>(
     device: &D,
@@ -156,13 +165,8 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         _tau: T,
         scale: T,
     ) -> Result<CovarianceStep<D, T>> {
-        let rank = match term {
-            CurvatureTerm::Softmax { probs } => phi.rows() * probs.cols(),
-            CurvatureTerm::Rows { rows } => rows.rows(),
-            _ => phi.rows(),
-        };
         let sigma = &self.pair.covariance;
-        if 2 * rank < sigma.rows() {
+        if 2 * woodbury_rank(phi, term) < sigma.rows() {
             let products = match term {
                 CurvatureTerm::Softmax { probs } => {
                     device.kron_products(sigma, phi, LowRankFactor::Kronecker { probs })?
@@ -191,6 +195,38 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         Ok(CovarianceStep::Replace(Box::new(Full {
             pair: StoredPair { precision, covariance },
         })))
+    }
+
+    /// The Woodbury path as the default; the refactor path by Cholesky solves,
+    /// `vec(out) += L⁻ᵀ L⁻¹ vec(x)` with `L Lᵀ = Π + H`.
+    fn newton_direction(
+        &self,
+        device: &D,
+        phi: &Matrix<D, T>,
+        term: &CurvatureTerm<D, T>,
+        tau: T,
+        x: &Matrix<D, T>,
+        out: &mut Matrix<D, T>,
+    ) -> Result<Option<CovarianceStep<D, T>>> {
+        let side = self.pair.precision.rows();
+        if 2 * woodbury_rank(phi, term) < side {
+            let step = self.covariance_step(device, phi, term, Sign::Minus, tau, T::one())?;
+            if let CovarianceStep::Woodbury(w) = &step {
+                self.apply_woodbury(device, w, Sign::Minus, x, out, T::one())?;
+            }
+            return Ok(Some(step));
+        }
+        let mut factor = device.copy(&self.pair.precision)?;
+        add_term(device, &mut factor, phi, term, T::one(), None)?;
+        device.cholesky(&mut factor)?;
+        let (k, da) = x.shape();
+        let mut v = device.copy(x)?;
+        v.reshape(side, 1)?;
+        device.triangular_solve(&factor, &mut v, Op::N)?;
+        device.triangular_solve(&factor, &mut v, Op::T)?;
+        v.reshape(k, da)?;
+        device.axpy(out, T::one(), &v)?;
+        Ok(None)
     }
 
     fn commit_woodbury(

@@ -118,6 +118,27 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
         scale: T,
     ) -> Result<CovarianceStep<D, T>>;
 
+    /// `out += Σ_w x` for `Σ_w = (Π + H(term))⁻¹`: the direction of a Newton step. Where the
+    /// structure had to form the covariance step for it, that step is returned for the caller
+    /// to commit; Full's refactor path solves with the Cholesky factor instead (P³/3 flops, not
+    /// the inverse's P³) and returns `None`.
+    fn newton_direction(
+        &self,
+        device: &D,
+        phi: &Matrix<D, T>,
+        term: &CurvatureTerm<D, T>,
+        tau: T,
+        x: &Matrix<D, T>,
+        out: &mut Matrix<D, T>,
+    ) -> Result<Option<CovarianceStep<D, T>>> {
+        let step = self.covariance_step(device, phi, term, Sign::Minus, tau, T::one())?;
+        match &step {
+            CovarianceStep::Woodbury(w) => self.apply_woodbury(device, w, Sign::Minus, x, out, T::one())?,
+            CovarianceStep::Replace(next) => next.apply(device, Operand::Covariance, x, out, T::one())?,
+        }
+        Ok(Some(step))
+    }
+
     /// Applies a Woodbury step `Σ ← Σ ∓ U C⁻¹ Uᵀ` and adds (or removes) the term to Π. Only
     /// the dense structures take Woodbury steps.
     fn commit_woodbury(
