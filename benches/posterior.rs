@@ -12,8 +12,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 use laplace_update::{
-    AnyDevice, BiasMode, CpuDevice, Device, FitConfig, HostMatrix, Link, OutputWeighting, Posterior, Structure,
-    UpdateConfig, UpdateRule, with_device,
+    AnyDevice, BiasMode, CpuDevice, Device, FitConfig, HeadConfig, HostMatrix, Link, OutputWeighting, Posterior,
+    Structure, UpdateConfig, UpdateRule, fit_head, with_device,
 };
 
 #[path = "../tests/common/counting_alloc.rs"]
@@ -183,6 +183,54 @@ fn bench_update(c: &mut Criterion) {
     group.finish();
 }
 
+/// The default (damped) update against one undamped Newton step and against retraining the head
+/// (`fit_head` by Newton on every sample seen), each from the same posterior, at K = 10,
+/// D = 512, m = 100 (Full) and at the candle example's D = 64.
+fn bench_step_control(c: &mut Criterion) {
+    let cpu = CpuDevice::new(threads()).unwrap();
+    let mut group = c.benchmark_group(format!("step control [{}]", laplace_update::Device::name(&cpu)));
+    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    let k = 10;
+    for (d, n_fit, m) in [(512usize, 2_000usize, 100usize), (64, 300, 30)] {
+        let pb = Problem::new(n_fit + m, d, k, 5);
+        let post = pb.fit(&cpu, Structure::Full, n_fit);
+        let new_phi = &pb.phi[n_fit * d..(n_fit + m) * d];
+        let new_labels = &pb.labels[n_fit..n_fit + m];
+        for (name, config) in [
+            ("damped (default)", UpdateConfig::default()),
+            ("undamped Newton", UpdateConfig::newton(1.0)),
+        ] {
+            group.bench_function(format!("full f32 {name} D={d} K={k} m={m}"), |b| {
+                b.iter_batched(
+                    || post.try_clone().unwrap(),
+                    |mut p| {
+                        p.update(HostMatrix::new(new_phi, m, d).unwrap(), new_labels, &config)
+                            .unwrap();
+                        p
+                    },
+                    criterion::BatchSize::LargeInput,
+                )
+            });
+        }
+        let all = n_fit + m;
+        group.bench_function(format!("retrain head (fit_head) f32 D={d} K={k} N={all}"), |b| {
+            b.iter(|| {
+                black_box(
+                    fit_head(
+                        &cpu,
+                        HostMatrix::new(&pb.phi[..all * d], all, d).unwrap(),
+                        &pb.labels[..all],
+                        k,
+                        &HeadConfig::default(),
+                    )
+                    .unwrap(),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
 fn bench_predict(c: &mut Criterion) {
     let cpu = CpuDevice::new(threads()).unwrap();
     let mut group = c.benchmark_group(format!("predict [{}]", laplace_update::Device::name(&cpu)));
@@ -320,5 +368,12 @@ fn scale_on<D: Device>(c: &mut Criterion, device: &D, numpy_peer: bool) {
     group.finish();
 }
 
-criterion_group!(benches, bench_fit, bench_update, bench_predict, bench_scale);
+criterion_group!(
+    benches,
+    bench_fit,
+    bench_update,
+    bench_step_control,
+    bench_predict,
+    bench_scale
+);
 criterion_main!(benches);

@@ -71,7 +71,7 @@ impl UnlearnConfig {
             }
             StepControl::Newton { gamma, .. } => gamma,
         };
-        if !(gamma > 0.0) {
+        if gamma <= 0.0 {
             return Err(Error::invalid("gamma", format!("must be finite and > 0, got {gamma}")));
         }
         if gamma > 1.0 {

@@ -9,8 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use laplace_update::metrics::{Scores, score};
 use laplace_update::random::SplitMix64;
 use laplace_update::{
-    BiasMode, Device, Error, FitConfig, HeadConfig, HostMatrix, Link, OutputWeighting, Posterior, PriorShape, Result,
-    StepControl, Structure, UpdateConfig, UpdateRule, fit_head,
+    BiasMode, CurvatureAt, Device, Error, FitConfig, HeadConfig, HostMatrix, Link, OutputWeighting, Posterior,
+    PriorShape, Result, StepControl, Structure, UpdateConfig, UpdateRule, fit_head,
 };
 
 use super::{DeviceArg, select_device};
@@ -53,40 +53,30 @@ enum Method {
 const METHODS: [(&str, Method); 6] = [
     ("no update", Method::NoUpdate),
     (
-        "sequential γ=1",
+        "paper rule (γ = 10)",
         Method::Update {
             structure: Structure::Shared(OutputWeighting::Gaussian),
             rule: UpdateRule::Sequential,
             step: StepControl::Newton {
-                gamma: 1.0,
+                gamma: StepControl::PAPER_GAMMA,
                 iterations: 1,
             },
         },
     ),
     (
-        "sequential γ=10",
-        Method::Update {
-            structure: Structure::Shared(OutputWeighting::Gaussian),
-            rule: UpdateRule::Sequential,
-            step: StepControl::Newton {
-                gamma: 10.0,
-                iterations: 1,
-            },
-        },
-    ),
-    (
-        "joint",
+        "shared update",
         Method::Update {
             structure: Structure::Shared(OutputWeighting::Gaussian),
             rule: UpdateRule::Joint,
-            step: StepControl::Newton {
-                gamma: 1.0,
-                iterations: 1,
+            step: StepControl::Damped {
+                max_iterations: 25,
+                tolerance: 1e-10,
+                curvature_at: CurvatureAt::Mode,
             },
         },
     ),
     (
-        "full-GGN joint",
+        "undamped full Newton",
         Method::Update {
             structure: Structure::Full,
             rule: UpdateRule::Joint,
@@ -96,7 +86,19 @@ const METHODS: [(&str, Method); 6] = [
             },
         },
     ),
-    ("retrain (MAP refit)", Method::Retrain),
+    (
+        "update (default)",
+        Method::Update {
+            structure: Structure::Full,
+            rule: UpdateRule::Joint,
+            step: StepControl::Damped {
+                max_iterations: 25,
+                tolerance: 1e-10,
+                curvature_at: CurvatureAt::Mode,
+            },
+        },
+    ),
+    ("retrain head (MAP refit)", Method::Retrain),
 ];
 
 pub fn run(args: &DemoArgs) -> Result<()> {

@@ -43,7 +43,8 @@ pub fn print_table(table: &[Row], methods: &[&str], initial: usize, baseline: &s
             continue;
         };
         let ms = mean_ms(table, method, initial);
-        let speedup = if ms > 0.0 {
+        // A method that takes no measurable time (no update) has no speed-up to show.
+        let speedup = if ms >= 0.01 {
             format!("{:.0}x", reference / ms)
         } else {
             "-".into()
