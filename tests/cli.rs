@@ -106,6 +106,28 @@ fn fit_update_predict_info_round_trip() {
         post
     ));
     assert!(ok(&format!("info --posterior {post}")).contains("samples seen   40"));
+    // The default (damped) update reports its steps; γ belongs to `--step newton` only.
+    let damped = f.p("damped.safetensors");
+    let out = run(&format!(
+        "update --posterior {} --features {} --labels {} --out {}",
+        post,
+        f.p("x_new.npy"),
+        f.p("y_new.npy"),
+        damped
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.contains("Newton step(s)") && stderr.contains("objective J"),
+        "{stderr}"
+    );
+    let e = fails(&format!(
+        "update --posterior {} --features {} --labels {} --step damped --gamma 2 --out {}",
+        post,
+        f.p("x_new.npy"),
+        f.p("y_new.npy"),
+        damped
+    ));
+    assert!(e.contains("gamma"), "{e}");
     ok(&format!(
         "predict --posterior {} --features {} --out {} --logit-var {}",
         post,
@@ -349,11 +371,11 @@ fn demo_writes_table_csv_and_figure() {
     let out = ok(&format!("demo --out-dir {}", dir.display()));
     for method in [
         "no update",
-        "sequential γ=1",
-        "sequential γ=10",
-        "joint",
-        "full-GGN joint",
-        "retrain (MAP refit)",
+        "paper rule (γ = 10)",
+        "shared update",
+        "undamped full Newton",
+        "update (default)",
+        "retrain head (MAP refit)",
     ] {
         assert!(out.contains(method), "table lacks {method}: {out}");
     }
@@ -368,11 +390,11 @@ fn demo_writes_table_csv_and_figure() {
     };
     let baseline = final_accuracy("no update");
     for method in [
-        "sequential γ=1",
-        "sequential γ=10",
-        "joint",
-        "full-GGN joint",
-        "retrain (MAP refit)",
+        "paper rule (γ = 10)",
+        "shared update",
+        "undamped full Newton",
+        "update (default)",
+        "retrain head (MAP refit)",
     ] {
         assert!(final_accuracy(method) > baseline, "{method} does not beat no update");
     }
