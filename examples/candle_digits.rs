@@ -24,14 +24,16 @@ mod digits;
 #[allow(dead_code)]
 #[path = "../src/bin/laplace-update/figure.rs"]
 mod figure;
+#[path = "support/mlp.rs"]
+mod mlp;
 #[path = "../src/bin/laplace-update/report.rs"]
 mod report;
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{D, DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Linear, Module, Optimizer, ParamsAdamW};
+use candle_core::{Device, Tensor};
+use candle_nn::Module;
 use laplace_update::candle::TensorMatrix;
 use laplace_update::metrics::{Scores, score};
 use laplace_update::random::SplitMix64;
@@ -40,11 +42,9 @@ use laplace_update::{
 };
 use report::Row;
 
-use digits::{CLASSES, load_digits};
+use digits::load_digits;
+use mlp::{AnyResult, CLASSES, FEATURES, HIDDEN, Network, PIXELS, softmax_scores, train};
 
-const PIXELS: usize = 64;
-const HIDDEN: usize = 128;
-const FEATURES: usize = 64;
 const INITIAL: usize = 300;
 const BATCHES: usize = 10;
 const BATCH: usize = 30;
@@ -53,99 +53,6 @@ const SEED: u64 = 7;
 /// The prior precision of every weight during training: the head the network ends with is the
 /// MAP that the Laplace posterior is built around.
 const TAU: f64 = 1.0;
-
-type AnyResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
-
-/// The MLP; `layers[2]` is the head.
-struct Network {
-    vars: Vec<Var>,
-    layers: [Linear; 3],
-}
-
-impl Network {
-    /// He-uniform weights and zero biases from a seeded generator (candle's CPU generator
-    /// cannot be seeded).
-    fn new(seed: u64) -> AnyResult<Self> {
-        let mut rng = SplitMix64::new(seed);
-        let mut vars = Vec::new();
-        let mut layer = |fan_in: usize, fan_out: usize| -> AnyResult<Linear> {
-            let bound = (6.0 / fan_in as f64).sqrt();
-            let w: Vec<f32> = (0..fan_in * fan_out)
-                .map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32)
-                .collect();
-            let w = Var::from_tensor(&Tensor::from_vec(w, (fan_out, fan_in), &Device::Cpu)?)?;
-            let b = Var::from_tensor(&Tensor::zeros(fan_out, DType::F32, &Device::Cpu)?)?;
-            let linear = Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
-            vars.extend([w, b]);
-            Ok(linear)
-        };
-        let layers = [
-            layer(PIXELS, HIDDEN)?,
-            layer(HIDDEN, FEATURES)?,
-            layer(FEATURES, CLASSES)?,
-        ];
-        Ok(Network { vars, layers })
-    }
-
-    /// A copy with its own parameters.
-    fn duplicate(&self) -> AnyResult<Self> {
-        let vars: Vec<Var> = self
-            .vars
-            .iter()
-            .map(|v| Var::from_tensor(&v.as_tensor().copy()?))
-            .collect::<candle_core::Result<_>>()?;
-        let linear = |i: usize| {
-            Linear::new(
-                vars[2 * i].as_tensor().clone(),
-                Some(vars[2 * i + 1].as_tensor().clone()),
-            )
-        };
-        let layers = [linear(0), linear(1), linear(2)];
-        Ok(Network { vars, layers })
-    }
-
-    /// Penultimate activations, n × FEATURES.
-    fn features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.layers[0].forward(x)?.relu()?;
-        self.layers[1].forward(&h)?.relu()
-    }
-
-    fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.layers[2].forward(&self.features(x)?)
-    }
-
-    fn head(&self) -> AnyResult<(Vec<f32>, Vec<f32>)> {
-        Ok((
-            self.vars[4].as_tensor().flatten_all()?.to_vec1()?,
-            self.vars[5].as_tensor().to_vec1()?,
-        ))
-    }
-}
-
-/// `EPOCHS` full-batch Adam steps over `vars` on the MAP objective of a Gaussian prior of
-/// precision `TAU` on them: `(1/n) Σ_n −log p(y_n | x_n) + (TAU / 2n) Σ_v ‖v‖²`.
-fn train(vars: Vec<Var>, lr: f64, logits: impl Fn() -> candle_core::Result<Tensor>, y: &Tensor) -> AnyResult<()> {
-    let n = y.dims1()? as f64;
-    let params = ParamsAdamW {
-        lr,
-        weight_decay: 0.0,
-        ..Default::default()
-    };
-    let mut opt = AdamW::new(vars.clone(), params)?;
-    for _ in 0..EPOCHS {
-        let mut loss = candle_nn::loss::cross_entropy(&logits()?, y)?;
-        for v in &vars {
-            loss = (loss + (v.as_tensor().sqr()?.sum_all()? * (TAU / (2.0 * n)))?)?;
-        }
-        opt.backward_step(&loss)?;
-    }
-    Ok(())
-}
-
-fn softmax_scores(logits: &Tensor, y: &[u32]) -> AnyResult<Scores> {
-    let probs: Vec<f32> = candle_nn::ops::softmax(logits, D::Minus1)?.flatten_all()?.to_vec1()?;
-    Ok(score(&probs, y, CLASSES, 15)?)
-}
 
 const METHODS: [&str; 6] = [
     "no update",
@@ -180,7 +87,7 @@ fn main() -> AnyResult<()> {
     // The network, trained on the initial digits.
     let t = Instant::now();
     let net = Network::new(SEED)?;
-    train(net.vars.clone(), 1e-2, || net.logits(&x0), &target(&y0)?)?;
+    train(net.vars.clone(), 1e-2, EPOCHS, TAU, || net.logits(&x0), &target(&y0)?)?;
     let train_ms = t.elapsed().as_secs_f64() * 1e3;
     let base = softmax_scores(&net.logits(&x_test)?, &y_test)?;
     println!(
@@ -280,6 +187,8 @@ fn main() -> AnyResult<()> {
         train(
             retrained.vars[4..].to_vec(),
             1e-2,
+            EPOCHS,
+            TAU,
             || head.forward(&phi_all),
             &target(&y_all)?,
         )?;
@@ -291,7 +200,14 @@ fn main() -> AnyResult<()> {
         );
         // Fine-tuning every layer on every label seen.
         let t = Instant::now();
-        train(tuned.vars.clone(), 1e-3, || tuned.logits(&x_all), &target(&y_all)?)?;
+        train(
+            tuned.vars.clone(),
+            1e-3,
+            EPOCHS,
+            TAU,
+            || tuned.logits(&x_all),
+            &target(&y_all)?,
+        )?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
         push(METHODS[5], softmax_scores(&tuned.logits(&x_test)?, &y_test)?, ms);
         println!("batch {}/{BATCHES}: {seen} labels", batch + 1);

@@ -15,7 +15,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use laplace_update::active::{LabelSource, Pool, Strategy, UpdateDriven};
 use laplace_update::io;
 use laplace_update::{
-    BiasMode, CpuDevice, Curvature, CurvatureAccumulator, CurvatureAt, Error, FitConfig, HostMatrix, Likelihood, Link,
+    BiasMode, CpuDevice, Curvature, CurvatureAccumulator, Error, FitConfig, HostMatrix, Likelihood, Link,
     Posterior as Post, PriorShape, Scalar, StepControl, Structure, Targets, UnlearnConfig, UpdateConfig, UpdateRule,
 };
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
@@ -193,8 +193,7 @@ fn targets<'py, T: Scalar + numpy::Element>(y: &Bound<'py, PyAny>, regression: b
     Ok(TargetArray::Labels(a.cast_into::<PyArray1<i64>>()?.readonly()))
 }
 
-/// The step control of `update` and `unlearn`: `step` `"damped"` or `"newton"`, chosen as
-/// `"newton"` when only `gamma` is given, the same as the command line's `--step`.
+/// The step control of `update` and `unlearn`, as the command line's `--step` names it.
 fn step_control(
     step: Option<&str>,
     gamma: Option<f64>,
@@ -202,41 +201,7 @@ fn step_control(
     tolerance: f64,
     curvature_at: &str,
 ) -> R<StepControl> {
-    let at = match curvature_at {
-        "mode" => CurvatureAt::Mode,
-        "start" => CurvatureAt::Start,
-        other => {
-            return Err(to_py(Error::invalid(
-                "curvature_at",
-                format!("`mode` or `start`, got `{other}`"),
-            )));
-        }
-    };
-    let control = match (step, gamma) {
-        (Some("damped"), Some(_)) => {
-            return Err(to_py(Error::invalid(
-                "gamma",
-                "applies to step=\"newton\", not to damped steps",
-            )));
-        }
-        (Some("damped"), None) | (None, None) => StepControl::Damped {
-            max_iterations: iterations.unwrap_or(25),
-            tolerance,
-            curvature_at: at,
-        },
-        (Some("newton"), _) | (None, Some(_)) => StepControl::Newton {
-            gamma: gamma.unwrap_or(1.0),
-            iterations: iterations.unwrap_or(1),
-        },
-        (Some(other), _) => {
-            return Err(to_py(Error::invalid(
-                "step",
-                format!("`damped` or `newton`, got `{other}`"),
-            )));
-        }
-    };
-    control.validate().map_err(to_py)?;
-    Ok(control)
+    StepControl::from_options(step, gamma, iterations, tolerance, curvature_at).map_err(to_py)
 }
 
 /// Class labels read in place.
@@ -601,7 +566,7 @@ impl Posterior {
     /// `step="newton"` takes `iterations` (1) undamped steps `w ← w + γ Σ' ∇J(w)`, the seed
     /// paper's rule; giving `gamma` alone chooses it. The inverse Hessian comes by Woodbury
     /// (`rule="joint"`) or sample by sample (`"sequential"`).
-    #[pyo3(signature = (features, labels, rule="joint", step=None, gamma=None, iterations=None, tolerance=1e-10, curvature_at="mode", forgetting=1.0))]
+    #[pyo3(signature = (features, labels, rule="joint", step=None, gamma=None, iterations=None, tolerance=StepControl::DEFAULT_TOLERANCE, curvature_at="mode", forgetting=1.0))]
     #[allow(clippy::too_many_arguments)]
     fn update<'py>(
         &self,
@@ -655,7 +620,7 @@ impl Posterior {
         curvature_at: &str,
     ) -> R<()> {
         let config = UnlearnConfig {
-            step: step_control(step, gamma, iterations, 1e-10, curvature_at)?,
+            step: step_control(step, gamma, iterations, StepControl::DEFAULT_TOLERANCE, curvature_at)?,
             ..Default::default()
         };
         let mut guard = write(py, &self.inner);

@@ -7,10 +7,11 @@
 
 use super::model::{Batch, Model};
 use super::structure::{self, CovarianceStep, CurvatureTerm, Operand};
-use super::update::{CurvatureAt, StepControl};
+use super::update::{CurvatureAt, StepControl, UpdateReport};
 use super::{Likelihood, Moments, logits};
 use crate::device::{Device, Matrix, Sign};
 use crate::error::{Error, Result};
+use crate::numerics::log_sum_exp;
 use crate::scalar::Scalar;
 
 /// Armijo's sufficient-increase constant c in `J(w + αd) ≥ J(w) + c α λ²`.
@@ -18,33 +19,24 @@ const ARMIJO: f64 = 1e-4;
 /// Halvings of the step length before the line search gives up (α ≥ 2⁻⁴⁰).
 const HALVINGS: usize = 40;
 
-/// What the steps of one solve did (see [`UpdateReport`](super::UpdateReport)).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct StepOutcome {
-    pub steps: usize,
-    pub step_length: f64,
-    pub objective_before: f64,
-    pub objective_after: f64,
-    pub undamped_rejected: bool,
-    pub converged: bool,
-}
-
-impl StepOutcome {
-    /// Nothing done yet: the identity of [`StepOutcome::then`].
-    pub fn empty() -> Self {
-        StepOutcome {
+impl UpdateReport {
+    /// Nothing done yet: the identity of [`UpdateReport::then`].
+    pub(crate) fn empty() -> Self {
+        UpdateReport {
             steps: 0,
             step_length: f64::INFINITY,
             objective_before: 0.0,
             objective_after: 0.0,
+            relative_step: 0.0,
             undamped_rejected: false,
             converged: true,
         }
     }
 
-    /// `steps` fixed-scale steps of scale γ (objectives filled in by the caller).
-    pub fn fixed(steps: usize, gamma: f64) -> Self {
-        StepOutcome {
+    /// `steps` fixed-scale steps of scale γ (objectives and the relative step filled in by the
+    /// caller).
+    pub(crate) fn fixed(steps: usize, gamma: f64) -> Self {
+        UpdateReport {
             steps,
             step_length: gamma,
             ..Self::empty()
@@ -52,12 +44,13 @@ impl StepOutcome {
     }
 
     /// Two solves in sequence: steps and objectives summed, the shorter step, either rejection.
-    pub fn then(self, next: Self) -> Self {
-        StepOutcome {
+    pub(crate) fn then(self, next: Self) -> Self {
+        UpdateReport {
             steps: self.steps + next.steps,
             step_length: self.step_length.min(next.step_length),
             objective_before: self.objective_before + next.objective_before,
             objective_after: self.objective_after + next.objective_after,
+            relative_step: 0.0,
             undamped_rejected: self.undamped_rejected || next.undamped_rejected,
             converged: self.converged && next.converged,
         }
@@ -66,14 +59,15 @@ impl StepOutcome {
 
 /// Moves `moments` to the batch's new mean by the step control, and adds the batch's curvature
 /// to its covariance. Every fallible computation runs before `moments` is written, so an error
-/// leaves it untouched. `tau` is the prior Kron adds to its eigenvalues.
+/// leaves it untouched. `tau` is the prior Kron adds to its eigenvalues. The report's
+/// `relative_step` is left to the caller.
 pub(crate) fn solve<D: Device, T: Scalar>(
     model: &Model<'_, D, T>,
     moments: &mut Moments<D, T>,
     batch: &Batch<D, T>,
     control: StepControl,
     tau: T,
-) -> Result<StepOutcome> {
+) -> Result<UpdateReport> {
     match control {
         StepControl::Newton { gamma, iterations } => fixed(model, moments, batch, T::from_f64(gamma), iterations, tau),
         StepControl::Damped {
@@ -81,45 +75,6 @@ pub(crate) fn solve<D: Device, T: Scalar>(
             tolerance,
             curvature_at,
         } => damped(model, moments, batch, max_iterations, tolerance, curvature_at, tau),
-    }
-}
-
-/// A covariance step at `w` with its curvature term: `Σ_w = (Π + Σ_j H_j(w))⁻¹`.
-struct Linearisation<D: Device, T: Scalar> {
-    term: CurvatureTerm<D, T>,
-    step: CovarianceStep<D, T>,
-}
-
-impl<D: Device, T: Scalar> Linearisation<D, T> {
-    /// The batch's curvature at the head that gave `outputs`, and the covariance step it makes.
-    fn at(
-        model: &Model<'_, D, T>,
-        moments: &Moments<D, T>,
-        batch: &Batch<D, T>,
-        outputs: &Matrix<D, T>,
-        tau: T,
-    ) -> Result<Self> {
-        let state = &moments.state;
-        let term = state.curvature_term(model, batch, outputs, None)?;
-        let step = state.covariance_step(model.device, &batch.phi, &term, Sign::Minus, tau, T::one())?;
-        Ok(Linearisation { term, step })
-    }
-
-    /// `out += α Σ_w x`.
-    fn apply(
-        &self,
-        device: &D,
-        moments: &Moments<D, T>,
-        x: &Matrix<D, T>,
-        out: &mut Matrix<D, T>,
-        alpha: T,
-    ) -> Result<()> {
-        structure::apply_stepped(device, &*moments.state, &self.step, Sign::Minus, x, out, alpha)
-    }
-
-    /// Writes the step into the state; only device faults can fail here.
-    fn commit(self, device: &D, moments: &mut Moments<D, T>, phi: &Matrix<D, T>) -> Result<()> {
-        structure::commit(device, &mut moments.state, self.step, phi, &self.term, Sign::Minus)
     }
 }
 
@@ -132,33 +87,32 @@ fn fixed<D: Device, T: Scalar>(
     gamma: T,
     iterations: usize,
     tau: T,
-) -> Result<StepOutcome> {
+) -> Result<UpdateReport> {
     let device = model.device;
-    let before = objective(model, moments, batch, &moments.head)?;
+    let before = log_likelihood(model, batch, &moments.head)?;
     let mut head = device.copy(&moments.head)?;
     let mut last = None;
     for t in 0..iterations {
         let (outputs, mut grad) = model.evaluate(batch, &head)?;
         if t > 0 {
-            let mut diff = device.copy(&head)?;
-            device.axpy(&mut diff, -T::one(), &moments.head)?;
-            moments
-                .state
-                .apply(device, Operand::Precision, &diff, &mut grad, -T::one())?;
+            let (_, prior) = prior_term(device, moments, &head)?;
+            device.axpy(&mut grad, -T::one(), &prior)?;
         }
-        let lin = Linearisation::at(model, moments, batch, &outputs, tau)?;
-        lin.apply(device, moments, &grad, &mut head, gamma)?;
-        last = Some(lin);
+        let state = &*moments.state;
+        let term = state.curvature_term(model, batch, &outputs, None)?;
+        let step = state.covariance_step(device, &batch.phi, &term, Sign::Minus, tau, T::one())?;
+        structure::apply_stepped(device, state, &step, Sign::Minus, &grad, &mut head, gamma)?;
+        last = Some(Curvature { term, step: Some(step) });
     }
     let after = objective(model, moments, batch, &head)?;
-    if let Some(lin) = last {
-        lin.commit(device, moments, &batch.phi)?;
+    if let Some(here) = last {
+        here.commit(device, moments, batch, tau)?;
     }
     moments.head = head;
-    Ok(StepOutcome {
+    Ok(UpdateReport {
         objective_before: before,
         objective_after: after,
-        ..StepOutcome::fixed(iterations, gamma.as_f64())
+        ..UpdateReport::fixed(iterations, gamma.as_f64())
     })
 }
 
@@ -172,7 +126,7 @@ fn damped<D: Device, T: Scalar>(
     tolerance: f64,
     curvature_at: CurvatureAt,
     tau: T,
-) -> Result<StepOutcome> {
+) -> Result<UpdateReport> {
     let device = model.device;
     let tolerance = tolerance.max(T::EPS.as_f64());
     // The curvature of a Gaussian likelihood's GGN does not depend on the head.
@@ -186,18 +140,16 @@ fn damped<D: Device, T: Scalar>(
     let mut objective = before;
     // The curvature at ŵ (and the covariance step it made, if any), kept for `CurvatureAt::Start`.
     let mut start: Option<Curvature<D, T>> = None;
-    let mut outcome = StepOutcome {
+    let mut outcome = UpdateReport {
         objective_before: before,
-        ..StepOutcome::fixed(0, 0.0)
+        ..UpdateReport::fixed(0, 0.0)
     };
     for t in 0.. {
         let (outputs, mut grad) = model.evaluate(batch, &w)?;
         device.axpy(&mut grad, -T::one(), &r)?;
         let term = moments.state.curvature_term(model, batch, &outputs, None)?;
         let mut d = device.zeros(k, da)?;
-        let step = moments
-            .state
-            .newton_direction(device, &batch.phi, &term, tau, &grad, &mut d)?;
+        let step = structure::newton_direction(device, &*moments.state, &batch.phi, &term, tau, &grad, &mut d)?;
         let here = Curvature { term, step };
         let decrement = inner(device, &grad, &d)?;
         if !decrement.is_finite() {
@@ -290,13 +242,29 @@ pub(crate) fn objective<D: Device, T: Scalar>(
     head: &Matrix<D, T>,
 ) -> Result<f64> {
     let device = model.device;
-    let mut diff = device.copy(head)?;
-    device.axpy(&mut diff, -T::one(), &moments.head)?;
-    let mut pdiff = device.zeros(diff.rows(), diff.cols())?;
+    let (diff, prior) = prior_term(device, moments, head)?;
+    Ok(log_likelihood(model, batch, head)? - 0.5 * inner(device, &diff, &prior)?)
+}
+
+/// `(w − ŵ, Π(w − ŵ))` under the posterior `moments`.
+fn prior_term<D: Device, T: Scalar>(
+    device: &D,
+    moments: &Moments<D, T>,
+    w: &Matrix<D, T>,
+) -> Result<(Matrix<D, T>, Matrix<D, T>)> {
+    let diff = difference(device, w, &moments.head)?;
+    let mut prior = device.zeros(diff.rows(), diff.cols())?;
     moments
         .state
-        .apply(device, Operand::Precision, &diff, &mut pdiff, T::one())?;
-    Ok(log_likelihood(model, batch, head)? - 0.5 * inner(device, &diff, &pdiff)?)
+        .apply(device, Operand::Precision, &diff, &mut prior, T::one())?;
+    Ok((diff, prior))
+}
+
+/// `a − b`.
+fn difference<D: Device, T: Scalar>(device: &D, a: &Matrix<D, T>, b: &Matrix<D, T>) -> Result<Matrix<D, T>> {
+    let mut out = device.copy(a)?;
+    device.axpy(&mut out, -T::one(), b)?;
+    Ok(out)
 }
 
 /// `Σ_j log p(y_j | w)` in f64 from the logits: `f_{y_j} − logsumexp(f_j)` (classification) or
@@ -308,27 +276,21 @@ pub(crate) fn log_likelihood<D: Device, T: Scalar>(
 ) -> Result<f64> {
     let f = logits(model.device, &batch.phi, head, model.fixed_bias)?;
     let k = f.cols();
-    let f = model.device.download_owned(f)?;
+    // m × K values, summed on the host in f64: the line search compares objectives that differ
+    // by less than the working precision's rounding of them.
+    let f: Vec<f64> = model.device.download_owned(f)?.iter().map(|v| v.as_f64()).collect();
     let targets = &batch.host_targets;
     Ok(match model.likelihood {
         Likelihood::Classification => f
             .chunks_exact(k)
             .zip(targets.chunks_exact(k))
             .map(|(row, t)| {
-                let top = row.iter().fold(f64::NEG_INFINITY, |a, v| a.max(v.as_f64()));
-                let lse = top + row.iter().map(|v| (v.as_f64() - top).exp()).sum::<f64>().ln();
-                row.iter()
-                    .zip(t)
-                    .map(|(v, t)| t.as_f64() * (v.as_f64() - lse))
-                    .sum::<f64>()
+                let lse = log_sum_exp(row);
+                row.iter().zip(t).map(|(v, t)| t.as_f64() * (v - lse)).sum::<f64>()
             })
             .sum(),
         Likelihood::Regression { sigma_noise } => {
-            let squares: f64 = f
-                .iter()
-                .zip(targets)
-                .map(|(v, t)| (t.as_f64() - v.as_f64()).powi(2))
-                .sum();
+            let squares: f64 = f.iter().zip(targets).map(|(v, t)| (t.as_f64() - v).powi(2)).sum();
             -0.5 * squares / (sigma_noise * sigma_noise)
         }
     })
@@ -336,14 +298,14 @@ pub(crate) fn log_likelihood<D: Device, T: Scalar>(
 
 /// `‖b − a‖_F / ‖a‖_F` (∞ when a is 0 and b is not).
 pub(crate) fn relative_change<D: Device, T: Scalar>(device: &D, a: &Matrix<D, T>, b: &Matrix<D, T>) -> Result<f64> {
-    let mut diff = device.copy(b)?;
-    device.axpy(&mut diff, -T::one(), a)?;
+    let diff = difference(device, b, a)?;
     let (change, size) = (inner(device, &diff, &diff)?.sqrt(), inner(device, a, a)?.sqrt());
     Ok(if change == 0.0 { 0.0 } else { change / size })
 }
 
-/// `Σ_ij a_ij b_ij` in f64.
-pub(crate) fn inner<D: Device, T: Scalar>(device: &D, a: &Matrix<D, T>, b: &Matrix<D, T>) -> Result<f64> {
+/// `Σ_ij a_ij b_ij` accumulated in f64 on the host (K × D_aug values, read in place on the CPU),
+/// for the same reason as [`log_likelihood`].
+fn inner<D: Device, T: Scalar>(device: &D, a: &Matrix<D, T>, b: &Matrix<D, T>) -> Result<f64> {
     let product = |a: &[T], b: &[T]| a.iter().zip(b).map(|(x, y)| x.as_f64() * y.as_f64()).sum::<f64>();
     match (device.host_slice(a), device.host_slice(b)) {
         (Some(a), Some(b)) => Ok(product(a, b)),

@@ -3,7 +3,7 @@
 
 use super::Features;
 use super::Posterior;
-use super::step::{self, StepOutcome};
+use super::step;
 use super::structure::StoredPair;
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -66,8 +66,8 @@ impl Default for StepControl {
     /// `Damped { max_iterations: 25, tolerance: 1e-10, curvature_at: Mode }`.
     fn default() -> Self {
         StepControl::Damped {
-            max_iterations: 25,
-            tolerance: 1e-10,
+            max_iterations: Self::DEFAULT_MAX_ITERATIONS,
+            tolerance: Self::DEFAULT_TOLERANCE,
             curvature_at: CurvatureAt::Mode,
         }
     }
@@ -76,6 +76,63 @@ impl Default for StepControl {
 impl StepControl {
     /// The step scale the seed paper tuned for its Sequential rule.
     pub const PAPER_GAMMA: f64 = 10.0;
+    /// The default cap on damped steps.
+    pub const DEFAULT_MAX_ITERATIONS: usize = 25;
+    /// The default relative tolerance on the Newton decrement of damped steps.
+    pub const DEFAULT_TOLERANCE: f64 = 1e-10;
+
+    /// The step control that the command line's and Python's options name: `step` `"damped"`
+    /// or `"newton"` (left out: `"newton"` when only γ is given, else `"damped"`); γ 1 and one
+    /// step for `"newton"` where left out, the cap [`Self::DEFAULT_MAX_ITERATIONS`] for
+    /// `"damped"`; `curvature_at` `"mode"` or `"start"`.
+    ///
+    /// ```
+    /// use laplace_update::StepControl;
+    /// assert_eq!(StepControl::from_options(None, Some(10.0), None, 1e-10, "mode")?, StepControl::newton(10.0));
+    /// assert_eq!(StepControl::from_options(None, None, None, 1e-10, "mode")?, StepControl::default());
+    /// assert!(StepControl::from_options(Some("damped"), Some(2.0), None, 1e-10, "mode").is_err());
+    /// # Ok::<(), laplace_update::Error>(())
+    /// ```
+    ///
+    /// Errors: `InvalidArgument` for an unknown name, γ with damped steps, or settings
+    /// [`StepControl::validate`] refuses.
+    pub fn from_options(
+        step: Option<&str>,
+        gamma: Option<f64>,
+        iterations: Option<usize>,
+        tolerance: f64,
+        curvature_at: &str,
+    ) -> Result<Self> {
+        let curvature_at = match curvature_at {
+            "mode" => CurvatureAt::Mode,
+            "start" => CurvatureAt::Start,
+            other => {
+                return Err(Error::invalid(
+                    "curvature_at",
+                    format!("`mode` or `start`, got `{other}`"),
+                ));
+            }
+        };
+        let control = match (step, gamma) {
+            (Some("damped"), Some(_)) => {
+                return Err(Error::invalid("gamma", "applies to Newton steps, not to damped ones"));
+            }
+            (Some("damped"), None) | (None, None) => StepControl::Damped {
+                max_iterations: iterations.unwrap_or(Self::DEFAULT_MAX_ITERATIONS),
+                tolerance,
+                curvature_at,
+            },
+            (Some("newton"), _) | (None, Some(_)) => StepControl::Newton {
+                gamma: gamma.unwrap_or(1.0),
+                iterations: iterations.unwrap_or(1),
+            },
+            (Some(other), _) => {
+                return Err(Error::invalid("step", format!("`damped` or `newton`, got `{other}`")));
+            }
+        };
+        control.validate()?;
+        Ok(control)
+    }
 
     /// One undamped Newton step of scale γ.
     pub fn newton(gamma: f64) -> Self {
@@ -263,7 +320,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             }
             (UpdateRule::Sequential, step, weighting) => {
                 let mut work = self.moments.copy(&self.device)?;
-                let mut outcome = StepOutcome::empty();
+                let mut outcome = UpdateReport::empty();
                 match (step, weighting) {
                     (StepControl::Newton { gamma, iterations: 1 }, Some(weighting)) if fused => {
                         // Shared's Sherman–Morrison recursion runs fused on the device.
@@ -279,7 +336,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                         )?;
                         self.device
                             .weighted_syrk(&mut pair.precision, T::one(), &batch.phi, Some(&used), T::one())?;
-                        outcome = StepOutcome::fixed(m, gamma);
+                        outcome = UpdateReport::fixed(m, gamma);
                     }
                     _ => {
                         let model = self.model();
@@ -291,20 +348,15 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 }
                 // The report's objective is the whole batch's under the posterior before it.
                 let model = self.model();
-                outcome.objective_before = step::objective(&model, &self.moments, &batch, &before)?;
+                outcome.objective_before = step::log_likelihood(&model, &batch, &before)?;
                 outcome.objective_after = step::objective(&model, &self.moments, &batch, &work.head)?;
                 self.moments = work;
                 outcome
             }
         };
         let report = UpdateReport {
-            steps: outcome.steps,
-            step_length: outcome.step_length,
-            objective_before: outcome.objective_before,
-            objective_after: outcome.objective_after,
             relative_step: step::relative_change(&self.device, &before, &self.moments.head)?,
-            undamped_rejected: outcome.undamped_rejected,
-            converged: outcome.converged,
+            ..outcome
         };
         self.samples_seen += m;
         self.after_update(m);

@@ -69,8 +69,8 @@ const METHODS: [(&str, Method); 6] = [
             structure: Structure::Shared(OutputWeighting::Gaussian),
             rule: UpdateRule::Joint,
             step: StepControl::Damped {
-                max_iterations: 25,
-                tolerance: 1e-10,
+                max_iterations: StepControl::DEFAULT_MAX_ITERATIONS,
+                tolerance: StepControl::DEFAULT_TOLERANCE,
                 curvature_at: CurvatureAt::Mode,
             },
         },
@@ -92,8 +92,8 @@ const METHODS: [(&str, Method); 6] = [
             structure: Structure::Full,
             rule: UpdateRule::Joint,
             step: StepControl::Damped {
-                max_iterations: 25,
-                tolerance: 1e-10,
+                max_iterations: StepControl::DEFAULT_MAX_ITERATIONS,
+                tolerance: StepControl::DEFAULT_TOLERANCE,
                 curvature_at: CurvatureAt::Mode,
             },
         },

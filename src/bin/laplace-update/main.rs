@@ -18,7 +18,7 @@ use laplace_update::{
     Likelihood, Link, OutputWeighting, Posterior, PriorShape, Result, Scalar, Structure, Targets, UnlearnConfig,
     UpdateConfig, UpdateRule, fit_head,
 };
-use laplace_update::{CurvatureAt, StepControl, UpdateReport};
+use laplace_update::{StepControl, UpdateReport};
 
 #[derive(Parser)]
 #[command(
@@ -314,7 +314,7 @@ struct StepArgs {
     #[arg(long)]
     iterations: Option<usize>,
     /// `damped`: stop when half the Newton decrement is at most this times max(1, |J|).
-    #[arg(long, default_value_t = 1e-10)]
+    #[arg(long, default_value_t = StepControl::DEFAULT_TOLERANCE)]
     tolerance: f64,
     /// `damped`: where the stored covariance's curvature is evaluated.
     #[arg(long, value_enum, default_value = "mode")]
@@ -324,35 +324,11 @@ struct StepArgs {
 impl StepArgs {
     /// The step control these flags name.
     fn control(&self) -> Result<StepControl> {
-        let step = match (self.step, self.gamma) {
-            (Some(step), _) => step,
-            (None, Some(_)) => StepArg::Newton,
-            (None, None) => StepArg::Damped,
-        };
-        let control = match step {
-            StepArg::Damped => {
-                if self.gamma.is_some() {
-                    return Err(Error::invalid(
-                        "gamma",
-                        "applies to `--step newton`, not to damped steps",
-                    ));
-                }
-                StepControl::Damped {
-                    max_iterations: self.iterations.unwrap_or(25),
-                    tolerance: self.tolerance,
-                    curvature_at: match self.curvature_at {
-                        CurvatureAtArg::Mode => CurvatureAt::Mode,
-                        CurvatureAtArg::Start => CurvatureAt::Start,
-                    },
-                }
-            }
-            StepArg::Newton => StepControl::Newton {
-                gamma: self.gamma.unwrap_or(1.0),
-                iterations: self.iterations.unwrap_or(1),
-            },
-        };
-        control.validate()?;
-        Ok(control)
+        // The flags' own spellings, which are the library's option names.
+        let name = |v: Option<clap::builder::PossibleValue>| v.map(|p| p.get_name().to_owned());
+        let step = name(self.step.and_then(|s| s.to_possible_value()));
+        let at = name(self.curvature_at.to_possible_value()).unwrap_or_default();
+        StepControl::from_options(step.as_deref(), self.gamma, self.iterations, self.tolerance, &at)
     }
 }
 

@@ -197,24 +197,18 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         })))
     }
 
-    /// The Woodbury path as the default; the refactor path by Cholesky solves,
-    /// `vec(out) += L⁻ᵀ L⁻¹ vec(x)` with `L Lᵀ = Π + H`.
-    fn newton_direction(
+    /// On the refactor path (rank ≥ P/2), `vec(out) += L⁻ᵀ L⁻¹ vec(x)` with `L Lᵀ = Π + H`.
+    fn solve_with_curvature(
         &self,
         device: &D,
         phi: &Matrix<D, T>,
         term: &CurvatureTerm<D, T>,
-        tau: T,
         x: &Matrix<D, T>,
         out: &mut Matrix<D, T>,
-    ) -> Result<Option<CovarianceStep<D, T>>> {
+    ) -> Result<bool> {
         let side = self.pair.precision.rows();
         if 2 * woodbury_rank(phi, term) < side {
-            let step = self.covariance_step(device, phi, term, Sign::Minus, tau, T::one())?;
-            if let CovarianceStep::Woodbury(w) = &step {
-                self.apply_woodbury(device, w, Sign::Minus, x, out, T::one())?;
-            }
-            return Ok(Some(step));
+            return Ok(false);
         }
         let mut factor = device.copy(&self.pair.precision)?;
         add_term(device, &mut factor, phi, term, T::one(), None)?;
@@ -226,7 +220,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         device.triangular_solve(&factor, &mut v, Op::T)?;
         v.reshape(k, da)?;
         device.axpy(out, T::one(), &v)?;
-        Ok(None)
+        Ok(true)
     }
 
     fn commit_woodbury(

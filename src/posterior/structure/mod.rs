@@ -118,25 +118,19 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
         scale: T,
     ) -> Result<CovarianceStep<D, T>>;
 
-    /// `out += Σ_w x` for `Σ_w = (Π + H(term))⁻¹`: the direction of a Newton step. Where the
-    /// structure had to form the covariance step for it, that step is returned for the caller
-    /// to commit; Full's refactor path solves with the Cholesky factor instead (P³/3 flops, not
-    /// the inverse's P³) and returns `None`.
-    fn newton_direction(
+    /// `out += (Π + H(term))⁻¹ x` by a factorisation of `Π + H` alone, where that is cheaper
+    /// than the covariance step (Full's refactor path: P³/3 flops, not the inverse's P³);
+    /// `false`, with `out` untouched, where the structure takes the step instead. See
+    /// [`newton_direction`].
+    fn solve_with_curvature(
         &self,
-        device: &D,
-        phi: &Matrix<D, T>,
-        term: &CurvatureTerm<D, T>,
-        tau: T,
-        x: &Matrix<D, T>,
-        out: &mut Matrix<D, T>,
-    ) -> Result<Option<CovarianceStep<D, T>>> {
-        let step = self.covariance_step(device, phi, term, Sign::Minus, tau, T::one())?;
-        match &step {
-            CovarianceStep::Woodbury(w) => self.apply_woodbury(device, w, Sign::Minus, x, out, T::one())?,
-            CovarianceStep::Replace(next) => next.apply(device, Operand::Covariance, x, out, T::one())?,
-        }
-        Ok(Some(step))
+        _device: &D,
+        _phi: &Matrix<D, T>,
+        _term: &CurvatureTerm<D, T>,
+        _x: &Matrix<D, T>,
+        _out: &mut Matrix<D, T>,
+    ) -> Result<bool> {
+        Ok(false)
     }
 
     /// Applies a Woodbury step `Σ ← Σ ∓ U C⁻¹ Uᵀ` and adds (or removes) the term to Π. Only
@@ -149,10 +143,7 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
         _term: &CurvatureTerm<D, T>,
         _sign: Sign,
     ) -> Result<()> {
-        Err(Error::Unsupported(format!(
-            "a Woodbury step for the {:?} structure",
-            self.kind()
-        )))
+        Err(no_woodbury(self.kind()))
     }
 
     /// `out ← out + α Σ' x` for the covariance `Σ' = Σ ∓ U C⁻¹ Uᵀ` of a Woodbury step,
@@ -166,10 +157,7 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
         _out: &mut Matrix<D, T>,
         _alpha: T,
     ) -> Result<()> {
-        Err(Error::Unsupported(format!(
-            "a Woodbury step for the {:?} structure",
-            self.kind()
-        )))
+        Err(no_woodbury(self.kind()))
     }
 
     /// Σ after a Woodbury step, in a copy of the state.
@@ -466,6 +454,32 @@ pub(crate) fn commit<D: Device, T: Scalar>(
             Ok(())
         }
     }
+}
+
+/// The error of a Woodbury operation on a structure that refactors instead.
+fn no_woodbury(kind: Structure) -> Error {
+    Error::Unsupported(format!("a Woodbury step for the {kind:?} structure"))
+}
+
+/// `out += Σ_w x` for `Σ_w = (Π + H(term))⁻¹`, the direction of a Newton step, without touching
+/// `state`. Where the structure formed the covariance step for it, that step is returned for
+/// the caller to commit; `None` where a factorisation sufficed
+/// ([`CovarianceStructure::solve_with_curvature`]).
+pub(crate) fn newton_direction<D: Device, T: Scalar>(
+    device: &D,
+    state: &dyn CovarianceStructure<D, T>,
+    phi: &Matrix<D, T>,
+    term: &CurvatureTerm<D, T>,
+    tau: T,
+    x: &Matrix<D, T>,
+    out: &mut Matrix<D, T>,
+) -> Result<Option<CovarianceStep<D, T>>> {
+    if state.solve_with_curvature(device, phi, term, x, out)? {
+        return Ok(None);
+    }
+    let step = state.covariance_step(device, phi, term, Sign::Minus, tau, T::one())?;
+    apply_stepped(device, state, &step, Sign::Minus, x, out, T::one())?;
+    Ok(Some(step))
 }
 
 /// `out += α Σ' x` for the covariance Σ' a step leads to, without touching `state`.
