@@ -26,6 +26,12 @@ use crate::scalar::Scalar;
 const SCRATCH_ELEMENTS: usize = 1 << 26;
 /// Side of the square tiles used when mirroring or transposing triangles.
 const MIRROR_TILE: usize = 64;
+/// Multiply-adds below which a dense kernel runs on the calling thread: a round trip through
+/// the pool costs microseconds, the time of about 2¹⁷ multiply-adds on one core, and the small
+/// products of an update's inner iterations (K × D_aug heads, m × K logits) are far below it.
+const SEQUENTIAL_WORK: usize = 1 << 17;
+/// Elements below which an elementwise pass runs on the calling thread.
+const SEQUENTIAL_ELEMENTS: usize = 1 << 15;
 
 /// The faer CPU backend, with its own thread pool.
 ///
@@ -89,6 +95,30 @@ impl CpuDevice {
 
     /// [`CpuDevice::run`] for an operation that calls faer's dense kernels, settling the
     /// vector state of the pool afterwards (see [`settle_vector_state`]).
+    /// Runs a dense kernel of `work` multiply-adds: on the calling thread, sequentially, below
+    /// [`SEQUENTIAL_WORK`] (a pool round trip costs more than the kernel there), else in the
+    /// pool with its parallelism.
+    fn run_sized<R: Send>(&self, work: usize, f: impl FnOnce(Par) -> R + Send) -> R {
+        if self.threads == 1 || work < SEQUENTIAL_WORK {
+            let out = f(Par::Seq);
+            settle_vector_state();
+            out
+        } else {
+            let par = self.par();
+            self.run_dense(|| f(par))
+        }
+    }
+
+    /// Runs an elementwise pass over `len` elements, `f(parallel)`: sequentially on the calling
+    /// thread below [`SEQUENTIAL_ELEMENTS`], else in the pool with `parallel` set.
+    fn run_elementwise(&self, len: usize, f: impl FnOnce(bool) + Send) {
+        if self.threads == 1 || len < SEQUENTIAL_ELEMENTS {
+            f(false)
+        } else {
+            self.run(|| f(true))
+        }
+    }
+
     fn run_dense<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         self.pool.install(|| {
             let out = f();
@@ -592,8 +622,8 @@ impl Device for CpuDevice {
             return Err(Error::shape("b", (av.ncols(), bv.ncols()), (bv.nrows(), bv.ncols())));
         }
         c.expect_shape("c", av.nrows(), bv.ncols())?;
-        let par = self.par();
-        self.run_dense(|| {
+        let work = av.nrows() * av.ncols() * bv.ncols();
+        self.run_sized(work, |par| {
             let accum = if beta == T::zero() {
                 Accum::Replace
             } else {
@@ -1129,8 +1159,7 @@ impl Device for CpuDevice {
 
     fn cholesky<T: Scalar>(&self, a: &mut Matrix<Self, T>) -> Result<()> {
         let n = a.expect_square("a")?;
-        let par = self.par();
-        self.run_dense(|| {
+        self.run_sized(n * n * n / 3, |par| {
             // A is symmetric, so its row-major buffer is also A in column-major order; faer
             // factors that (fast layout) and the lower factor lands as Lᵀ in row-major terms.
             cholesky_col_major(a.buffer_mut(), n, par)?;
@@ -1144,8 +1173,7 @@ impl Device for CpuDevice {
         if b.rows() != n {
             return Err(Error::shape("b", (n, b.cols()), b.shape()));
         }
-        let par = self.par();
-        self.run_dense(|| match op {
+        self.run_sized(n * n * b.cols() / 2, |par| match op {
             Op::N => faer::linalg::triangular_solve::solve_lower_triangular_in_place(view(l), view_mut(b), par),
             Op::T => {
                 faer::linalg::triangular_solve::solve_upper_triangular_in_place(view(l).transpose(), view_mut(b), par)
@@ -1157,8 +1185,7 @@ impl Device for CpuDevice {
     /// Overrides the provided composition with faer's fused Cholesky inverse.
     fn spd_inverse<T: Scalar>(&self, a: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
         let n = a.expect_square("a")?;
-        let par = self.par();
-        self.run_dense(|| {
+        self.run_sized(n * n * n, |par| {
             // A symmetric row-major buffer is also A in column-major order: factor and invert in
             // faer's fast layout with no transposes.
             let mut l = a.buffer()[..n * n].to_vec();
@@ -1225,11 +1252,13 @@ impl Device for CpuDevice {
 
     fn axpy<T: Scalar>(&self, y: &mut Matrix<Self, T>, alpha: T, x: &Matrix<Self, T>) -> Result<()> {
         x.expect_shape("x", y.rows(), y.cols())?;
-        self.run(|| {
-            y.buffer_mut()
-                .par_iter_mut()
-                .zip(x.buffer().par_iter())
-                .for_each(|(a, b)| *a += alpha * *b)
+        let (len, ys, xs) = (y.len(), y.buffer_mut(), x.buffer());
+        self.run_elementwise(len, |parallel| {
+            if parallel {
+                ys.par_iter_mut().zip(xs.par_iter()).for_each(|(a, b)| *a += alpha * *b)
+            } else {
+                ys.iter_mut().zip(xs).for_each(|(a, b)| *a += alpha * *b)
+            }
         });
         Ok(())
     }
@@ -1237,18 +1266,27 @@ impl Device for CpuDevice {
     fn softmax_rows<T: Scalar>(&self, logits: &mut Matrix<Self, T>) -> Result<()> {
         let k = logits.cols();
         if k > 0 {
-            self.run(|| logits.buffer_mut().par_chunks_mut(k).for_each(softmax_in_place));
+            let (len, values) = (logits.len(), logits.buffer_mut());
+            self.run_elementwise(len, |parallel| {
+                if parallel {
+                    values.par_chunks_mut(k).for_each(softmax_in_place)
+                } else {
+                    values.chunks_mut(k).for_each(softmax_in_place)
+                }
+            });
         }
         Ok(())
     }
 
     fn hadamard<T: Scalar>(&self, y: &mut Matrix<Self, T>, x: &Matrix<Self, T>) -> Result<()> {
         x.expect_shape("x", y.rows(), y.cols())?;
-        self.run(|| {
-            y.buffer_mut()
-                .par_iter_mut()
-                .zip(x.buffer().par_iter())
-                .for_each(|(a, b)| *a *= *b)
+        let (len, ys, xs) = (y.len(), y.buffer_mut(), x.buffer());
+        self.run_elementwise(len, |parallel| {
+            if parallel {
+                ys.par_iter_mut().zip(xs.par_iter()).for_each(|(a, b)| *a *= *b)
+            } else {
+                ys.iter_mut().zip(xs).for_each(|(a, b)| *a *= *b)
+            }
         });
         Ok(())
     }

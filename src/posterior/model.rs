@@ -189,6 +189,49 @@ impl<'a> OutputCurvature<'a> {
         }
     }
 
+    /// `M_n x_n` for each sample's row `x_n` of `x` (n × K): `p⊙x − p(pᵀx)` (softmax GGN),
+    /// `x/σ²`, `r(rᵀx)` (empirical Fisher), or `Σ_s g_s(g_sᵀx)` over the draws; O(n·K) (times
+    /// S for the draws), nothing of size K × K.
+    pub fn product(&self, x: &[f64]) -> Vec<f64> {
+        let k = self.classes.max(1);
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(u, v)| u * v).sum::<f64>();
+        let mut out = vec![0.0; x.len()];
+        match (self.likelihood, self.curvature) {
+            (Likelihood::Classification, Curvature::Ggn) => {
+                for ((o, x), p) in out
+                    .chunks_exact_mut(k)
+                    .zip(x.chunks_exact(k))
+                    .zip(self.outputs.chunks_exact(k))
+                {
+                    let px = dot(p, x);
+                    o.iter_mut()
+                        .zip(p.iter().zip(x))
+                        .for_each(|(o, (p, x))| *o = p * (x - px));
+                }
+            }
+            (Likelihood::Regression { sigma_noise }, Curvature::Ggn) => {
+                let c = 1.0 / (sigma_noise * sigma_noise);
+                out.iter_mut().zip(x).for_each(|(o, x)| *o = c * x);
+            }
+            (_, Curvature::EmpiricalFisher) => {
+                let r = self.residuals();
+                for ((o, x), r) in out.chunks_exact_mut(k).zip(x.chunks_exact(k)).zip(r.chunks_exact(k)) {
+                    let rx = dot(r, x);
+                    o.iter_mut().zip(r).for_each(|(o, r)| *o = r * rx);
+                }
+            }
+            (_, Curvature::MonteCarloFisher { samples, seed }) => {
+                for (i, (o, x)) in out.chunks_exact_mut(k).zip(x.chunks_exact(k)).enumerate() {
+                    self.for_each_draw(i, samples, seed, |g| {
+                        let gx = dot(g, x);
+                        o.iter_mut().zip(g).for_each(|(o, g)| *o += g * gx);
+                    });
+                }
+            }
+        }
+        out
+    }
+
     /// `tr(M_n) / K` per sample.
     pub fn mean_traces(&self) -> Vec<f64> {
         let k = self.classes;
@@ -264,11 +307,6 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
         self.is_classification() && self.curvature == Curvature::Ggn
     }
 
-    /// Whether the curvature depends on the head (all but the Gaussian likelihood's GGN).
-    pub fn head_dependent_curvature(&self) -> bool {
-        self.is_classification() || self.curvature != Curvature::Ggn
-    }
-
     /// The likelihood's mean at `head`: probabilities `softmax(f)` (classification) or the
     /// logits f (regression); n × K.
     pub fn outputs(&self, phi: &Matrix<D, T>, head: &Matrix<D, T>) -> Result<Matrix<D, T>> {
@@ -277,6 +315,27 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
             self.device.softmax_rows(&mut f)?;
         }
         Ok(f)
+    }
+
+    /// `Σ_n (M_n (v φ_n)) φ_nᵀ` (K × D_aug): the batch's exact curvature, at the head whose
+    /// outputs `curvature` holds, applied to the head-shaped v. Two GEMMs of m × K × D_aug
+    /// and the m × K output curvature's product on the host.
+    pub fn curvature_product(
+        &self,
+        batch: &Batch<D, T>,
+        curvature: &OutputCurvature<'_>,
+        v: &Matrix<D, T>,
+    ) -> Result<Matrix<D, T>> {
+        let device = self.device;
+        let (m, k) = (batch.rows(), v.rows());
+        let mut df = device.zeros(m, k)?;
+        device.gemm(&mut df, T::zero(), &batch.phi, Op::N, v, Op::T, T::one())?;
+        let df: Vec<f64> = device.download_owned(df)?.iter().map(|x| x.as_f64()).collect();
+        let u: Vec<T> = curvature.product(&df).into_iter().map(T::from_f64).collect();
+        let u = device.upload_owned(u, m, k)?;
+        let mut out = device.zeros(k, batch.phi.cols())?;
+        device.gemm(&mut out, T::zero(), &u, Op::T, &batch.phi, Op::N, T::one())?;
+        Ok(out)
     }
 
     /// Outputs at `head` and the log-likelihood gradient `G = c (T − outputs)ᵀ Φ` (K × D_aug),

@@ -5,8 +5,8 @@
 //! `J(w) = Σ_j log p(y_j | w) − ½ (w − ŵ)ᵀ Π (w − ŵ)`; a step at w is
 //! `d = (Π + Σ_j H_j(w))⁻¹ ∇J(w)`, and the Newton decrement `λ² = ∇J(w)ᵀ d`.
 
-use super::model::{Batch, Model};
-use super::structure::{self, CovarianceStep, CurvatureTerm, Operand};
+use super::model::{Batch, Model, OutputCurvature};
+use super::structure::{self, CovarianceStep, CurvatureTerm, Operand, Preconditioner};
 use super::update::{CurvatureAt, StepControl, UpdateReport};
 use super::{Likelihood, Moments, logits};
 use crate::device::{Device, Matrix, Sign};
@@ -118,6 +118,15 @@ fn fixed<D: Device, T: Scalar>(
 
 /// Damped Newton steps to the mode of J with a backtracking (Armijo) line search, then the
 /// covariance with the curvature at the mode (or at the start).
+///
+/// Each direction solves `(Π + H(w)) d = ∇J(w)` with the batch's exact curvature H (the
+/// likelihood's own, whatever the structure) by conjugate gradients. The first is
+/// preconditioned by the covariance Π⁻¹ the posterior already holds; once a solve takes more
+/// than [`REUSE_ITERATIONS`], the next step forms the structure's `(Π + H_s(w))⁻¹`
+/// ([`Preconditioner`]), exact for Full, and keeps it while it keeps the iterations few. So
+/// Full factors `Π + H` about once per update besides its final covariance, not once per step,
+/// and Diag, Kron and Shared, whose `H_s` approximates H, still converge to J's mode at
+/// Newton's rate.
 fn damped<D: Device, T: Scalar>(
     model: &Model<'_, D, T>,
     moments: &mut Moments<D, T>,
@@ -129,8 +138,6 @@ fn damped<D: Device, T: Scalar>(
 ) -> Result<UpdateReport> {
     let device = model.device;
     let tolerance = tolerance.max(T::EPS.as_f64());
-    // The curvature of a Gaussian likelihood's GGN does not depend on the head.
-    let fixed_curvature = !model.head_dependent_curvature();
     let (k, da) = moments.head.shape();
     let mut w = device.copy(&moments.head)?;
     // r = Π(w − ŵ) and q = (w − ŵ)ᵀ Π (w − ŵ), kept along the steps.
@@ -138,8 +145,11 @@ fn damped<D: Device, T: Scalar>(
     let mut q = 0.0;
     let before = log_likelihood(model, batch, &w)?;
     let mut objective = before;
-    // The curvature at ŵ (and the covariance step it made, if any), kept for `CurvatureAt::Start`.
+    // The preconditioner and the step it was formed at; the curvature at ŵ once the
+    // preconditioner formed there is replaced, kept for `CurvatureAt::Start`.
+    let mut preconditioner: Option<(Preconditioner<D, T>, usize)> = None;
     let mut start: Option<Curvature<D, T>> = None;
+    let mut last_iterations = 0;
     let mut outcome = UpdateReport {
         objective_before: before,
         ..UpdateReport::fixed(0, 0.0)
@@ -147,10 +157,27 @@ fn damped<D: Device, T: Scalar>(
     for t in 0.. {
         let (outputs, mut grad) = model.evaluate(batch, &w)?;
         device.axpy(&mut grad, -T::one(), &r)?;
-        let term = moments.state.curvature_term(model, batch, &outputs, None)?;
-        let mut d = device.zeros(k, da)?;
-        let step = structure::newton_direction(device, &*moments.state, &batch.phi, &term, tau, &grad, &mut d)?;
-        let here = Curvature { term, step };
+        let mut here = Some(moments.state.curvature_term(model, batch, &outputs, None)?);
+        if preconditioner.is_none() || last_iterations > REUSE_ITERATIONS {
+            let term = here.take().expect("the term at this step");
+            // The first direction is preconditioned by the covariance the posterior holds.
+            let fresh = if preconditioner.is_none() {
+                Preconditioner::prior(term)
+            } else {
+                Preconditioner::new(device, &*moments.state, &batch.phi, term, tau)?
+            };
+            if let Some((old, 0)) = preconditioner.replace((fresh, t))
+                && curvature_at == CurvatureAt::Start
+            {
+                start = Some(old.into());
+            }
+        }
+        let (pre, made_at) = preconditioner.as_ref().expect("formed above");
+        let mut storage = Default::default();
+        let curvature = structure::host_curvature(model, batch, &outputs, &mut storage)?;
+        let scale = objective.abs().max(1.0);
+        let (d, iterations) = conjugate_gradient(model, moments, batch, &curvature, pre, &grad, scale)?;
+        last_iterations = iterations;
         let decrement = inner(device, &grad, &d)?;
         if !decrement.is_finite() {
             return Err(Error::NonFinite {
@@ -159,21 +186,29 @@ fn damped<D: Device, T: Scalar>(
             });
         }
         let converged = decrement / 2.0 <= tolerance * objective.abs().max(1.0);
-        let accepted = if converged || t == max_iterations {
+        let accepted = if t == max_iterations {
             None
         } else {
-            // Line search along d: J(w + αd) = log p(w + αd) − ½(q + 2α rᵀd + α² dᵀΠd).
+            // Line search along d: J(w + αd) = log p(w + αd) − ½(q + 2α rᵀd + α² dᵀΠd). Once
+            // converged, the last Newton step is taken whole if it does not lower J: it changes J
+            // by less than the tolerance, but takes a quadratic J (a Gaussian likelihood) to its
+            // mode to working precision, and any J's error to λ⁴'s order.
+            let (sufficient, halvings) = if converged {
+                (0.0, 0)
+            } else {
+                (ARMIJO * decrement, HALVINGS)
+            };
             let mut pd = device.zeros(k, da)?;
             moments.state.apply(device, Operand::Precision, &d, &mut pd, T::one())?;
             let (rd, dpd) = (inner(device, &r, &d)?, inner(device, &d, &pd)?);
             let mut alpha = 1.0;
             let mut accepted = None;
-            for _ in 0..=HALVINGS {
+            for _ in 0..=halvings {
                 let mut trial = device.copy(&w)?;
                 device.axpy(&mut trial, T::from_f64(alpha), &d)?;
                 let trial_q = q + 2.0 * alpha * rd + alpha * alpha * dpd;
                 let trial_objective = log_likelihood(model, batch, &trial)? - 0.5 * trial_q;
-                if trial_objective >= objective + ARMIJO * alpha * decrement {
+                if trial_objective >= objective + alpha * sufficient {
                     accepted = Some((alpha, trial, trial_q, trial_objective, pd));
                     break;
                 }
@@ -181,43 +216,117 @@ fn damped<D: Device, T: Scalar>(
             }
             accepted
         };
-        // A Gaussian likelihood's J is quadratic: a full step lands on the mode.
-        let exact = matches!(accepted, Some((alpha, ..)) if alpha == 1.0 && fixed_curvature);
-        let finish = match accepted {
-            Some((alpha, trial, trial_q, trial_objective, pd)) => {
-                outcome.undamped_rejected |= t == 0 && alpha < 1.0;
-                outcome.steps += 1;
-                outcome.step_length = alpha;
-                device.axpy(&mut r, T::from_f64(alpha), &pd)?;
-                (w, q, objective) = (trial, trial_q, trial_objective);
-                exact
-            }
+        let moved = accepted.is_some();
+        if let Some((alpha, trial, trial_q, trial_objective, pd)) = accepted {
+            outcome.undamped_rejected |= t == 0 && alpha < 1.0;
+            outcome.steps += 1;
+            outcome.step_length = alpha;
+            device.axpy(&mut r, T::from_f64(alpha), &pd)?;
+            (w, q, objective) = (trial, trial_q, trial_objective);
+        }
+        if converged || !moved {
             // Converged, at the cap, or no increase along an ascent direction (J is at its
             // maximum to working precision).
-            None => true,
-        };
-        if finish {
-            outcome.converged = converged || exact || t < max_iterations;
+            outcome.converged = converged || t < max_iterations;
             outcome.objective_after = objective;
+            let made_at = *made_at;
+            let (pre, _) = preconditioner.take().expect("formed above");
             let keep = match (curvature_at, start) {
                 (CurvatureAt::Start, Some(kept)) => kept,
-                _ => here,
+                (CurvatureAt::Start, None) => pre.into(),
+                // The final step moved the head: the curvature where it landed.
+                (CurvatureAt::Mode, _) if moved => {
+                    let outputs = model.outputs(&batch.phi, &w)?;
+                    Curvature {
+                        term: moments.state.curvature_term(model, batch, &outputs, None)?,
+                        step: None,
+                    }
+                }
+                (CurvatureAt::Mode, _) if made_at == t => pre.into(),
+                (CurvatureAt::Mode, _) => Curvature {
+                    term: here.take().expect("the term at this step, not taken"),
+                    step: None,
+                },
             };
             keep.commit(model.device, moments, batch, tau)?;
             moments.head = w;
             return Ok(outcome);
         }
-        if t == 0 && curvature_at == CurvatureAt::Start {
-            start = Some(here);
-        }
     }
     unreachable!("the loop returns by its cap")
+}
+
+/// Conjugate-gradient iterations a preconditioner may take before the next step forms a new one.
+const REUSE_ITERATIONS: usize = 12;
+/// Cap on the conjugate-gradient iterations of one direction.
+const CG_ITERATIONS: usize = 100;
+
+/// Solves `(Π + H) d = g` for the batch's exact curvature H at the head whose outputs
+/// `curvature` holds, by conjugate gradients preconditioned by `pre` (M⁻¹), until the residual
+/// r has `rᵀM⁻¹r ≤ η² gᵀM⁻¹g`, or for [`CG_ITERATIONS`]. The forcing term
+/// `η² = min(10⁻², max(gᵀM⁻¹g / scale, η²_min))` (`scale = max(1, |J|)`,
+/// `η²_min = max(10⁻¹², ε_T)`) is loose far from the mode and tightens as the Newton decrement
+/// `gᵀM⁻¹g ≈ λ²` falls, which keeps Newton's superlinear rate. Returns d and the iterations
+/// taken. Every iterate is an ascent direction of J (`gᵀd > 0`), so a capped solve still gives
+/// a usable step.
+fn conjugate_gradient<D: Device, T: Scalar>(
+    model: &Model<'_, D, T>,
+    moments: &Moments<D, T>,
+    batch: &Batch<D, T>,
+    curvature: &OutputCurvature<'_>,
+    pre: &Preconditioner<D, T>,
+    g: &Matrix<D, T>,
+    scale: f64,
+) -> Result<(Matrix<D, T>, usize)> {
+    let device = model.device;
+    let state = &*moments.state;
+    let (k, da) = g.shape();
+    let precondition = |x: &Matrix<D, T>| -> Result<Matrix<D, T>> {
+        let mut z = device.zeros(k, da)?;
+        pre.apply(device, state, x, &mut z)?;
+        Ok(z)
+    };
+    let mut d = device.zeros(k, da)?;
+    let mut residual = device.copy(g)?;
+    let mut z = precondition(&residual)?;
+    let mut p = device.copy(&z)?;
+    let mut rz = inner(device, &residual, &z)?;
+    let forcing = (rz / scale).clamp(T::EPS.as_f64().max(1e-12), 1e-2);
+    let target = rz * forcing;
+    for iteration in 1..=CG_ITERATIONS {
+        if rz <= target || rz == 0.0 {
+            return Ok((d, iteration - 1));
+        }
+        let mut ap = model.curvature_product(batch, curvature, &p)?;
+        state.apply(device, Operand::Precision, &p, &mut ap, T::one())?;
+        let pap = inner(device, &p, &ap)?;
+        if !(pap > 0.0) {
+            return Ok((d, iteration - 1));
+        }
+        let alpha = rz / pap;
+        device.axpy(&mut d, T::from_f64(alpha), &p)?;
+        device.axpy(&mut residual, T::from_f64(-alpha), &ap)?;
+        z = precondition(&residual)?;
+        let next = inner(device, &residual, &z)?;
+        // p ← z + β p.
+        let mut direction = device.copy(&z)?;
+        device.axpy(&mut direction, T::from_f64(next / rz), &p)?;
+        (p, rz) = (direction, next);
+    }
+    Ok((d, CG_ITERATIONS))
 }
 
 /// A batch's curvature at some head, and the covariance step it made if one was formed.
 struct Curvature<D: Device, T: Scalar> {
     term: CurvatureTerm<D, T>,
     step: Option<CovarianceStep<D, T>>,
+}
+
+impl<D: Device, T: Scalar> From<Preconditioner<D, T>> for Curvature<D, T> {
+    fn from(pre: Preconditioner<D, T>) -> Self {
+        let (term, step) = pre.into_parts();
+        Curvature { term, step }
+    }
 }
 
 impl<D: Device, T: Scalar> Curvature<D, T> {

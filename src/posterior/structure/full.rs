@@ -197,30 +197,20 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         })))
     }
 
-    /// On the refactor path (rank ≥ P/2), `vec(out) += L⁻ᵀ L⁻¹ vec(x)` with `L Lᵀ = Π + H`.
-    fn solve_with_curvature(
+    /// On the refactor path (rank ≥ P/2), the Cholesky factor of `Π + H`.
+    fn curvature_factor(
         &self,
         device: &D,
         phi: &Matrix<D, T>,
         term: &CurvatureTerm<D, T>,
-        x: &Matrix<D, T>,
-        out: &mut Matrix<D, T>,
-    ) -> Result<bool> {
-        let side = self.pair.precision.rows();
-        if 2 * woodbury_rank(phi, term) < side {
-            return Ok(false);
+    ) -> Result<Option<Matrix<D, T>>> {
+        if 2 * woodbury_rank(phi, term) < self.pair.precision.rows() {
+            return Ok(None);
         }
         let mut factor = device.copy(&self.pair.precision)?;
         add_term(device, &mut factor, phi, term, T::one(), None)?;
         device.cholesky(&mut factor)?;
-        let (k, da) = x.shape();
-        let mut v = device.copy(x)?;
-        v.reshape(side, 1)?;
-        device.triangular_solve(&factor, &mut v, Op::N)?;
-        device.triangular_solve(&factor, &mut v, Op::T)?;
-        v.reshape(k, da)?;
-        device.axpy(out, T::one(), &v)?;
-        Ok(true)
+        Ok(Some(factor))
     }
 
     fn commit_woodbury(

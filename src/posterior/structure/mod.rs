@@ -118,19 +118,16 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
         scale: T,
     ) -> Result<CovarianceStep<D, T>>;
 
-    /// `out += (Π + H(term))⁻¹ x` by a factorisation of `Π + H` alone, where that is cheaper
-    /// than the covariance step (Full's refactor path: P³/3 flops, not the inverse's P³);
-    /// `false`, with `out` untouched, where the structure takes the step instead. See
-    /// [`newton_direction`].
-    fn solve_with_curvature(
+    /// The Cholesky factor L of `Π + H(term)` = L Lᵀ (P × P), where factoring is cheaper than
+    /// the covariance step (Full's refactor path: P³/3 flops, not the inverse's P³); `None`
+    /// where the structure takes the step instead. See [`Preconditioner`].
+    fn curvature_factor(
         &self,
         _device: &D,
         _phi: &Matrix<D, T>,
         _term: &CurvatureTerm<D, T>,
-        _x: &Matrix<D, T>,
-        _out: &mut Matrix<D, T>,
-    ) -> Result<bool> {
-        Ok(false)
+    ) -> Result<Option<Matrix<D, T>>> {
+        Ok(None)
     }
 
     /// Applies a Woodbury step `Σ ← Σ ∓ U C⁻¹ Uᵀ` and adds (or removes) the term to Π. Only
@@ -461,25 +458,78 @@ fn no_woodbury(kind: Structure) -> Error {
     Error::Unsupported(format!("a Woodbury step for the {kind:?} structure"))
 }
 
-/// `out += Σ_w x` for `Σ_w = (Π + H(term))⁻¹`, the direction of a Newton step, without touching
-/// `state`. Where the structure formed the covariance step for it, that step is returned for
-/// the caller to commit; `None` where a factorisation sufficed
-/// ([`CovarianceStructure::solve_with_curvature`]).
-pub(crate) fn newton_direction<D: Device, T: Scalar>(
-    device: &D,
-    state: &dyn CovarianceStructure<D, T>,
-    phi: &Matrix<D, T>,
-    term: &CurvatureTerm<D, T>,
-    tau: T,
-    x: &Matrix<D, T>,
-    out: &mut Matrix<D, T>,
-) -> Result<Option<CovarianceStep<D, T>>> {
-    if state.solve_with_curvature(device, phi, term, x, out)? {
-        return Ok(None);
+/// An approximation M⁻¹ of `(Π + H)⁻¹` for a batch's curvature H, applied without touching the
+/// state: the state's own covariance `Π⁻¹` (H left out, nothing formed), or `(Π + H_s(w_p))⁻¹`
+/// for the structure's curvature H_s at some head `w_p`, by a Cholesky factor of `Π + H_s`
+/// where the structure has one ([`CovarianceStructure::curvature_factor`]) or by the
+/// covariance step H_s makes.
+pub(crate) struct Preconditioner<D: Device, T: Scalar> {
+    /// The curvature at `w_p`, for the caller to commit.
+    pub term: CurvatureTerm<D, T>,
+    inverse: Inverse<D, T>,
+}
+
+enum Inverse<D: Device, T: Scalar> {
+    Prior,
+    Factor(Matrix<D, T>),
+    Step(CovarianceStep<D, T>),
+}
+
+impl<D: Device, T: Scalar> Preconditioner<D, T> {
+    /// The state's covariance `Π⁻¹`, with the batch's curvature `term` kept for the caller.
+    pub fn prior(term: CurvatureTerm<D, T>) -> Self {
+        Preconditioner {
+            term,
+            inverse: Inverse::Prior,
+        }
     }
-    let step = state.covariance_step(device, phi, term, Sign::Minus, tau, T::one())?;
-    apply_stepped(device, state, &step, Sign::Minus, x, out, T::one())?;
-    Ok(Some(step))
+
+    /// Factors `Π + H_s(term)`, or forms the covariance step where the structure has no factor.
+    pub fn new(
+        device: &D,
+        state: &dyn CovarianceStructure<D, T>,
+        phi: &Matrix<D, T>,
+        term: CurvatureTerm<D, T>,
+        tau: T,
+    ) -> Result<Self> {
+        let inverse = match state.curvature_factor(device, phi, &term)? {
+            Some(factor) => Inverse::Factor(factor),
+            None => Inverse::Step(state.covariance_step(device, phi, &term, Sign::Minus, tau, T::one())?),
+        };
+        Ok(Preconditioner { term, inverse })
+    }
+
+    /// The curvature and the covariance step it made, where one was formed.
+    pub fn into_parts(self) -> (CurvatureTerm<D, T>, Option<CovarianceStep<D, T>>) {
+        match self.inverse {
+            Inverse::Step(step) => (self.term, Some(step)),
+            Inverse::Prior | Inverse::Factor(_) => (self.term, None),
+        }
+    }
+
+    /// `out += M⁻¹ x` (x head-shaped, K × D_aug): `Σ x`, `L⁻ᵀ L⁻¹ vec(x)`, or `Σ' x` for the
+    /// step's covariance Σ'.
+    pub fn apply(
+        &self,
+        device: &D,
+        state: &dyn CovarianceStructure<D, T>,
+        x: &Matrix<D, T>,
+        out: &mut Matrix<D, T>,
+    ) -> Result<()> {
+        match &self.inverse {
+            Inverse::Prior => state.apply(device, Operand::Covariance, x, out, T::one()),
+            Inverse::Factor(factor) => {
+                let (k, da) = x.shape();
+                let mut v = device.copy(x)?;
+                v.reshape(k * da, 1)?;
+                device.triangular_solve(factor, &mut v, Op::N)?;
+                device.triangular_solve(factor, &mut v, Op::T)?;
+                v.reshape(k, da)?;
+                device.axpy(out, T::one(), &v)
+            }
+            Inverse::Step(step) => apply_stepped(device, state, step, Sign::Minus, x, out, T::one()),
+        }
+    }
 }
 
 /// `out += α Σ' x` for the covariance Σ' a step leads to, without touching `state`.
@@ -741,9 +791,9 @@ fn woodbury_factor<D: Device, T: Scalar>(
     Ok(Woodbury { u, c_chol: c })
 }
 
-/// The curvature's summary the non-GGN curvatures give on the host, for the structures that
-/// reduce it in closed form.
-fn host_curvature<'a, D: Device, T: Scalar>(
+/// The batch's output curvature at the head that gave `outputs`, on the host: what the
+/// structures reduce in closed form, and what the exact curvature product reads.
+pub(crate) fn host_curvature<'a, D: Device, T: Scalar>(
     model: &Model<'_, D, T>,
     batch: &'a Batch<D, T>,
     outputs: &Matrix<D, T>,
