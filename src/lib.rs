@@ -64,9 +64,9 @@ pub use device::{WgpuDevice, WgpuOptions};
 pub use error::{Error, Result};
 pub use host::{HostMatrix, Label, Targets};
 pub use posterior::{
-    BiasMode, Curvature, CurvatureAccumulator, CurvatureAt, Features, FitConfig, HeadConfig, HeadFit, HeadSolver,
-    Likelihood, Link, Posterior, Prediction, PriorShape, RefreshPolicy, StepControl, Structure, UnlearnConfig,
-    UpdateConfig, UpdateReport, UpdateRule, fit_head,
+    BiasMode, Calibration, Curvature, CurvatureAccumulator, CurvatureAt, Features, FitConfig, HeadConfig, HeadFit,
+    HeadSolver, Likelihood, Link, Posterior, Prediction, PriorShape, RefreshPolicy, StepControl, Structure, TuneConfig,
+    TuneMetric, TuneReport, UnlearnConfig, UpdateConfig, UpdateReport, UpdateRule, fit_head,
 };
 pub use scalar::{DType, Scalar};
 

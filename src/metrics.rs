@@ -1,11 +1,11 @@
 //! Predictive quality of class probabilities: accuracy, negative log-likelihood, expected
-//! calibration error.
+//! calibration error, Brier score, mean confidence.
 
 use crate::error::{Error, Result};
 use crate::host::{Label, check_labels};
 use crate::scalar::Scalar;
 
-/// Accuracy, mean NLL and ECE of `probs` (n × K, row-major) against `labels`.
+/// Accuracy, mean NLL, ECE, Brier score and mean confidence of `probs` (n × K, row-major) against `labels`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scores {
     /// Fraction of rows whose argmax is the label.
@@ -15,6 +15,10 @@ pub struct Scores {
     /// Expected calibration error over `bins` equal-width confidence bins:
     /// `Σ_b (|B_b|/n) |acc(B_b) − conf(B_b)|`.
     pub ece: f64,
+    /// Mean Brier score `(1/n) Σ_n Σ_k (p_nk − [k = y_n])²`.
+    pub brier: f64,
+    /// Mean confidence `(1/n) Σ_n max_k p_nk`.
+    pub confidence: f64,
 }
 
 /// Scores `probs` (n × K) against `labels`, with `bins` ECE bins.
@@ -41,7 +45,7 @@ pub fn score<T: Scalar, L: Label>(probs: &[T], labels: &[L], classes: usize, bin
         ));
     }
     check_labels(labels, n, classes)?;
-    let (mut correct, mut nll) = (0usize, 0.0f64);
+    let (mut correct, mut nll, mut brier, mut total_confidence) = (0usize, 0.0f64, 0.0f64, 0.0f64);
     let mut bin_count = vec![0usize; bins];
     let mut bin_correct = vec![0usize; bins];
     let mut bin_confidence = vec![0.0f64; bins];
@@ -54,6 +58,12 @@ pub fn score<T: Scalar, L: Label>(probs: &[T], labels: &[L], classes: usize, bin
         let hit = best == y;
         correct += usize::from(hit);
         nll += crate::numerics::label_nll(row[y].as_f64());
+        brier += row
+            .iter()
+            .enumerate()
+            .map(|(c, p)| (p.as_f64() - f64::from(u8::from(c == y))).powi(2))
+            .sum::<f64>();
+        total_confidence += confidence;
         let b = ((confidence * bins as f64) as usize).min(bins - 1);
         bin_count[b] += 1;
         bin_correct[b] += usize::from(hit);
@@ -70,5 +80,7 @@ pub fn score<T: Scalar, L: Label>(probs: &[T], labels: &[L], classes: usize, bin
         accuracy: correct as f64 / n as f64,
         nll: nll / n as f64,
         ece,
+        brier: brier / n as f64,
+        confidence: total_confidence / n as f64,
     })
 }

@@ -11,7 +11,8 @@ use super::locked::write_durably;
 use crate::device::{Device, OutputWeighting};
 use crate::error::{Error, Result};
 use crate::posterior::{
-    BiasMode, Curvature, CurvatureAccumulator, Likelihood, Posterior, RawPosterior, RawTensor, Structure,
+    BiasMode, Calibration, Curvature, CurvatureAccumulator, Likelihood, Link, Posterior, RawPosterior, RawTensor,
+    Structure,
 };
 use crate::scalar::{DType, Scalar};
 
@@ -62,6 +63,8 @@ pub struct PosteriorHeader {
     /// Kron: the weight N of the Kronecker sums, when forgetting made it differ from
     /// `samples_seen` (`None`: equal).
     pub kron_weight: Option<f64>,
+    /// Temperature and link of predictions (the defaults where the file names none).
+    pub calibration: Calibration,
 }
 
 /// The metadata name of a structure.
@@ -148,6 +151,16 @@ fn common_parts<T: Scalar>(raw: &RawPosterior<T>, format: &str) -> Result<(Vec<N
         ("samples_seen", raw.samples_seen.to_string()),
     ];
     let mut metadata = metadata;
+    let calibration = raw.calibration;
+    metadata.push(("temperature", calibration.temperature.to_string()));
+    metadata.push(("link", calibration.link.name().to_string()));
+    if let Some(lambda) = calibration.link.lambda() {
+        metadata.push(("probit_lambda", lambda.to_string()));
+    }
+    if let Link::MonteCarlo { samples, seed } = calibration.link {
+        metadata.push(("link_samples", samples.to_string()));
+        metadata.push(("link_seed", seed.to_string()));
+    }
     if raw.factor_weight != raw.samples_seen as f64 {
         metadata.push(("kron_weight", raw.factor_weight.to_string()));
     }
@@ -390,6 +403,7 @@ fn raw_parts<'a, 'b, T: Scalar>(
         factors,
         factor_weight: header.kron_weight.unwrap_or(header.samples_seen as f64),
         samples_seen: header.samples_seen,
+        calibration: header.calibration,
     };
     Ok((raw, tensors))
 }
@@ -477,6 +491,32 @@ fn parse<'a>(bytes: &'a [u8], path: &Path) -> Result<(SafeTensors<'a>, Posterior
         classes: number("classes")?,
         features: number("features")?,
         samples_seen: number("samples_seen")?,
+        calibration: {
+            fn optional<V: std::str::FromStr>(
+                m: &HashMap<String, String>,
+                key: &str,
+                default: V,
+                fail: impl Fn(String) -> Error,
+            ) -> Result<V> {
+                m.get(key).map_or(Ok(default), |v| {
+                    v.parse().map_err(|_| fail(format!("bad `{key}` in metadata")))
+                })
+            }
+            let link = match m.get("link") {
+                None => Link::default(),
+                Some(name) => Link::from_name(
+                    name,
+                    optional(m, "probit_lambda", Link::PROBIT_LAMBDA, fail)?,
+                    optional(m, "link_samples", 100usize, fail)?,
+                    optional(m, "link_seed", 0u64, fail)?,
+                )
+                .map_err(|e| fail(format!("bad link in metadata: {e}")))?,
+            };
+            Calibration {
+                temperature: optional(m, "temperature", 1.0, fail)?,
+                link,
+            }
+        },
         kron_weight: match m.get("kron_weight") {
             None => None,
             Some(v) => Some(v.parse().map_err(|_| fail("bad `kron_weight` in metadata".into()))?),

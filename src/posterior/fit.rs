@@ -100,6 +100,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             refresh_policy: Some(super::RefreshPolicy::default()),
             since_check: 0,
             drift_floor: 0.0,
+            calibration: super::Calibration::default(),
         })
     }
 }

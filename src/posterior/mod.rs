@@ -17,6 +17,7 @@ mod predict;
 mod sample;
 mod step;
 mod structure;
+mod tune;
 mod unlearn;
 mod update;
 
@@ -24,8 +25,9 @@ pub use accumulate::CurvatureAccumulator;
 pub use evidence::PriorShape;
 pub use features::Features;
 pub use head::{HeadConfig, HeadFit, HeadSolver, fit_head};
-pub use predict::{Link, Prediction};
+pub use predict::{Calibration, Link, Prediction};
 pub(crate) use structure::RawTensor;
+pub use tune::{TuneConfig, TuneMetric, TuneReport};
 
 pub use unlearn::UnlearnConfig;
 pub use update::{CurvatureAt, StepControl, UpdateConfig, UpdateReport, UpdateRule};
@@ -220,6 +222,8 @@ pub struct Posterior<D: Device, T: Scalar> {
     since_check: usize,
     /// The drift a policy refresh last achieved: the floor this precision and element type allow.
     drift_floor: f64,
+    /// Temperature and link of predictions.
+    calibration: Calibration,
 }
 
 /// When [`Posterior::update`] checks the drift of Σ against Π and refreshes Σ from Π.
@@ -279,6 +283,20 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         &self.prior_precision
     }
     /// τ of class `k`.
+    /// The temperature and link of predictions ([`Calibration`]).
+    pub fn calibration(&self) -> Calibration {
+        self.calibration
+    }
+
+    /// Sets the temperature and link of predictions.
+    ///
+    /// Errors: `InvalidArgument` (T ≤ 0 or not finite, a link's settings).
+    pub fn set_calibration(&mut self, calibration: Calibration) -> Result<()> {
+        calibration.validate()?;
+        self.calibration = calibration;
+        Ok(())
+    }
+
     pub(crate) fn prior_of(&self, k: usize) -> T {
         self.prior_precision[if self.prior_precision.len() == 1 { 0 } else { k }]
     }
@@ -459,6 +477,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             refresh_policy: self.refresh_policy,
             since_check: self.since_check,
             drift_floor: self.drift_floor,
+            calibration: self.calibration,
         })
     }
 
@@ -583,6 +602,7 @@ pub(crate) struct RawPosterior<T> {
     /// The weight of the structure's sums: the samples seen, less what forgetting discounted.
     pub factor_weight: f64,
     pub samples_seen: usize,
+    pub calibration: Calibration,
 }
 
 impl<T> RawPosterior<T> {
@@ -622,6 +642,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             factors: self.moments.state.factor_tensors(&self.device)?,
             factor_weight: self.moments.state.factor_weight().unwrap_or(self.samples_seen as f64),
             samples_seen: self.samples_seen,
+            calibration: self.calibration,
         })
     }
 
@@ -640,6 +661,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             ));
         }
         raw.config(1).validate()?;
+        raw.calibration.validate()?;
         if !(raw.prior_precision.len() == 1 || raw.prior_precision.len() == raw.classes)
             || raw.prior_precision.iter().any(|t| !(t.is_finite() && *t > T::zero()))
         {
@@ -706,6 +728,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             refresh_policy: Some(RefreshPolicy::default()),
             since_check: 0,
             drift_floor: 0.0,
+            calibration: raw.calibration,
         })
     }
 }

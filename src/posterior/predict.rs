@@ -17,6 +17,14 @@ pub enum Link {
         /// Mean-field factor λ ≥ 0.
         lambda: f64,
     },
+    /// The mean-field probit on the centred logit covariance `C Σ_f C`, `C = I − 11ᵀ/K`:
+    /// `softmax_k(f_k / √(1 + λ (CΣ_fC)[k,k]))`. Softmax ignores a shift of all logits
+    /// together, so the part of Σ_f that moves them together should not shrink them; the plain
+    /// probit reads it anyway and is under-confident where much of Σ_f is such a shift.
+    CentredProbit {
+        /// Mean-field factor λ ≥ 0.
+        lambda: f64,
+    },
     /// `(1/S) Σ_s softmax(f + L ε_s)` with `L Lᵀ = Σ_f` and ε_s standard normal,
     /// drawn from `seed` (the same draws for every input and backend).
     MonteCarlo {
@@ -35,26 +43,106 @@ pub enum Link {
 impl Default for Link {
     fn default() -> Self {
         Link::Probit {
-            lambda: std::f64::consts::PI / 8.0,
+            lambda: Link::PROBIT_LAMBDA,
         }
     }
 }
 
 impl Link {
+    /// The mean-field factor λ = π/8 of both probits.
+    pub const PROBIT_LAMBDA: f64 = std::f64::consts::PI / 8.0;
+
+    /// The link of a name, as the command line, Python and posterior files spell it:
+    /// `probit`, `centred-probit`, `mc` (or `monte-carlo`), `bridge`, `none` (or `map`), with
+    /// λ for the probits and the draws for Monte Carlo.
+    ///
+    /// Errors: `InvalidArgument` (an unknown name, or settings [`Link::validate`] refuses).
+    pub fn from_name(name: &str, lambda: f64, samples: usize, seed: u64) -> Result<Link> {
+        let link = match name {
+            "probit" => Link::Probit { lambda },
+            "centred-probit" | "centered-probit" => Link::CentredProbit { lambda },
+            "mc" | "monte-carlo" => Link::MonteCarlo { samples, seed },
+            "bridge" => Link::Bridge,
+            "none" | "map" => Link::None,
+            other => {
+                return Err(Error::invalid(
+                    "link",
+                    format!("unknown link {other:?}: probit, centred-probit, mc, bridge or none"),
+                ));
+            }
+        };
+        link.validate()?;
+        Ok(link)
+    }
+
+    /// The link's name for [`Link::from_name`].
+    pub fn name(&self) -> &'static str {
+        match self {
+            Link::Probit { .. } => "probit",
+            Link::CentredProbit { .. } => "centred-probit",
+            Link::MonteCarlo { .. } => "mc",
+            Link::Bridge => "bridge",
+            Link::None => "none",
+        }
+    }
+
+    /// λ of a probit link.
+    pub fn lambda(&self) -> Option<f64> {
+        match *self {
+            Link::Probit { lambda } | Link::CentredProbit { lambda } => Some(lambda),
+            _ => None,
+        }
+    }
+
     /// Checks the settings: λ finite and ≥ 0, at least one Monte Carlo sample.
     ///
     /// Errors: `InvalidArgument`.
     pub fn validate(&self) -> Result<()> {
         match *self {
-            Link::Probit { lambda } if !(lambda.is_finite() && lambda >= 0.0) => Err(Error::invalid(
-                "lambda",
-                format!("must be finite and >= 0, got {lambda}"),
-            )),
+            Link::Probit { lambda } | Link::CentredProbit { lambda } if !(lambda.is_finite() && lambda >= 0.0) => Err(
+                Error::invalid("lambda", format!("must be finite and >= 0, got {lambda}")),
+            ),
             Link::MonteCarlo { samples: 0, .. } => {
                 Err(Error::invalid("samples", "at least one Monte Carlo sample is required"))
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// How [`Posterior::predict`] reads the posterior beyond its moments: the logit temperature T
+/// (the link sees `f/T` and `Σ_f/T²`; 1 leaves the logits as they are) and the link the
+/// posterior was tuned with ([`Posterior::tune_prior_precision`]), which callers pass to
+/// `predict` unless they choose another. Stored in posterior files.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Calibration {
+    /// Logit temperature T > 0.
+    pub temperature: f64,
+    /// The link predictions use by default.
+    pub link: Link,
+}
+
+impl Default for Calibration {
+    fn default() -> Self {
+        Calibration {
+            temperature: 1.0,
+            link: Link::default(),
+        }
+    }
+}
+
+impl Calibration {
+    /// Checks the settings: T finite and > 0, and the link's.
+    ///
+    /// Errors: `InvalidArgument`.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(Error::invalid(
+                "temperature",
+                format!("must be finite and > 0, got {}", self.temperature),
+            ));
+        }
+        self.link.validate()
     }
 }
 
@@ -98,7 +186,9 @@ impl<T: Scalar> Prediction<T> {
 }
 
 impl<D: Device, T: Scalar> Posterior<D, T> {
-    /// The predictive distribution at the inputs Φ (n × D).
+    /// The predictive distribution at the inputs Φ (n × D), the link reading the logits at the
+    /// posterior's temperature ([`Calibration`]; `logit_mean` and `logit_cov` are reported at
+    /// T = 1).
     ///
     /// Logit covariance: `Σ_f[k,l] = φᵀ Σ_{kl} φ` (Full), `v = φᵀ Σ_D φ` (Shared),
     /// `Σ_f[k,k] = Σ_d Σ_kd φ_d²` (Diag), `Σ_f = U_A diag_i(Σ_j (U_Gᵀφ)_j² / λ_ij) U_Aᵀ` (Kron,
@@ -120,6 +210,17 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let mean = logits(device, &phi, &self.moments.head, self.fixed_bias.as_ref())?;
         let state = &self.moments.state;
         let cov = state.logit_covariance(device, &phi, self.classes)?;
+        // The link reads the logits at temperature T: f/T, Σ_f/T².
+        let scaled = |m: &Matrix<D, T>, power: i32| -> Result<Option<Matrix<D, T>>> {
+            if self.calibration.temperature == 1.0 || self.is_regression() {
+                return Ok(None);
+            }
+            let mut out = device.zeros(m.rows(), m.cols())?;
+            device.axpy(&mut out, T::from_f64(self.calibration.temperature.powi(-power)), m)?;
+            Ok(Some(out))
+        };
+        let (mean_t, cov_t) = (scaled(&mean, 1)?, scaled(&cov, 2)?);
+        let (link_mean, link_cov) = (mean_t.as_ref().unwrap_or(&mean), cov_t.as_ref().unwrap_or(&cov));
         // A covariance in a basis, Σ_f = U diag(e_n) Uᵀ per input (Kron): its diagonal from the
         // structure for the probit, and K × K matrices in passes of at most CHUNK_ELEMENTS for the links that
         // read all of it.
@@ -140,6 +241,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             Ok(match (link, &eps) {
                 _ if self.is_regression() => device.copy(mean)?,
                 (Link::Probit { lambda }, _) => device.probit_softmax(mean, cov, T::from_f64(lambda))?,
+                (Link::CentredProbit { .. }, _) => unreachable!("the centred probit reads centred variances"),
                 (Link::MonteCarlo { .. }, Some(eps)) => device.monte_carlo_softmax(mean, cov, eps)?,
                 (Link::MonteCarlo { .. }, None) => unreachable!("the draws are made for every Monte Carlo link"),
                 (Link::Bridge, _) => device.bridge_dirichlet(mean, cov)?,
@@ -150,15 +252,19 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 }
             })
         };
-        let probs = match basis {
-            Some(_) if !self.is_regression() && matches!(link, Link::Probit { .. }) => {
+        let probs = match (link, basis) {
+            _ if self.is_regression() => link_of(&mean, &cov)?,
+            (Link::CentredProbit { lambda }, _) => {
+                let variances = centred_variances(device, link_cov, basis, self.classes)?;
+                device.probit_softmax(link_mean, &variances, T::from_f64(lambda))?
+            }
+            (Link::Probit { .. }, Some(_)) => {
                 let variances = state.logit_variances(device, &phi, self.classes)?;
-                link_of(&mean, &variances)?
+                let variances = scaled(&variances, 2)?.unwrap_or(variances);
+                link_of(link_mean, &variances)?
             }
-            Some(u) if !self.is_regression() && !matches!(link, Link::None) => {
-                self.expanded_link(&mean, &cov, u, link_of)?
-            }
-            _ => link_of(&mean, &cov)?,
+            (Link::None, _) | (_, None) => link_of(link_mean, link_cov)?,
+            (_, Some(u)) => self.expanded_link(link_mean, link_cov, u, link_of)?,
         };
         Ok(Prediction {
             probs: device.download_owned(probs)?,
@@ -206,4 +312,52 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         }
         device.upload_owned(probs, n, k)
     }
+}
+
+/// `diag(C Σ_f C)` (n × K) with `C = I − 11ᵀ/K`, from the logit covariance in its structure's
+/// layout: `Σ_kk − (2/K) Σ_l Σ_kl + (1/K²) Σ_lm Σ_lm` (Full, n × K²), `d_k (1 − 2/K) + Σ_l d_l/K²`
+/// (Diag, n × K), `v (1 − 1/K)` (Shared, n × 1), and `Σ_a ((C U)_ka)² e_a` in the basis U (Kron).
+pub(crate) fn centred_variances<D: Device, T: Scalar>(
+    device: &D,
+    cov: &Matrix<D, T>,
+    basis: Option<&Matrix<D, T>>,
+    k: usize,
+) -> Result<Matrix<D, T>> {
+    let (n, width) = cov.shape();
+    let values: Vec<f64> = device.download(cov)?.iter().map(|x| x.as_f64()).collect();
+    let kf = k as f64;
+    let mut out = vec![T::zero(); n * k];
+    // Weights ((C U)_ka)² of Kron's eigenvalues.
+    let centred_basis = match basis {
+        Some(u) => {
+            let u: Vec<f64> = device.download(u)?.iter().map(|x| x.as_f64()).collect();
+            let column_mean = |a: usize| (0..k).map(|r| u[r * k + a]).sum::<f64>() / kf;
+            let means: Vec<f64> = (0..k).map(column_mean).collect();
+            Some((0..k * k).map(|i| (u[i] - means[i % k]).powi(2)).collect::<Vec<f64>>())
+        }
+        None => None,
+    };
+    for (row, o) in values.chunks_exact(width.max(1)).zip(out.chunks_exact_mut(k)) {
+        match (&centred_basis, width) {
+            (Some(w), _) => o
+                .iter_mut()
+                .enumerate()
+                .for_each(|(c, o)| *o = T::from_f64(dot(&w[c * k..(c + 1) * k], row))),
+            (None, 1) => o.iter_mut().for_each(|o| *o = T::from_f64(row[0] * (1.0 - 1.0 / kf))),
+            (None, w) if w == k => {
+                let total: f64 = row.iter().sum();
+                o.iter_mut()
+                    .zip(row)
+                    .for_each(|(o, d)| *o = T::from_f64(d * (1.0 - 2.0 / kf) + total / (kf * kf)));
+            }
+            _ => {
+                let total: f64 = row.iter().sum();
+                for (c, o) in o.iter_mut().enumerate() {
+                    let row_sum: f64 = row[c * k..(c + 1) * k].iter().sum();
+                    *o = T::from_f64(row[c * k + c] - 2.0 * row_sum / kf + total / (kf * kf));
+                }
+            }
+        }
+    }
+    device.upload_owned(out, n, k)
 }

@@ -1032,6 +1032,219 @@ pub fn check_resident_features<D: Device, T: Scalar>(dev: &D) {
     );
 }
 
+/// The structures with one prior precision and a classification fit.
+fn classification_structures() -> [Structure; 5] {
+    [
+        Structure::Full,
+        Structure::Diag,
+        Structure::Kron,
+        Structure::Shared(OutputWeighting::Gaussian),
+        Structure::Shared(OutputWeighting::Categorical),
+    ]
+}
+
+/// Validation tuning against brute force: at every grid τ, a copy refitted by
+/// `set_prior_precision` and scored by `predict` on the validation rows gives the curve's value,
+/// for the probit, the centred probit and no link; the chosen τ is the refined argmin (no grid
+/// point beats it), is set, and so is the temperature, whose score `predict` reproduces.
+pub fn check_tune_prior_precision<D: Device, T: Scalar>(dev: &D) {
+    let f64_only = T::DTYPE == DType::F64;
+    let rel = if f64_only { 1e-8 } else { 2e-3 };
+    for s in classification_structures() {
+        let case = Case::new(91, 60, 5, 4, true);
+        let mut pb = case.pb.clone();
+        pb.head.iter_mut().for_each(|v| *v *= 3.0);
+        let case = Case { pb, y: case.y.clone() };
+        let start = case
+            .fit::<D, T>(dev, 30, &case.config(s, Likelihood::Classification, Curvature::Ggn, 7))
+            .unwrap();
+        let phi = Problem::cast::<T>(&case.pb.phi[30 * case.pb.d..]);
+        let val = HostMatrix::new(&phi, 30, case.pb.d).unwrap();
+        let labels = &case.pb.labels[30..];
+        for (link, temperature) in [
+            (
+                Link::Probit {
+                    lambda: Link::PROBIT_LAMBDA,
+                },
+                false,
+            ),
+            (Link::CentredProbit { lambda: 0.7 }, false),
+            (Link::None, false),
+            (Link::default(), true),
+        ] {
+            let name = format!("{s:?}/{}/T={temperature}", link.name());
+            let config = TuneConfig {
+                link,
+                grid_points: 9,
+                temperature,
+                ..Default::default()
+            };
+            let mut post = start.try_clone().unwrap();
+            let report = post.tune_prior_precision(val, labels, &config).unwrap();
+            assert_eq!(report.curve.len(), 9, "{name}");
+            let score_at = |tau: f64, t: f64| -> f64 {
+                let mut p = start.try_clone().unwrap();
+                p.set_prior_precision(&[tau]).unwrap();
+                p.set_calibration(Calibration { temperature: t, link }).unwrap();
+                let pred = p.predict(val, link).unwrap();
+                laplace_update::metrics::score(&pred.probs, labels, case.pb.k, 15)
+                    .unwrap()
+                    .nll
+            };
+            if !temperature {
+                for &(tau, value) in &report.curve {
+                    let brute = score_at(tau, 1.0);
+                    assert!(
+                        (value - brute).abs() <= rel * brute.abs().max(1.0),
+                        "{name}: τ = {tau}: {value} vs {brute}"
+                    );
+                }
+                let floor = report.curve.iter().map(|c| c.1).fold(f64::INFINITY, f64::min);
+                assert!(
+                    report.score <= floor + 1e-12,
+                    "{name}: the choice is worse than a grid point"
+                );
+            }
+            let brute = score_at(report.prior_precision, report.temperature);
+            assert!(
+                (report.score - brute).abs() <= rel * brute.abs().max(1.0),
+                "{name}: score {} vs {brute}",
+                report.score
+            );
+            assert_eq!(
+                post.prior_precision()[0].as_f64(),
+                T::from_f64(report.prior_precision).as_f64(),
+                "{name}"
+            );
+            assert_eq!(post.calibration().temperature, report.temperature, "{name}");
+            if temperature {
+                // The joint choice is at least as good as T = 1 at any grid τ.
+                let floor = report
+                    .curve
+                    .iter()
+                    .map(|c| score_at(c.0, 1.0))
+                    .fold(f64::INFINITY, f64::min);
+                assert!(
+                    report.score <= floor + rel,
+                    "{name}: tuned T scores {} > {floor}",
+                    report.score
+                );
+                assert!(report.temperature != 1.0, "{name}: T not tuned");
+            }
+        }
+        // A link chosen among the four, each scored.
+        let mut post = start.try_clone().unwrap();
+        let config = TuneConfig {
+            grid_points: 5,
+            choose_link: true,
+            ..Default::default()
+        };
+        let report = post.tune_prior_precision(val, labels, &config).unwrap();
+        assert_eq!(report.links.len(), 4, "{s:?}");
+        let best = report.links.iter().map(|l| l.1).fold(f64::INFINITY, f64::min);
+        assert!(
+            report.score <= best,
+            "{s:?}: chose {:?} at {}",
+            report.link,
+            report.score
+        );
+        assert_eq!(post.calibration().link, report.link, "{s:?}");
+    }
+    // Regression, and links τ is not tuned for, are refused with the posterior unchanged.
+    let case = Case::new(92, 20, 3, 2, true);
+    let lik = Likelihood::Regression { sigma_noise: 0.5 };
+    let mut post = case
+        .fit::<D, T>(dev, 20, &case.config(Structure::Full, lik, Curvature::Ggn, 7))
+        .unwrap();
+    let before = post.prior_precision().to_vec();
+    let e = case
+        .with_rows::<T, _>(0..20, lik, |x, y| {
+            post.tune_prior_precision(x, y, &TuneConfig::default())
+        })
+        .unwrap_err();
+    assert!(matches!(e, Error::Unsupported(_)), "{e}");
+    assert_eq!(post.prior_precision(), &before[..]);
+    let bad = TuneConfig {
+        link: Link::Bridge,
+        ..Default::default()
+    };
+    assert!(matches!(bad.validate(), Err(Error::InvalidArgument { .. })));
+}
+
+/// The centred probit: `softmax(f_k / √(1 + λ (CΣ_fC)[k,k]))` from the prediction's own Σ_f in
+/// dense f64, for every structure; and, where the logit covariance is mostly a common shift,
+/// nearer to Monte Carlo with many draws than the plain probit.
+pub fn check_centred_probit<D: Device, T: Scalar>(dev: &D) {
+    let rel = if T::DTYPE == DType::F64 { 1e-10 } else { 1e-4 };
+    for s in classification_structures() {
+        let case = Case::new(93, 40, 5, 4, true);
+        let post = case
+            .fit::<D, T>(dev, 30, &case.config(s, Likelihood::Classification, Curvature::Ggn, 7))
+            .unwrap();
+        let phi = Problem::cast::<T>(&case.pb.phi[30 * case.pb.d..]);
+        let x = HostMatrix::new(&phi, 10, case.pb.d).unwrap();
+        let lambda = 0.9;
+        let pred = post.predict(x, Link::CentredProbit { lambda }).unwrap();
+        let k = case.pb.k;
+        for n in 0..10 {
+            let sigma: Vec<f64> = (0..k * k)
+                .map(|i| pred.logit_cov_at(n, i / k, i % k).as_f64())
+                .collect();
+            let centre = Dense::identity(k).add(&Dense::from(k, k, vec![1.0 / k as f64; k * k]), -1.0);
+            let centred = centre.mul(&Dense::from(k, k, sigma)).mul(&centre);
+            let z: Vec<f64> = (0..k)
+                .map(|c| pred.logit_mean[n * k + c].as_f64() / (1.0 + lambda * centred.at(c, c)).sqrt())
+                .collect();
+            let want = softmax(&z);
+            for c in 0..k {
+                let got = pred.probs[n * k + c].as_f64();
+                assert!(
+                    (got - want[c]).abs() < rel,
+                    "{s:?} row {n} class {c}: {got} vs {}",
+                    want[c]
+                );
+            }
+        }
+    }
+    // A wide prior on the bias alone: Σ_f is nearly all a common shift of the logits, which
+    // softmax ignores. Monte Carlo (which is invariant to it) is matched by the centred probit
+    // far better than by the plain one, which shrinks every logit for it.
+    let case = Case::new(94, 40, 3, 3, true);
+    let mut config = case.config(Structure::Full, Likelihood::Classification, Curvature::Ggn, 7);
+    config.prior_precision = 1.0;
+    let mut post = case.fit::<D, T>(dev, 5, &config).unwrap();
+    post.set_prior_precision(&[1e-3; 1]).unwrap();
+    let phi = Problem::cast::<T>(&case.pb.phi[30 * case.pb.d..]);
+    let x = HostMatrix::new(&phi, 10, case.pb.d).unwrap();
+    let mc = post
+        .predict(
+            x,
+            Link::MonteCarlo {
+                samples: 20_000,
+                seed: 3,
+            },
+        )
+        .unwrap();
+    let error = |link| -> f64 {
+        let p = post.predict(x, link).unwrap();
+        p.probs
+            .iter()
+            .zip(&mc.probs)
+            .map(|(a, b)| (a.as_f64() - b.as_f64()).abs())
+            .sum()
+    };
+    let (plain, centred) = (
+        error(Link::default()),
+        error(Link::CentredProbit {
+            lambda: Link::PROBIT_LAMBDA,
+        }),
+    );
+    assert!(
+        centred < plain,
+        "centred probit off Monte Carlo by {centred}, plain by {plain}"
+    );
+}
+
 #[macro_export]
 macro_rules! complete_suite {
     ($backend:literal, $make:expr, $($t:ident),+) => {
@@ -1050,6 +1263,8 @@ macro_rules! complete_suite {
             #[test] fn unlearn_structures() { if let Some(d) = device() { complete::check_unlearn_structures::<_, $t>(&d) } }
             #[test] fn forgetting() { if let Some(d) = device() { complete::check_forgetting::<_, $t>(&d) } }
             #[test] fn resident_features() { if let Some(d) = device() { complete::check_resident_features::<_, $t>(&d) } }
+            #[test] fn tune_prior_precision_matches_brute_force() { if let Some(d) = device() { complete::check_tune_prior_precision::<_, $t>(&d) } }
+            #[test] fn centred_probit_matches_dense() { if let Some(d) = device() { complete::check_centred_probit::<_, $t>(&d) } }
         }
         )+
     };

@@ -5,8 +5,8 @@
 //! curvature is then one GEMM `Qᵀ(Φ ∘ Φ)`. Updates are exact on the diagonal, O(m·K·D).
 
 use super::{
-    CovarianceStep, CovarianceStructure, CurvatureTerm, DataTerm, Operand, StoredPair, StoredParts, elementwise_drift,
-    host_curvature, reciprocals, row_curvature_eigenvalues, row_log_det, shift_rows,
+    CovarianceStep, CovarianceStructure, CurvatureTerm, DataTerm, Operand, Spectrum, StoredPair, StoredParts,
+    elementwise_drift, host_curvature, reciprocals, row_curvature_eigenvalues, row_log_det, shift_rows,
 };
 use crate::device::{Device, Matrix, Op, Sign};
 use crate::error::{Error, Result};
@@ -174,6 +174,12 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Diag<D, T> {
 
     fn curvature_eigenvalues(&self, device: &D, prior: &[f64], _k: usize, da: usize) -> Result<(Vec<f64>, f64)> {
         Ok((row_curvature_eigenvalues(device, &self.pair.precision, prior, da)?, 1.0))
+    }
+
+    fn curvature_spectrum(&self, device: &D, prior: &[f64], _k: usize, da: usize) -> Result<Spectrum> {
+        Ok(Spectrum::Diagonal {
+            h: row_curvature_eigenvalues(device, &self.pair.precision, prior, da)?,
+        })
     }
 
     fn per_class_prior(&self) -> bool {

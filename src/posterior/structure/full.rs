@@ -6,9 +6,9 @@
 //! (≈ 2P²r + r³/3), else a refactor (≈ P³).
 
 use super::{
-    CovarianceStep, CovarianceStructure, CurvatureTerm, DataTerm, Operand, StoredPair, StoredParts, Woodbury,
-    dense_curvature_eigenvalues, dense_drift, dense_inverse, dense_log_det, host_curvature, woodbury_factor,
-    woodbury_rows,
+    CovarianceStep, CovarianceStructure, CurvatureTerm, DataTerm, Operand, Spectrum, StoredPair, StoredParts, Woodbury,
+    dense_curvature_eigenvalues, dense_drift, dense_inverse, dense_log_det, dense_spectrum, host_curvature,
+    woodbury_factor, woodbury_rows,
 };
 use crate::device::{Device, LowRankFactor, Matrix, Op, Sign};
 use crate::error::Result;
@@ -269,6 +269,12 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
     fn curvature_eigenvalues(&self, device: &D, prior: &[f64], _k: usize, da: usize) -> Result<(Vec<f64>, f64)> {
         let of = |i: usize| prior[if prior.len() == 1 { 0 } else { i / da }];
         Ok((dense_curvature_eigenvalues(device, &self.pair.precision, of)?, 1.0))
+    }
+
+    fn curvature_spectrum(&self, device: &D, prior: &[f64], _k: usize, da: usize) -> Result<Spectrum> {
+        let of = |i: usize| prior[if prior.len() == 1 { 0 } else { i / da }];
+        let (h, vectors) = dense_spectrum(device, &self.pair.precision, of)?;
+        Ok(Spectrum::Dense { h, vectors })
     }
 
     fn per_class_prior(&self) -> bool {

@@ -9,8 +9,8 @@
 //! factorisations.
 
 use super::{
-    CovarianceStep, CovarianceStructure, CurvatureTerm, DataTerm, Operand, RawTensor, StoredPair, StoredParts,
-    elementwise_drift, host_curvature, reciprocals, row_curvature_eigenvalues, row_log_det, shift_rows,
+    CovarianceStep, CovarianceStructure, CurvatureTerm, DataTerm, Operand, RawTensor, Spectrum, StoredPair,
+    StoredParts, elementwise_drift, host_curvature, reciprocals, row_curvature_eigenvalues, row_log_det, shift_rows,
     symmetric_eigen,
 };
 use crate::device::{Device, Matrix, Op, Sign};
@@ -314,6 +314,16 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Kron<D, T> {
 
     fn curvature_eigenvalues(&self, device: &D, prior: &[f64], _k: usize, da: usize) -> Result<(Vec<f64>, f64)> {
         Ok((row_curvature_eigenvalues(device, &self.pair.precision, prior, da)?, 1.0))
+    }
+
+    fn curvature_spectrum(&self, device: &D, prior: &[f64], _k: usize, da: usize) -> Result<Spectrum> {
+        let host =
+            |m: &Matrix<D, T>| -> Result<Vec<f64>> { Ok(device.download(m)?.iter().map(|x| x.as_f64()).collect()) };
+        Ok(Spectrum::Kron {
+            h: row_curvature_eigenvalues(device, &self.pair.precision, prior, da)?,
+            ua: host(&self.factors.a_vecs)?,
+            ug: host(&self.factors.g_vecs)?,
+        })
     }
 
     fn per_class_prior(&self) -> bool {

@@ -204,6 +204,11 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
     /// and how many weights each stands for.
     fn curvature_eigenvalues(&self, device: &D, prior: &[f64], k: usize, da: usize) -> Result<(Vec<f64>, f64)>;
 
+    /// The data curvature `H = Π − T` (T the prior `prior`, 1 or K values) in weight space as
+    /// `U diag(h) Uᵀ`, in the form the structure holds it (see [`Spectrum`]): one
+    /// eigendecomposition for Full and Shared, none for Diag and Kron.
+    fn curvature_spectrum(&self, device: &D, prior: &[f64], k: usize, da: usize) -> Result<Spectrum>;
+
     /// Whether the structure takes one τ per class.
     fn per_class_prior(&self) -> bool;
 
@@ -738,6 +743,41 @@ fn dense_curvature_eigenvalues<D: Device, T: Scalar>(
     Ok(symmetric_eigenvalues(&p, n)?.into_iter().map(|x| x.max(0.0)).collect())
 }
 
+/// A structure's data curvature `H = U diag(h) Uᵀ` in weight space (P = K·D_aug, weights
+/// ordered class by class), from which the covariance at any prior τ is
+/// `Σ(τ) = U diag(1/(h + τ)) Uᵀ` without another factorisation.
+pub(crate) enum Spectrum {
+    /// Full: U = V, P × P (row-major, one eigenvector per column), h of length P.
+    Dense { h: Vec<f64>, vectors: Vec<f64> },
+    /// Shared: `U = I_K ⊗ V` with V D_aug × D_aug (row-major, columns); h of length D_aug,
+    /// the same for every class.
+    Shared { h: Vec<f64>, vectors: Vec<f64> },
+    /// Diag: U = I, h K × D_aug.
+    Diagonal { h: Vec<f64> },
+    /// Kron: `U = U_A ⊗ U_G` (K × K and D_aug × D_aug, row-major, columns), h K × D_aug with
+    /// `h[a·D_aug + g]` on `u_a ⊗ u_g`.
+    Kron { h: Vec<f64>, ua: Vec<f64>, ug: Vec<f64> },
+}
+
+/// The spectrum of `precision − diag(τ)` (Full, Shared): its eigendecomposition, eigenvalues
+/// clamped at 0.
+fn dense_spectrum<D: Device, T: Scalar>(
+    device: &D,
+    precision: &Matrix<D, T>,
+    tau_of: impl Fn(usize) -> f64,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let n = precision.rows();
+    let mut p = device.download(precision)?;
+    for i in 0..n {
+        p[i * n + i] -= T::from_f64(tau_of(i));
+    }
+    let (h, vectors) = symmetric_eigen(&p, n)?;
+    Ok((
+        h.into_iter().map(|x| x.max(0.0)).collect(),
+        vectors.iter().map(|x| x.as_f64()).collect(),
+    ))
+}
+
 /// `K × D_aug` eigenvalues (Diag, Kron) with `delta` added to class k's row.
 fn shift_rows<D: Device, T: Scalar>(
     device: &D,
@@ -755,7 +795,7 @@ fn shift_rows<D: Device, T: Scalar>(
 }
 
 /// The eigenvalues of a row-eigenvalue structure's data term, `π − τ_k` clipped at 0.
-fn row_curvature_eigenvalues<D: Device, T: Scalar>(
+pub(super) fn row_curvature_eigenvalues<D: Device, T: Scalar>(
     device: &D,
     precision: &Matrix<D, T>,
     prior: &[f64],

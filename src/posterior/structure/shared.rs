@@ -6,9 +6,9 @@
 //! O(D²) per input whatever K. Updates are Woodbury steps of rank m while m < D_aug/2.
 
 use super::{
-    CovarianceStep, CovarianceStructure, CurvatureTerm, DataTerm, Operand, StoredPair, StoredParts, Woodbury,
-    dense_curvature_eigenvalues, dense_drift, dense_inverse, dense_log_det, host_curvature, woodbury_factor,
-    woodbury_rows,
+    CovarianceStep, CovarianceStructure, CurvatureTerm, DataTerm, Operand, Spectrum, StoredPair, StoredParts, Woodbury,
+    dense_curvature_eigenvalues, dense_drift, dense_inverse, dense_log_det, dense_spectrum, host_curvature,
+    woodbury_factor, woodbury_rows,
 };
 use crate::device::{Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign};
 use crate::error::{Error, Result};
@@ -193,6 +193,11 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Shared<D, T> {
             dense_curvature_eigenvalues(device, &self.pair.precision, |_| prior[0])?,
             k as f64,
         ))
+    }
+
+    fn curvature_spectrum(&self, device: &D, prior: &[f64], _k: usize, _da: usize) -> Result<Spectrum> {
+        let (h, vectors) = dense_spectrum(device, &self.pair.precision, |_| prior[0])?;
+        Ok(Spectrum::Shared { h, vectors })
     }
 
     fn per_class_prior(&self) -> bool {

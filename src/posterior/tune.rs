@@ -1,0 +1,521 @@
+//! [`Posterior::tune_prior_precision`]: the prior precision τ (and the logit temperature, and
+//! the link) that score best on validation data.
+//!
+//! The mean ŵ is held fixed, as for the marginal likelihood; τ changes only the covariance
+//! `Σ(τ) = U diag(1/(h + τ)) Uᵀ`, with `H = U diag(h) Uᵀ` the data curvature in the form the
+//! structure holds it (one eigendecomposition for Full and Shared, none for Diag and Kron). The
+//! probit links read the logit variances `diag Σ_f(τ)` (or `diag CΣ_f(τ)C`), which are
+//! `W · (1/(h + τ))` for fixed nonnegative weights W of each validation input: one product
+//! scores every grid point, with no factorisation per τ.
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+
+use super::structure::Spectrum;
+use super::{Calibration, Features, Link, Posterior, logits};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::host::Targets;
+use crate::metrics::{Scores, score};
+use crate::scalar::Scalar;
+
+/// What [`Posterior::tune_prior_precision`] minimises on the validation data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TuneMetric {
+    /// Mean negative log-likelihood of the labels.
+    #[default]
+    Nll,
+    /// Mean Brier score `Σ_k (p_k − y_k)²`.
+    Brier,
+    /// Expected calibration error over 15 bins.
+    Ece,
+}
+
+impl TuneMetric {
+    /// The metric of a name: `nll`, `brier` or `ece`.
+    ///
+    /// Errors: `InvalidArgument`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "nll" => Ok(TuneMetric::Nll),
+            "brier" => Ok(TuneMetric::Brier),
+            "ece" => Ok(TuneMetric::Ece),
+            other => Err(Error::invalid(
+                "metric",
+                format!("unknown metric {other:?}: nll, brier or ece"),
+            )),
+        }
+    }
+
+    /// The metric's value in `scores`.
+    pub fn of(&self, scores: &Scores) -> f64 {
+        match self {
+            TuneMetric::Nll => scores.nll,
+            TuneMetric::Brier => scores.brier,
+            TuneMetric::Ece => scores.ece,
+        }
+    }
+}
+
+/// Settings of [`Posterior::tune_prior_precision`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TuneConfig {
+    /// The metric minimised.
+    pub metric: TuneMetric,
+    /// The link τ is tuned for: [`Link::Probit`], [`Link::CentredProbit`] or [`Link::None`].
+    pub link: Link,
+    /// Smallest τ of the log grid.
+    pub grid_min: f64,
+    /// Largest τ of the log grid.
+    pub grid_max: f64,
+    /// Points of the log grid (≥ 2); the best is then refined between its neighbours.
+    pub grid_points: usize,
+    /// Tune the logit temperature T jointly with τ (else T = 1).
+    pub temperature: bool,
+    /// After τ and T, score the probit, centred probit, Monte Carlo (100 draws) and bridge
+    /// links there and keep the best (else keep `link`).
+    pub choose_link: bool,
+}
+
+impl Default for TuneConfig {
+    /// NLL, the probit, τ on 41 points of 10⁻⁴ … 10⁴, T = 1, the link kept.
+    fn default() -> Self {
+        TuneConfig {
+            metric: TuneMetric::Nll,
+            link: Link::default(),
+            grid_min: 1e-4,
+            grid_max: 1e4,
+            grid_points: 41,
+            temperature: false,
+            choose_link: false,
+        }
+    }
+}
+
+impl TuneConfig {
+    /// Checks the settings: a grid `0 < grid_min < grid_max`, both finite, of ≥ 2 points, and
+    /// a probit or no link to tune for.
+    ///
+    /// Errors: `InvalidArgument`.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.grid_min.is_finite()
+            && self.grid_max.is_finite()
+            && 0.0 < self.grid_min
+            && self.grid_min < self.grid_max)
+        {
+            return Err(Error::invalid(
+                "grid",
+                format!(
+                    "needs 0 < min < max, both finite; got {} .. {}",
+                    self.grid_min, self.grid_max
+                ),
+            ));
+        }
+        if self.grid_points < 2 {
+            return Err(Error::invalid("grid_points", "at least 2"));
+        }
+        self.link.validate()?;
+        if !matches!(self.link, Link::Probit { .. } | Link::CentredProbit { .. } | Link::None) {
+            return Err(Error::invalid(
+                "link",
+                "τ is tuned for the probit, centred probit or no link; `choose_link` compares the others",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What [`Posterior::tune_prior_precision`] chose, and what it saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TuneReport {
+    /// The chosen τ.
+    pub prior_precision: f64,
+    /// The chosen logit temperature (1 unless tuned).
+    pub temperature: f64,
+    /// The chosen link.
+    pub link: Link,
+    /// The metric at the choice.
+    pub score: f64,
+    /// `(τ, metric)` over the grid (at the best temperature of each τ).
+    pub curve: Vec<(f64, f64)>,
+    /// `(link, metric)` of each link compared at the chosen τ and T (empty unless
+    /// `choose_link`).
+    pub links: Vec<(Link, f64)>,
+}
+
+/// Points refining the best grid point between its neighbours.
+const REFINE_POINTS: usize = 16;
+/// f64 values of one validation pass's temporaries (64 MiB).
+const PASS_ELEMENTS: usize = 1 << 23;
+/// Temperatures tried: `10^(−1 … 1)` on this many log-spaced points, then refined.
+const TEMPERATURE_POINTS: usize = 41;
+
+impl<D: Device, T: Scalar> Posterior<D, T> {
+    /// Chooses the prior precision τ that minimises `config.metric` of the predictive on the
+    /// validation data (Φ, labels), and with `config.temperature` a logit temperature T jointly,
+    /// then sets them (τ by [`Posterior::set_prior_precision`], T and the link in
+    /// [`Posterior::calibration`]). The mean is held fixed.
+    ///
+    /// τ runs over a log grid, then over [`REFINE_POINTS`] between the best point's neighbours;
+    /// every τ is scored from one spectrum of the curvature (see the module notes), so the cost
+    /// is one eigendecomposition (Full: P³ order; Shared: D³; Diag, Kron: none) and
+    /// O(n·K·P) per pass over the validation data for Full (O(n·K·D) for the others), whatever
+    /// the number of grid points. With `choose_link`, the probit, centred probit, Monte Carlo
+    /// and bridge links are then scored by [`Posterior::predict`] at the chosen τ and T.
+    ///
+    /// Errors: those of [`Posterior::update`]'s inputs, `InvalidArgument` (the config),
+    /// `Unsupported` (regression: use [`Posterior::optimize_prior_precision`]),
+    /// `NotPositiveDefinite`. On error the posterior is unchanged.
+    ///
+    /// ```
+    /// use laplace_update::{CpuDevice, FitConfig, HostMatrix, Posterior, TuneConfig};
+    /// let cpu = CpuDevice::new(1)?;
+    /// // Two classes on one feature, the head already trained.
+    /// let x = [-2.0f64, -1.0, -0.5, 0.5, 1.0, 2.0];
+    /// let y = [0u32, 0, 1, 0, 1, 1];
+    /// let head = [-1.5f64, 1.5];
+    /// let features = HostMatrix::new(&x, 6, 1)?;
+    /// let mut post = Posterior::fit(&cpu, features, &y[..], HostMatrix::new(&head, 2, 1)?, None, &FitConfig::default())?;
+    /// let report = post.tune_prior_precision(features, &y[..], &TuneConfig::default())?;
+    /// assert_eq!(post.prior_precision()[0], report.prior_precision);
+    /// assert_eq!(report.curve.len(), 41);
+    /// # Ok::<(), laplace_update::Error>(())
+    /// ```
+    pub fn tune_prior_precision<F: Features<D, T> + Copy, Y: Targets<T> + ?Sized>(
+        &mut self,
+        features: F,
+        targets: &Y,
+        config: &TuneConfig,
+    ) -> Result<TuneReport> {
+        config.validate()?;
+        if self.is_regression() {
+            return Err(Error::Unsupported(
+                "tuning a regression posterior on validation data: use optimize_prior_precision".into(),
+            ));
+        }
+        self.check_batch(&features, targets)?;
+        let device = self.device.clone();
+        device.scope(|| self.tune_in_scope(features, targets, config))
+    }
+
+    fn tune_in_scope<F: Features<D, T> + Copy, Y: Targets<T> + ?Sized>(
+        &mut self,
+        features: F,
+        targets: &Y,
+        config: &TuneConfig,
+    ) -> Result<TuneReport> {
+        let (k, da) = (self.classes, self.augmented_features());
+        let prior: Vec<f64> = (0..k).map(|c| self.prior_of(c).as_f64()).collect();
+        let spectrum = self.moments.state.curvature_spectrum(&self.device, &prior, k, da)?;
+        let (lambda, centred) = match config.link {
+            Link::Probit { lambda } => (lambda, false),
+            Link::CentredProbit { lambda } => (lambda, true),
+            _ => (0.0, false),
+        };
+        let log_grid = |lo: f64, hi: f64, points: usize| -> Vec<f64> {
+            (0..points)
+                .map(|i| (lo.ln() + (hi.ln() - lo.ln()) * i as f64 / (points - 1) as f64).exp())
+                .collect()
+        };
+        let grid = log_grid(config.grid_min, config.grid_max, config.grid_points);
+        let temperatures = if config.temperature {
+            log_grid(0.1, 10.0, TEMPERATURE_POINTS)
+        } else {
+            vec![1.0]
+        };
+        let validation = self.validation_pass(&features, targets, &spectrum, centred, &grid)?;
+        let scored =
+            |v: &Validation, g: usize, t: f64| -> Result<f64> { Ok(config.metric.of(&v.scores(g, t, lambda, k)?)) };
+        // The best temperature of each τ, and the curve.
+        let mut curve = Vec::with_capacity(grid.len());
+        let mut best = (f64::INFINITY, 0, 1.0);
+        for (g, &tau) in grid.iter().enumerate() {
+            let mut here = (f64::INFINITY, 1.0);
+            for &t in &temperatures {
+                let s = scored(&validation, g, t)?;
+                if s < here.0 {
+                    here = (s, t);
+                }
+            }
+            curve.push((tau, here.0));
+            if here.0 < best.0 {
+                best = (here.0, g, here.1);
+            }
+        }
+        // Refine τ between the best point's neighbours, at its temperature.
+        let (lo, hi) = (grid[best.1.saturating_sub(1)], grid[(best.1 + 1).min(grid.len() - 1)]);
+        let fine = log_grid(lo, hi, REFINE_POINTS);
+        let refined = self.validation_pass(&features, targets, &spectrum, centred, &fine)?;
+        let mut choice = (best.0, grid[best.1], best.2);
+        let mut fine_best = None;
+        for (g, &tau) in fine.iter().enumerate() {
+            let s = scored(&refined, g, best.2)?;
+            if s < choice.0 {
+                (choice, fine_best) = ((s, tau, best.2), Some(g));
+            }
+        }
+        // Refine T at the chosen τ: a golden-section search on log T between the grid
+        // temperatures around it.
+        if config.temperature {
+            let (v, g) = match fine_best {
+                Some(g) => (&refined, g),
+                None => (&validation, best.1),
+            };
+            let step = (10f64).powf(2.0 / (TEMPERATURE_POINTS - 1) as f64);
+            let (mut a, mut b) = ((choice.2 / step).ln(), (choice.2 * step).ln());
+            let ratio = (5f64.sqrt() - 1.0) / 2.0;
+            for _ in 0..30 {
+                let (c, d) = (b - ratio * (b - a), a + ratio * (b - a));
+                if scored(v, g, c.exp())? < scored(v, g, d.exp())? {
+                    b = d;
+                } else {
+                    a = c;
+                }
+            }
+            let t = (0.5 * (a + b)).exp();
+            let s = scored(v, g, t)?;
+            if s < choice.0 {
+                choice = (s, choice.1, t);
+            }
+        }
+        let (score_at, tau, temperature) = choice;
+        // Everything that can fail before the posterior changes: the refactor runs on a copy.
+        let mut tuned = self.try_clone()?;
+        tuned.set_prior_precision(&[tau])?;
+        tuned.set_calibration(Calibration {
+            temperature,
+            link: config.link,
+        })?;
+        let mut report = TuneReport {
+            prior_precision: tau,
+            temperature,
+            link: config.link,
+            score: score_at,
+            curve,
+            links: Vec::new(),
+        };
+        if config.choose_link {
+            let lambda = config.link.lambda().unwrap_or(Link::PROBIT_LAMBDA);
+            let labels = validation.labels.as_slice();
+            for link in [
+                Link::Probit { lambda },
+                Link::CentredProbit { lambda },
+                Link::MonteCarlo { samples: 100, seed: 0 },
+                Link::Bridge,
+            ] {
+                let pred = tuned.predict(features, link)?;
+                let s = config.metric.of(&score(&pred.probs, labels, k, 15)?);
+                report.links.push((link, s));
+                if s < report.score || report.link == Link::None {
+                    (report.score, report.link) = (s, link);
+                }
+            }
+            tuned.set_calibration(Calibration {
+                temperature,
+                link: report.link,
+            })?;
+        }
+        *self = tuned;
+        Ok(report)
+    }
+
+    /// One pass over the validation data: the mean logits, the labels, and the probit's logit
+    /// variances at every τ of `grid`.
+    fn validation_pass<F: Features<D, T>, Y: Targets<T> + ?Sized>(
+        &self,
+        features: &F,
+        targets: &Y,
+        spectrum: &Spectrum,
+        centred: bool,
+        grid: &[f64],
+    ) -> Result<Validation> {
+        let (k, da) = (self.classes, self.augmented_features());
+        let n = features.rows();
+        // Rows per pass: the pass's r·K × width weights and r·K × grid variances within
+        // PASS_ELEMENTS f64 values.
+        let per_row = k * (spectrum.width(da) + grid.len()) + da;
+        let rows = (PASS_ELEMENTS / per_row).clamp(1, n.max(1));
+        let mut out = Validation {
+            mean: Vec::with_capacity(n * k),
+            variances: Vec::with_capacity(n * k * grid.len()),
+            labels: Vec::with_capacity(n),
+            grid: grid.len(),
+        };
+        for start in (0..n).step_by(rows.max(1)) {
+            let r = rows.min(n - start);
+            let batch = self.upload_batch(features, targets, start, r)?;
+            let mean = logits(&self.device, &batch.phi, &self.moments.head, self.fixed_bias.as_ref())?;
+            out.mean.extend(self.device.download(&mean)?.iter().map(|x| x.as_f64()));
+            for row in batch.host_targets.chunks_exact(k) {
+                out.labels
+                    .push(row.iter().position(|t| t.as_f64() > 0.5).unwrap_or(0) as u32);
+            }
+            let phi: Vec<f64> = self.device.download(&batch.phi)?.iter().map(|x| x.as_f64()).collect();
+            out.variances.extend(spectrum.variances(&phi, r, k, da, centred, grid));
+        }
+        Ok(out)
+    }
+}
+
+/// The validation data as the scores read it: mean logits (n × K), labels, and the logit
+/// variances (n·K × grid, row `x·K + k`).
+struct Validation {
+    mean: Vec<f64>,
+    variances: Vec<f64>,
+    labels: Vec<u32>,
+    grid: usize,
+}
+
+impl Validation {
+    /// The scores of the probit (λ; λ = 0 is the plain softmax) at grid point `g` and
+    /// temperature `t`: `softmax_k((f_k/t) / √(1 + λ v_k/t²))`.
+    fn scores(&self, g: usize, t: f64, lambda: f64, k: usize) -> Result<Scores> {
+        let mut probs = vec![0.0; self.mean.len()];
+        for (x, p) in probs.chunks_exact_mut(k).enumerate() {
+            for (c, p) in p.iter_mut().enumerate() {
+                let v = self.variances[(x * k + c) * self.grid + g];
+                *p = (self.mean[x * k + c] / t) / (1.0 + lambda * v / (t * t)).sqrt();
+            }
+            let top = p.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            p.iter_mut().for_each(|v| *v = (*v - top).exp());
+            let total: f64 = p.iter().sum();
+            p.iter_mut().for_each(|v| *v /= total);
+        }
+        score(&probs, &self.labels, k, 15)
+    }
+}
+
+/// `out = a · b` for row-major a (m × n) and b (n × p), in f64.
+fn product(a: &[f64], b: &[f64], m: usize, n: usize, p: usize) -> Vec<f64> {
+    let mut out = vec![0.0; m * p];
+    matmul(
+        MatMut::from_row_major_slice_mut(&mut out, m, p),
+        Accum::Replace,
+        MatRef::from_row_major_slice(a, m, n),
+        MatRef::from_row_major_slice(b, n, p),
+        1.0,
+        Par::rayon(0),
+    );
+    crate::device::cpu::settle_vector_state();
+    out
+}
+
+/// `S[j, g] = 1/(h_j + τ_g)`, len(h) × len(grid).
+fn inverse_shifts(h: &[f64], grid: &[f64]) -> Vec<f64> {
+    h.iter()
+        .flat_map(|&h| grid.iter().map(move |&tau| 1.0 / (h + tau)))
+        .collect()
+}
+
+impl Spectrum {
+    /// Columns of the logit weights of one input (the length of h, or D_aug for Diag and Kron,
+    /// which reduce per class).
+    fn width(&self, da: usize) -> usize {
+        match self {
+            Spectrum::Dense { h, .. } => h.len(),
+            _ => da,
+        }
+    }
+
+    /// The probit's logit variances of r inputs Φ (r × D_aug, row-major) at every τ of
+    /// `grid`, (r·K) × grid: `diag Σ_f(τ)`, or `diag CΣ_f(τ)C` (`centred`).
+    fn variances(&self, phi: &[f64], r: usize, k: usize, da: usize, centred: bool, grid: &[f64]) -> Vec<f64> {
+        let gn = grid.len();
+        let kf = k as f64;
+        // Centring a per-class variance matrix v (r·K × grid) whose Σ_f is diagonal.
+        let centre_diagonal = |v: &mut Vec<f64>| {
+            for x in 0..r {
+                for g in 0..gn {
+                    let total: f64 = (0..k).map(|c| v[(x * k + c) * gn + g]).sum();
+                    for c in 0..k {
+                        let e = &mut v[(x * k + c) * gn + g];
+                        *e = *e * (1.0 - 2.0 / kf) + total / (kf * kf);
+                    }
+                }
+            }
+        };
+        match self {
+            Spectrum::Dense { h, vectors } => {
+                // B[x, k, i] = Σ_d φ[x, d] V[k·D_aug + d, i]; Σ_f(τ)[k, k] = Σ_i B² / (h_i + τ).
+                let p = h.len();
+                let mut b = vec![0.0; r * k * p];
+                for c in 0..k {
+                    let block = product(phi, &vectors[c * da * p..(c + 1) * da * p], r, da, p);
+                    for x in 0..r {
+                        b[(x * k + c) * p..(x * k + c + 1) * p].copy_from_slice(&block[x * p..(x + 1) * p]);
+                    }
+                }
+                if centred {
+                    for x in 0..r {
+                        for i in 0..p {
+                            let mean = (0..k).map(|c| b[(x * k + c) * p + i]).sum::<f64>() / kf;
+                            (0..k).for_each(|c| b[(x * k + c) * p + i] -= mean);
+                        }
+                    }
+                }
+                b.iter_mut().for_each(|v| *v *= *v);
+                product(&b, &inverse_shifts(h, grid), r * k, p, gn)
+            }
+            Spectrum::Shared { h, vectors } => {
+                // Σ_f = v I_K, v = Σ_g (Vᵀφ)_g² / (h_g + τ); centred: v (1 − 1/K).
+                let mut z = product(phi, vectors, r, da, da);
+                z.iter_mut().for_each(|v| *v *= *v);
+                let v = product(&z, &inverse_shifts(h, grid), r, da, gn);
+                let scale = if centred { 1.0 - 1.0 / kf } else { 1.0 };
+                let mut out = vec![0.0; r * k * gn];
+                for x in 0..r {
+                    for c in 0..k {
+                        for g in 0..gn {
+                            out[(x * k + c) * gn + g] = v[x * gn + g] * scale;
+                        }
+                    }
+                }
+                out
+            }
+            Spectrum::Diagonal { h } => {
+                // Σ_f[k, k] = Σ_i φ_i² / (h_ki + τ), per class.
+                let squares: Vec<f64> = phi.iter().map(|v| v * v).collect();
+                let mut out = vec![0.0; r * k * gn];
+                for c in 0..k {
+                    let v = product(&squares, &inverse_shifts(&h[c * da..(c + 1) * da], grid), r, da, gn);
+                    for x in 0..r {
+                        out[(x * k + c) * gn..(x * k + c + 1) * gn].copy_from_slice(&v[x * gn..(x + 1) * gn]);
+                    }
+                }
+                if centred {
+                    centre_diagonal(&mut out);
+                }
+                out
+            }
+            Spectrum::Kron { h, ua, ug } => {
+                // e[x, a] = Σ_j (U_Gᵀφ)_j² / (h_aj + τ); Σ_f[k, k] = Σ_a w[k, a] e[x, a] with
+                // w = U_A² (or (C U_A)²).
+                let mut z = product(phi, ug, r, da, da);
+                z.iter_mut().for_each(|v| *v *= *v);
+                let mut e = vec![0.0; r * k * gn];
+                for a in 0..k {
+                    let v = product(&z, &inverse_shifts(&h[a * da..(a + 1) * da], grid), r, da, gn);
+                    for x in 0..r {
+                        e[(x * k + a) * gn..(x * k + a + 1) * gn].copy_from_slice(&v[x * gn..(x + 1) * gn]);
+                    }
+                }
+                let means: Vec<f64> = (0..k)
+                    .map(|a| {
+                        if centred {
+                            (0..k).map(|c| ua[c * k + a]).sum::<f64>() / kf
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                let w: Vec<f64> = (0..k * k).map(|i| (ua[i] - means[i % k]).powi(2)).collect();
+                let mut out = vec![0.0; r * k * gn];
+                for x in 0..r {
+                    let block = product(&w, &e[x * k * gn..(x + 1) * k * gn], k, k, gn);
+                    out[x * k * gn..(x + 1) * k * gn].copy_from_slice(&block);
+                }
+                out
+            }
+        }
+    }
+}
