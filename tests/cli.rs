@@ -834,3 +834,82 @@ fn cpu_device_touches_no_driver() {
         );
     }
 }
+
+/// Validation tuning from the command line: `fit --optimize-prior val` and `tune` choose the τ
+/// and temperature the library's `tune_prior_precision` chooses, store them, and `predict`
+/// reads them unless told otherwise; without validation files it is a one-line error.
+#[test]
+fn validation_tuning_fit_tune_predict() {
+    let f = Files::new("tune");
+    let plain = f.p("plain.safetensors");
+    let fit = |extra: &str, out: &str| {
+        ok(&format!(
+            "fit --features {} --labels {} --weights {} --bias-vector {} --dtype f64 --out {out} {extra}",
+            f.p("x.npy"),
+            f.p("y.npy"),
+            f.p("w.npy"),
+            f.p("b.npy")
+        ))
+    };
+    fit("", &plain);
+    let val = format!(
+        "--val-features {} --val-labels {} --tune-temperature",
+        f.p("x_new.npy"),
+        f.p("y_new.npy")
+    );
+    let tuned = f.p("tuned.safetensors");
+    fit(&format!("--optimize-prior val {val}"), &tuned);
+    let retuned = f.p("retuned.safetensors");
+    ok(&format!("tune --posterior {plain} {val} --out {retuned}"));
+    // The library on the same posterior and validation data.
+    let cpu = CpuDevice::new(1).unwrap();
+    let mut want: Posterior<CpuDevice, f64> = load_posterior(&cpu, Path::new(&plain)).unwrap();
+    let x = read_npy(&f.dir.join("x_new.npy"))
+        .unwrap()
+        .to_matrix::<f64>()
+        .unwrap()
+        .0;
+    let report = want
+        .tune_prior_precision(
+            HostMatrix::new(&x, 10, 6).unwrap(),
+            &f.pb.labels[30..],
+            &laplace_update::TuneConfig {
+                temperature: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    for file in [&tuned, &retuned] {
+        let got: Posterior<CpuDevice, f64> = load_posterior(&cpu, Path::new(file)).unwrap();
+        assert_eq!(got.prior_precision(), &[report.prior_precision][..], "{file}");
+        assert_eq!(got.calibration().temperature, report.temperature, "{file}");
+        let info = ok(&format!("info --posterior {file}"));
+        assert!(
+            info.contains(&format!("temperature    {}", report.temperature)),
+            "{info}"
+        );
+    }
+    // predict reads the stored temperature; --temperature 1 overrides it.
+    let probs = |extra: &str| -> Vec<f64> {
+        let out = f.p("p.npy");
+        ok(&format!(
+            "predict --posterior {tuned} --features {} --out {out} {extra}",
+            f.p("x_new.npy")
+        ));
+        read_npy(Path::new(&out)).unwrap().to_matrix::<f64>().unwrap().0
+    };
+    let expected = want
+        .predict(HostMatrix::new(&x, 10, 6).unwrap(), Link::default())
+        .unwrap()
+        .probs;
+    assert!(relative_error(&probs(""), &expected) < 1e-12);
+    assert!(relative_error(&probs("--temperature 1"), &expected) > 1e-6);
+    probs("--link centred-probit --probit-lambda 0.5");
+    fails(&format!(
+        "fit --features {} --labels {} --optimize-prior val --out {}",
+        f.p("x.npy"),
+        f.p("y.npy"),
+        f.p("z.safetensors")
+    ));
+    fails(&format!("tune --posterior {plain} --out {}", f.p("z.safetensors")));
+}

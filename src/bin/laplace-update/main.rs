@@ -18,7 +18,7 @@ use laplace_update::{
     Likelihood, Link, OutputWeighting, Posterior, PriorShape, Result, Scalar, Structure, Targets, UnlearnConfig,
     UpdateConfig, UpdateRule, fit_head,
 };
-use laplace_update::{StepControl, UpdateReport};
+use laplace_update::{Calibration, StepControl, TuneConfig, TuneMetric, UpdateReport};
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +46,8 @@ enum Command {
     Update(UpdateArgs),
     /// Remove samples that a Joint update added (its exact inverse).
     Unlearn(UnlearnArgs),
+    /// Choose the prior precision (and temperature, and link) on validation data.
+    Tune(TuneCommandArgs),
     /// Predict class probabilities (and logit variances) at new features.
     Predict(PredictArgs),
     /// Describe a posterior file.
@@ -187,6 +189,128 @@ impl ModelArgs {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum OptimizePriorArg {
+    /// Maximise the Laplace marginal likelihood of the training data.
+    Marglik,
+    /// Minimise a metric of the predictive on validation data.
+    Val,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MetricArg {
+    Nll,
+    Brier,
+    Ece,
+}
+
+/// Validation tuning (`fit --optimize-prior val`, `tune`).
+#[derive(Args)]
+struct TuneArgs {
+    /// Validation features, n × D.
+    #[arg(long)]
+    val_features: Option<String>,
+    /// Validation labels, n integers in 0..K.
+    #[arg(long)]
+    val_labels: Option<String>,
+    /// Metric minimised on the validation data.
+    #[arg(long, value_enum, default_value = "nll")]
+    val_metric: MetricArg,
+    /// Tune the logit temperature jointly with τ.
+    #[arg(long)]
+    tune_temperature: bool,
+    /// Then compare the probit, centred probit, Monte Carlo and bridge links there and keep
+    /// the best.
+    #[arg(long)]
+    tune_link: bool,
+    /// The link τ is tuned for.
+    #[arg(long, value_enum, default_value = "probit")]
+    tune_for: TuneLinkArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TuneLinkArg {
+    Probit,
+    CentredProbit,
+    None,
+}
+
+impl TuneArgs {
+    fn config(&self) -> TuneConfig {
+        let lambda = Link::PROBIT_LAMBDA;
+        TuneConfig {
+            metric: match self.val_metric {
+                MetricArg::Nll => TuneMetric::Nll,
+                MetricArg::Brier => TuneMetric::Brier,
+                MetricArg::Ece => TuneMetric::Ece,
+            },
+            link: match self.tune_for {
+                TuneLinkArg::Probit => Link::Probit { lambda },
+                TuneLinkArg::CentredProbit => Link::CentredProbit { lambda },
+                TuneLinkArg::None => Link::None,
+            },
+            temperature: self.tune_temperature,
+            choose_link: self.tune_link,
+            ..Default::default()
+        }
+    }
+
+    /// The validation files, both required.
+    fn files(&self) -> Result<(&str, &str)> {
+        match (&self.val_features, &self.val_labels) {
+            (Some(x), Some(y)) => Ok((x, y)),
+            _ => Err(Error::invalid(
+                "val-features",
+                "validation tuning needs --val-features and --val-labels",
+            )),
+        }
+    }
+
+    /// Tunes `post` on the validation files and prints the choice.
+    fn run<D: Device, T: Scalar>(&self, post: &mut Posterior<D, T>) -> Result<()> {
+        let (x, y) = self.files()?;
+        let (phi, n, d) = read_array(x)?.to_matrix::<T>()?;
+        let labels = targets_of::<T>(y, false)?;
+        let started = std::time::Instant::now();
+        let report = labels.with(|y| post.tune_prior_precision(HostMatrix::new(&phi, n, d)?, y, &self.config()))?;
+        eprintln!(
+            "prior precision τ = {:.6e}, temperature {:.4}, link {}: validation {} {:.4} on {n} samples ({:.2} ms)",
+            report.prior_precision,
+            report.temperature,
+            report.link.name(),
+            match self.val_metric {
+                MetricArg::Nll => "NLL",
+                MetricArg::Brier => "Brier",
+                MetricArg::Ece => "ECE",
+            },
+            report.score,
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        for (link, score) in &report.links {
+            eprintln!("  link {:<15} {score:.4}", link.name());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Args)]
+struct TuneCommandArgs {
+    /// Posterior file to tune.
+    #[arg(long)]
+    posterior: PathBuf,
+    #[command(flatten)]
+    tune: TuneArgs,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Output posterior file; may be the input file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Seconds to wait for another process writing the output file to finish.
+    #[arg(long, default_value = "60", value_name = "SECONDS", value_parser = seconds)]
+    lock_timeout: std::time::Duration,
+}
+
 #[derive(Args)]
 struct FitArgs {
     /// Features Φ, N × D (.npy or FILE.safetensors:TENSOR).
@@ -209,10 +333,13 @@ struct FitArgs {
     /// Prior precision τ.
     #[arg(long, default_value_t = 1.0, conflicts_with = "optimize_prior")]
     prior_precision: f64,
-    /// Choose τ by maximising the Laplace marginal likelihood (the head's MAP, when fitted
-    /// here, uses τ = 1).
-    #[arg(long)]
-    optimize_prior: bool,
+    /// Choose τ: by maximising the Laplace marginal likelihood (`marglik`, the default), or on
+    /// validation data (`val`, with --val-features and --val-labels). The head's MAP, when
+    /// fitted here, uses τ = 1.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "marglik")]
+    optimize_prior: Option<OptimizePriorArg>,
+    #[command(flatten)]
+    tune: TuneArgs,
     /// Compute backend.
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
@@ -391,6 +518,7 @@ struct UnlearnArgs {
 #[derive(Clone, Copy, ValueEnum)]
 enum LinkArg {
     Probit,
+    CentredProbit,
     Mc,
     Bridge,
     None,
@@ -404,18 +532,21 @@ struct PredictArgs {
     /// Features, n × D.
     #[arg(long)]
     features: String,
-    /// How logit uncertainty becomes probabilities.
-    #[arg(long, value_enum, default_value = "probit")]
-    link: LinkArg,
+    /// How logit uncertainty becomes probabilities (default: the posterior's own, as tuned).
+    #[arg(long, value_enum)]
+    link: Option<LinkArg>,
     /// Monte Carlo samples (with --link mc).
     #[arg(long, default_value_t = 100)]
     samples: usize,
     /// Monte Carlo seed (with --link mc).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Mean-field factor λ of the probit link.
-    #[arg(long, default_value_t = std::f64::consts::PI / 8.0)]
-    mean_field_factor: f64,
+    /// Mean-field factor λ of the probit links (default: the posterior's, or π/8).
+    #[arg(long, visible_alias = "probit-lambda")]
+    mean_field_factor: Option<f64>,
+    /// Logit temperature T (default: the posterior's, as tuned).
+    #[arg(long)]
+    temperature: Option<f64>,
     /// Compute backend.
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
@@ -446,6 +577,7 @@ fn main() -> ExitCode {
         Command::Merge(args) => merge(&args),
         Command::Update(args) => update(&args),
         Command::Unlearn(args) => unlearn(&args),
+        Command::Tune(args) => tune(&args),
         Command::Predict(args) => predict(&args),
         Command::Info { posterior } => info(&posterior),
         Command::Devices => devices(),
@@ -532,8 +664,33 @@ fn unlearn(args: &UnlearnArgs) -> Result<()> {
 }
 
 fn predict(args: &PredictArgs) -> Result<()> {
-    args.link().validate()?;
+    args.link(Link::default())?;
+    if let Some(t) = args.temperature {
+        Calibration {
+            temperature: t,
+            link: Link::default(),
+        }
+        .validate()?;
+    }
     on_posterior!(args.device, &args.posterior, predict_as, args)
+}
+
+fn tune(args: &TuneCommandArgs) -> Result<()> {
+    args.tune.files()?;
+    on_posterior!(args.device, &args.posterior, tune_as, args)
+}
+
+fn tune_as<D: Device, T: Scalar>(device: &D, args: &TuneCommandArgs) -> Result<()> {
+    let file = PosteriorFile::lock(&args.out, args.lock_timeout)?;
+    let mut post: Posterior<D, T> = if same_file(&args.posterior, &args.out) {
+        file.load(device)?
+    } else {
+        load_posterior(device, &args.posterior)?
+    };
+    args.tune.run(&mut post)?;
+    file.commit(&post)?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
 }
 
 fn devices() -> Result<()> {
@@ -547,7 +704,14 @@ fn devices() -> Result<()> {
 }
 
 fn fit(args: &FitArgs) -> Result<()> {
-    let prior_precision = if args.optimize_prior { 1.0 } else { args.prior_precision };
+    if args.optimize_prior == Some(OptimizePriorArg::Val) {
+        args.tune.files()?;
+    }
+    let prior_precision = if args.optimize_prior.is_some() {
+        1.0
+    } else {
+        args.prior_precision
+    };
     let config = args.model.config(prior_precision)?;
     let device = select_device(args.device)?;
     laplace_update::with_device!(&device, |d| match args.dtype {
@@ -663,9 +827,13 @@ fn fit_as<D: Device, T: Scalar>(device: &D, args: &FitArgs, config: &FitConfig) 
     let started = std::time::Instant::now();
     let mut post = targets.with(|y| Posterior::fit(device, features, y, head, bias.as_deref(), config))?;
     let fit_ms = started.elapsed().as_secs_f64() * 1e3;
-    if args.optimize_prior {
-        let tau = post.optimize_prior_precision(PriorShape::Scalar)?;
-        eprintln!("prior precision τ = {:.6e} maximises the marginal likelihood", tau[0]);
+    match args.optimize_prior {
+        Some(OptimizePriorArg::Marglik) => {
+            let tau = post.optimize_prior_precision(PriorShape::Scalar)?;
+            eprintln!("prior precision τ = {:.6e} maximises the marginal likelihood", tau[0]);
+        }
+        Some(OptimizePriorArg::Val) => args.tune.run(&mut post)?,
+        None => {}
     }
     PosteriorFile::lock(&args.out, args.lock_timeout)?.commit(&post)?;
     eprintln!(
@@ -805,17 +973,23 @@ impl UnlearnArgs {
 }
 
 impl PredictArgs {
-    fn link(&self) -> Link {
-        match self.link {
-            LinkArg::Probit => Link::Probit {
-                lambda: self.mean_field_factor,
-            },
-            LinkArg::Mc => Link::MonteCarlo {
-                samples: self.samples,
-                seed: self.seed,
-            },
-            LinkArg::Bridge => Link::Bridge,
-            LinkArg::None => Link::None,
+    /// The link asked for, else `stored` (the posterior's), with the λ asked for.
+    fn link(&self, stored: Link) -> Result<Link> {
+        let lambda = self
+            .mean_field_factor
+            .or(stored.lambda())
+            .unwrap_or(Link::PROBIT_LAMBDA);
+        let name = match self.link {
+            Some(LinkArg::Probit) => "probit",
+            Some(LinkArg::CentredProbit) => "centred-probit",
+            Some(LinkArg::Mc) => "mc",
+            Some(LinkArg::Bridge) => "bridge",
+            Some(LinkArg::None) => "none",
+            None => stored.name(),
+        };
+        match (self.link, stored) {
+            (None, Link::MonteCarlo { samples, seed }) => Link::from_name(name, lambda, samples, seed),
+            _ => Link::from_name(name, lambda, self.samples, self.seed),
         }
     }
 }
@@ -885,9 +1059,15 @@ fn unlearn_as<D: Device, T: Scalar>(device: &D, args: &UnlearnArgs) -> Result<()
 }
 
 fn predict_as<D: Device, T: Scalar>(device: &D, args: &PredictArgs) -> Result<()> {
-    let post: Posterior<D, T> = load_posterior(device, &args.posterior)?;
+    let mut post: Posterior<D, T> = load_posterior(device, &args.posterior)?;
     let (phi, n, d) = read_array(&args.features)?.to_matrix::<T>()?;
-    let link = args.link();
+    let link = args.link(post.calibration().link)?;
+    if let Some(temperature) = args.temperature {
+        post.set_calibration(Calibration {
+            temperature,
+            ..post.calibration()
+        })?;
+    }
     let started = std::time::Instant::now();
     let pred = post.predict(HostMatrix::new(&phi, n, d)?, link)?;
     eprintln!(
@@ -919,6 +1099,14 @@ fn info(path: &Path) -> Result<()> {
     println!("bias           {:?}", h.bias);
     let tau: Vec<String> = h.prior_precision.iter().map(|t| format!("{t}")).collect();
     println!("prior τ        {}", tau.join(", "));
+    println!("temperature    {}", h.calibration.temperature);
+    let lambda = h
+        .calibration
+        .link
+        .lambda()
+        .map(|l| format!(" (λ = {l})"))
+        .unwrap_or_default();
+    println!("link           {}{lambda}", h.calibration.link.name());
     println!("samples seen   {}", h.samples_seen);
     Ok(())
 }
