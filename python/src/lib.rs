@@ -15,8 +15,9 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use laplace_update::active::{LabelSource, Pool, Strategy, UpdateDriven};
 use laplace_update::io;
 use laplace_update::{
-    BiasMode, CpuDevice, Curvature, CurvatureAccumulator, Error, FitConfig, HostMatrix, Likelihood, Link,
-    Posterior as Post, PriorShape, Scalar, StepControl, Structure, Targets, UnlearnConfig, UpdateConfig, UpdateRule,
+    BiasMode, Calibration, CpuDevice, Curvature, CurvatureAccumulator, Error, FitConfig, HostMatrix, Likelihood, Link,
+    Posterior as Post, PriorShape, Scalar, StepControl, Structure, Targets, TuneConfig, TuneMetric, UnlearnConfig,
+    UpdateConfig, UpdateRule,
 };
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::BoundObject;
@@ -269,17 +270,8 @@ fn curvature(name: &str, samples: usize, seed: u64) -> R<Curvature> {
     }
 }
 
-fn link(name: &str, samples: usize, seed: u64) -> R<Link> {
-    match name {
-        "probit" => Ok(Link::default()),
-        "mc" | "monte-carlo" => Ok(Link::MonteCarlo { samples, seed }),
-        "bridge" => Ok(Link::Bridge),
-        "none" | "map" => Ok(Link::None),
-        _ => Err(invalid(
-            "link",
-            format!("unknown `{name}`; one of probit, mc, bridge, none"),
-        )),
-    }
+fn link(name: &str, lambda: f64, samples: usize, seed: u64) -> R<Link> {
+    Link::from_name(name, lambda, samples, seed).map_err(to_py)
 }
 
 fn rule(name: &str) -> R<UpdateRule> {
@@ -632,20 +624,44 @@ impl Posterior {
         })
     }
 
-    /// `(probs, logit_var)`: the predictive under `link` (probit, mc, bridge, none) and the
-    /// logit covariance, N × K × K for Full and N × K (its diagonal) for the other structures.
-    #[pyo3(signature = (features, link="probit", samples=100, seed=0))]
+    /// `(probs, logit_var)`: the predictive under `link` (probit, centred-probit, mc, bridge,
+    /// none; default: the posterior's own, as tuned) at the posterior's temperature (or
+    /// `temperature`), and the logit covariance, N × K × K for Full and N × K (its diagonal)
+    /// for the other structures.
+    #[pyo3(signature = (features, link=None, samples=100, seed=0, probit_lambda=None, temperature=None))]
+    #[allow(clippy::too_many_arguments)]
     fn predict<'py>(
         &self,
         py: Python<'py>,
         features: &Bound<'py, PyAny>,
-        link: &str,
+        link: Option<&str>,
         samples: usize,
         seed: u64,
+        probit_lambda: Option<f64>,
+        temperature: Option<f64>,
     ) -> R<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-        let link = self::link(link, samples, seed)?;
         let guard = read(py, &self.inner);
         each!(&*guard, |p: T| {
+            let stored = p.calibration();
+            let lambda = probit_lambda.or(stored.link.lambda()).unwrap_or(Link::PROBIT_LAMBDA);
+            let link = match (link, stored.link) {
+                (None, Link::MonteCarlo { samples, seed }) => self::link("mc", lambda, samples, seed)?,
+                (name, stored) => self::link(name.unwrap_or(stored.name()), lambda, samples, seed)?,
+            };
+            // Another temperature predicts from a copy that carries it.
+            let copy = match temperature {
+                Some(t) if t != stored.temperature => {
+                    let mut copy = p.try_clone().map_err(to_py)?;
+                    copy.set_calibration(Calibration {
+                        temperature: t,
+                        ..stored
+                    })
+                    .map_err(to_py)?;
+                    Some(copy)
+                }
+                _ => None,
+            };
+            let p = copy.as_ref().unwrap_or(p);
             let x = matrix::<T>(features)?;
             let (full, k) = (p.structure() == Structure::Full, p.classes());
             let x = host(&x).map_err(to_py)?;
@@ -660,6 +676,69 @@ impl Posterior {
             let shape: Vec<usize> = if full { vec![n, k, k] } else { vec![n, k] };
             Ok((out(py, pred.probs, &[n, k])?, out(py, var, &shape)?))
         })
+    }
+
+    /// Chooses τ (and with `temperature=True` a logit temperature; with `choose_link=True`
+    /// the link) minimising `metric` (nll, brier, ece) of the predictive under `link`
+    /// (probit, centred-probit, none) on validation data, sets them, and returns a dict:
+    /// `prior_precision`, `temperature`, `link`, `score`, `curve` [(τ, score)], `links`
+    /// [(link, score)].
+    #[pyo3(signature = (features, labels, metric="nll", link="probit", grid_min=1e-4, grid_max=1e4, grid_points=41, temperature=false, choose_link=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn tune_prior_precision<'py>(
+        &self,
+        py: Python<'py>,
+        features: &Bound<'py, PyAny>,
+        labels: &Bound<'py, PyAny>,
+        metric: &str,
+        link: &str,
+        grid_min: f64,
+        grid_max: f64,
+        grid_points: usize,
+        temperature: bool,
+        choose_link: bool,
+    ) -> R<Bound<'py, PyDict>> {
+        let config = TuneConfig {
+            metric: TuneMetric::from_name(metric).map_err(to_py)?,
+            link: self::link(link, Link::PROBIT_LAMBDA, 100, 0)?,
+            grid_min,
+            grid_max,
+            grid_points,
+            temperature,
+            choose_link,
+        };
+        config.validate().map_err(to_py)?;
+        let mut guard = write(py, &self.inner);
+        let report = each!(&mut *guard, |p: T| {
+            let regression = p.likelihood() != Likelihood::Classification;
+            let (x, y) = (matrix::<T>(features)?, targets::<T>(labels, regression)?);
+            let x = host(&x).map_err(to_py)?;
+            y.with(|y| py.detach(|| p.tune_prior_precision(x, y, &config)))
+                .map_err(to_py)
+        })?;
+        let out = PyDict::new(py);
+        out.set_item("prior_precision", report.prior_precision)?;
+        out.set_item("temperature", report.temperature)?;
+        out.set_item("link", report.link.name())?;
+        out.set_item("score", report.score)?;
+        out.set_item("curve", report.curve)?;
+        let links: Vec<(&str, f64)> = report.links.iter().map(|(l, s)| (l.name(), *s)).collect();
+        out.set_item("links", links)?;
+        Ok(out)
+    }
+
+    /// The logit temperature predictions use.
+    #[getter]
+    fn temperature(&self, py: Python<'_>) -> R<f64> {
+        let guard = read(py, &self.inner);
+        each!(&*guard, |p: T| Ok(p.calibration().temperature))
+    }
+
+    /// The link predictions use by default (as tuned).
+    #[getter]
+    fn link(&self, py: Python<'_>) -> R<String> {
+        let guard = read(py, &self.inner);
+        each!(&*guard, |p: T| Ok(p.calibration().link.name().to_string()))
     }
 
     /// The log marginal likelihood of the data under the Laplace approximation.

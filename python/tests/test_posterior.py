@@ -184,3 +184,45 @@ def test_select():
     # The first pick is the base strategy's; the updates inside leave the posterior unchanged.
     assert len(set(driven)) == 5 and driven[0] == int(np.argmin(margin))
     assert post.samples_seen == 20
+
+
+@pytest.mark.parametrize("link", ["probit", "centred-probit"])
+def test_tune_prior_precision_against_numpy(link):
+    # The curve of validation NLL over τ, against Σ(τ) = (H + τI)⁻¹ refitted in numpy at each
+    # grid point; the chosen τ is set, and predictions read the stored link.
+    x, y, w, b = problem(5)
+    post = lu.Posterior.fit(x[:30], y[:30], w, b, structure="full", prior_precision=TAU, bias_in_posterior=False)
+    k, p = w.shape[0], w.size
+    curvature = post.precision() - TAU * np.eye(p)
+    report = post.tune_prior_precision(x[30:], y[30:], link=link, grid_points=7)
+    assert len(report["curve"]) == 7 and report["link"] == link
+    f = logits(x[30:], w, b)
+    centre = np.eye(k) - np.ones((k, k)) / k
+    for tau, value in report["curve"]:
+        sf = logit_covariance(x[30:], np.linalg.inv(curvature + tau * np.eye(p)), k, False)
+        if link == "centred-probit":
+            sf = centre @ sf @ centre
+        probs = probit(f, np.einsum("nkk->nk", sf))
+        nll = -np.mean(np.log(probs[np.arange(len(y) - 30), y[30:]]))
+        assert abs(value - nll) < 1e-8 * max(1.0, nll)
+    assert post.prior_precision == [report["prior_precision"]]
+    assert report["score"] <= min(v for _, v in report["curve"]) + 1e-12
+    assert post.link == link and post.temperature == 1.0
+    probs, _ = post.predict(x[30:])
+    same, _ = post.predict(x[30:], link=link)
+    assert np.array_equal(probs, same)
+    with pytest.raises(lu.InvalidArgumentError):
+        post.tune_prior_precision(x[30:], y[30:], metric="accuracy")
+
+
+def test_tune_temperature_and_link():
+    x, y, w, b = problem(6)
+    post = lu.Posterior.fit(x[:30], y[:30], w * 3, b, structure="kron", prior_precision=TAU)
+    report = post.tune_prior_precision(x[30:], y[30:], temperature=True, choose_link=True, grid_points=9)
+    assert post.temperature == report["temperature"] != 1.0
+    assert [name for name, _ in report["links"]] == ["probit", "centred-probit", "mc", "bridge"]
+    assert report["score"] <= min(s for _, s in report["links"])
+    assert post.link == report["link"]
+    hotter, _ = post.predict(x[30:], temperature=2 * report["temperature"])
+    here, _ = post.predict(x[30:])
+    assert not np.allclose(hotter, here)

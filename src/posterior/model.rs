@@ -307,6 +307,11 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
         self.is_classification() && self.curvature == Curvature::Ggn
     }
 
+    /// Whether the curvature depends on the head (all but the Gaussian likelihood's GGN).
+    pub fn head_dependent_curvature(&self) -> bool {
+        self.is_classification() || self.curvature != Curvature::Ggn
+    }
+
     /// The likelihood's mean at `head`: probabilities `softmax(f)` (classification) or the
     /// logits f (regression); n × K.
     pub fn outputs(&self, phi: &Matrix<D, T>, head: &Matrix<D, T>) -> Result<Matrix<D, T>> {

@@ -138,6 +138,7 @@ fn damped<D: Device, T: Scalar>(
 ) -> Result<UpdateReport> {
     let device = model.device;
     let tolerance = tolerance.max(T::EPS.as_f64());
+    let quadratic = !model.head_dependent_curvature();
     let (k, da) = moments.head.shape();
     let mut w = device.copy(&moments.head)?;
     // r = Π(w − ŵ) and q = (w − ŵ)ᵀ Π (w − ŵ), kept along the steps.
@@ -160,8 +161,10 @@ fn damped<D: Device, T: Scalar>(
         let mut here = Some(moments.state.curvature_term(model, batch, &outputs, None)?);
         if preconditioner.is_none() || last_iterations > REUSE_ITERATIONS {
             let term = here.take().expect("the term at this step");
-            // The first direction is preconditioned by the covariance the posterior holds.
-            let fresh = if preconditioner.is_none() {
+            // The first direction is preconditioned by the covariance the posterior holds,
+            // unless the curvature is the same at every head (J quadratic): then the
+            // structure's own solve serves every step.
+            let fresh = if preconditioner.is_none() && !quadratic {
                 Preconditioner::prior(term)
             } else {
                 Preconditioner::new(device, &*moments.state, &batch.phi, term, tau)?
@@ -175,7 +178,12 @@ fn damped<D: Device, T: Scalar>(
         let (pre, made_at) = preconditioner.as_ref().expect("formed above");
         let mut storage = Default::default();
         let curvature = structure::host_curvature(model, batch, &outputs, &mut storage)?;
-        let scale = objective.abs().max(1.0);
+        // A quadratic J's one Newton step is solved to working precision.
+        let scale = if quadratic {
+            f64::INFINITY
+        } else {
+            objective.abs().max(1.0)
+        };
         let (d, iterations) = conjugate_gradient(model, moments, batch, &curvature, pre, &grad, scale)?;
         last_iterations = iterations;
         let decrement = inner(device, &grad, &d)?;
@@ -266,7 +274,7 @@ const CG_ITERATIONS: usize = 100;
 /// r has `rᵀM⁻¹r ≤ η² gᵀM⁻¹g`, or for [`CG_ITERATIONS`]. The forcing term
 /// `η² = min(10⁻², max(gᵀM⁻¹g / scale, η²_min))` (`scale = max(1, |J|)`,
 /// `η²_min = max(10⁻¹², ε_T)`) is loose far from the mode and tightens as the Newton decrement
-/// `gᵀM⁻¹g ≈ λ²` falls, which keeps Newton's superlinear rate. Returns d and the iterations
+/// `gᵀM⁻¹g ≈ λ²` falls, which keeps Newton's superlinear rate (`scale = ∞`: η_min throughout). Returns d and the iterations
 /// taken. Every iterate is an ascent direction of J (`gᵀd > 0`), so a capped solve still gives
 /// a usable step.
 fn conjugate_gradient<D: Device, T: Scalar>(

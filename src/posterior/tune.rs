@@ -62,7 +62,9 @@ impl TuneMetric {
 pub struct TuneConfig {
     /// The metric minimised.
     pub metric: TuneMetric,
-    /// The link τ is tuned for: [`Link::Probit`], [`Link::CentredProbit`] or [`Link::None`].
+    /// The link τ is tuned for: [`Link::Probit`], [`Link::CentredProbit`] or [`Link::None`]
+    /// (which τ does not enter: τ is kept, and only the temperature is tuned, the network's
+    /// own temperature scaling).
     pub link: Link,
     /// Smallest τ of the log grid.
     pub grid_min: f64,
@@ -217,7 +219,11 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 .map(|i| (lo.ln() + (hi.ln() - lo.ln()) * i as f64 / (points - 1) as f64).exp())
                 .collect()
         };
-        let grid = log_grid(config.grid_min, config.grid_max, config.grid_points);
+        // With no link τ does not enter the predictive: it is kept, and only T is tuned.
+        let grid = match config.link {
+            Link::None => prior[..1].to_vec(),
+            _ => log_grid(config.grid_min, config.grid_max, config.grid_points),
+        };
         let temperatures = if config.temperature {
             log_grid(0.1, 10.0, TEMPERATURE_POINTS)
         } else {
@@ -244,7 +250,11 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         }
         // Refine τ between the best point's neighbours, at its temperature.
         let (lo, hi) = (grid[best.1.saturating_sub(1)], grid[(best.1 + 1).min(grid.len() - 1)]);
-        let fine = log_grid(lo, hi, REFINE_POINTS);
+        let fine = if grid.len() > 1 {
+            log_grid(lo, hi, REFINE_POINTS)
+        } else {
+            grid.clone()
+        };
         let refined = self.validation_pass(&features, targets, &spectrum, centred, &fine)?;
         let mut choice = (best.0, grid[best.1], best.2);
         let mut fine_best = None;

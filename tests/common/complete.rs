@@ -1081,7 +1081,12 @@ pub fn check_tune_prior_precision<D: Device, T: Scalar>(dev: &D) {
             };
             let mut post = start.try_clone().unwrap();
             let report = post.tune_prior_precision(val, labels, &config).unwrap();
-            assert_eq!(report.curve.len(), 9, "{name}");
+            // No link: τ does not enter the predictive and is kept.
+            let points = if link == Link::None { 1 } else { 9 };
+            assert_eq!(report.curve.len(), points, "{name}");
+            if link == Link::None {
+                assert_eq!(report.prior_precision, start.prior_precision()[0].as_f64(), "{name}");
+            }
             let score_at = |tau: f64, t: f64| -> f64 {
                 let mut p = start.try_clone().unwrap();
                 p.set_prior_precision(&[tau]).unwrap();
