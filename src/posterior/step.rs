@@ -308,7 +308,7 @@ fn conjugate_gradient<D: Device, T: Scalar>(
         let mut ap = model.curvature_product(batch, curvature, &p)?;
         state.apply(device, Operand::Precision, &p, &mut ap, T::one())?;
         let pap = inner(device, &p, &ap)?;
-        if !(pap > 0.0) {
+        if pap.is_nan() || pap <= 0.0 {
             return Ok((d, iteration - 1));
         }
         let alpha = rz / pap;

@@ -158,7 +158,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// then sets them (τ by [`Posterior::set_prior_precision`], T and the link in
     /// [`Posterior::calibration`]). The mean is held fixed.
     ///
-    /// τ runs over a log grid, then over [`REFINE_POINTS`] between the best point's neighbours;
+    /// τ runs over a log grid, then over 16 points between the best point's neighbours;
     /// every τ is scored from one spectrum of the curvature (see the module notes), so the cost
     /// is one eigendecomposition (Full: P³ order; Shared: D³; Diag, Kron: none) and
     /// O(n·K·P) per pass over the validation data for Full (O(n·K·D) for the others), whatever
