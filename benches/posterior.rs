@@ -13,7 +13,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 use laplace_update::{
     AnyDevice, BiasMode, CpuDevice, Device, FitConfig, HeadConfig, HostMatrix, Link, OutputWeighting, Posterior,
-    Structure, UpdateConfig, UpdateRule, fit_head, with_device,
+    Structure, TuneConfig, UpdateConfig, UpdateRule, fit_head, with_device,
 };
 
 #[path = "../tests/common/counting_alloc.rs"]
@@ -248,6 +248,38 @@ fn bench_predict(c: &mut Criterion) {
     group.finish();
 }
 
+/// Validation tuning of τ (41 grid points, then 16 refining, on 2,000 validation points) beside
+/// the fit it tunes, at Full K = 10, D = 512, N = 10,000: the tuning should cost at most about
+/// three fits.
+fn bench_tune(c: &mut Criterion) {
+    let cpu = CpuDevice::new(threads()).unwrap();
+    let mut group = c.benchmark_group(format!("tune prior [{}]", laplace_update::Device::name(&cpu)));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(30))
+        .warm_up_time(Duration::from_secs(1));
+    let (n, d, k) = (10_000, 512, 10);
+    let pb = Problem::new(n + 2_000, d, k, 5);
+    let post = pb.fit(&cpu, Structure::Full, n);
+    group.bench_function("fit full f32 N=10000 D=512 K=10", |b| {
+        b.iter(|| black_box(pb.fit(&cpu, Structure::Full, n)))
+    });
+    let val = HostMatrix::new(&pb.phi[n * d..], 2_000, d).unwrap();
+    for (name, temperature) in [("tau", false), ("tau and temperature", true)] {
+        group.bench_function(format!("tune {name} full f32 2000 validation points D=512 K=10"), |b| {
+            b.iter(|| {
+                let mut p = post.try_clone().unwrap();
+                let config = TuneConfig {
+                    temperature,
+                    ..Default::default()
+                };
+                black_box(p.tune_prior_precision(val, &pb.labels[n..], &config).unwrap())
+            })
+        });
+    }
+    group.finish();
+}
+
 /// Times `f` like `Bencher::iter`, and prints the peak heap bytes of its second run (by the
 /// counting allocator) beside the case's name, once per case (`reported`: criterion calls a
 /// case's routine once per sample).
@@ -374,6 +406,7 @@ criterion_group!(
     bench_update,
     bench_step_control,
     bench_predict,
+    bench_tune,
     bench_scale
 );
 criterion_main!(benches);

@@ -70,7 +70,7 @@ pub struct TuneConfig {
     pub grid_min: f64,
     /// Largest τ of the log grid.
     pub grid_max: f64,
-    /// Points of the log grid (≥ 2); the best is then refined between its neighbours.
+    /// Points of the log grid (≥ 2); 3 more inside each interval refine the best.
     pub grid_points: usize,
     /// Tune the logit temperature T jointly with τ (else T = 1).
     pub temperature: bool,
@@ -145,8 +145,9 @@ pub struct TuneReport {
     pub links: Vec<(Link, f64)>,
 }
 
-/// Points refining the best grid point between its neighbours.
-const REFINE_POINTS: usize = 16;
+/// Points scored inside each interval of the grid, among which the best grid point's
+/// neighbourhood is refined.
+const SUBDIVISIONS: usize = 3;
 /// f64 values of one validation pass's temporaries (64 MiB).
 const PASS_ELEMENTS: usize = 1 << 23;
 /// Temperatures tried: `10^(−1 … 1)` on this many log-spaced points, then refined.
@@ -158,7 +159,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// then sets them (τ by [`Posterior::set_prior_precision`], T and the link in
     /// [`Posterior::calibration`]). The mean is held fixed.
     ///
-    /// τ runs over a log grid, then over 16 points between the best point's neighbours;
+    /// τ runs over a log grid, then over the 3 points scored inside each interval next to the best;
     /// every τ is scored from one spectrum of the curvature (see the module notes), so the cost
     /// is one eigendecomposition (Full: P³ order; Shared: D³; Diag, Kron: none) and
     /// O(n·K·P) per pass over the validation data for Full (O(n·K·D) for the others), whatever
@@ -229,65 +230,61 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         } else {
             vec![1.0]
         };
-        let validation = self.validation_pass(&features, targets, &spectrum, centred, &grid)?;
-        let scored =
-            |v: &Validation, g: usize, t: f64| -> Result<f64> { Ok(config.metric.of(&v.scores(g, t, lambda, k)?)) };
-        // The best temperature of each τ, and the curve.
+        // One pass scores the grid and SUBDIVISIONS points inside each of its intervals:
+        // point i of the grid is column i·(SUBDIVISIONS + 1).
+        let stride = SUBDIVISIONS + 1;
+        let columns: Vec<f64> = match grid.len() {
+            1 => grid.clone(),
+            _ => log_grid(grid[0], grid[grid.len() - 1], (grid.len() - 1) * stride + 1),
+        };
+        let validation = self.validation_pass(&features, targets, &spectrum, centred, &columns)?;
+        let scored = |c: usize, t: f64| -> Result<f64> { Ok(config.metric.of(&validation.scores(c, t, lambda, k)?)) };
+        // The best temperature of each grid τ, and the curve.
         let mut curve = Vec::with_capacity(grid.len());
         let mut best = (f64::INFINITY, 0, 1.0);
         for (g, &tau) in grid.iter().enumerate() {
             let mut here = (f64::INFINITY, 1.0);
             for &t in &temperatures {
-                let s = scored(&validation, g, t)?;
+                let s = scored(g * stride, t)?;
                 if s < here.0 {
                     here = (s, t);
                 }
             }
             curve.push((tau, here.0));
             if here.0 < best.0 {
-                best = (here.0, g, here.1);
+                best = (here.0, g * stride, here.1);
             }
         }
-        // Refine τ between the best point's neighbours, at its temperature.
-        let (lo, hi) = (grid[best.1.saturating_sub(1)], grid[(best.1 + 1).min(grid.len() - 1)]);
-        let fine = if grid.len() > 1 {
-            log_grid(lo, hi, REFINE_POINTS)
-        } else {
-            grid.clone()
-        };
-        let refined = self.validation_pass(&features, targets, &spectrum, centred, &fine)?;
-        let mut choice = (best.0, grid[best.1], best.2);
-        let mut fine_best = None;
-        for (g, &tau) in fine.iter().enumerate() {
-            let s = scored(&refined, g, best.2)?;
+        // Refine τ over the points between the best grid point's neighbours, at its temperature.
+        let mut choice = (best.0, best.1, best.2);
+        let span = best.1.saturating_sub(stride)..(best.1 + stride + 1).min(columns.len());
+        for c in span {
+            let s = scored(c, best.2)?;
             if s < choice.0 {
-                (choice, fine_best) = ((s, tau, best.2), Some(g));
+                choice = (s, c, best.2);
             }
         }
         // Refine T at the chosen τ: a golden-section search on log T between the grid
         // temperatures around it.
         if config.temperature {
-            let (v, g) = match fine_best {
-                Some(g) => (&refined, g),
-                None => (&validation, best.1),
-            };
             let step = (10f64).powf(2.0 / (TEMPERATURE_POINTS - 1) as f64);
             let (mut a, mut b) = ((choice.2 / step).ln(), (choice.2 * step).ln());
             let ratio = (5f64.sqrt() - 1.0) / 2.0;
             for _ in 0..30 {
                 let (c, d) = (b - ratio * (b - a), a + ratio * (b - a));
-                if scored(v, g, c.exp())? < scored(v, g, d.exp())? {
+                if scored(choice.1, c.exp())? < scored(choice.1, d.exp())? {
                     b = d;
                 } else {
                     a = c;
                 }
             }
             let t = (0.5 * (a + b)).exp();
-            let s = scored(v, g, t)?;
+            let s = scored(choice.1, t)?;
             if s < choice.0 {
                 choice = (s, choice.1, t);
             }
         }
+        let choice = (choice.0, columns[choice.1], choice.2);
         let (score_at, tau, temperature) = choice;
         // Everything that can fail before the posterior changes: the refactor runs on a copy.
         let mut tuned = self.try_clone()?;
