@@ -21,6 +21,37 @@ pub struct Scores {
     pub confidence: f64,
 }
 
+/// One equal-width confidence bin of a reliability diagram.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Bin {
+    /// Rows whose confidence `max_k p_nk` falls in the bin.
+    pub count: usize,
+    /// Of those, the rows whose argmax is the label.
+    pub correct: usize,
+    /// The sum of their confidences.
+    pub confidence_sum: f64,
+}
+
+impl Bin {
+    /// The bin's accuracy (0 when empty).
+    pub fn accuracy(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.correct as f64 / self.count as f64
+        }
+    }
+
+    /// The bin's mean confidence (0 when empty).
+    pub fn confidence(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.confidence_sum / self.count as f64
+        }
+    }
+}
+
 /// Scores `probs` (n × K) against `labels`, with `bins` ECE bins.
 ///
 /// ```
@@ -30,6 +61,24 @@ pub struct Scores {
 /// # Ok::<(), laplace_update::Error>(())
 /// ```
 pub fn score<T: Scalar, L: Label>(probs: &[T], labels: &[L], classes: usize, bins: usize) -> Result<Scores> {
+    Ok(evaluate(probs, labels, classes, bins)?.0)
+}
+
+/// [`score`] and the reliability diagram's `bins` equal-width confidence bins, from one pass.
+///
+/// ```
+/// use laplace_update::metrics::evaluate;
+/// let (scores, bins) = evaluate(&[0.9f64, 0.1, 0.2, 0.8], &[0u8, 0], 2, 10)?;
+/// assert_eq!((bins[9].count, bins[8].count, bins[9].correct), (1, 0, 1));
+/// assert!((scores.confidence - 0.85).abs() < 1e-12);
+/// # Ok::<(), laplace_update::Error>(())
+/// ```
+pub fn evaluate<T: Scalar, L: Label>(
+    probs: &[T],
+    labels: &[L],
+    classes: usize,
+    bins: usize,
+) -> Result<(Scores, Vec<Bin>)> {
     let n = labels.len();
     if n == 0 {
         return Err(Error::EmptyBatch { argument: "labels" });
@@ -46,9 +95,7 @@ pub fn score<T: Scalar, L: Label>(probs: &[T], labels: &[L], classes: usize, bin
     }
     check_labels(labels, n, classes)?;
     let (mut correct, mut nll, mut brier, mut total_confidence) = (0usize, 0.0f64, 0.0f64, 0.0f64);
-    let mut bin_count = vec![0usize; bins];
-    let mut bin_correct = vec![0usize; bins];
-    let mut bin_confidence = vec![0.0f64; bins];
+    let mut diagram = vec![Bin::default(); bins];
     for (i, label) in labels.iter().enumerate() {
         let row = &probs[i * classes..(i + 1) * classes];
         let y = label.to_i64() as usize;
@@ -64,23 +111,21 @@ pub fn score<T: Scalar, L: Label>(probs: &[T], labels: &[L], classes: usize, bin
             .map(|(c, p)| (p.as_f64() - f64::from(u8::from(c == y))).powi(2))
             .sum::<f64>();
         total_confidence += confidence;
-        let b = ((confidence * bins as f64) as usize).min(bins - 1);
-        bin_count[b] += 1;
-        bin_correct[b] += usize::from(hit);
-        bin_confidence[b] += confidence;
+        let bin = &mut diagram[((confidence * bins as f64) as usize).min(bins - 1)];
+        bin.count += 1;
+        bin.correct += usize::from(hit);
+        bin.confidence_sum += confidence;
     }
-    let ece = (0..bins)
-        .filter(|&b| bin_count[b] > 0)
-        .map(|b| {
-            let count = bin_count[b] as f64;
-            (count / n as f64) * (bin_correct[b] as f64 / count - bin_confidence[b] / count).abs()
-        })
+    let ece = diagram
+        .iter()
+        .map(|b| (b.count as f64 / n as f64) * (b.accuracy() - b.confidence()).abs())
         .sum();
-    Ok(Scores {
+    let scores = Scores {
         accuracy: correct as f64 / n as f64,
         nll: nll / n as f64,
         ece,
         brier: brier / n as f64,
         confidence: total_confidence / n as f64,
-    })
+    };
+    Ok((scores, diagram))
 }

@@ -913,3 +913,66 @@ fn validation_tuning_fit_tune_predict() {
     ));
     fails(&format!("tune --posterior {plain} --out {}", f.p("z.safetensors")));
 }
+
+/// `evaluate` prints and writes the predictive's scores beside the network's softmax: the CSV's
+/// numbers are the library's scores of the same predictions, and the diagram is a PNG.
+#[test]
+fn evaluate_scores_and_reliability_diagram() {
+    let f = Files::new("evaluate");
+    let post = f.p("post.safetensors");
+    ok(&format!(
+        "fit --features {} --labels {} --weights {} --bias-vector {} --dtype f64 --out {post}",
+        f.p("x.npy"),
+        f.p("y.npy"),
+        f.p("w.npy"),
+        f.p("b.npy")
+    ));
+    let (csv, png) = (f.p("m.csv"), f.p("r.png"));
+    let table = ok(&format!(
+        "evaluate --posterior {post} --features {} --labels {} --link centred-probit --temperature 1.5 --csv {csv} --plot {png}",
+        f.p("x_new.npy"),
+        f.p("y_new.npy")
+    ));
+    assert!(
+        table.contains("Laplace (centred-probit, T = 1.500)") && table.contains("network"),
+        "{table}"
+    );
+    let cpu = CpuDevice::new(1).unwrap();
+    let mut p: Posterior<CpuDevice, f64> = load_posterior(&cpu, Path::new(&post)).unwrap();
+    let x = read_npy(&f.dir.join("x_new.npy"))
+        .unwrap()
+        .to_matrix::<f64>()
+        .unwrap()
+        .0;
+    let x = HostMatrix::new(&x, 10, 6).unwrap();
+    let labels = &f.pb.labels[30..];
+    let network = p.predict(x, Link::None).unwrap();
+    p.set_calibration(laplace_update::Calibration {
+        temperature: 1.5,
+        link: Link::default(),
+    })
+    .unwrap();
+    let laplace = p
+        .predict(
+            x,
+            Link::CentredProbit {
+                lambda: Link::PROBIT_LAMBDA,
+            },
+        )
+        .unwrap();
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "predictive,accuracy,nll,ece,brier,confidence");
+    for (line, probs) in lines[1..].iter().zip([&laplace.probs, &network.probs]) {
+        let s = laplace_update::metrics::score(probs, labels, 3, 15).unwrap();
+        let got: Vec<f64> = line.split(',').skip(1).map(|v| v.parse().unwrap()).collect();
+        let want = [s.accuracy, s.nll, s.ece, s.brier, s.confidence];
+        assert!(relative_error(&got, &want) < 1e-12, "{line} vs {want:?}");
+    }
+    assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG");
+    fails(&format!(
+        "evaluate --posterior {post} --features {} --labels {} --temperature 0",
+        f.p("x_new.npy"),
+        f.p("y_new.npy")
+    ));
+}

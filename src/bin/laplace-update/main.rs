@@ -4,6 +4,7 @@
 mod al;
 mod demo;
 mod digits;
+mod evaluate;
 mod figure;
 mod profile;
 mod report;
@@ -50,6 +51,9 @@ enum Command {
     Tune(TuneCommandArgs),
     /// Predict class probabilities (and logit variances) at new features.
     Predict(PredictArgs),
+    /// Score the predictive on labelled data beside the network's own softmax: accuracy,
+    /// NLL, ECE, Brier, confidence, and a reliability diagram.
+    Evaluate(evaluate::EvaluateArgs),
     /// Describe a posterior file.
     Info {
         /// Posterior file.
@@ -516,7 +520,7 @@ struct UnlearnArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum LinkArg {
+pub(crate) enum LinkArg {
     Probit,
     CentredProbit,
     Mc,
@@ -524,14 +528,9 @@ enum LinkArg {
     None,
 }
 
+/// How a command turns logit uncertainty into probabilities (`predict`, `evaluate`).
 #[derive(Args)]
-struct PredictArgs {
-    /// Posterior file.
-    #[arg(long)]
-    posterior: PathBuf,
-    /// Features, n × D.
-    #[arg(long)]
-    features: String,
+pub(crate) struct LinkArgs {
     /// How logit uncertainty becomes probabilities (default: the posterior's own, as tuned).
     #[arg(long, value_enum)]
     link: Option<LinkArg>,
@@ -547,6 +546,64 @@ struct PredictArgs {
     /// Logit temperature T (default: the posterior's, as tuned).
     #[arg(long)]
     temperature: Option<f64>,
+}
+
+impl LinkArgs {
+    /// The link asked for, else `stored` (the posterior's), with the λ asked for.
+    fn link(&self, stored: Link) -> Result<Link> {
+        let lambda = self
+            .mean_field_factor
+            .or(stored.lambda())
+            .unwrap_or(Link::PROBIT_LAMBDA);
+        let name = match self.link {
+            Some(LinkArg::Probit) => "probit",
+            Some(LinkArg::CentredProbit) => "centred-probit",
+            Some(LinkArg::Mc) => "mc",
+            Some(LinkArg::Bridge) => "bridge",
+            Some(LinkArg::None) => "none",
+            None => stored.name(),
+        };
+        match (self.link, stored) {
+            (None, Link::MonteCarlo { samples, seed }) => Link::from_name(name, lambda, samples, seed),
+            _ => Link::from_name(name, lambda, self.samples, self.seed),
+        }
+    }
+
+    /// Checks the settings before any file is read or device probed.
+    fn validate(&self) -> Result<()> {
+        self.link(Link::default())?;
+        if let Some(temperature) = self.temperature {
+            Calibration {
+                temperature,
+                link: Link::default(),
+            }
+            .validate()?;
+        }
+        Ok(())
+    }
+
+    /// The link to predict with, and `post` at the temperature asked for.
+    fn apply<D: Device, T: Scalar>(&self, post: &mut Posterior<D, T>) -> Result<Link> {
+        if let Some(temperature) = self.temperature {
+            post.set_calibration(Calibration {
+                temperature,
+                ..post.calibration()
+            })?;
+        }
+        self.link(post.calibration().link)
+    }
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    /// Posterior file.
+    #[arg(long)]
+    posterior: PathBuf,
+    /// Features, n × D.
+    #[arg(long)]
+    features: String,
+    #[command(flatten)]
+    link: LinkArgs,
     /// Compute backend.
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
@@ -579,6 +636,7 @@ fn main() -> ExitCode {
         Command::Unlearn(args) => unlearn(&args),
         Command::Tune(args) => tune(&args),
         Command::Predict(args) => predict(&args),
+        Command::Evaluate(args) => evaluate(&args),
         Command::Info { posterior } => info(&posterior),
         Command::Devices => devices(),
         Command::Demo(args) => demo::run(&args),
@@ -664,15 +722,17 @@ fn unlearn(args: &UnlearnArgs) -> Result<()> {
 }
 
 fn predict(args: &PredictArgs) -> Result<()> {
-    args.link(Link::default())?;
-    if let Some(t) = args.temperature {
-        Calibration {
-            temperature: t,
-            link: Link::default(),
-        }
-        .validate()?;
-    }
+    args.link.validate()?;
     on_posterior!(args.device, &args.posterior, predict_as, args)
+}
+
+fn evaluate(args: &evaluate::EvaluateArgs) -> Result<()> {
+    args.link.validate()?;
+    on_posterior!(args.device, &args.posterior, evaluate_as, args)
+}
+
+fn evaluate_as<D: Device, T: Scalar>(device: &D, args: &evaluate::EvaluateArgs) -> Result<()> {
+    evaluate::run::<D, T>(device, args)
 }
 
 fn tune(args: &TuneCommandArgs) -> Result<()> {
@@ -972,28 +1032,6 @@ impl UnlearnArgs {
     }
 }
 
-impl PredictArgs {
-    /// The link asked for, else `stored` (the posterior's), with the λ asked for.
-    fn link(&self, stored: Link) -> Result<Link> {
-        let lambda = self
-            .mean_field_factor
-            .or(stored.lambda())
-            .unwrap_or(Link::PROBIT_LAMBDA);
-        let name = match self.link {
-            Some(LinkArg::Probit) => "probit",
-            Some(LinkArg::CentredProbit) => "centred-probit",
-            Some(LinkArg::Mc) => "mc",
-            Some(LinkArg::Bridge) => "bridge",
-            Some(LinkArg::None) => "none",
-            None => stored.name(),
-        };
-        match (self.link, stored) {
-            (None, Link::MonteCarlo { samples, seed }) => Link::from_name(name, lambda, samples, seed),
-            _ => Link::from_name(name, lambda, self.samples, self.seed),
-        }
-    }
-}
-
 fn update_as<D: Device, T: Scalar>(device: &D, args: &UpdateArgs) -> Result<()> {
     let config = args.config()?;
     let mut times = Vec::with_capacity(args.repeat.max(1));
@@ -1061,13 +1099,7 @@ fn unlearn_as<D: Device, T: Scalar>(device: &D, args: &UnlearnArgs) -> Result<()
 fn predict_as<D: Device, T: Scalar>(device: &D, args: &PredictArgs) -> Result<()> {
     let mut post: Posterior<D, T> = load_posterior(device, &args.posterior)?;
     let (phi, n, d) = read_array(&args.features)?.to_matrix::<T>()?;
-    let link = args.link(post.calibration().link)?;
-    if let Some(temperature) = args.temperature {
-        post.set_calibration(Calibration {
-            temperature,
-            ..post.calibration()
-        })?;
-    }
+    let link = args.link.apply(&mut post)?;
     let started = std::time::Instant::now();
     let pred = post.predict(HostMatrix::new(&phi, n, d)?, link)?;
     eprintln!(
