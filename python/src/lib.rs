@@ -727,6 +727,46 @@ impl Posterior {
         Ok(out)
     }
 
+    /// Scores the predictive on labelled data beside the network's own softmax (the mean's, at
+    /// T = 1): a dict with `laplace` and `network`, each a dict of `accuracy`, `nll`, `ece`,
+    /// `brier`, `confidence` and `bins` [(count, correct, mean confidence)] over `bins`
+    /// equal-width confidence bins (the reliability diagram). `link` and `temperature` as in
+    /// `predict`.
+    #[pyo3(signature = (features, labels, link=None, temperature=None, bins=15))]
+    fn evaluate<'py>(
+        &self,
+        py: Python<'py>,
+        features: &Bound<'py, PyAny>,
+        labels: &Bound<'py, PyAny>,
+        link: Option<&str>,
+        temperature: Option<f64>,
+        bins: usize,
+    ) -> R<Bound<'py, PyDict>> {
+        let (laplace, _) = self.predict(py, features, link, 100, 0, None, temperature)?;
+        let (network, _) = self.predict(py, features, Some("none"), 100, 0, None, Some(1.0))?;
+        let TargetArray::Labels(labels) = targets::<f64>(labels, false)? else {
+            unreachable!("class labels were asked for")
+        };
+        let labels = labels.as_slice()?;
+        let out = PyDict::new(py);
+        for (name, probs) in [("laplace", laplace), ("network", network)] {
+            let probs: PyReadonlyArray2<'_, f64> = probs.call_method1("astype", ("float64",))?.extract()?;
+            let k = probs.shape()[1];
+            let (scores, diagram) =
+                laplace_update::metrics::evaluate(probs.as_slice()?, labels, k, bins).map_err(to_py)?;
+            let row = PyDict::new(py);
+            row.set_item("accuracy", scores.accuracy)?;
+            row.set_item("nll", scores.nll)?;
+            row.set_item("ece", scores.ece)?;
+            row.set_item("brier", scores.brier)?;
+            row.set_item("confidence", scores.confidence)?;
+            let bins: Vec<(usize, usize, f64)> = diagram.iter().map(|b| (b.count, b.correct, b.confidence())).collect();
+            row.set_item("bins", bins)?;
+            out.set_item(name, row)?;
+        }
+        Ok(out)
+    }
+
     /// The logit temperature predictions use.
     #[getter]
     fn temperature(&self, py: Python<'_>) -> R<f64> {
@@ -1235,12 +1275,29 @@ fn _sample_error(variant: &str) -> R<PyErr> {
     Ok(to_py(e))
 }
 
+/// `post.evaluate(features, labels, ...)`: the predictive's scores beside the network's
+/// softmax, and the reliability bins.
+#[pyfunction]
+#[pyo3(signature = (post, features, labels, link=None, temperature=None, bins=15))]
+fn evaluate<'py>(
+    py: Python<'py>,
+    post: &Posterior,
+    features: &Bound<'py, PyAny>,
+    labels: &Bound<'py, PyAny>,
+    link: Option<&str>,
+    temperature: Option<f64>,
+    bins: usize,
+) -> R<Bound<'py, PyDict>> {
+    post.evaluate(py, features, labels, link, temperature, bins)
+}
+
 #[pymodule]
 #[pyo3(name = "laplace_update")]
 fn laplace_update_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Posterior>()?;
     m.add_class::<Accumulator>()?;
     m.add_function(wrap_pyfunction!(select, m)?)?;
+    m.add_function(wrap_pyfunction!(evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(devices, m)?)?;
     m.add_function(wrap_pyfunction!(_sample_error, m)?)?;
     add_exceptions(m)?;

@@ -226,3 +226,27 @@ def test_tune_temperature_and_link():
     hotter, _ = post.predict(x[30:], temperature=2 * report["temperature"])
     here, _ = post.predict(x[30:])
     assert not np.allclose(hotter, here)
+
+
+def test_evaluate_against_numpy():
+    x, y, w, b = problem(7)
+    post = lu.Posterior.fit(x[:30], y[:30], w, b, structure="diag", prior_precision=TAU)
+    out = lu.evaluate(post, x[30:], y[30:], link="centred-probit", temperature=1.3, bins=10)
+    assert out == post.evaluate(x[30:], y[30:], link="centred-probit", temperature=1.3, bins=10)
+    for name, probs in [
+        ("laplace", post.predict(x[30:], link="centred-probit", temperature=1.3)[0]),
+        ("network", softmax(logits(x[30:], w, b))),
+    ]:
+        got, labels = out[name], y[30:]
+        top = probs.max(axis=1)
+        hit = probs.argmax(axis=1) == labels
+        onehot = np.eye(probs.shape[1])[labels]
+        assert abs(got["accuracy"] - hit.mean()) < 1e-12
+        assert abs(got["nll"] + np.mean(np.log(probs[np.arange(len(labels)), labels]))) < 1e-10
+        assert abs(got["brier"] - np.mean(np.sum((probs - onehot) ** 2, axis=1))) < 1e-10
+        assert abs(got["confidence"] - top.mean()) < 1e-12
+        which = np.minimum((top * 10).astype(int), 9)
+        for k, (count, correct, confidence) in enumerate(got["bins"]):
+            assert count == np.sum(which == k) and correct == np.sum(hit[which == k])
+            if count:
+                assert abs(confidence - top[which == k].mean()) < 1e-12
