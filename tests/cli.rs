@@ -484,6 +484,61 @@ fn regression_fit_update_predict() {
         f.p("xr.npy"),
         f.p("yr.npy")
     ));
+    // σ and τ by the marginal likelihood, and by validation, as the library chooses them.
+    let cpu = CpuDevice::new(1).unwrap();
+    let plain: Posterior<CpuDevice, f64> = load_posterior(&cpu, Path::new(&post)).unwrap();
+    let (x, y) = (
+        HostMatrix::new(&pb.phi[..30 * d], 30, d).unwrap(),
+        HostMatrix::new(&targets[..30 * k], 30, k).unwrap(),
+    );
+    let mut want = plain.try_clone().unwrap();
+    let (want_tau, want_sigma) = want.optimize_prior_and_noise(x, &y).unwrap();
+    // The same head (the fitted ridge solution), given as weights.
+    write_npy(&f.dir.join("wr.npy"), &plain.head().unwrap(), &[k, d]).unwrap();
+    write_npy(&f.dir.join("br.npy"), &plain.bias().unwrap(), &[k]).unwrap();
+    let noise = f.p("noise.safetensors");
+    ok(&format!(
+        "fit --features {} --labels {} --weights {} --bias-vector {} --likelihood regression --sigma-noise {sigma} \
+         --optimize-prior --optimize-noise --dtype f64 --structure full --out {noise}",
+        f.p("xr.npy"),
+        f.p("yr.npy"),
+        f.p("wr.npy"),
+        f.p("br.npy")
+    ));
+    let got: Posterior<CpuDevice, f64> = load_posterior(&cpu, Path::new(&noise)).unwrap();
+    let laplace_update::Likelihood::Regression { sigma_noise: got_sigma } = got.likelihood() else {
+        panic!("a regression posterior")
+    };
+    assert!(
+        (got.prior_precision()[0] / want_tau - 1.0).abs() < 1e-8,
+        "{:?} vs {want_tau}",
+        got.prior_precision()
+    );
+    assert!(
+        (got_sigma / want_sigma - 1.0).abs() < 1e-8,
+        "{got_sigma} vs {want_sigma}"
+    );
+    ok(&format!(
+        "tune --posterior {post} --val-features {} --val-labels {} --out {noise}",
+        f.p("xr_new.npy"),
+        f.p("yr_new.npy")
+    ));
+    let mut want = plain.try_clone().unwrap();
+    let (xv, yv) = (
+        HostMatrix::new(&pb.phi[30 * d..], 10, d).unwrap(),
+        HostMatrix::new(&targets[30 * k..], 10, k).unwrap(),
+    );
+    let report = want
+        .tune_prior_precision(xv, &yv, &laplace_update::TuneConfig::default())
+        .unwrap();
+    let got: Posterior<CpuDevice, f64> = load_posterior(&cpu, Path::new(&noise)).unwrap();
+    assert_eq!(got.prior_precision(), &[report.prior_precision][..]);
+    assert_eq!(
+        got.likelihood(),
+        laplace_update::Likelihood::Regression {
+            sigma_noise: report.sigma_noise.unwrap()
+        }
+    );
     ok(&format!(
         "update --posterior {post} --features {} --labels {} --out {post}",
         f.p("xr_new.npy"),

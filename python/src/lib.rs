@@ -724,6 +724,7 @@ impl Posterior {
         out.set_item("curve", report.curve)?;
         let links: Vec<(&str, f64)> = report.links.iter().map(|(l, s)| (l.name(), *s)).collect();
         out.set_item("links", links)?;
+        out.set_item("sigma_noise", report.sigma_noise)?;
         Ok(out)
     }
 
@@ -812,6 +813,23 @@ impl Posterior {
         each!(&mut *guard, |p: T| py
             .detach(|| p.optimize_prior_precision(shape))
             .map_err(to_py))
+    }
+
+    /// Regression: maximises the marginal likelihood of the data over τ and σ jointly (the
+    /// mean held fixed), sets them and returns `(τ, σ)`.
+    fn optimize_prior_and_noise(
+        &self,
+        py: Python<'_>,
+        features: &Bound<'_, PyAny>,
+        targets: &Bound<'_, PyAny>,
+    ) -> R<(f64, f64)> {
+        let mut guard = write(py, &self.inner);
+        each!(&mut *guard, |p: T| {
+            let (x, y) = (matrix::<T>(features)?, self::targets::<T>(targets, true)?);
+            let x = host(&x).map_err(to_py)?;
+            y.with(|y| py.detach(|| p.optimize_prior_and_noise(x, y)))
+                .map_err(to_py)
+        })
     }
 
     /// Saves the posterior file durably (a crash mid-write keeps any previous file).

@@ -250,3 +250,15 @@ def test_evaluate_against_numpy():
             assert count == np.sum(which == k) and correct == np.sum(hit[which == k])
             if count:
                 assert abs(confidence - top[which == k].mean()) < 1e-12
+
+
+def test_regression_noise_by_evidence_and_validation():
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(60, 4))
+    y = x @ rng.normal(size=(4, 2)) + 0.3 * rng.normal(size=(60, 2))
+    post = lu.Posterior.fit(x[:40], y[:40], np.zeros((2, 4)), structure="full", likelihood="regression",
+                            sigma_noise=1.0, prior_precision=TAU, bias_in_posterior=False)
+    tau, sigma = post.optimize_prior_and_noise(x[:40], y[:40])
+    assert post.prior_precision == [tau] and 0.05 < sigma < 3.0
+    report = post.tune_prior_precision(x[40:], y[40:], grid_points=9)
+    assert report["sigma_noise"] is not None and post.prior_precision == [report["prior_precision"]]

@@ -195,6 +195,120 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         Ok(())
     }
 
+    /// Replaces σ of a regression posterior with the GGN curvature, keeping the mean and τ:
+    /// the data curvature scales by `c = σ_old²/σ²`, `Π ← c(Π − T) + T`, and Σ is recomputed.
+    /// On error the posterior is unchanged.
+    ///
+    /// Errors: `InvalidArgument` (σ ≤ 0 or not finite), `Unsupported` (classification, or a
+    /// curvature other than the GGN), `NotPositiveDefinite`.
+    pub fn set_sigma_noise(&mut self, sigma: f64) -> Result<()> {
+        let old = self.gaussian_noise()?;
+        if !(sigma.is_finite() && sigma > 0.0) {
+            return Err(Error::invalid(
+                "sigma_noise",
+                format!("must be finite and > 0, got {sigma}"),
+            ));
+        }
+        let mut next = self.try_clone()?;
+        next.forget((old / sigma).powi(2))?;
+        next.likelihood = Likelihood::Regression { sigma_noise: sigma };
+        *self = next;
+        Ok(())
+    }
+
+    /// σ of a regression posterior whose GGN curvature scales as 1/σ².
+    pub(crate) fn gaussian_noise(&self) -> Result<f64> {
+        match (self.likelihood, self.curvature) {
+            (Likelihood::Regression { sigma_noise }, super::Curvature::Ggn) => Ok(sigma_noise),
+            (Likelihood::Regression { .. }, _) => Err(Error::Unsupported(
+                "choosing σ with a curvature other than the GGN (its scale in σ differs)".into(),
+            )),
+            _ => Err(Error::Unsupported("σ of a classification posterior".into())),
+        }
+    }
+
+    /// Maximises the log marginal likelihood of the data (Φ, targets) over τ and σ jointly
+    /// (regression with the GGN curvature), with the mean held fixed, sets them and returns
+    /// `(τ, σ)`.
+    ///
+    /// With the eigenvalues h_i of the curvature at the current σ₀ (one eigendecomposition),
+    /// `log Z(τ, σ) = −‖Y − F‖²/2σ² − (nK/2) log 2πσ² − ½τ‖ŵ‖² + ½P log τ − ½ Σ_i log(τ + c h_i)`
+    /// with `c = σ₀²/σ²`; τ and σ are found by alternating the τ root of the evidence (as
+    /// [`Posterior::optimize_prior_precision`]) and a golden-section search on log σ.
+    ///
+    /// Errors: those of [`Posterior::log_marginal_likelihood`], `Unsupported` (classification,
+    /// a curvature other than the GGN). On error the posterior is unchanged.
+    pub fn optimize_prior_and_noise<F: Features<D, T>, Y: Targets<T> + ?Sized>(
+        &mut self,
+        features: F,
+        targets: &Y,
+    ) -> Result<(f64, f64)> {
+        let sigma0 = self.gaussian_noise()?;
+        self.check_batch(&features, targets)?;
+        let device = self.device.clone();
+        device.scope(|| {
+            let model = self.model();
+            let (mut squares, mut count) = (0.0, 0usize);
+            let chunk = super::pass_rows(8192, self.classes, self.augmented_features(), super::CHUNK_ELEMENTS);
+            for start in (0..features.rows()).step_by(chunk) {
+                let rows = chunk.min(features.rows() - start);
+                let batch = self.upload_batch(&features, targets, start, rows)?;
+                let f = self.device.download(&model.outputs(&batch.phi, &self.moments.head)?)?;
+                squares += f
+                    .iter()
+                    .zip(&batch.host_targets)
+                    .map(|(f, y)| (y.as_f64() - f.as_f64()).powi(2))
+                    .sum::<f64>();
+                count += f.len();
+            }
+            let prior = self.prior_values();
+            let (h, multiplicity) = self.moments.state.curvature_eigenvalues(
+                &self.device,
+                &prior,
+                self.classes,
+                self.augmented_features(),
+            )?;
+            let norm: f64 = self.head_row_norms()?.iter().sum();
+            let p = multiplicity * h.len() as f64;
+            let evidence = |tau: f64, sigma: f64| {
+                let c = (sigma0 / sigma).powi(2);
+                -0.5 * squares / (sigma * sigma)
+                    - 0.5 * count as f64 * (2.0 * std::f64::consts::PI * sigma * sigma).ln()
+                    - 0.5 * tau * norm
+                    + 0.5 * p * tau.ln()
+                    - 0.5 * multiplicity * h.iter().map(|x| (tau + c * x).ln()).sum::<f64>()
+            };
+            let (mut tau, mut sigma) = (prior[0], sigma0);
+            for _ in 0..50 {
+                let c = (sigma0 / sigma).powi(2);
+                let scaled: Vec<f64> = h.iter().map(|x| c * x).collect();
+                tau = evidence_root(&scaled, multiplicity, norm);
+                // Golden section on log σ over σ₀·10^(±4).
+                let (mut a, mut b) = ((sigma0 * 1e-4).ln(), (sigma0 * 1e4).ln());
+                let ratio = (5f64.sqrt() - 1.0) / 2.0;
+                for _ in 0..100 {
+                    let (l, r) = (b - ratio * (b - a), a + ratio * (b - a));
+                    if evidence(tau, l.exp()) > evidence(tau, r.exp()) {
+                        b = r;
+                    } else {
+                        a = l;
+                    }
+                }
+                let next = (0.5 * (a + b)).exp();
+                let done = ((next - sigma) / sigma).abs() < 1e-10;
+                sigma = next;
+                if done {
+                    break;
+                }
+            }
+            let mut next = self.try_clone()?;
+            next.set_sigma_noise(sigma)?;
+            next.set_prior_precision(&[tau])?;
+            *self = next;
+            Ok((tau, sigma))
+        })
+    }
+
     /// τ of every class, in f64.
     fn prior_values(&self) -> Vec<f64> {
         (0..self.classes).map(|k| self.prior_of(k).as_f64()).collect()

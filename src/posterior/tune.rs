@@ -143,11 +143,15 @@ pub struct TuneReport {
     /// `(link, metric)` of each link compared at the chosen τ and T (empty unless
     /// `choose_link`).
     pub links: Vec<(Link, f64)>,
+    /// Regression: the chosen σ of the Gaussian likelihood (tuned jointly with τ).
+    pub sigma_noise: Option<f64>,
 }
 
 /// Points scored inside each interval of the grid, among which the best grid point's
 /// neighbourhood is refined.
 const SUBDIVISIONS: usize = 3;
+/// Values of σ tried for a regression posterior, over `σ₀·10^(−1 … 1)`.
+const NOISE_POINTS: usize = 21;
 /// f64 values of one validation pass's temporaries (64 MiB).
 const PASS_ELEMENTS: usize = 1 << 23;
 /// Temperatures tried: `10^(−1 … 1)` on this many log-spaced points, then refined.
@@ -166,9 +170,14 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// the number of grid points. With `choose_link`, the probit, centred probit, Monte Carlo
     /// and bridge links are then scored by [`Posterior::predict`] at the chosen τ and T.
     ///
-    /// Errors: those of [`Posterior::update`]'s inputs, `InvalidArgument` (the config),
-    /// `Unsupported` (regression: use [`Posterior::optimize_prior_precision`]),
-    /// `NotPositiveDefinite`. On error the posterior is unchanged.
+    /// A regression posterior (GGN curvature) is tuned for its Gaussian predictive NLL over τ
+    /// and σ jointly (σ over `σ₀·10^(−1 … 1)`), both set; the report's `sigma_noise` is the
+    /// chosen σ.
+    ///
+    /// Errors: those of [`Posterior::update`]'s inputs, `InvalidArgument` (the config; for
+    /// regression, a temperature, a link choice or a metric other than NLL), `Unsupported`
+    /// (regression with another curvature), `NotPositiveDefinite`. On error the posterior is
+    /// unchanged.
     ///
     /// ```
     /// use laplace_update::{CpuDevice, FitConfig, HostMatrix, Posterior, TuneConfig};
@@ -192,13 +201,68 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     ) -> Result<TuneReport> {
         config.validate()?;
         if self.is_regression() {
-            return Err(Error::Unsupported(
-                "tuning a regression posterior on validation data: use optimize_prior_precision".into(),
-            ));
+            if config.temperature || config.choose_link || config.metric != TuneMetric::Nll {
+                return Err(Error::invalid(
+                    "config",
+                    "a regression posterior is tuned for its NLL, with no temperature or link",
+                ));
+            }
+            self.gaussian_noise()?;
         }
         self.check_batch(&features, targets)?;
         let device = self.device.clone();
-        device.scope(|| self.tune_in_scope(features, targets, config))
+        device.scope(|| match self.is_regression() {
+            true => self.tune_regression(features, targets, config),
+            false => self.tune_in_scope(features, targets, config),
+        })
+    }
+
+    /// Regression: τ and σ jointly on the grid of τ × [`NOISE_POINTS`] values of σ over
+    /// `σ₀·10^(−1 … 1)`, minimising the Gaussian predictive NLL
+    /// `½ log 2π(v + σ²) + (y − f)²/2(v + σ²)` with `v = diag Σ_f` of the covariance
+    /// `((σ₀/σ)² H + τ I)⁻¹`: one pass scores every pair.
+    fn tune_regression<F: Features<D, T> + Copy, Y: Targets<T> + ?Sized>(
+        &mut self,
+        features: F,
+        targets: &Y,
+        config: &TuneConfig,
+    ) -> Result<TuneReport> {
+        let (k, da) = (self.classes, self.augmented_features());
+        let sigma0 = self.gaussian_noise()?;
+        let prior: Vec<f64> = (0..k).map(|c| self.prior_of(c).as_f64()).collect();
+        let spectrum = self.moments.state.curvature_spectrum(&self.device, &prior, k, da)?;
+        let grid = log_points(config.grid_min, config.grid_max, config.grid_points);
+        let sigmas = log_points(sigma0 / 10.0, sigma0 * 10.0, NOISE_POINTS);
+        let columns: Vec<(f64, f64)> = sigmas
+            .iter()
+            .flat_map(|&sigma| grid.iter().map(move |&tau| (tau, (sigma0 / sigma).powi(2))))
+            .collect();
+        let validation = self.validation_pass(&features, targets, &spectrum, false, &columns)?;
+        let mut curve: Vec<(f64, f64)> = grid.iter().map(|&tau| (tau, f64::INFINITY)).collect();
+        let mut best = (f64::INFINITY, grid[0], sigma0);
+        for (s, &sigma) in sigmas.iter().enumerate() {
+            for (g, &tau) in grid.iter().enumerate() {
+                let nll = validation.gaussian_nll(s * grid.len() + g, sigma);
+                curve[g].1 = curve[g].1.min(nll);
+                if nll < best.0 {
+                    best = (nll, tau, sigma);
+                }
+            }
+        }
+        let (score, tau, sigma) = best;
+        let mut tuned = self.try_clone()?;
+        tuned.set_sigma_noise(sigma)?;
+        tuned.set_prior_precision(&[tau])?;
+        *self = tuned;
+        Ok(TuneReport {
+            prior_precision: tau,
+            temperature: 1.0,
+            link: config.link,
+            score,
+            curve,
+            links: Vec::new(),
+            sigma_noise: Some(sigma),
+        })
     }
 
     fn tune_in_scope<F: Features<D, T> + Copy, Y: Targets<T> + ?Sized>(
@@ -215,11 +279,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             Link::CentredProbit { lambda } => (lambda, true),
             _ => (0.0, false),
         };
-        let log_grid = |lo: f64, hi: f64, points: usize| -> Vec<f64> {
-            (0..points)
-                .map(|i| (lo.ln() + (hi.ln() - lo.ln()) * i as f64 / (points - 1) as f64).exp())
-                .collect()
-        };
+        let log_grid = log_points;
         // With no link τ does not enter the predictive: it is kept, and only T is tuned.
         let grid = match config.link {
             Link::None => prior[..1].to_vec(),
@@ -237,7 +297,8 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             1 => grid.clone(),
             _ => log_grid(grid[0], grid[grid.len() - 1], (grid.len() - 1) * stride + 1),
         };
-        let validation = self.validation_pass(&features, targets, &spectrum, centred, &columns)?;
+        let shifts: Vec<(f64, f64)> = columns.iter().map(|&tau| (tau, 1.0)).collect();
+        let validation = self.validation_pass(&features, targets, &spectrum, centred, &shifts)?;
         let scored = |c: usize, t: f64| -> Result<f64> { Ok(config.metric.of(&validation.scores(c, t, lambda, k)?)) };
         // The best temperature of each grid τ, and the curve.
         let mut curve = Vec::with_capacity(grid.len());
@@ -300,6 +361,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             score: score_at,
             curve,
             links: Vec::new(),
+            sigma_noise: None,
         };
         if config.choose_link {
             let lambda = config.link.lambda().unwrap_or(Link::PROBIT_LAMBDA);
@@ -326,15 +388,15 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         Ok(report)
     }
 
-    /// One pass over the validation data: the mean logits, the labels, and the probit's logit
-    /// variances at every τ of `grid`.
+    /// One pass over the validation data: the mean logits, the labels (or targets), and the
+    /// logit variances at every column `(τ, c)` of `grid`.
     fn validation_pass<F: Features<D, T>, Y: Targets<T> + ?Sized>(
         &self,
         features: &F,
         targets: &Y,
         spectrum: &Spectrum,
         centred: bool,
-        grid: &[f64],
+        grid: &[(f64, f64)],
     ) -> Result<Validation> {
         let (k, da) = (self.classes, self.augmented_features());
         let n = features.rows();
@@ -346,6 +408,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             mean: Vec::with_capacity(n * k),
             variances: Vec::with_capacity(n * k * grid.len()),
             labels: Vec::with_capacity(n),
+            targets: Vec::with_capacity(n * k),
             grid: grid.len(),
         };
         for start in (0..n).step_by(rows.max(1)) {
@@ -353,6 +416,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             let batch = self.upload_batch(features, targets, start, r)?;
             let mean = logits(&self.device, &batch.phi, &self.moments.head, self.fixed_bias.as_ref())?;
             out.mean.extend(self.device.download(&mean)?.iter().map(|x| x.as_f64()));
+            out.targets.extend(batch.host_targets.iter().map(|t| t.as_f64()));
             for row in batch.host_targets.chunks_exact(k) {
                 out.labels
                     .push(row.iter().position(|t| t.as_f64() > 0.5).unwrap_or(0) as u32);
@@ -364,16 +428,30 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     }
 }
 
-/// The validation data as the scores read it: mean logits (n × K), labels, and the logit
-/// variances (n·K × grid, row `x·K + k`).
+/// The validation data as the scores read it: mean logits (n × K), labels (argmax of the
+/// targets), targets (n × K), and the logit variances (n·K × grid, row `x·K + k`).
 struct Validation {
     mean: Vec<f64>,
     variances: Vec<f64>,
     labels: Vec<u32>,
+    targets: Vec<f64>,
     grid: usize,
 }
 
 impl Validation {
+    /// The mean Gaussian predictive NLL at column `g` with noise σ:
+    /// `(1/n) Σ_x Σ_k [½ log 2π(v + σ²) + (y − f)²/2(v + σ²)]`.
+    fn gaussian_nll(&self, g: usize, sigma: f64) -> f64 {
+        let n = self.labels.len().max(1);
+        let total: f64 = (0..self.mean.len())
+            .map(|i| {
+                let s = self.variances[i * self.grid + g] + sigma * sigma;
+                0.5 * (2.0 * std::f64::consts::PI * s).ln() + (self.targets[i] - self.mean[i]).powi(2) / (2.0 * s)
+            })
+            .sum();
+        total / n as f64
+    }
+
     /// The scores of the probit (λ; λ = 0 is the plain softmax) at grid point `g` and
     /// temperature `t`: `softmax_k((f_k/t) / √(1 + λ v_k/t²))`.
     fn scores(&self, g: usize, t: f64, lambda: f64, k: usize) -> Result<Scores> {
@@ -392,6 +470,13 @@ impl Validation {
     }
 }
 
+/// `points` log-spaced values from `lo` to `hi` (both included).
+fn log_points(lo: f64, hi: f64, points: usize) -> Vec<f64> {
+    (0..points)
+        .map(|i| (lo.ln() + (hi.ln() - lo.ln()) * i as f64 / (points - 1).max(1) as f64).exp())
+        .collect()
+}
+
 /// `out = a · b` for row-major a (m × n) and b (n × p), in f64.
 fn product(a: &[f64], b: &[f64], m: usize, n: usize, p: usize) -> Vec<f64> {
     let mut out = vec![0.0; m * p];
@@ -407,10 +492,10 @@ fn product(a: &[f64], b: &[f64], m: usize, n: usize, p: usize) -> Vec<f64> {
     out
 }
 
-/// `S[j, g] = 1/(h_j + τ_g)`, len(h) × len(grid).
-fn inverse_shifts(h: &[f64], grid: &[f64]) -> Vec<f64> {
+/// `S[j, g] = 1/(c_g h_j + τ_g)` for the columns `(τ_g, c_g)`, len(h) × len(columns).
+fn inverse_shifts(h: &[f64], columns: &[(f64, f64)]) -> Vec<f64> {
     h.iter()
-        .flat_map(|&h| grid.iter().map(move |&tau| 1.0 / (h + tau)))
+        .flat_map(|&h| columns.iter().map(move |&(tau, c)| 1.0 / (c * h + tau)))
         .collect()
 }
 
@@ -424,9 +509,10 @@ impl Spectrum {
         }
     }
 
-    /// The probit's logit variances of r inputs Φ (r × D_aug, row-major) at every τ of
-    /// `grid`, (r·K) × grid: `diag Σ_f(τ)`, or `diag CΣ_f(τ)C` (`centred`).
-    fn variances(&self, phi: &[f64], r: usize, k: usize, da: usize, centred: bool, grid: &[f64]) -> Vec<f64> {
+    /// The logit variances of r inputs Φ (r × D_aug, row-major) for every column `(τ, c)` of
+    /// `grid`, the covariance `(c H + τ I)⁻¹` (c scales the curvature: a new σ of a Gaussian
+    /// likelihood), (r·K) × grid: `diag Σ_f`, or `diag CΣ_fC` (`centred`).
+    fn variances(&self, phi: &[f64], r: usize, k: usize, da: usize, centred: bool, grid: &[(f64, f64)]) -> Vec<f64> {
         let gn = grid.len();
         let kf = k as f64;
         // Centring a per-class variance matrix v (r·K × grid) whose Σ_f is diagonal.

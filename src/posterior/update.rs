@@ -370,7 +370,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// their weight N scaled by ρ (so `a_i g_j / N` scales by ρ, the eigenvectors unchanged),
     /// O(K·D) on the eigenvalues. Exact for every structure: for Kron it is the KFAC of the
     /// ρ-weighted sums. The caller restores the moments on error.
-    fn forget(&mut self, rho: f64) -> Result<()> {
+    pub(crate) fn forget(&mut self, rho: f64) -> Result<()> {
         let device = &self.device;
         let da = self.augmented_features();
         let state = &mut self.moments.state;

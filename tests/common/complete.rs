@@ -1155,11 +1155,16 @@ pub fn check_tune_prior_precision<D: Device, T: Scalar>(dev: &D) {
         );
         assert_eq!(post.calibration().link, report.link, "{s:?}");
     }
-    // Regression, and links τ is not tuned for, are refused with the posterior unchanged.
+    // A regression posterior with a curvature whose scale in σ differs, and links τ is not
+    // tuned for, are refused with the posterior unchanged.
     let case = Case::new(92, 20, 3, 2, true);
     let lik = Likelihood::Regression { sigma_noise: 0.5 };
     let mut post = case
-        .fit::<D, T>(dev, 20, &case.config(Structure::Full, lik, Curvature::Ggn, 7))
+        .fit::<D, T>(
+            dev,
+            20,
+            &case.config(Structure::Full, lik, Curvature::EmpiricalFisher, 7),
+        )
         .unwrap();
     let before = post.prior_precision().to_vec();
     let e = case
@@ -1174,6 +1179,101 @@ pub fn check_tune_prior_precision<D: Device, T: Scalar>(dev: &D) {
         ..Default::default()
     };
     assert!(matches!(bad.validate(), Err(Error::InvalidArgument { .. })));
+}
+
+/// σ of a regression posterior: `set_sigma_noise` equals a fit at that σ; the joint
+/// marginal-likelihood optimum beats its neighbours in τ and σ by the library's evidence; and
+/// validation tuning's choice scores what `predict` gives there, no worse than other grid pairs.
+pub fn check_noise_tuning<D: Device, T: Scalar>(dev: &D) {
+    let f64_only = T::DTYPE == DType::F64;
+    let rel = if f64_only { 1e-9 } else { 2e-3 };
+    for s in [
+        Structure::Full,
+        Structure::Diag,
+        Structure::Kron,
+        Structure::Shared(OutputWeighting::Gaussian),
+    ] {
+        let case = Case::new(95, 50, 4, 2, true);
+        let lik = |sigma: f64| Likelihood::Regression { sigma_noise: sigma };
+        let fit = |sigma: f64| {
+            case.fit::<D, T>(dev, 35, &case.config(s, lik(sigma), Curvature::Ggn, 7))
+                .unwrap()
+        };
+        let mut post = fit(0.5);
+        post.set_sigma_noise(1.7).unwrap();
+        let (got, want) = (dense_of(&post).0, dense_of(&fit(1.7)).0);
+        assert!(rel_err(&got.a, &want.a) < rel, "{s:?}: precision after set_sigma_noise");
+        assert_eq!(post.likelihood(), lik(1.7));
+        // The joint optimum of the evidence.
+        let mut best = fit(0.5);
+        let (tau, sigma) = case
+            .with_rows::<T, _>(0..35, lik(0.5), |x, y| best.optimize_prior_and_noise(x, y))
+            .unwrap();
+        let evidence = |tau: f64, sigma: f64| -> f64 {
+            let mut p = fit(0.5);
+            p.set_sigma_noise(sigma).unwrap();
+            p.set_prior_precision(&[tau]).unwrap();
+            case.with_rows::<T, _>(0..35, lik(sigma), |x, y| p.log_marginal_likelihood(x, y))
+                .unwrap()
+        };
+        let top = evidence(tau, sigma);
+        for (dt, ds) in [(1.05, 1.0), (0.95, 1.0), (1.0, 1.05), (1.0, 0.95)] {
+            let near = evidence(tau * dt, sigma * ds);
+            assert!(
+                top >= near - rel * top.abs(),
+                "{s:?}: evidence {top} < {near} at ×({dt}, {ds})"
+            );
+        }
+        // Validation tuning: the Gaussian predictive NLL of predict at a (τ, σ).
+        let nll = |tau: f64, sigma: f64| -> f64 {
+            let mut p = fit(0.5);
+            p.set_sigma_noise(sigma).unwrap();
+            p.set_prior_precision(&[tau]).unwrap();
+            let phi = Problem::cast::<T>(&case.pb.phi[35 * case.pb.d..]);
+            let pred = p
+                .predict(HostMatrix::new(&phi, 15, case.pb.d).unwrap(), Link::None)
+                .unwrap();
+            let k = case.pb.k;
+            let total: f64 = (0..15 * k)
+                .map(|i| {
+                    let v = pred.logit_cov_at(i / k, i % k, i % k).as_f64() + sigma * sigma;
+                    let r = case.y[35 * k + i] - pred.logit_mean[i].as_f64();
+                    0.5 * (2.0 * std::f64::consts::PI * v).ln() + r * r / (2.0 * v)
+                })
+                .sum();
+            total / 15.0
+        };
+        let mut tuned = fit(0.5);
+        let config = TuneConfig {
+            grid_points: 7,
+            ..Default::default()
+        };
+        let report = case
+            .with_rows::<T, _>(35..50, lik(0.5), |x, y| tuned.tune_prior_precision(x, y, &config))
+            .unwrap();
+        let chosen = report.sigma_noise.unwrap();
+        let brute = nll(report.prior_precision, chosen);
+        assert!(
+            (report.score - brute).abs() < rel * brute.abs().max(1.0),
+            "{s:?}: {} vs {brute}",
+            report.score
+        );
+        assert_eq!(tuned.likelihood(), lik(chosen));
+        for (tau, sigma) in [(1e-4, 0.05), (1.0, 0.5), (1e4, 5.0), (100.0, 0.158)] {
+            assert!(
+                brute <= nll(tau, sigma) + rel,
+                "{s:?}: ({tau}, {sigma}) beats the choice"
+            );
+        }
+        let refused = TuneConfig {
+            temperature: true,
+            ..Default::default()
+        };
+        let e = case
+            .with_rows::<T, _>(35..50, lik(0.5), |x, y| tuned.tune_prior_precision(x, y, &refused))
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+    }
 }
 
 /// The centred probit: `softmax(f_k / √(1 + λ (CΣ_fC)[k,k]))` from the prediction's own Σ_f in
@@ -1269,6 +1369,7 @@ macro_rules! complete_suite {
             #[test] fn forgetting() { if let Some(d) = device() { complete::check_forgetting::<_, $t>(&d) } }
             #[test] fn resident_features() { if let Some(d) = device() { complete::check_resident_features::<_, $t>(&d) } }
             #[test] fn tune_prior_precision_matches_brute_force() { if let Some(d) = device() { complete::check_tune_prior_precision::<_, $t>(&d) } }
+            #[test] fn noise_and_prior_for_regression() { if let Some(d) = device() { complete::check_noise_tuning::<_, $t>(&d) } }
             #[test] fn centred_probit_matches_dense() { if let Some(d) = device() { complete::check_centred_probit::<_, $t>(&d) } }
         }
         )+

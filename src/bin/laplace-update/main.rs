@@ -214,7 +214,7 @@ struct TuneArgs {
     /// Validation features, n × D.
     #[arg(long)]
     val_features: Option<String>,
-    /// Validation labels, n integers in 0..K.
+    /// Validation labels, n integers in 0..K (n × K reals for a regression posterior).
     #[arg(long)]
     val_labels: Option<String>,
     /// Metric minimised on the validation data.
@@ -274,7 +274,7 @@ impl TuneArgs {
     fn run<D: Device, T: Scalar>(&self, post: &mut Posterior<D, T>) -> Result<()> {
         let (x, y) = self.files()?;
         let (phi, n, d) = read_array(x)?.to_matrix::<T>()?;
-        let labels = targets_of::<T>(y, false)?;
+        let labels = targets_of::<T>(y, matches!(post.likelihood(), Likelihood::Regression { .. }))?;
         let started = std::time::Instant::now();
         let report = labels.with(|y| post.tune_prior_precision(HostMatrix::new(&phi, n, d)?, y, &self.config()))?;
         eprintln!(
@@ -290,6 +290,9 @@ impl TuneArgs {
             report.score,
             started.elapsed().as_secs_f64() * 1e3
         );
+        if let Some(sigma) = report.sigma_noise {
+            eprintln!("  noise σ = {sigma:.6e}");
+        }
         for (link, score) in &report.links {
             eprintln!("  link {:<15} {score:.4}", link.name());
         }
@@ -342,6 +345,10 @@ struct FitArgs {
     /// fitted here, uses τ = 1.
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "marglik")]
     optimize_prior: Option<OptimizePriorArg>,
+    /// Regression: choose σ jointly with τ by the marginal likelihood (with --optimize-prior
+    /// marglik; validation tuning always chooses both).
+    #[arg(long, requires = "optimize_prior")]
+    optimize_noise: bool,
     #[command(flatten)]
     tune: TuneArgs,
     /// Compute backend.
@@ -888,6 +895,10 @@ fn fit_as<D: Device, T: Scalar>(device: &D, args: &FitArgs, config: &FitConfig) 
     let mut post = targets.with(|y| Posterior::fit(device, features, y, head, bias.as_deref(), config))?;
     let fit_ms = started.elapsed().as_secs_f64() * 1e3;
     match args.optimize_prior {
+        Some(OptimizePriorArg::Marglik) if args.optimize_noise => {
+            let (tau, sigma) = targets.with(|y| post.optimize_prior_and_noise(features, y))?;
+            eprintln!("prior precision τ = {tau:.6e} and noise σ = {sigma:.6e} maximise the marginal likelihood");
+        }
         Some(OptimizePriorArg::Marglik) => {
             let tau = post.optimize_prior_precision(PriorShape::Scalar)?;
             eprintln!("prior precision τ = {:.6e} maximises the marginal likelihood", tau[0]);
