@@ -678,12 +678,12 @@ impl Posterior {
         })
     }
 
-    /// Chooses τ (and with `temperature=True` a logit temperature; with `choose_link=True`
-    /// the link) minimising `metric` (nll, brier, ece) of the predictive under `link`
+    /// Chooses τ (unless `prior=False`; and with `temperature=True` a logit temperature; with
+    /// `tune_lambda=True` the probit's λ; with `choose_link=True` the link) minimising `metric` (nll, brier, ece) of the predictive under `link`
     /// (probit, centred-probit, none) on validation data, sets them, and returns a dict:
     /// `prior_precision`, `temperature`, `link`, `score`, `curve` [(τ, score)], `links`
     /// [(link, score)].
-    #[pyo3(signature = (features, labels, metric="nll", link="probit", grid_min=1e-4, grid_max=1e4, grid_points=41, temperature=false, choose_link=false))]
+    #[pyo3(signature = (features, labels, metric="nll", link="probit", grid_min=1e-4, grid_max=1e4, grid_points=41, prior=true, temperature=false, tune_lambda=false, choose_link=false))]
     #[allow(clippy::too_many_arguments)]
     fn tune_prior_precision<'py>(
         &self,
@@ -695,7 +695,9 @@ impl Posterior {
         grid_min: f64,
         grid_max: f64,
         grid_points: usize,
+        prior: bool,
         temperature: bool,
+        tune_lambda: bool,
         choose_link: bool,
     ) -> R<Bound<'py, PyDict>> {
         let config = TuneConfig {
@@ -704,7 +706,9 @@ impl Posterior {
             grid_min,
             grid_max,
             grid_points,
+            prior,
             temperature,
+            lambda: tune_lambda,
             choose_link,
         };
         config.validate().map_err(to_py)?;

@@ -72,15 +72,22 @@ pub struct TuneConfig {
     pub grid_max: f64,
     /// Points of the log grid (≥ 2); 3 more inside each interval refine the best.
     pub grid_points: usize,
+    /// Choose τ (else keep the posterior's: only the temperature and link are chosen, as
+    /// for a τ that also sets how far updates move the head).
+    pub prior: bool,
     /// Tune the logit temperature T jointly with τ (else T = 1).
     pub temperature: bool,
+    /// Tune the probit's λ jointly (0, or the link's λ·10^(−3 … 1)): a scale of the logit
+    /// variances the predictive reads, which calibrates it without changing τ, and so without
+    /// changing how far updates move the head.
+    pub lambda: bool,
     /// After τ and T, score the probit, centred probit, Monte Carlo (100 draws) and bridge
     /// links there and keep the best (else keep `link`).
     pub choose_link: bool,
 }
 
 impl Default for TuneConfig {
-    /// NLL, the probit, τ on 41 points of 10⁻⁴ … 10⁴, T = 1, the link kept.
+    /// NLL, the probit, τ chosen on 41 points of 10⁻⁴ … 10⁴, T = 1, the link kept.
     fn default() -> Self {
         TuneConfig {
             metric: TuneMetric::Nll,
@@ -88,7 +95,9 @@ impl Default for TuneConfig {
             grid_min: 1e-4,
             grid_max: 1e4,
             grid_points: 41,
+            prior: true,
             temperature: false,
+            lambda: false,
             choose_link: false,
         }
     }
@@ -150,6 +159,8 @@ pub struct TuneReport {
 /// Points scored inside each interval of the grid, among which the best grid point's
 /// neighbourhood is refined.
 const SUBDIVISIONS: usize = 3;
+/// Values of λ > 0 tried, over `λ₀·10^(−3 … 1)`, then refined.
+const LAMBDA_POINTS: usize = 13;
 /// Values of σ tried for a regression posterior, over `σ₀·10^(−1 … 1)`.
 const NOISE_POINTS: usize = 21;
 /// f64 values of one validation pass's temporaries (64 MiB).
@@ -231,7 +242,10 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let sigma0 = self.gaussian_noise()?;
         let prior: Vec<f64> = (0..k).map(|c| self.prior_of(c).as_f64()).collect();
         let spectrum = self.moments.state.curvature_spectrum(&self.device, &prior, k, da)?;
-        let grid = log_points(config.grid_min, config.grid_max, config.grid_points);
+        let grid = match config.prior {
+            true => log_points(config.grid_min, config.grid_max, config.grid_points),
+            false => prior[..1].to_vec(),
+        };
         let sigmas = log_points(sigma0 / 10.0, sigma0 * 10.0, NOISE_POINTS);
         let columns: Vec<(f64, f64)> = sigmas
             .iter()
@@ -282,6 +296,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let log_grid = log_points;
         // With no link τ does not enter the predictive: it is kept, and only T is tuned.
         let grid = match config.link {
+            _ if !config.prior => prior[..1].to_vec(),
             Link::None => prior[..1].to_vec(),
             _ => log_grid(config.grid_min, config.grid_max, config.grid_points),
         };
@@ -289,6 +304,13 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             log_grid(0.1, 10.0, TEMPERATURE_POINTS)
         } else {
             vec![1.0]
+        };
+        // λ = 0 (the mean's softmax) and λ₀·10^(−3 … 1).
+        let lambdas: Vec<f64> = match config.lambda && lambda > 0.0 {
+            true => std::iter::once(0.0)
+                .chain(log_grid(lambda * 1e-3, lambda * 10.0, LAMBDA_POINTS))
+                .collect(),
+            false => vec![lambda],
         };
         // One pass scores the grid and SUBDIVISIONS points inside each of its intervals:
         // point i of the grid is column i·(SUBDIVISIONS + 1).
@@ -299,65 +321,83 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         };
         let shifts: Vec<(f64, f64)> = columns.iter().map(|&tau| (tau, 1.0)).collect();
         let validation = self.validation_pass(&features, targets, &spectrum, centred, &shifts)?;
-        let scored = |c: usize, t: f64| -> Result<f64> { Ok(config.metric.of(&validation.scores(c, t, lambda, k)?)) };
-        // The best temperature of each grid τ, and the curve.
+        // A choice: (score, column, T, λ).
+        let scored =
+            |c: usize, t: f64, l: f64| -> Result<f64> { Ok(config.metric.of(&validation.scores(c, t, l, k)?)) };
+        // The best temperature and λ of each grid τ, and the curve.
         let mut curve = Vec::with_capacity(grid.len());
-        let mut best = (f64::INFINITY, 0, 1.0);
+        let mut best = (f64::INFINITY, 0, 1.0, lambda);
         for (g, &tau) in grid.iter().enumerate() {
-            let mut here = (f64::INFINITY, 1.0);
-            for &t in &temperatures {
-                let s = scored(g * stride, t)?;
-                if s < here.0 {
-                    here = (s, t);
+            let mut here = (f64::INFINITY, 1.0, lambda);
+            for &l in &lambdas {
+                for &t in &temperatures {
+                    let s = scored(g * stride, t, l)?;
+                    if s < here.0 {
+                        here = (s, t, l);
+                    }
                 }
             }
             curve.push((tau, here.0));
             if here.0 < best.0 {
-                best = (here.0, g * stride, here.1);
+                best = (here.0, g * stride, here.1, here.2);
             }
         }
-        // Refine τ over the points between the best grid point's neighbours, at its temperature.
-        let mut choice = (best.0, best.1, best.2);
+        // Refine τ over the points between the best grid point's neighbours, at its T and λ.
+        let mut choice = best;
         let span = best.1.saturating_sub(stride)..(best.1 + stride + 1).min(columns.len());
         for c in span {
-            let s = scored(c, best.2)?;
+            let s = scored(c, best.2, best.3)?;
             if s < choice.0 {
-                choice = (s, c, best.2);
+                choice = (s, c, best.2, best.3);
             }
         }
-        // Refine T at the chosen τ: a golden-section search on log T between the grid
-        // temperatures around it.
-        if config.temperature {
-            let step = (10f64).powf(2.0 / (TEMPERATURE_POINTS - 1) as f64);
-            let (mut a, mut b) = ((choice.2 / step).ln(), (choice.2 * step).ln());
+        // Refine T, then λ, at the chosen τ: golden-section searches on their logarithms
+        // between the grid values around them.
+        let golden = |lo: f64, hi: f64, f: &dyn Fn(f64) -> Result<f64>| -> Result<f64> {
+            let (mut a, mut b) = (lo.ln(), hi.ln());
             let ratio = (5f64.sqrt() - 1.0) / 2.0;
             for _ in 0..30 {
                 let (c, d) = (b - ratio * (b - a), a + ratio * (b - a));
-                if scored(choice.1, c.exp())? < scored(choice.1, d.exp())? {
+                if f(c.exp())? < f(d.exp())? {
                     b = d;
                 } else {
                     a = c;
                 }
             }
-            let t = (0.5 * (a + b)).exp();
-            let s = scored(choice.1, t)?;
+            Ok((0.5 * (a + b)).exp())
+        };
+        if config.temperature {
+            let step = (10f64).powf(2.0 / (TEMPERATURE_POINTS - 1) as f64);
+            let (c, l) = (choice.1, choice.3);
+            let t = golden(choice.2 / step, choice.2 * step, &|t| scored(c, t, l))?;
+            let s = scored(c, t, l)?;
             if s < choice.0 {
-                choice = (s, choice.1, t);
+                choice = (s, c, t, l);
             }
         }
-        let choice = (choice.0, columns[choice.1], choice.2);
-        let (score_at, tau, temperature) = choice;
+        if lambdas.len() > 1 && choice.3 > 0.0 {
+            let step = (10f64).powf(4.0 / (LAMBDA_POINTS - 1) as f64);
+            let (c, t) = (choice.1, choice.2);
+            let l = golden(choice.3 / step, choice.3 * step, &|l| scored(c, t, l))?;
+            let s = scored(c, t, l)?;
+            if s < choice.0 {
+                choice = (s, c, t, l);
+            }
+        }
+        let link = match config.link {
+            Link::Probit { .. } => Link::Probit { lambda: choice.3 },
+            Link::CentredProbit { .. } => Link::CentredProbit { lambda: choice.3 },
+            other => other,
+        };
+        let (score_at, tau, temperature) = (choice.0, columns[choice.1], choice.2);
         // Everything that can fail before the posterior changes: the refactor runs on a copy.
         let mut tuned = self.try_clone()?;
         tuned.set_prior_precision(&[tau])?;
-        tuned.set_calibration(Calibration {
-            temperature,
-            link: config.link,
-        })?;
+        tuned.set_calibration(Calibration { temperature, link })?;
         let mut report = TuneReport {
             prior_precision: tau,
             temperature,
-            link: config.link,
+            link,
             score: score_at,
             curve,
             links: Vec::new(),

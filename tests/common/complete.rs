@@ -1137,6 +1137,36 @@ pub fn check_tune_prior_precision<D: Device, T: Scalar>(dev: &D) {
                 assert!(report.temperature != 1.0, "{name}: T not tuned");
             }
         }
+        // τ kept, T and λ chosen: predict with the chosen link and T scores what tuning saw,
+        // and no worse than the link's own λ at T = 1.
+        let mut post = start.try_clone().unwrap();
+        let config = TuneConfig {
+            prior: false,
+            temperature: true,
+            lambda: true,
+            ..Default::default()
+        };
+        let report = post.tune_prior_precision(val, labels, &config).unwrap();
+        assert_eq!(report.prior_precision, start.prior_precision()[0].as_f64(), "{s:?}");
+        assert_eq!(post.calibration().link, report.link, "{s:?}");
+        let nll_of = |link: Link, t: f64| -> f64 {
+            let mut p = start.try_clone().unwrap();
+            p.set_calibration(Calibration { temperature: t, link }).unwrap();
+            let pred = p.predict(val, link).unwrap();
+            laplace_update::metrics::score(&pred.probs, labels, case.pb.k, 15)
+                .unwrap()
+                .nll
+        };
+        let brute = nll_of(report.link, report.temperature);
+        assert!(
+            (report.score - brute).abs() <= rel * brute.max(1.0),
+            "{s:?}: {} vs {brute}",
+            report.score
+        );
+        assert!(
+            report.score <= nll_of(Link::default(), 1.0) + rel,
+            "{s:?}: tuned λ and T worse than none"
+        );
         // A link chosen among the four, each scored.
         let mut post = start.try_clone().unwrap();
         let config = TuneConfig {

@@ -223,6 +223,13 @@ struct TuneArgs {
     /// Tune the logit temperature jointly with τ.
     #[arg(long)]
     tune_temperature: bool,
+    /// Keep the posterior's τ (it also sets how far updates move the head): choose only the
+    /// temperature and the link.
+    #[arg(long)]
+    keep_prior: bool,
+    /// Tune the probit's λ (a scale of the logit variances) jointly.
+    #[arg(long)]
+    tune_lambda: bool,
     /// Then compare the probit, centred probit, Monte Carlo and bridge links there and keep
     /// the best.
     #[arg(long)]
@@ -253,7 +260,9 @@ impl TuneArgs {
                 TuneLinkArg::CentredProbit => Link::CentredProbit { lambda },
                 TuneLinkArg::None => Link::None,
             },
+            prior: !self.keep_prior,
             temperature: self.tune_temperature,
+            lambda: self.tune_lambda,
             choose_link: self.tune_link,
             ..Default::default()
         }
