@@ -1,7 +1,8 @@
 //! Calibration of the Laplace predictive on the bundled digits: the network's own softmax, the
 //! network with a temperature tuned on validation data, and the Laplace predictive with τ by
-//! marginal likelihood or by validation (with and without a temperature), for the probit and
-//! the centred probit, on held-out test digits.
+//! marginal likelihood (alone, or with the temperature and the probit's λ tuned on validation
+//! data) or by validation (with and without a temperature), for the probit and the centred
+//! probit, on held-out test digits.
 //!
 //! ```sh
 //! cargo run --release --features candle,cli --example calibration [SEEDS]
@@ -145,6 +146,22 @@ fn run(
     out.push((
         "Laplace, τ by marginal likelihood, centred probit".into(),
         test(&marglik, centred)?,
+    ));
+    let mut marglik_t = marglik.try_clone()?;
+    marglik_t.tune_prior_precision(
+        phi_val.view(),
+        &y_val,
+        &TuneConfig {
+            prior: false,
+            temperature: true,
+            lambda: true,
+            ..Default::default()
+        },
+    )?;
+    let link = marglik_t.calibration().link;
+    out.push((
+        "Laplace, τ by m. l., T and λ by validation".into(),
+        test(&marglik_t, link)?,
     ));
     for (link, name) in [(probit, "probit"), (centred, "centred probit")] {
         for temperature in [false, true] {
