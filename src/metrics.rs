@@ -69,7 +69,8 @@ pub fn score<T: Scalar, L: Label>(probs: &[T], labels: &[L], classes: usize, bin
 /// ```
 /// use laplace_update::metrics::evaluate;
 /// let (scores, bins) = evaluate(&[0.9f64, 0.1, 0.2, 0.8], &[0u8, 0], 2, 10)?;
-/// assert_eq!((bins[9].count, bins[8].count, bins[9].correct), (1, 0, 1));
+/// // Confidences 0.9 (label 0: right) and 0.8 (label 0: wrong) in bins 9 and 8.
+/// assert_eq!((bins[9].count, bins[9].correct, bins[8].count, bins[8].correct), (1, 1, 1, 0));
 /// assert!((scores.confidence - 0.85).abs() < 1e-12);
 /// # Ok::<(), laplace_update::Error>(())
 /// ```
