@@ -46,9 +46,9 @@ fn brier_confidence_and_bins_match_direct_loops() {
     for i in 0..n {
         let row = &probs[i * k..(i + 1) * k];
         let y = labels[i] as usize;
-        for c in 0..k {
+        for (c, p) in row.iter().enumerate() {
             let t = if c == y { 1.0 } else { 0.0 };
-            brier += (row[c] - t) * (row[c] - t);
+            brier += (p - t) * (p - t);
         }
         let top = (0..k).fold(0, |b, c| if row[c] > row[b] { c } else { b });
         confidence += row[top];
