@@ -255,7 +255,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let probs = match (link, basis) {
             _ if self.is_regression() => link_of(&mean, &cov)?,
             (Link::CentredProbit { lambda }, _) => {
-                let variances = centred_variances(device, link_cov, basis, self.classes)?;
+                let variances = logit_variances(device, link_cov, basis, self.classes, true)?;
                 device.probit_softmax(link_mean, &variances, T::from_f64(lambda))?
             }
             (Link::Probit { .. }, Some(_)) => {
@@ -314,47 +314,50 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     }
 }
 
-/// `diag(C Σ_f C)` (n × K) with `C = I − 11ᵀ/K`, from the logit covariance in its structure's
-/// layout: `Σ_kk − (2/K) Σ_l Σ_kl + (1/K²) Σ_lm Σ_lm` (Full, n × K²), `d_k (1 − 2/K) + Σ_l d_l/K²`
+/// The logit variances (n × K) from the logit covariance in its structure's layout:
+/// `diag Σ_f`, or with `centred` `diag(C Σ_f C)`, `C = I − 11ᵀ/K`:
+/// `Σ_kk − (2/K) Σ_l Σ_kl + (1/K²) Σ_lm Σ_lm` (Full, n × K²), `d_k (1 − 2/K) + Σ_l d_l/K²`
 /// (Diag, n × K), `v (1 − 1/K)` (Shared, n × 1), and `Σ_a ((C U)_ka)² e_a` in the basis U (Kron).
-pub(crate) fn centred_variances<D: Device, T: Scalar>(
+pub(crate) fn logit_variances<D: Device, T: Scalar>(
     device: &D,
     cov: &Matrix<D, T>,
     basis: Option<&Matrix<D, T>>,
     k: usize,
+    centred: bool,
 ) -> Result<Matrix<D, T>> {
     let (n, width) = cov.shape();
     let values: Vec<f64> = device.download(cov)?.iter().map(|x| x.as_f64()).collect();
     let kf = k as f64;
+    let c = if centred { 1.0 } else { 0.0 };
     let mut out = vec![T::zero(); n * k];
     // Weights ((C U)_ka)² of Kron's eigenvalues.
-    let centred_basis = match basis {
+    let weights = match basis {
         Some(u) => {
             let u: Vec<f64> = device.download(u)?.iter().map(|x| x.as_f64()).collect();
-            let column_mean = |a: usize| (0..k).map(|r| u[r * k + a]).sum::<f64>() / kf;
+            let column_mean = |a: usize| c * (0..k).map(|r| u[r * k + a]).sum::<f64>() / kf;
             let means: Vec<f64> = (0..k).map(column_mean).collect();
             Some((0..k * k).map(|i| (u[i] - means[i % k]).powi(2)).collect::<Vec<f64>>())
         }
         None => None,
     };
     for (row, o) in values.chunks_exact(width.max(1)).zip(out.chunks_exact_mut(k)) {
-        match (&centred_basis, width) {
+        match (&weights, width) {
             (Some(w), _) => o
                 .iter_mut()
                 .enumerate()
-                .for_each(|(c, o)| *o = T::from_f64(dot(&w[c * k..(c + 1) * k], row))),
-            (None, 1) => o.iter_mut().for_each(|o| *o = T::from_f64(row[0] * (1.0 - 1.0 / kf))),
+                .for_each(|(a, o)| *o = T::from_f64(dot(&w[a * k..(a + 1) * k], row))),
+            (None, 1) => o.iter_mut().for_each(|o| *o = T::from_f64(row[0] * (1.0 - c / kf))),
             (None, w) if w == k => {
                 let total: f64 = row.iter().sum();
                 o.iter_mut()
                     .zip(row)
-                    .for_each(|(o, d)| *o = T::from_f64(d * (1.0 - 2.0 / kf) + total / (kf * kf)));
+                    .for_each(|(o, d)| *o = T::from_f64(d * (1.0 - 2.0 * c / kf) + c * total / (kf * kf)));
             }
             _ => {
                 let total: f64 = row.iter().sum();
-                for (c, o) in o.iter_mut().enumerate() {
-                    let row_sum: f64 = row[c * k..(c + 1) * k].iter().sum();
-                    *o = T::from_f64(row[c * k + c] - 2.0 * row_sum / kf + total / (kf * kf));
+                for (a, o) in o.iter_mut().enumerate() {
+                    let row_sum: f64 = row[a * k..(a + 1) * k].iter().sum();
+                    *o = T::from_f64(row[a * k + a] - c * (2.0 * row_sum / kf - total / (kf * kf)));
                 }
             }
         }

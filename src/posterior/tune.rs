@@ -251,7 +251,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             .iter()
             .flat_map(|&sigma| grid.iter().map(move |&tau| (tau, (sigma0 / sigma).powi(2))))
             .collect();
-        let validation = self.validation_pass(&features, targets, &spectrum, false, &columns)?;
+        let validation = self.validation_pass(&features, targets, Some(&spectrum), false, &columns)?;
         let mut curve: Vec<(f64, f64)> = grid.iter().map(|&tau| (tau, f64::INFINITY)).collect();
         let mut best = (f64::INFINITY, grid[0], sigma0);
         for (s, &sigma) in sigmas.iter().enumerate() {
@@ -287,7 +287,6 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     ) -> Result<TuneReport> {
         let (k, da) = (self.classes, self.augmented_features());
         let prior: Vec<f64> = (0..k).map(|c| self.prior_of(c).as_f64()).collect();
-        let spectrum = self.moments.state.curvature_spectrum(&self.device, &prior, k, da)?;
         let (lambda, centred) = match config.link {
             Link::Probit { lambda } => (lambda, false),
             Link::CentredProbit { lambda } => (lambda, true),
@@ -320,7 +319,12 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             _ => log_grid(grid[0], grid[grid.len() - 1], (grid.len() - 1) * stride + 1),
         };
         let shifts: Vec<(f64, f64)> = columns.iter().map(|&tau| (tau, 1.0)).collect();
-        let validation = self.validation_pass(&features, targets, &spectrum, centred, &shifts)?;
+        // One τ, the posterior's own: its covariance serves, with no spectrum.
+        let spectrum = match columns.len() {
+            1 => None,
+            _ => Some(self.moments.state.curvature_spectrum(&self.device, &prior, k, da)?),
+        };
+        let validation = self.validation_pass(&features, targets, spectrum.as_ref(), centred, &shifts)?;
         // A choice: (score, column, T, λ).
         let scored =
             |c: usize, t: f64, l: f64| -> Result<f64> { Ok(config.metric.of(&validation.scores(c, t, l, k)?)) };
@@ -429,12 +433,13 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     }
 
     /// One pass over the validation data: the mean logits, the labels (or targets), and the
-    /// logit variances at every column `(τ, c)` of `grid`.
+    /// logit variances at every column `(τ, c)` of `grid` from the spectrum, or (`None`, one
+    /// column) from the posterior's own covariance.
     fn validation_pass<F: Features<D, T>, Y: Targets<T> + ?Sized>(
         &self,
         features: &F,
         targets: &Y,
-        spectrum: &Spectrum,
+        spectrum: Option<&Spectrum>,
         centred: bool,
         grid: &[(f64, f64)],
     ) -> Result<Validation> {
@@ -442,7 +447,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let n = features.rows();
         // Rows per pass: the pass's r·K × width weights and r·K × grid variances within
         // PASS_ELEMENTS f64 values.
-        let per_row = k * (spectrum.width(da) + grid.len()) + da;
+        let per_row = k * (spectrum.map_or(da, |s| s.width(da)) + grid.len()) + da;
         let rows = (PASS_ELEMENTS / per_row).clamp(1, n.max(1));
         let mut out = Validation {
             mean: Vec::with_capacity(n * k),
@@ -462,7 +467,16 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                     .push(row.iter().position(|t| t.as_f64() > 0.5).unwrap_or(0) as u32);
             }
             let phi: Vec<f64> = self.device.download(&batch.phi)?.iter().map(|x| x.as_f64()).collect();
-            out.variances.extend(spectrum.variances(&phi, r, k, da, centred, grid));
+            match spectrum {
+                Some(spectrum) => out.variances.extend(spectrum.variances(&phi, r, k, da, centred, grid)),
+                None => {
+                    let state = &self.moments.state;
+                    let cov = state.logit_covariance(&self.device, &batch.phi, k)?;
+                    let v = super::predict::logit_variances(&self.device, &cov, state.logit_basis(), k, centred)?;
+                    out.variances
+                        .extend(self.device.download(&v)?.iter().map(|x| x.as_f64()));
+                }
+            }
         }
         Ok(out)
     }
