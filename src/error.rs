@@ -18,12 +18,15 @@ pub enum Error {
         got: String,
     },
     /// An input holds NaN or ±Inf.
-    #[error("non-finite value in `{argument}` at flat index {index}")]
+    #[error("non-finite value in `{argument}` at {}", position(*index, *columns))]
     NonFinite {
         /// Name of the offending argument.
         argument: &'static str,
         /// Row-major flat index of the first non-finite value.
         index: usize,
+        /// The argument's row length (1 for a vector): the value is at row `index / columns`,
+        /// column `index % columns`.
+        columns: usize,
     },
     /// A class label is not in `0..classes`.
     #[error("label {label} at index {index} is out of range for {classes} classes")]
@@ -135,3 +138,11 @@ impl Error {
 /// The drift `max |ΠΣ − I|` above which a freshly inverted precision is rejected as
 /// [`Error::IllConditioned`] rather than returned as a covariance.
 pub const ILL_CONDITIONED_DRIFT: f64 = 0.05;
+
+/// Where a flat index falls in a row-major array of rows of `columns` values.
+fn position(index: usize, columns: usize) -> String {
+    match columns {
+        0 | 1 => format!("index {index}"),
+        c => format!("row {}, column {} (flat index {index})", index / c, index % c),
+    }
+}

@@ -147,7 +147,7 @@ impl<T: Scalar> Targets<T> for HostMatrix<'_, T> {
         if (self.rows, self.cols) != (rows, outputs) {
             return Err(Error::shape("targets", (rows, outputs), (self.rows, self.cols)));
         }
-        check_finite("targets", self.data)
+        check_finite_rows("targets", self.data, self.cols)
     }
     fn target_rows(&self, start: usize, count: usize, _outputs: usize) -> Vec<T> {
         self.data[start * self.cols..(start + count) * self.cols].to_vec()
@@ -156,12 +156,22 @@ impl<T: Scalar> Targets<T> for HostMatrix<'_, T> {
 
 /// Fails with `NonFinite` at the first NaN or ±Inf.
 pub(crate) fn check_finite<T: Scalar>(argument: &'static str, data: &[T]) -> Result<()> {
+    check_finite_rows(argument, data, 1)
+}
+
+/// [`check_finite`] of a row-major array of rows of `columns` values: the error names the row
+/// and column.
+pub(crate) fn check_finite_rows<T: Scalar>(argument: &'static str, data: &[T], columns: usize) -> Result<()> {
     use rayon::prelude::*;
     if data.par_chunks(1 << 18).all(all_finite) {
         return Ok(());
     }
     match data.iter().position(|x| !x.is_finite()) {
-        Some(index) => Err(Error::NonFinite { argument, index }),
+        Some(index) => Err(Error::NonFinite {
+            argument,
+            index,
+            columns,
+        }),
         None => Ok(()),
     }
 }
@@ -183,7 +193,7 @@ fn all_finite<T: Scalar>(data: &[T]) -> bool {
 /// Checks a batch of features: non-empty, `cols` columns, finite.
 pub(crate) fn check_features<T: Scalar>(argument: &'static str, x: &HostMatrix<'_, T>, cols: usize) -> Result<()> {
     check_batch_shape(argument, (x.rows(), x.cols()), cols)?;
-    check_finite(argument, x.data())
+    check_finite_rows(argument, x.data(), x.cols())
 }
 
 /// `EmptyBatch` for no rows, `ShapeMismatch` unless a batch of `shape` has `cols` columns.

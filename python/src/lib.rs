@@ -43,7 +43,7 @@ macro_rules! exceptions {
 }
 exceptions! {
     ShapeMismatchError: "An argument has the wrong shape (`argument`, `expected`, `got`).",
-    NonFiniteError: "An input holds NaN or ±inf (`argument`, `index`: its first flat index).",
+    NonFiniteError: "An input holds NaN or ±inf (`argument`; `row`, `column` and `index`, the flat index, of the first).",
     LabelOutOfRangeError: "A label is not a class (`index`, `label`, `classes`).",
     EmptyBatchError: "A batch has no rows (`argument`).",
     InvalidArgumentError: "An argument is out of its domain (`argument`, `reason`).",
@@ -74,9 +74,18 @@ fn to_py(e: Error) -> PyErr {
                     ("got", obj(py, got)),
                 ],
             ),
-            Error::NonFinite { argument, index } => (
+            Error::NonFinite {
+                argument,
+                index,
+                columns,
+            } => (
                 NonFiniteError::new_err(message),
-                vec![("argument", obj(py, argument)), ("index", obj(py, index))],
+                vec![
+                    ("argument", obj(py, argument)),
+                    ("index", obj(py, index)),
+                    ("row", obj(py, index / columns.max(1))),
+                    ("column", obj(py, index % columns.max(1))),
+                ],
             ),
             Error::LabelOutOfRange { index, label, classes } => (
                 LabelOutOfRangeError::new_err(message),
@@ -186,6 +195,12 @@ fn targets<'py, T: Scalar + numpy::Element>(y: &Bound<'py, PyAny>, regression: b
         return Ok(TargetArray::Values(matrix::<T>(&a)?));
     }
     let a = np.call_method1("asarray", (y,))?;
+    // A column of labels, N × 1, is read as N labels.
+    let shape: Vec<usize> = a.getattr("shape")?.extract()?;
+    let a = match shape.as_slice() {
+        [_, 1] => a.call_method1("reshape", (-1i64,))?,
+        _ => a,
+    };
     let kind: String = a.getattr("dtype")?.getattr("kind")?.extract()?;
     if kind != "i" && kind != "u" {
         return Err(invalid("labels", format!("must be integers, got dtype kind `{kind}`")));
@@ -1260,6 +1275,7 @@ fn _sample_error(variant: &str) -> R<PyErr> {
         "NonFinite" => Error::NonFinite {
             argument: "features",
             index: 5,
+            columns: 2,
         },
         "LabelOutOfRange" => Error::LabelOutOfRange {
             index: 1,

@@ -48,7 +48,7 @@ def test_save_load_and_pickle(tmp_path, structure):
 
 SAMPLES = {
     "ShapeMismatch": ("ShapeMismatchError", {"argument": "features"}),
-    "NonFinite": ("NonFiniteError", {"argument": "features", "index": 5}),
+    "NonFinite": ("NonFiniteError", {"argument": "features", "index": 5, "row": 2, "column": 1}),
     "LabelOutOfRange": ("LabelOutOfRangeError", {"index": 1, "label": 7, "classes": 3}),
     "EmptyBatch": ("EmptyBatchError", {"argument": "features"}),
     "InvalidArgument": ("InvalidArgumentError", {"argument": "gamma", "reason": "sample"}),
@@ -84,6 +84,12 @@ def test_exceptions_are_typed_with_data():
     with pytest.raises(lu.NonFiniteError) as e:
         post.update(bad, y)
     assert e.value.index == 2 * x.shape[1] + 1
+    assert (e.value.row, e.value.column) == (2, 1) and "row 2, column 1" in str(e.value)
+    # Labels as a column, N × 1, are the same labels.
+    copy = lu.Posterior.from_bytes(post.to_bytes())
+    post.update(x[:4], y[:4])
+    copy.update(x[:4], y[:4, None])
+    assert np.array_equal(post.mean()[0], copy.mean()[0])
     with pytest.raises(lu.LabelOutOfRangeError) as e:
         post.update(x[:3], np.array([0, 7, 1]))
     assert (e.value.index, e.value.label, e.value.classes) == (1, 7, 3)

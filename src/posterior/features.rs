@@ -123,7 +123,11 @@ impl<D: Device, T: Scalar> sealed::Source<D, T> for &Matrix<D, T> {
         }
         let host = device.download(self)?;
         let index = host.iter().position(|&v| !num_traits::Float::is_finite(v)).unwrap_or(0);
-        Err(Error::NonFinite { argument, index })
+        Err(Error::NonFinite {
+            argument,
+            index,
+            columns: self.cols(),
+        })
     }
 
     fn chunk(

@@ -64,7 +64,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         if dim == 0 {
             return Err(Error::invalid("head", "needs at least one feature column"));
         }
-        check_finite("head", head.data())?;
+        crate::host::check_finite_rows("head", head.data(), head.cols())?;
         if let Some(b) = bias {
             if b.len() != classes {
                 return Err(Error::shape("bias", (classes, 1), (b.len(), 1)));

@@ -191,6 +191,7 @@ fn damped<D: Device, T: Scalar>(
             return Err(Error::NonFinite {
                 argument: "update step",
                 index: 0,
+                columns: 1,
             });
         }
         let converged = decrement / 2.0 <= tolerance * objective.abs().max(1.0);

@@ -577,7 +577,8 @@ pub fn check_bad_inputs_leave_posterior_unchanged<D: Device, T: Scalar>(dev: &D)
                 e,
                 Error::NonFinite {
                     argument: "features",
-                    index: 5
+                    index: 5,
+                    columns: 4
                 },
                 "{name}"
             );
@@ -588,7 +589,8 @@ pub fn check_bad_inputs_leave_posterior_unchanged<D: Device, T: Scalar>(dev: &D)
                 e,
                 Error::NonFinite {
                     argument: "features",
-                    index: 0
+                    index: 0,
+                    columns: 4
                 },
                 "{name}"
             );
@@ -715,7 +717,8 @@ pub fn check_bad_inputs_leave_posterior_unchanged<D: Device, T: Scalar>(dev: &D)
             e,
             Error::NonFinite {
                 argument: "head",
-                index: 7
+                index: 7,
+                columns: 4
             }
         );
         let mut labels = pb.labels.clone();
@@ -753,7 +756,8 @@ pub fn check_bad_inputs_leave_posterior_unchanged<D: Device, T: Scalar>(dev: &D)
                 e,
                 Error::NonFinite {
                     argument: "features",
-                    index
+                    index,
+                    columns: pb.d
                 },
                 "{name}"
             );
@@ -804,8 +808,13 @@ pub fn check_bad_inputs_leave_posterior_unchanged<D: Device, T: Scalar>(dev: &D)
             e,
             Error::NonFinite {
                 argument: "features",
-                index: 5
+                index: 5,
+                columns: 4
             }
+        );
+        assert!(
+            e.to_string().contains("at row 1, column 1 (flat index 5)"),
+            "the message names the row and column: {e}"
         );
         let e = post
             .predict(
