@@ -25,7 +25,7 @@ use laplace_update::random::SplitMix64;
 use laplace_update::{
     Calibration, CpuDevice, FitConfig, HostMatrix, Link, Posterior, PriorShape, Structure, TuneConfig,
 };
-use mlp::{AnyResult, CLASSES, FEATURES, Network, PIXELS, train};
+use mlp::{AnyResult, CLASSES, FEATURES, Network, digit_rows, train};
 
 #[allow(dead_code)]
 #[path = "../src/bin/laplace-update/digits.rs"]
@@ -72,16 +72,7 @@ fn run(
 ) -> AnyResult<Vec<(String, Scores)>> {
     let n = labels.len();
     let order = SplitMix64::new(0xCA1 ^ seed).permutation(n);
-    let rows = |idx: &[usize]| -> AnyResult<(Tensor, Vec<u32>)> {
-        let x: Vec<f32> = idx
-            .iter()
-            .flat_map(|&i| pixels[i * PIXELS..(i + 1) * PIXELS].iter().copied())
-            .collect();
-        Ok((
-            Tensor::from_vec(x, (idx.len(), PIXELS), &Device::Cpu)?,
-            idx.iter().map(|&i| labels[i]).collect(),
-        ))
-    };
+    let rows = |idx: &[usize]| digit_rows(pixels, labels, idx);
     let (train_end, val_end) = (n / 2, n / 2 + n / 5);
     let (x_train, y_train) = rows(&order[..train_end])?;
     let (x_val, y_val) = rows(&order[train_end..val_end])?;

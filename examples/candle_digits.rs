@@ -45,7 +45,7 @@ use laplace_update::{
 use report::Row;
 
 use digits::load_digits;
-use mlp::{AnyResult, CLASSES, FEATURES, HIDDEN, Network, PIXELS, softmax_scores, train};
+use mlp::{AnyResult, CLASSES, FEATURES, HIDDEN, Network, PIXELS, digit_rows, softmax_scores, train};
 
 const INITIAL: usize = 300;
 const BATCHES: usize = 10;
@@ -73,16 +73,7 @@ fn main() -> AnyResult<()> {
     let (pixels, labels) = load_digits()?;
     let n = labels.len();
     let order = SplitMix64::new(SEED).permutation(n);
-    let rows = |idx: &[usize]| -> AnyResult<(Tensor, Vec<u32>)> {
-        let x: Vec<f32> = idx
-            .iter()
-            .flat_map(|&i| pixels[i * PIXELS..(i + 1) * PIXELS].iter().copied())
-            .collect();
-        Ok((
-            Tensor::from_vec(x, (idx.len(), PIXELS), &Device::Cpu)?,
-            idx.iter().map(|&i| labels[i]).collect(),
-        ))
-    };
+    let rows = |idx: &[usize]| digit_rows(&pixels, &labels, idx);
     let stream_end = INITIAL + BATCHES * BATCH;
     let (x_val, y_val) = rows(&order[stream_end..stream_end + VALIDATION])?;
     let (x_test, y_test) = rows(&order[stream_end + VALIDATION..])?;

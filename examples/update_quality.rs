@@ -34,7 +34,7 @@ use laplace_update::{
     CpuDevice, FitConfig, HostMatrix, Link, OutputWeighting, Posterior, PriorShape, StepControl, Structure,
     UpdateConfig, UpdateRule,
 };
-use mlp::{AnyResult, CLASSES, FEATURES, Network, PIXELS, softmax_scores, train};
+use mlp::{AnyResult, CLASSES, FEATURES, Network, digit_rows, softmax_scores, train};
 
 #[allow(dead_code)]
 #[path = "../src/bin/laplace-update/digits.rs"]
@@ -142,16 +142,7 @@ fn run_seed(
     entries: &mut Vec<Entry>,
 ) -> AnyResult<()> {
     let order = SplitMix64::new(0x5A7u64 ^ seed).permutation(labels.len());
-    let rows = |idx: &[usize]| -> AnyResult<(Tensor, Vec<u32>)> {
-        let x: Vec<f32> = idx
-            .iter()
-            .flat_map(|&i| pixels[i * PIXELS..(i + 1) * PIXELS].iter().copied())
-            .collect();
-        Ok((
-            Tensor::from_vec(x, (idx.len(), PIXELS), &Device::Cpu)?,
-            idx.iter().map(|&i| labels[i]).collect(),
-        ))
-    };
+    let rows = |idx: &[usize]| digit_rows(pixels, labels, idx);
     let target = |y: &[u32]| Tensor::new(y, &Device::Cpu);
     let (x0, y0) = rows(&order[..chunk])?;
     let (x_test, y_test) = rows(&order[(BATCHES + 1) * chunk..])?;

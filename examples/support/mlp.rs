@@ -107,6 +107,18 @@ pub fn train(
     Ok(())
 }
 
+/// The digits at `idx`: their pixels (len × PIXELS, on the CPU) and labels.
+pub fn digit_rows(pixels: &[f32], labels: &[u32], idx: &[usize]) -> AnyResult<(Tensor, Vec<u32>)> {
+    let x: Vec<f32> = idx
+        .iter()
+        .flat_map(|&i| pixels[i * PIXELS..(i + 1) * PIXELS].iter().copied())
+        .collect();
+    Ok((
+        Tensor::from_vec(x, (idx.len(), PIXELS), &candle_core::Device::Cpu)?,
+        idx.iter().map(|&i| labels[i]).collect(),
+    ))
+}
+
 /// Accuracy, NLL and ECE (15 bins) of `softmax(logits)`.
 pub fn softmax_scores(logits: &Tensor, y: &[u32]) -> AnyResult<Scores> {
     let probs: Vec<f32> = candle_nn::ops::softmax(logits, D::Minus1)?.flatten_all()?.to_vec1()?;

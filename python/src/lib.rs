@@ -663,24 +663,14 @@ impl Posterior {
                 (None, Link::MonteCarlo { samples, seed }) => self::link("mc", lambda, samples, seed)?,
                 (name, stored) => self::link(name.unwrap_or(stored.name()), lambda, samples, seed)?,
             };
-            // Another temperature predicts from a copy that carries it.
-            let copy = match temperature {
-                Some(t) if t != stored.temperature => {
-                    let mut copy = p.try_clone().map_err(to_py)?;
-                    copy.set_calibration(Calibration {
-                        temperature: t,
-                        ..stored
-                    })
-                    .map_err(to_py)?;
-                    Some(copy)
-                }
-                _ => None,
+            let calibration = Calibration {
+                temperature: temperature.unwrap_or(stored.temperature),
+                link,
             };
-            let p = copy.as_ref().unwrap_or(p);
             let x = matrix::<T>(features)?;
             let (full, k) = (p.structure() == Structure::Full, p.classes());
             let x = host(&x).map_err(to_py)?;
-            let pred = py.detach(|| p.predict(x, link)).map_err(to_py)?;
+            let pred = py.detach(|| p.predict_calibrated(x, calibration)).map_err(to_py)?;
             let n = pred.probs.len() / k;
             let var: Vec<T> = match full {
                 true => (0..n * k * k)

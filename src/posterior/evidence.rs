@@ -310,7 +310,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     }
 
     /// τ of every class, in f64.
-    fn prior_values(&self) -> Vec<f64> {
+    pub(super) fn prior_values(&self) -> Vec<f64> {
         (0..self.classes).map(|k| self.prior_of(k).as_f64()).collect()
     }
 }

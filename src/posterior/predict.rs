@@ -198,11 +198,28 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// (the link is ignored); the predictive variance of output k adds σ² to `Σ_f[k,k]`. Errors: `EmptyBatch`, `ShapeMismatch`, `NonFinite`,
     /// `InvalidArgument` (λ < 0 or not finite, 0 Monte Carlo samples).
     pub fn predict<F: Features<D, T>>(&self, features: F, link: Link) -> Result<Prediction<T>> {
-        self.device.scope(|| self.predict_in_scope(features, link))
+        let calibration = Calibration {
+            temperature: self.calibration.temperature,
+            link,
+        };
+        self.predict_calibrated(features, calibration)
     }
 
-    fn predict_in_scope<F: Features<D, T>>(&self, features: F, link: Link) -> Result<Prediction<T>> {
-        link.validate()?;
+    /// [`Posterior::predict`] at another temperature and link than the posterior's own, with
+    /// nothing changed or copied.
+    ///
+    /// Errors: those of [`Posterior::predict`], `InvalidArgument` (T ≤ 0 or not finite).
+    pub fn predict_calibrated<F: Features<D, T>>(
+        &self,
+        features: F,
+        calibration: Calibration,
+    ) -> Result<Prediction<T>> {
+        calibration.validate()?;
+        self.device.scope(|| self.predict_in_scope(features, calibration))
+    }
+
+    fn predict_in_scope<F: Features<D, T>>(&self, features: F, calibration: Calibration) -> Result<Prediction<T>> {
+        let Calibration { temperature, link } = calibration;
         features.check(&self.device, "features", self.features)?;
         let device = &self.device;
         let n = features.rows();
@@ -212,11 +229,11 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let cov = state.logit_covariance(device, &phi, self.classes)?;
         // The link reads the logits at temperature T: f/T, Σ_f/T².
         let scaled = |m: &Matrix<D, T>, power: i32| -> Result<Option<Matrix<D, T>>> {
-            if self.calibration.temperature == 1.0 || self.is_regression() {
+            if temperature == 1.0 || self.is_regression() {
                 return Ok(None);
             }
             let mut out = device.zeros(m.rows(), m.cols())?;
-            device.axpy(&mut out, T::from_f64(self.calibration.temperature.powi(-power)), m)?;
+            device.axpy(&mut out, T::from_f64(temperature.powi(-power)), m)?;
             Ok(Some(out))
         };
         let (mean_t, cov_t) = (scaled(&mean, 1)?, scaled(&cov, 2)?);

@@ -240,7 +240,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     ) -> Result<TuneReport> {
         let (k, da) = (self.classes, self.augmented_features());
         let sigma0 = self.gaussian_noise()?;
-        let prior: Vec<f64> = (0..k).map(|c| self.prior_of(c).as_f64()).collect();
+        let prior = self.prior_values();
         let spectrum = self.moments.state.curvature_spectrum(&self.device, &prior, k, da)?;
         let grid = match config.prior {
             true => log_points(config.grid_min, config.grid_max, config.grid_points),
@@ -286,28 +286,27 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         config: &TuneConfig,
     ) -> Result<TuneReport> {
         let (k, da) = (self.classes, self.augmented_features());
-        let prior: Vec<f64> = (0..k).map(|c| self.prior_of(c).as_f64()).collect();
+        let prior = self.prior_values();
         let (lambda, centred) = match config.link {
             Link::Probit { lambda } => (lambda, false),
             Link::CentredProbit { lambda } => (lambda, true),
             _ => (0.0, false),
         };
-        let log_grid = log_points;
         // With no link τ does not enter the predictive: it is kept, and only T is tuned.
         let grid = match config.link {
             _ if !config.prior => prior[..1].to_vec(),
             Link::None => prior[..1].to_vec(),
-            _ => log_grid(config.grid_min, config.grid_max, config.grid_points),
+            _ => log_points(config.grid_min, config.grid_max, config.grid_points),
         };
         let temperatures = if config.temperature {
-            log_grid(0.1, 10.0, TEMPERATURE_POINTS)
+            log_points(0.1, 10.0, TEMPERATURE_POINTS)
         } else {
             vec![1.0]
         };
         // λ = 0 (the mean's softmax) and λ₀·10^(−3 … 1).
         let lambdas: Vec<f64> = match config.lambda && lambda > 0.0 {
             true => std::iter::once(0.0)
-                .chain(log_grid(lambda * 1e-3, lambda * 10.0, LAMBDA_POINTS))
+                .chain(log_points(lambda * 1e-3, lambda * 10.0, LAMBDA_POINTS))
                 .collect(),
             false => vec![lambda],
         };
@@ -316,7 +315,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let stride = SUBDIVISIONS + 1;
         let columns: Vec<f64> = match grid.len() {
             1 => grid.clone(),
-            _ => log_grid(grid[0], grid[grid.len() - 1], (grid.len() - 1) * stride + 1),
+            _ => log_points(grid[0], grid[grid.len() - 1], (grid.len() - 1) * stride + 1),
         };
         let shifts: Vec<(f64, f64)> = columns.iter().map(|&tau| (tau, 1.0)).collect();
         // One τ, the posterior's own: its covariance serves, with no spectrum.
@@ -466,9 +465,11 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 out.labels
                     .push(row.iter().position(|t| t.as_f64() > 0.5).unwrap_or(0) as u32);
             }
-            let phi: Vec<f64> = self.device.download(&batch.phi)?.iter().map(|x| x.as_f64()).collect();
             match spectrum {
-                Some(spectrum) => out.variances.extend(spectrum.variances(&phi, r, k, da, centred, grid)),
+                Some(spectrum) => {
+                    let phi: Vec<f64> = self.device.download(&batch.phi)?.iter().map(|x| x.as_f64()).collect();
+                    out.variances.extend(spectrum.variances(&phi, r, k, da, centred, grid));
+                }
                 None => {
                     let state = &self.moments.state;
                     let cov = state.logit_covariance(&self.device, &batch.phi, k)?;

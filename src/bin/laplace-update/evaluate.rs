@@ -62,11 +62,13 @@ pub fn run<D: Device, T: Scalar>(device: &D, args: &EvaluateArgs) -> Result<()> 
     let k = post.classes();
     let laplace = post.predict(features, link)?;
     let temperature = post.calibration().temperature;
-    post.set_calibration(Calibration {
-        temperature: 1.0,
-        link: Link::None,
-    })?;
-    let network = post.predict(features, Link::None)?;
+    let network = post.predict_calibrated(
+        features,
+        Calibration {
+            temperature: 1.0,
+            link: Link::None,
+        },
+    )?;
     let row = |name: String, probs: &[T]| -> Result<Row> {
         let (scores, bins) = evaluate(probs, &labels, k, args.bins)?;
         Ok(Row { name, scores, bins })
