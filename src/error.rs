@@ -106,6 +106,24 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// An operation needs more memory than is available, found before anything was allocated.
+    #[error(
+        "{what} needs {}; {} is available (bounded by {bound}){advice}",
+        crate::memory::format_bytes(*needed),
+        crate::memory::format_bytes(*available)
+    )]
+    OutOfMemory {
+        /// Peak bytes the operation would allocate.
+        needed: u64,
+        /// Bytes available when it was asked.
+        available: u64,
+        /// What bounds them: `"memory cgroup"`, `"MemAvailable"` or `"memory cap"`.
+        bound: &'static str,
+        /// The operation and its sizes, e.g. "a Full fit at K = 30, D = 513 (f32)".
+        what: String,
+        /// What would fit instead, starting with "; ", or empty.
+        advice: String,
+    },
     /// A device reported a fault (allocation, launch, lost device).
     #[error("device error on `{backend}`: {reason}")]
     Device {

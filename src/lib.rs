@@ -45,6 +45,7 @@ pub mod device;
 pub mod error;
 pub mod host;
 pub mod io;
+pub mod memory;
 pub mod metrics;
 mod numerics;
 pub mod posterior;

@@ -115,11 +115,16 @@ fn fit_update_predict_info_round_trip() {
         f.p("y_new.npy"),
         damped
     ));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stderr.contains("Newton step(s)") && stderr.contains("objective J"),
-        "{stderr}"
+    // Results on stdout, diagnostics (none here) on stderr.
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
     );
+    assert!(
+        out.status.success() && stdout.contains("Newton step(s)") && stdout.contains("objective J"),
+        "{stdout}{stderr}"
+    );
+    assert!(stderr.trim().is_empty(), "{stderr}");
     let e = fails(&format!(
         "update --posterior {} --features {} --labels {} --step damped --gamma 2 --out {}",
         post,
@@ -846,13 +851,108 @@ fn no_driver_chatter_without_a_runtime_dir() {
         f.p("y.npy"),
         f.p("post.safetensors")
     ));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     assert!(out.status.success(), "{stderr}");
-    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+    assert!(
+        stderr.trim().is_empty(),
+        "nothing but errors and warnings on stderr: {stderr}"
+    );
     assert_eq!(
-        stderr.trim_end().lines().count(),
+        stdout.trim_end().lines().count(),
         2,
-        "head fit and fit lines only: {stderr}"
+        "head fit and fit lines only: {stdout}"
+    );
+}
+
+/// Every input is read and checked before a device is probed: a missing file or a wrong shape
+/// is one `error:` line naming the argument at fault, with no device note even under
+/// `--verbose`, which otherwise names the device on stderr.
+#[test]
+fn inputs_are_checked_before_any_device() {
+    let f = Files::new("order");
+    let missing = f.p("missing.npy");
+    for command in [
+        format!(
+            "-v fit --features {missing} --labels {} --out {}",
+            f.p("y.npy"),
+            f.p("o.st")
+        ),
+        format!(
+            "fit -v --features {} --labels {missing} --out {}",
+            f.p("x.npy"),
+            f.p("o.st")
+        ),
+        format!(
+            "fit -v --features {} --labels {} --weights {missing} --out {}",
+            f.p("x.npy"),
+            f.p("y.npy"),
+            f.p("o.st")
+        ),
+    ] {
+        let e = fails(&command);
+        assert!(e.contains("missing.npy") && !e.contains("note"), "{e}");
+    }
+    // Weights passed as D × K are named, as transposed.
+    let (d, k) = (f.pb.d, f.pb.k);
+    let w: Vec<f64> = vec![0.0; d * k];
+    write_npy(Path::new(&f.p("wt.npy")), &w, &[d, k]).unwrap();
+    let e = fails(&format!(
+        "fit -v --features {} --labels {} --weights {} --out {}",
+        f.p("x.npy"),
+        f.p("y.npy"),
+        f.p("wt.npy"),
+        f.p("o.st")
+    ));
+    assert!(e.contains("`weights`") && e.contains("transposed"), "{e}");
+    // Labels of another length are the labels' fault.
+    let n = read_npy(Path::new(&f.p("x.npy"))).unwrap().shape[0];
+    write_labels(Path::new(&f.p("y_short.npy")), &[0u32; 7]);
+    let e = fails(&format!(
+        "fit --features {} --labels {} --out {}",
+        f.p("x.npy"),
+        f.p("y_short.npy"),
+        f.p("o.st")
+    ));
+    assert!(
+        e.contains("`labels`") && e.contains(&format!("expected {n} rows")),
+        "{e}"
+    );
+    // A batch whose D is not the posterior's, before any device.
+    ok(&format!(
+        "fit --features {} --labels {} --out {}",
+        f.p("x.npy"),
+        f.p("y.npy"),
+        f.p("p.st")
+    ));
+    let x: Vec<f64> = vec![0.0; 3 * (d + 1)];
+    write_npy(Path::new(&f.p("x_wide.npy")), &x, &[3, d + 1]).unwrap();
+    let e = fails(&format!(
+        "-v predict --posterior {} --features {} --out {}",
+        f.p("p.st"),
+        f.p("x_wide.npy"),
+        f.p("probs.npy")
+    ));
+    assert!(
+        e.contains("`features`") && e.contains(&format!("posterior's D = {d}")),
+        "{e}"
+    );
+    // With --verbose and valid inputs, the device is named on stderr, results stay on stdout.
+    let out = run(&format!(
+        "predict -v --posterior {} --features {} --out {}",
+        f.p("p.st"),
+        f.p("x.npy"),
+        f.p("probs.npy")
+    ));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stderr.starts_with("note: using ") && stdout.starts_with("predicted"),
+        "{stdout}{stderr}"
     );
 }
 

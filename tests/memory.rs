@@ -88,3 +88,46 @@ fn diag_and_kron_fits_at_2000_classes_stream_their_chunks() {
         );
     }
 }
+
+/// The peak a fit announces before it allocates (`FitConfig::peak_bytes`, what the memory budget
+/// is checked against) bounds the peak it then allocates, and is not so loose that it refuses
+/// fits that would fit: within 3× of the measured peak. At the sizes users run: Full at
+/// K = 10, D = 384 (P = 3,850), the others at K = 1,000, D = 256.
+#[test]
+fn announced_fit_peaks_bound_the_measured_ones() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    fit_peak(Structure::Diag, 1_000, 500, 32, 256);
+    let shared = Structure::Shared(laplace_update::OutputWeighting::Categorical);
+    let mut rows = Vec::new();
+    for (structure, k, d) in [
+        (Structure::Full, 10, 384),
+        (Structure::Kron, 1_000, 256),
+        (Structure::Diag, 1_000, 256),
+        (shared, 1_000, 256),
+    ] {
+        let (n, chunk) = (512, 256);
+        let measured = fit_peak(structure, n, k, d, chunk) as u64;
+        let config = FitConfig {
+            structure,
+            ..Default::default()
+        };
+        // The announced state, and one pass (checked separately when the data arrives).
+        let announced = config.peak_bytes::<f32>(k, d) + config.pass_bytes::<f32>(chunk, k, d);
+        println!(
+            "{structure:?} K = {k}, D = {d}: measured {:.1} MB, announced {:.1} MB",
+            measured as f64 / 1e6,
+            announced as f64 / 1e6
+        );
+        rows.push((structure, measured, announced));
+    }
+    for (structure, measured, announced) in rows {
+        assert!(
+            measured <= announced,
+            "{structure:?}: {measured} B > announced {announced} B"
+        );
+        assert!(
+            announced <= 3 * measured,
+            "{structure:?}: announced {announced} B, 3× the measured {measured} B"
+        );
+    }
+}

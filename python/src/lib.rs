@@ -55,6 +55,7 @@ exceptions! {
     LockTimeoutError: "A posterior file stayed locked by another writer (`path`, `lock`, `waited_s`).",
     FormatError: "Bytes or a file are not a valid posterior or array (`what`, `reason`).",
     DeviceError: "A device operation failed (`backend`, `reason`).",
+    OutOfMemoryError: "An operation would exceed the memory available (`needed` and `available` bytes, `bound`, `what`), found before it allocated.",
 }
 
 /// The library's error as the exception of its variant, its fields as attributes.
@@ -131,6 +132,21 @@ fn to_py(e: Error) -> PyErr {
             Error::Device { backend, reason } => (
                 DeviceError::new_err(message),
                 vec![("backend", obj(py, backend)), ("reason", obj(py, reason))],
+            ),
+            Error::OutOfMemory {
+                needed,
+                available,
+                bound,
+                what,
+                ..
+            } => (
+                OutOfMemoryError::new_err(message),
+                vec![
+                    ("needed", obj(py, needed)),
+                    ("available", obj(py, available)),
+                    ("bound", obj(py, bound)),
+                    ("what", obj(py, what)),
+                ],
             ),
             other => (LaplaceError::new_err(other.to_string()), vec![]),
         };
@@ -1298,6 +1314,13 @@ fn _sample_error(variant: &str) -> R<PyErr> {
             backend: "cuda",
             reason: reason(),
         },
+        "OutOfMemory" => Error::OutOfMemory {
+            needed: 2_000,
+            available: 1_000,
+            bound: "memory cgroup",
+            what: "a sample".into(),
+            advice: String::new(),
+        },
         other => return Err(invalid("variant", format!("unknown `{other}`"))),
     };
     Ok(to_py(e))
@@ -1319,6 +1342,38 @@ fn evaluate<'py>(
     post.evaluate(py, features, labels, link, temperature, bins)
 }
 
+/// `set_max_memory(limit)`: caps this process's memory for the library's operations, as
+/// the command line's `--max-memory`. `limit` is bytes (an int) or a count with a unit
+/// (`"1500M"`, `"2G"`), or None for no cap. An operation that would exceed the cap, the memory
+/// cgroup's limit or the machine's available memory raises `OutOfMemoryError` before it
+/// allocates.
+///
+/// ```python
+/// lu.set_max_memory("2G")
+/// ```
+#[pyfunction]
+#[pyo3(signature = (limit))]
+fn set_max_memory(limit: Option<&Bound<'_, PyAny>>) -> R<()> {
+    let bytes = match limit {
+        None => None,
+        Some(l) if l.is_none() => None,
+        Some(l) => Some(match l.extract::<u64>() {
+            Ok(b) if b > 0 => b,
+            _ => {
+                let text: String = l.extract().map_err(|_| {
+                    invalid(
+                        "limit",
+                        "must be a positive number of bytes, a string such as \"2G\", or None",
+                    )
+                })?;
+                laplace_update::memory::parse_bytes(&text).map_err(|e| invalid("limit", e))?
+            }
+        }),
+    };
+    laplace_update::memory::set_limit(bytes);
+    Ok(())
+}
+
 #[pymodule]
 #[pyo3(name = "laplace_update")]
 fn laplace_update_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -1328,6 +1383,7 @@ fn laplace_update_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(devices, m)?)?;
     m.add_function(wrap_pyfunction!(_sample_error, m)?)?;
+    m.add_function(wrap_pyfunction!(set_max_memory, m)?)?;
     add_exceptions(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

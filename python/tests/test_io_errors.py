@@ -22,6 +22,7 @@ EXCEPTIONS = [
     "LockTimeoutError",
     "FormatError",
     "DeviceError",
+    "OutOfMemoryError",
 ]
 
 
@@ -60,6 +61,7 @@ SAMPLES = {
     "LockTimeout": ("LockTimeoutError", {"path": "p", "lock": "p.lock", "waited_s": 1.5}),
     "Format": ("FormatError", {"what": "p", "reason": "sample"}),
     "Device": ("DeviceError", {"backend": "cuda", "reason": "sample"}),
+    "OutOfMemory": ("OutOfMemoryError", {"needed": 2000, "available": 1000, "bound": "memory cgroup"}),
 }
 
 
@@ -134,3 +136,29 @@ def test_contiguous_float32_is_read_in_place():
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak >= big.nbytes, peak
+
+
+def test_a_posterior_too_large_for_the_memory_cap_is_refused_before_it_allocates():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((64, 512)).astype(np.float32)
+    y = np.arange(64) % 30
+    w = (0.01 * rng.standard_normal((30, 512))).astype(np.float32)
+    small, (xs, ys, _, _) = fitted("diag")
+    before = small.covariance().copy()
+    lu.set_max_memory("512M")
+    try:
+        with pytest.raises(lu.OutOfMemoryError) as e:
+            lu.Posterior.fit(x, y, w, structure="full", dtype="float32")
+        assert e.value.needed > 3e9 and e.value.available <= 512 << 20 and e.value.bound == "memory cap"
+        assert "kron" in str(e.value)
+        # A Kron posterior at the same size fits under the cap.
+        assert lu.Posterior.fit(x, y, w, structure="kron", dtype="float32").structure == "kron"
+        lu.set_max_memory(1)
+        with pytest.raises(lu.OutOfMemoryError):
+            small.update(xs[:3], ys[:3])
+        assert np.array_equal(small.covariance(), before)
+        with pytest.raises(lu.InvalidArgumentError):
+            lu.set_max_memory("lots")
+    finally:
+        lu.set_max_memory(None)
+    small.update(xs[:3], ys[:3])

@@ -461,14 +461,23 @@ fn zeroed<T: Scalar>(n: usize) -> Vec<T> {
     v
 }
 
-/// An empty vector with room for `rows × cols` elements, or a typed error when that much
+/// An empty vector with room for `rows × cols` elements, or `OutOfMemory` when that much
 /// memory cannot be had (instead of aborting the process).
 fn reserve<T: Scalar>(rows: usize, cols: usize) -> Result<Vec<T>> {
-    let fail = |what: String| Error::Device {
-        backend: "cpu",
-        reason: format!("cannot allocate a {rows} x {cols} matrix: {what}"),
+    let needed = (rows as u128 * cols as u128 * std::mem::size_of::<T>() as u128).min(u64::MAX as u128) as u64;
+    let fail = |why: String| {
+        let available = crate::memory::available();
+        Error::OutOfMemory {
+            needed,
+            available: available.map_or(0, |a| a.bytes),
+            bound: available.map_or("the allocator", |a| a.source),
+            what: format!("a {rows} x {cols} matrix"),
+            advice: format!("; the allocator refused it: {why}"),
+        }
     };
-    let n = rows.checked_mul(cols).ok_or_else(|| fail("size overflows".into()))?;
+    let n = rows
+        .checked_mul(cols)
+        .ok_or_else(|| fail("its size overflows".into()))?;
     let mut v = Vec::new();
     v.try_reserve_exact(n).map_err(|e| fail(e.to_string()))?;
     Ok(v)

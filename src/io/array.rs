@@ -60,6 +60,33 @@ impl Array {
         Ok((self.to_floats()?, rows, cols))
     }
 
+    /// [`to_matrix`](Self::to_matrix), consuming the array: its elements are moved, not
+    /// copied, when they already are `T`.
+    pub fn into_matrix<T: Scalar>(self) -> Result<(Vec<T>, usize, usize)> {
+        let (rows, cols) = match self.shape[..] {
+            [r, c] => (r, c),
+            _ => return Err(self.format_error(format!("expected a 2-D array, got shape {:?}", self.shape))),
+        };
+        match self.data {
+            ArrayData::F32(v) if T::DTYPE == crate::DType::F32 => {
+                let any: Box<dyn std::any::Any> = Box::new(v);
+                match any.downcast::<Vec<T>>() {
+                    Ok(v) => Ok((*v, rows, cols)),
+                    Err(_) => Err(Error::Format {
+                        what: self.source,
+                        reason: "f32 elements that are not f32".into(),
+                    }),
+                }
+            }
+            data => Array {
+                source: self.source,
+                shape: self.shape,
+                data,
+            }
+            .to_matrix(),
+        }
+    }
+
     /// A 1-D float array (or 2-D with one row or one column).
     pub fn to_vector<T: Scalar>(&self) -> Result<Vec<T>> {
         match self.shape[..] {

@@ -2,7 +2,7 @@
 
 use super::Features;
 use super::fit::null_free_basis;
-use super::structure::{DataTerm, RawTensor, uses_reduced_basis};
+use super::structure::{DataTerm, RawTensor, cheaper_structures, fit_bytes, pass_bytes, uses_reduced_basis};
 use super::{FitConfig, Posterior, positive};
 use crate::device::{Device, Matrix};
 use crate::error::{Error, Result};
@@ -52,8 +52,13 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
     /// An empty accumulator around the head `(W, b)` with the structure, likelihood,
     /// curvature, bias mode and chunk size of `config` (its τ is not used until `finish`).
     ///
-    /// Errors: `ShapeMismatch`, `NonFinite`, `InvalidArgument`.
+    /// Errors: `ShapeMismatch`, `NonFinite`, `InvalidArgument`, and `OutOfMemory` when the
+    /// fit's peak ([`FitConfig::peak_bytes`]) exceeds the [memory budget](crate::memory),
+    /// checked before anything but the head is allocated.
     pub fn new(device: &D, head: HostMatrix<'_, T>, bias: Option<&[T]>, config: &FitConfig) -> Result<Self> {
+        config.validate()?;
+        let da = head.cols() + usize::from(config.bias == super::BiasMode::InPosterior);
+        fit_fits_in_memory::<T>(config.structure, head.rows(), da)?;
         let shell = Posterior::assemble(device, head, bias, config)?;
         let (k, da) = (shell.classes, shell.augmented_features());
         let basis = match uses_reduced_basis(config.structure, config.likelihood) {
@@ -111,9 +116,21 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
             false => post.check_batch(&features, targets)?,
         }
         let (k, da) = (post.classes, post.augmented_features());
+        let chunk = super::pass_rows(self.chunk_rows, k, da, state.pass_elements());
+        let pass = pass_bytes(
+            state.kind(),
+            chunk.min(features.rows()),
+            k,
+            da,
+            std::mem::size_of::<T>(),
+        );
+        crate::memory::ensure(
+            pass,
+            || format!("a pass of {} rows (K = {k}, D_aug = {da})", chunk.min(features.rows())),
+            |_| "; pass smaller `chunk_rows`".into(),
+        )?;
         // A fresh partial sum, added at the end, so that a failure changes nothing.
         let mut sum = state.empty_sum(device, k, da, self.basis.is_some())?;
-        let chunk = super::pass_rows(self.chunk_rows, k, da, state.pass_elements());
         if gram_only {
             let augment = post.bias_mode == super::BiasMode::InPosterior;
             features.add_gram(device, &mut sum.parts[0], augment, chunk)?;
@@ -308,4 +325,21 @@ fn split_head<T: Scalar>(head: &[T], k: usize, da: usize, augmented: bool) -> (V
     let w = head.chunks(da).flat_map(|r| r[..da - 1].iter().copied()).collect();
     let b = (0..k).map(|c| head[c * da + da - 1]).collect();
     (w, Some(b))
+}
+
+/// `OutOfMemory`, naming the structures that would fit, when a fit of `structure` at K
+/// classes and D_aug columns needs more than the [memory budget](crate::memory).
+pub(crate) fn fit_fits_in_memory<T: Scalar>(structure: super::Structure, k: usize, da: usize) -> Result<()> {
+    let elem = std::mem::size_of::<T>();
+    crate::memory::ensure(
+        fit_bytes(structure, k, da, elem),
+        || {
+            format!(
+                "a {} posterior at K = {k}, D_aug = {da} ({}) with its fit's workspace",
+                crate::io::structure_name(structure),
+                T::DTYPE.name()
+            )
+        },
+        |available| cheaper_structures(structure, k, da, elem, available),
+    )
 }

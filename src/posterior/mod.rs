@@ -26,7 +26,7 @@ pub use evidence::PriorShape;
 pub use features::Features;
 pub use head::{HeadConfig, HeadFit, HeadSolver, fit_head};
 pub use predict::{Calibration, Link, Prediction};
-pub(crate) use structure::RawTensor;
+pub(crate) use structure::{RawTensor, resident_bytes};
 pub use tune::{TuneConfig, TuneMetric, TuneReport};
 
 pub use unlearn::UnlearnConfig;
@@ -151,6 +151,30 @@ impl Default for FitConfig {
 }
 
 impl FitConfig {
+    /// Peak bytes a fit with these settings allocates at K classes and D feature columns in
+    /// `T` before its passes over the data: the data term, Π, Σ and the workspace of Π's
+    /// inverse (Full about 4P² elements, P = K·D_aug). A fit that would exceed the
+    /// [memory budget](crate::memory) is refused with `OutOfMemory` before it allocates.
+    ///
+    /// ```
+    /// use laplace_update::{FitConfig, Structure};
+    /// let full = FitConfig::default().peak_bytes::<f32>(30, 512);
+    /// let kron = FitConfig { structure: Structure::Kron, ..Default::default() }.peak_bytes::<f32>(30, 512);
+    /// assert!(full > 3_000_000_000 && kron < 20_000_000);
+    /// ```
+    pub fn peak_bytes<T: Scalar>(&self, classes: usize, features: usize) -> u64 {
+        let da = features + usize::from(self.bias == BiasMode::InPosterior);
+        structure::fit_bytes(self.structure, classes, da, std::mem::size_of::<T>())
+    }
+
+    /// Peak bytes of one pass of `rows` samples over the data in `T`: the logits, the output
+    /// curvatures and the staged features. A pass that would exceed the
+    /// [memory budget](crate::memory) is refused with `OutOfMemory`.
+    pub fn pass_bytes<T: Scalar>(&self, rows: usize, classes: usize, features: usize) -> u64 {
+        let da = features + usize::from(self.bias == BiasMode::InPosterior);
+        structure::pass_bytes(self.structure, rows, classes, da, std::mem::size_of::<T>())
+    }
+
     /// Checks the settings that do not depend on data: τ, σ, Monte Carlo samples, chunk size.
     ///
     /// Errors: `InvalidArgument`.
@@ -179,7 +203,21 @@ pub(crate) struct Moments<D: Device, T: Scalar> {
 }
 
 impl<D: Device, T: Scalar> Moments<D, T> {
+    /// A deep copy; `OutOfMemory` first when it would not fit in the
+    /// [memory budget](crate::memory).
     fn copy(&self, device: &D) -> Result<Self> {
+        let (kind, k, da) = (self.state.kind(), self.head.rows(), self.head.cols());
+        crate::memory::ensure(
+            structure::resident_bytes(kind, k, da, std::mem::size_of::<T>()),
+            || {
+                format!(
+                    "a copy of a {} posterior at K = {k}, D_aug = {da} ({})",
+                    crate::io::structure_name(kind),
+                    T::DTYPE.name()
+                )
+            },
+            |_| String::new(),
+        )?;
         Ok(Moments {
             head: device.copy(&self.head)?,
             state: self.state.copy(device)?,
@@ -459,6 +497,31 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             host_targets,
             keys,
         })
+    }
+
+    /// `OutOfMemory` unless a change of this posterior by `rows` samples fits in the
+    /// [memory budget](crate::memory): it builds the new Π and Σ (and Kron's factors) before
+    /// it commits them, and passes over the rows.
+    pub(crate) fn ensure_working_memory(&self, what: &str, rows: usize) -> Result<()> {
+        let kind = self.moments.state.kind();
+        let (k, da, elem) = (self.classes, self.augmented_features(), std::mem::size_of::<T>());
+        let needed = structure::resident_bytes(kind, k, da, elem).saturating_add(structure::pass_bytes(
+            kind,
+            rows.min(CHUNK_ELEMENTS / (k + da)),
+            k,
+            da,
+            elem,
+        ));
+        crate::memory::ensure(
+            needed,
+            || {
+                format!(
+                    "{what} of a {} posterior at K = {k}, D_aug = {da} by {rows} rows",
+                    crate::io::structure_name(kind)
+                )
+            },
+            |_| String::new(),
+        )
     }
 
     /// A device-side deep copy.

@@ -218,11 +218,27 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         self.device.scope(|| self.predict_in_scope(features, calibration))
     }
 
+    /// Peak bytes a prediction allocates per input row: the staged features, the logits and
+    /// the K × K logit covariance with its tempered copy and the link's output, in `T`. A
+    /// prediction over more rows than fit in the [memory budget](crate::memory) is refused
+    /// with `OutOfMemory`; predict such a batch in passes of
+    /// `available / predict_row_bytes()` rows.
+    pub fn predict_row_bytes(&self) -> u64 {
+        let (k, da) = (self.classes as u64, self.augmented_features() as u64);
+        (da + 3 * k + 3 * k * k) * std::mem::size_of::<T>() as u64
+    }
+
     fn predict_in_scope<F: Features<D, T>>(&self, features: F, calibration: Calibration) -> Result<Prediction<T>> {
         let Calibration { temperature, link } = calibration;
         features.check(&self.device, "features", self.features)?;
         let device = &self.device;
         let n = features.rows();
+        let per_row = self.predict_row_bytes();
+        crate::memory::ensure(
+            per_row.saturating_mul(n as u64),
+            || format!("a prediction over {n} rows (K = {})", self.classes),
+            |available| format!("; predict in passes of at most {} rows", (available / per_row).max(1)),
+        )?;
         let phi = self.upload_features(&features, 0, n)?;
         let mean = logits(device, &phi, &self.moments.head, self.fixed_bias.as_ref())?;
         let state = &self.moments.state;

@@ -117,6 +117,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         targets: &Y,
         config: &UnlearnConfig,
     ) -> Result<()> {
+        self.ensure_working_memory("unlearning", features.rows())?;
         let device = self.device.clone();
         device.scope(|| self.unlearn_in_scope(features, targets, config))
     }

@@ -271,6 +271,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         targets: &Y,
         config: &UpdateConfig,
     ) -> Result<UpdateReport> {
+        self.ensure_working_memory("an update", features.rows())?;
         let device = self.device.clone();
         device.scope(|| self.update_in_scope(features, targets, config))
     }

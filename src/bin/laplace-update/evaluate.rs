@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use laplace_update::io::{load_posterior, read_array};
+use laplace_update::io::load_posterior;
 use laplace_update::metrics::{Bin, Scores, evaluate};
 use laplace_update::{Calibration, Device, Error, HostMatrix, Likelihood, Link, Posterior, Result, Scalar};
 use plotters::prelude::*;
@@ -20,10 +20,10 @@ pub struct EvaluateArgs {
     pub posterior: PathBuf,
     /// Features, n × D.
     #[arg(long)]
-    features: String,
+    pub features: String,
     /// Labels, n integers in 0..K.
     #[arg(long)]
-    labels: String,
+    pub labels: String,
     #[command(flatten)]
     pub link: LinkArgs,
     /// Equal-width confidence bins of the ECE and the diagram.
@@ -55,8 +55,8 @@ pub fn run<D: Device, T: Scalar>(device: &D, args: &EvaluateArgs) -> Result<()> 
     if post.likelihood() != Likelihood::Classification {
         return Err(Error::Unsupported("evaluating a regression posterior".into()));
     }
-    let (phi, n, d) = read_array(&args.features)?.to_matrix::<T>()?;
-    let labels = read_array(&args.labels)?.to_labels()?;
+    let (phi, n, d) = super::inputs::take(&args.features)?.into_matrix::<T>()?;
+    let labels = super::inputs::array(&args.labels)?.to_labels()?;
     let features = HostMatrix::new(&phi, n, d)?;
     let link = args.link.apply(&mut post)?;
     let k = post.classes();
@@ -109,7 +109,7 @@ pub fn run<D: Device, T: Scalar>(device: &D, args: &EvaluateArgs) -> Result<()> 
     }
     if let Some(path) = &args.plot {
         plot(path, &rows, n)?;
-        eprintln!("wrote {}", path.display());
+        println!("wrote {}", path.display());
     }
     Ok(())
 }

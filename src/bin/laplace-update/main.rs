@@ -6,6 +6,7 @@ mod demo;
 mod digits;
 mod evaluate;
 mod figure;
+mod inputs;
 mod profile;
 mod report;
 
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use laplace_update::io::{PosteriorFile, load_accumulator, load_posterior, peek_posterior, read_array, write_npy};
+use laplace_update::io::{PosteriorFile, load_accumulator, load_posterior, peek_posterior, write_npy};
 use laplace_update::{
     AnyDevice, BiasMode, Curvature, CurvatureAccumulator, DType, Device, Error, FitConfig, HeadConfig, HostMatrix,
     Likelihood, Link, OutputWeighting, Posterior, PriorShape, Result, Scalar, Structure, Targets, UnlearnConfig,
@@ -30,7 +31,18 @@ use laplace_update::{Calibration, StepControl, TuneConfig, TuneMetric, UpdateRep
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Cap this process's memory (e.g. 1500M, 2G). An operation that would exceed the cap, the
+    /// memory cgroup's limit or the machine's available memory stops with an error before it
+    /// allocates, instead of being killed.
+    #[arg(long, global = true, value_name = "BYTES", value_parser = laplace_update::memory::parse_bytes)]
+    max_memory: Option<u64>,
+    /// Also say which device was chosen and why GPU backends were passed over (on stderr).
+    #[arg(short, long, global = true)]
+    verbose: bool,
 }
+
+/// Whether `--verbose` was given.
+static VERBOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 #[derive(Subcommand)]
 enum Command {
@@ -282,11 +294,11 @@ impl TuneArgs {
     /// Tunes `post` on the validation files and prints the choice.
     fn run<D: Device, T: Scalar>(&self, post: &mut Posterior<D, T>) -> Result<()> {
         let (x, y) = self.files()?;
-        let (phi, n, d) = read_array(x)?.to_matrix::<T>()?;
+        let (phi, n, d) = inputs::take(x)?.into_matrix::<T>()?;
         let labels = targets_of::<T>(y, matches!(post.likelihood(), Likelihood::Regression { .. }))?;
         let started = std::time::Instant::now();
         let report = labels.with(|y| post.tune_prior_precision(HostMatrix::new(&phi, n, d)?, y, &self.config()))?;
-        eprintln!(
+        println!(
             "prior precision τ = {:.6e}, temperature {:.4}, link {}: validation {} {:.4} on {n} samples ({:.2} ms)",
             report.prior_precision,
             report.temperature,
@@ -300,10 +312,10 @@ impl TuneArgs {
             started.elapsed().as_secs_f64() * 1e3
         );
         if let Some(sigma) = report.sigma_noise {
-            eprintln!("  noise σ = {sigma:.6e}");
+            println!("  noise σ = {sigma:.6e}");
         }
         for (link, score) in &report.links {
-            eprintln!("  link {:<15} {score:.4}", link.name());
+            println!("  link {:<15} {score:.4}", link.name());
         }
         Ok(())
     }
@@ -644,6 +656,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    laplace_update::memory::set_limit(cli.max_memory);
+    VERBOSE.store(cli.verbose, std::sync::atomic::Ordering::Relaxed);
     let result = match cli.command {
         Command::Fit(args) => fit(&args),
         Command::Accumulate(args) => accumulate(&args),
@@ -686,25 +700,28 @@ fn quiet_vulkan_loader() {
 }
 
 /// The device for `choice`. `auto` takes the best working backend (CUDA, a hardware wgpu
-/// adapter, the CPU) and says why a GPU backend that this build has was passed over.
+/// adapter, the CPU); with `--verbose` it says on stderr which, and why a GPU backend that
+/// this build has was passed over.
 pub(crate) fn select_device(choice: DeviceArg) -> Result<AnyDevice> {
     match choice {
         DeviceArg::Auto => {
             let auto = AnyDevice::auto()?;
-            // Say why a GPU backend this build has was passed over (stdout: stderr carries
-            // only errors).
+            if !VERBOSE.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(auto.device);
+            }
             let reasons: Vec<String> = auto
                 .passed_over
                 .iter()
                 .filter(|e| !matches!(e, Error::BackendUnavailable { reason, .. } if reason.starts_with("this build has no")))
                 .map(|e| e.to_string())
                 .collect();
-            if !reasons.is_empty() {
-                println!(
+            match reasons.is_empty() {
+                true => eprintln!("note: using {}", auto.device.name()),
+                false => eprintln!(
                     "note: using {}; passed over: {}",
                     auto.device.name(),
                     reasons.join("; ")
-                );
+                ),
             }
             Ok(auto.device)
         }
@@ -727,23 +744,50 @@ macro_rules! on_posterior {
     }};
 }
 
+/// Checks a batch against the posterior file it changes, before any device.
+fn check_batch_file(batch: &BatchArgs) -> Result<()> {
+    let header = peek_posterior(&batch.posterior)?;
+    let regression = matches!(header.likelihood, Likelihood::Regression { .. });
+    inputs::batch(&batch.features, Some(&batch.labels), regression, Some(header.features))?;
+    Ok(())
+}
+
+/// Checks validation files against the posterior file they tune, before any device.
+fn check_validation(tune: &TuneArgs, posterior: &Path) -> Result<()> {
+    let (x, y) = tune.files()?;
+    let header = peek_posterior(posterior)?;
+    let regression = matches!(header.likelihood, Likelihood::Regression { .. });
+    inputs::batch(x, Some(y), regression, Some(header.features))?;
+    Ok(())
+}
+
 fn update(args: &UpdateArgs) -> Result<()> {
     args.config()?;
+    check_batch_file(&args.batch)?;
     on_posterior!(args.batch.device, &args.batch.posterior, update_as, args)
 }
 
 fn unlearn(args: &UnlearnArgs) -> Result<()> {
     args.config()?;
+    check_batch_file(&args.batch)?;
     on_posterior!(args.batch.device, &args.batch.posterior, unlearn_as, args)
 }
 
 fn predict(args: &PredictArgs) -> Result<()> {
     args.link.validate()?;
+    inputs::batch(
+        &args.features,
+        None,
+        false,
+        Some(peek_posterior(&args.posterior)?.features),
+    )?;
     on_posterior!(args.device, &args.posterior, predict_as, args)
 }
 
 fn evaluate(args: &evaluate::EvaluateArgs) -> Result<()> {
     args.link.validate()?;
+    let header = peek_posterior(&args.posterior)?;
+    inputs::batch(&args.features, Some(&args.labels), false, Some(header.features))?;
     on_posterior!(args.device, &args.posterior, evaluate_as, args)
 }
 
@@ -752,7 +796,7 @@ fn evaluate_as<D: Device, T: Scalar>(device: &D, args: &evaluate::EvaluateArgs) 
 }
 
 fn tune(args: &TuneCommandArgs) -> Result<()> {
-    args.tune.files()?;
+    check_validation(&args.tune, &args.posterior)?;
     on_posterior!(args.device, &args.posterior, tune_as, args)
 }
 
@@ -765,7 +809,7 @@ fn tune_as<D: Device, T: Scalar>(device: &D, args: &TuneCommandArgs) -> Result<(
     };
     args.tune.run(&mut post)?;
     file.commit(&post)?;
-    eprintln!("wrote {}", args.out.display());
+    println!("wrote {}", args.out.display());
     Ok(())
 }
 
@@ -780,8 +824,14 @@ fn devices() -> Result<()> {
 }
 
 fn fit(args: &FitArgs) -> Result<()> {
+    let regression = args.model.regression();
+    let (_, d) = inputs::batch(&args.features, Some(&args.labels), regression, None)?;
+    if let Some(weights) = &args.weights {
+        inputs::head(weights, args.bias_vector.as_deref(), d)?;
+    }
     if args.optimize_prior == Some(OptimizePriorArg::Val) {
-        args.tune.files()?;
+        let (x, y) = args.tune.files()?;
+        inputs::batch(x, Some(y), regression, Some(d))?;
     }
     let prior_precision = if args.optimize_prior.is_some() {
         1.0
@@ -797,6 +847,8 @@ fn fit(args: &FitArgs) -> Result<()> {
 }
 
 fn accumulate(args: &AccumulateArgs) -> Result<()> {
+    let (_, d) = inputs::batch(&args.features, Some(&args.labels), args.model.regression(), None)?;
+    inputs::head(&args.weights, args.bias_vector.as_deref(), d)?;
     let config = args.model.config(1.0)?;
     let device = select_device(args.device)?;
     laplace_update::with_device!(&device, |d| match args.dtype {
@@ -813,6 +865,9 @@ fn merge(args: &MergeArgs) -> Result<()> {
         ));
     }
     let dtype = peek_posterior(&args.inputs[0])?.dtype;
+    for path in &args.inputs[1..] {
+        peek_posterior(path)?;
+    }
     let device = select_device(args.device)?;
     laplace_update::with_device!(&device, |d| match dtype {
         DType::F32 => merge_as::<_, f32>(d, args),
@@ -822,11 +877,11 @@ fn merge(args: &MergeArgs) -> Result<()> {
 
 /// Reads a head `W` (K × D) and an optional bias (length K); returns them with K.
 fn read_head<T: Scalar>(weights: &str, bias: Option<&str>, d: usize) -> Result<(Vec<T>, Option<Vec<T>>, usize)> {
-    let (w, k, dw) = read_array(weights)?.to_matrix::<T>()?;
+    let (w, k, dw) = inputs::array(weights)?.to_matrix::<T>()?;
     if dw != d {
         return Err(Error::shape("weights", (k, d), (k, dw)));
     }
-    let bias = bias.map(|b| read_array(b)?.to_vector::<T>()).transpose()?;
+    let bias = bias.map(|b| inputs::array(b)?.to_vector::<T>()).transpose()?;
     Ok((w, bias, k))
 }
 
@@ -849,7 +904,7 @@ impl<T: Scalar> CliTargets<T> {
 }
 
 fn targets_of<T: Scalar>(spec: &str, regression: bool) -> Result<CliTargets<T>> {
-    let array = read_array(spec)?;
+    let array = inputs::array(spec)?;
     if regression {
         let (v, rows, cols) = array.to_matrix::<T>()?;
         Ok(CliTargets::Values(v, rows, cols))
@@ -859,7 +914,7 @@ fn targets_of<T: Scalar>(spec: &str, regression: bool) -> Result<CliTargets<T>> 
 }
 
 fn fit_as<D: Device, T: Scalar>(device: &D, args: &FitArgs, config: &FitConfig) -> Result<()> {
-    let (phi, n, d) = read_array(&args.features)?.to_matrix::<T>()?;
+    let (phi, n, d) = inputs::take(&args.features)?.into_matrix::<T>()?;
     let targets = targets_of::<T>(&args.labels, args.model.regression())?;
     let features = HostMatrix::new(&phi, n, d)?;
     let (likelihood, prior_precision) = (config.likelihood, config.prior_precision);
@@ -875,7 +930,7 @@ fn fit_as<D: Device, T: Scalar>(device: &D, args: &FitArgs, config: &FitConfig) 
                 ..Default::default()
             };
             let head = fit_head(device, features, labels, classes, &config)?;
-            eprintln!(
+            println!(
                 "head fitted by MAP: {} iterations, |grad|_inf = {:.2e}{}",
                 head.iterations,
                 head.gradient_norm,
@@ -895,7 +950,7 @@ fn fit_as<D: Device, T: Scalar>(device: &D, args: &FitArgs, config: &FitConfig) 
             let zero = vec![T::zero(); k * d];
             let mut map = Posterior::prior(device, HostMatrix::new(&zero, *k, d)?, None, &config)?;
             map.update(features, &HostMatrix::new(y, *rows, *k)?, &UpdateConfig::default())?;
-            eprintln!("head fitted by MAP (exact for the Gaussian likelihood)");
+            println!("head fitted by MAP (exact for the Gaussian likelihood)");
             (map.head()?, Some(map.bias()?), *k)
         }
     };
@@ -906,17 +961,17 @@ fn fit_as<D: Device, T: Scalar>(device: &D, args: &FitArgs, config: &FitConfig) 
     match args.optimize_prior {
         Some(OptimizePriorArg::Marglik) if args.optimize_noise => {
             let (tau, sigma) = targets.with(|y| post.optimize_prior_and_noise(features, y))?;
-            eprintln!("prior precision τ = {tau:.6e} and noise σ = {sigma:.6e} maximise the marginal likelihood");
+            println!("prior precision τ = {tau:.6e} and noise σ = {sigma:.6e} maximise the marginal likelihood");
         }
         Some(OptimizePriorArg::Marglik) => {
             let tau = post.optimize_prior_precision(PriorShape::Scalar)?;
-            eprintln!("prior precision τ = {:.6e} maximises the marginal likelihood", tau[0]);
+            println!("prior precision τ = {:.6e} maximises the marginal likelihood", tau[0]);
         }
         Some(OptimizePriorArg::Val) => args.tune.run(&mut post)?,
         None => {}
     }
     PosteriorFile::lock(&args.out, args.lock_timeout)?.commit(&post)?;
-    eprintln!(
+    println!(
         "fitted on {n} samples (K = {classes}, D = {d}) in {fit_ms:.2} ms on {}; wrote {}",
         device.name(),
         args.out.display()
@@ -925,7 +980,7 @@ fn fit_as<D: Device, T: Scalar>(device: &D, args: &FitArgs, config: &FitConfig) 
 }
 
 fn accumulate_as<D: Device, T: Scalar>(device: &D, args: &AccumulateArgs, config: &FitConfig) -> Result<()> {
-    let (phi, n, d) = read_array(&args.features)?.to_matrix::<T>()?;
+    let (phi, n, d) = inputs::take(&args.features)?.into_matrix::<T>()?;
     let targets = targets_of::<T>(&args.labels, args.model.regression())?;
     let (head, bias, classes) = read_head::<T>(&args.weights, args.bias_vector.as_deref(), d)?;
     let started = std::time::Instant::now();
@@ -933,7 +988,7 @@ fn accumulate_as<D: Device, T: Scalar>(device: &D, args: &AccumulateArgs, config
     targets.with(|y| acc.accumulate(HostMatrix::new(&phi, n, d)?, y))?;
     let ms = started.elapsed().as_secs_f64() * 1e3;
     PosteriorFile::lock(&args.out, args.lock_timeout)?.commit_accumulator(&acc)?;
-    eprintln!(
+    println!(
         "accumulated {n} samples (K = {classes}, D = {d}) in {ms:.2} ms on {}; wrote {}",
         device.name(),
         args.out.display()
@@ -966,11 +1021,11 @@ fn merge_as<D: Device, T: Scalar>(device: &D, args: &MergeArgs) -> Result<()> {
         let mut post = total.into_posterior(args.prior_precision)?;
         if args.optimize_prior {
             let tau = post.optimize_prior_precision(PriorShape::Scalar)?;
-            eprintln!("prior precision τ = {:.6e} maximises the marginal likelihood", tau[0]);
+            println!("prior precision τ = {:.6e} maximises the marginal likelihood", tau[0]);
         }
         file.commit(&post)?;
     }
-    eprintln!(
+    println!(
         "merged {} accumulators ({count} samples); wrote {}",
         args.inputs.len(),
         args.out.display()
@@ -1011,7 +1066,7 @@ fn change_posterior<D: Device, T: Scalar>(
     batch: &BatchArgs,
     change: impl FnOnce(&mut Posterior<D, T>, HostMatrix<'_, T>, &dyn Targets<T>) -> Result<()>,
 ) -> Result<usize> {
-    let (phi, m, d) = read_array(&batch.features)?.to_matrix::<T>()?;
+    let (phi, m, d) = inputs::take(&batch.features)?.into_matrix::<T>()?;
     let file = PosteriorFile::lock(&batch.out, batch.lock_timeout)?;
     let mut post: Posterior<D, T> = if same_file(&batch.posterior, &batch.out) {
         file.load(device)?
@@ -1073,10 +1128,13 @@ fn update_as<D: Device, T: Scalar>(device: &D, args: &UpdateArgs) -> Result<()> 
     let ms = times[times.len() / 2].as_secs_f64() * 1e3;
     if let Some(r) = report {
         for line in report_lines(&r, &config) {
-            eprintln!("{line}");
+            match line.starts_with("warning:") {
+                true => eprintln!("{line}"),
+                false => println!("{line}"),
+            }
         }
     }
-    eprintln!(
+    println!(
         "updated with {m} samples in {ms:.2} ms; wrote {}",
         args.batch.out.display()
     );
@@ -1112,27 +1170,47 @@ fn report_lines(r: &UpdateReport, config: &UpdateConfig) -> Vec<String> {
 fn unlearn_as<D: Device, T: Scalar>(device: &D, args: &UnlearnArgs) -> Result<()> {
     let config = args.config()?;
     let m = change_posterior::<D, T>(device, &args.batch, |post, x, y| post.unlearn(x, y, &config))?;
-    eprintln!("removed {m} samples; wrote {}", args.batch.out.display());
+    println!("removed {m} samples; wrote {}", args.batch.out.display());
     Ok(())
 }
 
 fn predict_as<D: Device, T: Scalar>(device: &D, args: &PredictArgs) -> Result<()> {
     let mut post: Posterior<D, T> = load_posterior(device, &args.posterior)?;
-    let (phi, n, d) = read_array(&args.features)?.to_matrix::<T>()?;
+    let (phi, n, d) = inputs::take(&args.features)?.into_matrix::<T>()?;
     let link = args.link.apply(&mut post)?;
+    let k = post.classes();
+    // Passes that use at most half of the memory available now.
+    let per_row = post.predict_row_bytes().max(1);
+    let rows_per_pass = laplace_update::memory::available()
+        .map_or(n, |a| usize::try_from(a.bytes / 2 / per_row).unwrap_or(n))
+        .clamp(1, n.max(1));
+    let mut probs = Vec::with_capacity(n * k);
+    let mut var = Vec::with_capacity(if args.logit_var.is_some() { n * k } else { 0 });
     let started = std::time::Instant::now();
-    let pred = post.predict(HostMatrix::new(&phi, n, d)?, link)?;
-    eprintln!(
-        "predicted {n} inputs in {:.2} ms",
-        started.elapsed().as_secs_f64() * 1e3
+    for start in (0..n).step_by(rows_per_pass) {
+        let rows = rows_per_pass.min(n - start);
+        let pred = post.predict(HostMatrix::new(&phi[start * d..(start + rows) * d], rows, d)?, link)?;
+        if args.logit_var.is_some() {
+            var.extend(
+                (0..rows)
+                    .flat_map(|i| (0..k).map(move |c| (i, c)))
+                    .map(|(i, c)| pred.logit_cov_at(i, c, c)),
+            );
+        }
+        probs.extend_from_slice(&pred.probs);
+    }
+    let passes = n.div_ceil(rows_per_pass);
+    println!(
+        "predicted {n} inputs in {:.2} ms{}",
+        started.elapsed().as_secs_f64() * 1e3,
+        if passes > 1 {
+            format!(" ({passes} passes, to fit in memory)")
+        } else {
+            String::new()
+        }
     );
-    let k = pred.classes;
-    write_npy(&args.out, &pred.probs, &[n, k])?;
+    write_npy(&args.out, &probs, &[n, k])?;
     if let Some(path) = &args.logit_var {
-        let var: Vec<T> = (0..n)
-            .flat_map(|i| (0..k).map(move |c| (i, c)))
-            .map(|(i, c)| pred.logit_cov_at(i, c, c))
-            .collect();
         write_npy(path, &var, &[n, k])?;
     }
     Ok(())

@@ -614,6 +614,93 @@ pub(crate) fn stored_shape(structure: Structure, k: usize, da: usize) -> (usize,
     }
 }
 
+/// Bytes a posterior of this structure holds at K classes, D_aug columns and `elem`-byte
+/// elements: Π and Σ (Full 2P², P = K·D_aug; Shared 2·D_aug²; Diag 2·K·D_aug), Kron's factor
+/// sums and eigenbases (4K² + 4D_aug² more), and the mean (K·D_aug).
+pub(crate) fn resident_bytes(structure: Structure, k: usize, da: usize, elem: usize) -> u64 {
+    let (k, da, elem) = (k as u128, da as u128, elem as u128);
+    let (rows, cols) = stored_shape(structure, k as usize, da as usize);
+    let pair = 2 * rows as u128 * cols as u128;
+    let factors = match structure {
+        Structure::Kron => 4 * (k * k + da * da),
+        _ => 0,
+    };
+    saturate((pair + factors + k * da) * elem)
+}
+
+/// Peak bytes a fit of this structure allocates before its passes over the data: the data
+/// term, Π, Σ and the workspace that inverts Π. Measured with a counting allocator (the
+/// memory suite checks it): Full 3.6–3.8 P² elements, counted as 4P²; Shared's D_aug² pair,
+/// sum and factorisation, 4·D_aug²; Kron's and Shared's eigendecompositions in f64.
+pub(crate) fn fit_bytes(structure: Structure, k: usize, da: usize, elem: usize) -> u64 {
+    let (kk, d, e) = (k as u128, da as u128, elem as u128);
+    let bytes = match structure {
+        Structure::Full => 4 * (kk * d) * (kk * d) * e,
+        Structure::Shared(_) => 4 * d * d * e + 8 * 8 * d * d,
+        Structure::Diag => 4 * kk * d * e,
+        Structure::Kron => (3 * kk * d + 4 * kk * kk + 4 * d * d) * 8,
+    };
+    saturate(bytes + resident_bytes(structure, k, da, elem) as u128 / 2)
+}
+
+/// Peak bytes of one pass of `rows` samples over the data: the logits and the per-sample
+/// output curvatures (Full K², Shared 1, else K each) in f64, and the staged features.
+pub(crate) fn pass_bytes(structure: Structure, rows: usize, k: usize, da: usize, elem: usize) -> u64 {
+    let (rows, k, da, elem) = (rows as u128, k as u128, da as u128, elem as u128);
+    let curvature = match structure {
+        Structure::Full => k * k,
+        Structure::Shared(_) => 1,
+        Structure::Diag | Structure::Kron => k,
+    };
+    saturate(rows * ((k + curvature) * 8 + da * elem))
+}
+
+/// `bytes` as a `u64`, saturating.
+fn saturate(bytes: u128) -> u64 {
+    u64::try_from(bytes).unwrap_or(u64::MAX)
+}
+
+/// "; Kron needs 12 MB, Diag 123 KB" over the structures other than `structure` whose fit
+/// needs at most `available` bytes, or "" when none does.
+pub(crate) fn cheaper_structures(structure: Structure, k: usize, da: usize, elem: usize, available: u64) -> String {
+    let fitting: Vec<String> = [
+        Structure::Kron,
+        Structure::Diag,
+        Structure::Shared(crate::posterior::OutputWeighting::default()),
+    ]
+    .into_iter()
+    .filter(|s| std::mem::discriminant(s) != std::mem::discriminant(&structure))
+    .map(|s| (s, fit_bytes(s, k, da, elem)))
+    .filter(|&(_, bytes)| bytes <= available)
+    .map(|(s, bytes)| {
+        format!(
+            "{} {}",
+            crate::io::structure_name(s).split('-').next().unwrap_or("?"),
+            crate::memory::format_bytes(bytes)
+        )
+    })
+    .collect();
+    match fitting.split_first() {
+        None => String::new(),
+        Some((first, rest)) => {
+            let mut text = format!(
+                "; {} would fit: {}",
+                if rest.is_empty() {
+                    "this structure"
+                } else {
+                    "these structures"
+                },
+                first
+            );
+            for r in rest {
+                text.push_str(", ");
+                text.push_str(r);
+            }
+            text
+        }
+    }
+}
+
 /// Whether the Full fit accumulates in the reduced class basis: softmax curvature vanishes
 /// along `1 ⊗ x`.
 pub(crate) fn uses_reduced_basis(structure: Structure, likelihood: Likelihood) -> bool {
