@@ -144,6 +144,20 @@ impl Error {
         }
     }
 
+    /// `ShapeMismatch` for a head `W` of `rows × cols` given with features of `d` columns:
+    /// `argument` is at fault, and is named as transposed when it is `d × K`.
+    pub fn head_shape(argument: &'static str, rows: usize, cols: usize, d: usize) -> Self {
+        let hint = match rows == d {
+            true => format!(": it looks transposed (W is {cols} x {rows}, one row per class)"),
+            false => String::new(),
+        };
+        Error::ShapeMismatch {
+            argument,
+            expected: format!("K x {d} (one row per class, as many columns as the features)"),
+            got: format!("{rows} x {cols}{hint}"),
+        }
+    }
+
     /// `InvalidArgument` with a reason.
     pub fn invalid(argument: &'static str, reason: impl Into<String>) -> Self {
         Error::InvalidArgument {

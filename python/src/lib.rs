@@ -60,6 +60,19 @@ exceptions! {
 
 /// The library's error as the exception of its variant, its fields as attributes.
 fn to_py(e: Error) -> PyErr {
+    // The library's `head` is this module's `weights`.
+    let e = match e {
+        Error::ShapeMismatch {
+            argument: "head",
+            expected,
+            got,
+        } => Error::ShapeMismatch {
+            argument: "weights",
+            expected,
+            got,
+        },
+        other => other,
+    };
     Python::attach(|py| {
         let message = e.to_string();
         let (err, fields): (PyErr, Vec<(&str, Py<PyAny>)>) = match e {
@@ -179,13 +192,36 @@ fn contiguous<'py>(x: &Bound<'py, PyAny>, dtype: &str) -> R<Bound<'py, PyAny>> {
     x.py().import("numpy")?.call_method1("require", (x, dtype, "CA"))
 }
 
+/// `x` as a numpy array of real numbers (floats or integers, any byte order or width), or a
+/// typed error naming `argument`: bool, complex, object and string arrays are refused rather
+/// than converted, and so is anything numpy cannot read as one array.
+fn numeric<'py>(x: &Bound<'py, PyAny>, argument: &'static str) -> R<Bound<'py, PyAny>> {
+    let a = x
+        .py()
+        .import("numpy")?
+        .call_method1("asarray", (x,))
+        .map_err(|e| invalid(argument, format!("cannot be read as an array: {e}")))?;
+    let dtype = a.getattr("dtype")?;
+    let kind: String = dtype.getattr("kind")?.extract()?;
+    if !matches!(kind.as_str(), "f" | "i" | "u") {
+        return Err(invalid(
+            argument,
+            format!("must be real numbers, got dtype {}", dtype.str()?),
+        ));
+    }
+    Ok(a)
+}
+
 /// A C-contiguous 2-D array of `T`: `x` itself when it already is one, else a converted copy.
-fn matrix<'py, T: Scalar + numpy::Element>(x: &Bound<'py, PyAny>) -> R<PyReadonlyArray2<'py, T>> {
-    let a = contiguous(x, dtype_name::<T>())?;
+fn matrix<'py, T: Scalar + numpy::Element>(
+    x: &Bound<'py, PyAny>,
+    argument: &'static str,
+) -> R<PyReadonlyArray2<'py, T>> {
+    let a = contiguous(&numeric(x, argument)?, dtype_name::<T>())?;
     if a.getattr("ndim")?.extract::<usize>()? != 2 {
         let shape: Vec<usize> = a.getattr("shape")?.extract()?;
         return Err(to_py(Error::ShapeMismatch {
-            argument: "features",
+            argument,
             expected: "a 2-D array".into(),
             got: format!("shape {shape:?}"),
         }));
@@ -202,15 +238,17 @@ enum TargetArray<'py, T: numpy::Element> {
 fn targets<'py, T: Scalar + numpy::Element>(y: &Bound<'py, PyAny>, regression: bool) -> R<TargetArray<'py, T>> {
     let np = y.py().import("numpy")?;
     if regression {
-        let a = np.call_method1("asarray", (y,))?;
+        let a = numeric(y, "labels")?;
         let a = if a.getattr("ndim")?.extract::<usize>()? == 1 {
             a.call_method1("reshape", ((-1i64, 1i64),))?
         } else {
             a
         };
-        return Ok(TargetArray::Values(matrix::<T>(&a)?));
+        return Ok(TargetArray::Values(matrix::<T>(&a, "labels")?));
     }
-    let a = np.call_method1("asarray", (y,))?;
+    let a = np
+        .call_method1("asarray", (y,))
+        .map_err(|e| invalid("labels", format!("cannot be read as an array: {e}")))?;
     // A column of labels, N × 1, is read as N labels.
     let shape: Vec<usize> = a.getattr("shape")?.extract()?;
     let a = match shape.as_slice() {
@@ -220,6 +258,14 @@ fn targets<'py, T: Scalar + numpy::Element>(y: &Bound<'py, PyAny>, regression: b
     let kind: String = a.getattr("dtype")?.getattr("kind")?.extract()?;
     if kind != "i" && kind != "u" {
         return Err(invalid("labels", format!("must be integers, got dtype kind `{kind}`")));
+    }
+    let shape: Vec<usize> = a.getattr("shape")?.extract()?;
+    if shape.len() != 1 {
+        return Err(to_py(Error::ShapeMismatch {
+            argument: "labels",
+            expected: "N labels (1-D, or N x 1)".into(),
+            got: format!("shape {shape:?}"),
+        }));
     }
     let a = contiguous(&a, "int64")?;
     Ok(TargetArray::Labels(a.cast_into::<PyArray1<i64>>()?.readonly()))
@@ -234,6 +280,37 @@ fn step_control(
     curvature_at: &str,
 ) -> R<StepControl> {
     StepControl::from_options(step, gamma, iterations, tolerance, curvature_at).map_err(to_py)
+}
+
+/// What a head is fitted to: class labels, or regression values (N × K).
+enum HeadTargets<'a, T> {
+    Labels(&'a [i64]),
+    Values(HostMatrix<'a, T>),
+}
+
+/// The MAP head for `targets`, as the command line fits it without `--weights`: softmax
+/// regression over `classes` (default: the largest label + 1), or ridge regression.
+fn map_head<D: laplace_update::Device, T: Scalar + numpy::Element>(
+    device: &D,
+    features: HostMatrix<'_, T>,
+    targets: HeadTargets<'_, T>,
+    classes: Option<usize>,
+    prior_precision: f64,
+    sigma_noise: f64,
+) -> laplace_update::Result<laplace_update::HeadFit<T>> {
+    match targets {
+        HeadTargets::Labels(labels) => {
+            let classes = classes.unwrap_or_else(|| labels.iter().copied().max().map_or(0, |m| m.max(0) as usize + 1));
+            let config = laplace_update::HeadConfig {
+                prior_precision,
+                ..Default::default()
+            };
+            laplace_update::fit_head(device, features, labels, classes, &config)
+        }
+        HeadTargets::Values(values) => {
+            laplace_update::posterior::fit_head_gaussian(device, features, values, prior_precision, sigma_noise)
+        }
+    }
 }
 
 /// Class labels read in place.
@@ -510,7 +587,16 @@ fn bias_vector<'py, T: Scalar + numpy::Element>(
     if b.is_none() {
         return Ok(None);
     }
-    let a = contiguous(&b.py().import("numpy")?.call_method1("ravel", (b,))?, dtype_name::<T>())?;
+    let a = numeric(b, "bias")?;
+    let shape: Vec<usize> = a.getattr("shape")?.extract()?;
+    if !matches!(shape.as_slice(), [_] | [1, _] | [_, 1]) {
+        return Err(to_py(Error::ShapeMismatch {
+            argument: "bias",
+            expected: "K values (1-D)".into(),
+            got: format!("shape {shape:?}"),
+        }));
+    }
+    let a = contiguous(&b.py().import("numpy")?.call_method1("ravel", (a,))?, dtype_name::<T>())?;
     Ok(Some(a.cast_into::<PyArray1<T>>()?.readonly()))
 }
 
@@ -528,15 +614,19 @@ fn out<'py, T: Scalar + numpy::Element>(py: Python<'py>, v: Vec<T>, shape: &[usi
 impl Posterior {
     /// Fits the posterior around the head `weights` (K × D) and `bias` (K) from `features`
     /// (N × D) and `labels` (N integers; N × K values for regression).
+    ///
+    /// With `weights=None` the head is fitted first, as the command line does without
+    /// `--weights`: the MAP of softmax regression (`classes` classes, by default the largest
+    /// label + 1) or of ridge regression, under the prior `prior_precision`.
     #[staticmethod]
-    #[pyo3(signature = (features, labels, weights, bias=None, structure="full", likelihood="classification",
+    #[pyo3(signature = (features, labels, weights=None, bias=None, structure="full", likelihood="classification",
         prior_precision=1.0, bias_in_posterior=true, dtype="float64", device="cpu", curvature="ggn",
-        sigma_noise=1.0, mc_samples=1, seed=0))]
+        sigma_noise=1.0, mc_samples=1, seed=0, classes=None))]
     fn fit(
         py: Python<'_>,
         features: &Bound<'_, PyAny>,
         labels: &Bound<'_, PyAny>,
-        weights: &Bound<'_, PyAny>,
+        weights: Option<&Bound<'_, PyAny>>,
         bias: Option<&Bound<'_, PyAny>>,
         structure: &str,
         likelihood: &str,
@@ -548,6 +638,7 @@ impl Posterior {
         sigma_noise: f64,
         mc_samples: usize,
         seed: u64,
+        classes: Option<usize>,
     ) -> R<Posterior> {
         let config = fit_config(
             structure,
@@ -560,16 +651,36 @@ impl Posterior {
             seed,
         )?;
         let regression = config.likelihood != Likelihood::Classification;
+        let weights = weights.filter(|w| !w.is_none());
         let inner = on_device!(
             device,
             dtype,
             |d, T| {
-                let (x, w, b) = (matrix::<T>(features)?, matrix::<T>(weights)?, bias_vector::<T>(bias)?);
+                let x = matrix::<T>(features, "features")?;
                 let y = targets::<T>(labels, regression)?;
-                let b = slice1(&b)?;
-                let (x, w) = (host(&x).map_err(to_py)?, host(&w).map_err(to_py)?);
-                y.with(|y| py.detach(|| Post::fit(&d, x, y, w, b, &config)))
-                    .map_err(to_py)?
+                let xh = host(&x).map_err(to_py)?;
+                match weights {
+                    Some(weights) => {
+                        let (w, b) = (matrix::<T>(weights, "weights")?, bias_vector::<T>(bias)?);
+                        let (w, b) = (host(&w).map_err(to_py)?, slice1(&b)?);
+                        y.with(|y| py.detach(|| Post::fit(&d, xh, y, w, b, &config)))
+                            .map_err(to_py)?
+                    }
+                    None => {
+                        let plain = match &y {
+                            TargetArray::Labels(l) => {
+                                HeadTargets::Labels(l.as_slice().map_err(|e| to_py(Error::Unsupported(e.to_string())))?)
+                            }
+                            TargetArray::Values(v) => HeadTargets::Values(host(v).map_err(to_py)?),
+                        };
+                        let head = py
+                            .detach(|| map_head(&d, xh, plain, classes, prior_precision, sigma_noise))
+                            .map_err(to_py)?;
+                        let w = HostMatrix::new(&head.weights, head.bias.len(), xh.cols()).map_err(to_py)?;
+                        y.with(|y| py.detach(|| Post::fit(&d, xh, y, w, Some(&head.bias), &config)))
+                            .map_err(to_py)?
+                    }
+                }
             },
             Inner
         );
@@ -612,7 +723,7 @@ impl Posterior {
         let mut guard = write(py, &self.inner);
         let report = each!(&mut *guard, |p: T| {
             let regression = p.likelihood() != Likelihood::Classification;
-            let (x, y) = (matrix::<T>(features)?, targets::<T>(labels, regression)?);
+            let (x, y) = (matrix::<T>(features, "features")?, targets::<T>(labels, regression)?);
             let x = host(&x).map_err(to_py)?;
             y.with(|y| py.detach(|| p.update(x, y, &config))).map_err(to_py)
         })?;
@@ -649,7 +760,7 @@ impl Posterior {
         let mut guard = write(py, &self.inner);
         each!(&mut *guard, |p: T| {
             let regression = p.likelihood() != Likelihood::Classification;
-            let (x, y) = (matrix::<T>(features)?, targets::<T>(labels, regression)?);
+            let (x, y) = (matrix::<T>(features, "features")?, targets::<T>(labels, regression)?);
             let x = host(&x).map_err(to_py)?;
             y.with(|y| py.detach(|| p.unlearn(x, y, &config))).map_err(to_py)
         })
@@ -683,7 +794,7 @@ impl Posterior {
                 temperature: temperature.unwrap_or(stored.temperature),
                 link,
             };
-            let x = matrix::<T>(features)?;
+            let x = matrix::<T>(features, "features")?;
             let (full, k) = (p.structure() == Structure::Full, p.classes());
             let x = host(&x).map_err(to_py)?;
             let pred = py.detach(|| p.predict_calibrated(x, calibration)).map_err(to_py)?;
@@ -736,7 +847,7 @@ impl Posterior {
         let mut guard = write(py, &self.inner);
         let report = each!(&mut *guard, |p: T| {
             let regression = p.likelihood() != Likelihood::Classification;
-            let (x, y) = (matrix::<T>(features)?, targets::<T>(labels, regression)?);
+            let (x, y) = (matrix::<T>(features, "features")?, targets::<T>(labels, regression)?);
             let x = host(&x).map_err(to_py)?;
             y.with(|y| py.detach(|| p.tune_prior_precision(x, y, &config)))
                 .map_err(to_py)
@@ -817,7 +928,7 @@ impl Posterior {
         let guard = read(py, &self.inner);
         each!(&*guard, |p: T| {
             let regression = p.likelihood() != Likelihood::Classification;
-            let (x, y) = (matrix::<T>(features)?, targets::<T>(labels, regression)?);
+            let (x, y) = (matrix::<T>(features, "features")?, targets::<T>(labels, regression)?);
             let x = host(&x).map_err(to_py)?;
             y.with(|y| py.detach(|| p.log_marginal_likelihood(x, y)))
                 .map(|v| v.as_f64())
@@ -850,7 +961,7 @@ impl Posterior {
     ) -> R<(f64, f64)> {
         let mut guard = write(py, &self.inner);
         each!(&mut *guard, |p: T| {
-            let (x, y) = (matrix::<T>(features)?, self::targets::<T>(targets, true)?);
+            let (x, y) = (matrix::<T>(features, "features")?, self::targets::<T>(targets, true)?);
             let x = host(&x).map_err(to_py)?;
             y.with(|y| py.detach(|| p.optimize_prior_and_noise(x, y)))
                 .map_err(to_py)
@@ -1099,7 +1210,7 @@ impl Accumulator {
             device,
             dtype,
             |d, T| {
-                let (w, b) = (matrix::<T>(weights)?, bias_vector::<T>(bias)?);
+                let (w, b) = (matrix::<T>(weights, "weights")?, bias_vector::<T>(bias)?);
                 let b = slice1(&b)?;
                 let w = host(&w).map_err(to_py)?;
                 py.detach(|| CurvatureAccumulator::new(&d, w, b, &config))
@@ -1118,7 +1229,7 @@ impl Accumulator {
         let mut guard = write(py, &self.inner);
         each_acc!(&mut *guard, |a: T, _wrap| {
             let regression = a.likelihood() != Likelihood::Classification;
-            let (x, y) = (matrix::<T>(features)?, targets::<T>(labels, regression)?);
+            let (x, y) = (matrix::<T>(features, "features")?, targets::<T>(labels, regression)?);
             let x = host(&x).map_err(to_py)?;
             y.with(|y| py.detach(|| a.accumulate(x, y))).map_err(to_py)
         })
@@ -1229,9 +1340,9 @@ fn select(
     let strategy = Strategy::from_name(strategy).map_err(to_py)?;
     let guard = read(py, &post.inner);
     each!(&*guard, |p: T| {
-        let x = matrix::<T>(pool_features)?;
+        let x = matrix::<T>(pool_features, "features")?;
         let labeled = match labeled_features {
-            Some(l) if !l.is_none() => Some(matrix::<T>(l)?),
+            Some(l) if !l.is_none() => Some(matrix::<T>(l, "labeled_features")?),
             _ => None,
         };
         let empty: [T; 0] = [];

@@ -35,6 +35,9 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         bias: Option<&[T]>,
         config: &FitConfig,
     ) -> Result<Self> {
+        if features.cols() != head.cols() {
+            return Err(Error::head_shape("head", head.rows(), head.cols(), features.cols()));
+        }
         let mut accumulator = CurvatureAccumulator::new(device, head, bias, config)?;
         accumulator.accumulate(features, targets)?;
         accumulator.into_posterior(config.prior_precision)

@@ -70,6 +70,50 @@ pub struct HeadFit<T> {
     pub converged: bool,
 }
 
+/// The MAP head of the Gaussian linear model `y = W φ + b + ε`, `ε ~ N(0, σ² I)`, with the
+/// prior `τ/2 ‖[W, b]‖²`: the ridge solution `[W, b]ᵀ = (τσ² I + Φ_aᵀ Φ_a)⁻¹ Φ_aᵀ Y` with
+/// `Φ_a = [Φ, 1]`, from one exact Newton step of the Bayesian linear model from the prior
+/// (Shared structure, so its cost is one D_aug × D_aug solve).
+///
+/// ```
+/// use laplace_update::{CpuDevice, HostMatrix, posterior::fit_head_gaussian};
+/// let cpu = CpuDevice::new(1)?;
+/// let phi = [0.0f64, 1.0, 2.0, 3.0];
+/// let y = [1.0f64, 3.0, 5.0, 7.0]; // y = 2φ + 1
+/// let fit = fit_head_gaussian(&cpu, HostMatrix::new(&phi, 4, 1)?, HostMatrix::new(&y, 4, 1)?, 1e-9, 1.0)?;
+/// assert!((fit.weights[0] - 2.0).abs() < 1e-6 && (fit.bias[0] - 1.0).abs() < 1e-6);
+/// # Ok::<(), laplace_update::Error>(())
+/// ```
+pub fn fit_head_gaussian<D: Device, T: Scalar>(
+    device: &D,
+    features: HostMatrix<'_, T>,
+    targets: HostMatrix<'_, T>,
+    prior_precision: f64,
+    sigma_noise: f64,
+) -> Result<HeadFit<T>> {
+    use super::{BiasMode, FitConfig, Likelihood, OutputWeighting, Posterior, Structure, UpdateConfig};
+    let k = targets.cols();
+    let d = features.cols();
+    let config = FitConfig {
+        structure: Structure::Shared(OutputWeighting::Gaussian),
+        likelihood: Likelihood::Regression { sigma_noise },
+        prior_precision,
+        bias: BiasMode::InPosterior,
+        ..Default::default()
+    };
+    let zero = vec![T::zero(); k * d];
+    let mut map = Posterior::prior(device, HostMatrix::new(&zero, k, d)?, None, &config)?;
+    map.update(features, &targets, &UpdateConfig::default())?;
+    Ok(HeadFit {
+        weights: map.head()?,
+        bias: map.bias()?,
+        iterations: 1,
+        gradient_norm: 0.0,
+        objective: f64::NAN,
+        converged: true,
+    })
+}
+
 /// The MAP head of softmax regression with an L2 prior, minimising
 /// `J(w) = −Σ_n log softmax(W φ_n + b)_{y_n} + τ/2 ‖w‖²` by Newton (Full GGN Hessian) or
 /// L-BFGS steps (see [`HeadSolver`]) with a backtracking (Armijo) line search.

@@ -24,7 +24,7 @@ mod update;
 pub use accumulate::CurvatureAccumulator;
 pub use evidence::PriorShape;
 pub use features::Features;
-pub use head::{HeadConfig, HeadFit, HeadSolver, fit_head};
+pub use head::{HeadConfig, HeadFit, HeadSolver, fit_head, fit_head_gaussian};
 pub use predict::{Calibration, Link, Prediction};
 pub(crate) use structure::{RawTensor, resident_bytes};
 pub use tune::{TuneConfig, TuneMetric, TuneReport};

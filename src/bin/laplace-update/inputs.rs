@@ -101,15 +101,7 @@ pub fn head(weights_spec: &str, bias_spec: Option<&str>, d: usize) -> Result<usi
     let w = array(weights_spec)?;
     let (k, dw) = matrix_shape("weights", &w)?;
     if dw != d {
-        let hint = match k == d {
-            true => format!(": it looks transposed (W is {dw} x {k}, one row per class)"),
-            false => String::new(),
-        };
-        return Err(Error::ShapeMismatch {
-            argument: "weights",
-            expected: format!("K x {d} (one row per class, as many columns as the features)"),
-            got: format!("{k} x {dw}{hint}"),
-        });
+        return Err(Error::head_shape("weights", k, dw, d));
     }
     if let Some(spec) = bias_spec {
         let b = array(spec)?;

@@ -18,7 +18,7 @@ use laplace_update::io::{PosteriorFile, load_accumulator, load_posterior, peek_p
 use laplace_update::{
     AnyDevice, BiasMode, Curvature, CurvatureAccumulator, DType, Device, Error, FitConfig, HeadConfig, HostMatrix,
     Likelihood, Link, OutputWeighting, Posterior, PriorShape, Result, Scalar, Structure, Targets, UnlearnConfig,
-    UpdateConfig, UpdateRule, fit_head,
+    UpdateConfig, UpdateRule, fit_head, fit_head_gaussian,
 };
 use laplace_update::{Calibration, StepControl, TuneConfig, TuneMetric, UpdateReport};
 
@@ -939,19 +939,13 @@ fn fit_as<D: Device, T: Scalar>(device: &D, args: &FitArgs, config: &FitConfig) 
             (head.weights, Some(head.bias), classes)
         }
         (None, CliTargets::Values(y, rows, k)) => {
-            // The MAP of the Bayesian linear model: one exact Newton step from the prior.
-            let config = FitConfig {
-                structure: Structure::Shared(OutputWeighting::Gaussian),
-                likelihood,
-                prior_precision,
-                bias: BiasMode::InPosterior,
-                ..Default::default()
+            let sigma = match likelihood {
+                Likelihood::Regression { sigma_noise } => sigma_noise,
+                Likelihood::Classification => 1.0,
             };
-            let zero = vec![T::zero(); k * d];
-            let mut map = Posterior::prior(device, HostMatrix::new(&zero, *k, d)?, None, &config)?;
-            map.update(features, &HostMatrix::new(y, *rows, *k)?, &UpdateConfig::default())?;
+            let head = fit_head_gaussian(device, features, HostMatrix::new(y, *rows, *k)?, prior_precision, sigma)?;
             println!("head fitted by MAP (exact for the Gaussian likelihood)");
-            (map.head()?, Some(map.bias()?), *k)
+            (head.weights, Some(head.bias), *k)
         }
     };
     let head = HostMatrix::new(&head, classes, d)?;
