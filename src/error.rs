@@ -124,6 +124,10 @@ pub enum Error {
         /// What would fit instead, starting with "; ", or empty.
         advice: String,
     },
+    /// The operation was cancelled (see [`interrupt`](crate::interrupt)) between two of its
+    /// passes or steps; what it was changing is as it was before the call.
+    #[error("interrupted")]
+    Interrupted,
     /// A device reported a fault (allocation, launch, lost device).
     #[error("device error on `{backend}`: {reason}")]
     Device {

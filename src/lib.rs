@@ -44,6 +44,7 @@ pub mod candle;
 pub mod device;
 pub mod error;
 pub mod host;
+pub mod interrupt;
 pub mod io;
 pub mod memory;
 pub mod metrics;

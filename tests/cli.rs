@@ -1131,3 +1131,68 @@ fn evaluate_scores_and_reliability_diagram() {
         f.p("y_new.npy")
     ));
 }
+
+/// SIGINT and SIGTERM during a long fit stop it at its next pass with one line and exit 130 or
+/// 143; the output file is untouched (here: an older posterior, byte for byte) and no
+/// temporary is left beside it.
+#[test]
+fn signals_stop_a_long_fit_cleanly() {
+    let dir = temp_dir("signals");
+    let p = |name: &str| dir.join(name).display().to_string();
+    // Full at K = 10, D = 256 over 80,000 rows: three passes of about half a second each.
+    let (n, d, k) = (80_000usize, 256usize, 10usize);
+    let x: Vec<f32> = (0..n * d).map(|i| ((i * 7919 % 1009) as f32 / 504.5) - 1.0).collect();
+    let w: Vec<f32> = (0..k * d).map(|i| ((i * 31 % 101) as f32 / 1010.0) - 0.05).collect();
+    write_npy(Path::new(&p("x.npy")), &x, &[n, d]).unwrap();
+    write_npy(Path::new(&p("w.npy")), &w, &[k, d]).unwrap();
+    write_labels(
+        Path::new(&p("y.npy")),
+        &(0..n).map(|i| (i % k) as u32).collect::<Vec<_>>(),
+    );
+    let old = b"an older posterior".to_vec();
+    for (signal, code) in [("INT", 130), ("TERM", 143)] {
+        std::fs::write(p("post.st"), &old).unwrap();
+        let child = bin()
+            .args([
+                "fit",
+                "--features",
+                &p("x.npy"),
+                "--labels",
+                &p("y.npy"),
+                "--weights",
+                &p("w.npy"),
+            ])
+            .args(["--out", &p("post.st"), "--device", "cpu"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let killed = Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "SIG{signal}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: interrupted by SIG{signal}")),
+            "{stderr}"
+        );
+        // Interrupted before the write: the old file is untouched; after it: complete.
+        let now = std::fs::read(p("post.st")).unwrap();
+        assert!(now == old || load_posterior::<_, f32>(&CpuDevice::new(1).unwrap(), Path::new(&p("post.st"))).is_ok());
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| ["x.npy", "w.npy", "y.npy", "post.st"].contains(&n.as_str())),
+            "left behind: {names:?}"
+        );
+    }
+}

@@ -73,6 +73,13 @@ fn to_py(e: Error) -> PyErr {
         },
         other => other,
     };
+    if matches!(e, Error::Interrupted) {
+        // The interpreter's handler has run or runs now: its KeyboardInterrupt.
+        return Python::attach(|py| match py.check_signals() {
+            Err(interrupt) => interrupt,
+            Ok(()) => pyo3::exceptions::PyKeyboardInterrupt::new_err("interrupted"),
+        });
+    }
     Python::attach(|py| {
         let message = e.to_string();
         let (err, fields): (PyErr, Vec<(&str, Py<PyAny>)>) = match e {
@@ -286,6 +293,29 @@ fn step_control(
 enum HeadTargets<'a, T> {
     Labels(&'a [i64]),
     Values(HostMatrix<'a, T>),
+}
+
+/// Set by this module's SIGINT action, read by the library's interrupt checks.
+static SIGINT_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets Ctrl-C stop a long call: a SIGINT action that sets [`SIGINT_SEEN`] and then runs the
+/// interpreter's own handler (so that KeyboardInterrupt is raised when the call returns), and
+/// the library's interrupt hook reading it. A handler installed later with `signal.signal`
+/// replaces the action; calls then run to their end.
+fn install_interrupts() {
+    // SAFETY: the action only stores to an atomic, which is async-signal-safe.
+    let _ = unsafe {
+        signal_hook::low_level::register(signal_hook::consts::SIGINT, || {
+            SIGINT_SEEN.store(true, std::sync::atomic::Ordering::SeqCst)
+        })
+    };
+    laplace_update::interrupt::set_hook(Some(|| SIGINT_SEEN.load(std::sync::atomic::Ordering::SeqCst)));
+}
+
+/// `f` without the GIL, stopped by a Ctrl-C pressed during it (not before).
+fn detach<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
+    SIGINT_SEEN.store(false, std::sync::atomic::Ordering::SeqCst);
+    py.detach(f)
 }
 
 /// The MAP head for `targets`, as the command line fits it without `--weights`: softmax
@@ -663,7 +693,7 @@ impl Posterior {
                     Some(weights) => {
                         let (w, b) = (matrix::<T>(weights, "weights")?, bias_vector::<T>(bias)?);
                         let (w, b) = (host(&w).map_err(to_py)?, slice1(&b)?);
-                        y.with(|y| py.detach(|| Post::fit(&d, xh, y, w, b, &config)))
+                        y.with(|y| detach(py, || Post::fit(&d, xh, y, w, b, &config)))
                             .map_err(to_py)?
                     }
                     None => {
@@ -673,11 +703,10 @@ impl Posterior {
                             }
                             TargetArray::Values(v) => HeadTargets::Values(host(v).map_err(to_py)?),
                         };
-                        let head = py
-                            .detach(|| map_head(&d, xh, plain, classes, prior_precision, sigma_noise))
+                        let head = detach(py, || map_head(&d, xh, plain, classes, prior_precision, sigma_noise))
                             .map_err(to_py)?;
                         let w = HostMatrix::new(&head.weights, head.bias.len(), xh.cols()).map_err(to_py)?;
-                        y.with(|y| py.detach(|| Post::fit(&d, xh, y, w, Some(&head.bias), &config)))
+                        y.with(|y| detach(py, || Post::fit(&d, xh, y, w, Some(&head.bias), &config)))
                             .map_err(to_py)?
                     }
                 }
@@ -725,7 +754,7 @@ impl Posterior {
             let regression = p.likelihood() != Likelihood::Classification;
             let (x, y) = (matrix::<T>(features, "features")?, targets::<T>(labels, regression)?);
             let x = host(&x).map_err(to_py)?;
-            y.with(|y| py.detach(|| p.update(x, y, &config))).map_err(to_py)
+            y.with(|y| detach(py, || p.update(x, y, &config))).map_err(to_py)
         })?;
         let out = PyDict::new(py);
         out.set_item("steps", report.steps)?;
@@ -762,7 +791,7 @@ impl Posterior {
             let regression = p.likelihood() != Likelihood::Classification;
             let (x, y) = (matrix::<T>(features, "features")?, targets::<T>(labels, regression)?);
             let x = host(&x).map_err(to_py)?;
-            y.with(|y| py.detach(|| p.unlearn(x, y, &config))).map_err(to_py)
+            y.with(|y| detach(py, || p.unlearn(x, y, &config))).map_err(to_py)
         })
     }
 
@@ -797,7 +826,7 @@ impl Posterior {
             let x = matrix::<T>(features, "features")?;
             let (full, k) = (p.structure() == Structure::Full, p.classes());
             let x = host(&x).map_err(to_py)?;
-            let pred = py.detach(|| p.predict_calibrated(x, calibration)).map_err(to_py)?;
+            let pred = detach(py, || p.predict_calibrated(x, calibration)).map_err(to_py)?;
             let n = pred.probs.len() / k;
             let var: Vec<T> = match full {
                 true => (0..n * k * k)
@@ -849,7 +878,7 @@ impl Posterior {
             let regression = p.likelihood() != Likelihood::Classification;
             let (x, y) = (matrix::<T>(features, "features")?, targets::<T>(labels, regression)?);
             let x = host(&x).map_err(to_py)?;
-            y.with(|y| py.detach(|| p.tune_prior_precision(x, y, &config)))
+            y.with(|y| detach(py, || p.tune_prior_precision(x, y, &config)))
                 .map_err(to_py)
         })?;
         let out = PyDict::new(py);
@@ -930,7 +959,7 @@ impl Posterior {
             let regression = p.likelihood() != Likelihood::Classification;
             let (x, y) = (matrix::<T>(features, "features")?, targets::<T>(labels, regression)?);
             let x = host(&x).map_err(to_py)?;
-            y.with(|y| py.detach(|| p.log_marginal_likelihood(x, y)))
+            y.with(|y| detach(py, || p.log_marginal_likelihood(x, y)))
                 .map(|v| v.as_f64())
                 .map_err(to_py)
         })
@@ -946,8 +975,7 @@ impl Posterior {
             PriorShape::Scalar
         };
         let mut guard = write(py, &self.inner);
-        each!(&mut *guard, |p: T| py
-            .detach(|| p.optimize_prior_precision(shape))
+        each!(&mut *guard, |p: T| detach(py, || p.optimize_prior_precision(shape))
             .map_err(to_py))
     }
 
@@ -963,7 +991,7 @@ impl Posterior {
         each!(&mut *guard, |p: T| {
             let (x, y) = (matrix::<T>(features, "features")?, self::targets::<T>(targets, true)?);
             let x = host(&x).map_err(to_py)?;
-            y.with(|y| py.detach(|| p.optimize_prior_and_noise(x, y)))
+            y.with(|y| detach(py, || p.optimize_prior_and_noise(x, y)))
                 .map_err(to_py)
         })
     }
@@ -1011,10 +1039,7 @@ impl Posterior {
         let inner = on_device!(
             device,
             dtype,
-            |d, T| {
-                py.detach(|| io::posterior_from_bytes::<_, T>(&d, data))
-                    .map_err(to_py)?
-            },
+            |d, T| detach(py, || io::posterior_from_bytes::<_, T>(&d, data)).map_err(to_py)?,
             Inner
         );
         Ok(Posterior {
@@ -1213,8 +1238,7 @@ impl Accumulator {
                 let (w, b) = (matrix::<T>(weights, "weights")?, bias_vector::<T>(bias)?);
                 let b = slice1(&b)?;
                 let w = host(&w).map_err(to_py)?;
-                py.detach(|| CurvatureAccumulator::new(&d, w, b, &config))
-                    .map_err(to_py)?
+                detach(py, || CurvatureAccumulator::new(&d, w, b, &config)).map_err(to_py)?
             },
             AccInner
         );
@@ -1231,7 +1255,7 @@ impl Accumulator {
             let regression = a.likelihood() != Likelihood::Classification;
             let (x, y) = (matrix::<T>(features, "features")?, targets::<T>(labels, regression)?);
             let x = host(&x).map_err(to_py)?;
-            y.with(|y| py.detach(|| a.accumulate(x, y))).map_err(to_py)
+            y.with(|y| detach(py, || a.accumulate(x, y))).map_err(to_py)
         })
     }
 
@@ -1243,14 +1267,14 @@ impl Accumulator {
         let theirs = other.inner.read().unwrap_or_else(|e| e.into_inner());
         let mut guard = write(py, &self.inner);
         match (&mut *guard, &*theirs) {
-            (AccInner::CpuF32(a), AccInner::CpuF32(b)) => py.detach(|| a.merge(b)).map_err(to_py),
-            (AccInner::CpuF64(a), AccInner::CpuF64(b)) => py.detach(|| a.merge(b)).map_err(to_py),
+            (AccInner::CpuF32(a), AccInner::CpuF32(b)) => detach(py, || a.merge(b)).map_err(to_py),
+            (AccInner::CpuF64(a), AccInner::CpuF64(b)) => detach(py, || a.merge(b)).map_err(to_py),
             #[cfg(feature = "cuda")]
-            (AccInner::CudaF32(a), AccInner::CudaF32(b)) => py.detach(|| a.merge(b)).map_err(to_py),
+            (AccInner::CudaF32(a), AccInner::CudaF32(b)) => detach(py, || a.merge(b)).map_err(to_py),
             #[cfg(feature = "cuda")]
-            (AccInner::CudaF64(a), AccInner::CudaF64(b)) => py.detach(|| a.merge(b)).map_err(to_py),
+            (AccInner::CudaF64(a), AccInner::CudaF64(b)) => detach(py, || a.merge(b)).map_err(to_py),
             #[cfg(feature = "wgpu")]
-            (AccInner::WgpuF32(a), AccInner::WgpuF32(b)) => py.detach(|| a.merge(b)).map_err(to_py),
+            (AccInner::WgpuF32(a), AccInner::WgpuF32(b)) => detach(py, || a.merge(b)).map_err(to_py),
             _ => Err(invalid("other", "must have the same dtype and device")),
         }
     }
@@ -1261,10 +1285,9 @@ impl Accumulator {
     fn finish(&self, py: Python<'_>, prior_precision: f64, optimize_prior: bool) -> R<Posterior> {
         let guard = read(py, &self.inner);
         let inner = each_acc!(&*guard, |a: T, wrap| {
-            let mut post = py.detach(|| a.finish(prior_precision)).map_err(to_py)?;
+            let mut post = detach(py, || a.finish(prior_precision)).map_err(to_py)?;
             if optimize_prior {
-                py.detach(|| post.optimize_prior_precision(PriorShape::Scalar))
-                    .map_err(to_py)?;
+                detach(py, || post.optimize_prior_precision(PriorShape::Scalar)).map_err(to_py)?;
             }
             wrap(post)
         });
@@ -1303,10 +1326,7 @@ impl Accumulator {
         let inner = on_device!(
             device,
             dtype,
-            |d, T| {
-                py.detach(|| io::accumulator_from_bytes::<_, T>(&d, data, ACC_CHUNK_ROWS))
-                    .map_err(to_py)?
-            },
+            |d, T| detach(py, || io::accumulator_from_bytes::<_, T>(&d, data, ACC_CHUNK_ROWS)).map_err(to_py)?,
             AccInner
         );
         Ok(Accumulator {
@@ -1354,7 +1374,7 @@ fn select(
             }
             .map_err(to_py)?,
         };
-        py.detach(|| match update_driven {
+        detach(py, || match update_driven {
             false => strategy.select(p, &pool, batch, seed),
             true => UpdateDriven {
                 base: strategy,
@@ -1371,7 +1391,7 @@ fn select(
 /// or the reason it cannot be used.
 #[pyfunction]
 fn devices(py: Python<'_>) -> Vec<(String, bool, String)> {
-    py.detach(|| {
+    detach(py, || {
         ["cpu", "cuda", "wgpu"]
             .iter()
             .map(|&b| match laplace_update::AnyDevice::select(b) {
@@ -1488,6 +1508,7 @@ fn set_max_memory(limit: Option<&Bound<'_, PyAny>>) -> R<()> {
 #[pymodule]
 #[pyo3(name = "laplace_update")]
 fn laplace_update_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    install_interrupts();
     m.add_class::<Posterior>()?;
     m.add_class::<Accumulator>()?;
     m.add_function(wrap_pyfunction!(select, m)?)?;

@@ -430,6 +430,7 @@ fn bait<D: Device, T: Scalar>(post: &Posterior<D, T>, pool: &Pool<'_, T>, batch:
     let mut chosen: Vec<usize> = Vec::new();
     let mut available = vec![true; state.v.n];
     for _ in 0..(2 * batch).min(state.v.n) {
+        crate::interrupt::check()?;
         let gains = (0..state.v.n)
             .filter(|&c| available[c])
             .map(|c| (c, state.q[c] / (1.0 + state.s[c])));

@@ -116,7 +116,10 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
             false => post.check_batch(&features, targets)?,
         }
         let (k, da) = (post.classes, post.augmented_features());
-        let chunk = super::pass_rows(self.chunk_rows, k, da, state.pass_elements());
+        // Passes of at most about 2³⁶ multiply-adds (a fraction of a second on a CPU), so that
+        // a long fit can be interrupted between them.
+        let chunk = super::pass_rows(self.chunk_rows, k, da, state.pass_elements())
+            .min(super::structure::rows_for_flops(state.kind(), k, da, 36, 2048));
         let pass = pass_bytes(
             state.kind(),
             chunk.min(features.rows()),
@@ -151,6 +154,7 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
         // Only the empirical Fisher's curvature reads the targets.
         let with_targets = post.curvature == super::Curvature::EmpiricalFisher;
         for start in (0..features.rows()).step_by(chunk) {
+            crate::interrupt::check()?;
             let rows = chunk.min(features.rows() - start);
             let batch = post.upload_batch_staged(&features, targets, start, rows, &mut staging, with_targets)?;
             let outputs = model.outputs(&batch.phi, &post.moments.head)?;

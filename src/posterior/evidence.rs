@@ -39,6 +39,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             let mut log_likelihood = 0.0;
             let chunk = super::pass_rows(8192, self.classes, self.augmented_features(), super::CHUNK_ELEMENTS);
             for start in (0..features.rows()).step_by(chunk) {
+                crate::interrupt::check()?;
                 let rows = chunk.min(features.rows() - start);
                 let batch = self.upload_batch(&features, targets, start, rows)?;
                 let outputs = self.device.download(&model.outputs(&batch.phi, &self.moments.head)?)?;
@@ -251,6 +252,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             let (mut squares, mut count) = (0.0, 0usize);
             let chunk = super::pass_rows(8192, self.classes, self.augmented_features(), super::CHUNK_ELEMENTS);
             for start in (0..features.rows()).step_by(chunk) {
+                crate::interrupt::check()?;
                 let rows = chunk.min(features.rows() - start);
                 let batch = self.upload_batch(&features, targets, start, rows)?;
                 let f = self.device.download(&model.outputs(&batch.phi, &self.moments.head)?)?;

@@ -210,6 +210,7 @@ pub fn fit_head<D: Device, T: Scalar, L: Label>(
     let mut iterations = 0;
     let mut converged = norm_inf(&g) <= target;
     while !converged && iterations < config.max_iterations {
+        crate::interrupt::check()?;
         let (mut direction, mut slope) = if newton {
             let direction = newton_direction(&w, &g)?;
             let slope = dot(&g, &direction);

@@ -228,10 +228,26 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         (da + 3 * k + 3 * k * k) * std::mem::size_of::<T>() as u64
     }
 
+    /// Rows per pass of a prediction: about 2³³ multiply-adds each (a fraction of a second on a
+    /// CPU), so that a long prediction can be [interrupted](crate::interrupt) between passes;
+    /// at least 256 rows (64 for Full), so that each pass stays one efficient product.
+    fn predict_pass_rows(&self) -> usize {
+        let least = if self.moments.state.kind() == super::Structure::Full {
+            64
+        } else {
+            256
+        };
+        super::structure::rows_for_flops(
+            self.moments.state.kind(),
+            self.classes,
+            self.augmented_features(),
+            33,
+            least,
+        )
+    }
+
     fn predict_in_scope<F: Features<D, T>>(&self, features: F, calibration: Calibration) -> Result<Prediction<T>> {
-        let Calibration { temperature, link } = calibration;
         features.check(&self.device, "features", self.features)?;
-        let device = &self.device;
         let n = features.rows();
         let per_row = self.predict_row_bytes();
         crate::memory::ensure(
@@ -239,7 +255,38 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             || format!("a prediction over {n} rows (K = {})", self.classes),
             |available| format!("; predict in passes of at most {} rows", (available / per_row).max(1)),
         )?;
-        let phi = self.upload_features(&features, 0, n)?;
+        let pass = self.predict_pass_rows();
+        if n <= pass {
+            return self.predict_rows(&features, 0, n, calibration);
+        }
+        let mut out: Option<Prediction<T>> = None;
+        for start in (0..n).step_by(pass) {
+            crate::interrupt::check()?;
+            let part = self.predict_rows(&features, start, pass.min(n - start), calibration)?;
+            match &mut out {
+                None => out = Some(part),
+                Some(all) => {
+                    all.probs.extend_from_slice(&part.probs);
+                    all.logit_mean.extend_from_slice(&part.logit_mean);
+                    all.logit_cov.extend_from_slice(&part.logit_cov);
+                    all.rows += part.rows;
+                }
+            }
+        }
+        out.ok_or(Error::EmptyBatch { argument: "features" })
+    }
+
+    /// The prediction for rows `start .. start + n` of `features`.
+    fn predict_rows<F: Features<D, T>>(
+        &self,
+        features: &F,
+        start: usize,
+        n: usize,
+        calibration: Calibration,
+    ) -> Result<Prediction<T>> {
+        let Calibration { temperature, link } = calibration;
+        let device = &self.device;
+        let phi = self.upload_features(features, start, n)?;
         let mean = logits(device, &phi, &self.moments.head, self.fixed_bias.as_ref())?;
         let state = &self.moments.state;
         let cov = state.logit_covariance(device, &phi, self.classes)?;

@@ -195,6 +195,7 @@ fn damped<D: Device, T: Scalar>(
             });
         }
         let converged = decrement / 2.0 <= tolerance * objective.abs().max(1.0);
+        crate::interrupt::check()?;
         let accepted = if t == max_iterations {
             None
         } else {
@@ -303,6 +304,7 @@ fn conjugate_gradient<D: Device, T: Scalar>(
     let forcing = (rz / scale).clamp(T::EPS.as_f64().max(1e-12), 1e-2);
     let target = rz * forcing;
     for iteration in 1..=CG_ITERATIONS {
+        crate::interrupt::check()?;
         if rz <= target || rz == 0.0 {
             return Ok((d, iteration - 1));
         }

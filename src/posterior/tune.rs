@@ -456,6 +456,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             grid: grid.len(),
         };
         for start in (0..n).step_by(rows.max(1)) {
+            crate::interrupt::check()?;
             let r = rows.min(n - start);
             let batch = self.upload_batch(features, targets, start, r)?;
             let mean = logits(&self.device, &batch.phi, &self.moments.head, self.fixed_bias.as_ref())?;

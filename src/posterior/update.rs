@@ -342,6 +342,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                     _ => {
                         let model = self.model();
                         for j in 0..m {
+                            crate::interrupt::check()?;
                             let one = self.upload_batch(features, targets, j, 1)?;
                             outcome = outcome.then(step::solve(&model, &mut work, &one, step, tau)?);
                         }

@@ -658,6 +658,7 @@ fn main() -> ExitCode {
     };
     laplace_update::memory::set_limit(cli.max_memory);
     VERBOSE.store(cli.verbose, std::sync::atomic::Ordering::Relaxed);
+    let signals = Signals::install();
     let result = match cli.command {
         Command::Fit(args) => fit(&args),
         Command::Accumulate(args) => accumulate(&args),
@@ -673,11 +674,63 @@ fn main() -> ExitCode {
         Command::Al(args) => al::run(&args),
         Command::Profile(args) => profile::run(&args),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    match (result, signals.received()) {
+        (Ok(()), None) => ExitCode::SUCCESS,
+        (Ok(()), Some((name, code))) => {
+            eprintln!("error: interrupted by {name} after the command finished; its output is complete");
+            ExitCode::from(code)
+        }
+        (Err(Error::Interrupted), received) => {
+            let (name, code) = received.unwrap_or(("a signal", 130));
+            eprintln!("error: interrupted by {name}; nothing was written");
+            ExitCode::from(code)
+        }
+        (Err(e), _) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGINT and SIGTERM, caught so that a long command stops at its next pass with one line and
+/// exit 130 or 143, its output file untouched (or complete, when the signal came during the
+/// write), instead of dying part-way. A second signal of the same kind exits at once.
+struct Signals {
+    interrupt: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    terminate: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Set by the handlers, read by the library's checks.
+static SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Signals {
+    fn install() -> Self {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let signals = Signals {
+            interrupt: Default::default(),
+            terminate: Default::default(),
+        };
+        for (signal, flag, code) in [(SIGINT, &signals.interrupt, 130), (SIGTERM, &signals.terminate, 143)] {
+            // The second signal: the flag is already set, so exit now. Registered first, so
+            // that the first signal finds it unset.
+            let _ = signal_hook::flag::register_conditional_shutdown(signal, code, flag.clone());
+            let _ = signal_hook::flag::register(signal, flag.clone());
+            // SAFETY: the action only stores to an atomic, which is async-signal-safe.
+            let _ = unsafe {
+                signal_hook::low_level::register(signal, || SIGNALLED.store(true, std::sync::atomic::Ordering::SeqCst))
+            };
+        }
+        laplace_update::interrupt::set_hook(Some(|| SIGNALLED.load(std::sync::atomic::Ordering::SeqCst)));
+        signals
+    }
+
+    /// The signal received, with its exit status, if any.
+    fn received(&self) -> Option<(&'static str, u8)> {
+        use std::sync::atomic::Ordering::SeqCst;
+        match (self.interrupt.load(SeqCst), self.terminate.load(SeqCst)) {
+            (true, _) => Some(("SIGINT", 130)),
+            (_, true) => Some(("SIGTERM", 143)),
+            _ => None,
         }
     }
 }

@@ -655,6 +655,26 @@ pub(crate) fn pass_bytes(structure: Structure, rows: usize, k: usize, da: usize,
     saturate(rows * ((k + curvature) * 8 + da * elem))
 }
 
+/// Multiply-adds per input row of a pass over the data (accumulating its curvature, or
+/// predicting): Full K²·D_aug², Shared D_aug², Diag K·D_aug, Kron K·D_aug² + K²·D_aug.
+pub(crate) fn row_flops(structure: Structure, k: usize, da: usize) -> u64 {
+    let (k, da) = (k as u64, da as u64);
+    match structure {
+        Structure::Full => k * k * da * da,
+        Structure::Shared(_) => da * da + k,
+        Structure::Diag => k * da,
+        Structure::Kron => k * da * da + k * k * da,
+    }
+}
+
+/// Rows per pass so that a pass is about `2^log2_flops` multiply-adds, so that a long
+/// operation can be [interrupted](crate::interrupt) between passes; at least `least` rows.
+pub(crate) fn rows_for_flops(structure: Structure, k: usize, da: usize, log2_flops: u32, least: usize) -> usize {
+    usize::try_from((1u64 << log2_flops) / row_flops(structure, k, da).max(1))
+        .unwrap_or(usize::MAX)
+        .max(least)
+}
+
 /// `bytes` as a `u64`, saturating.
 fn saturate(bytes: u128) -> u64 {
     u64::try_from(bytes).unwrap_or(u64::MAX)
