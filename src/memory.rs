@@ -41,7 +41,8 @@ pub fn limit() -> Option<u64> {
 pub struct Available {
     /// Bytes available now.
     pub bytes: u64,
-    /// What bounds them: `"memory cgroup"`, `"MemAvailable"` or `"memory cap"` (the cap).
+    /// What bounds them: `"memory cgroup"`, `"MemAvailable"`, `"memory cap"` (the cap), or
+    /// `"device memory"` (a GPU's free memory).
     pub source: &'static str,
 }
 
@@ -73,7 +74,41 @@ fn available_under(cap: Option<u64>) -> Option<Available> {
 /// `Err(OutOfMemory)` when `needed` bytes do not fit in what is [`available`]; `what` names the
 /// operation, `advice` what would fit (both only built on failure).
 pub(crate) fn ensure(needed: u64, what: impl FnOnce() -> String, advice: impl FnOnce(u64) -> String) -> Result<()> {
-    fits(needed, available(), what, advice)
+    fits(needed, available_for(needed), what, advice)
+}
+
+/// Below this, an operation is checked against the user's cap only: reading the cgroup's
+/// statistics costs about 0.5 ms, more than the small updates and predictions it would guard.
+const SMALL: u64 = 32 << 20;
+
+/// [`available`], or only the cap for a `needed` below [`SMALL`].
+fn available_for(needed: u64) -> Option<Available> {
+    match needed < SMALL {
+        true => limit().map(|cap| Available {
+            bytes: cap.saturating_sub(resident_bytes().unwrap_or(0)),
+            source: "memory cap",
+        }),
+        false => available(),
+    }
+}
+
+/// [`ensure`] against the device's own free memory too, where it has its own (a GPU).
+pub(crate) fn ensure_on<D: crate::device::Device>(
+    device: &D,
+    needed: u64,
+    what: impl FnOnce() -> String,
+    advice: impl FnOnce(u64) -> String,
+) -> Result<()> {
+    let host = available_for(needed);
+    let on_device = device.free_memory().map(|bytes| Available {
+        bytes,
+        source: "device memory",
+    });
+    let least = match (host, on_device) {
+        (Some(h), Some(d)) => Some(if d.bytes < h.bytes { d } else { h }),
+        (h, d) => h.or(d),
+    };
+    fits(needed, least, what, advice)
 }
 
 /// [`ensure`] against `available`.

@@ -1,24 +1,48 @@
-//! The cross-backend suites on the faer CPU backend, in f32 and f64.
+//! The cross-backend suites on the faer CPU backend, in f32 and f64 (libtest-mimic harness,
+//! `tests/common/harness.rs`).
 
 mod common;
 
-mod posterior {
-    use super::common;
-    crate::posterior_suite!("cpu", laplace_update::CpuDevice::new(2), f32, f64);
+use common::harness;
+
+fn main() -> std::process::ExitCode {
+    let cpu = || laplace_update::CpuDevice::new(2);
+    let mut cases = crate::posterior_suite!("posterior", "cpu", laplace_update::CpuDevice::new(2), f32, f64);
+    cases.extend(crate::complete_suite!(
+        "complete",
+        "cpu",
+        laplace_update::CpuDevice::new(2),
+        f32,
+        f64
+    ));
+    cases.extend(crate::kernel_suite!(
+        "kernels",
+        "cpu",
+        laplace_update::CpuDevice::new(2),
+        f32,
+        f64
+    ));
+    cases.push(harness::case(
+        "impossible_allocation_is_a_typed_error",
+        impossible_allocation_is_a_typed_error,
+    ));
+    cases.push(harness::case(
+        "concurrent_predictions_while_a_clone_updates",
+        concurrent_predictions_while_a_clone_updates,
+    ));
+    cases.push(harness::case(
+        "auto_falls_back_to_the_cpu_and_says_why",
+        auto_falls_back_to_the_cpu_and_says_why,
+    ));
+    cases.push(harness::case(
+        "required_backends_are_built",
+        required_backends_are_built,
+    ));
+    harness::run("cpu", cpu(), cases)
 }
 
-mod complete {
-    use super::common;
-    crate::complete_suite!("cpu", laplace_update::CpuDevice::new(2), f32, f64);
-}
-
-mod kernels {
-    use super::common;
-    crate::kernel_suite!("cpu", laplace_update::CpuDevice::new(2), f32, f64);
-}
-
-/// A posterior too large for memory is a typed error, not an aborted process.
-#[test]
+/// A posterior too large for memory is a typed error, not an aborted process: the fit's peak is
+/// known before it allocates, and the error names it, what is available and what would fit.
 fn impossible_allocation_is_a_typed_error() {
     use laplace_update::{CpuDevice, Error, FitConfig, HostMatrix, Posterior};
     let cpu = CpuDevice::new(1).unwrap();
@@ -33,16 +57,19 @@ fn impossible_allocation_is_a_typed_error() {
         None,
         &FitConfig::default(),
     );
-    assert!(
-        matches!(result, Err(Error::Device { backend: "cpu", .. })),
-        "{:?}",
-        result.err()
-    );
+    match result {
+        Err(e @ Error::OutOfMemory { needed, available, .. }) => {
+            // Full: 4 P² f32 for Π, Σ and the inverse's workspace, P = 2 × 300,001.
+            let p = 2 * (d as u64 + 1);
+            assert!(needed >= 4 * p * p * 4 && needed > available, "{e}");
+            assert!(e.to_string().contains("diag"), "{e}");
+        }
+        other => panic!("expected OutOfMemory, got {:?}", other.err()),
+    }
 }
 
 /// A posterior is `Send + Sync`: many threads predict from one `&Posterior` while another thread
 /// updates a clone, and every prediction equals the one made before the threads started.
-#[test]
 fn concurrent_predictions_while_a_clone_updates() {
     use common::Problem;
     use laplace_update::{CpuDevice, HostMatrix, Link, Posterior, Structure, UpdateConfig};
@@ -82,7 +109,6 @@ fn concurrent_predictions_while_a_clone_updates() {
 
 /// `AnyDevice::auto` takes CUDA, then a hardware wgpu adapter, then the CPU, and lists why each
 /// better backend was passed over: a machine without a GPU gets the CPU and two reasons.
-#[test]
 fn auto_falls_back_to_the_cpu_and_says_why() {
     use laplace_update::{AnyDevice, Device, Error, with_device};
     let auto = AnyDevice::auto().unwrap();
@@ -114,7 +140,6 @@ fn auto_falls_back_to_the_cpu_and_says_why() {
 
 /// Every backend `LAPLACE_REQUIRE` names is known and built into this test run: a suite whose
 /// feature is off compiles to nothing, which would otherwise pass silently.
-#[test]
 fn required_backends_are_built() {
     let Ok(required) = std::env::var("LAPLACE_REQUIRE") else {
         return;
@@ -125,7 +150,10 @@ fn required_backends_are_built() {
             "wgpu" => cfg!(feature = "wgpu"),
             "cuda" | "nvrtc" => cfg!(feature = "cuda"),
             "cuda-emu" => cfg!(feature = "cuda-emu"),
-            other => panic!("LAPLACE_REQUIRE names `{other}`, which is no backend (cpu, wgpu, cuda, nvrtc, cuda-emu)"),
+            "cgroup" => cfg!(feature = "cli"),
+            other => panic!(
+                "LAPLACE_REQUIRE names `{other}`, which is no backend (cpu, wgpu, cuda, nvrtc, cuda-emu, cgroup)"
+            ),
         };
         assert!(
             built,

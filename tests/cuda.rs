@@ -1,28 +1,40 @@
 //! The cross-backend suites on the CUDA backend (f32 and f64) against f64 references. Without
-//! a GPU every test prints `SKIPPED cuda: reason`, and fails instead when `LAPLACE_REQUIRE`
-//! contains `cuda` (`scripts/gpu-check.sh` sets it on a GPU machine).
-#![cfg(feature = "cuda")]
+//! a GPU they show as ignored, with the reason (`tests/common/harness.rs`), and fail instead
+//! when `LAPLACE_REQUIRE` contains `cuda` (`scripts/gpu-check.sh` sets it on a GPU machine).
 
 mod common;
 
-mod posterior {
-    use super::common;
-    crate::posterior_suite!("cuda", laplace_update::CudaDevice::new(0), f32, f64);
-}
+use common::harness;
 
-mod complete {
-    use super::common;
-    crate::complete_suite!("cuda", laplace_update::CudaDevice::new(0), f32, f64);
-}
-
-mod kernels {
-    use super::common;
-    crate::kernel_suite!("cuda", laplace_update::CudaDevice::new(0), f32, f64);
+fn main() -> std::process::ExitCode {
+    let mut cases = crate::posterior_suite!("posterior", "cuda", laplace_update::CudaDevice::new(0), f32, f64);
+    cases.extend(crate::complete_suite!(
+        "complete",
+        "cuda",
+        laplace_update::CudaDevice::new(0),
+        f32,
+        f64
+    ));
+    cases.extend(crate::kernel_suite!(
+        "kernels",
+        "cuda",
+        laplace_update::CudaDevice::new(0),
+        f32,
+        f64
+    ));
+    cases.push(harness::always(
+        "a_missing_driver_or_device_is_backend_unavailable",
+        a_missing_driver_or_device_is_backend_unavailable,
+    ));
+    cases.push(harness::case(
+        "an_existing_stream_and_its_memory_are_used_in_place",
+        an_existing_stream_and_its_memory_are_used_in_place,
+    ));
+    harness::run("cuda", laplace_update::CudaDevice::new(0), cases)
 }
 
 /// Without a driver (or NVRTC, or a device), construction is `BackendUnavailable` with the
 /// reason: never a panic, whatever this machine has.
-#[test]
 fn a_missing_driver_or_device_is_backend_unavailable() {
     match laplace_update::CudaDevice::new(0) {
         Ok(gpu) => eprintln!("cuda present: {gpu:?}"),
@@ -45,7 +57,6 @@ fn a_missing_driver_or_device_is_backend_unavailable() {
 /// A device on an existing cudarc stream (as candle's): slices are adopted and borrowed memory
 /// wrapped in place (a write through the matrix shows in the owner's memory), and a fit on the
 /// resident features equals the fit on the same rows from the host.
-#[test]
 fn an_existing_stream_and_its_memory_are_used_in_place() {
     use laplace_update::{CudaDevice, CudaOptions, Device, FitConfig, HostMatrix, Posterior};
     use std::sync::Arc;

@@ -1,7 +1,6 @@
 //! The cross-backend suites on the CUDA emulator (f32 and f64): the kernels of `kernels/*.cu`,
 //! built by the host C++ compiler, driven by the CUDA backend's host code, against f64
 //! references. Each run records the entry points it launched for `tests/cuda_emu_coverage.rs`.
-#![cfg(feature = "cuda-emu")]
 
 mod common;
 
@@ -32,24 +31,24 @@ fn small_grid_device(cap: usize) -> Result<CudaEmuDevice> {
     })
 }
 
-mod posterior {
-    use super::common;
+fn main() -> std::process::ExitCode {
     // The drift test at 16 features and 300 sequential updates: it measures rounding over
     // many launches, which the GPU suites cover at full size; here it checks the logic.
-    crate::posterior_suite!("cuda-emu", crate::device(), drift(16, 3), f32, f64);
-}
-
-mod complete {
-    use super::common;
-    crate::complete_suite!("cuda-emu", crate::device(), f32, f64);
-}
-
-mod kernels {
-    use super::common;
-    crate::kernel_suite!("cuda-emu", crate::device(), f32, f64);
-}
-
-mod kernels_on_split_grids {
-    use super::common;
-    crate::kernel_suite!("cuda-emu", crate::small_grid_device(16), f32, f64);
+    let mut cases = crate::posterior_suite!("posterior", "cuda-emu", crate::device(), drift(16, 3), f32, f64);
+    cases.extend(crate::complete_suite!(
+        "complete",
+        "cuda-emu",
+        crate::device(),
+        f32,
+        f64
+    ));
+    cases.extend(crate::kernel_suite!("kernels", "cuda-emu", crate::device(), f32, f64));
+    cases.extend(crate::kernel_suite!(
+        "kernels_on_split_grids",
+        "cuda-emu",
+        crate::small_grid_device(16),
+        f32,
+        f64
+    ));
+    common::harness::run("cuda-emu", device(), cases)
 }

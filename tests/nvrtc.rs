@@ -1,13 +1,23 @@
 //! Every CUDA kernel compiles through NVRTC, in f32 and f64, for sm_80 (A100) and sm_90 (H100,
-//! H200), to PTX and to CUBIN, with no GPU. Skips without NVRTC (`SKIPPED nvrtc: reason`), and fails instead when
+//! H200), to PTX and to CUBIN, with no GPU. Without NVRTC the tests show as ignored, with the reason, and fail instead when
 //! `LAPLACE_REQUIRE` contains `nvrtc`. CI installs NVRTC from the nvidia-cuda-nvrtc-cu12 wheel.
-#![cfg(feature = "cuda")]
 
 mod common;
 
 use laplace_update::device::cuda::{Family, compile, nvrtc_available};
 
-#[test]
+fn main() -> std::process::ExitCode {
+    let cases = vec![
+        common::harness::case(
+            "every_kernel_compiles_for_sm80_and_sm90",
+            every_kernel_compiles_for_sm80_and_sm90,
+        ),
+        common::harness::case("a_compile_error_carries_the_log", a_compile_error_carries_the_log),
+        common::harness::always("the_kernel_files_are_all_listed", the_kernel_files_are_all_listed),
+    ];
+    common::harness::run("nvrtc", nvrtc_available(), cases)
+}
+
 fn every_kernel_compiles_for_sm80_and_sm90() {
     if common::backend_or_skip("nvrtc", nvrtc_available()).is_none() {
         return;
@@ -47,7 +57,6 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
 }
 
 /// A source error comes back as a typed error naming the file and carrying NVRTC's log.
-#[test]
 fn a_compile_error_carries_the_log() {
     if common::backend_or_skip("nvrtc", nvrtc_available()).is_none() {
         return;
@@ -68,7 +77,6 @@ fn a_compile_error_carries_the_log() {
 }
 
 /// `kernels/` holds exactly the families the library compiles.
-#[test]
 fn the_kernel_files_are_all_listed() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
     let mut on_disk: Vec<String> = std::fs::read_dir(dir)

@@ -1,8 +1,7 @@
 //! The cross-backend suites on the wgpu backend (f32), compared against f64 references, plus
-//! the wgpu-specific checks. Without an adapter every test prints `SKIPPED wgpu: reason`, and
-//! fails instead when `LAPLACE_REQUIRE` contains `wgpu`. CI runs them on Mesa's lavapipe with
-//! `LAPLACE_WGPU_ADAPTER=software`.
-#![cfg(feature = "wgpu")]
+//! the wgpu-specific checks. Without an adapter they show as ignored, with the reason
+//! (`tests/common/harness.rs`), and fail instead when `LAPLACE_REQUIRE` contains `wgpu`. With
+//! no hardware adapter they run on Mesa's lavapipe where it is installed.
 
 mod common;
 
@@ -10,21 +9,47 @@ fn device() -> laplace_update::Result<laplace_update::WgpuDevice> {
     laplace_update::WgpuDevice::new()
 }
 
-mod posterior {
-    use super::common;
+fn main() -> std::process::ExitCode {
+    // No hardware adapter: Mesa's lavapipe, where it is installed, unless the user chose.
+    if std::env::var_os("LAPLACE_WGPU_ADAPTER").is_none() && device().is_err() {
+        // SAFETY: first in `main`, before this program starts any thread.
+        unsafe { std::env::set_var("LAPLACE_WGPU_ADAPTER", "software") };
+    }
     // 400 sequential updates for the drift test (1,000 on cpu and cuda): on lavapipe each one is
     // a few submits, and 1,000 per structure made it the suite's critical path (over 8 minutes).
-    crate::posterior_suite!("wgpu", laplace_update::WgpuDevice::new(), drift(64, 4), f32);
-}
-
-mod complete {
-    use super::common;
-    crate::complete_suite!("wgpu", laplace_update::WgpuDevice::new(), f32);
-}
-
-mod kernels {
-    use super::common;
-    crate::kernel_suite!("wgpu", laplace_update::WgpuDevice::new(), f32);
+    let mut cases = crate::posterior_suite!("posterior", "wgpu", crate::device(), drift(64, 4), f32);
+    cases.extend(crate::complete_suite!("complete", "wgpu", crate::device(), f32));
+    cases.extend(crate::kernel_suite!("kernels", "wgpu", crate::device(), f32));
+    // The kernel suite with 16 workgroups per dimension: gemm tiles split beyond 1,024 rows or
+    // columns and 16 batch entries (every Full GGN with K' ≥ 5), 1-D launches folded into z.
+    cases.extend(crate::kernel_suite!(
+        "kernels_on_split_grids",
+        "wgpu",
+        crate::small_grid_device(16),
+        f32
+    ));
+    cases.push(common::harness::case("f64_is_unsupported", f64_is_unsupported));
+    cases.push(common::harness::case(
+        "allocation_beyond_the_limit_is_a_typed_error",
+        allocation_beyond_the_limit_is_a_typed_error,
+    ));
+    cases.push(common::harness::always(
+        "no_matching_adapter_is_backend_unavailable",
+        no_matching_adapter_is_backend_unavailable,
+    ));
+    cases.push(common::harness::case(
+        "chunked_paths_match_faer",
+        chunked_paths_match_faer,
+    ));
+    cases.push(common::harness::case(
+        "grids_split_over_every_dimension_match_faer",
+        grids_split_over_every_dimension_match_faer,
+    ));
+    cases.push(common::harness::case(
+        "nan_inf_and_subnormals_are_judged_on_their_bits",
+        nan_inf_and_subnormals_are_judged_on_their_bits,
+    ));
+    common::harness::run("wgpu", device(), cases)
 }
 
 /// A device opened with at most `cap` workgroups per dispatch dimension (wgpu validates every
@@ -37,15 +62,7 @@ fn small_grid_device(cap: u32) -> laplace_update::Result<laplace_update::WgpuDev
     laplace_update::WgpuDevice::with_options(&options)
 }
 
-/// The kernel suite with 16 workgroups per dimension: gemm tiles split beyond 1,024 rows or
-/// columns and 16 batch entries (every Full GGN with K' ≥ 5), 1-D launches folded into z.
-mod kernels_on_split_grids {
-    use super::common;
-    crate::kernel_suite!("wgpu", crate::small_grid_device(16), f32);
-}
-
 /// f64 is a typed `Unsupported`, not a panic or a wrong answer.
-#[test]
 fn f64_is_unsupported() {
     use laplace_update::{Device, Error};
     let Some(gpu) = common::backend_or_skip("wgpu", device()) else {
@@ -57,7 +74,6 @@ fn f64_is_unsupported() {
 
 /// A matrix beyond the adapter's largest buffer is a typed device error, and the device keeps
 /// working afterwards.
-#[test]
 fn allocation_beyond_the_limit_is_a_typed_error() {
     use laplace_update::{Device, Error};
     let Some(gpu) = common::backend_or_skip("wgpu", device()) else {
@@ -74,7 +90,6 @@ fn allocation_beyond_the_limit_is_a_typed_error() {
 
 /// Without software adapters allowed and with a name no adapter has, construction is
 /// `BackendUnavailable` with the reason, never a panic.
-#[test]
 fn no_matching_adapter_is_backend_unavailable() {
     use laplace_update::{Error, WgpuDevice, WgpuOptions};
     let options = WgpuOptions {
@@ -93,7 +108,6 @@ fn no_matching_adapter_is_backend_unavailable() {
 
 /// The paths that split work across dispatches (GGN weights in row chunks, predictive products
 /// in row chunks, contractions longer than one dispatch takes) agree with the faer reference.
-#[test]
 fn chunked_paths_match_faer() {
     use common::Rng;
     use laplace_update::{CpuDevice, Device, Op};
@@ -197,7 +211,6 @@ fn chunked_paths_match_faer() {
 /// Grids split over every dimension at once: a 2-workgroup cap turns a 300 × 200 gemm into
 /// 6 launches and a 2,000-row logits gemm into 16 row launches; a 4-workgroup cap splits a
 /// Full GGN over K = 6 classes (36 class blocks) into 9 launches in z. Each agrees with faer.
-#[test]
 fn grids_split_over_every_dimension_match_faer() {
     use common::Rng;
     use laplace_update::{CpuDevice, Device, Op};
@@ -289,7 +302,6 @@ fn grids_split_over_every_dimension_match_faer() {
 /// NaN, Inf and subnormal inputs are judged on their bits, as on the CPU: max-abs keeps a
 /// subnormal (no `abs()` that a flushing driver zeroes) and lets NaN win, and a Cholesky pivot
 /// that is NaN or +Inf is `NotPositiveDefinite` at its index.
-#[test]
 fn nan_inf_and_subnormals_are_judged_on_their_bits() {
     use laplace_update::{CpuDevice, Device, Error};
     let Some(gpu) = common::backend_or_skip("wgpu", device()) else {

@@ -26,6 +26,10 @@ pub trait Runtime: Clone + Send + Sync + std::fmt::Debug + 'static {
 
     /// Human-readable name of the device.
     fn name(&self) -> String;
+    /// Bytes free in the device's memory, where the runtime can say.
+    fn free_memory(&self) -> Option<u64> {
+        None
+    }
     /// `Unsupported` unless kernels run in `dtype` here.
     fn check_dtype(&self, dtype: DType) -> Result<()>;
     /// A new zero-filled allocation of `bytes` bytes (at least 1).
@@ -241,6 +245,10 @@ impl<R: Runtime> Device for GpuDevice<R> {
 
     fn name(&self) -> String {
         self.runtime.name()
+    }
+
+    fn free_memory(&self) -> Option<u64> {
+        self.runtime.free_memory()
     }
 
     fn upload<T: Scalar>(&self, data: &[T], rows: usize, cols: usize) -> Result<Matrix<Self, T>> {

@@ -213,6 +213,11 @@ pub trait Device: Clone + Send + Sync + 'static {
 
     /// Human-readable name, e.g. `"cpu: faer, 2 threads"`.
     fn name(&self) -> String;
+    /// Bytes free in the device's own memory, for the [memory budget](crate::memory); `None`
+    /// where matrices live in host memory (the CPU) or the device does not say.
+    fn free_memory(&self) -> Option<u64> {
+        None
+    }
     /// Copies row-major host data to a new device matrix.
     fn upload<T: Scalar>(&self, data: &[T], rows: usize, cols: usize) -> Result<Matrix<Self, T>>;
     /// Moves row-major host data into a new device matrix: [`Device::upload`] of `data`, but a

@@ -58,7 +58,7 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
     pub fn new(device: &D, head: HostMatrix<'_, T>, bias: Option<&[T]>, config: &FitConfig) -> Result<Self> {
         config.validate()?;
         let da = head.cols() + usize::from(config.bias == super::BiasMode::InPosterior);
-        fit_fits_in_memory::<T>(config.structure, head.rows(), da)?;
+        fit_fits_in_memory::<D, T>(device, config.structure, head.rows(), da)?;
         let shell = Posterior::assemble(device, head, bias, config)?;
         let (k, da) = (shell.classes, shell.augmented_features());
         let basis = match uses_reduced_basis(config.structure, config.likelihood) {
@@ -193,6 +193,17 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
                 "accumulators differ in structure, likelihood, curvature, bias mode or shape",
             ));
         }
+        let (kind, k, da) = (a.structure(), a.classes, a.augmented_features());
+        crate::memory::ensure(
+            super::resident_bytes(kind, k, da, std::mem::size_of::<T>()),
+            || {
+                format!(
+                    "merging {} accumulators at K = {k}, D_aug = {da}",
+                    crate::io::structure_name(kind)
+                )
+            },
+            |_| String::new(),
+        )?;
         let bits = |p: &Posterior<D, T>| -> Result<Vec<u8>> {
             let mut v = bytemuck::cast_slice::<T, u8>(&p.device.download(&p.moments.head)?).to_vec();
             if let Some(bias) = &p.fixed_bias {
@@ -333,9 +344,15 @@ fn split_head<T: Scalar>(head: &[T], k: usize, da: usize, augmented: bool) -> (V
 
 /// `OutOfMemory`, naming the structures that would fit, when a fit of `structure` at K
 /// classes and D_aug columns needs more than the [memory budget](crate::memory).
-pub(crate) fn fit_fits_in_memory<T: Scalar>(structure: super::Structure, k: usize, da: usize) -> Result<()> {
+pub(crate) fn fit_fits_in_memory<D: Device, T: Scalar>(
+    device: &D,
+    structure: super::Structure,
+    k: usize,
+    da: usize,
+) -> Result<()> {
     let elem = std::mem::size_of::<T>();
-    crate::memory::ensure(
+    crate::memory::ensure_on(
+        device,
         fit_bytes(structure, k, da, elem),
         || {
             format!(

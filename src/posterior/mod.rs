@@ -207,7 +207,8 @@ impl<D: Device, T: Scalar> Moments<D, T> {
     /// [memory budget](crate::memory).
     fn copy(&self, device: &D) -> Result<Self> {
         let (kind, k, da) = (self.state.kind(), self.head.rows(), self.head.cols());
-        crate::memory::ensure(
+        crate::memory::ensure_on(
+            device,
             structure::resident_bytes(kind, k, da, std::mem::size_of::<T>()),
             || {
                 format!(

@@ -250,7 +250,8 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         features.check(&self.device, "features", self.features)?;
         let n = features.rows();
         let per_row = self.predict_row_bytes();
-        crate::memory::ensure(
+        crate::memory::ensure_on(
+            &self.device,
             per_row.saturating_mul(n as u64),
             || format!("a prediction over {n} rows (K = {})", self.classes),
             |available| format!("; predict in passes of at most {} rows", (available / per_row).max(1)),

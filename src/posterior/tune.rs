@@ -221,6 +221,25 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             self.gaussian_noise()?;
         }
         self.check_batch(&features, targets)?;
+        // The curvature's spectrum (an eigendecomposition beside Π: about 3× the posterior)
+        // and every validation row's logit variances at each grid column, in f64.
+        let (kind, k, da) = (self.structure(), self.classes, self.augmented_features());
+        let columns = (config.grid_points as u64).saturating_mul(4);
+        let needed = super::resident_bytes(kind, k, da, 8).saturating_mul(3).saturating_add(
+            (features.rows() as u64)
+                .saturating_mul(k as u64)
+                .saturating_mul(columns * 8),
+        );
+        crate::memory::ensure(
+            needed,
+            || {
+                format!(
+                    "tuning a {} posterior at K = {k}, D_aug = {da}",
+                    crate::io::structure_name(kind)
+                )
+            },
+            |_| "; tune on fewer validation rows or grid points".into(),
+        )?;
         let device = self.device.clone();
         device.scope(|| match self.is_regression() {
             true => self.tune_regression(features, targets, config),

@@ -1380,28 +1380,26 @@ pub fn check_centred_probit<D: Device, T: Scalar>(dev: &D) {
     );
 }
 
+/// The weight-space suite's tests for a backend and element types, named `prefix::type::test`.
 #[macro_export]
 macro_rules! complete_suite {
-    ($backend:literal, $make:expr, $($t:ident),+) => {
+    ($prefix:literal, $backend:literal, $make:expr, $($t:ident),+) => {{
+        let mut cases: Vec<$crate::common::harness::Case> = Vec::new();
         $(
-
-        mod $t {
-            use super::common::{backend_or_skip, complete};
-            fn device() -> Option<impl laplace_update::Device> {
-                backend_or_skip($backend, $make)
-            }
-            #[test] fn structures_match_dense() { if let Some(d) = device() { complete::check_structures::<_, $t>(&d) } }
-            #[test] fn monte_carlo_fisher() { if let Some(d) = device() { complete::check_monte_carlo_fisher::<_, $t>(&d) } }
-            #[test] fn regression_update_is_refit() { if let Some(d) = device() { complete::check_regression_update_is_refit::<_, $t>(&d) } }
-            #[test] fn marginal_likelihood() { if let Some(d) = device() { complete::check_marginal_likelihood::<_, $t>(&d) } }
-            #[test] fn accumulator_shards_merge() { if let Some(d) = device() { complete::check_accumulator_shards::<_, $t>(&d) } }
-            #[test] fn unlearn_structures() { if let Some(d) = device() { complete::check_unlearn_structures::<_, $t>(&d) } }
-            #[test] fn forgetting() { if let Some(d) = device() { complete::check_forgetting::<_, $t>(&d) } }
-            #[test] fn resident_features() { if let Some(d) = device() { complete::check_resident_features::<_, $t>(&d) } }
-            #[test] fn tune_prior_precision_matches_brute_force() { if let Some(d) = device() { complete::check_tune_prior_precision::<_, $t>(&d) } }
-            #[test] fn noise_and_prior_for_regression() { if let Some(d) = device() { complete::check_noise_tuning::<_, $t>(&d) } }
-            #[test] fn centred_probit_matches_dense() { if let Some(d) = device() { complete::check_centred_probit::<_, $t>(&d) } }
-        }
+        $crate::backend_cases!(cases, $prefix, $backend, $make, $t, complete, [
+            structures_match_dense => check_structures,
+            monte_carlo_fisher => check_monte_carlo_fisher,
+            regression_update_is_refit => check_regression_update_is_refit,
+            marginal_likelihood => check_marginal_likelihood,
+            accumulator_shards_merge => check_accumulator_shards,
+            unlearn_structures => check_unlearn_structures,
+            forgetting => check_forgetting,
+            resident_features => check_resident_features,
+            tune_prior_precision_matches_brute_force => check_tune_prior_precision,
+            noise_and_prior_for_regression => check_noise_tuning,
+            centred_probit_matches_dense => check_centred_probit,
+        ]);
         )+
-    };
+        cases
+    }};
 }

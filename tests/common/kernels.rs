@@ -760,28 +760,26 @@ pub fn check_sherman_morrison<D: Device, T: Scalar>(dev: &D) {
     );
 }
 
+/// The kernel suite's tests for a backend and element types, named `prefix::type::test`.
 #[macro_export]
 macro_rules! kernel_suite {
-    ($backend:literal, $make:expr, $($t:ident),+) => {
+    ($prefix:literal, $backend:literal, $make:expr, $($t:ident),+) => {{
+        let mut cases: Vec<$crate::common::harness::Case> = Vec::new();
         $(
-        mod $t {
-            use super::common::{backend_or_skip, kernels};
-            use laplace_update::Device;
-            fn device() -> Option<impl Device> {
-                backend_or_skip($backend, $make)
-            }
-            #[test] fn gemm() { if let Some(d) = device() { kernels::check_gemm::<_, $t>(&d); super::common::report_worst() } }
-            #[test] fn weighted_syrk() { if let Some(d) = device() { kernels::check_weighted_syrk::<_, $t>(&d); super::common::report_worst() } }
-            #[test] fn ggn_accumulate() { if let Some(d) = device() { kernels::check_ggn_accumulate::<_, $t>(&d); super::common::report_worst() } }
-            #[test] fn ggn_basis_and_congruence() { if let Some(d) = device() { kernels::check_ggn_basis_and_congruence::<_, $t>(&d); super::common::report_worst() } }
-            #[test] fn kron_products() { if let Some(d) = device() { kernels::check_kron_products::<_, $t>(&d); super::common::report_worst() } }
-            #[test] fn cholesky_family() { if let Some(d) = device() { kernels::check_cholesky_family::<_, $t>(&d); super::common::report_worst() } }
-            #[test] fn low_rank_update() { if let Some(d) = device() { kernels::check_low_rank_update::<_, $t>(&d); super::common::report_worst() } }
-            #[test] fn predictive() { if let Some(d) = device() { kernels::check_predictive::<_, $t>(&d); super::common::report_worst() } }
-            #[test] fn bridge() { if let Some(d) = device() { kernels::check_bridge::<_, $t>(&d); super::common::report_worst() } }
-            #[test] fn sherman_morrison() { if let Some(d) = device() { kernels::check_sherman_morrison::<_, $t>(&d); super::common::report_worst() } }
-            #[test] fn elementwise() { if let Some(d) = device() { kernels::check_elementwise::<_, $t>(&d); super::common::report_worst() } }
-        }
+        $crate::backend_cases!(cases, $prefix, $backend, $make, $t, kernels, [
+            gemm => check_gemm,
+            weighted_syrk => check_weighted_syrk,
+            ggn_accumulate => check_ggn_accumulate,
+            ggn_basis_and_congruence => check_ggn_basis_and_congruence,
+            kron_products => check_kron_products,
+            cholesky_family => check_cholesky_family,
+            low_rank_update => check_low_rank_update,
+            predictive => check_predictive,
+            bridge => check_bridge,
+            sherman_morrison => check_sherman_morrison,
+            elementwise => check_elementwise,
+        ]);
         )+
-    };
+        cases
+    }};
 }

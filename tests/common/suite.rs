@@ -695,17 +695,12 @@ pub fn check_bad_inputs_leave_posterior_unchanged<D: Device, T: Scalar>(dev: &D)
             matches!(e, Error::LabelOutOfRange { .. } | Error::ShapeMismatch { .. }),
             "{name}: {e}"
         );
+        // A head given as D × K (4 × 3 for features of 4 columns) is the head's fault, named so.
         let e = fit_with(HostMatrix::new(&head, 4, 3).unwrap(), &pb.labels, TAU)
             .err()
             .unwrap();
         assert!(
-            matches!(
-                e,
-                Error::ShapeMismatch {
-                    argument: "features",
-                    ..
-                }
-            ),
+            matches!(e, Error::ShapeMismatch { argument: "head", .. }) && e.to_string().contains("transposed"),
             "{name}: {e}"
         );
         let mut bad_head = head.clone();
@@ -891,39 +886,62 @@ pub fn check_drift<D: Device, T: Scalar>(dev: &D, bound: f64, d: usize, chunks: 
     }
 }
 
+/// The posterior suite's tests for a backend (`make` starts its device) and element types,
+/// named `prefix::type::test`, for [`harness::run`](crate::common::harness::run).
 #[macro_export]
 macro_rules! posterior_suite {
-    ($backend:literal, $make:expr, $($t:ident),+) => {
-        $crate::posterior_suite!($backend, $make, drift(64, 10), $($t),+);
+    ($prefix:literal, $backend:literal, $make:expr, $($t:ident),+) => {
+        $crate::posterior_suite!($prefix, $backend, $make, drift(64, 10), $($t),+)
     };
     // `drift(d, chunks)`: the drift test's feature count and its chunks of 100 sequential
     // updates (64 and 10 by default; an emulator takes fewer).
-    ($backend:literal, $make:expr, drift($drift_d:expr, $drift_chunks:expr), $($t:ident),+) => {
+    ($prefix:literal, $backend:literal, $make:expr, drift($drift_d:expr, $drift_chunks:expr), $($t:ident),+) => {{
+        let mut cases: Vec<$crate::common::harness::Case> = Vec::new();
         $(
-        mod $t {
-            use super::common::{backend_or_skip, suite};
-            use laplace_update::Device;
-            fn device() -> Option<impl Device> {
-                backend_or_skip($backend, $make)
-            }
-            #[test] fn fit_matches_dense() { if let Some(d) = device() { suite::check_fit::<_, $t>(&d) } }
-            #[test] fn joint_update_matches_dense() { if let Some(d) = device() { suite::check_joint_update::<_, $t>(&d) } }
-            #[test] fn joint_iterations_match_dense_newton() { if let Some(d) = device() { suite::check_joint_iterations::<_, $t>(&d) } }
-            #[test] fn sequential_shared_matches_paper_loop() { if let Some(d) = device() { suite::check_sequential_shared::<_, $t>(&d) } }
-            #[test] fn sequential_full_matches_joint_and_dense() { if let Some(d) = device() { suite::check_sequential_full::<_, $t>(&d) } }
-            #[test] fn predict_matches_dense() { if let Some(d) = device() { suite::check_predict::<_, $t>(&d) } }
-            #[test] fn monte_carlo_converges() { if let Some(d) = device() { suite::check_monte_carlo::<_, $t>(&d) } }
-            #[test] fn shape_sweep() { if let Some(d) = device() { suite::check_shape_sweep::<_, $t>(&d) } }
-            #[test] fn bad_inputs_leave_posterior_unchanged() { if let Some(d) = device() { suite::check_bad_inputs_leave_posterior_unchanged::<_, $t>(&d) } }
-            #[test] fn unlearn_inverts_joint_update() { if let Some(d) = device() { suite::check_unlearn::<_, $t>(&d) } }
-            #[test] fn damped_update_matches_dense_line_search() { if let Some(d) = device() { suite::check_damped_update::<_, $t>(&d) } }
-            #[test] fn unlearn_inverts_damped_update() { if let Some(d) = device() { suite::check_unlearn_damped::<_, $t>(&d) } }
-            #[test] fn fit_head_matches_dense_newton() { if let Some(d) = device() { suite::check_fit_head::<_, $t>(&d) } }
-            #[test] fn drift_stays_bounded() {
+        $crate::backend_cases!(cases, $prefix, $backend, $make, $t, suite, [
+            fit_matches_dense => check_fit,
+            joint_update_matches_dense => check_joint_update,
+            joint_iterations_match_dense_newton => check_joint_iterations,
+            sequential_shared_matches_paper_loop => check_sequential_shared,
+            sequential_full_matches_joint_and_dense => check_sequential_full,
+            predict_matches_dense => check_predict,
+            monte_carlo_converges => check_monte_carlo,
+            shape_sweep => check_shape_sweep,
+            bad_inputs_leave_posterior_unchanged => check_bad_inputs_leave_posterior_unchanged,
+            unlearn_inverts_joint_update => check_unlearn,
+            damped_update_matches_dense_line_search => check_damped_update,
+            unlearn_inverts_damped_update => check_unlearn_damped,
+            fit_head_matches_dense_newton => check_fit_head,
+        ]);
+        cases.push($crate::common::harness::case(
+            concat!($prefix, "::", stringify!($t), "::drift_stays_bounded"),
+            move || {
                 let bound = if <$t as laplace_update::Scalar>::DTYPE == laplace_update::DType::F32 { 1e-4 } else { 1e-10 };
-                if let Some(d) = device() { suite::check_drift::<_, $t>(&d, bound, $drift_d, $drift_chunks) }
-            }
-        }
+                if let Some(d) = $crate::common::backend_or_skip($backend, $make) {
+                    $crate::common::suite::check_drift::<_, $t>(&d, bound, $drift_d, $drift_chunks)
+                }
+            },
+        ));
+        )+
+        cases
+    }};
+}
+
+/// Pushes onto `cases` one test per `name => check` of `module`, for element type `t`: each
+/// starts its device with `make` and runs `module::check::<_, t>` on it.
+#[macro_export]
+macro_rules! backend_cases {
+    ($cases:ident, $prefix:literal, $backend:literal, $make:expr, $t:ident, $module:ident, [$($name:ident => $check:ident),+ $(,)?]) => {
+        $(
+        $cases.push($crate::common::harness::case(
+            concat!($prefix, "::", stringify!($t), "::", stringify!($name)),
+            move || {
+                if let Some(d) = $crate::common::backend_or_skip($backend, $make) {
+                    $crate::common::$module::$check::<_, $t>(&d);
+                    $crate::common::report_worst();
+                }
+            },
+        ));
         )+
     };
 }

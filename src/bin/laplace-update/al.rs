@@ -6,7 +6,6 @@ use std::time::Instant;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use laplace_update::active::{LabelSource, Labelled, LookAhead, Pool, Strategy, UpdateDriven, UpdateMethod};
-use laplace_update::io::read_array;
 use laplace_update::metrics::score;
 use laplace_update::random::SplitMix64;
 use laplace_update::{
@@ -146,6 +145,9 @@ pub fn run(args: &AlArgs) -> Result<()> {
             "need at least one strategy, and --initial, --batch and --seeds of at least 1",
         ));
     }
+    if let (Some(data), Some(labels)) = (&args.data, &args.labels) {
+        super::inputs::batch(data, Some(labels), false, None)?;
+    }
     let device = select_device(args.device)?;
     laplace_update::with_device!(&device, |d| run_on(d, args, &names, &plans))
 }
@@ -154,8 +156,8 @@ fn run_on<D: Device>(device: &D, args: &AlArgs, names: &[String], plans: &[Plan]
     let started = Instant::now();
     let (x, y, d, k) = match (&args.data, &args.labels) {
         (Some(data), Some(labels)) => {
-            let (x, n, d) = read_array(data)?.to_matrix::<f32>()?;
-            let y: Vec<u32> = read_array(labels)?
+            let (x, n, d) = super::inputs::take(data)?.into_matrix::<f32>()?;
+            let y: Vec<u32> = super::inputs::array(labels)?
                 .to_labels()?
                 .into_iter()
                 .map(|l| u32::try_from(l).map_err(|_| Error::invalid("labels", format!("negative label {l}"))))

@@ -469,6 +469,10 @@ impl Runtime for CudaRuntime {
         self.inner.name.clone()
     }
 
+    fn free_memory(&self) -> Option<u64> {
+        self.inner.ctx.mem_get_info().ok().map(|(free, _total)| free as u64)
+    }
+
     fn check_dtype(&self, _dtype: DType) -> Result<()> {
         Ok(())
     }
