@@ -81,6 +81,11 @@ pub(crate) fn ensure(needed: u64, what: impl FnOnce() -> String, advice: impl Fn
 /// statistics costs about 0.5 ms, more than the small updates and predictions it would guard.
 const SMALL: u64 = 32 << 20;
 
+/// The bytes available to an operation that needs `needed` (read only when it is not small).
+pub(crate) fn headroom_for(needed: u64) -> Option<u64> {
+    available_for(needed).map(|a| a.bytes)
+}
+
 /// [`available`], or only the cap for a `needed` below [`SMALL`].
 fn available_for(needed: u64) -> Option<Available> {
     match needed < SMALL {

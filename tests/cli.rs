@@ -389,8 +389,8 @@ fn demo_writes_table_csv_and_figure() {
     assert_eq!(rows.len(), 6 * 11, "one row per method and step");
     let final_accuracy = |method: &str| -> f64 {
         rows.iter()
-            .find(|r| r[0] == "200" && r[1] == method)
-            .map(|r| r[2].parse().unwrap())
+            .find(|r| r[0] == "0" && r[1] == "200" && r[2] == method)
+            .map(|r| r[3].parse().unwrap())
             .unwrap()
     };
     let baseline = final_accuracy("no update");
@@ -405,6 +405,55 @@ fn demo_writes_table_csv_and_figure() {
     }
     let png = std::fs::read(dir.join("demo.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+}
+
+/// The demo's protocol on a user's own features over several seeds: the closing table has
+/// mean ± std, a share of flips against retraining in [0, 1] (none for retraining itself), and
+/// the CSV a row per seed, method and step; too few rows is one error line before any device.
+#[test]
+fn demo_runs_on_user_data_over_seeds() {
+    let dir = temp_dir("demo-data");
+    // Three Gaussian classes in 12 dimensions, 600 rows.
+    let (n, d, k) = (600usize, 12usize, 3usize);
+    let mut rng = common::Rng::new(31);
+    let labels: Vec<u32> = (0..n).map(|i| (i % k) as u32).collect();
+    let x: Vec<f64> = (0..n * d)
+        .map(|i| rng.normal() + if i % d == labels[i / d] as usize { 2.0 } else { 0.0 })
+        .collect();
+    write_npy(&dir.join("x.npy"), &x, &[n, d]).unwrap();
+    write_labels(&dir.join("y.npy"), &labels);
+    let out = ok(&format!(
+        "demo --data {} --labels {} --initial 30 --batch 10 --batches 3 --validation 100 --seeds 3 --out-dir {}",
+        dir.join("x.npy").display(),
+        dir.join("y.npy").display(),
+        dir.display()
+    ));
+    assert!(
+        out.contains("600 rows, 12 features, 3 classes") && out.contains("mean ± std over 3 seeds"),
+        "{out}"
+    );
+    let retrain = out.lines().find(|l| l.starts_with("retrain head")).unwrap();
+    assert!(
+        retrain.trim_end().ends_with("0.000") && retrain.contains(" ± "),
+        "{retrain}"
+    );
+    for line in out
+        .lines()
+        .filter(|l| l.starts_with("update (default)") || l.starts_with("no update"))
+    {
+        let flips: f64 = line.split_whitespace().last().unwrap().parse().unwrap();
+        assert!((0.0..=1.0).contains(&flips), "{line}");
+    }
+    let csv = std::fs::read_to_string(dir.join("demo.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 3 * 6 * 4, "a row per seed, method and step");
+    // Too few rows for the protocol: one error line, before any device.
+    let e = fails(&format!(
+        "demo -v --data {} --labels {} --initial 500 --out-dir {}",
+        dir.join("x.npy").display(),
+        dir.join("y.npy").display(),
+        dir.display()
+    ));
+    assert!(e.contains("600 rows") && !e.contains("note"), "{e}");
 }
 
 /// Every structure and curvature through the program; the flags reach the posterior file.

@@ -119,18 +119,19 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
         // Passes of at most about 2³⁶ multiply-adds (a fraction of a second on a CPU), so that
         // a long fit can be interrupted between them.
         let chunk = super::pass_rows(self.chunk_rows, k, da, state.pass_elements())
-            .min(super::structure::rows_for_flops(state.kind(), k, da, 36, 2048));
-        let pass = pass_bytes(
-            state.kind(),
-            chunk.min(features.rows()),
-            k,
-            da,
-            std::mem::size_of::<T>(),
-        );
+            .min(super::structure::rows_for_flops(state.kind(), k, da, 36, 2048))
+            .min(features.rows().max(1));
+        // Smaller passes where a pass would not fit in half the memory left; one row must.
+        let elem = std::mem::size_of::<T>();
+        let per_row = pass_bytes(state.kind(), 1, k, da, elem).max(1);
+        let chunk = match crate::memory::headroom_for(per_row.saturating_mul(chunk as u64)) {
+            Some(bytes) => chunk.min(usize::try_from(bytes / 2 / per_row).unwrap_or(usize::MAX).max(1)),
+            None => chunk,
+        };
         crate::memory::ensure(
-            pass,
-            || format!("a pass of {} rows (K = {k}, D_aug = {da})", chunk.min(features.rows())),
-            |_| "; pass smaller `chunk_rows`".into(),
+            pass_bytes(state.kind(), chunk, k, da, elem),
+            || format!("a pass of {chunk} rows (K = {k}, D_aug = {da})"),
+            |_| String::new(),
         )?;
         // A fresh partial sum, added at the end, so that a failure changes nothing.
         let mut sum = state.empty_sum(device, k, da, self.basis.is_some())?;

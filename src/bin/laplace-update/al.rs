@@ -470,7 +470,7 @@ fn plot(path: &Path, names: &[String], points: &[Point]) -> Result<()> {
 
 /// Each column of the n × d row-major `x` shifted to mean 0 and scaled to variance 1 (computed
 /// in f64); a constant column becomes 0.
-fn standardize(mut x: Vec<f32>, n: usize, d: usize) -> Vec<f32> {
+pub(crate) fn standardize(mut x: Vec<f32>, n: usize, d: usize) -> Vec<f32> {
     for j in 0..d {
         let column = || x.iter().skip(j).step_by(d).take(n).map(|&v| f64::from(v));
         let mean = column().sum::<f64>() / n.max(1) as f64;

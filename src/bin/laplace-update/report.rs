@@ -1,5 +1,5 @@
 //! The results of a streaming comparison (the demo and the candle example): one row per method
-//! and label count, the closing table, a CSV and the accuracy and NLL curves.
+//! and label count, a CSV and the accuracy and NLL curves.
 
 use std::ops::Range;
 use std::path::Path;
@@ -28,41 +28,12 @@ pub fn mean_ms(table: &[Row], method: &str, initial: usize) -> f64 {
     times.iter().sum::<f64>() / times.len().max(1) as f64
 }
 
-/// The scores after the last batch, the mean time per batch, and the speed-up over `baseline`
-/// (`-` for a method that takes no time).
-pub fn print_table(table: &[Row], methods: &[&str], initial: usize, baseline: &str) {
-    let last = table.iter().map(|r| r.labels).max().unwrap_or(0);
-    let width = methods.iter().map(|m| m.chars().count()).max().unwrap_or(0) + 2;
-    let reference = mean_ms(table, baseline, initial);
-    println!(
-        "{:<width$} {:>9} {:>7} {:>7} {:>10} {:>9}",
-        "method", "accuracy", "NLL", "ECE", "ms/batch", "speed-up"
-    );
-    for method in methods {
-        let Some(row) = table.iter().find(|r| r.method == *method && r.labels == last) else {
-            continue;
-        };
-        let ms = mean_ms(table, method, initial);
-        // A method that takes no measurable time (no update) has no speed-up to show.
-        let speedup = if ms >= 0.01 {
-            format!("{:.0}x", reference / ms)
-        } else {
-            "-".into()
-        };
-        println!(
-            "{:<width$} {:>9.3} {:>7.3} {:>7.3} {:>10.2} {:>9}",
-            method, row.scores.accuracy, row.scores.nll, row.scores.ece, ms, speedup
-        );
-    }
-    println!();
-}
-
-/// Every row as `labels,method,accuracy,nll,ece,ms`.
-pub fn write_csv(path: &Path, table: &[Row]) -> Result<()> {
-    let mut text = String::from("labels,method,accuracy,nll,ece,ms\n");
-    for r in table {
+/// Every row, with the seed of its run, as `seed,labels,method,accuracy,nll,ece,ms`.
+pub fn write_csv(path: &Path, table: &[(u64, &Row)]) -> Result<()> {
+    let mut text = String::from("seed,labels,method,accuracy,nll,ece,ms\n");
+    for (seed, r) in table {
         text.push_str(&format!(
-            "{},{},{:.6},{:.6},{:.6},{:.4}\n",
+            "{seed},{},{},{:.6},{:.6},{:.6},{:.4}\n",
             r.labels, r.method, r.scores.accuracy, r.scores.nll, r.scores.ece, r.ms
         ));
     }

@@ -618,12 +618,17 @@ pub(crate) fn stored_shape(structure: Structure, k: usize, da: usize) -> (usize,
 /// elements: Π and Σ (Full 2P², P = K·D_aug; Shared 2·D_aug²; Diag 2·K·D_aug), Kron's factor
 /// sums and eigenbases (4K² + 4D_aug² more), and the mean (K·D_aug).
 pub(crate) fn resident_bytes(structure: Structure, k: usize, da: usize, elem: usize) -> u64 {
-    let (k, da, elem) = (k as u128, da as u128, elem as u128);
-    let (rows, cols) = stored_shape(structure, k as usize, da as usize);
-    let pair = 2 * rows as u128 * cols as u128;
+    // In f64, so that no K or D (a corrupted file's included) overflows; saturated on return.
+    let (k, da, elem) = (k as f64, da as f64, elem as f64);
+    let pair = 2.0
+        * match structure {
+            Structure::Full => (k * da) * (k * da),
+            Structure::Shared(_) => da * da,
+            Structure::Diag | Structure::Kron => k * da,
+        };
     let factors = match structure {
-        Structure::Kron => 4 * (k * k + da * da),
-        _ => 0,
+        Structure::Kron => 4.0 * (k * k + da * da),
+        _ => 0.0,
     };
     saturate((pair + factors + k * da) * elem)
 }
@@ -633,38 +638,38 @@ pub(crate) fn resident_bytes(structure: Structure, k: usize, da: usize, elem: us
 /// memory suite checks it): Full 3.6–3.8 P² elements, counted as 4P²; Shared's D_aug² pair,
 /// sum and factorisation, 4·D_aug²; Kron's and Shared's eigendecompositions in f64.
 pub(crate) fn fit_bytes(structure: Structure, k: usize, da: usize, elem: usize) -> u64 {
-    let (kk, d, e) = (k as u128, da as u128, elem as u128);
+    let (kk, d, e) = (k as f64, da as f64, elem as f64);
     let bytes = match structure {
-        Structure::Full => 4 * (kk * d) * (kk * d) * e,
-        Structure::Shared(_) => 4 * d * d * e + 8 * 8 * d * d,
-        Structure::Diag => 4 * kk * d * e,
-        Structure::Kron => (3 * kk * d + 4 * kk * kk + 4 * d * d) * 8,
+        Structure::Full => 4.0 * (kk * d) * (kk * d) * e,
+        Structure::Shared(_) => 4.0 * d * d * e + 64.0 * d * d,
+        Structure::Diag => 4.0 * kk * d * e,
+        Structure::Kron => (3.0 * kk * d + 4.0 * kk * kk + 4.0 * d * d) * 8.0,
     };
-    saturate(bytes + resident_bytes(structure, k, da, elem) as u128 / 2)
+    saturate(bytes + resident_bytes(structure, k, da, elem) as f64 / 2.0)
 }
 
 /// Peak bytes of one pass of `rows` samples over the data: the logits and the per-sample
 /// output curvatures (Full K², Shared 1, else K each) in f64, and the staged features.
 pub(crate) fn pass_bytes(structure: Structure, rows: usize, k: usize, da: usize, elem: usize) -> u64 {
-    let (rows, k, da, elem) = (rows as u128, k as u128, da as u128, elem as u128);
+    let (rows, k, da, elem) = (rows as f64, k as f64, da as f64, elem as f64);
     let curvature = match structure {
         Structure::Full => k * k,
-        Structure::Shared(_) => 1,
+        Structure::Shared(_) => 1.0,
         Structure::Diag | Structure::Kron => k,
     };
-    saturate(rows * ((k + curvature) * 8 + da * elem))
+    saturate(rows * ((k + curvature) * 8.0 + da * elem))
 }
 
 /// Multiply-adds per input row of a pass over the data (accumulating its curvature, or
 /// predicting): Full K²·D_aug², Shared D_aug², Diag K·D_aug, Kron K·D_aug² + K²·D_aug.
 pub(crate) fn row_flops(structure: Structure, k: usize, da: usize) -> u64 {
-    let (k, da) = (k as u64, da as u64);
-    match structure {
+    let (k, da) = (k as f64, da as f64);
+    saturate(match structure {
         Structure::Full => k * k * da * da,
         Structure::Shared(_) => da * da + k,
         Structure::Diag => k * da,
         Structure::Kron => k * da * da + k * k * da,
-    }
+    })
 }
 
 /// Rows per pass so that a pass is about `2^log2_flops` multiply-adds, so that a long
@@ -675,9 +680,12 @@ pub(crate) fn rows_for_flops(structure: Structure, k: usize, da: usize, log2_flo
         .max(least)
 }
 
-/// `bytes` as a `u64`, saturating.
-fn saturate(bytes: u128) -> u64 {
-    u64::try_from(bytes).unwrap_or(u64::MAX)
+/// A non-negative byte or flop count as a `u64`, saturating.
+fn saturate(value: f64) -> u64 {
+    match value >= u64::MAX as f64 {
+        true => u64::MAX,
+        false => value as u64,
+    }
 }
 
 /// "; Kron needs 12 MB, Diag 123 KB" over the structures other than `structure` whose fit
