@@ -91,3 +91,11 @@ def test_ctrl_c_stops_tuning_and_changes_nothing():
     assert latency < LATENCY and same(state(post), before) and post.prior_precision == tau
     # Later calls run: the interrupt was for that call only.
     assert post.predict(x[:5])[0].shape == (5, 10)
+
+
+def test_ctrl_c_stops_active_learning_selection_and_changes_nothing(data):
+    x, _, _, post = data
+    before = state(post)
+    latency = interrupted_after(0.3, lambda: lu.select(post, x, strategy="margin", batch=20))
+    print(f"selection: KeyboardInterrupt {latency * 1e3:.0f} ms after SIGINT")
+    assert latency < LATENCY and same(state(post), before)
