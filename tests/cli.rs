@@ -1217,8 +1217,9 @@ fn signals_stop_a_long_fit_cleanly() {
             .spawn()
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let killed = Command::new("kill")
-            .args([format!("-{signal}"), child.id().to_string()])
+        // The shell's own `kill`, so that no procps is needed.
+        let killed = Command::new("sh")
+            .args(["-c", &format!("kill -{signal} {}", child.id())])
             .status()
             .unwrap();
         assert!(killed.success());
