@@ -179,9 +179,19 @@ impl<D: Device, T: Scalar> Matrix<D, T> {
     pub(crate) fn buffer_mut(&mut self) -> &mut D::Buffer<T> {
         &mut self.buf
     }
-    /// Reinterprets the same row-major data with another shape of equal size.
+    /// Reinterprets the same row-major data with another shape of equal size; a shape whose
+    /// `rows × cols` overflows is refused, not wrapped onto a smaller buffer.
+    ///
+    /// ```
+    /// use laplace_update::{CpuDevice, Device};
+    /// let cpu = CpuDevice::new(1)?;
+    /// let mut m = cpu.zeros::<f32>(0, 4)?;
+    /// assert!(m.reshape(1 << 32, 1 << 32).is_err()); // 2⁶⁴ wraps to 0 elements unchecked
+    /// m.reshape(4, 0)?;
+    /// # Ok::<(), laplace_update::Error>(())
+    /// ```
     pub fn reshape(&mut self, rows: usize, cols: usize) -> Result<()> {
-        if rows * cols != self.len() {
+        if rows.checked_mul(cols) != Some(self.len()) {
             return Err(Error::shape("reshape", (rows, cols), self.shape()));
         }
         self.rows = rows;
