@@ -15,7 +15,7 @@
 //!   [`Posterior::log_marginal_likelihood`], [`Posterior::optimize_prior_precision`],
 //!   [`Posterior::drift`], [`Posterior::refresh`].
 //! - [`CurvatureAccumulator`]: fits sharded over machines, merged, finished anywhere.
-//! - [`fit_head`], [`fit_head_gaussian`]: the MAP head, when there is none.
+//! - [`fit_map_head`] ([`fit_head`], [`fit_head_gaussian`]): the MAP head, when there is none.
 //! - [`Error`]: one typed error enum for everything.
 //! - `candle` (feature `candle`): candle tensors as inputs, contiguous CPU tensors borrowed in
 //!   place.
@@ -67,8 +67,9 @@ pub use error::{Error, Result};
 pub use host::{HostMatrix, Label, Targets};
 pub use posterior::{
     BiasMode, Calibration, Curvature, CurvatureAccumulator, CurvatureAt, Features, FitConfig, HeadConfig, HeadFit,
-    HeadSolver, Likelihood, Link, Posterior, Prediction, PriorShape, RefreshPolicy, StepControl, Structure, TuneConfig,
-    TuneMetric, TuneReport, UnlearnConfig, UpdateConfig, UpdateReport, UpdateRule, fit_head, fit_head_gaussian,
+    HeadSolver, HeadTargets, Likelihood, Link, Posterior, Prediction, PriorShape, RefreshPolicy, StepControl,
+    Structure, TuneConfig, TuneMetric, TuneReport, UnlearnConfig, UpdateConfig, UpdateReport, UpdateRule, fit_head,
+    fit_head_gaussian, fit_map_head,
 };
 pub use scalar::{DType, Scalar};
 

@@ -6,12 +6,18 @@
 //! kernel's OOM killer (which, on a shared machine, may also pick another process).
 //!
 //! ```
-//! use laplace_update::memory;
-//! // A cap of 64 MiB for this process: a Full posterior at K = 30, D = 512 is refused.
+//! use laplace_update::{memory, CpuDevice, Error, FitConfig, HostMatrix, Posterior};
+//! // A cap of 64 MiB for this process: a Full posterior at K = 30, D = 512 (Π and Σ alone
+//! // 1.9 GB) is refused before anything is allocated.
 //! memory::set_limit(Some(64 << 20));
 //! let budget = memory::available().expect("a cap is known on every platform");
 //! assert!(budget.bytes <= 64 << 20);
+//! let (phi, head) = (vec![0.5f32; 512], vec![0.0f32; 30 * 512]);
+//! let fit = Posterior::fit(&CpuDevice::new(1)?, HostMatrix::new(&phi, 1, 512)?, &[0u32],
+//!                          HostMatrix::new(&head, 30, 512)?, None, &FitConfig::default());
+//! assert!(matches!(fit, Err(Error::OutOfMemory { .. })));
 //! memory::set_limit(None);
+//! # Ok::<(), Error>(())
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -55,20 +61,31 @@ pub fn available() -> Option<Available> {
 
 /// [`available`] under the cap `cap`.
 fn available_under(cap: Option<u64>) -> Option<Available> {
-    let mut best: Option<Available> = None;
-    let mut consider = |bytes: Option<u64>, source: &'static str| {
-        if let Some(bytes) = bytes
-            && best.is_none_or(|b| bytes < b.bytes)
-        {
-            best = Some(Available { bytes, source });
-        }
-    };
-    if let Some(cap) = cap {
-        consider(Some(cap.saturating_sub(resident_bytes().unwrap_or(0))), "memory cap");
+    let cgroup = cgroup_headroom().map(|bytes| Available {
+        bytes,
+        source: "memory cgroup",
+    });
+    let machine = meminfo_available().map(|bytes| Available {
+        bytes,
+        source: "MemAvailable",
+    });
+    [cap.map(under_cap), cgroup, machine].into_iter().fold(None, least)
+}
+
+/// What the cap `cap` leaves: the cap less this process's resident set.
+fn under_cap(cap: u64) -> Available {
+    Available {
+        bytes: cap.saturating_sub(resident_bytes().unwrap_or(0)),
+        source: "memory cap",
     }
-    consider(cgroup_headroom(), "memory cgroup");
-    consider(meminfo_available(), "MemAvailable");
-    best
+}
+
+/// The smaller of two bounds (the first on a tie), either of which may be unknown.
+fn least(a: Option<Available>, b: Option<Available>) -> Option<Available> {
+    match (a, b) {
+        (Some(a), Some(b)) if b.bytes < a.bytes => Some(b),
+        (a, b) => a.or(b),
+    }
 }
 
 /// `Err(OutOfMemory)` when `needed` bytes do not fit in what is [`available`]; `what` names the
@@ -89,10 +106,7 @@ pub(crate) fn headroom_for(needed: u64) -> Option<u64> {
 /// [`available`], or only the cap for a `needed` below [`SMALL`].
 fn available_for(needed: u64) -> Option<Available> {
     match needed < SMALL {
-        true => limit().map(|cap| Available {
-            bytes: cap.saturating_sub(resident_bytes().unwrap_or(0)),
-            source: "memory cap",
-        }),
+        true => limit().map(under_cap),
         false => available(),
     }
 }
@@ -104,16 +118,11 @@ pub(crate) fn ensure_on<D: crate::device::Device>(
     what: impl FnOnce() -> String,
     advice: impl FnOnce(u64) -> String,
 ) -> Result<()> {
-    let host = available_for(needed);
     let on_device = device.free_memory().map(|bytes| Available {
         bytes,
         source: "device memory",
     });
-    let least = match (host, on_device) {
-        (Some(h), Some(d)) => Some(if d.bytes < h.bytes { d } else { h }),
-        (h, d) => h.or(d),
-    };
-    fits(needed, least, what, advice)
+    fits(needed, least(available_for(needed), on_device), what, advice)
 }
 
 /// [`ensure`] against `available`.

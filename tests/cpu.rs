@@ -6,39 +6,14 @@ mod common;
 use common::harness;
 
 fn main() -> std::process::ExitCode {
-    let cpu = || laplace_update::CpuDevice::new(2);
-    let mut cases = crate::posterior_suite!("posterior", "cpu", laplace_update::CpuDevice::new(2), f32, f64);
-    cases.extend(crate::complete_suite!(
-        "complete",
-        "cpu",
-        laplace_update::CpuDevice::new(2),
-        f32,
-        f64
-    ));
-    cases.extend(crate::kernel_suite!(
-        "kernels",
-        "cpu",
-        laplace_update::CpuDevice::new(2),
-        f32,
-        f64
-    ));
-    cases.push(harness::case(
-        "impossible_allocation_is_a_typed_error",
+    let mut cases = crate::backend_suites!("cpu", laplace_update::CpuDevice::new(2), f32, f64);
+    cases.extend(crate::tests!(case:
         impossible_allocation_is_a_typed_error,
-    ));
-    cases.push(harness::case(
-        "concurrent_predictions_while_a_clone_updates",
         concurrent_predictions_while_a_clone_updates,
-    ));
-    cases.push(harness::case(
-        "auto_falls_back_to_the_cpu_and_says_why",
         auto_falls_back_to_the_cpu_and_says_why,
-    ));
-    cases.push(harness::case(
-        "required_backends_are_built",
         required_backends_are_built,
     ));
-    harness::run("cpu", cpu(), cases)
+    harness::run("cpu", laplace_update::CpuDevice::new(2), cases)
 }
 
 /// A posterior too large for memory is a typed error, not an aborted process: the fit's peak is

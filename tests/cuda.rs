@@ -7,29 +7,9 @@ mod common;
 use common::harness;
 
 fn main() -> std::process::ExitCode {
-    let mut cases = crate::posterior_suite!("posterior", "cuda", laplace_update::CudaDevice::new(0), f32, f64);
-    cases.extend(crate::complete_suite!(
-        "complete",
-        "cuda",
-        laplace_update::CudaDevice::new(0),
-        f32,
-        f64
-    ));
-    cases.extend(crate::kernel_suite!(
-        "kernels",
-        "cuda",
-        laplace_update::CudaDevice::new(0),
-        f32,
-        f64
-    ));
-    cases.push(harness::always(
-        "a_missing_driver_or_device_is_backend_unavailable",
-        a_missing_driver_or_device_is_backend_unavailable,
-    ));
-    cases.push(harness::case(
-        "an_existing_stream_and_its_memory_are_used_in_place",
-        an_existing_stream_and_its_memory_are_used_in_place,
-    ));
+    let mut cases = crate::backend_suites!("cuda", laplace_update::CudaDevice::new(0), f32, f64);
+    cases.extend(crate::tests!(always: a_missing_driver_or_device_is_backend_unavailable));
+    cases.extend(crate::tests!(case: an_existing_stream_and_its_memory_are_used_in_place));
     harness::run("cuda", laplace_update::CudaDevice::new(0), cases)
 }
 

@@ -34,15 +34,7 @@ fn small_grid_device(cap: usize) -> Result<CudaEmuDevice> {
 fn main() -> std::process::ExitCode {
     // The drift test at 16 features and 300 sequential updates: it measures rounding over
     // many launches, which the GPU suites cover at full size; here it checks the logic.
-    let mut cases = crate::posterior_suite!("posterior", "cuda-emu", crate::device(), drift(16, 3), f32, f64);
-    cases.extend(crate::complete_suite!(
-        "complete",
-        "cuda-emu",
-        crate::device(),
-        f32,
-        f64
-    ));
-    cases.extend(crate::kernel_suite!("kernels", "cuda-emu", crate::device(), f32, f64));
+    let mut cases = crate::backend_suites!("cuda-emu", crate::device(), drift(16, 3), f32, f64);
     cases.extend(crate::kernel_suite!(
         "kernels_on_split_grids",
         "cuda-emu",

@@ -7,14 +7,8 @@ mod common;
 use laplace_update::device::cuda::{Family, compile, nvrtc_available};
 
 fn main() -> std::process::ExitCode {
-    let cases = vec![
-        common::harness::case(
-            "every_kernel_compiles_for_sm80_and_sm90",
-            every_kernel_compiles_for_sm80_and_sm90,
-        ),
-        common::harness::case("a_compile_error_carries_the_log", a_compile_error_carries_the_log),
-        common::harness::always("the_kernel_files_are_all_listed", the_kernel_files_are_all_listed),
-    ];
+    let mut cases = crate::tests!(case: every_kernel_compiles_for_sm80_and_sm90, a_compile_error_carries_the_log);
+    cases.extend(crate::tests!(always: the_kernel_files_are_all_listed));
     common::harness::run("nvrtc", nvrtc_available(), cases)
 }
 

@@ -17,9 +17,7 @@ fn main() -> std::process::ExitCode {
     }
     // 400 sequential updates for the drift test (1,000 on cpu and cuda): on lavapipe each one is
     // a few submits, and 1,000 per structure made it the suite's critical path (over 8 minutes).
-    let mut cases = crate::posterior_suite!("posterior", "wgpu", crate::device(), drift(64, 4), f32);
-    cases.extend(crate::complete_suite!("complete", "wgpu", crate::device(), f32));
-    cases.extend(crate::kernel_suite!("kernels", "wgpu", crate::device(), f32));
+    let mut cases = crate::backend_suites!("wgpu", crate::device(), drift(64, 4), f32);
     // The kernel suite with 16 workgroups per dimension: gemm tiles split beyond 1,024 rows or
     // columns and 16 batch entries (every Full GGN with K' ≥ 5), 1-D launches folded into z.
     cases.extend(crate::kernel_suite!(
@@ -28,27 +26,14 @@ fn main() -> std::process::ExitCode {
         crate::small_grid_device(16),
         f32
     ));
-    cases.push(common::harness::case("f64_is_unsupported", f64_is_unsupported));
-    cases.push(common::harness::case(
-        "allocation_beyond_the_limit_is_a_typed_error",
+    cases.extend(crate::tests!(case:
+        f64_is_unsupported,
         allocation_beyond_the_limit_is_a_typed_error,
-    ));
-    cases.push(common::harness::always(
-        "no_matching_adapter_is_backend_unavailable",
-        no_matching_adapter_is_backend_unavailable,
-    ));
-    cases.push(common::harness::case(
-        "chunked_paths_match_faer",
         chunked_paths_match_faer,
-    ));
-    cases.push(common::harness::case(
-        "grids_split_over_every_dimension_match_faer",
         grids_split_over_every_dimension_match_faer,
-    ));
-    cases.push(common::harness::case(
-        "nan_inf_and_subnormals_are_judged_on_their_bits",
         nan_inf_and_subnormals_are_judged_on_their_bits,
     ));
+    cases.extend(crate::tests!(always: no_matching_adapter_is_backend_unavailable));
     common::harness::run("wgpu", device(), cases)
 }
 

@@ -15,9 +15,9 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use laplace_update::active::{LabelSource, Pool, Strategy, UpdateDriven};
 use laplace_update::io;
 use laplace_update::{
-    BiasMode, Calibration, CpuDevice, Curvature, CurvatureAccumulator, Error, FitConfig, HostMatrix, Likelihood, Link,
-    Posterior as Post, PriorShape, Scalar, StepControl, Structure, Targets, TuneConfig, TuneMetric, UnlearnConfig,
-    UpdateConfig, UpdateRule,
+    BiasMode, Calibration, CpuDevice, Curvature, CurvatureAccumulator, Error, FitConfig, HeadTargets, HostMatrix,
+    Likelihood, Link, Posterior as Post, PriorShape, Scalar, StepControl, Structure, Targets, TuneConfig, TuneMetric,
+    UnlearnConfig, UpdateConfig, UpdateRule, fit_map_head,
 };
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::BoundObject;
@@ -289,12 +289,6 @@ fn step_control(
     StepControl::from_options(step, gamma, iterations, tolerance, curvature_at).map_err(to_py)
 }
 
-/// What a head is fitted to: class labels, or regression values (N × K).
-enum HeadTargets<'a, T> {
-    Labels(&'a [i64]),
-    Values(HostMatrix<'a, T>),
-}
-
 /// Set by this module's SIGINT action, read by the library's interrupt checks.
 static SIGINT_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -316,31 +310,6 @@ fn install_interrupts() {
 fn detach<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
     SIGINT_SEEN.store(false, std::sync::atomic::Ordering::SeqCst);
     py.detach(f)
-}
-
-/// The MAP head for `targets`, as the command line fits it without `--weights`: softmax
-/// regression over `classes` (default: the largest label + 1), or ridge regression.
-fn map_head<D: laplace_update::Device, T: Scalar + numpy::Element>(
-    device: &D,
-    features: HostMatrix<'_, T>,
-    targets: HeadTargets<'_, T>,
-    classes: Option<usize>,
-    prior_precision: f64,
-    sigma_noise: f64,
-) -> laplace_update::Result<laplace_update::HeadFit<T>> {
-    match targets {
-        HeadTargets::Labels(labels) => {
-            let classes = classes.unwrap_or_else(|| labels.iter().copied().max().map_or(0, |m| m.max(0) as usize + 1));
-            let config = laplace_update::HeadConfig {
-                prior_precision,
-                ..Default::default()
-            };
-            laplace_update::fit_head(device, features, labels, classes, &config)
-        }
-        HeadTargets::Values(values) => {
-            laplace_update::posterior::fit_head_gaussian(device, features, values, prior_precision, sigma_noise)
-        }
-    }
 }
 
 /// Class labels read in place.
@@ -703,8 +672,10 @@ impl Posterior {
                             }
                             TargetArray::Values(v) => HeadTargets::Values(host(v).map_err(to_py)?),
                         };
-                        let head = detach(py, || map_head(&d, xh, plain, classes, prior_precision, sigma_noise))
-                            .map_err(to_py)?;
+                        let head = detach(py, || {
+                            fit_map_head(&d, xh, plain, classes, prior_precision, sigma_noise)
+                        })
+                        .map_err(to_py)?;
                         let w = HostMatrix::new(&head.weights, head.bias.len(), xh.cols()).map_err(to_py)?;
                         y.with(|y| detach(py, || Post::fit(&d, xh, y, w, Some(&head.bias), &config)))
                             .map_err(to_py)?

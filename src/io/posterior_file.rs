@@ -272,7 +272,7 @@ fn posterior_from<D: Device, T: Scalar>(device: &D, bytes: &[u8], path: &Path) -
         return Err(fail("a curvature accumulator, not a posterior: finish it first".into()));
     }
     // The host copies of the tensors and the posterior built from them.
-    let da = header.features + usize::from(header.bias == BiasMode::InPosterior);
+    let da = header.bias.augmented(header.features);
     let resident = crate::posterior::resident_bytes(header.structure, header.classes, da, std::mem::size_of::<T>());
     crate::memory::ensure(
         resident.saturating_mul(2),

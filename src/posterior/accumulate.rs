@@ -2,7 +2,7 @@
 
 use super::Features;
 use super::fit::null_free_basis;
-use super::structure::{DataTerm, RawTensor, cheaper_structures, fit_bytes, pass_bytes, uses_reduced_basis};
+use super::structure::{DataTerm, RawTensor, cheaper_structures, describe, fit_bytes, pass_bytes, uses_reduced_basis};
 use super::{FitConfig, Posterior, positive};
 use crate::device::{Device, Matrix};
 use crate::error::{Error, Result};
@@ -57,7 +57,7 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
     /// checked before anything but the head is allocated.
     pub fn new(device: &D, head: HostMatrix<'_, T>, bias: Option<&[T]>, config: &FitConfig) -> Result<Self> {
         config.validate()?;
-        let da = head.cols() + usize::from(config.bias == super::BiasMode::InPosterior);
+        let da = config.bias.augmented(head.cols());
         fit_fits_in_memory::<D, T>(device, config.structure, head.rows(), da)?;
         let shell = Posterior::assemble(device, head, bias, config)?;
         let (k, da) = (shell.classes, shell.augmented_features());
@@ -128,7 +128,8 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
             Some(bytes) => chunk.min(usize::try_from(bytes / 2 / per_row).unwrap_or(usize::MAX).max(1)),
             None => chunk,
         };
-        crate::memory::ensure(
+        crate::memory::ensure_on(
+            device,
             pass_bytes(state.kind(), chunk, k, da, elem),
             || format!("a pass of {chunk} rows (K = {k}, D_aug = {da})"),
             |_| String::new(),
@@ -195,14 +196,10 @@ impl<D: Device, T: Scalar> CurvatureAccumulator<D, T> {
             ));
         }
         let (kind, k, da) = (a.structure(), a.classes, a.augmented_features());
-        crate::memory::ensure(
+        crate::memory::ensure_on(
+            &a.device,
             super::resident_bytes(kind, k, da, std::mem::size_of::<T>()),
-            || {
-                format!(
-                    "merging {} accumulators at K = {k}, D_aug = {da}",
-                    crate::io::structure_name(kind)
-                )
-            },
+            || format!("merging the accumulators of {}", describe::<T>(kind, k, da)),
             |_| String::new(),
         )?;
         let bits = |p: &Posterior<D, T>| -> Result<Vec<u8>> {
@@ -345,7 +342,7 @@ fn split_head<T: Scalar>(head: &[T], k: usize, da: usize, augmented: bool) -> (V
 
 /// `OutOfMemory`, naming the structures that would fit, when a fit of `structure` at K
 /// classes and D_aug columns needs more than the [memory budget](crate::memory).
-pub(crate) fn fit_fits_in_memory<D: Device, T: Scalar>(
+fn fit_fits_in_memory<D: Device, T: Scalar>(
     device: &D,
     structure: super::Structure,
     k: usize,
@@ -355,13 +352,7 @@ pub(crate) fn fit_fits_in_memory<D: Device, T: Scalar>(
     crate::memory::ensure_on(
         device,
         fit_bytes(structure, k, da, elem),
-        || {
-            format!(
-                "a {} posterior at K = {k}, D_aug = {da} ({}) with its fit's workspace",
-                crate::io::structure_name(structure),
-                T::DTYPE.name()
-            )
-        },
+        || format!("{} with its fit's workspace", describe::<T>(structure, k, da)),
         |available| cheaper_structures(structure, k, da, elem, available),
     )
 }

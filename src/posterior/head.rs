@@ -70,6 +70,49 @@ pub struct HeadFit<T> {
     pub converged: bool,
 }
 
+/// What a head is fitted to: class labels, or regression targets (N × K).
+#[derive(Clone, Copy)]
+pub enum HeadTargets<'a, T> {
+    /// Class labels, 0 … K−1.
+    Labels(&'a [i64]),
+    /// Real targets, one row per sample.
+    Values(HostMatrix<'a, T>),
+}
+
+/// The MAP head for `targets` under the prior `τ/2 ‖w‖²`, as a fit needs one when none is
+/// given: softmax regression by [`fit_head`] over `classes` (default: the largest label + 1),
+/// or ridge regression by [`fit_head_gaussian`] with noise `sigma_noise`.
+///
+/// ```
+/// use laplace_update::{CpuDevice, HostMatrix, posterior::{fit_map_head, HeadTargets}};
+/// let cpu = CpuDevice::new(1)?;
+/// let phi = [1.0f64, 0.0, 0.9, 0.1, 0.0, 1.0, 0.1, 0.8];
+/// let x = HostMatrix::new(&phi, 4, 2)?;
+/// let fit = fit_map_head(&cpu, x, HeadTargets::Labels(&[0, 0, 1, 1]), None, 1.0, 1.0)?;
+/// assert_eq!(fit.bias.len(), 2);
+/// # Ok::<(), laplace_update::Error>(())
+/// ```
+pub fn fit_map_head<D: Device, T: Scalar>(
+    device: &D,
+    features: HostMatrix<'_, T>,
+    targets: HeadTargets<'_, T>,
+    classes: Option<usize>,
+    prior_precision: f64,
+    sigma_noise: f64,
+) -> Result<HeadFit<T>> {
+    match targets {
+        HeadTargets::Labels(labels) => {
+            let classes = classes.unwrap_or_else(|| labels.iter().copied().max().map_or(0, |m| m.max(0) as usize + 1));
+            let config = HeadConfig {
+                prior_precision,
+                ..Default::default()
+            };
+            fit_head(device, features, labels, classes, &config)
+        }
+        HeadTargets::Values(values) => fit_head_gaussian(device, features, values, prior_precision, sigma_noise),
+    }
+}
+
 /// The MAP head of the Gaussian linear model `y = W φ + b + ε`, `ε ~ N(0, σ² I)`, with the
 /// prior `τ/2 ‖[W, b]‖²`: the ridge solution `[W, b]ᵀ = (τσ² I + Φ_aᵀ Φ_a)⁻¹ Φ_aᵀ Y` with
 /// `Φ_a = [Φ, 1]`, from one exact Newton step of the Bayesian linear model from the prior

@@ -24,7 +24,7 @@ mod update;
 pub use accumulate::CurvatureAccumulator;
 pub use evidence::PriorShape;
 pub use features::Features;
-pub use head::{HeadConfig, HeadFit, HeadSolver, fit_head, fit_head_gaussian};
+pub use head::{HeadConfig, HeadFit, HeadSolver, HeadTargets, fit_head, fit_head_gaussian, fit_map_head};
 pub use predict::{Calibration, Link, Prediction};
 pub(crate) use structure::{RawTensor, resident_bytes};
 pub use tune::{TuneConfig, TuneMetric, TuneReport};
@@ -107,6 +107,14 @@ pub enum BiasMode {
     Fixed,
 }
 
+impl BiasMode {
+    /// D_aug, the head's stored columns for `features` columns: D + 1 with the bias in the
+    /// posterior, else D.
+    pub fn augmented(self, features: usize) -> usize {
+        features + usize::from(self == BiasMode::InPosterior)
+    }
+}
+
 /// Settings of [`Posterior::fit`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FitConfig {
@@ -163,7 +171,7 @@ impl FitConfig {
     /// assert!(full > 3_000_000_000 && kron < 20_000_000);
     /// ```
     pub fn peak_bytes<T: Scalar>(&self, classes: usize, features: usize) -> u64 {
-        let da = features + usize::from(self.bias == BiasMode::InPosterior);
+        let da = self.bias.augmented(features);
         structure::fit_bytes(self.structure, classes, da, std::mem::size_of::<T>())
     }
 
@@ -171,7 +179,7 @@ impl FitConfig {
     /// curvatures and the staged features. A pass that would exceed the
     /// [memory budget](crate::memory) is refused with `OutOfMemory`.
     pub fn pass_bytes<T: Scalar>(&self, rows: usize, classes: usize, features: usize) -> u64 {
-        let da = features + usize::from(self.bias == BiasMode::InPosterior);
+        let da = self.bias.augmented(features);
         structure::pass_bytes(self.structure, rows, classes, da, std::mem::size_of::<T>())
     }
 
@@ -210,13 +218,7 @@ impl<D: Device, T: Scalar> Moments<D, T> {
         crate::memory::ensure_on(
             device,
             structure::resident_bytes(kind, k, da, std::mem::size_of::<T>()),
-            || {
-                format!(
-                    "a copy of a {} posterior at K = {k}, D_aug = {da} ({})",
-                    crate::io::structure_name(kind),
-                    T::DTYPE.name()
-                )
-            },
+            || format!("a copy of {}", structure::describe::<T>(kind, k, da)),
             |_| String::new(),
         )?;
         Ok(Moments {
@@ -353,7 +355,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     }
     /// Columns of the head as stored: D + 1 when the bias is in the posterior, else D.
     pub fn augmented_features(&self) -> usize {
-        self.features + usize::from(self.bias_mode == BiasMode::InPosterior)
+        self.bias_mode.augmented(self.features)
     }
     /// Shape of the stored Π and Σ: P × P (Full, `P = K·D_aug`), D_aug × D_aug (Shared), or
     /// K × D_aug (Diag and Kron, their eigenvalues).
@@ -508,19 +510,15 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let (k, da, elem) = (self.classes, self.augmented_features(), std::mem::size_of::<T>());
         let needed = structure::resident_bytes(kind, k, da, elem).saturating_add(structure::pass_bytes(
             kind,
-            rows.min(CHUNK_ELEMENTS / (k + da)),
+            pass_rows(rows, k, da, CHUNK_ELEMENTS),
             k,
             da,
             elem,
         ));
-        crate::memory::ensure(
+        crate::memory::ensure_on(
+            &self.device,
             needed,
-            || {
-                format!(
-                    "{what} of a {} posterior at K = {k}, D_aug = {da} by {rows} rows",
-                    crate::io::structure_name(kind)
-                )
-            },
+            || format!("{what} of {} by {rows} rows", structure::describe::<T>(kind, k, da)),
             |_| String::new(),
         )
     }
@@ -682,7 +680,7 @@ impl<T> RawPosterior<T> {
         }
     }
     pub fn augmented_features(&self) -> usize {
-        self.features + usize::from(self.bias_mode == BiasMode::InPosterior)
+        self.bias_mode.augmented(self.features)
     }
     pub fn stored_shape(&self) -> (usize, usize) {
         structure::stored_shape(self.structure, self.classes, self.augmented_features())

@@ -230,14 +230,10 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 .saturating_mul(k as u64)
                 .saturating_mul(columns * 8),
         );
-        crate::memory::ensure(
+        crate::memory::ensure_on(
+            &self.device,
             needed,
-            || {
-                format!(
-                    "tuning a {} posterior at K = {k}, D_aug = {da}",
-                    crate::io::structure_name(kind)
-                )
-            },
+            || format!("tuning {}", super::structure::describe::<T>(kind, k, da)),
             |_| "; tune on fewer validation rows or grid points".into(),
         )?;
         let device = self.device.clone();

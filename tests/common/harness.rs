@@ -72,3 +72,27 @@ pub fn run<D>(backend: &str, probe: laplace_update::Result<D>, cases: Vec<Case>)
     }
     conclusion.exit_code()
 }
+
+/// Tests named after their functions, `needs` the backend (`case`) or not (`always`):
+/// `tests!(case: a, b)`.
+#[macro_export]
+macro_rules! tests {
+    ($kind:ident: $($f:ident),+ $(,)?) => {
+        vec![$($crate::common::harness::$kind(stringify!($f), $f)),+]
+    };
+}
+
+/// The posterior, weight-space and kernel suites of one backend (`make` starts its device) for
+/// each element type, optionally with the drift test's size (see `posterior_suite!`).
+#[macro_export]
+macro_rules! backend_suites {
+    ($backend:literal, $make:expr, $($t:ident),+) => {
+        $crate::backend_suites!($backend, $make, drift(64, 10), $($t),+)
+    };
+    ($backend:literal, $make:expr, drift($d:expr, $chunks:expr), $($t:ident),+) => {{
+        let mut cases = $crate::posterior_suite!("posterior", $backend, $make, drift($d, $chunks), $($t),+);
+        cases.extend($crate::complete_suite!("complete", $backend, $make, $($t),+));
+        cases.extend($crate::kernel_suite!("kernels", $backend, $make, $($t),+));
+        cases
+    }};
+}

@@ -157,15 +157,8 @@ fn run_on<D: Device>(device: &D, args: &AlArgs, names: &[String], plans: &[Plan]
     let (x, y, d, k) = match (&args.data, &args.labels) {
         (Some(data), Some(labels)) => {
             let (x, n, d) = super::inputs::take(data)?.into_matrix::<f32>()?;
-            let y: Vec<u32> = super::inputs::array(labels)?
-                .to_labels()?
-                .into_iter()
-                .map(|l| u32::try_from(l).map_err(|_| Error::invalid("labels", format!("negative label {l}"))))
-                .collect::<Result<_>>()?;
-            if y.len() != n {
-                return Err(Error::shape("labels", (n, 1), (y.len(), 1)));
-            }
-            let k = y.iter().copied().max().map_or(0, |m| m as usize + 1);
+            // Their shapes were checked against each other before the device.
+            let (y, k) = super::inputs::class_labels(labels)?;
             let x = if args.raw_features { x } else { standardize(x, n, d) };
             (x, y, d, k)
         }

@@ -89,41 +89,37 @@ impl DemoArgs {
         self.initial + self.batches * self.batch + self.validation
     }
 
-    /// The rows of run `seed`: the user's, or the digits' features for that seed.
-    fn data(&self, seed: u64) -> Result<Data> {
-        match (&self.data, &self.labels) {
-            (Some(data), Some(labels)) => {
-                let (x, n, d) = super::inputs::array(data)?.to_matrix::<f32>()?;
-                let y: Vec<u32> = super::inputs::array(labels)?
-                    .to_labels()?
-                    .into_iter()
-                    .map(|l| u32::try_from(l).map_err(|_| Error::invalid("labels", format!("negative label {l}"))))
-                    .collect::<Result<_>>()?;
-                let k = y.iter().copied().max().map_or(0, |m| m as usize + 1);
-                if k < 2 {
-                    return Err(Error::invalid("labels", "need at least two classes"));
-                }
-                Ok(Data {
-                    x: super::al::standardize(x, n, d),
-                    y,
-                    d,
-                    k,
-                    what: format!("{data}: {n} rows, {d} features, {k} classes (standardised)"),
-                })
-            }
-            _ => {
-                let (pixels, y) = load_digits()?;
-                let n = y.len();
-                Ok(Data {
-                    x: random_fourier_features(&pixels, n, seed),
-                    y,
-                    d: FEATURES,
-                    k: CLASSES,
-                    what: format!("digits: {n} images; backbone: {FEATURES} random Fourier features"),
-                })
-            }
+    /// The user's rows (`--data`, `--labels`), standardised, read once for every run.
+    fn user_data(&self) -> Result<Option<Data>> {
+        let (Some(data), Some(labels)) = (&self.data, &self.labels) else {
+            return Ok(None);
+        };
+        let (x, n, d) = super::inputs::take(data)?.into_matrix::<f32>()?;
+        let (y, k) = super::inputs::class_labels(labels)?;
+        if k < 2 {
+            return Err(Error::invalid("labels", "need at least two classes"));
         }
+        Ok(Some(Data {
+            x: super::al::standardize(x, n, d),
+            y,
+            d,
+            k,
+            what: format!("{data}: {n} rows, {d} features, {k} classes (standardised)"),
+        }))
     }
+}
+
+/// The bundled digits with the random Fourier features of `seed`.
+fn digits(seed: u64) -> Result<Data> {
+    let (pixels, y) = load_digits()?;
+    let n = y.len();
+    Ok(Data {
+        x: random_fourier_features(&pixels, n, seed),
+        y,
+        d: FEATURES,
+        k: CLASSES,
+        what: format!("digits: {n} images; backbone: {FEATURES} random Fourier features"),
+    })
 }
 
 /// One run's rows after every batch, and its methods' test predictions after the last.
@@ -216,10 +212,15 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 fn run_on<D: Device>(device: &D, args: &DemoArgs) -> Result<()> {
     let started = Instant::now();
     println!("device: {}", device.name());
+    let user = args.user_data()?;
     let mut runs = Vec::with_capacity(args.seeds);
     for r in 0..args.seeds {
         let seed = args.seed + r as u64;
-        runs.push(run_seed(device, args, seed, r == 0)?);
+        let data = match &user {
+            Some(data) => data,
+            None => &digits(seed)?,
+        };
+        runs.push(run_seed(device, args, data, seed, r == 0)?);
     }
     let names: Vec<&str> = METHODS.iter().map(|(name, _)| *name).collect();
     let last = args.initial + args.batches * args.batch;
@@ -256,9 +257,8 @@ fn run_on<D: Device>(device: &D, args: &DemoArgs) -> Result<()> {
     Ok(())
 }
 
-/// One run of the protocol on the split of `seed`; the first also prints the calibration table.
-fn run_seed<D: Device>(device: &D, args: &DemoArgs, seed: u64, first: bool) -> Result<Run> {
-    let data = args.data(seed)?;
+/// One run of the protocol on `data`, split by `seed`; the first also prints the calibration table.
+fn run_seed<D: Device>(device: &D, args: &DemoArgs, data: &Data, seed: u64, first: bool) -> Result<Run> {
     let (d, k) = (data.d, data.k);
     let n = data.y.len();
     let order = SplitMix64::new(seed ^ 0xD161_7500).permutation(n);

@@ -119,3 +119,14 @@ pub fn head(weights_spec: &str, bias_spec: Option<&str>, d: usize) -> Result<usi
     }
     Ok(k)
 }
+
+/// The class labels of `spec` (negative ones refused) and K, the largest label + 1.
+pub fn class_labels(spec: &str) -> Result<(Vec<u32>, usize)> {
+    let y: Vec<u32> = array(spec)?
+        .to_labels()?
+        .into_iter()
+        .map(|l| u32::try_from(l).map_err(|_| Error::invalid("labels", format!("negative label {l}"))))
+        .collect::<Result<_>>()?;
+    let k = y.iter().copied().max().map_or(0, |m| m as usize + 1);
+    Ok((y, k))
+}

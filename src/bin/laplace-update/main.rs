@@ -16,9 +16,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use laplace_update::io::{PosteriorFile, load_accumulator, load_posterior, peek_posterior, write_npy};
 use laplace_update::{
-    AnyDevice, BiasMode, Curvature, CurvatureAccumulator, DType, Device, Error, FitConfig, HeadConfig, HostMatrix,
+    AnyDevice, BiasMode, Curvature, CurvatureAccumulator, DType, Device, Error, FitConfig, HeadTargets, HostMatrix,
     Likelihood, Link, OutputWeighting, Posterior, PriorShape, Result, Scalar, Structure, Targets, UnlearnConfig,
-    UpdateConfig, UpdateRule, fit_head, fit_head_gaussian,
+    UpdateConfig, UpdateRule, fit_map_head,
 };
 use laplace_update::{Calibration, StepControl, TuneConfig, TuneMetric, UpdateReport};
 
@@ -658,7 +658,7 @@ fn main() -> ExitCode {
     };
     laplace_update::memory::set_limit(cli.max_memory);
     VERBOSE.store(cli.verbose, std::sync::atomic::Ordering::Relaxed);
-    let signals = Signals::install();
+    signals::install();
     let result = match cli.command {
         Command::Fit(args) => fit(&args),
         Command::Accumulate(args) => accumulate(&args),
@@ -674,7 +674,7 @@ fn main() -> ExitCode {
         Command::Al(args) => al::run(&args),
         Command::Profile(args) => profile::run(&args),
     };
-    match (result, signals.received()) {
+    match (result, signals::received()) {
         (Ok(()), None) => ExitCode::SUCCESS,
         (Ok(()), Some((name, code))) => {
             eprintln!("error: interrupted by {name} after the command finished; its output is complete");
@@ -695,39 +695,31 @@ fn main() -> ExitCode {
 /// SIGINT and SIGTERM, caught so that a long command stops at its next pass with one line and
 /// exit 130 or 143, its output file untouched (or complete, when the signal came during the
 /// write), instead of dying part-way. A second signal of the same kind exits at once.
-struct Signals {
-    interrupt: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    terminate: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
+mod signals {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
-/// Set by the handlers, read by the library's checks.
-static SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    static INTERRUPT: AtomicBool = AtomicBool::new(false);
+    static TERMINATE: AtomicBool = AtomicBool::new(false);
 
-impl Signals {
-    fn install() -> Self {
+    /// Installs the actions, and the library's interrupt hook reading them.
+    pub fn install() {
         use signal_hook::consts::{SIGINT, SIGTERM};
-        let signals = Signals {
-            interrupt: Default::default(),
-            terminate: Default::default(),
-        };
-        for (signal, flag, code) in [(SIGINT, &signals.interrupt, 130), (SIGTERM, &signals.terminate, 143)] {
-            // The second signal: the flag is already set, so exit now. Registered first, so
-            // that the first signal finds it unset.
-            let _ = signal_hook::flag::register_conditional_shutdown(signal, code, flag.clone());
-            let _ = signal_hook::flag::register(signal, flag.clone());
-            // SAFETY: the action only stores to an atomic, which is async-signal-safe.
+        for (signal, flag, code) in [(SIGINT, &INTERRUPT, 130), (SIGTERM, &TERMINATE, 143)] {
+            // SAFETY: the action only swaps an atomic and calls `_exit`, both async-signal-safe.
             let _ = unsafe {
-                signal_hook::low_level::register(signal, || SIGNALLED.store(true, std::sync::atomic::Ordering::SeqCst))
+                signal_hook::low_level::register(signal, move || {
+                    if flag.swap(true, SeqCst) {
+                        signal_hook::low_level::exit(code);
+                    }
+                })
             };
         }
-        laplace_update::interrupt::set_hook(Some(|| SIGNALLED.load(std::sync::atomic::Ordering::SeqCst)));
-        signals
+        laplace_update::interrupt::set_hook(Some(|| INTERRUPT.load(SeqCst) || TERMINATE.load(SeqCst)));
     }
 
     /// The signal received, with its exit status, if any.
-    fn received(&self) -> Option<(&'static str, u8)> {
-        use std::sync::atomic::Ordering::SeqCst;
-        match (self.interrupt.load(SeqCst), self.terminate.load(SeqCst)) {
+    pub fn received() -> Option<(&'static str, u8)> {
+        match (INTERRUPT.load(SeqCst), TERMINATE.load(SeqCst)) {
             (true, _) => Some(("SIGINT", 130)),
             (_, true) => Some(("SIGTERM", 143)),
             _ => None,
@@ -797,50 +789,36 @@ macro_rules! on_posterior {
     }};
 }
 
-/// Checks a batch against the posterior file it changes, before any device.
-fn check_batch_file(batch: &BatchArgs) -> Result<()> {
-    let header = peek_posterior(&batch.posterior)?;
-    let regression = matches!(header.likelihood, Likelihood::Regression { .. });
-    inputs::batch(&batch.features, Some(&batch.labels), regression, Some(header.features))?;
-    Ok(())
-}
-
-/// Checks validation files against the posterior file they tune, before any device.
-fn check_validation(tune: &TuneArgs, posterior: &Path) -> Result<()> {
-    let (x, y) = tune.files()?;
+/// Checks features (and their labels) against the posterior file they go with, before any
+/// device: D, and the labels' kind and length.
+fn check_against(posterior: &Path, features: &str, labels: Option<&str>) -> Result<()> {
     let header = peek_posterior(posterior)?;
     let regression = matches!(header.likelihood, Likelihood::Regression { .. });
-    inputs::batch(x, Some(y), regression, Some(header.features))?;
+    inputs::batch(features, labels, regression, Some(header.features))?;
     Ok(())
 }
 
 fn update(args: &UpdateArgs) -> Result<()> {
     args.config()?;
-    check_batch_file(&args.batch)?;
+    check_against(&args.batch.posterior, &args.batch.features, Some(&args.batch.labels))?;
     on_posterior!(args.batch.device, &args.batch.posterior, update_as, args)
 }
 
 fn unlearn(args: &UnlearnArgs) -> Result<()> {
     args.config()?;
-    check_batch_file(&args.batch)?;
+    check_against(&args.batch.posterior, &args.batch.features, Some(&args.batch.labels))?;
     on_posterior!(args.batch.device, &args.batch.posterior, unlearn_as, args)
 }
 
 fn predict(args: &PredictArgs) -> Result<()> {
     args.link.validate()?;
-    inputs::batch(
-        &args.features,
-        None,
-        false,
-        Some(peek_posterior(&args.posterior)?.features),
-    )?;
+    check_against(&args.posterior, &args.features, None)?;
     on_posterior!(args.device, &args.posterior, predict_as, args)
 }
 
 fn evaluate(args: &evaluate::EvaluateArgs) -> Result<()> {
     args.link.validate()?;
-    let header = peek_posterior(&args.posterior)?;
-    inputs::batch(&args.features, Some(&args.labels), false, Some(header.features))?;
+    check_against(&args.posterior, &args.features, Some(&args.labels))?;
     on_posterior!(args.device, &args.posterior, evaluate_as, args)
 }
 
@@ -849,7 +827,8 @@ fn evaluate_as<D: Device, T: Scalar>(device: &D, args: &evaluate::EvaluateArgs) 
 }
 
 fn tune(args: &TuneCommandArgs) -> Result<()> {
-    check_validation(&args.tune, &args.posterior)?;
+    let (x, y) = args.tune.files()?;
+    check_against(&args.posterior, x, Some(y))?;
     on_posterior!(args.device, &args.posterior, tune_as, args)
 }
 
@@ -928,12 +907,10 @@ fn merge(args: &MergeArgs) -> Result<()> {
     })
 }
 
-/// Reads a head `W` (K × D) and an optional bias (length K); returns them with K.
-fn read_head<T: Scalar>(weights: &str, bias: Option<&str>, d: usize) -> Result<(Vec<T>, Option<Vec<T>>, usize)> {
-    let (w, k, dw) = inputs::array(weights)?.to_matrix::<T>()?;
-    if dw != d {
-        return Err(Error::shape("weights", (k, d), (k, dw)));
-    }
+/// Reads a head `W` (K × D) and an optional bias (length K), whose shapes [`inputs::head`]
+/// checked before the device; returns them with K.
+fn read_head<T: Scalar>(weights: &str, bias: Option<&str>) -> Result<(Vec<T>, Option<Vec<T>>, usize)> {
+    let (w, k, _) = inputs::array(weights)?.to_matrix::<T>()?;
     let bias = bias.map(|b| inputs::array(b)?.to_vector::<T>()).transpose()?;
     Ok((w, bias, k))
 }
@@ -971,34 +948,29 @@ fn fit_as<D: Device, T: Scalar>(device: &D, args: &FitArgs, config: &FitConfig) 
     let targets = targets_of::<T>(&args.labels, args.model.regression())?;
     let features = HostMatrix::new(&phi, n, d)?;
     let (likelihood, prior_precision) = (config.likelihood, config.prior_precision);
-    let (head, bias, classes) = match (&args.weights, &targets) {
-        (Some(spec), _) => read_head(spec, args.bias_vector.as_deref(), d)?,
-        (None, CliTargets::Labels(labels)) => {
-            let classes = match args.classes {
-                Some(k) => k,
-                None => labels.iter().copied().max().map_or(0, |m| m.max(0) as usize + 1),
-            };
-            let config = HeadConfig {
-                prior_precision,
-                ..Default::default()
-            };
-            let head = fit_head(device, features, labels, classes, &config)?;
-            println!(
-                "head fitted by MAP: {} iterations, |grad|_inf = {:.2e}{}",
-                head.iterations,
-                head.gradient_norm,
-                if head.converged { "" } else { " (iteration cap reached)" }
-            );
-            (head.weights, Some(head.bias), classes)
-        }
-        (None, CliTargets::Values(y, rows, k)) => {
+    let (head, bias, classes) = match &args.weights {
+        Some(spec) => read_head(spec, args.bias_vector.as_deref())?,
+        None => {
             let sigma = match likelihood {
                 Likelihood::Regression { sigma_noise } => sigma_noise,
                 Likelihood::Classification => 1.0,
             };
-            let head = fit_head_gaussian(device, features, HostMatrix::new(y, *rows, *k)?, prior_precision, sigma)?;
-            println!("head fitted by MAP (exact for the Gaussian likelihood)");
-            (head.weights, Some(head.bias), *k)
+            let head_targets = match &targets {
+                CliTargets::Labels(labels) => HeadTargets::Labels(labels),
+                CliTargets::Values(y, rows, k) => HeadTargets::Values(HostMatrix::new(y, *rows, *k)?),
+            };
+            let head = fit_map_head(device, features, head_targets, args.classes, prior_precision, sigma)?;
+            match &targets {
+                CliTargets::Labels(_) => println!(
+                    "head fitted by MAP: {} iterations, |grad|_inf = {:.2e}{}",
+                    head.iterations,
+                    head.gradient_norm,
+                    if head.converged { "" } else { " (iteration cap reached)" }
+                ),
+                CliTargets::Values(..) => println!("head fitted by MAP (exact for the Gaussian likelihood)"),
+            }
+            let classes = head.bias.len();
+            (head.weights, Some(head.bias), classes)
         }
     };
     let head = HostMatrix::new(&head, classes, d)?;
@@ -1029,7 +1001,7 @@ fn fit_as<D: Device, T: Scalar>(device: &D, args: &FitArgs, config: &FitConfig) 
 fn accumulate_as<D: Device, T: Scalar>(device: &D, args: &AccumulateArgs, config: &FitConfig) -> Result<()> {
     let (phi, n, d) = inputs::take(&args.features)?.into_matrix::<T>()?;
     let targets = targets_of::<T>(&args.labels, args.model.regression())?;
-    let (head, bias, classes) = read_head::<T>(&args.weights, args.bias_vector.as_deref(), d)?;
+    let (head, bias, classes) = read_head::<T>(&args.weights, args.bias_vector.as_deref())?;
     let started = std::time::Instant::now();
     let mut acc = CurvatureAccumulator::new(device, HostMatrix::new(&head, classes, d)?, bias.as_deref(), config)?;
     targets.with(|y| acc.accumulate(HostMatrix::new(&phi, n, d)?, y))?;

@@ -633,6 +633,15 @@ pub(crate) fn resident_bytes(structure: Structure, k: usize, da: usize, elem: us
     saturate((pair + factors + k * da) * elem)
 }
 
+/// How memory errors name a posterior: "a full posterior at K = 30, D_aug = 513 (f32)".
+pub(crate) fn describe<T: Scalar>(structure: Structure, k: usize, da: usize) -> String {
+    format!(
+        "a {} posterior at K = {k}, D_aug = {da} ({})",
+        crate::io::structure_name(structure),
+        T::DTYPE.name()
+    )
+}
+
 /// Peak bytes a fit of this structure allocates before its passes over the data: the data
 /// term, Π, Σ and the workspace that inverts Π. Measured with a counting allocator (the
 /// memory suite checks it): Full 3.6–3.8 P² elements, counted as 4P²; Shared's D_aug² pair,
