@@ -184,5 +184,37 @@ fn run(
             out.push((label, test(&post, link)?));
         }
     }
+    // A Diag posterior, one τ for all classes or one per class, by validation.
+    let diag = Posterior::fit(
+        cpu,
+        phi_train.view(),
+        &y_train,
+        HostMatrix::new(&w, CLASSES, FEATURES)?,
+        Some(&b),
+        &FitConfig {
+            structure: Structure::Diag,
+            ..config
+        },
+    )?;
+    for per_class in [false, true] {
+        let mut post = diag.try_clone()?;
+        let report = post.tune_prior_precision(
+            phi_val.view(),
+            &y_val,
+            &TuneConfig {
+                per_class,
+                ..Default::default()
+            },
+        )?;
+        eprintln!(
+            "seed {seed}, τ = {tau}: Diag τ per class {per_class}: {:?}",
+            report.class_prior_precision.unwrap_or(vec![report.prior_precision])
+        );
+        let label = match per_class {
+            false => "Laplace Diag, τ by validation, probit",
+            true => "Laplace Diag, τ per class by validation, probit",
+        };
+        out.push((label.into(), test(&post, probit)?));
+    }
     Ok(out)
 }

@@ -1116,6 +1116,32 @@ fn validation_tuning_fit_tune_predict() {
         f.p("z.safetensors")
     ));
     fails(&format!("tune --posterior {plain} --out {}", f.p("z.safetensors")));
+    // One τ per class: a Diag posterior stores the library's choice; Full refuses.
+    let diag = f.p("diag.safetensors");
+    fit("--structure diag", &diag);
+    let per_class = f.p("per-class.safetensors");
+    let printed = ok(&format!(
+        "tune --posterior {diag} {val} --tune-per-class --out {per_class}"
+    ));
+    assert!(printed.contains("τ per class = ["), "{printed}");
+    let mut want: Posterior<CpuDevice, f64> = load_posterior(&cpu, Path::new(&diag)).unwrap();
+    let report = want
+        .tune_prior_precision(
+            HostMatrix::new(&x, 10, 6).unwrap(),
+            &f.pb.labels[30..],
+            &laplace_update::TuneConfig {
+                temperature: true,
+                per_class: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let got: Posterior<CpuDevice, f64> = load_posterior(&cpu, Path::new(&per_class)).unwrap();
+    assert_eq!(Some(got.prior_precision().to_vec()), report.class_prior_precision);
+    fails(&format!(
+        "tune --posterior {plain} {val} --tune-per-class --out {}",
+        f.p("z.safetensors")
+    ));
 }
 
 /// `evaluate` prints and writes the predictive's scores beside the network's softmax: the CSV's

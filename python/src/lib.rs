@@ -811,11 +811,12 @@ impl Posterior {
     }
 
     /// Chooses τ (unless `prior=False`; and with `temperature=True` a logit temperature; with
-    /// `tune_lambda=True` the probit's λ; with `choose_link=True` the link) minimising `metric` (nll, brier, ece) of the predictive under `link`
-    /// (probit, centred-probit, none) on validation data, sets them, and returns a dict:
-    /// `prior_precision`, `temperature`, `link`, `score`, `curve` [(τ, score)], `links`
-    /// [(link, score)].
-    #[pyo3(signature = (features, labels, metric="nll", link="probit", grid_min=1e-4, grid_max=1e4, grid_points=41, prior=true, temperature=false, tune_lambda=false, choose_link=false))]
+    /// `tune_lambda=True` the probit's λ; with `choose_link=True` the link; with
+    /// `per_class=True`, then one τ per class, Diag only) minimising `metric` (nll, brier, ece)
+    /// of the predictive under `link` (probit, centred-probit, none) on validation data, sets
+    /// them, and returns a dict: `prior_precision`, `class_prior_precision` (a list, or None),
+    /// `temperature`, `link`, `score`, `curve` [(τ, score)], `links` [(link, score)].
+    #[pyo3(signature = (features, labels, metric="nll", link="probit", grid_min=1e-4, grid_max=1e4, grid_points=41, prior=true, temperature=false, tune_lambda=false, choose_link=false, per_class=false))]
     #[allow(clippy::too_many_arguments)]
     fn tune_prior_precision<'py>(
         &self,
@@ -831,6 +832,7 @@ impl Posterior {
         temperature: bool,
         tune_lambda: bool,
         choose_link: bool,
+        per_class: bool,
     ) -> R<Bound<'py, PyDict>> {
         let config = TuneConfig {
             metric: TuneMetric::from_name(metric).map_err(to_py)?,
@@ -842,6 +844,7 @@ impl Posterior {
             temperature,
             lambda: tune_lambda,
             choose_link,
+            per_class,
         };
         config.validate().map_err(to_py)?;
         let mut guard = write(py, &self.inner);
@@ -861,6 +864,7 @@ impl Posterior {
         let links: Vec<(&str, f64)> = report.links.iter().map(|(l, s)| (l.name(), *s)).collect();
         out.set_item("links", links)?;
         out.set_item("sigma_noise", report.sigma_noise)?;
+        out.set_item("class_prior_precision", report.class_prior_precision)?;
         Ok(out)
     }
 

@@ -262,3 +262,31 @@ def test_regression_noise_by_evidence_and_validation():
     assert post.prior_precision == [tau] and 0.05 < sigma < 3.0
     report = post.tune_prior_precision(x[40:], y[40:], grid_points=9)
     assert report["sigma_noise"] is not None and post.prior_precision == [report["prior_precision"]]
+
+
+def test_tune_prior_precision_per_class_against_numpy():
+    # Diag: class k's logit variance Σ_i φ_i²/(h_ki + τ_k); the set per-class τ scores what the
+    # numpy predictive gives, and moving any one class's τ to a grid point does not beat it.
+    x, y, w, b = problem(8)
+    post = lu.Posterior.fit(x[:30], y[:30], w * 3, b, structure="diag", prior_precision=TAU)
+    k, da = w.shape[0], w.shape[1] + 1
+    h = post.precision().reshape(k, da) - TAU
+    report = post.tune_prior_precision(x[30:], y[30:], grid_points=9, per_class=True)
+    taus = report["class_prior_precision"]
+    assert len(taus) == k and post.prior_precision == pytest.approx(taus, rel=1e-6)
+    f = logits(x[30:], w * 3, b)
+    phi2 = np.hstack([x[30:], np.ones((len(x) - 30, 1))]) ** 2
+
+    def nll(t):
+        v = phi2 @ (1.0 / (h + np.asarray(t)[:, None])).T
+        probs = probit(f, v)
+        return -np.mean(np.log(probs[np.arange(len(y) - 30), y[30:]]))
+
+    assert abs(report["score"] - nll(taus)) < 1e-6 * max(1.0, nll(taus))
+    for c in range(k):
+        for tau, _ in report["curve"]:
+            moved = list(taus)
+            moved[c] = tau
+            assert nll(taus) <= nll(moved) + 1e-9
+    with pytest.raises(lu.UnsupportedError):
+        lu.Posterior.fit(x[:30], y[:30], w, b, structure="kron").tune_prior_precision(x[30:], y[30:], per_class=True)

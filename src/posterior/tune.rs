@@ -12,7 +12,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 
 use super::structure::Spectrum;
-use super::{Calibration, Features, Link, Posterior, logits};
+use super::{Calibration, Features, Link, Posterior, Structure, logits};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::host::Targets;
@@ -84,6 +84,11 @@ pub struct TuneConfig {
     /// After τ and T, score the probit, centred probit, Monte Carlo (100 draws) and bridge
     /// links there and keep the best (else keep `link`).
     pub choose_link: bool,
+    /// After the scalar τ, T and λ, choose one τ per class by coordinate descent over the
+    /// scored τ values, T and λ held (Diag only: there class k's logit variance
+    /// `Σ_i φ_i²/(h_ki + τ_k)` depends on τ_k alone, so every candidate is scored from the
+    /// same pass).
+    pub per_class: bool,
 }
 
 impl Default for TuneConfig {
@@ -99,6 +104,7 @@ impl Default for TuneConfig {
             temperature: false,
             lambda: false,
             choose_link: false,
+            per_class: false,
         }
     }
 }
@@ -139,8 +145,10 @@ impl TuneConfig {
 /// What [`Posterior::tune_prior_precision`] chose, and what it saw.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TuneReport {
-    /// The chosen τ.
+    /// The chosen τ (with `per_class`, the scalar τ the per-class descent started from).
     pub prior_precision: f64,
+    /// With `per_class`, the chosen τ of each class, which is set.
+    pub class_prior_precision: Option<Vec<f64>>,
     /// The chosen logit temperature (1 unless tuned).
     pub temperature: f64,
     /// The chosen link.
@@ -167,6 +175,8 @@ const NOISE_POINTS: usize = 21;
 const PASS_ELEMENTS: usize = 1 << 23;
 /// Temperatures tried: `10^(−1 … 1)` on this many log-spaced points, then refined.
 const TEMPERATURE_POINTS: usize = 41;
+/// Most sweeps of the per-class coordinate descent over τ.
+const PER_CLASS_SWEEPS: usize = 5;
 
 impl<D: Device, T: Scalar> Posterior<D, T> {
     /// Chooses the prior precision τ that minimises `config.metric` of the predictive on the
@@ -178,16 +188,19 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// every τ is scored from one spectrum of the curvature (see the module notes), so the cost
     /// is one eigendecomposition (Full: P³ order; Shared: D³; Diag, Kron: none) and
     /// O(n·K·P) per pass over the validation data for Full (O(n·K·D) for the others), whatever
-    /// the number of grid points. With `choose_link`, the probit, centred probit, Monte Carlo
-    /// and bridge links are then scored by [`Posterior::predict`] at the chosen τ and T.
+    /// the number of grid points. With `per_class` (Diag), one τ per class is then chosen by
+    /// coordinate descent over the same scored τ values, each candidate costing O(n·K) with no
+    /// further pass. With `choose_link`, the probit, centred probit, Monte Carlo and bridge
+    /// links are then scored by [`Posterior::predict`] at the chosen τ and T.
     ///
     /// A regression posterior (GGN curvature) is tuned for its Gaussian predictive NLL over τ
     /// and σ jointly (σ over `σ₀·10^(−1 … 1)`), both set; the report's `sigma_noise` is the
     /// chosen σ.
     ///
     /// Errors: those of [`Posterior::update`]'s inputs, `InvalidArgument` (the config; for
-    /// regression, a temperature, a link choice or a metric other than NLL), `Unsupported`
-    /// (regression with another curvature), `NotPositiveDefinite`. On error the posterior is
+    /// regression, a temperature, a link choice or a metric other than NLL; `per_class` without
+    /// τ chosen for a probit link), `Unsupported` (regression with another curvature;
+    /// `per_class` for a structure other than Diag), `NotPositiveDefinite`. On error the posterior is
     /// unchanged.
     ///
     /// ```
@@ -219,6 +232,22 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 ));
             }
             self.gaussian_noise()?;
+        }
+        if config.per_class {
+            if !config.prior || config.link == Link::None || self.is_regression() {
+                return Err(Error::invalid(
+                    "per_class",
+                    "one τ per class is chosen with τ itself (`prior`), for a classifier's probit link",
+                ));
+            }
+            if self.structure() != Structure::Diag {
+                return Err(Error::Unsupported(format!(
+                    "one τ per class tuned on validation data for the {:?} structure: only Diag's \
+                     logit variances separate by class; the marginal likelihood chooses per-class τ \
+                     for Full (`optimize_prior_precision(PriorShape::PerClass)`)",
+                    self.structure()
+                )));
+            }
         }
         self.check_batch(&features, targets)?;
         // The curvature's spectrum (an eigendecomposition beside Π: about 3× the posterior)
@@ -291,6 +320,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             curve,
             links: Vec::new(),
             sigma_noise: Some(sigma),
+            class_prior_precision: None,
         })
     }
 
@@ -338,10 +368,21 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             1 => None,
             _ => Some(self.moments.state.curvature_spectrum(&self.device, &prior, k, da)?),
         };
-        let validation = self.validation_pass(&features, targets, spectrum.as_ref(), centred, &shifts)?;
+        // Per class, the variances stay per class and are centred when scored (Σ_f is diagonal).
+        let centre_when_scored = centred && config.per_class;
+        let mut validation = self.validation_pass(
+            &features,
+            targets,
+            spectrum.as_ref(),
+            centred && !centre_when_scored,
+            &shifts,
+        )?;
+        validation.centre_diagonal = centre_when_scored;
+        let validation = validation;
         // A choice: (score, column, T, λ).
-        let scored =
-            |c: usize, t: f64, l: f64| -> Result<f64> { Ok(config.metric.of(&validation.scores(c, t, l, k)?)) };
+        let scored = |c: usize, t: f64, l: f64| -> Result<f64> {
+            Ok(config.metric.of(&validation.scores(&vec![c; k], t, l, k)?))
+        };
         // The best temperature and λ of each grid τ, and the curve.
         let mut curve = Vec::with_capacity(grid.len());
         let mut best = (f64::INFINITY, 0, 1.0, lambda);
@@ -407,10 +448,37 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             Link::CentredProbit { .. } => Link::CentredProbit { lambda: choice.3 },
             other => other,
         };
-        let (score_at, tau, temperature) = (choice.0, columns[choice.1], choice.2);
+        let (mut score_at, tau, temperature) = (choice.0, columns[choice.1], choice.2);
+        // One τ per class: coordinate descent over the scored columns, each class in turn,
+        // keeping a change only when it lowers the metric.
+        let mut class_prior_precision = None;
+        if config.per_class {
+            let mut chosen = vec![choice.1; k];
+            for _ in 0..PER_CLASS_SWEEPS {
+                let mut moved = false;
+                for c in 0..k {
+                    crate::interrupt::check()?;
+                    let kept = chosen[c];
+                    let mut best_here = kept;
+                    for candidate in (0..columns.len()).filter(|&j| j != kept) {
+                        chosen[c] = candidate;
+                        let s = config.metric.of(&validation.scores(&chosen, temperature, choice.3, k)?);
+                        if s < score_at {
+                            (score_at, best_here) = (s, candidate);
+                        }
+                    }
+                    chosen[c] = best_here;
+                    moved |= best_here != kept;
+                }
+                if !moved {
+                    break;
+                }
+            }
+            class_prior_precision = Some(chosen.iter().map(|&j| columns[j]).collect::<Vec<f64>>());
+        }
         // Everything that can fail before the posterior changes: the refactor runs on a copy.
         let mut tuned = self.try_clone()?;
-        tuned.set_prior_precision(&[tau])?;
+        tuned.set_prior_precision(class_prior_precision.as_deref().unwrap_or(&[tau]))?;
         tuned.set_calibration(Calibration { temperature, link })?;
         let mut report = TuneReport {
             prior_precision: tau,
@@ -420,6 +488,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             curve,
             links: Vec::new(),
             sigma_noise: None,
+            class_prior_precision,
         };
         if config.choose_link {
             let lambda = config.link.lambda().unwrap_or(Link::PROBIT_LAMBDA);
@@ -469,6 +538,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             labels: Vec::with_capacity(n),
             targets: Vec::with_capacity(n * k),
             grid: grid.len(),
+            centre_diagonal: false,
         };
         for start in (0..n).step_by(rows.max(1)) {
             crate::interrupt::check()?;
@@ -500,13 +570,15 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
 }
 
 /// The validation data as the scores read it: mean logits (n × K), labels (argmax of the
-/// targets), targets (n × K), and the logit variances (n·K × grid, row `x·K + k`).
+/// targets), targets (n × K), and the logit variances (n·K × grid, row `x·K + k`);
+/// `centre_diagonal`: the variances are those of a diagonal Σ_f, centred when scored.
 struct Validation {
     mean: Vec<f64>,
     variances: Vec<f64>,
     labels: Vec<u32>,
     targets: Vec<f64>,
     grid: usize,
+    centre_diagonal: bool,
 }
 
 impl Validation {
@@ -523,14 +595,24 @@ impl Validation {
         total / n as f64
     }
 
-    /// The scores of the probit (λ; λ = 0 is the plain softmax) at grid point `g` and
-    /// temperature `t`: `softmax_k((f_k/t) / √(1 + λ v_k/t²))`.
-    fn scores(&self, g: usize, t: f64, lambda: f64, k: usize) -> Result<Scores> {
+    /// The scores of the probit (λ; λ = 0 is the plain softmax) with class k's variance from
+    /// column `columns[k]` and temperature `t`: `softmax_k((f_k/t) / √(1 + λ v_k/t²))`, where
+    /// a centred diagonal reads `v_k (1 − 2/K) + Σ_j v_j / K²`.
+    fn scores(&self, columns: &[usize], t: f64, lambda: f64, k: usize) -> Result<Scores> {
         let mut probs = vec![0.0; self.mean.len()];
+        let kf = k as f64;
+        let mut v = vec![0.0; k];
         for (x, p) in probs.chunks_exact_mut(k).enumerate() {
+            for (c, v) in v.iter_mut().enumerate() {
+                *v = self.variances[(x * k + c) * self.grid + columns[c]];
+            }
+            if self.centre_diagonal {
+                let total: f64 = v.iter().sum();
+                v.iter_mut()
+                    .for_each(|v| *v = *v * (1.0 - 2.0 / kf) + total / (kf * kf));
+            }
             for (c, p) in p.iter_mut().enumerate() {
-                let v = self.variances[(x * k + c) * self.grid + g];
-                *p = (self.mean[x * k + c] / t) / (1.0 + lambda * v / (t * t)).sqrt();
+                *p = (self.mean[x * k + c] / t) / (1.0 + lambda * v[c] / (t * t)).sqrt();
             }
             let top = p.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             p.iter_mut().for_each(|v| *v = (*v - top).exp());

@@ -1184,6 +1184,7 @@ pub fn check_tune_prior_precision<D: Device, T: Scalar>(dev: &D) {
             report.score
         );
         assert_eq!(post.calibration().link, report.link, "{s:?}");
+        check_per_class_tuning(&start, val, labels, case.pb.k, s, rel);
     }
     // A regression posterior with a curvature whose scale in σ differs, and links τ is not
     // tuned for, are refused with the posterior unchanged.
@@ -1209,6 +1210,89 @@ pub fn check_tune_prior_precision<D: Device, T: Scalar>(dev: &D) {
         ..Default::default()
     };
     assert!(matches!(bad.validate(), Err(Error::InvalidArgument { .. })));
+}
+
+/// One τ per class on validation data (Diag): the set τ's score what `predict` gives there, no
+/// worse than the scalar choice, and no single class's τ moved to another grid point beats
+/// them (brute force: a refit and `predict` per move). Other structures refuse, unchanged.
+fn check_per_class_tuning<D: Device, T: Scalar>(
+    start: &Posterior<D, T>,
+    val: HostMatrix<'_, T>,
+    labels: &[u32],
+    k: usize,
+    s: Structure,
+    rel: f64,
+) {
+    for (link, temperature) in [(Link::default(), true), (Link::CentredProbit { lambda: 0.7 }, false)] {
+        let name = format!("{s:?}/{}/per class", link.name());
+        let config = TuneConfig {
+            link,
+            grid_points: 9,
+            temperature,
+            per_class: true,
+            ..Default::default()
+        };
+        let mut post = start.try_clone().unwrap();
+        if s != Structure::Diag {
+            let e = post.tune_prior_precision(val, labels, &config).unwrap_err();
+            assert!(matches!(e, Error::Unsupported(_)), "{name}: {e}");
+            assert_eq!(post.prior_precision(), start.prior_precision(), "{name}");
+            continue;
+        }
+        let report = post.tune_prior_precision(val, labels, &config).unwrap();
+        let taus = report.class_prior_precision.clone().expect("per-class τ");
+        assert_eq!(taus.len(), k, "{name}");
+        let set: Vec<f64> = post.prior_precision().iter().map(|t| t.as_f64()).collect();
+        let cast: Vec<f64> = taus.iter().map(|&t| T::from_f64(t).as_f64()).collect();
+        assert_eq!(set, cast, "{name}");
+        let nll_at = |taus: &[f64]| -> f64 {
+            let mut p = start.try_clone().unwrap();
+            p.set_prior_precision(taus).unwrap();
+            p.set_calibration(Calibration {
+                temperature: report.temperature,
+                link: report.link,
+            })
+            .unwrap();
+            let pred = p.predict(val, report.link).unwrap();
+            laplace_update::metrics::score(&pred.probs, labels, k, 15).unwrap().nll
+        };
+        let chosen = nll_at(&taus);
+        assert!(
+            (report.score - chosen).abs() <= rel * chosen.max(1.0),
+            "{name}: score {} vs {chosen}",
+            report.score
+        );
+        let mut scalar = start.try_clone().unwrap();
+        let scalar = scalar
+            .tune_prior_precision(
+                val,
+                labels,
+                &TuneConfig {
+                    per_class: false,
+                    ..config
+                },
+            )
+            .unwrap();
+        // The descent starts from the scalar choice; in the probit case it moves (the
+        // centred one's scalar optimum is the grid's end, which no class can pass).
+        assert!(
+            report.score <= scalar.score && (!temperature || report.score < scalar.score),
+            "{name}: per class {} vs scalar {}",
+            report.score,
+            scalar.score
+        );
+        for c in 0..k {
+            for &(tau, _) in &scalar.curve {
+                let mut moved = taus.clone();
+                moved[c] = tau;
+                let there = nll_at(&moved);
+                assert!(
+                    chosen <= there + rel * there.max(1.0),
+                    "{name}: class {c} at τ = {tau} scores {there} < {chosen}"
+                );
+            }
+        }
+    }
 }
 
 /// σ of a regression posterior: `set_sigma_noise` equals a fit at that σ; the joint

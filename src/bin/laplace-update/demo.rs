@@ -440,6 +440,7 @@ const PREDICTIVE_ONLY: TuneConfig = TuneConfig {
     temperature: true,
     lambda: true,
     choose_link: false,
+    per_class: false,
 };
 
 /// The initial fit's calibration on the test digits: the network's softmax (alone and with a

@@ -249,6 +249,9 @@ struct TuneArgs {
     /// The link τ is tuned for.
     #[arg(long, value_enum, default_value = "probit")]
     tune_for: TuneLinkArg,
+    /// Then choose one τ per class (Diag), the temperature and λ held.
+    #[arg(long)]
+    tune_per_class: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -276,6 +279,7 @@ impl TuneArgs {
             temperature: self.tune_temperature,
             lambda: self.tune_lambda,
             choose_link: self.tune_link,
+            per_class: self.tune_per_class,
             ..Default::default()
         }
     }
@@ -313,6 +317,10 @@ impl TuneArgs {
         );
         if let Some(sigma) = report.sigma_noise {
             println!("  noise σ = {sigma:.6e}");
+        }
+        if let Some(taus) = &report.class_prior_precision {
+            let shown: Vec<String> = taus.iter().map(|t| format!("{t:.3e}")).collect();
+            println!("  τ per class = [{}]", shown.join(", "));
         }
         for (link, score) in &report.links {
             println!("  link {:<15} {score:.4}", link.name());
