@@ -10,14 +10,16 @@ use std::marker::PhantomData;
 
 use super::compose;
 use super::launch::{GridLimits, LaunchPolicy};
-pub use super::registry::{Access, Family, Kernel, KernelParams, ParamLayout};
+pub use super::registry::{Access, Family, Grid, Kernel, KernelParams};
 use super::{Device, DeviceBuffer, LowRankFactor, Matrix, Op, Sign, check_upload};
 use crate::error::{Error, Result};
 use crate::scalar::{DType, Scalar};
 
 /// What a GPU backend provides: memory, copies and kernel launches.
 ///
-/// Buffers are byte allocations; [`GpuDevice`] tracks their element type and length.
+/// Buffers are byte allocations; [`GpuDevice`] tracks their element type and length. The
+/// trait, like the whole runtime layer, is private to the crate: kernels launch only from the
+/// compositions in `compose.rs`.
 pub trait Runtime: Clone + Send + Sync + std::fmt::Debug + 'static {
     /// A handle to a device allocation, cheap to clone; the allocation lives while a handle does.
     type Raw: Clone + Send + Sync;
@@ -84,21 +86,13 @@ pub trait Runtime: Clone + Send + Sync + std::fmt::Debug + 'static {
 /// "No failure" in a status word.
 pub(crate) const NONE: u32 = u32::MAX;
 
-/// How many blocks a launch runs.
-#[derive(Clone, Copy, Debug)]
-pub enum Grid {
-    /// One thread per item, in blocks of [`Kernel::block_threads`], folded into (x, y, z) by
-    /// [`fold_threads`](super::launch::fold_threads).
-    Threads(usize),
-    /// An explicit grid of blocks, within the runtime's [`GridLimits`].
-    Blocks(usize, usize, usize),
-}
-
 /// A queue of launches, submitted at once.
 pub trait Record {
     /// A backend's handle to a device buffer.
     type Raw: Clone;
-    /// Records one launch; `None` buffers are slots the kernel does not use.
+    /// Records one launch; `None` buffers are slots the kernel does not use. Every
+    /// implementation runs `registry::check_launch` first: a `Device` error, and nothing
+    /// launched, unless each slot holds what the kernel may touch under `params` and `grid`.
     fn launch(
         &mut self,
         kernel: Kernel,
@@ -124,7 +118,8 @@ impl<R: Runtime, T: Send + Sync> DeviceBuffer for GpuBuffer<R, T> {
     }
 }
 
-/// A GPU device: the kernel compositions over a [`Runtime`]. Clones share the runtime.
+/// A GPU device: the kernel compositions over a runtime (CUDA, wgpu, the CUDA emulator).
+/// Clones share the runtime.
 #[derive(Clone, Debug)]
 pub struct GpuDevice<R: Runtime> {
     pub(crate) runtime: R,
@@ -139,13 +134,8 @@ pub(crate) fn raw<R: Runtime, T: Scalar>(m: &GpuMatrix<R, T>) -> R::Raw {
 
 impl<R: Runtime> GpuDevice<R> {
     /// The device over `runtime`.
-    pub fn from_runtime(runtime: R) -> Self {
+    pub(crate) fn from_runtime(runtime: R) -> Self {
         GpuDevice { runtime }
-    }
-
-    /// The runtime underneath.
-    pub fn runtime(&self) -> &R {
-        &self.runtime
     }
 
     /// A zero-filled buffer of `len` elements of `T`, or a typed error when the runtime has no
@@ -433,4 +423,81 @@ impl<R: Runtime> Device for GpuDevice<R> {
     ) -> Result<Matrix<Self, T>> {
         compose::feature_rows(self, x, start, count, augment)
     }
+}
+
+/// The launch checks every runtime runs before a kernel: a launch whose parameters reach past
+/// its buffers is a typed error and touches nothing; the same launch within them runs.
+#[cfg(test)]
+pub(crate) fn check_launches_are_bounded<R: Runtime>(device: &GpuDevice<R>) {
+    use super::registry::{ElementwiseParams, GemmParams};
+    let runtime = &device.runtime;
+    let refused = |kernel: Kernel, params: KernelParams, buffers: &[Option<R::Raw>], grid: Grid| {
+        let mut rec = runtime.recorder();
+        match rec.launch(kernel, DType::F32, params, buffers, grid) {
+            Err(Error::Device { reason, .. }) => reason,
+            other => panic!("{kernel:?}: expected a refusal, got {:?}", other.err()),
+        }
+    };
+    // Two 16-byte buffers, `axpy` over 4,096 elements.
+    let x = runtime.alloc(16, "x").unwrap();
+    let y = runtime.alloc(16, "y").unwrap();
+    runtime.write(&x, bytemuck::cast_slice(&[1f32, 2.0, 3.0, 4.0])).unwrap();
+    let axpy = |len: u32| -> KernelParams {
+        ElementwiseParams {
+            len,
+            rows: 1,
+            cols: len,
+            alpha: 2.0,
+            ..Default::default()
+        }
+        .into()
+    };
+    let buffers = [Some(x.clone()), Some(y.clone()), None];
+    let reason = refused(Kernel::Axpy, axpy(4096), &buffers, Grid::Threads(4096));
+    assert!(reason.contains("16384 bytes of slot"), "{reason}");
+    // A slot the kernel reads, left empty.
+    refused(Kernel::Axpy, axpy(4), &[None, Some(y.clone()), None], Grid::Threads(4));
+    // Within the buffers it runs, and y = 2x.
+    let mut rec = runtime.recorder();
+    rec.launch(Kernel::Axpy, DType::F32, axpy(4), &buffers, Grid::Threads(4))
+        .unwrap();
+    rec.submit().unwrap();
+    let got: Vec<f32> = bytemuck::pod_collect_to_vec(&runtime.read(&y, 16).unwrap());
+    assert_eq!(got, [2.0, 4.0, 6.0, 8.0]);
+    // A gemm whose C offset lies past C, and one whose batch entries walk past A.
+    let gemm = |c_off: u32, a_bo: u32| -> KernelParams {
+        GemmParams {
+            m: 2,
+            n: 2,
+            k: 2,
+            a_rs: 2,
+            a_cs: 1,
+            b_rs: 2,
+            b_cs: 1,
+            c_rs: 2,
+            c_off,
+            a_bo,
+            inner: 1,
+            alpha: 1.0,
+            ..Default::default()
+        }
+        .into()
+    };
+    let four = [Some(x.clone()), Some(x.clone()), None, Some(y.clone())];
+    refused(Kernel::Gemm, gemm(1, 0), &four, Grid::Blocks(1, 1, 1));
+    refused(Kernel::Gemm, gemm(0, 4), &four, Grid::Blocks(1, 1, 2));
+    let mut rec = runtime.recorder();
+    rec.launch(Kernel::Gemm, DType::F32, gemm(0, 0), &four, Grid::Blocks(1, 1, 1))
+        .unwrap();
+    rec.submit().unwrap();
+    // An index past 32 bits, and a wrong parameter block.
+    let wide: KernelParams = ElementwiseParams {
+        len: u32::MAX,
+        rows: u32::MAX,
+        cols: 2,
+        ..Default::default()
+    }
+    .into();
+    refused(Kernel::Transpose, wide, &buffers, Grid::Threads(4));
+    refused(Kernel::Gemm, axpy(4), &four, Grid::Blocks(1, 1, 1));
 }

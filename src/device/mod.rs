@@ -28,7 +28,7 @@ mod cpu_gram;
 #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 pub mod cuda;
 #[cfg(any(feature = "wgpu", feature = "cuda", feature = "cuda-emu"))]
-pub mod gpu;
+pub(crate) mod gpu;
 pub mod launch;
 pub mod provided;
 #[cfg(any(feature = "wgpu", feature = "cuda", feature = "cuda-emu"))]
@@ -45,6 +45,8 @@ use crate::scalar::Scalar;
 pub use self::wgpu::{WgpuDevice, WgpuOptions, WgpuRuntime};
 pub use auto::{AnyDevice, AutoChoice};
 pub use cpu::CpuDevice;
+#[cfg(any(feature = "wgpu", feature = "cuda", feature = "cuda-emu"))]
+pub use gpu::{GpuBuffer, GpuDevice};
 
 /// Whether a gemm operand is used as stored or transposed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +114,7 @@ impl<T: Send + Sync> DeviceBuffer for Vec<T> {
 /// it, [`Matrix::reshape`] keeps it, and no public method hands out the buffer mutably, so safe
 /// code cannot pair a shape with a shorter buffer; the kernels' `// SAFETY:` arguments rest on it.
 ///
-/// ```compile_fail
+/// ```compile_fail,E0624
 /// # use laplace_update::{CpuDevice, Device};
 /// let cpu = CpuDevice::new(1).unwrap();
 /// let (mut big, mut small) = (cpu.zeros::<f64>(64, 64).unwrap(), cpu.zeros::<f64>(1, 1).unwrap());

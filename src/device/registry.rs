@@ -8,7 +8,8 @@
 //! naga reflection, and every CUDA compile checks its struct with `static_assert`s generated
 //! from the entry ([`Family::cuda_source`]).
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::scalar::DType;
 
 /// How a kernel binds a storage buffer slot.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -292,6 +293,16 @@ kernels! {
     ScaleColumns => ("scale_columns", Elementwise, (256, 1)),
 }
 
+/// How many blocks a launch runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Grid {
+    /// One thread per item, in blocks of [`Kernel::block_threads`], folded into (x, y, z) by
+    /// [`fold_threads`](super::launch::fold_threads).
+    Threads(usize),
+    /// An explicit grid of blocks, within the runtime's grid limits.
+    Blocks(usize, usize, usize),
+}
+
 /// A kernel's parameter block as a runtime packs it: the family it belongs to, its integer
 /// fields and its real fields, each in the order of the family's struct.
 #[derive(Clone, Debug, PartialEq)]
@@ -330,6 +341,18 @@ macro_rules! params {
                 ints: &[$(stringify!($int)),*],
                 reals: &[$(stringify!($real)),*],
             };
+        }
+
+        impl $name {
+            /// The struct back from a launch's parameter block (the family was checked).
+            #[allow(unused_mut, unused_variables)]
+            fn of(p: &KernelParams) -> Self {
+                let (mut ints, mut reals) = (p.ints.iter().copied(), p.reals.iter().copied());
+                $name {
+                    $($int: ints.next().unwrap_or(0),)*
+                    $($real: reals.next().unwrap_or(0.0),)*
+                }
+            }
         }
 
         impl From<$name> for KernelParams {
@@ -396,37 +419,338 @@ params! {
     }
 }
 
-/// A device error unless `params` is the parameter struct of `kernel`'s family and the launch
-/// passes one buffer (or `None`) per slot of the family, as every entry point's signature has.
-pub(crate) fn check_launch(kernel: Kernel, params: &KernelParams, buffers: usize) -> Result<()> {
-    let slots = kernel.family().slots().len();
-    if buffers != slots {
-        return Err(crate::error::Error::Device {
-            backend: "gpu",
-            reason: format!(
-                "`{}` takes the {slots} buffer slots of {:?}, the launch passes {buffers}",
-                kernel.name(),
-                kernel.family()
-            ),
-        });
+/// A device error unless `params` is the parameter struct of `kernel`'s family, the launch
+/// passes one buffer (or `None`) per slot of the family, as every entry point's signature has,
+/// and each slot the kernel touches under these parameters and this grid holds the bytes it
+/// may touch there ([`slot_extents`]): `slot_bytes[i]` is the length of slot i's allocation.
+/// Every runtime checks this before it launches, so no parameters, however built, make a
+/// kernel index past an allocation.
+pub(crate) fn check_launch(
+    kernel: Kernel,
+    dtype: DType,
+    params: &KernelParams,
+    slot_bytes: &[Option<usize>],
+    grid: Grid,
+) -> Result<()> {
+    let device = |reason: String| Error::Device { backend: "gpu", reason };
+    let family = kernel.family();
+    let slots = family.slots().len();
+    if slot_bytes.len() != slots {
+        return Err(device(format!(
+            "`{}` takes the {slots} buffer slots of {family:?}, the launch passes {}",
+            kernel.name(),
+            slot_bytes.len()
+        )));
     }
-    if params.family != kernel.family() {
-        return Err(crate::error::Error::Device {
-            backend: "gpu",
-            reason: format!(
-                "`{}` takes {:?} parameters, got {:?}",
-                kernel.name(),
-                kernel.family(),
-                params.family
-            ),
-        });
+    let layout = family.params();
+    if params.family != family || params.ints.len() != layout.ints.len() || params.reals.len() != layout.reals.len() {
+        return Err(device(format!(
+            "`{}` takes {family:?} parameters, got {:?} with {} integers and {} reals",
+            kernel.name(),
+            params.family,
+            params.ints.len(),
+            params.reals.len()
+        )));
+    }
+    let extents = slot_extents(kernel, dtype, params, grid)?;
+    for (slot, (need, have)) in extents.iter().zip(slot_bytes).enumerate() {
+        let Some(need) = *need else { continue };
+        if need == 0 {
+            continue;
+        }
+        match have {
+            None => {
+                return Err(device(format!(
+                    "`{}` reads slot {slot} under these parameters, which the launch leaves empty",
+                    kernel.name()
+                )));
+            }
+            Some(have) if (*have as u128) < need => {
+                return Err(device(format!(
+                    "`{}` may touch {need} bytes of slot {slot}, whose allocation holds {have}",
+                    kernel.name()
+                )));
+            }
+            Some(_) => {}
+        }
     }
     Ok(())
+}
+
+/// The bytes each slot of `kernel` may touch under `params` over `grid`, from the kernel's
+/// indexing (`kernels/<family>.cu`, `shaders/<family>.wgsl`): one past the largest element
+/// index, times the element size (`None`: the slot is not touched). `Device` errors for
+/// parameters a kernel cannot run with safely: an index that leaves 32 bits (the kernels index
+/// in `u32`), a zero divisor, a Cholesky block over 32, a flag or layout out of range.
+pub(crate) fn slot_extents(
+    kernel: Kernel,
+    dtype: DType,
+    params: &KernelParams,
+    grid: Grid,
+) -> Result<Vec<Option<u128>>> {
+    let refuse = |reason: &str| {
+        Err(Error::Device {
+            backend: "gpu",
+            reason: format!("`{}`: {reason}", kernel.name()),
+        })
+    };
+    let size: u128 = match dtype {
+        DType::F32 => 4,
+        DType::F64 => 8,
+    };
+    // Elements 0 .. n as bytes, in u128: a product of four u32 fields fits.
+    let elems = |n: u128| Some(n.saturating_mul(size));
+    let u = |v: u32| v as u128;
+    let extents: Vec<Option<u128>> = match kernel.family() {
+        Family::Gemm => {
+            let p = GemmParams::of(params);
+            let Grid::Blocks(_, _, entries) = grid else {
+                return refuse("the gemm kernel runs on an explicit grid of blocks");
+            };
+            if p.inner == 0 {
+                return refuse("zero inner batch entries");
+            }
+            // The largest `outer·bo + inner·bi` over batch entries z0 .. z0 + entries: at the
+            // last entry, or at the end of the outer row before it.
+            let (last, inner) = (u(p.z0) + (entries as u128).max(1) - 1, u(p.inner));
+            let batch = |bo: u32, bi: u32| {
+                let at = |e: u128| (e / inner) * u(bo) + (e % inner) * u(bi);
+                let row_start = last - last % inner;
+                match row_start > u(p.z0) {
+                    true => at(last).max(at(row_start - 1)),
+                    false => at(last),
+                }
+            };
+            let (m, n, k) = (u(p.m), u(p.n), u(p.k));
+            let matrix = |off: u32, rows: u128, rs: u32, cols: u128, cs: u128, bo: u32, bi: u32| match rows * cols {
+                0 => Some(0),
+                _ => elems(u(off) + (rows - 1) * u(rs) + (cols - 1) * cs + batch(bo, bi) + 1),
+            };
+            vec![
+                matrix(p.a_off, m, p.a_rs, k, u(p.a_cs), p.a_bo, p.a_bi),
+                matrix(p.b_off, k, p.b_rs, n, u(p.b_cs), p.b_bo, p.b_bi),
+                match p.flags & 2 {
+                    0 => None,
+                    _ => matrix(p.w_off, k, p.w_s, 1, 0, p.w_bo, p.w_bi),
+                },
+                matrix(p.c_off, m, p.c_rs, n, 1, p.c_bo, p.c_bi),
+            ]
+        }
+        Family::Ggn => {
+            let p = GgnParams::of(params);
+            let (n, k, kr, d, rank) = (u(p.n), u(p.k), u(p.kr), u(p.d), u(p.rank));
+            match kernel {
+                Kernel::GgnWeights => vec![
+                    elems(if n == 0 { 0 } else { (u(p.row0) + n) * k }),
+                    if p.flags & 1 == 1 { None } else { elems(k * kr) },
+                    elems(n * kr * kr),
+                ],
+                Kernel::KronRows => {
+                    if rank == 0 {
+                        return refuse("rank 0");
+                    }
+                    vec![elems(n * rank * k), elems(n * d), elems(n * rank * k * d)]
+                }
+                _ => vec![elems(k * d * kr * d), elems(k * kr), elems((k * d) * (k * d))],
+            }
+        }
+        Family::Kron => {
+            let p = KronParams::of(params);
+            let (m, k, rows) = (u(p.m), u(p.k), u(p.rows));
+            match kernel {
+                Kernel::KronFactors => vec![elems(m * k), None, elems(m * k * k)],
+                Kernel::KronMixU => vec![elems(rows * k * m), elems(m * k * k), elems(rows * m * k)],
+                _ => vec![elems((m * k) * (m * k)), elems(m * k * k), elems((m * k) * (m * k))],
+            }
+        }
+        Family::Cholesky => {
+            let p = CholeskyParams::of(params);
+            let (n, j0, nb, rows, cols) = (u(p.n), u(p.j0), u(p.nb), u(p.rows), u(p.cols));
+            if nb > 32 {
+                return refuse("a block of more than 32 columns");
+            }
+            // Rows j0 .. j0 + r of an n-wide matrix, columns j0 .. j0 + nb.
+            let block = |r: u128| if r * nb == 0 { 0 } else { (j0 + r - 1) * n + j0 + nb };
+            match kernel {
+                Kernel::PotrfDiagonal => vec![None, elems(block(nb)), elems(nb * 32), Some(4)],
+                Kernel::TrsmPanel => vec![elems(32 * 32), elems(block(nb + rows)), elems(rows * nb), None],
+                _ => vec![elems(block(nb)), elems((j0 + nb) * cols), elems(nb * cols), None],
+            }
+        }
+        Family::Predictive => {
+            let p = PredictiveParams::of(params);
+            let (n, k, d) = (u(p.n), u(p.k), u(p.d));
+            let cov = match p.cov_layout {
+                0 => elems(n * k * k),
+                1 => elems(n),
+                2 => elems(n * k),
+                _ => return refuse("a covariance layout other than 0, 1 or 2"),
+            };
+            match kernel {
+                Kernel::RowDot => vec![
+                    elems(k * n * k * d),
+                    elems(if n == 0 { 0 } else { u(p.in_off) + n * d }),
+                    None,
+                    elems(if n == 0 { 0 } else { u(p.out_off) + n * k * k }),
+                    None,
+                ],
+                Kernel::SoftmaxRows => vec![None, None, None, elems(n * k), None],
+                Kernel::Probit => vec![elems(n * k), cov, None, elems(n * k), None],
+                Kernel::MonteCarlo => {
+                    if p.first > p.last || p.samples == 0 {
+                        return refuse("samples out of order, or none");
+                    }
+                    vec![
+                        elems(n * k),
+                        cov,
+                        elems(u(p.last) * k),
+                        elems(n * k),
+                        elems(n * (k * k + 2 * k)),
+                    ]
+                }
+                Kernel::Bridge => vec![elems(n * k), cov, None, elems(n * k), elems(n * 2 * k)],
+                _ => vec![elems(n * k), None, None, elems(n), None],
+            }
+        }
+        Family::Elementwise => {
+            let p = ElementwiseParams::of(params);
+            let (len, rows, cols) = (u(p.len), u(p.rows), u(p.cols));
+            if len > 0 && cols == 0 {
+                return refuse("zero columns");
+            }
+            let last_row = if len == 0 { 0 } else { (len - 1) / cols.max(1) };
+            // y[c·cols + r] for the c > r of a square matrix's first `len` items.
+            let mirrored = match cols >= 2 && len > 0 {
+                true => len.max((cols - 1) * cols + last_row.min(cols - 2) + 1),
+                false => len,
+            };
+            match kernel {
+                Kernel::Axpy | Kernel::Hadamard => vec![elems(len), elems(len), None],
+                Kernel::AddRow => vec![elems(len.min(cols)), elems(len), None],
+                Kernel::ScaleRows => vec![elems(if len == 0 { 0 } else { last_row + 1 }), elems(len), None],
+                Kernel::ScaleColumns => vec![elems(len.min(cols)), elems(len), None],
+                Kernel::AddDiagonal => vec![None, elems(if len == 0 { 0 } else { (len - 1) * (cols + 1) + 1 }), None],
+                Kernel::MirrorLower | Kernel::Symmetrize => vec![None, elems(mirrored), None],
+                Kernel::ZeroUpper => vec![None, elems(len), None],
+                Kernel::Transpose => {
+                    if len > 0 && rows == 0 {
+                        return refuse("zero rows");
+                    }
+                    let read = if len == 0 {
+                        0
+                    } else {
+                        (len.min(rows) - 1) * cols + (len - 1) / rows + 1
+                    };
+                    vec![elems(read), elems(len), None]
+                }
+                Kernel::FeatureRows => {
+                    if p.flags > 1 || u(p.flags) > cols {
+                        return refuse("a bias flag other than 0 or 1, or wider than the row");
+                    }
+                    let width = cols - u(p.flags);
+                    let read = if len == 0 { 0 } else { (rows + last_row + 1) * width };
+                    vec![elems(read), elems(len), None]
+                }
+                // The result is one word of the element's width, max'ed on its bits.
+                _ => vec![elems(len), None, elems(1)],
+            }
+        }
+    };
+    // The kernels index in u32: every element index must fit.
+    let limit = (u32::MAX as u128 + 1) * size;
+    if extents.iter().flatten().any(|&bytes| bytes > limit) {
+        return refuse("an element index beyond 32 bits");
+    }
+    Ok(extents)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The gemm kernel's extents are one past the largest index its loops form, enumerated
+    /// here over every batch entry, row, column and contraction step of strided, batched and
+    /// split launches, for each operand; a slot one element short is refused.
+    #[test]
+    fn gemm_extents_are_the_largest_index_plus_one() {
+        let cases = [
+            // (m, n, k), (a_rs, a_cs, b_rs, b_cs, c_rs), inner, (a_bo, a_bi, b_bo, b_bi, c_bo, c_bi), z0, entries, offsets
+            ((3, 4, 5), (5, 1, 4, 1, 4), 1, (0, 0, 0, 0, 0, 0), 0, 1, 0),
+            ((3, 4, 5), (1, 3, 1, 5, 9), 3, (40, 15, 60, 20, 70, 30), 2, 5, 7),
+            ((2, 2, 3), (3, 1, 2, 1, 2), 4, (100, 6, 30, 6, 50, 4), 5, 6, 1),
+            ((1, 6, 2), (2, 1, 6, 1, 6), 2, (4, 2, 12, 12, 12, 6), 0, 3, 3),
+        ];
+        for (
+            (m, n, k),
+            (a_rs, a_cs, b_rs, b_cs, c_rs),
+            inner,
+            (a_bo, a_bi, b_bo, b_bi, c_bo, c_bi),
+            z0,
+            entries,
+            off,
+        ) in cases
+        {
+            let p = GemmParams {
+                m,
+                n,
+                k,
+                flags: 2,
+                a_off: off,
+                a_rs,
+                a_cs,
+                b_off: 2 * off,
+                b_rs,
+                b_cs,
+                c_off: off + 1,
+                c_rs,
+                w_off: off,
+                w_s: 2,
+                inner,
+                a_bo,
+                a_bi,
+                b_bo,
+                b_bi,
+                c_bo,
+                c_bi,
+                w_bo: a_bo,
+                w_bi: b_bi,
+                z0,
+                ..Default::default()
+            };
+            let mut top = [0u32; 4];
+            for e in z0..z0 + entries as u32 {
+                let (o, i) = (e / inner, e % inner);
+                for r in 0..m {
+                    for c in 0..k {
+                        top[0] = top[0].max(p.a_off + r * a_rs + c * a_cs + o * a_bo + i * a_bi + 1);
+                    }
+                }
+                for c in 0..k {
+                    for j in 0..n {
+                        top[1] = top[1].max(p.b_off + c * b_rs + j * b_cs + o * b_bo + i * b_bi + 1);
+                    }
+                    top[2] = top[2].max(p.w_off + c * p.w_s + o * p.w_bo + i * p.w_bi + 1);
+                }
+                for r in 0..m {
+                    for j in 0..n {
+                        top[3] = top[3].max(p.c_off + r * c_rs + j + o * c_bo + i * c_bi + 1);
+                    }
+                }
+            }
+            let params: KernelParams = p.into();
+            let grid = Grid::Blocks(1, 1, entries);
+            let got = slot_extents(Kernel::Gemm, DType::F64, &params, grid).unwrap();
+            let want: Vec<Option<u128>> = top.iter().map(|&t| Some(8 * t as u128)).collect();
+            assert_eq!(got, want, "{p:?}");
+            let exact: Vec<Option<usize>> = top.iter().map(|&t| Some(8 * t as usize)).collect();
+            check_launch(Kernel::Gemm, DType::F64, &params, &exact, grid).unwrap();
+            for slot in 0..4 {
+                let mut short = exact.clone();
+                short[slot] = short[slot].map(|b| b - 8);
+                assert!(check_launch(Kernel::Gemm, DType::F64, &params, &short, grid).is_err());
+            }
+        }
+    }
 
     /// Every WGSL `Params` struct has the registry's fields, in order, as u32 then f32, at
     /// consecutive 4-byte offsets (padding fields start with `_`).

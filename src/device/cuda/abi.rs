@@ -22,16 +22,18 @@ pub(crate) struct LaunchPlan {
 }
 
 impl LaunchPlan {
-    /// The launch of `kernel` with `params` on `buffers` slots over `grid`, within `limits`;
-    /// a device error unless the parameters and slots are the family's.
+    /// The launch of `kernel` with `params` on slots of `slot_bytes` bytes over `grid`, within
+    /// `limits`; a device error unless the parameters and slots are the family's and every
+    /// slot holds what the kernel may touch ([`check_launch`](crate::device::registry::check_launch)).
     pub(crate) fn new(
         kernel: Kernel,
+        dtype: DType,
         params: &KernelParams,
-        buffers: usize,
+        slot_bytes: &[Option<usize>],
         grid: Grid,
         limits: GridLimits,
     ) -> Result<Self> {
-        crate::device::registry::check_launch(kernel, params, buffers)?;
+        crate::device::registry::check_launch(kernel, dtype, params, slot_bytes, grid)?;
         let (blocks, threads) = launch_dims(kernel, grid, limits)?;
         Ok(LaunchPlan {
             words: Words::pack(params),

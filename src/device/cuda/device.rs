@@ -56,6 +56,8 @@ pub struct CudaAllocation {
     slice: Mutex<ManuallyDrop<CudaSlice<u8>>>,
     /// The device address, passed to kernels.
     ptr: u64,
+    /// Bytes at `ptr` that kernels may touch, checked before every launch.
+    bytes: usize,
     /// The driver context the address belongs to, checked before every launch.
     context: usize,
     /// What keeps borrowed memory alive ([`CudaDevice::matrix_from_device_ptr`]); `None` when
@@ -290,6 +292,7 @@ impl GpuDevice<CudaRuntime> {
         let raw = Arc::new(CudaAllocation {
             slice: Mutex::new(ManuallyDrop::new(owned)),
             ptr,
+            bytes,
             context: inner.context,
             owner: None,
         });
@@ -333,6 +336,7 @@ impl GpuDevice<CudaRuntime> {
         let raw = Arc::new(CudaAllocation {
             slice: Mutex::new(ManuallyDrop::new(view)),
             ptr,
+            bytes,
             context: inner.context,
             owner: Some(Box::new(owner)),
         });
@@ -423,8 +427,9 @@ impl Record for CudaLaunches {
         buffers: &[Option<Arc<CudaAllocation>>],
         grid: Grid,
     ) -> Result<()> {
+        let slot_bytes: Vec<Option<usize>> = buffers.iter().map(|b| b.as_ref().map(|a| a.bytes)).collect();
         let LaunchPlan { words, blocks, threads } =
-            LaunchPlan::new(kernel, &params, buffers.len(), grid, GridLimits::CUDA)?;
+            LaunchPlan::new(kernel, dtype, &params, &slot_bytes, grid, GridLimits::CUDA)?;
         for b in buffers.iter().flatten() {
             self.dev.check_context(b)?;
         }
@@ -440,14 +445,13 @@ impl Record for CudaLaunches {
         for p in &pointers {
             args.arg(p);
         }
-        // SAFETY: the argument list matches the kernel's C signature (the parameter block, then
-        // one device pointer per buffer slot, in the order the composition passes them). Every
-        // pointer is a live allocation of this context: a matrix's buffer, which holds exactly
-        // rows · cols elements (`Matrix::from_parts` checks it and no public API can replace a
-        // matrix's buffer), or a scratch buffer the composition allocated at the length it
-        // indexes. The compositions check every operand's shape before recording and derive
-        // each launch's index range from those shapes, so no kernel reads or writes past an
-        // allocation; a slot the kernel does not touch for these parameters holds null.
+        // SAFETY: the argument list matches the kernel's C signature (the parameter block of
+        // the kernel's family, then one device pointer per slot of the family, both checked by
+        // `LaunchPlan::new`). Every pointer is a live allocation of this context (held by
+        // `buffers` until the stream is synchronised in `submit`; the context was checked
+        // above), and `LaunchPlan::new` checked that each slot the kernel touches under these
+        // parameters and this grid holds every byte it may touch (`registry::slot_extents`)
+        // and is not null, whoever built the parameters.
         unsafe { args.launch(cfg) }.map_err(|e| device_error(&format!("launching `{}`", kernel.name()), e))?;
         Ok(())
     }
@@ -485,6 +489,7 @@ impl Runtime for CudaRuntime {
             .map_err(|e| device_error(&format!("allocating {label} ({bytes} bytes)"), e))?;
         let ptr = slice.device_ptr(&self.inner.stream).0;
         Ok(Arc::new(CudaAllocation {
+            bytes: slice.len(),
             slice: Mutex::new(ManuallyDrop::new(slice)),
             ptr,
             context: self.inner.context,

@@ -247,6 +247,21 @@ pub struct CudaEmuRuntime {
 }
 
 /// The CUDA kernels run on the CPU: [`GpuDevice`] over [`CudaEmuRuntime`], f32 and f64.
+///
+/// Kernels launch only from the library's own compositions, which check every operand's shape,
+/// and every launch is checked against its buffers' lengths. The runtime underneath (its raw
+/// allocations, launch queues and parameter blocks) is private, so safe code cannot launch a
+/// kernel over buffers shorter than its parameters say:
+///
+/// ```compile_fail,E0603
+/// use laplace_update::CudaEmuDevice;
+/// use laplace_update::device::gpu::{Grid, Kernel, KernelParams, Record, Runtime};
+/// let device = CudaEmuDevice::new().unwrap();
+/// let (x, y) = (device.runtime().alloc(16, "x").unwrap(), device.runtime().alloc(16, "y").unwrap());
+/// let params = KernelParams { family: laplace_update::device::cuda::Family::Elementwise, ints: vec![4096, 1, 4096, 0], reals: vec![1.0] };
+/// let mut launches = device.runtime().recorder();
+/// launches.launch(Kernel::Axpy, laplace_update::DType::F32, params, &[Some(x), Some(y), None], Grid::Threads(4096)).unwrap();
+/// ```
 pub type CudaEmuDevice = GpuDevice<CudaEmuRuntime>;
 
 impl GpuDevice<CudaEmuRuntime> {
@@ -339,8 +354,15 @@ impl Record for EmuLaunches {
         buffers: &[Option<Arc<EmuAllocation>>],
         grid: Grid,
     ) -> Result<()> {
-        let LaunchPlan { words, blocks, threads } =
-            LaunchPlan::new(kernel, &params, buffers.len(), grid, self.runtime.options.grid_limits)?;
+        let slot_bytes: Vec<Option<usize>> = buffers.iter().map(|b| b.as_ref().map(|a| a.bytes)).collect();
+        let LaunchPlan { words, blocks, threads } = LaunchPlan::new(
+            kernel,
+            dtype,
+            &params,
+            &slot_bytes,
+            grid,
+            self.runtime.options.grid_limits,
+        )?;
         let name = entry_name(kernel, dtype);
         let entry = *entries()
             .get(&name)
@@ -358,9 +380,10 @@ impl Record for EmuLaunches {
             .collect();
         // SAFETY: `entry.thunk` is the compiled entry point `name`, which takes the parameter
         // block and `entry.slots` pointers (checked above against the family's slots). Every
-        // pointer is a live allocation (held by `buffers` for the call) or null for a slot the
-        // kernel does not touch under these parameters, and the compositions derive every
-        // launch's index range from the operands' checked shapes, as for a GPU.
+        // pointer is a live allocation (held by `buffers` for the call), and `LaunchPlan::new`
+        // checked that each slot the kernel touches under these parameters and this grid holds
+        // every byte it may touch (`registry::slot_extents`) and is not null, whoever built the
+        // parameters.
         let status = unsafe {
             run_grid(
                 entry.thunk,
@@ -548,6 +571,12 @@ mod tests {
         run("emu_test_divergent_barrier", [1, 1, 1], [64, 1, 1], &[64], &mut out).unwrap();
         run("emu_test_divergent_barrier", [1, 1, 1], [64, 1, 1], &[0], &mut out).unwrap();
         assert_eq!(out[..31], (1..32).collect::<Vec<u32>>()[..]);
+    }
+
+    /// Launches whose parameters reach past their buffers are refused before they run.
+    #[test]
+    fn launches_are_bounded_by_their_buffers() {
+        crate::device::gpu::check_launches_are_bounded(&CudaEmuDevice::new().unwrap());
     }
 
     /// A write past an allocation lands in its guard zone and is detected.

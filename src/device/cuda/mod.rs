@@ -22,9 +22,9 @@ mod emu;
 mod nvrtc;
 
 #[cfg(feature = "cuda")]
-pub use device::{BLAS_ENV, CudaAllocation, CudaDevice, CudaOptions, CudaRuntime};
+pub use device::{BLAS_ENV, CudaDevice, CudaOptions, CudaRuntime};
 #[cfg(feature = "cuda-emu")]
-pub use emu::{CudaEmuDevice, CudaEmuOptions, CudaEmuRuntime, EmuAllocation, EmuLaunches};
+pub use emu::{CudaEmuDevice, CudaEmuOptions, CudaEmuRuntime};
 #[cfg(feature = "cuda")]
 pub use nvrtc::{Compiled, compile, compile_source, nvrtc_available};
 

@@ -164,7 +164,8 @@ impl Record for Recorder {
         grid: Grid,
     ) -> Result<()> {
         debug_assert_eq!(dtype, DType::F32, "the wgpu backend checks for f32 at its boundary");
-        crate::device::registry::check_launch(kernel, &params, buffers.len())?;
+        let slot_bytes: Vec<Option<usize>> = buffers.iter().map(|b| b.as_ref().map(|b| b.size() as usize)).collect();
+        crate::device::registry::check_launch(kernel, dtype, &params, &slot_bytes, grid)?;
         let groups = match grid {
             Grid::Threads(n) => {
                 let (x, y) = kernel.block_threads();
@@ -289,6 +290,22 @@ mod tests {
     use super::*;
     use crate::device::wgpu::{WgpuDevice, WgpuOptions};
 
+    /// Launches whose parameters reach past their buffers are refused before they run.
+    #[test]
+    fn launches_are_bounded_by_their_buffers() {
+        let options = WgpuOptions {
+            allow_software: true,
+            ..WgpuOptions::default()
+        };
+        match WgpuDevice::with_options(&options) {
+            Ok(gpu) => crate::device::gpu::check_launches_are_bounded(&gpu),
+            Err(e) if !std::env::var("LAPLACE_REQUIRE").unwrap_or_default().contains("wgpu") => {
+                eprintln!("SKIPPED wgpu: {e}")
+            }
+            Err(e) => panic!("LAPLACE_REQUIRE names wgpu: {e}"),
+        }
+    }
+
     /// A WGSL error is a typed error naming the shader, not a panic.
     #[test]
     fn invalid_wgsl_is_a_typed_error_naming_the_shader() {
@@ -301,7 +318,7 @@ mod tests {
             return;
         };
         let broken = "@compute @workgroup_size(1) fn main() { let x: f32 = 1u; }";
-        match compile(&gpu.runtime().ctx.device, "broken.wgsl", broken) {
+        match compile(&gpu.runtime.ctx.device, "broken.wgsl", broken) {
             Err(Error::Device {
                 backend: "wgpu",
                 reason,
@@ -310,6 +327,6 @@ mod tests {
             Ok(_) => panic!("invalid WGSL compiled"),
         }
         // The device still works afterwards.
-        assert!(gpu.runtime().ctx.wait().is_ok());
+        assert!(gpu.runtime.ctx.wait().is_ok());
     }
 }
