@@ -111,7 +111,9 @@ fn run(
         let pred = post.predict(phi_test.view(), link)?;
         Ok(score(&pred.probs, &y_test, CLASSES, 15)?)
     };
-    let probit = Link::default();
+    let probit = Link::Probit {
+        lambda: Link::PROBIT_LAMBDA,
+    };
     let centred = Link::CentredProbit {
         lambda: Link::PROBIT_LAMBDA,
     };
@@ -202,6 +204,7 @@ fn run(
             phi_val.view(),
             &y_val,
             &TuneConfig {
+                link: probit,
                 per_class,
                 ..Default::default()
             },

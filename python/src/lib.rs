@@ -816,7 +816,7 @@ impl Posterior {
     /// of the predictive under `link` (probit, centred-probit, none) on validation data, sets
     /// them, and returns a dict: `prior_precision`, `class_prior_precision` (a list, or None),
     /// `temperature`, `link`, `score`, `curve` [(τ, score)], `links` [(link, score)].
-    #[pyo3(signature = (features, labels, metric="nll", link="probit", grid_min=1e-4, grid_max=1e4, grid_points=41, prior=true, temperature=false, tune_lambda=false, choose_link=false, per_class=false))]
+    #[pyo3(signature = (features, labels, metric="nll", link="centred-probit", grid_min=1e-4, grid_max=1e4, grid_points=41, prior=true, temperature=false, tune_lambda=false, choose_link=false, per_class=false))]
     #[allow(clippy::too_many_arguments)]
     fn tune_prior_precision<'py>(
         &self,

@@ -45,7 +45,7 @@ def test_full_fit_update_predict(bias_in):
     # Predictive at unseen inputs: J Σ Jᵀ and the probit link.
     w1m = w1.reshape(k, da)
     wn, bn = (w1m[:, :-1], w1m[:, -1]) if bias_in else (w1m, b)
-    probs, var = post.predict(x[36:])
+    probs, var = post.predict(x[36:], link="probit")
     sf = logit_covariance(x[36:], cov1, k, bias_in)
     assert var.shape == (4, k, k)
     assert rel(var, sf) < 1e-10
@@ -271,7 +271,7 @@ def test_tune_prior_precision_per_class_against_numpy():
     post = lu.Posterior.fit(x[:30], y[:30], w * 3, b, structure="diag", prior_precision=TAU)
     k, da = w.shape[0], w.shape[1] + 1
     h = post.precision().reshape(k, da) - TAU
-    report = post.tune_prior_precision(x[30:], y[30:], grid_points=9, per_class=True)
+    report = post.tune_prior_precision(x[30:], y[30:], link="probit", grid_points=9, per_class=True)
     taus = report["class_prior_precision"]
     assert len(taus) == k and post.prior_precision == pytest.approx(taus, rel=1e-6)
     f = logits(x[30:], w * 3, b)

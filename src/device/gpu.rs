@@ -10,7 +10,7 @@ use std::marker::PhantomData;
 
 use super::compose;
 use super::launch::{GridLimits, LaunchPolicy};
-pub use super::registry::{Access, Family, Grid, Kernel, KernelParams};
+pub use super::registry::{Family, Grid, Kernel, KernelParams};
 use super::{Device, DeviceBuffer, LowRankFactor, Matrix, Op, Sign, check_upload};
 use crate::error::{Error, Result};
 use crate::scalar::{DType, Scalar};

@@ -41,8 +41,12 @@ pub enum Link {
 }
 
 impl Default for Link {
+    /// The centred probit with λ = π/8: with τ by marginal likelihood its test NLL was below
+    /// the plain probit's and Monte Carlo's on every network and data set measured (two to ten
+    /// classes, regularised and saturated; see the README), and equal to the plain probit's
+    /// once τ is tuned on validation data.
     fn default() -> Self {
-        Link::Probit {
+        Link::CentredProbit {
             lambda: Link::PROBIT_LAMBDA,
         }
     }

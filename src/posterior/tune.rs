@@ -92,7 +92,8 @@ pub struct TuneConfig {
 }
 
 impl Default for TuneConfig {
-    /// NLL, the probit, τ chosen on 41 points of 10⁻⁴ … 10⁴, T = 1, the link kept.
+    /// NLL, the centred probit (the default link), τ chosen on 41 points of 10⁻⁴ … 10⁴, T = 1,
+    /// the link kept.
     fn default() -> Self {
         TuneConfig {
             metric: TuneMetric::Nll,

@@ -356,9 +356,10 @@ pub fn check_structures<D: Device, T: Scalar>(dev: &D) {
 
                     // Predictive logit covariance J Σ Jᵀ at unseen inputs.
                     let x = Problem::cast::<T>(&pb.phi[23 * pb.d..]);
-                    let pred = post
-                        .predict(HostMatrix::new(&x, 3, pb.d).unwrap(), Link::default())
-                        .unwrap();
+                    let probit = Link::Probit {
+                        lambda: Link::PROBIT_LAMBDA,
+                    };
+                    let pred = post.predict(HostMatrix::new(&x, 3, pb.d).unwrap(), probit).unwrap();
                     for i in 0..3 {
                         let j = jacobian(&pb.phi_aug(pb.x(23 + i)), pb.k);
                         let sf = j.mul(&cov1).mul(&j.t());
@@ -415,9 +416,7 @@ pub fn check_structures<D: Device, T: Scalar>(dev: &D) {
                         let delta = 0.5;
                         post.set_prior_precision(&[TAU + delta]).unwrap();
                         let cov2 = prec1.add(&Dense::identity(p), delta).inverse();
-                        let got = post
-                            .predict(HostMatrix::new(&x, 3, pb.d).unwrap(), Link::default())
-                            .unwrap();
+                        let got = post.predict(HostMatrix::new(&x, 3, pb.d).unwrap(), probit).unwrap();
                         for i in 0..3 {
                             let j = jacobian(&pb.phi_aug(pb.x(23 + i)), pb.k);
                             let sf = j.mul(&cov2).mul(&j.t());
@@ -1453,7 +1452,9 @@ pub fn check_centred_probit<D: Device, T: Scalar>(dev: &D) {
             .sum()
     };
     let (plain, centred) = (
-        error(Link::default()),
+        error(Link::Probit {
+            lambda: Link::PROBIT_LAMBDA,
+        }),
         error(Link::CentredProbit {
             lambda: Link::PROBIT_LAMBDA,
         }),

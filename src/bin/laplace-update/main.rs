@@ -247,7 +247,7 @@ struct TuneArgs {
     #[arg(long)]
     tune_link: bool,
     /// The link τ is tuned for.
-    #[arg(long, value_enum, default_value = "probit")]
+    #[arg(long, value_enum, default_value = "centred-probit")]
     tune_for: TuneLinkArg,
     /// Then choose one τ per class (Diag), the temperature and λ held.
     #[arg(long)]

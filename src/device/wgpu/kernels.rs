@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
 use super::{Context, backend_error};
-use crate::device::gpu::{Access, Family, Grid, Kernel, KernelParams, Record};
+use crate::device::gpu::{Family, Grid, Kernel, KernelParams, Record};
 use crate::device::launch::{GridLimits, fold_threads};
+use crate::device::registry::Access;
 use crate::error::{Error, Result};
 use crate::scalar::DType;
 
