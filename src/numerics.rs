@@ -108,6 +108,31 @@ pub(crate) fn psd_cholesky(a: &mut [f64], k: usize) {
     }
 }
 
+/// Search interval of the prior precision τ.
+pub(crate) const TAU_RANGE: (f64, f64) = (1e-10, 1e10);
+
+/// The τ that maximises `−½τ‖w‖² + ½P log τ − ½ c Σ_i log(h_i + τ)` (P = c·len(h)): the root
+/// of `c Σ_i h_i/(h_i + τ) − τ‖w‖²`, which decreases in τ, by bisection on log τ.
+pub(crate) fn evidence_root(h: &[f64], multiplicity: f64, norm: f64) -> f64 {
+    let slope = |tau: f64| multiplicity * h.iter().map(|x| x / (x + tau)).sum::<f64>() - tau * norm;
+    let (mut lo, mut hi) = (TAU_RANGE.0.ln(), TAU_RANGE.1.ln());
+    if slope(hi.exp()) >= 0.0 {
+        return TAU_RANGE.1;
+    }
+    if slope(lo.exp()) <= 0.0 {
+        return TAU_RANGE.0;
+    }
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if slope(mid.exp()) > 0.0 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    (0.5 * (lo + hi)).exp()
+}
+
 #[cfg(test)]
 mod pivot_rule_tests {
     use super::PIVOT_ULPS;

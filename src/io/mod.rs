@@ -5,6 +5,7 @@
 //! or [`Error::Io`]; none panics on malformed input.
 
 mod array;
+mod durable;
 pub mod fuzz;
 mod locked;
 mod npy;
@@ -12,7 +13,8 @@ mod posterior_file;
 mod safetensors_array;
 
 pub use array::{Array, ArrayData};
-pub use locked::{DEFAULT_LOCK_TIMEOUT, PosteriorFile, remove_dead_temporaries};
+pub use durable::remove_dead_temporaries;
+pub use locked::{DEFAULT_LOCK_TIMEOUT, PosteriorFile};
 pub use npy::{parse_npy, read_npy, write_npy};
 pub use posterior_file::{
     PosteriorHeader, accumulator_from_bytes, accumulator_to_bytes, load_accumulator, load_posterior, parse_structure,

@@ -136,7 +136,7 @@ pub fn write_npy<T: Scalar>(path: &Path, data: &[T], shape: &[usize]) -> Result<
     out.extend_from_slice(&header_len.to_le_bytes());
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(bytemuck::cast_slice(data));
-    super::locked::write_durably(path, &out)
+    super::durable::write_durably(path, &out)
 }
 
 fn le8(b: &[u8]) -> [u8; 8] {

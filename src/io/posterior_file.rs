@@ -6,8 +6,8 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
+use super::durable::write_durably;
 use super::io_error;
-use super::locked::write_durably;
 use crate::device::{Device, OutputWeighting};
 use crate::error::{Error, Result};
 use crate::posterior::{

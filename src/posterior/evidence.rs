@@ -5,6 +5,7 @@ use super::{Likelihood, Posterior};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::host::Targets;
+use crate::numerics::evidence_root;
 use crate::scalar::Scalar;
 
 /// Which prior precisions [`Posterior::optimize_prior_precision`] fits.
@@ -16,9 +17,6 @@ pub enum PriorShape {
     /// One τ_k per class (the weights of head row k, bias included): Full and Diag.
     PerClass,
 }
-
-/// Search interval of τ.
-pub(crate) const TAU_RANGE: (f64, f64) = (1e-10, 1e10);
 
 impl<D: Device, T: Scalar> Posterior<D, T> {
     /// The Laplace approximation of the log marginal likelihood of the data (Φ, targets) at
@@ -315,26 +313,4 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     pub(super) fn prior_values(&self) -> Vec<f64> {
         (0..self.classes).map(|k| self.prior_of(k).as_f64()).collect()
     }
-}
-
-/// The τ that maximises `−½τ‖w‖² + ½P log τ − ½ c Σ_i log(h_i + τ)` (P = c·len(h)): the root
-/// of `c Σ_i h_i/(h_i + τ) − τ‖w‖²`, which decreases in τ, by bisection on log τ.
-pub(crate) fn evidence_root(h: &[f64], multiplicity: f64, norm: f64) -> f64 {
-    let slope = |tau: f64| multiplicity * h.iter().map(|x| x / (x + tau)).sum::<f64>() - tau * norm;
-    let (mut lo, mut hi) = (TAU_RANGE.0.ln(), TAU_RANGE.1.ln());
-    if slope(hi.exp()) >= 0.0 {
-        return TAU_RANGE.1;
-    }
-    if slope(lo.exp()) <= 0.0 {
-        return TAU_RANGE.0;
-    }
-    for _ in 0..200 {
-        let mid = 0.5 * (lo + hi);
-        if slope(mid.exp()) > 0.0 {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    (0.5 * (lo + hi)).exp()
 }

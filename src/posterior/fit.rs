@@ -83,28 +83,27 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             head.data().to_vec()
         };
         let da = dim + usize::from(augment);
-        Ok(Posterior {
-            device: device.clone(),
-            likelihood: config.likelihood,
-            curvature: config.curvature,
-            bias_mode: config.bias,
-            prior_precision: vec![T::from_f64(config.prior_precision)],
-            classes,
-            features: dim,
-            fixed_bias: match (augment, bias) {
-                (false, Some(b)) => Some(device.upload(b, 1, classes)?),
-                _ => None,
+        Ok(Posterior::from_parts(
+            device,
+            super::Parts {
+                likelihood: config.likelihood,
+                curvature: config.curvature,
+                bias_mode: config.bias,
+                prior_precision: vec![T::from_f64(config.prior_precision)],
+                classes,
+                features: dim,
+                fixed_bias: match (augment, bias) {
+                    (false, Some(b)) => Some(device.upload(b, 1, classes)?),
+                    _ => None,
+                },
+                moments: Moments {
+                    head: device.upload(&head_host, classes, da)?,
+                    state: super::structure::placeholder(config.structure, device)?,
+                },
+                samples_seen: 0,
+                calibration: super::Calibration::default(),
             },
-            moments: Moments {
-                head: device.upload(&head_host, classes, da)?,
-                state: super::structure::placeholder(config.structure, device)?,
-            },
-            samples_seen: 0,
-            refresh_policy: Some(super::RefreshPolicy::default()),
-            since_check: 0,
-            drift_floor: 0.0,
-            calibration: super::Calibration::default(),
-        })
+        ))
     }
 }
 

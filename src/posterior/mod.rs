@@ -8,12 +8,15 @@
 //! approximation at the new mode.
 
 mod accumulate;
+mod config;
 mod evidence;
 mod features;
 mod fit;
 mod head;
 mod model;
 mod predict;
+mod raw;
+mod refresh;
 mod sample;
 mod step;
 mod structure;
@@ -22,10 +25,14 @@ mod unlearn;
 mod update;
 
 pub use accumulate::CurvatureAccumulator;
+pub(crate) use config::pass_rows;
+pub use config::{BiasMode, CHUNK_ELEMENTS, Curvature, FitConfig, Likelihood, Structure};
 pub use evidence::PriorShape;
 pub use features::Features;
 pub use head::{HeadConfig, HeadFit, HeadSolver, HeadTargets, fit_head, fit_head_gaussian, fit_map_head};
 pub use predict::{Calibration, Link, Prediction};
+pub(crate) use raw::RawPosterior;
+pub use refresh::RefreshPolicy;
 pub(crate) use structure::{RawTensor, resident_bytes};
 pub use tune::{TuneConfig, TuneMetric, TuneReport};
 
@@ -38,168 +45,6 @@ use crate::host::Targets;
 use crate::scalar::Scalar;
 use model::Batch;
 use structure::CovarianceStructure;
-
-/// Which covariance the posterior keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Structure {
-    /// The exact curvature over all `P = K·D` weights: Π and Σ are P × P.
-    Full,
-    /// One D × D covariance shared by all classes (`Π = I_K ⊗ Π_D`), the seed paper's form,
-    /// with curvature `Π_D = τ I + Σ_n m_n φ_n φ_nᵀ`. The weighting sets m_n for the softmax GGN;
-    /// every other curvature uses `m_n = tr(M_n)/K` for the output curvature M_n, the nearest
-    /// `I_K ⊗ ·` form in Frobenius norm.
-    Shared(OutputWeighting),
-    /// The diagonal of the curvature: `Π_kd = τ + Σ_n M_n[k,k] φ_nd²`, P values. Updates are
-    /// exact for this structure.
-    Diag,
-    /// KFAC: `Σ_n M_n ⊗ φ_nφ_nᵀ ≈ (1/N)(Σ_n M_n) ⊗ (Σ_n φ_nφ_nᵀ) = (1/N) A ⊗ G`, kept as the
-    /// eigendecompositions `A = U_A diag(a) U_Aᵀ`, `G = U_G diag(g) U_Gᵀ` with the prior added on
-    /// the eigenvalues: `Π = (U_A ⊗ U_G) diag(a_i g_j / N + τ) (U_A ⊗ U_G)ᵀ`. An update adds the
-    /// new samples to the running sums A, G and N and refactors them, an approximation: the
-    /// Kronecker factorisation of a sum is not the sum of the factorisations.
-    Kron,
-}
-
-/// The likelihood of a target given the logits `f = W φ + b`.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub enum Likelihood {
-    /// Softmax cross-entropy over K classes; targets are class labels.
-    #[default]
-    Classification,
-    /// Gaussian `N(y | f, σ² I_K)` over K outputs; targets are n × K real values. The GGN is
-    /// `I_K ⊗ φφᵀ / σ²`, independent of the head, so the Newton step is exact and an update
-    /// equals a refit on all data (the Bayesian linear model).
-    Regression {
-        /// Observation noise σ > 0.
-        sigma_noise: f64,
-    },
-}
-
-/// Which curvature approximates the Hessian of the negative log-likelihood.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Curvature {
-    /// The generalised Gauss–Newton `J_nᵀ M_n J_n`: for softmax `M_n = diag(p_n) − p_n p_nᵀ`
-    /// (equal to the Fisher), for regression `I_K / σ²`.
-    #[default]
-    Ggn,
-    /// The empirical Fisher `Σ_n g_n g_nᵀ` with `g_n = ∂_f log p(y_n | f_n) ⊗ φ_n`:
-    /// `M_n = r_n r_nᵀ`, `r_n = e_{y_n} − p_n` (classification) or `(y_n − f_n)/σ²` (regression).
-    EmpiricalFisher,
-    /// The empirical Fisher with targets drawn from the model, averaged over `samples` draws:
-    /// `M_n = (1/S) Σ_s r_s r_sᵀ`. The draws for a sample are seeded by `seed` and the sample's
-    /// own feature values, so they do not depend on chunking, sharding or order.
-    MonteCarloFisher {
-        /// Draws per sample S ≥ 1.
-        samples: usize,
-        /// Seed of the draws.
-        seed: u64,
-    },
-}
-
-/// Where the head's bias lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BiasMode {
-    /// The bias is a weight of the posterior: features are augmented to `[φ, 1]` and D counts
-    /// the extra column.
-    #[default]
-    InPosterior,
-    /// The bias is held fixed at the value given to `fit` (or zero) and added to the logits.
-    Fixed,
-}
-
-impl BiasMode {
-    /// D_aug, the head's stored columns for `features` columns: D + 1 with the bias in the
-    /// posterior, else D.
-    pub fn augmented(self, features: usize) -> usize {
-        features + usize::from(self == BiasMode::InPosterior)
-    }
-}
-
-/// Settings of [`Posterior::fit`].
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FitConfig {
-    /// Covariance structure.
-    pub structure: Structure,
-    /// Likelihood of the targets.
-    pub likelihood: Likelihood,
-    /// Curvature approximation.
-    pub curvature: Curvature,
-    /// Prior precision τ > 0 (`Π = τ I + curvature`).
-    pub prior_precision: f64,
-    /// Whether the bias is part of the posterior.
-    pub bias: BiasMode,
-    /// Rows of Φ uploaded and accumulated per pass, at most: a pass also holds at most
-    /// [`CHUNK_ELEMENTS`] values of its `rows × (K + D_aug)` features and outputs, so that memory
-    /// stays bounded for large N and for large heads (K = 32,000 gives passes of 1,000 rows).
-    pub chunk_rows: usize,
-}
-
-/// The most `rows × (K + D_aug)` values one pass over the data holds (2²⁵: 128 MB of f32).
-pub const CHUNK_ELEMENTS: usize = 1 << 25;
-
-/// The rows of one pass: `chunk_rows`, capped so that `rows × (K + D_aug) ≤ elements`
-/// (at most [`CHUNK_ELEMENTS`], a structure may ask for fewer), and at least 1.
-pub(crate) fn pass_rows(chunk_rows: usize, classes: usize, augmented_features: usize, elements: usize) -> usize {
-    chunk_rows
-        .min(elements.min(CHUNK_ELEMENTS) / (classes + augmented_features).max(1))
-        .max(1)
-}
-
-impl Default for FitConfig {
-    fn default() -> Self {
-        FitConfig {
-            structure: Structure::Full,
-            likelihood: Likelihood::Classification,
-            curvature: Curvature::Ggn,
-            prior_precision: 1.0,
-            bias: BiasMode::InPosterior,
-            chunk_rows: 32_768,
-        }
-    }
-}
-
-impl FitConfig {
-    /// Peak bytes a fit with these settings allocates at K classes and D feature columns in
-    /// `T` before its passes over the data: the data term, Π, Σ and the workspace of Π's
-    /// inverse (Full about 4P² elements, P = K·D_aug). A fit that would exceed the
-    /// [memory budget](crate::memory) is refused with `OutOfMemory` before it allocates.
-    ///
-    /// ```
-    /// use laplace_update::{FitConfig, Structure};
-    /// let full = FitConfig::default().peak_bytes::<f32>(30, 512);
-    /// let kron = FitConfig { structure: Structure::Kron, ..Default::default() }.peak_bytes::<f32>(30, 512);
-    /// assert!(full > 3_000_000_000 && kron < 20_000_000);
-    /// ```
-    pub fn peak_bytes<T: Scalar>(&self, classes: usize, features: usize) -> u64 {
-        let da = self.bias.augmented(features);
-        structure::fit_bytes(self.structure, classes, da, std::mem::size_of::<T>())
-    }
-
-    /// Peak bytes of one pass of `rows` samples over the data in `T`: the logits, the output
-    /// curvatures and the staged features. A pass that would exceed the
-    /// [memory budget](crate::memory) is refused with `OutOfMemory`.
-    pub fn pass_bytes<T: Scalar>(&self, rows: usize, classes: usize, features: usize) -> u64 {
-        let da = self.bias.augmented(features);
-        structure::pass_bytes(self.structure, rows, classes, da, std::mem::size_of::<T>())
-    }
-
-    /// Checks the settings that do not depend on data: τ, σ, Monte Carlo samples, chunk size.
-    ///
-    /// Errors: `InvalidArgument`.
-    pub fn validate(&self) -> Result<()> {
-        positive::<f64>("prior_precision", self.prior_precision)?;
-        if let Likelihood::Regression { sigma_noise } = self.likelihood {
-            positive::<f64>("sigma_noise", sigma_noise)?;
-        }
-        if let Curvature::MonteCarloFisher { samples: 0, .. } = self.curvature {
-            return Err(Error::invalid("samples", "at least one Monte Carlo sample is required"));
-        }
-        if self.chunk_rows == 0 {
-            return Err(Error::invalid("chunk_rows", "must be at least 1"));
-        }
-        Ok(())
-    }
-}
 
 /// Mean and covariance state: everything an update changes, kept together so that an update
 /// can work on a copy and commit by a move.
@@ -267,37 +112,55 @@ pub struct Posterior<D: Device, T: Scalar> {
     calibration: Calibration,
 }
 
-/// When [`Posterior::update`] checks the drift of Σ against Π and refreshes Σ from Π.
-///
-/// After every `every` updated samples, the drift is estimated on `probes` seeded columns,
-/// `max |(ΠΣ − I)[:, j]|` (two n × probes products), and Σ is recomputed from Π when it exceeds
-/// `threshold`. So at every check the drift is at most `threshold`; between checks it grows by
-/// what `every` updates add, unless the element type cannot do better: after a refresh that
-/// leaves the drift at `f`, the next refresh waits for `2f`. The check costs about
-/// `4 n² · probes` flops (n the side of Σ), the refresh one Cholesky inverse; a refresh that
-/// fails leaves the (successful) update as it is.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RefreshPolicy {
-    /// Updated samples between checks (≥ 1).
-    pub every: usize,
-    /// Largest drift left in place.
-    pub threshold: f64,
-    /// Columns of ΠΣ − I examined per check (≥ 1).
-    pub probes: usize,
-}
-
-impl Default for RefreshPolicy {
-    /// Every 1,000 samples, threshold 1e-4, 8 probe columns.
-    fn default() -> Self {
-        RefreshPolicy {
-            every: 1000,
-            threshold: 1e-4,
-            probes: 8,
-        }
-    }
+/// What a posterior is made of besides its drift bookkeeping: the fields
+/// [`Posterior::from_parts`] builds every posterior from.
+pub(crate) struct Parts<D: Device, T: Scalar> {
+    pub likelihood: Likelihood,
+    pub curvature: Curvature,
+    pub bias_mode: BiasMode,
+    pub prior_precision: Vec<T>,
+    pub classes: usize,
+    pub features: usize,
+    pub fixed_bias: Option<Matrix<D, T>>,
+    pub moments: Moments<D, T>,
+    pub samples_seen: usize,
+    pub calibration: Calibration,
 }
 
 impl<D: Device, T: Scalar> Posterior<D, T> {
+    /// The one place a posterior is built: `parts` on `device`, with the default drift checks
+    /// ([`RefreshPolicy::default`]) and none run yet.
+    pub(crate) fn from_parts(device: &D, parts: Parts<D, T>) -> Self {
+        let Parts {
+            likelihood,
+            curvature,
+            bias_mode,
+            prior_precision,
+            classes,
+            features,
+            fixed_bias,
+            moments,
+            samples_seen,
+            calibration,
+        } = parts;
+        Posterior {
+            device: device.clone(),
+            likelihood,
+            curvature,
+            bias_mode,
+            prior_precision,
+            classes,
+            features,
+            fixed_bias,
+            moments,
+            samples_seen,
+            refresh_policy: Some(RefreshPolicy::default()),
+            since_check: 0,
+            drift_floor: 0.0,
+            calibration,
+        }
+    }
+
     /// The device the posterior lives on.
     pub fn device(&self) -> &D {
         &self.device
@@ -525,8 +388,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
 
     /// A device-side deep copy.
     pub fn try_clone(&self) -> Result<Self> {
-        Ok(Posterior {
-            device: self.device.clone(),
+        let parts = Parts {
             likelihood: self.likelihood,
             curvature: self.curvature,
             bias_mode: self.bias_mode,
@@ -536,81 +398,14 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             fixed_bias: self.fixed_bias.as_ref().map(|b| self.device.copy(b)).transpose()?,
             moments: self.moments.copy(&self.device)?,
             samples_seen: self.samples_seen,
+            calibration: self.calibration,
+        };
+        Ok(Posterior {
             refresh_policy: self.refresh_policy,
             since_check: self.since_check,
             drift_floor: self.drift_floor,
-            calibration: self.calibration,
+            ..Self::from_parts(&self.device, parts)
         })
-    }
-
-    /// Numerical drift of the stored pair: `max_ij |(Π Σ − I)_ij|`, the entrywise max-abs norm
-    /// (Diag and Kron: `max |π σ − 1|` over their eigenvalues).
-    ///
-    /// Costs one product of the stored matrices. Exact arithmetic gives 0; updates in floating
-    /// point let it grow, and [`Posterior::refresh`] resets it.
-    pub fn drift(&self) -> Result<T> {
-        self.moments.state.drift(&self.device, None)
-    }
-
-    /// The automatic drift check of [`Posterior::update`] (on by default).
-    pub fn refresh_policy(&self) -> Option<RefreshPolicy> {
-        self.refresh_policy
-    }
-
-    /// Sets (or, with `None`, turns off) the automatic drift check.
-    ///
-    /// Errors: `InvalidArgument` for `every` or `probes` of 0, or a threshold that is not
-    /// finite and positive.
-    pub fn set_refresh_policy(&mut self, policy: Option<RefreshPolicy>) -> Result<()> {
-        if let Some(p) = policy {
-            if p.every == 0 || p.probes == 0 {
-                return Err(Error::invalid(
-                    "refresh_policy",
-                    "`every` and `probes` must be at least 1",
-                ));
-            }
-            positive::<f64>("threshold", p.threshold)?;
-        }
-        self.refresh_policy = policy;
-        self.since_check = 0;
-        Ok(())
-    }
-
-    /// `max_j |(ΠΣ − I)[:, j]|` over `probes` columns j drawn from `seed`: a lower bound of
-    /// [`Posterior::drift`] at O(n² · probes) cost.
-    pub fn drift_estimate(&self, probes: usize, seed: u64) -> Result<T> {
-        self.moments.state.drift(&self.device, Some((probes, seed)))
-    }
-
-    /// Runs the refresh policy after `m` updated samples.
-    pub(crate) fn after_update(&mut self, m: usize) {
-        let Some(policy) = self.refresh_policy else { return };
-        self.since_check += m;
-        if self.since_check < policy.every {
-            return;
-        }
-        self.since_check = 0;
-        let seed = self.samples_seen as u64;
-        let Ok(drift) = self.drift_estimate(policy.probes, seed) else {
-            return;
-        };
-        let drift = drift.as_f64();
-        // Refresh above the threshold, unless the last refresh could do no better: an f32
-        // inverse of a badly conditioned precision has a floor, and refreshing down to it
-        // again would cost a Cholesky inverse every check for nothing.
-        let due = drift.is_nan() || (drift > policy.threshold && drift > 2.0 * self.drift_floor);
-        if due && self.refresh().is_ok() {
-            self.drift_floor = self.drift_estimate(policy.probes, seed).map_or(0.0, |d| d.as_f64());
-        }
-    }
-
-    /// Recomputes `Σ = Π⁻¹` from the precision (Cholesky, or the reciprocals of the
-    /// eigenvalues), discarding accumulated drift. On failure the posterior is unchanged.
-    pub fn refresh(&mut self) -> Result<()> {
-        let state = &mut self.moments.state;
-        let covariance = state.covariance_of(&self.device, state.precision())?;
-        state.pair_mut().covariance = covariance;
-        Ok(())
     }
 
     /// What the per-structure operations read of the posterior.
@@ -639,159 +434,6 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             curvature,
             fixed_bias,
         }
-    }
-}
-
-/// A posterior's contents in host memory, row-major: what a posterior file stores.
-pub(crate) struct RawPosterior<T> {
-    pub structure: Structure,
-    pub likelihood: Likelihood,
-    pub curvature: Curvature,
-    pub bias_mode: BiasMode,
-    /// 1 or K values.
-    pub prior_precision: Vec<T>,
-    pub classes: usize,
-    pub features: usize,
-    /// K × D_aug.
-    pub head: Vec<T>,
-    /// 1 × K, when the bias is fixed and was given.
-    pub fixed_bias: Option<Vec<T>>,
-    pub precision: Vec<T>,
-    pub covariance: Vec<T>,
-    /// What the structure keeps besides Π and Σ (Kron: A, G, U_A, U_G; accumulators: the
-    /// parts of the data term).
-    pub factors: Vec<structure::RawTensor<T>>,
-    /// The weight of the structure's sums: the samples seen, less what forgetting discounted.
-    pub factor_weight: f64,
-    pub samples_seen: usize,
-    pub calibration: Calibration,
-}
-
-impl<T> RawPosterior<T> {
-    /// The settings the contents were made with (τ, stored apart, set to 1).
-    pub fn config(&self, chunk_rows: usize) -> FitConfig {
-        FitConfig {
-            structure: self.structure,
-            likelihood: self.likelihood,
-            curvature: self.curvature,
-            prior_precision: 1.0,
-            bias: self.bias_mode,
-            chunk_rows,
-        }
-    }
-    pub fn augmented_features(&self) -> usize {
-        self.bias_mode.augmented(self.features)
-    }
-    pub fn stored_shape(&self) -> (usize, usize) {
-        structure::stored_shape(self.structure, self.classes, self.augmented_features())
-    }
-}
-
-impl<D: Device, T: Scalar> Posterior<D, T> {
-    pub(crate) fn to_raw(&self) -> Result<RawPosterior<T>> {
-        Ok(RawPosterior {
-            structure: self.structure(),
-            likelihood: self.likelihood,
-            curvature: self.curvature,
-            bias_mode: self.bias_mode,
-            prior_precision: self.prior_precision.clone(),
-            classes: self.classes,
-            features: self.features,
-            head: self.device.download(&self.moments.head)?,
-            fixed_bias: self.fixed_bias.as_ref().map(|b| self.device.download(b)).transpose()?,
-            precision: self.precision()?,
-            covariance: self.covariance()?,
-            factors: self.moments.state.factor_tensors(&self.device)?,
-            factor_weight: self.moments.state.factor_weight().unwrap_or(self.samples_seen as f64),
-            samples_seen: self.samples_seen,
-            calibration: self.calibration,
-        })
-    }
-
-    /// Rebuilds a posterior from its contents, checking every shape and value.
-    pub(crate) fn from_raw(device: &D, raw: RawPosterior<T>) -> Result<Self> {
-        use crate::host::check_finite;
-        let fewest = if raw.likelihood == Likelihood::Classification {
-            2
-        } else {
-            1
-        };
-        if raw.classes < fewest || raw.features == 0 {
-            return Err(Error::invalid(
-                "shape",
-                format!("K = {}, D = {}", raw.classes, raw.features),
-            ));
-        }
-        raw.config(1).validate()?;
-        raw.calibration.validate()?;
-        if !(raw.prior_precision.len() == 1 || raw.prior_precision.len() == raw.classes)
-            || raw.prior_precision.iter().any(|t| !(t.is_finite() && *t > T::zero()))
-        {
-            return Err(Error::invalid(
-                "prior_precision",
-                "must be 1 or K values, finite and > 0",
-            ));
-        }
-        let da = raw.augmented_features();
-        if raw.head.len() != raw.classes * da {
-            return Err(Error::ShapeMismatch {
-                argument: "head",
-                expected: format!("{} elements", raw.classes * da),
-                got: format!("{} elements", raw.head.len()),
-            });
-        }
-        check_finite("head", &raw.head)?;
-        let fixed_bias = match (&raw.fixed_bias, raw.bias_mode) {
-            (None, _) => None,
-            (Some(b), BiasMode::Fixed) if b.len() == raw.classes => {
-                check_finite("bias", b)?;
-                Some(device.upload(b, 1, raw.classes)?)
-            }
-            (Some(b), _) => {
-                return Err(Error::invalid(
-                    "bias",
-                    format!(
-                        "{} values for mode {:?} and K = {}",
-                        b.len(),
-                        raw.bias_mode,
-                        raw.classes
-                    ),
-                ));
-            }
-        };
-        let k = raw.classes;
-        let parts = structure::StoredParts {
-            precision: &raw.precision,
-            covariance: &raw.covariance,
-            tensors: &raw.factors,
-            weight: raw.factor_weight,
-        };
-        let state = structure::placeholder(raw.structure, device)?.restore(device, parts, k, da)?;
-        if raw.prior_precision.len() > 1 && !state.per_class_prior() {
-            return Err(Error::invalid(
-                "prior_precision",
-                format!("one per class for the {:?} structure", raw.structure),
-            ));
-        }
-        Ok(Posterior {
-            device: device.clone(),
-            likelihood: raw.likelihood,
-            curvature: raw.curvature,
-            bias_mode: raw.bias_mode,
-            prior_precision: raw.prior_precision,
-            classes: k,
-            features: raw.features,
-            fixed_bias,
-            moments: Moments {
-                head: device.upload(&raw.head, k, da)?,
-                state,
-            },
-            samples_seen: raw.samples_seen,
-            refresh_policy: Some(RefreshPolicy::default()),
-            since_check: 0,
-            drift_floor: 0.0,
-            calibration: raw.calibration,
-        })
     }
 }
 

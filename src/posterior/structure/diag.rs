@@ -10,9 +10,9 @@ use super::{
 };
 use crate::device::{Device, Matrix, Op, Sign};
 use crate::error::{Error, Result};
+use crate::numerics::evidence_root;
 use crate::numerics::from_f64s;
 use crate::posterior::Structure;
-use crate::posterior::evidence::evidence_root;
 use crate::posterior::model::{Batch, Model};
 use crate::scalar::Scalar;
 

@@ -12,9 +12,9 @@ use super::{
 };
 use crate::device::{Device, LowRankFactor, Matrix, Op, Sign};
 use crate::error::Result;
+use crate::numerics::TAU_RANGE;
 use crate::numerics::from_f64s;
 use crate::posterior::Structure;
-use crate::posterior::evidence::TAU_RANGE;
 use crate::posterior::model::{Batch, Model};
 use crate::scalar::Scalar;
 

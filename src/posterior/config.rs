@@ -1,0 +1,168 @@
+//! What a posterior is fitted with: its structure, likelihood, curvature, bias and passes.
+
+use super::{positive, structure};
+use crate::device::OutputWeighting;
+use crate::error::{Error, Result};
+use crate::scalar::Scalar;
+
+/// Which covariance the posterior keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Structure {
+    /// The exact curvature over all `P = K·D` weights: Π and Σ are P × P.
+    Full,
+    /// One D × D covariance shared by all classes (`Π = I_K ⊗ Π_D`), the seed paper's form,
+    /// with curvature `Π_D = τ I + Σ_n m_n φ_n φ_nᵀ`. The weighting sets m_n for the softmax GGN;
+    /// every other curvature uses `m_n = tr(M_n)/K` for the output curvature M_n, the nearest
+    /// `I_K ⊗ ·` form in Frobenius norm.
+    Shared(OutputWeighting),
+    /// The diagonal of the curvature: `Π_kd = τ + Σ_n M_n[k,k] φ_nd²`, P values. Updates are
+    /// exact for this structure.
+    Diag,
+    /// KFAC: `Σ_n M_n ⊗ φ_nφ_nᵀ ≈ (1/N)(Σ_n M_n) ⊗ (Σ_n φ_nφ_nᵀ) = (1/N) A ⊗ G`, kept as the
+    /// eigendecompositions `A = U_A diag(a) U_Aᵀ`, `G = U_G diag(g) U_Gᵀ` with the prior added on
+    /// the eigenvalues: `Π = (U_A ⊗ U_G) diag(a_i g_j / N + τ) (U_A ⊗ U_G)ᵀ`. An update adds the
+    /// new samples to the running sums A, G and N and refactors them, an approximation: the
+    /// Kronecker factorisation of a sum is not the sum of the factorisations.
+    Kron,
+}
+
+/// The likelihood of a target given the logits `f = W φ + b`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Likelihood {
+    /// Softmax cross-entropy over K classes; targets are class labels.
+    #[default]
+    Classification,
+    /// Gaussian `N(y | f, σ² I_K)` over K outputs; targets are n × K real values. The GGN is
+    /// `I_K ⊗ φφᵀ / σ²`, independent of the head, so the Newton step is exact and an update
+    /// equals a refit on all data (the Bayesian linear model).
+    Regression {
+        /// Observation noise σ > 0.
+        sigma_noise: f64,
+    },
+}
+
+/// Which curvature approximates the Hessian of the negative log-likelihood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Curvature {
+    /// The generalised Gauss–Newton `J_nᵀ M_n J_n`: for softmax `M_n = diag(p_n) − p_n p_nᵀ`
+    /// (equal to the Fisher), for regression `I_K / σ²`.
+    #[default]
+    Ggn,
+    /// The empirical Fisher `Σ_n g_n g_nᵀ` with `g_n = ∂_f log p(y_n | f_n) ⊗ φ_n`:
+    /// `M_n = r_n r_nᵀ`, `r_n = e_{y_n} − p_n` (classification) or `(y_n − f_n)/σ²` (regression).
+    EmpiricalFisher,
+    /// The empirical Fisher with targets drawn from the model, averaged over `samples` draws:
+    /// `M_n = (1/S) Σ_s r_s r_sᵀ`. The draws for a sample are seeded by `seed` and the sample's
+    /// own feature values, so they do not depend on chunking, sharding or order.
+    MonteCarloFisher {
+        /// Draws per sample S ≥ 1.
+        samples: usize,
+        /// Seed of the draws.
+        seed: u64,
+    },
+}
+
+/// Where the head's bias lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BiasMode {
+    /// The bias is a weight of the posterior: features are augmented to `[φ, 1]` and D counts
+    /// the extra column.
+    #[default]
+    InPosterior,
+    /// The bias is held fixed at the value given to `fit` (or zero) and added to the logits.
+    Fixed,
+}
+
+impl BiasMode {
+    /// D_aug, the head's stored columns for `features` columns: D + 1 with the bias in the
+    /// posterior, else D.
+    pub fn augmented(self, features: usize) -> usize {
+        features + usize::from(self == BiasMode::InPosterior)
+    }
+}
+
+/// Settings of [`Posterior::fit`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FitConfig {
+    /// Covariance structure.
+    pub structure: Structure,
+    /// Likelihood of the targets.
+    pub likelihood: Likelihood,
+    /// Curvature approximation.
+    pub curvature: Curvature,
+    /// Prior precision τ > 0 (`Π = τ I + curvature`).
+    pub prior_precision: f64,
+    /// Whether the bias is part of the posterior.
+    pub bias: BiasMode,
+    /// Rows of Φ uploaded and accumulated per pass, at most: a pass also holds at most
+    /// [`CHUNK_ELEMENTS`] values of its `rows × (K + D_aug)` features and outputs, so that memory
+    /// stays bounded for large N and for large heads (K = 32,000 gives passes of 1,000 rows).
+    pub chunk_rows: usize,
+}
+
+/// The most `rows × (K + D_aug)` values one pass over the data holds (2²⁵: 128 MB of f32).
+pub const CHUNK_ELEMENTS: usize = 1 << 25;
+
+/// The rows of one pass: `chunk_rows`, capped so that `rows × (K + D_aug) ≤ elements`
+/// (at most [`CHUNK_ELEMENTS`], a structure may ask for fewer), and at least 1.
+pub(crate) fn pass_rows(chunk_rows: usize, classes: usize, augmented_features: usize, elements: usize) -> usize {
+    chunk_rows
+        .min(elements.min(CHUNK_ELEMENTS) / (classes + augmented_features).max(1))
+        .max(1)
+}
+
+impl Default for FitConfig {
+    fn default() -> Self {
+        FitConfig {
+            structure: Structure::Full,
+            likelihood: Likelihood::Classification,
+            curvature: Curvature::Ggn,
+            prior_precision: 1.0,
+            bias: BiasMode::InPosterior,
+            chunk_rows: 32_768,
+        }
+    }
+}
+
+impl FitConfig {
+    /// Peak bytes a fit with these settings allocates at K classes and D feature columns in
+    /// `T` before its passes over the data: the data term, Π, Σ and the workspace of Π's
+    /// inverse (Full about 4P² elements, P = K·D_aug). A fit that would exceed the
+    /// [memory budget](crate::memory) is refused with `OutOfMemory` before it allocates.
+    ///
+    /// ```
+    /// use laplace_update::{FitConfig, Structure};
+    /// let full = FitConfig::default().peak_bytes::<f32>(30, 512);
+    /// let kron = FitConfig { structure: Structure::Kron, ..Default::default() }.peak_bytes::<f32>(30, 512);
+    /// assert!(full > 3_000_000_000 && kron < 20_000_000);
+    /// ```
+    pub fn peak_bytes<T: Scalar>(&self, classes: usize, features: usize) -> u64 {
+        let da = self.bias.augmented(features);
+        structure::fit_bytes(self.structure, classes, da, std::mem::size_of::<T>())
+    }
+
+    /// Peak bytes of one pass of `rows` samples over the data in `T`: the logits, the output
+    /// curvatures and the staged features. A pass that would exceed the
+    /// [memory budget](crate::memory) is refused with `OutOfMemory`.
+    pub fn pass_bytes<T: Scalar>(&self, rows: usize, classes: usize, features: usize) -> u64 {
+        let da = self.bias.augmented(features);
+        structure::pass_bytes(self.structure, rows, classes, da, std::mem::size_of::<T>())
+    }
+
+    /// Checks the settings that do not depend on data: τ, σ, Monte Carlo samples, chunk size.
+    ///
+    /// Errors: `InvalidArgument`.
+    pub fn validate(&self) -> Result<()> {
+        positive::<f64>("prior_precision", self.prior_precision)?;
+        if let Likelihood::Regression { sigma_noise } = self.likelihood {
+            positive::<f64>("sigma_noise", sigma_noise)?;
+        }
+        if let Curvature::MonteCarloFisher { samples: 0, .. } = self.curvature {
+            return Err(Error::invalid("samples", "at least one Monte Carlo sample is required"));
+        }
+        if self.chunk_rows == 0 {
+            return Err(Error::invalid("chunk_rows", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
