@@ -6,7 +6,7 @@
 //! Cholesky factorisation is diagonal block, panel solve and gemm trailing update, and so on.
 //! A runtime supplies allocations, a [`Record`] that launches kernels, and readback.
 
-use crate::device::gpu::{GpuDevice, GpuMatrix, Grid, Kernel, Record, Runtime, raw};
+use crate::device::gpu::{Args, GpuDevice, GpuMatrix, Grid, Kernel, Record, Runtime, raw};
 use crate::device::launch::{GridPart, gemm_launches};
 use crate::device::registry::{
     CholeskyParams, ElementwiseParams, GemmParams, GgnParams, KronParams, PredictiveParams, field,
@@ -196,12 +196,12 @@ impl<R: Clone> Gemm<R> {
             Kernel::Gemm,
             dtype,
             params.into(),
-            &[
-                Some(self.a.0.clone()),
-                Some(self.b.0.clone()),
-                self.w.as_ref().map(|w| w.0.clone()),
-                Some(self.c.0.clone()),
-            ],
+            Args::Gemm {
+                a: self.a.0.clone(),
+                b: self.b.0.clone(),
+                weights: self.w.as_ref().map(|w| w.0.clone()),
+                c: self.c.0.clone(),
+            },
             Grid::Blocks(x as usize, y as usize, z as usize),
         )
     }
@@ -229,7 +229,13 @@ fn elementwise<R: Clone>(
         flags: field(flags),
         alpha,
     };
-    rec.launch(kernel, dtype, params.into(), &[x, Some(y), None], Grid::Threads(len))
+    rec.launch(
+        kernel,
+        dtype,
+        params.into(),
+        Args::Elementwise { x, y },
+        Grid::Threads(len),
+    )
 }
 
 /// Mirrors the lower triangle of the n × n `y` onto the upper one.
@@ -266,7 +272,11 @@ fn record_cholesky<Rt: Runtime, T: Scalar>(
             Kernel::PotrfDiagonal,
             dtype,
             params.into(),
-            &[None, Some(a.clone()), Some(diagonal.clone()), Some(status.clone())],
+            Args::PotrfDiagonal {
+                a: a.clone(),
+                diagonal: diagonal.clone(),
+                status: status.clone(),
+            },
             Grid::Blocks(1, 1, 1),
         )?;
         if rows == 0 {
@@ -276,7 +286,11 @@ fn record_cholesky<Rt: Runtime, T: Scalar>(
             Kernel::TrsmPanel,
             dtype,
             params.into(),
-            &[Some(diagonal.clone()), Some(a.clone()), Some(panel.clone()), None],
+            Args::TrsmPanel {
+                diagonal: diagonal.clone(),
+                a: a.clone(),
+                panel: panel.clone(),
+            },
             Grid::Threads(rows),
         )?;
         // A₂₂ ← A₂₂ − L₂₁ L₂₁ᵀ on the lower tiles.
@@ -329,7 +343,11 @@ fn record_trsm<Rt: Runtime, T: Scalar>(
             Kernel::TrsmBlock,
             dtype,
             params.into(),
-            &[Some(l.clone()), Some(b.clone()), Some(solved.clone()), None],
+            Args::TrsmBlock {
+                l: l.clone(),
+                b: b.clone(),
+                solved: solved.clone(),
+            },
             Grid::Threads(cols),
         )?;
         let update = match op {
@@ -475,7 +493,11 @@ pub(crate) fn ggn_accumulate<Rt: Runtime, T: Scalar>(
             Kernel::GgnWeights,
             dtype,
             params.into(),
-            &[Some(raw(probs)), basis.map(raw), Some(weights.clone())],
+            Args::GgnWeights {
+                probs: raw(probs),
+                basis: basis.map(raw),
+                out: weights.clone(),
+            },
             Grid::Threads(c * blocks),
         )?;
         // Block (a, b ≤ a) += α Σ_n M_n[a, b] φ_n φ_nᵀ.
@@ -542,7 +564,11 @@ pub(crate) fn kron_congruence<Rt: Runtime, T: Scalar>(
         Kernel::KronMixColumns,
         dtype,
         params.into(),
-        &[Some(raw(&z)), Some(raw(basis)), Some(raw(&y))],
+        Args::KronMixColumns {
+            z: raw(&z),
+            basis: raw(basis),
+            out: raw(&y),
+        },
         Grid::Threads(p * p),
     )?;
     mirror(&mut rec, dtype, raw(&y), p)?;
@@ -574,7 +600,11 @@ pub(crate) fn kron_rows<Rt: Runtime, T: Scalar>(
             Kernel::KronRows,
             T::DTYPE,
             params.into(),
-            &[Some(raw(factors)), Some(raw(phi)), Some(raw(&out))],
+            Args::KronRows {
+                factors: raw(factors),
+                phi: raw(phi),
+                out: raw(&out),
+            },
             Grid::Threads(out.len()),
         )?;
     }
@@ -667,7 +697,10 @@ pub(crate) fn kron_products<Rt: Runtime, T: Scalar>(
                     Kernel::KronFactors,
                     dtype,
                     params.into(),
-                    &[Some(raw(probs)), None, Some(s.clone())],
+                    Args::KronFactors {
+                        probs: raw(probs),
+                        out: s.clone(),
+                    },
                     Grid::Threads(m * k * k),
                 )?;
             }
@@ -686,7 +719,11 @@ pub(crate) fn kron_products<Rt: Runtime, T: Scalar>(
                     Kernel::KronMixU,
                     dtype,
                     params.into(),
-                    &[Some(t), Some(s.clone()), Some(raw(&u))],
+                    Args::KronMixU {
+                        t,
+                        factors: s.clone(),
+                        u: raw(&u),
+                    },
                     Grid::Threads(p * mk),
                 )?;
             }
@@ -706,7 +743,11 @@ pub(crate) fn kron_products<Rt: Runtime, T: Scalar>(
                     Kernel::KronMixG,
                     dtype,
                     params.into(),
-                    &[Some(y), Some(s), Some(raw(&g))],
+                    Args::KronMixG {
+                        y,
+                        factors: s,
+                        g: raw(&g),
+                    },
                     Grid::Threads(mk * mk),
                 )?;
             }
@@ -838,7 +879,11 @@ pub(crate) fn predictive_covariance<Rt: Runtime, T: Scalar>(
             Kernel::RowDot,
             dtype,
             params.into(),
-            &[Some(t.clone()), Some(raw(phi)), None, Some(raw(&out)), None],
+            Args::RowDot {
+                t: t.clone(),
+                phi: raw(phi),
+                out: raw(&out),
+            },
             Grid::Threads(c * k * k),
         )?;
     }
@@ -846,16 +891,13 @@ pub(crate) fn predictive_covariance<Rt: Runtime, T: Scalar>(
     Ok(out)
 }
 
-/// Records one of the row-wise link kernels: `(first, last, samples)` is the Monte Carlo sample
-/// range of this launch (flag 1: first, flag 2: last).
-#[allow(clippy::too_many_arguments)]
+/// Records one of the row-wise link kernels on `args`: `(first, last, samples)` is the Monte
+/// Carlo sample range of this launch.
 fn record_link<R: Clone>(
     rec: &mut impl Record<Raw = R>,
     dtype: DType,
     kernel: Kernel,
-    inputs: [Option<R>; 3],
-    out: R,
-    scratch: Option<R>,
+    args: Args<R>,
     (n, k, layout): (usize, usize, CovLayout),
     (first, last, samples): (usize, usize, usize),
     lambda: f64,
@@ -880,14 +922,7 @@ fn record_link<R: Clone>(
         lambda,
         ..Default::default()
     };
-    let [mean, cov, eps] = inputs;
-    rec.launch(
-        kernel,
-        dtype,
-        params.into(),
-        &[mean, cov, eps, Some(out), scratch],
-        Grid::Threads(n),
-    )
+    rec.launch(kernel, dtype, params.into(), args, Grid::Threads(n))
 }
 
 /// A link from logit mean and covariance to probabilities, on a new n × K matrix. Monte Carlo
@@ -920,9 +955,13 @@ fn link<Rt: Runtime, T: Scalar>(
             &mut rec,
             T::DTYPE,
             kernel,
-            [Some(raw(mean)), Some(raw(cov)), eps.map(raw)],
-            raw(&out),
-            Some(scratch.clone()),
+            Args::Link {
+                mean: raw(mean),
+                cov: raw(cov),
+                eps: eps.map(raw),
+                out: raw(&out),
+                scratch: scratch.clone(),
+            },
             (n, k, layout),
             (first, last, samples),
             lambda,
@@ -981,9 +1020,7 @@ pub(crate) fn softmax_rows<Rt: Runtime, T: Scalar>(dev: &GpuDevice<Rt>, logits: 
         &mut rec,
         T::DTYPE,
         Kernel::SoftmaxRows,
-        [None, None, None],
-        raw(logits),
-        None,
+        Args::SoftmaxRows { logits: raw(logits) },
         (n, k, CovLayout::Full),
         (0, 0, 0),
         0.0,
@@ -1003,9 +1040,10 @@ pub(crate) fn categorical_weights<Rt: Runtime, T: Scalar>(
         &mut rec,
         T::DTYPE,
         Kernel::CategoricalWeights,
-        [Some(raw(probs)), None, None],
-        raw(&out),
-        None,
+        Args::CategoricalWeights {
+            probs: raw(probs),
+            out: raw(&out),
+        },
         (n, k, CovLayout::Full),
         (0, 0, 0),
         0.0,
@@ -1123,7 +1161,10 @@ pub(crate) fn max_abs<Rt: Runtime, T: Scalar>(dev: &GpuDevice<Rt>, a: &GpuMatrix
             Kernel::MaxAbs,
             T::DTYPE,
             params.into(),
-            &[Some(raw(a)), None, Some(result.clone())],
+            Args::MaxAbs {
+                x: raw(a),
+                result: result.clone(),
+            },
             Grid::Threads(a.len()),
         )?;
     }

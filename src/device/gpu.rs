@@ -10,7 +10,7 @@ use std::marker::PhantomData;
 
 use super::compose;
 use super::launch::{GridLimits, LaunchPolicy};
-pub use super::registry::{Family, Grid, Kernel, KernelParams};
+pub use super::registry::{Args, Family, Grid, Kernel, KernelParams};
 use super::{Device, DeviceBuffer, LowRankFactor, Matrix, Op, Sign, check_upload};
 use crate::error::{Error, Result};
 use crate::scalar::{DType, Scalar};
@@ -90,10 +90,24 @@ pub(crate) const NONE: u32 = u32::MAX;
 pub trait Record {
     /// A backend's handle to a device buffer.
     type Raw: Clone;
-    /// Records one launch; `None` buffers are slots the kernel does not use. Every
-    /// implementation runs `registry::check_launch` first: a `Device` error, and nothing
-    /// launched, unless each slot holds what the kernel may touch under `params` and `grid`.
+    /// Records one launch of `kernel` on its named buffers.
     fn launch(
+        &mut self,
+        kernel: Kernel,
+        dtype: DType,
+        params: KernelParams,
+        args: Args<Self::Raw>,
+        grid: Grid,
+    ) -> Result<()> {
+        let slots = args.into_slots(kernel)?;
+        self.launch_slots(kernel, dtype, params, &slots, grid)
+    }
+
+    /// Records one launch on the family's slots in order (`None`: a slot the kernel does not
+    /// take). Every implementation runs `registry::check_launch` first: a `Device` error, and
+    /// nothing launched, unless each slot holds what the kernel may touch under `params` and
+    /// `grid`.
+    fn launch_slots(
         &mut self,
         kernel: Kernel,
         dtype: DType,
@@ -433,7 +447,7 @@ pub(crate) fn check_launches_are_bounded<R: Runtime>(device: &GpuDevice<R>) {
     let runtime = &device.runtime;
     let refused = |kernel: Kernel, params: KernelParams, buffers: &[Option<R::Raw>], grid: Grid| {
         let mut rec = runtime.recorder();
-        match rec.launch(kernel, DType::F32, params, buffers, grid) {
+        match rec.launch_slots(kernel, DType::F32, params, buffers, grid) {
             Err(Error::Device { reason, .. }) => reason,
             other => panic!("{kernel:?}: expected a refusal, got {:?}", other.err()),
         }
@@ -459,7 +473,11 @@ pub(crate) fn check_launches_are_bounded<R: Runtime>(device: &GpuDevice<R>) {
     refused(Kernel::Axpy, axpy(4), &[None, Some(y.clone()), None], Grid::Threads(4));
     // Within the buffers it runs, and y = 2x.
     let mut rec = runtime.recorder();
-    rec.launch(Kernel::Axpy, DType::F32, axpy(4), &buffers, Grid::Threads(4))
+    let args = Args::Elementwise {
+        x: Some(x.clone()),
+        y: y.clone(),
+    };
+    rec.launch(Kernel::Axpy, DType::F32, axpy(4), args, Grid::Threads(4))
         .unwrap();
     rec.submit().unwrap();
     let got: Vec<f32> = bytemuck::pod_collect_to_vec(&runtime.read(&y, 16).unwrap());
@@ -487,8 +505,25 @@ pub(crate) fn check_launches_are_bounded<R: Runtime>(device: &GpuDevice<R>) {
     refused(Kernel::Gemm, gemm(1, 0), &four, Grid::Blocks(1, 1, 1));
     refused(Kernel::Gemm, gemm(0, 4), &four, Grid::Blocks(1, 1, 2));
     let mut rec = runtime.recorder();
-    rec.launch(Kernel::Gemm, DType::F32, gemm(0, 0), &four, Grid::Blocks(1, 1, 1))
+    let args = Args::Gemm {
+        a: x.clone(),
+        b: x.clone(),
+        weights: None,
+        c: y.clone(),
+    };
+    rec.launch(Kernel::Gemm, DType::F32, gemm(0, 0), args, Grid::Blocks(1, 1, 1))
         .unwrap();
+    rec.submit().unwrap();
+    // Another kernel's arguments.
+    let mut rec = runtime.recorder();
+    let args = Args::MaxAbs {
+        x: x.clone(),
+        result: y.clone(),
+    };
+    assert!(
+        rec.launch(Kernel::Axpy, DType::F32, axpy(4), args, Grid::Threads(4))
+            .is_err()
+    );
     rec.submit().unwrap();
     // An index past 32 bits, and a wrong parameter block.
     let wide: KernelParams = ElementwiseParams {

@@ -303,6 +303,100 @@ pub enum Grid {
     Blocks(usize, usize, usize),
 }
 
+/// The buffers of one launch, each named as its kernel's signature names it
+/// (`kernels/<family>.cu`, `shaders/<family>.wgsl`). [`Args::into_slots`] is the one place
+/// that puts the names in the family's slot order.
+pub enum Args<R> {
+    /// `gemm`: `C ← β C + α op(A) diag(w) op(B)`.
+    Gemm { a: R, b: R, weights: Option<R>, c: R },
+    /// `ggn_weights`: `Rᵀ Λ_n R` of `probs`, R = `basis` or the identity.
+    GgnWeights { probs: R, basis: Option<R>, out: R },
+    /// `kron_rows`: `factors[r, a] φ[⌊r / rank⌋, x]`.
+    KronRows { factors: R, phi: R, out: R },
+    /// `kron_mix_columns`: `Z (Rᵀ ⊗ I) + c (I − RRᵀ) ⊗ I`.
+    KronMixColumns { z: R, basis: R, out: R },
+    /// `kron_factors`: `S_j = diag(√p_j) − p_j √p_jᵀ`.
+    KronFactors { probs: R, out: R },
+    /// `kron_mix_u`: `U = T` mixed by the factors.
+    KronMixU { t: R, factors: R, u: R },
+    /// `kron_mix_g`: `G = Y` mixed by the factors.
+    KronMixG { y: R, factors: R, g: R },
+    /// `potrf_diagonal`: factors a diagonal block of `a` into `diagonal`; pivots to `status`.
+    PotrfDiagonal { a: R, diagonal: R, status: R },
+    /// `trsm_panel`: solves the panel of `a` below `diagonal` into `panel`.
+    TrsmPanel { diagonal: R, a: R, panel: R },
+    /// `trsm_block`: solves one block row of `b` with `l`, a copy into `solved`.
+    TrsmBlock { l: R, b: R, solved: R },
+    /// `row_dot`: contracts `t = Φ Σ` with φ into logit covariances.
+    RowDot { t: R, phi: R, out: R },
+    /// `probit`, `monte_carlo`, `bridge`: probabilities from logit means and covariances.
+    Link {
+        mean: R,
+        cov: R,
+        eps: Option<R>,
+        out: R,
+        scratch: R,
+    },
+    /// `softmax_rows`, in place.
+    SoftmaxRows { logits: R },
+    /// `categorical_weights`: `p_max (1 − p_max)` per row.
+    CategoricalWeights { probs: R, out: R },
+    /// The elementwise kernels: `y ← f(x, y)`.
+    Elementwise { x: Option<R>, y: R },
+    /// `max_abs`: `result ← max(result, max |x|)`.
+    MaxAbs { x: R, result: R },
+}
+
+impl<R> Args<R> {
+    /// The buffers in `kernel`'s slot order (`None`: a slot it does not take); a device
+    /// error when these arguments are not `kernel`'s.
+    pub(crate) fn into_slots(self, kernel: Kernel) -> Result<Vec<Option<R>>> {
+        use Kernel as K;
+        let slots = match (kernel, self) {
+            (K::Gemm, Args::Gemm { a, b, weights, c }) => vec![Some(a), Some(b), weights, Some(c)],
+            (K::GgnWeights, Args::GgnWeights { probs, basis, out }) => vec![Some(probs), basis, Some(out)],
+            (K::KronRows, Args::KronRows { factors, phi, out }) => vec![Some(factors), Some(phi), Some(out)],
+            (K::KronMixColumns, Args::KronMixColumns { z, basis, out }) => vec![Some(z), Some(basis), Some(out)],
+            (K::KronFactors, Args::KronFactors { probs, out }) => vec![Some(probs), None, Some(out)],
+            (K::KronMixU, Args::KronMixU { t, factors, u }) => vec![Some(t), Some(factors), Some(u)],
+            (K::KronMixG, Args::KronMixG { y, factors, g }) => vec![Some(y), Some(factors), Some(g)],
+            (K::PotrfDiagonal, Args::PotrfDiagonal { a, diagonal, status }) => {
+                vec![None, Some(a), Some(diagonal), Some(status)]
+            }
+            (K::TrsmPanel, Args::TrsmPanel { diagonal, a, panel }) => vec![Some(diagonal), Some(a), Some(panel), None],
+            (K::TrsmBlock, Args::TrsmBlock { l, b, solved }) => vec![Some(l), Some(b), Some(solved), None],
+            (K::RowDot, Args::RowDot { t, phi, out }) => vec![Some(t), Some(phi), None, Some(out), None],
+            (
+                K::Probit | K::MonteCarlo | K::Bridge,
+                Args::Link {
+                    mean,
+                    cov,
+                    eps,
+                    out,
+                    scratch,
+                },
+            ) => {
+                vec![Some(mean), Some(cov), eps, Some(out), Some(scratch)]
+            }
+            (K::SoftmaxRows, Args::SoftmaxRows { logits }) => vec![None, None, None, Some(logits), None],
+            (K::CategoricalWeights, Args::CategoricalWeights { probs, out }) => {
+                vec![Some(probs), None, None, Some(out), None]
+            }
+            (K::MaxAbs, Args::MaxAbs { x, result }) => vec![Some(x), None, Some(result)],
+            (kernel, Args::Elementwise { x, y }) if kernel.family() == Family::Elementwise && kernel != K::MaxAbs => {
+                vec![x, Some(y), None]
+            }
+            (kernel, _) => {
+                return Err(Error::Device {
+                    backend: "gpu",
+                    reason: format!("`{}` launched with another kernel's arguments", kernel.name()),
+                });
+            }
+        };
+        Ok(slots)
+    }
+}
+
 /// A kernel's parameter block as a runtime packs it: the family it belongs to, its integer
 /// fields and its real fields, each in the order of the family's struct.
 #[derive(Clone, Debug, PartialEq)]

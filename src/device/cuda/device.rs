@@ -419,7 +419,7 @@ pub struct CudaLaunches {
 impl Record for CudaLaunches {
     type Raw = Arc<CudaAllocation>;
 
-    fn launch(
+    fn launch_slots(
         &mut self,
         kernel: Kernel,
         dtype: DType,

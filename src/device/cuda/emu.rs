@@ -346,7 +346,7 @@ pub struct EmuLaunches {
 impl Record for EmuLaunches {
     type Raw = Arc<EmuAllocation>;
 
-    fn launch(
+    fn launch_slots(
         &mut self,
         kernel: Kernel,
         dtype: DType,

@@ -156,7 +156,7 @@ pub struct Recorder {
 impl Record for Recorder {
     type Raw = wgpu::Buffer;
 
-    fn launch(
+    fn launch_slots(
         &mut self,
         kernel: Kernel,
         dtype: DType,
