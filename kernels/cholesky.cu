@@ -7,6 +7,9 @@
 
 #define NB 32
 
+// flags (CholeskyFlag in src/device/registry.rs): trsm_block solves with Lᵀ.
+#define CHOL_TRANSPOSED 1u
+
 struct CholParams {
     u32 n, j0, nb, rows;
     u32 cols, flags;
@@ -74,7 +77,7 @@ __device__ void trsm_block_body(const CholParams& p, const T* l, T* b, T* out) {
     if (col >= p.cols) return;
     T x[NB];
     for (u32 r = 0; r < p.nb; r++) x[r] = b[(p.j0 + r) * p.cols + col];
-    if ((p.flags & 1u) == 0) {
+    if ((p.flags & CHOL_TRANSPOSED) == 0) {
         for (u32 r = 0; r < p.nb; r++) {
             T v = x[r];
             for (u32 q = 0; q < r; q++) v -= block[r][q] * x[q];

@@ -2,9 +2,14 @@
 // 256 per block, the grid folded into (x, y). Every kernel takes the slots (x, y[, result]) of
 // the WGSL bindings, unused ones included, so both backends launch with one argument list.
 
+// flags (ElementwiseFlag in src/device/registry.rs): scale_rows and scale_columns scale by √x;
+// feature_rows appends a column of ones.
+#define ELEM_SQRT 1u
+#define ELEM_APPEND_ONES 1u
+
 struct ElemParams {
     double alpha;
-    u32 len, rows, cols, flags;
+    u32 len, rows, cols, flags, start;
 };
 
 #define ELEM_INDEX                                                                              \
@@ -14,7 +19,7 @@ struct ElemParams {
 
 template <typename T>
 __device__ __forceinline__ T factor(const ElemParams& p, T v) {
-    return (p.flags & 1u) ? sqrt(v) : v;
+    return (p.flags & ELEM_SQRT) ? sqrt(v) : v;
 }
 
 #define AXPY(T) (PARAMS w, const T* x, T* y, T* no_result) { ELEM_INDEX y[i] += (T)p.alpha * x[i]; }
@@ -39,12 +44,13 @@ __device__ __forceinline__ T factor(const ElemParams& p, T v) {
             y[j] = v;                                                                           \
         }                                                                                       \
     }
-// y (count × cols) ← rows `rows..rows + count` of x (cols − flags columns), with a column of ones
-// appended when flags = 1: the chunk Φ_aug every posterior kernel reads.
+// y (rows × cols) ← rows `start..start + rows` of x (cols − 1 columns with ELEM_APPEND_ONES,
+// which appends a column of ones; else cols): the chunk Φ_aug every posterior kernel reads.
 #define FEATURE_ROWS(T)                                                                         \
     (PARAMS w, const T* x, T* y, T* no_result) {                                                \
-        ELEM_INDEX const u32 r = i / p.cols, c = i % p.cols, d = p.cols - p.flags;              \
-        y[i] = c < d ? x[((u64)p.rows + r) * d + c] : T(1);                                     \
+        ELEM_INDEX const u32 r = i / p.cols, c = i % p.cols;                                    \
+        const u32 d = p.cols - ((p.flags & ELEM_APPEND_ONES) ? 1u : 0u);                        \
+        y[i] = c < d ? x[((u64)p.start + r) * d + c] : T(1);                                    \
     }
 #define TRANSPOSE(T) (PARAMS w, const T* x, T* y, T* no_result) { ELEM_INDEX y[i] = x[(u64)(i % p.rows) * p.cols + i / p.rows]; }
 

@@ -8,10 +8,16 @@
 // Where an operand is contiguous along its loaded dimension and 4-aligned, each thread loads
 // its 4 elements with one vector load (float4, or two double2).
 //
-// flags: 1 = lower: skip tiles strictly above the diagonal; 2 = weighted; 4 = overwrite (C not
-// read); 8 = lower blocks: skip batch entries with inner > outer; 16 = lower tiles on the
-// diagonal blocks (inner == outer) only — the GGN's symmetry: k ≤ l blocks, upper triangles
-// skipped inside the diagonal ones.
+// flags (GemmFlag in src/device/registry.rs): GEMM_LOWER: skip tiles strictly above the
+// diagonal; GEMM_WEIGHTED; GEMM_OVERWRITE (C not read); GEMM_LOWER_BLOCKS: skip batch entries
+// with inner > outer; GEMM_LOWER_DIAGONAL_TILES: lower tiles on the diagonal blocks
+// (inner == outer) only — the GGN's symmetry: k ≤ l blocks, upper triangles skipped inside
+// the diagonal ones.
+#define GEMM_LOWER 1u
+#define GEMM_WEIGHTED 2u
+#define GEMM_OVERWRITE 4u
+#define GEMM_LOWER_BLOCKS 8u
+#define GEMM_LOWER_DIAGONAL_TILES 16u
 
 struct GemmParams {
     double alpha, beta;
@@ -52,15 +58,15 @@ __device__ void gemm_tile(const GemmParams& p, const T* __restrict__ a, const T*
     // batch entry.
     const u32 entry = blockIdx.z + p.z0;
     const u32 outer = entry / p.inner, inner = entry % p.inner;
-    if ((p.flags & 8u) && inner > outer) return;
+    if ((p.flags & GEMM_LOWER_BLOCKS) && inner > outer) return;
     const u32 row0 = (blockIdx.y + p.y0) * TILE, col0 = (blockIdx.x + p.x0) * TILE;
-    const bool lower = (p.flags & 1u) || ((p.flags & 16u) && inner == outer);
+    const bool lower = (p.flags & GEMM_LOWER) || ((p.flags & GEMM_LOWER_DIAGONAL_TILES) && inner == outer);
     if (lower && col0 > row0 + TILE - 1) return;
     const u32 a_base = p.a_off + outer * p.a_bo + inner * p.a_bi;
     const u32 b_base = p.b_off + outer * p.b_bo + inner * p.b_bi;
     const u32 c_base = p.c_off + outer * p.c_bo + inner * p.c_bi;
     const u32 w_base = p.w_off + outer * p.w_bo + inner * p.w_bi;
-    const bool weighted = p.flags & 2u;
+    const bool weighted = p.flags & GEMM_WEIGHTED;
     const u32 tx = threadIdx.x, ty = threadIdx.y, li = ty * 16 + tx;
     // Each thread stages 4 elements of each tile: along k when A is k-contiguous (row li/4,
     // k 4(li%4)..), else along i (k li/16, rows 4(li%16)..); the same for B along j or k.
@@ -131,7 +137,7 @@ __device__ void gemm_tile(const GemmParams& p, const T* __restrict__ a, const T*
         }
         __syncthreads();
     }
-    const bool overwrite = p.flags & 4u;
+    const bool overwrite = p.flags & GEMM_OVERWRITE;
     const T alpha = (T)p.alpha, beta = (T)p.beta;
     for (int r = 0; r < 4; r++) {
         const u32 gi = row0 + ty + 16 * r;

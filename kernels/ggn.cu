@@ -3,6 +3,9 @@
 // blocks — the Kronecker rows of factored curvatures, and the column mixing that lifts a
 // reduced-basis matrix back to all classes.
 
+// flags (GgnFlag in src/device/registry.rs): no basis, R is the identity.
+#define GGN_IDENTITY_BASIS 1u
+
 struct GgnParams {
     double complement;
     u32 n, k, kr, d;
@@ -12,7 +15,7 @@ struct GgnParams {
 // R[k, a], or the identity when flag 1 (no basis) is set.
 template <typename T>
 __device__ __forceinline__ T basis_at(const GgnParams& p, const T* r, u32 k, u32 a) {
-    if (p.flags & 1u) return k == a ? T(1) : T(0);
+    if (p.flags & GGN_IDENTITY_BASIS) return k == a ? T(1) : T(0);
     return r[k * p.kr + a];
 }
 

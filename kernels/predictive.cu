@@ -4,6 +4,11 @@
 // and covariance to probabilities, one thread per input row over its K classes.
 // Covariance layouts: 0 = n × K² full, 1 = n × 1 isotropic, 2 = n × K diagonal.
 
+// flags (PredictiveFlag in src/device/registry.rs): the first Monte Carlo launch factors Σ_f
+// and clears the sums, the last divides by the samples.
+#define PRED_FIRST_LAUNCH 1u
+#define PRED_LAST_LAUNCH 2u
+
 struct PredParams {
     double lambda;
     u32 n, k, d, cov_layout;
@@ -71,7 +76,7 @@ __device__ void monte_carlo_body(const PredParams& p, const T* mean, const T* co
     T* z = l + k * k;
     T* part = z + k;
     T* o = out + i * k;
-    if (p.flags & 1u) {
+    if (p.flags & PRED_FIRST_LAUNCH) {
         T dmax = 0;
         for (u32 a = 0; a < k; a++) dmax = max(dmax, sigma_at(p, cov, i, a, a));
         const T eps_t = sizeof(T) == 4 ? T(1.1920929e-7) : T(2.220446049250313e-16);
@@ -103,7 +108,7 @@ __device__ void monte_carlo_body(const PredParams& p, const T* mean, const T* co
     }
     for (u32 a = 0; a < k; a++) {
         o[a] += part[a];
-        if (p.flags & 2u) o[a] /= T(p.samples);
+        if (p.flags & PRED_LAST_LAUNCH) o[a] /= T(p.samples);
     }
 }
 

@@ -11,6 +11,9 @@
 // A failing pivot (not > 0, or NaN) is recorded in status[0] with atomicMin, so the first one
 // wins; the host reads it once at the end.
 
+// flags (CholeskyFlag in src/device/registry.rs): trsm_block solves with Lᵀ.
+const CHOL_TRANSPOSED: u32 = 1u;
+
 struct Params {
     n: u32, j0: u32, nb: u32, rows: u32,
     cols: u32, flags: u32, _p0: u32, _p1: u32,
@@ -135,7 +138,7 @@ fn trsm_block(
     for (var r = 0u; r < p.nb; r++) {
         x[r] = a[(p.j0 + r) * p.cols + col];
     }
-    if ((p.flags & 1u) == 0u) {
+    if ((p.flags & CHOL_TRANSPOSED) == 0u) {
         for (var r = 0u; r < p.nb; r++) {
             var v = x[r];
             for (var q = 0u; q < r; q++) {

@@ -2,9 +2,14 @@
 // transposition, feature-row gathers and the max-abs reduction. Memory-bound; one invocation per element, 256 per
 // workgroup, the grid folded into (x, y) to stay under the per-dimension workgroup limit.
 
+// flags (ElementwiseFlag in src/device/registry.rs): scale_rows and scale_columns scale by √x;
+// feature_rows appends a column of ones.
+const ELEM_SQRT: u32 = 1u;
+const ELEM_APPEND_ONES: u32 = 1u;
+
 struct Params {
     len: u32, rows: u32, cols: u32, flags: u32,
-    alpha: f32, _p0: u32, _p1: u32, _p2: u32,
+    start: u32, alpha: f32, _p0: u32, _p1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -46,7 +51,7 @@ fn add_row(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
 }
 
 fn factor(v: f32) -> f32 {
-    if ((p.flags & 1u) != 0u) {
+    if ((p.flags & ELEM_SQRT) != 0u) {
         return sqrt(v);
     }
     return v;
@@ -130,17 +135,17 @@ fn transpose(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     }
 }
 
-// y (count × cols) ← rows `rows..rows + count` of x (cols − flags columns), with a column of
-// ones appended when flags = 1: the chunk Φ_aug every posterior kernel reads.
+// y (rows × cols) ← rows `start..start + rows` of x (cols − 1 columns with ELEM_APPEND_ONES,
+// which appends a column of ones; else cols): the chunk Φ_aug every posterior kernel reads.
 @compute @workgroup_size(256)
 fn feature_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = linear(gid, groups);
     if (i < p.len) {
         let r = i / p.cols;
         let c = i % p.cols;
-        let d = p.cols - p.flags;
+        let d = p.cols - select(0u, 1u, (p.flags & ELEM_APPEND_ONES) != 0u);
         if (c < d) {
-            y[i] = x[(p.rows + r) * d + c];
+            y[i] = x[(p.start + r) * d + c];
         } else {
             y[i] = 1.0;
         }

@@ -14,11 +14,18 @@
 // Invocation (tx, ty) owns rows ty + 16r and columns tx + 16c, so neighbouring invocations read
 // neighbouring words of the tiles.
 //
-// flags: 1 = lower: skip tiles strictly above the diagonal (symmetric results, mirrored later);
-//        2 = weighted; 4 = overwrite: C is not read (β = 0, NaN in C must not leak);
-//        8 = lower blocks: skip batch entries with inner index > outer index;
-//        16 = lower tiles in the diagonal batch entries (inner == outer) only: with 8, the
-//        GGN's symmetry — blocks b ≤ a, and upper tiles skipped inside the diagonal blocks.
+// flags (GemmFlag in src/device/registry.rs):
+// GEMM_LOWER: skip tiles strictly above the diagonal (symmetric results, mirrored later);
+// GEMM_WEIGHTED; GEMM_OVERWRITE: C is not read (β = 0, NaN in C must not leak);
+// GEMM_LOWER_BLOCKS: skip batch entries with inner index > outer index;
+// GEMM_LOWER_DIAGONAL_TILES: lower tiles in the diagonal batch entries (inner == outer) only:
+// with GEMM_LOWER_BLOCKS, the GGN's symmetry — blocks b ≤ a, and upper tiles skipped inside
+// the diagonal blocks.
+const GEMM_LOWER: u32 = 1u;
+const GEMM_WEIGHTED: u32 = 2u;
+const GEMM_OVERWRITE: u32 = 4u;
+const GEMM_LOWER_BLOCKS: u32 = 8u;
+const GEMM_LOWER_DIAGONAL_TILES: u32 = 16u;
 
 struct Params {
     m: u32, n: u32, k: u32, flags: u32,
@@ -56,12 +63,12 @@ fn gemm(
     let entry = wg.z + p.z0;
     let outer = entry / p.inner;
     let inner = entry % p.inner;
-    if ((p.flags & 8u) != 0u && inner > outer) {
+    if ((p.flags & GEMM_LOWER_BLOCKS) != 0u && inner > outer) {
         return;
     }
     let row0 = tile_y * TILE;
     let col0 = tile_x * TILE;
-    let lower = (p.flags & 1u) != 0u || ((p.flags & 16u) != 0u && inner == outer);
+    let lower = (p.flags & GEMM_LOWER) != 0u || ((p.flags & GEMM_LOWER_DIAGONAL_TILES) != 0u && inner == outer);
     if (lower && col0 > row0 + TILE - 1u) {
         return;
     }
@@ -69,7 +76,7 @@ fn gemm(
     let b_base = p.b_off + outer * p.b_bo + inner * p.b_bi;
     let c_base = p.c_off + outer * p.c_bo + inner * p.c_bi;
     let w_base = p.w_off + outer * p.w_bo + inner * p.w_bi;
-    let weighted = (p.flags & 2u) != 0u;
+    let weighted = (p.flags & GEMM_WEIGHTED) != 0u;
     let a_k_contiguous = p.a_cs == 1u;
     let b_n_contiguous = p.b_cs == 1u;
 
@@ -124,7 +131,7 @@ fn gemm(
         }
         workgroupBarrier();
     }
-    let overwrite = (p.flags & 4u) != 0u;
+    let overwrite = (p.flags & GEMM_OVERWRITE) != 0u;
     for (var r = 0u; r < 4u; r++) {
         let gi = row0 + lid.y + 16u * r;
         for (var q = 0u; q < 4u; q++) {

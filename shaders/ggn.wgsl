@@ -2,6 +2,9 @@
 // itself is the gemm kernel with these weights), the Kronecker rows of factored curvatures, and
 // the column mixing that lifts a reduced-basis matrix back to all classes.
 
+// flags (GgnFlag in src/device/registry.rs): no basis, R is the identity.
+const GGN_IDENTITY_BASIS: u32 = 1u;
+
 struct Params {
     n: u32, k: u32, kr: u32, d: u32,
     rank: u32, flags: u32, row0: u32, complement: f32,
@@ -20,7 +23,7 @@ fn linear(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
 
 // R[k, a], or the identity when flag 1 (no basis) is set.
 fn basis(k: u32, a: u32) -> f32 {
-    if ((p.flags & 1u) != 0u) {
+    if ((p.flags & GGN_IDENTITY_BASIS) != 0u) {
         return select(0.0, 1.0, k == a);
     }
     return in1[k * p.kr + a];

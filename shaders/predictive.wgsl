@@ -6,6 +6,11 @@
 //
 // Covariance layouts (`cov_layout`): 0 = n × K² full, 1 = n × 1 isotropic v I, 2 = n × K diagonal.
 
+// flags (PredictiveFlag in src/device/registry.rs): the first Monte Carlo launch factors Σ_f
+// and clears the sums, the last divides by the samples.
+const PRED_FIRST_LAUNCH: u32 = 1u;
+const PRED_LAST_LAUNCH: u32 = 2u;
+
 struct Params {
     n: u32, k: u32, d: u32, cov_layout: u32,
     samples: u32, in_off: u32, out_off: u32, flags: u32,
@@ -121,7 +126,7 @@ fn monte_carlo(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let lb = i * (k * k + 2u * k);
     let zb = lb + k * k;
     let blk = zb + k;
-    if ((p.flags & 1u) != 0u) {
+    if ((p.flags & PRED_FIRST_LAUNCH) != 0u) {
         var dmax = 0.0;
         for (var a = 0u; a < k; a++) {
             dmax = max(dmax, sigma(i, a, a));
@@ -182,7 +187,7 @@ fn monte_carlo(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     }
     for (var a = 0u; a < k; a++) {
         out[i * k + a] += scratch[blk + a];
-        if ((p.flags & 2u) != 0u) {
+        if ((p.flags & PRED_LAST_LAUNCH) != 0u) {
             out[i * k + a] /= f32(p.samples);
         }
     }

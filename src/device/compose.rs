@@ -9,7 +9,8 @@
 use crate::device::gpu::{Args, GpuDevice, GpuMatrix, Grid, Kernel, Record, Runtime, raw};
 use crate::device::launch::{GridPart, gemm_launches};
 use crate::device::registry::{
-    CholeskyParams, ElementwiseParams, GemmParams, GgnParams, KronParams, PredictiveParams, field,
+    CholeskyFlag, CholeskyParams, ElementwiseFlag, ElementwiseParams, GemmFlag, GemmParams, GgnFlag, GgnParams,
+    KronParams, PredictiveFlag, PredictiveParams, field,
 };
 use crate::device::{
     CovLayout, Device, LowRankFactor, Op, Sign, congruence_shapes, cov_layout, ggn_shapes, low_rank_shapes,
@@ -154,18 +155,20 @@ impl<R: Clone> Gemm<R> {
     /// One launch over the tiles and batch entries of `part`, which the kernel offsets by the
     /// part's origin.
     fn record_launch(&self, rec: &mut impl Record<Raw = R>, dtype: DType, part: GridPart) -> Result<()> {
-        let flags = usize::from(self.lower)
-            | (usize::from(self.w.is_some()) << 1)
-            | (usize::from(self.beta == 0.0) << 2)
-            | (usize::from(self.lower_blocks) << 3)
-            | (usize::from(self.lower_diagonal_blocks) << 4);
+        let flags = GemmFlag::when(&[
+            (self.lower, GemmFlag::Lower),
+            (self.w.is_some(), GemmFlag::Weighted),
+            (self.beta == 0.0, GemmFlag::Overwrite),
+            (self.lower_blocks, GemmFlag::LowerBlocks),
+            (self.lower_diagonal_blocks, GemmFlag::LowerDiagonalTiles),
+        ]);
         let (a, b, c) = (self.a.1, self.b.1, self.c.1);
         let w = self.w.as_ref().map_or(Strided::default(), |w| w.1);
         let params = GemmParams {
             m: field(self.m),
             n: field(self.n),
             k: field(self.k),
-            flags: field(flags),
+            flags,
             a_off: field(a.off),
             a_rs: field(a.rs),
             a_cs: field(a.cs),
@@ -207,28 +210,19 @@ impl<R: Clone> Gemm<R> {
     }
 }
 
-/// Records a 1-D elementwise kernel over `len` items.
-#[allow(clippy::too_many_arguments)]
+/// Records a 1-D elementwise kernel over the `params.len` items of `y`.
 fn elementwise<R: Clone>(
     rec: &mut impl Record<Raw = R>,
     dtype: DType,
     kernel: Kernel,
     x: Option<R>,
     y: R,
-    (len, rows, cols): (usize, usize, usize),
-    flags: usize,
-    alpha: f64,
+    params: ElementwiseParams,
 ) -> Result<()> {
-    if len == 0 {
+    if params.len == 0 {
         return Ok(());
     }
-    let params = ElementwiseParams {
-        len: field(len),
-        rows: field(rows),
-        cols: field(cols),
-        flags: field(flags),
-        alpha,
-    };
+    let len = params.len as usize;
     rec.launch(
         kernel,
         dtype,
@@ -240,7 +234,7 @@ fn elementwise<R: Clone>(
 
 /// Mirrors the lower triangle of the n × n `y` onto the upper one.
 fn mirror<R: Clone>(rec: &mut impl Record<Raw = R>, dtype: DType, y: R, n: usize) -> Result<()> {
-    elementwise(rec, dtype, Kernel::MirrorLower, None, y, (n * n, n, n), 0, 0.0)
+    elementwise(rec, dtype, Kernel::MirrorLower, None, y, ElementwiseParams::square(n))
 }
 
 /// Records the blocked Cholesky factorisation of the n × n `a` in place (lower factor, upper
@@ -306,7 +300,7 @@ fn record_cholesky<Rt: Runtime, T: Scalar>(
         g.lower = true;
         g.record(dev, rec, dtype)?;
     }
-    elementwise(rec, dtype, Kernel::ZeroUpper, None, a, (n * n, n, n), 0, 0.0)
+    elementwise(rec, dtype, Kernel::ZeroUpper, None, a, ElementwiseParams::square(n))
 }
 
 /// Records `B ← L⁻¹ B` (`Op::N`) or `B ← L⁻ᵀ B` (`Op::T`) for the n × n lower-triangular `l`
@@ -336,7 +330,7 @@ fn record_trsm<Rt: Runtime, T: Scalar>(
             j0: field(j0),
             nb: field(nb),
             cols: field(cols),
-            flags: u32::from(op == Op::T),
+            flags: CholeskyFlag::when(&[(op == Op::T, CholeskyFlag::Transposed)]),
             ..Default::default()
         };
         rec.launch(
@@ -485,7 +479,7 @@ pub(crate) fn ggn_accumulate<Rt: Runtime, T: Scalar>(
             k: field(k),
             kr: field(kr),
             d: field(d),
-            flags: u32::from(basis.is_none()),
+            flags: GgnFlag::when(&[(basis.is_none(), GgnFlag::IdentityBasis)]),
             row0: field(start),
             ..Default::default()
         };
@@ -647,9 +641,13 @@ pub(crate) fn kron_products<Rt: Runtime, T: Scalar>(
                     Kernel::ScaleColumns,
                     Some(raw(w)),
                     raw(&u),
-                    (d * m, d, m),
-                    1,
-                    0.0,
+                    ElementwiseParams {
+                        len: field(d * m),
+                        rows: field(d),
+                        cols: field(m),
+                        flags: ElementwiseFlag::Sqrt.bit(),
+                        ..Default::default()
+                    },
                 )?;
             }
             Gemm::new(
@@ -668,9 +666,13 @@ pub(crate) fn kron_products<Rt: Runtime, T: Scalar>(
                     Kernel::ScaleRows,
                     Some(raw(w)),
                     raw(&g),
-                    (m * m, m, m),
-                    1,
-                    0.0,
+                    ElementwiseParams {
+                        len: field(m * m),
+                        rows: field(m),
+                        cols: field(m),
+                        flags: ElementwiseFlag::Sqrt.bit(),
+                        ..Default::default()
+                    },
                 )?;
             }
             (u, g)
@@ -761,9 +763,12 @@ pub(crate) fn kron_products<Rt: Runtime, T: Scalar>(
         Kernel::Symmetrize,
         None,
         raw(&g),
-        (side * side, side, side),
-        0,
-        0.0,
+        ElementwiseParams {
+            len: field(side * side),
+            rows: field(side),
+            cols: field(side),
+            ..Default::default()
+        },
     )?;
     rec.submit()?;
     Ok((u, g))
@@ -790,9 +795,12 @@ pub(crate) fn low_rank_update<Rt: Runtime, T: Scalar>(
         Kernel::Transpose,
         Some(raw(u)),
         vt.clone(),
-        (n * r, n, r),
-        0,
-        0.0,
+        ElementwiseParams {
+            len: field(n * r),
+            rows: field(n),
+            cols: field(r),
+            ..Default::default()
+        },
     )?;
     record_trsm::<Rt, T>(dev, &mut rec, raw(c_chol), r, vt.clone(), n, Op::N)?;
     let mut g = Gemm::new(
@@ -910,7 +918,10 @@ fn record_link<R: Clone>(
         CovLayout::Isotropic => 1,
         CovLayout::Diagonal => 2,
     };
-    let flags = usize::from(first == 0) | (usize::from(last == samples) << 1);
+    let flags = PredictiveFlag::when(&[
+        (first == 0, PredictiveFlag::FirstLaunch),
+        (last == samples, PredictiveFlag::LastLaunch),
+    ]);
     let params = PredictiveParams {
         n: field(n),
         k: field(k),
@@ -918,7 +929,7 @@ fn record_link<R: Clone>(
         samples: field(samples),
         first: field(first),
         last: field(last),
-        flags: field(flags),
+        flags,
         lambda,
         ..Default::default()
     };
@@ -1069,9 +1080,13 @@ pub(crate) fn binary<Rt: Runtime, T: Scalar>(
         kernel,
         Some(raw(x)),
         raw(y),
-        (y.len(), rows, cols),
-        0,
-        alpha.as_f64(),
+        ElementwiseParams {
+            len: field(y.len()),
+            rows: field(rows),
+            cols: field(cols),
+            alpha: alpha.as_f64(),
+            ..Default::default()
+        },
     )?;
     rec.submit()
 }
@@ -1091,9 +1106,12 @@ pub(crate) fn add_row<Rt: Runtime, T: Scalar>(
         Kernel::AddRow,
         Some(raw(row)),
         raw(a),
-        (a.len(), rows, cols),
-        0,
-        0.0,
+        ElementwiseParams {
+            len: field(a.len()),
+            rows: field(rows),
+            cols: field(cols),
+            ..Default::default()
+        },
     )?;
     rec.submit()
 }
@@ -1116,9 +1134,14 @@ pub(crate) fn feature_rows<Rt: Runtime, T: Scalar>(
         Kernel::FeatureRows,
         Some(raw(x)),
         raw(&out),
-        (count * cols, start, cols),
-        usize::from(augment),
-        0.0,
+        ElementwiseParams {
+            len: field(count * cols),
+            rows: field(count),
+            cols: field(cols),
+            start: field(start),
+            flags: ElementwiseFlag::when(&[(augment, ElementwiseFlag::AppendOnes)]),
+            ..Default::default()
+        },
     )?;
     rec.submit()?;
     Ok(out)
@@ -1138,9 +1161,13 @@ pub(crate) fn add_diagonal<Rt: Runtime, T: Scalar>(
         Kernel::AddDiagonal,
         None,
         raw(a),
-        (n, n, n),
-        0,
-        value.as_f64(),
+        ElementwiseParams {
+            len: field(n),
+            rows: field(n),
+            cols: field(n),
+            alpha: value.as_f64(),
+            ..Default::default()
+        },
     )?;
     rec.submit()
 }

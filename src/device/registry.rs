@@ -506,10 +506,124 @@ params! {
 }
 
 params! {
-    /// `elementwise`: len items of a rows × cols matrix, α.
+    /// `elementwise`: len items of a rows × cols matrix ([`ElementwiseFlag`]s), α; `feature_rows`
+    /// gathers rows `start .. start + rows`.
     ElementwiseParams for Elementwise as "ElemParams" {
-        ints: [len, rows, cols, flags],
+        ints: [len, rows, cols, flags, start],
         reals: [alpha],
+    }
+}
+
+impl ElementwiseParams {
+    /// All n² items of an n × n matrix, no flags, α = 0.
+    pub(crate) fn square(n: usize) -> Self {
+        ElementwiseParams {
+            len: field(n * n),
+            rows: field(n),
+            cols: field(n),
+            ..Default::default()
+        }
+    }
+}
+
+/// Declares the flags of one family's `flags` field: an enum, each variant's bit, and the name
+/// of the constant both kernel languages declare for it (checked by a unit test below).
+macro_rules! flags {
+    ($(#[doc = $doc:literal])* $name:ident for $family:ident {
+        $($(#[doc = $vdoc:literal])* $variant:ident = $bit:literal as $constant:literal,)*
+    }) => {
+        $(#[doc = $doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[allow(dead_code)]
+        pub(crate) enum $name {
+            $($(#[doc = $vdoc])* $variant,)*
+        }
+
+        impl $name {
+            /// Every flag: the kernels' constant and its bit.
+            #[cfg(test)]
+            const CONSTANTS: &'static [(&'static str, u32)] = &[$(($constant, $bit),)*];
+
+            /// The flag's bit in the kernels' `flags` field.
+            pub(crate) fn bit(self) -> u32 {
+                match self {
+                    $($name::$variant => $bit,)*
+                }
+            }
+
+            /// The bits of the flags paired with `true`.
+            #[allow(dead_code)]
+            pub(crate) fn when(flags: &[(bool, $name)]) -> u32 {
+                flags.iter().filter(|f| f.0).fold(0, |bits, f| bits | f.1.bit())
+            }
+        }
+    };
+}
+
+flags! {
+    /// `gemm` options.
+    GemmFlag for Gemm {
+        /// Skip tiles strictly above the diagonal (a symmetric result, mirrored later).
+        Lower = 1 as "GEMM_LOWER",
+        /// Scale the contraction by the weights `w`.
+        Weighted = 2 as "GEMM_WEIGHTED",
+        /// β = 0: C is written, not read.
+        Overwrite = 4 as "GEMM_OVERWRITE",
+        /// Skip batch entries with inner > outer (the k ≤ l blocks of a symmetric result).
+        LowerBlocks = 8 as "GEMM_LOWER_BLOCKS",
+        /// Lower tiles only in the diagonal blocks (inner = outer).
+        LowerDiagonalTiles = 16 as "GEMM_LOWER_DIAGONAL_TILES",
+    }
+}
+
+flags! {
+    /// `ggn` options.
+    GgnFlag for Ggn {
+        /// No basis: R is the identity.
+        IdentityBasis = 1 as "GGN_IDENTITY_BASIS",
+    }
+}
+
+flags! {
+    /// `cholesky` options.
+    CholeskyFlag for Cholesky {
+        /// `trsm_block` solves with Lᵀ instead of L.
+        Transposed = 1 as "CHOL_TRANSPOSED",
+    }
+}
+
+flags! {
+    /// `predictive` options.
+    PredictiveFlag for Predictive {
+        /// The first Monte Carlo launch: factor Σ_f and clear the sums.
+        FirstLaunch = 1 as "PRED_FIRST_LAUNCH",
+        /// The last Monte Carlo launch: divide by the samples.
+        LastLaunch = 2 as "PRED_LAST_LAUNCH",
+    }
+}
+
+flags! {
+    /// `elementwise` options.
+    ElementwiseFlag for Elementwise {
+        /// `scale_rows`, `scale_columns`: scale by the square roots of x.
+        Sqrt = 1 as "ELEM_SQRT",
+        /// `feature_rows`: append a column of ones (the bias).
+        AppendOnes = 1 as "ELEM_APPEND_ONES",
+    }
+}
+
+#[cfg(test)]
+impl Family {
+    /// The constants of the family's `flags` field, as both kernel files declare them.
+    fn flag_constants(self) -> &'static [(&'static str, u32)] {
+        match self {
+            Family::Gemm => GemmFlag::CONSTANTS,
+            Family::Ggn => GgnFlag::CONSTANTS,
+            Family::Kron => &[],
+            Family::Cholesky => CholeskyFlag::CONSTANTS,
+            Family::Predictive => PredictiveFlag::CONSTANTS,
+            Family::Elementwise => ElementwiseFlag::CONSTANTS,
+        }
     }
 }
 
@@ -738,11 +852,16 @@ pub(crate) fn slot_extents(
                     vec![elems(read), elems(len), None]
                 }
                 Kernel::FeatureRows => {
-                    if p.flags > 1 || u(p.flags) > cols {
-                        return refuse("a bias flag other than 0 or 1, or wider than the row");
+                    let ones = u(p.flags & ElementwiseFlag::AppendOnes.bit());
+                    if ones > cols {
+                        return refuse("a column of ones wider than the row");
                     }
-                    let width = cols - u(p.flags);
-                    let read = if len == 0 { 0 } else { (rows + last_row + 1) * width };
+                    let width = cols - ones;
+                    let read = if len == 0 {
+                        0
+                    } else {
+                        (u(p.start) + last_row + 1) * width
+                    };
                     vec![elems(read), elems(len), None]
                 }
                 // The result is one word of the element's width, max'ed on its bits.
@@ -842,6 +961,28 @@ mod tests {
                 let mut short = exact.clone();
                 short[slot] = short[slot].map(|b| b - 8);
                 assert!(check_launch(Kernel::Gemm, DType::F64, &params, &short, grid).is_err());
+            }
+        }
+    }
+
+    /// Each family's flags are named constants with the registry's bits in both kernel files
+    /// (`#define NAME BITu` in CUDA, `const NAME: u32 = BITu;` in WGSL), and the kernels test
+    /// `flags` only through them.
+    #[test]
+    fn flag_constants_match_both_kernel_languages() {
+        for family in Family::ALL {
+            for &(name, bit) in family.flag_constants() {
+                let cuda = format!("#define {name} {bit}u");
+                assert!(family.cuda().contains(&cuda), "{}: no `{cuda}`", family.file());
+                let wgsl = format!("const {name}: u32 = {bit}u;");
+                assert!(family.wgsl().contains(&wgsl), "{}: no `{wgsl}`", family.wgsl_file());
+            }
+            for (file, source) in [(family.file(), family.cuda()), (family.wgsl_file(), family.wgsl())] {
+                for (at, _) in source.match_indices("flags & ") {
+                    let next = source[at + 8..].chars().next().unwrap_or(' ');
+                    assert!(!next.is_ascii_digit(), "{file}: a literal flag bit at byte {at}");
+                }
+                assert!(!source.contains("- p.flags"), "{file}: arithmetic on flags");
             }
         }
     }
