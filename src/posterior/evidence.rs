@@ -181,15 +181,10 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let delta: Vec<f64> = (0..self.classes)
             .map(|k| new_tau(k) - self.prior_of(k).as_f64())
             .collect();
-        let state = &self.moments.state;
-        let precision = state.shift_prior(
-            device,
-            device.copy(state.precision())?,
-            &delta,
-            self.augmented_features(),
-        )?;
-        let covariance = state.covariance_of(device, &precision)?;
-        *self.moments.state.pair_mut() = super::structure::StoredPair { precision, covariance };
+        let da = self.augmented_features();
+        let state = &mut self.moments.state;
+        let base = device.copy(state.precision())?;
+        state.reprior(device, base, &delta, da)?;
         self.prior_precision = tau.iter().map(|&t| T::from_f64(t)).collect();
         Ok(())
     }

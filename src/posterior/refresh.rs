@@ -100,9 +100,6 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// Recomputes `Σ = Π⁻¹` from the precision (Cholesky, or the reciprocals of the
     /// eigenvalues), discarding accumulated drift. On failure the posterior is unchanged.
     pub fn refresh(&mut self) -> Result<()> {
-        let state = &mut self.moments.state;
-        let covariance = state.covariance_of(&self.device, state.precision())?;
-        state.pair_mut().covariance = covariance;
-        Ok(())
+        self.moments.state.refresh_covariance(&self.device)
     }
 }

@@ -2,9 +2,9 @@
 //! the new mode (the default) or by the seed paper's fixed-scale Newton step.
 
 use super::Features;
+use super::Moments;
 use super::Posterior;
 use super::step;
-use super::structure::StoredPair;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::host::Targets;
@@ -313,33 +313,32 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let batch = self.upload_batch(features, targets, 0, m)?;
         let before = self.device.copy(&self.moments.head)?;
 
-        let outcome = match (rule, config.step, self.moments.state.fused_sequential()) {
-            (UpdateRule::Joint, step, _) => {
+        let outcome = match (rule, config.step) {
+            (UpdateRule::Joint, step) => {
                 // In place: every fallible computation runs before the moments are written.
                 let (model, moments) = self.split();
                 step::solve(&model, moments, &batch, step, tau)?
             }
-            (UpdateRule::Sequential, step, weighting) => {
+            (UpdateRule::Sequential, step) => {
                 let mut work = self.moments.copy(&self.device)?;
                 let mut outcome = UpdateReport::empty();
-                match (step, weighting) {
-                    (StepControl::Newton { gamma, iterations: 1 }, Some(weighting)) if fused => {
-                        // Shared's Sherman–Morrison recursion runs fused on the device.
-                        let pair = work.state.pair_mut();
-                        let used = self.device.sherman_morrison_sequence(
-                            &mut pair.covariance,
-                            &mut work.head,
+                let fused_rule = match step {
+                    StepControl::Newton { gamma, iterations: 1 } if fused => {
+                        let Moments { head, state } = &mut work;
+                        let done = state.sequential_fused(
+                            &self.device,
+                            head,
                             self.fixed_bias.as_ref(),
-                            &batch.phi,
-                            &batch.targets,
+                            &batch,
                             T::from_f64(gamma),
-                            weighting,
                         )?;
-                        self.device
-                            .weighted_syrk(&mut pair.precision, T::one(), &batch.phi, Some(&used), T::one())?;
-                        outcome = UpdateReport::fixed(m, gamma);
+                        done.then_some(gamma)
                     }
-                    _ => {
+                    _ => None,
+                };
+                match fused_rule {
+                    Some(gamma) => outcome = UpdateReport::fixed(m, gamma),
+                    None => {
                         let model = self.model();
                         for j in 0..m {
                             crate::interrupt::check()?;
@@ -379,10 +378,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let mut scaled = device.zeros(state.precision().rows(), state.precision().cols())?;
         device.axpy(&mut scaled, T::from_f64(rho), state.precision())?;
         let keep: Vec<f64> = self.prior_precision.iter().map(|t| (1.0 - rho) * t.as_f64()).collect();
-        let precision = state.shift_prior(device, scaled, &keep, da)?;
         state.scale_sums(device, rho)?;
-        let covariance = state.covariance_of(device, &precision)?;
-        *state.pair_mut() = StoredPair { precision, covariance };
-        Ok(())
+        state.reprior(device, scaled, &keep, da)
     }
 }

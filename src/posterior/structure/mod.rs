@@ -240,6 +240,55 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
         None
     }
 
+    /// `Σ ← Π⁻¹` from the stored precision, discarding drift. On error nothing changes.
+    fn refresh_covariance(&mut self, device: &D) -> Result<()> {
+        let covariance = self.covariance_of(device, self.precision())?;
+        self.pair_mut().covariance = covariance;
+        Ok(())
+    }
+
+    /// `Π ← base + diag(δ)` with δ constant over each class's weights ([`shift_prior`]), and
+    /// `Σ ← Π⁻¹`: a new prior, or forgetting. On error nothing changes.
+    ///
+    /// [`shift_prior`]: CovarianceStructure::shift_prior
+    fn reprior(&mut self, device: &D, base: Matrix<D, T>, delta: &[f64], da: usize) -> Result<()> {
+        let precision = self.shift_prior(device, base, delta, da)?;
+        let covariance = self.covariance_of(device, &precision)?;
+        *self.pair_mut() = StoredPair { precision, covariance };
+        Ok(())
+    }
+
+    /// The seed paper's sequential rule (one undamped step of `gamma` per sample) fused on the
+    /// device, where the structure has it ([`fused_sequential`]): the head and Σ by the
+    /// Sherman–Morrison recursion, then Π by the weights the recursion used. `false`, and
+    /// nothing changed, where it has not.
+    ///
+    /// [`fused_sequential`]: CovarianceStructure::fused_sequential
+    fn sequential_fused(
+        &mut self,
+        device: &D,
+        head: &mut Matrix<D, T>,
+        fixed_bias: Option<&Matrix<D, T>>,
+        batch: &Batch<D, T>,
+        gamma: T,
+    ) -> Result<bool> {
+        let Some(weighting) = self.fused_sequential() else {
+            return Ok(false);
+        };
+        let pair = self.pair_mut();
+        let used = device.sherman_morrison_sequence(
+            &mut pair.covariance,
+            head,
+            fixed_bias,
+            &batch.phi,
+            &batch.targets,
+            gamma,
+            weighting,
+        )?;
+        device.weighted_syrk(&mut pair.precision, T::one(), &batch.phi, Some(&used), T::one())?;
+        Ok(true)
+    }
+
     /// `L Z` for the P × S standard normal draws Z (row `c·D_aug + t` is weight (c, t)) and
     /// `L Lᵀ = Σ`.
     fn sample_factor(&self, device: &D, z: faer::MatRef<'_, f64>, k: usize, da: usize) -> Result<faer::Mat<f64>>;
