@@ -13,11 +13,13 @@
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use laplace_update::active::{LabelSource, Pool, Strategy, UpdateDriven};
+use laplace_update::device::{Kind, OnAnyDevice};
 use laplace_update::io;
 use laplace_update::{
-    BiasMode, Calibration, CpuDevice, Curvature, CurvatureAccumulator, Error, FitConfig, HeadTargets, HostMatrix,
-    Likelihood, Link, Posterior as Post, PriorShape, Scalar, StepControl, Structure, Targets, TuneConfig, TuneMetric,
-    UnlearnConfig, UpdateConfig, UpdateRule, fit_map_head,
+    AnyDevice, BiasMode, Calibration, CpuDevice, Curvature, CurvatureAccumulator, DType, Device, Error, FitConfig,
+    HeadTargets, HostMatrix, Likelihood, Link, Posterior as Post, PriorShape, Scalar, StepControl, Structure, Targets,
+    TuneConfig, TuneMetric, UnlearnConfig, UpdateConfig, UpdateRule, build_any, fit_map_head, map_any, with_any,
+    with_any_pair,
 };
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::BoundObject;
@@ -389,53 +391,15 @@ fn rule(name: &str) -> R<UpdateRule> {
     }
 }
 
-/// The posterior of one device and dtype.
-enum Inner {
-    CpuF32(Post<CpuDevice, f32>),
-    CpuF64(Post<CpuDevice, f64>),
-    #[cfg(feature = "cuda")]
-    CudaF32(Post<laplace_update::CudaDevice, f32>),
-    #[cfg(feature = "cuda")]
-    CudaF64(Post<laplace_update::CudaDevice, f64>),
-    #[cfg(feature = "wgpu")]
-    WgpuF32(Post<laplace_update::WgpuDevice, f32>),
+/// Posteriors, by device and element type: the library's dispatch holds one as [`Inner`].
+struct Posteriors;
+
+impl Kind for Posteriors {
+    type On<D: Device, T: Scalar> = Post<D, T>;
 }
 
-/// Runs `$body` with `$p` bound to the posterior inside an [`Inner`] and `$T` its dtype.
-macro_rules! each {
-    ($inner:expr, |$p:ident: $T:ident| $body:expr) => {
-        match $inner {
-            Inner::CpuF32($p) => {
-                #[allow(dead_code)]
-                type $T = f32;
-                $body
-            }
-            Inner::CpuF64($p) => {
-                #[allow(dead_code)]
-                type $T = f64;
-                $body
-            }
-            #[cfg(feature = "cuda")]
-            Inner::CudaF32($p) => {
-                #[allow(dead_code)]
-                type $T = f32;
-                $body
-            }
-            #[cfg(feature = "cuda")]
-            Inner::CudaF64($p) => {
-                #[allow(dead_code)]
-                type $T = f64;
-                $body
-            }
-            #[cfg(feature = "wgpu")]
-            Inner::WgpuF32($p) => {
-                #[allow(dead_code)]
-                type $T = f32;
-                $body
-            }
-        }
-    };
-}
+/// The posterior of one device and dtype.
+type Inner = OnAnyDevice<Posteriors>;
 
 /// One device per backend and process, shared by every posterior and accumulator on it: one
 /// thread pool for the CPU (a pool per object would leave its threads competing), one context
@@ -468,57 +432,29 @@ fn wgpu() -> R<laplace_update::WgpuDevice> {
     shared(&WGPU, laplace_update::WgpuDevice::new)
 }
 
-/// A device chosen by name, and the dtype's variant built on it by `$make`.
-macro_rules! on_device {
-    ($device:expr, $dtype:expr, |$d:ident, $T:ident| $make:expr, $wrap:ident) => {{
-        let f64_ = match $dtype {
-            "float32" => false,
-            "float64" => true,
-            other => return Err(invalid("dtype", format!("unknown `{other}`; one of float32, float64"))),
-        };
-        match ($device, f64_) {
-            ("cpu", false) => {
-                let $d = cpu()?;
-                #[allow(dead_code)]
-                type $T = f32;
-                $wrap::CpuF32($make)
-            }
-            ("cpu", true) => {
-                let $d = cpu()?;
-                #[allow(dead_code)]
-                type $T = f64;
-                $wrap::CpuF64($make)
-            }
-            #[cfg(feature = "cuda")]
-            ("cuda", false) => {
-                let $d = cuda()?;
-                #[allow(dead_code)]
-                type $T = f32;
-                $wrap::CudaF32($make)
-            }
-            #[cfg(feature = "cuda")]
-            ("cuda", true) => {
-                let $d = cuda()?;
-                #[allow(dead_code)]
-                type $T = f64;
-                $wrap::CudaF64($make)
-            }
-            #[cfg(feature = "wgpu")]
-            ("wgpu", false) => {
-                let $d = wgpu()?;
-                #[allow(dead_code)]
-                type $T = f32;
-                $wrap::WgpuF32($make)
-            }
-            (other, _) => {
-                return Err(to_py(
-                    laplace_update::AnyDevice::select(other)
-                        .err()
-                        .unwrap_or_else(|| Error::Unsupported(format!("{other} in {}", $dtype))),
-                ));
-            }
+/// The shared device of a name (`cpu`, `cuda`, `wgpu`), or the library's reason it is absent.
+fn any_device(name: &str) -> R<AnyDevice> {
+    match name {
+        "cpu" => Ok(AnyDevice::Cpu(cpu()?)),
+        #[cfg(feature = "cuda")]
+        "cuda" => Ok(AnyDevice::Cuda(cuda()?)),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Ok(AnyDevice::Wgpu(wgpu()?)),
+        other => {
+            Err(to_py(AnyDevice::select(other).err().unwrap_or_else(|| {
+                Error::Unsupported(format!("{other} in this build"))
+            })))
         }
-    }};
+    }
+}
+
+/// The element type of a name: `float32` or `float64`.
+fn dtype_of(name: &str) -> R<DType> {
+    match name {
+        "float32" => Ok(DType::F32),
+        "float64" => Ok(DType::F64),
+        other => Err(invalid("dtype", format!("unknown `{other}`; one of float32, float64"))),
+    }
 }
 
 fn dtype_name<T: Scalar>() -> &'static str {
@@ -651,39 +587,35 @@ impl Posterior {
         )?;
         let regression = config.likelihood != Likelihood::Classification;
         let weights = weights.filter(|w| !w.is_none());
-        let inner = on_device!(
-            device,
-            dtype,
-            |d, T| {
-                let x = matrix::<T>(features, "features")?;
-                let y = targets::<T>(labels, regression)?;
-                let xh = host(&x).map_err(to_py)?;
-                match weights {
-                    Some(weights) => {
-                        let (w, b) = (matrix::<T>(weights, "weights")?, bias_vector::<T>(bias)?);
-                        let (w, b) = (host(&w).map_err(to_py)?, slice1(&b)?);
-                        y.with(|y| detach(py, || Post::fit(&d, xh, y, w, b, &config)))
-                            .map_err(to_py)?
-                    }
-                    None => {
-                        let plain = match &y {
-                            TargetArray::Labels(l) => {
-                                HeadTargets::Labels(l.as_slice().map_err(|e| to_py(Error::Unsupported(e.to_string())))?)
-                            }
-                            TargetArray::Values(v) => HeadTargets::Values(host(v).map_err(to_py)?),
-                        };
-                        let head = detach(py, || {
-                            fit_map_head(&d, xh, plain, classes, prior_precision, sigma_noise)
-                        })
-                        .map_err(to_py)?;
-                        let w = HostMatrix::new(&head.weights, head.bias.len(), xh.cols()).map_err(to_py)?;
-                        y.with(|y| detach(py, || Post::fit(&d, xh, y, w, Some(&head.bias), &config)))
-                            .map_err(to_py)?
-                    }
+        let inner = build_any!(any_device(device)?, dtype_of(dtype)?, |d: T| {
+            let x = matrix::<T>(features, "features")?;
+            let y = targets::<T>(labels, regression)?;
+            let xh = host(&x).map_err(to_py)?;
+            match weights {
+                Some(weights) => {
+                    let (w, b) = (matrix::<T>(weights, "weights")?, bias_vector::<T>(bias)?);
+                    let (w, b) = (host(&w).map_err(to_py)?, slice1(&b)?);
+                    y.with(|y| detach(py, || Post::fit(&d, xh, y, w, b, &config)))
+                        .map_err(to_py)?
                 }
-            },
-            Inner
-        );
+                None => {
+                    let plain = match &y {
+                        TargetArray::Labels(l) => {
+                            HeadTargets::Labels(l.as_slice().map_err(|e| to_py(Error::Unsupported(e.to_string())))?)
+                        }
+                        TargetArray::Values(v) => HeadTargets::Values(host(v).map_err(to_py)?),
+                    };
+                    let head = detach(py, || {
+                        fit_map_head(&d, xh, plain, classes, prior_precision, sigma_noise)
+                    })
+                    .map_err(to_py)?;
+                    let w = HostMatrix::new(&head.weights, head.bias.len(), xh.cols()).map_err(to_py)?;
+                    y.with(|y| detach(py, || Post::fit(&d, xh, y, w, Some(&head.bias), &config)))
+                        .map_err(to_py)?
+                }
+            }
+        })
+        .map_err(to_py)?;
         Ok(Posterior {
             inner: RwLock::new(inner),
             device: device.to_string(),
@@ -721,7 +653,7 @@ impl Posterior {
             forgetting,
         };
         let mut guard = write(py, &self.inner);
-        let report = each!(&mut *guard, |p: T| {
+        let report = with_any!(&mut *guard, |p: T| {
             let regression = p.likelihood() != Likelihood::Classification;
             let (x, y) = (matrix::<T>(features, "features")?, targets::<T>(labels, regression)?);
             let x = host(&x).map_err(to_py)?;
@@ -758,7 +690,7 @@ impl Posterior {
             ..Default::default()
         };
         let mut guard = write(py, &self.inner);
-        each!(&mut *guard, |p: T| {
+        with_any!(&mut *guard, |p: T| {
             let regression = p.likelihood() != Likelihood::Classification;
             let (x, y) = (matrix::<T>(features, "features")?, targets::<T>(labels, regression)?);
             let x = host(&x).map_err(to_py)?;
@@ -783,7 +715,7 @@ impl Posterior {
         temperature: Option<f64>,
     ) -> R<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
         let guard = read(py, &self.inner);
-        each!(&*guard, |p: T| {
+        with_any!(&*guard, |p: T| {
             let stored = p.calibration();
             let lambda = probit_lambda.or(stored.link.lambda()).unwrap_or(Link::PROBIT_LAMBDA);
             let link = match (link, stored.link) {
@@ -848,7 +780,7 @@ impl Posterior {
         };
         config.validate().map_err(to_py)?;
         let mut guard = write(py, &self.inner);
-        let report = each!(&mut *guard, |p: T| {
+        let report = with_any!(&mut *guard, |p: T| {
             let regression = p.likelihood() != Likelihood::Classification;
             let (x, y) = (matrix::<T>(features, "features")?, targets::<T>(labels, regression)?);
             let x = host(&x).map_err(to_py)?;
@@ -912,14 +844,14 @@ impl Posterior {
     #[getter]
     fn temperature(&self, py: Python<'_>) -> R<f64> {
         let guard = read(py, &self.inner);
-        each!(&*guard, |p: T| Ok(p.calibration().temperature))
+        with_any!(&*guard, |p: T| Ok(p.calibration().temperature))
     }
 
     /// The link predictions use by default (as tuned).
     #[getter]
     fn link(&self, py: Python<'_>) -> R<String> {
         let guard = read(py, &self.inner);
-        each!(&*guard, |p: T| Ok(p.calibration().link.name().to_string()))
+        with_any!(&*guard, |p: T| Ok(p.calibration().link.name().to_string()))
     }
 
     /// The log marginal likelihood of the data under the Laplace approximation.
@@ -930,7 +862,7 @@ impl Posterior {
         labels: &Bound<'_, PyAny>,
     ) -> R<f64> {
         let guard = read(py, &self.inner);
-        each!(&*guard, |p: T| {
+        with_any!(&*guard, |p: T| {
             let regression = p.likelihood() != Likelihood::Classification;
             let (x, y) = (matrix::<T>(features, "features")?, targets::<T>(labels, regression)?);
             let x = host(&x).map_err(to_py)?;
@@ -950,7 +882,7 @@ impl Posterior {
             PriorShape::Scalar
         };
         let mut guard = write(py, &self.inner);
-        each!(&mut *guard, |p: T| detach(py, || p.optimize_prior_precision(shape))
+        with_any!(&mut *guard, |p: T| detach(py, || p.optimize_prior_precision(shape))
             .map_err(to_py))
     }
 
@@ -963,7 +895,7 @@ impl Posterior {
         targets: &Bound<'_, PyAny>,
     ) -> R<(f64, f64)> {
         let mut guard = write(py, &self.inner);
-        each!(&mut *guard, |p: T| {
+        with_any!(&mut *guard, |p: T| {
             let (x, y) = (matrix::<T>(features, "features")?, self::targets::<T>(targets, true)?);
             let x = host(&x).map_err(to_py)?;
             y.with(|y| detach(py, || p.optimize_prior_and_noise(x, y)))
@@ -974,7 +906,7 @@ impl Posterior {
     /// Saves the posterior file durably (a crash mid-write keeps any previous file).
     fn save(&self, py: Python<'_>, path: std::path::PathBuf) -> R<()> {
         let guard = read(py, &self.inner);
-        each!(&*guard, |p: T| py
+        with_any!(&*guard, |p: T| py
             .detach(|| io::save_posterior(p, &path))
             .map_err(to_py))
     }
@@ -995,7 +927,7 @@ impl Posterior {
     /// The posterior file's bytes.
     fn to_bytes<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyBytes>> {
         let guard = read(py, &self.inner);
-        let bytes = each!(&*guard, |p: T| py
+        let bytes = with_any!(&*guard, |p: T| py
             .detach(|| io::posterior_to_bytes(p))
             .map_err(to_py)?);
         Ok(PyBytes::new(py, &bytes))
@@ -1011,12 +943,11 @@ impl Posterior {
         } else {
             "float64"
         };
-        let inner = on_device!(
-            device,
-            dtype,
-            |d, T| detach(py, || io::posterior_from_bytes::<_, T>(&d, data)).map_err(to_py)?,
-            Inner
-        );
+        let inner = build_any!(any_device(device)?, dtype_of(dtype)?, |d: T| detach(py, || {
+            io::posterior_from_bytes::<_, T>(&d, data)
+        })
+        .map_err(to_py)?)
+        .map_err(to_py)?;
         Ok(Posterior {
             inner: RwLock::new(inner),
             device: device.to_string(),
@@ -1032,7 +963,7 @@ impl Posterior {
     /// The head W (K × D) and, with the bias in the posterior, the bias (K): the mean.
     fn mean<'py>(&self, py: Python<'py>) -> R<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
         let guard = read(py, &self.inner);
-        each!(&*guard, |p: T| {
+        with_any!(&*guard, |p: T| {
             let (w, b) = (p.head().map_err(to_py)?, p.bias().map_err(to_py)?);
             Ok((out(py, w, &[p.classes(), p.features()])?, out(py, b, &[p.classes()])?))
         })
@@ -1042,7 +973,7 @@ impl Posterior {
     /// K × D_aug for Diag; Kron's factors are in `to_bytes`).
     fn covariance<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyAny>> {
         let guard = read(py, &self.inner);
-        each!(&*guard, |p: T| {
+        with_any!(&*guard, |p: T| {
             let (r, c) = p.stored_shape();
             out(py, p.covariance().map_err(to_py)?, &[r, c])
         })
@@ -1051,7 +982,7 @@ impl Posterior {
     /// The precision Π, as [`Posterior.covariance`].
     fn precision<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyAny>> {
         let guard = read(py, &self.inner);
-        each!(&*guard, |p: T| {
+        with_any!(&*guard, |p: T| {
             let (r, c) = p.stored_shape();
             out(py, p.precision().map_err(to_py)?, &[r, c])
         })
@@ -1061,37 +992,37 @@ impl Posterior {
     #[getter]
     fn prior_precision(&self, py: Python<'_>) -> Vec<f64> {
         let guard = read(py, &self.inner);
-        each!(&*guard, |p: T| p.prior_precision().iter().map(|t| t.as_f64()).collect())
+        with_any!(&*guard, |p: T| p.prior_precision().iter().map(|t| t.as_f64()).collect())
     }
 
     #[getter]
     fn classes(&self, py: Python<'_>) -> usize {
         let guard = read(py, &self.inner);
-        each!(&*guard, |p: T| p.classes())
+        with_any!(&*guard, |p: T| p.classes())
     }
 
     #[getter]
     fn features(&self, py: Python<'_>) -> usize {
         let guard = read(py, &self.inner);
-        each!(&*guard, |p: T| p.features())
+        with_any!(&*guard, |p: T| p.features())
     }
 
     #[getter]
     fn samples_seen(&self, py: Python<'_>) -> usize {
         let guard = read(py, &self.inner);
-        each!(&*guard, |p: T| p.samples_seen())
+        with_any!(&*guard, |p: T| p.samples_seen())
     }
 
     #[getter]
     fn structure(&self, py: Python<'_>) -> &'static str {
         let guard = read(py, &self.inner);
-        each!(&*guard, |p: T| io::structure_name(p.structure()))
+        with_any!(&*guard, |p: T| io::structure_name(p.structure()))
     }
 
     #[getter]
     fn dtype(&self, py: Python<'_>) -> &'static str {
         let guard = read(py, &self.inner);
-        each!(&*guard, |_p: T| dtype_name::<T>())
+        with_any!(&*guard, |_p: T| dtype_name::<T>())
     }
 
     #[getter]
@@ -1112,57 +1043,15 @@ impl Posterior {
     }
 }
 
-/// The accumulator of one device and dtype.
-enum AccInner {
-    CpuF32(CurvatureAccumulator<CpuDevice, f32>),
-    CpuF64(CurvatureAccumulator<CpuDevice, f64>),
-    #[cfg(feature = "cuda")]
-    CudaF32(CurvatureAccumulator<laplace_update::CudaDevice, f32>),
-    #[cfg(feature = "cuda")]
-    CudaF64(CurvatureAccumulator<laplace_update::CudaDevice, f64>),
-    #[cfg(feature = "wgpu")]
-    WgpuF32(CurvatureAccumulator<laplace_update::WgpuDevice, f32>),
+/// Accumulators, by device and element type.
+struct Accumulators;
+
+impl Kind for Accumulators {
+    type On<D: Device, T: Scalar> = CurvatureAccumulator<D, T>;
 }
 
-macro_rules! each_acc {
-    ($inner:expr, |$a:ident: $T:ident, $wrap:ident| $body:expr) => {
-        match $inner {
-            AccInner::CpuF32($a) => {
-                #[allow(dead_code)]
-                type $T = f32;
-                let $wrap = Inner::CpuF32;
-                $body
-            }
-            AccInner::CpuF64($a) => {
-                #[allow(dead_code)]
-                type $T = f64;
-                let $wrap = Inner::CpuF64;
-                $body
-            }
-            #[cfg(feature = "cuda")]
-            AccInner::CudaF32($a) => {
-                #[allow(dead_code)]
-                type $T = f32;
-                let $wrap = Inner::CudaF32;
-                $body
-            }
-            #[cfg(feature = "cuda")]
-            AccInner::CudaF64($a) => {
-                #[allow(dead_code)]
-                type $T = f64;
-                let $wrap = Inner::CudaF64;
-                $body
-            }
-            #[cfg(feature = "wgpu")]
-            AccInner::WgpuF32($a) => {
-                #[allow(dead_code)]
-                type $T = f32;
-                let $wrap = Inner::WgpuF32;
-                $body
-            }
-        }
-    };
-}
+/// The accumulator of one device and dtype.
+type AccInner = OnAnyDevice<Accumulators>;
 
 /// Curvature sums around one head, accumulated in parts (shards, workers) and merged:
 /// `finish` gives the posterior a single fit over all the parts gives.
@@ -1206,17 +1095,13 @@ impl Accumulator {
                 seed,
             )?
         };
-        let inner = on_device!(
-            device,
-            dtype,
-            |d, T| {
-                let (w, b) = (matrix::<T>(weights, "weights")?, bias_vector::<T>(bias)?);
-                let b = slice1(&b)?;
-                let w = host(&w).map_err(to_py)?;
-                detach(py, || CurvatureAccumulator::new(&d, w, b, &config)).map_err(to_py)?
-            },
-            AccInner
-        );
+        let inner = build_any!(any_device(device)?, dtype_of(dtype)?, |d: T| {
+            let (w, b) = (matrix::<T>(weights, "weights")?, bias_vector::<T>(bias)?);
+            let b = slice1(&b)?;
+            let w = host(&w).map_err(to_py)?;
+            detach(py, || CurvatureAccumulator::new(&d, w, b, &config)).map_err(to_py)?
+        })
+        .map_err(to_py)?;
         Ok(Accumulator {
             inner: RwLock::new(inner),
             device: device.to_string(),
@@ -1226,7 +1111,7 @@ impl Accumulator {
     /// Adds the curvature of `features` with their `labels`.
     fn accumulate(&self, py: Python<'_>, features: &Bound<'_, PyAny>, labels: &Bound<'_, PyAny>) -> R<()> {
         let mut guard = write(py, &self.inner);
-        each_acc!(&mut *guard, |a: T, _wrap| {
+        with_any!(&mut *guard, |a: T| {
             let regression = a.likelihood() != Likelihood::Classification;
             let (x, y) = (matrix::<T>(features, "features")?, targets::<T>(labels, regression)?);
             let x = host(&x).map_err(to_py)?;
@@ -1241,17 +1126,8 @@ impl Accumulator {
         }
         let theirs = other.inner.read().unwrap_or_else(|e| e.into_inner());
         let mut guard = write(py, &self.inner);
-        match (&mut *guard, &*theirs) {
-            (AccInner::CpuF32(a), AccInner::CpuF32(b)) => detach(py, || a.merge(b)).map_err(to_py),
-            (AccInner::CpuF64(a), AccInner::CpuF64(b)) => detach(py, || a.merge(b)).map_err(to_py),
-            #[cfg(feature = "cuda")]
-            (AccInner::CudaF32(a), AccInner::CudaF32(b)) => detach(py, || a.merge(b)).map_err(to_py),
-            #[cfg(feature = "cuda")]
-            (AccInner::CudaF64(a), AccInner::CudaF64(b)) => detach(py, || a.merge(b)).map_err(to_py),
-            #[cfg(feature = "wgpu")]
-            (AccInner::WgpuF32(a), AccInner::WgpuF32(b)) => detach(py, || a.merge(b)).map_err(to_py),
-            _ => Err(invalid("other", "must have the same dtype and device")),
-        }
+        with_any_pair!(&mut *guard, &*theirs, |a, b: T| detach(py, || a.merge(b)).map_err(to_py),
+            else Err(invalid("other", "must have the same dtype and device")))
     }
 
     /// The posterior with prior precision τ, or with τ chosen by marginal likelihood when
@@ -1259,12 +1135,12 @@ impl Accumulator {
     #[pyo3(signature = (prior_precision=1.0, optimize_prior=false))]
     fn finish(&self, py: Python<'_>, prior_precision: f64, optimize_prior: bool) -> R<Posterior> {
         let guard = read(py, &self.inner);
-        let inner = each_acc!(&*guard, |a: T, wrap| {
+        let inner = map_any!(&*guard, |a: T| {
             let mut post = detach(py, || a.finish(prior_precision)).map_err(to_py)?;
             if optimize_prior {
                 detach(py, || post.optimize_prior_precision(PriorShape::Scalar)).map_err(to_py)?;
             }
-            wrap(post)
+            post
         });
         Ok(Posterior {
             inner: RwLock::new(inner),
@@ -1276,13 +1152,13 @@ impl Accumulator {
     #[getter]
     fn count(&self, py: Python<'_>) -> usize {
         let guard = read(py, &self.inner);
-        each_acc!(&*guard, |a: T, _wrap| a.count())
+        with_any!(&*guard, |a: T| a.count())
     }
 
     /// The accumulator file's bytes.
     fn to_bytes<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyBytes>> {
         let guard = read(py, &self.inner);
-        let bytes = each_acc!(&*guard, |a: T, _wrap| py
+        let bytes = with_any!(&*guard, |a: T| py
             .detach(|| io::accumulator_to_bytes(a))
             .map_err(to_py)?);
         Ok(PyBytes::new(py, &bytes))
@@ -1298,12 +1174,11 @@ impl Accumulator {
         } else {
             "float64"
         };
-        let inner = on_device!(
-            device,
-            dtype,
-            |d, T| detach(py, || io::accumulator_from_bytes::<_, T>(&d, data, ACC_CHUNK_ROWS)).map_err(to_py)?,
-            AccInner
-        );
+        let inner = build_any!(any_device(device)?, dtype_of(dtype)?, |d: T| detach(py, || {
+            io::accumulator_from_bytes::<_, T>(&d, data, ACC_CHUNK_ROWS)
+        })
+        .map_err(to_py)?)
+        .map_err(to_py)?;
         Ok(Accumulator {
             inner: RwLock::new(inner),
             device: device.to_string(),
@@ -1334,7 +1209,7 @@ fn select(
 ) -> R<Vec<usize>> {
     let strategy = Strategy::from_name(strategy).map_err(to_py)?;
     let guard = read(py, &post.inner);
-    each!(&*guard, |p: T| {
+    with_any!(&*guard, |p: T| {
         let x = matrix::<T>(pool_features, "features")?;
         let labeled = match labeled_features {
             Some(l) if !l.is_none() => Some(matrix::<T>(l, "labeled_features")?),

@@ -27,6 +27,7 @@ pub mod cpu;
 mod cpu_gram;
 #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 pub mod cuda;
+pub mod dispatch;
 #[cfg(any(feature = "wgpu", feature = "cuda", feature = "cuda-emu"))]
 pub(crate) mod gpu;
 pub mod launch;
@@ -45,6 +46,7 @@ use crate::scalar::Scalar;
 pub use self::wgpu::{WgpuDevice, WgpuOptions, WgpuRuntime};
 pub use auto::{AnyDevice, AutoChoice};
 pub use cpu::CpuDevice;
+pub use dispatch::{Kind, OnAnyDevice};
 #[cfg(any(feature = "wgpu", feature = "cuda", feature = "cuda-emu"))]
 pub use gpu::{GpuBuffer, GpuDevice};
 
