@@ -81,7 +81,7 @@ impl BiasMode {
     }
 }
 
-/// Settings of [`Posterior::fit`].
+/// Settings of [`Posterior::fit`](super::Posterior::fit).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FitConfig {
     /// Covariance structure.
