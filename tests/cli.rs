@@ -467,7 +467,9 @@ fn structures_curvatures_and_prior_optimisation() {
             "kron",
             "MonteCarloFisher { samples: 3, seed: 5 }",
         ),
-        ("--structure shared --optimize-prior", "shared-gaussian", "Ggn"),
+        // `shared-gaussian` is another spelling of `shared`.
+        ("--structure shared-gaussian", "shared", "Ggn"),
+        ("--structure shared --optimize-prior", "shared", "Ggn"),
     ] {
         let post = f.p("s.safetensors");
         ok(&format!(

@@ -351,12 +351,7 @@ fn host<'a, T: Scalar + numpy::Element>(a: &'a PyReadonlyArray2<'_, T>) -> lapla
 }
 
 fn structure(name: &str) -> R<Structure> {
-    io::parse_structure(name).ok_or_else(|| {
-        invalid(
-            "structure",
-            format!("unknown `{name}`; one of full, shared-gaussian, shared-categorical, diag, kron"),
-        )
-    })
+    Structure::from_name(name).map_err(to_py)
 }
 
 fn likelihood(name: &str, sigma_noise: f64) -> R<Likelihood> {
@@ -1016,7 +1011,7 @@ impl Posterior {
     #[getter]
     fn structure(&self, py: Python<'_>) -> &'static str {
         let guard = read(py, &self.inner);
-        with_any!(&*guard, |p: T| io::structure_name(p.structure()))
+        with_any!(&*guard, |p: T| p.structure().name())
     }
 
     #[getter]

@@ -31,7 +31,7 @@ def fitted(structure="full", **kw):
     return lu.Posterior.fit(x, y, w, b, structure=structure, prior_precision=TAU, **kw), (x, y, w, b)
 
 
-@pytest.mark.parametrize("structure", ["full", "shared-gaussian", "diag", "kron"])
+@pytest.mark.parametrize("structure", ["full", "shared", "diag", "kron"])
 def test_save_load_and_pickle(tmp_path, structure):
     post, (x, y, _, _) = fitted(structure, bias_in_posterior=True)
     path = tmp_path / "post.safetensors"

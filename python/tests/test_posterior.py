@@ -104,8 +104,12 @@ def test_sequential_rule_is_sample_by_sample():
 
 def test_shared_and_diag():
     x, y, w, b = problem(4)
-    shared = lu.Posterior.fit(x, y, w, b, structure="shared-gaussian", prior_precision=TAU, bias_in_posterior=False)
+    shared = lu.Posterior.fit(x, y, w, b, structure="shared", prior_precision=TAU, bias_in_posterior=False)
     assert rel(shared.precision(), TAU * np.eye(x.shape[1]) + x.T @ x) < 1e-12
+    # One vocabulary: `shared-gaussian` is another spelling, and the name reads back as `shared`.
+    other = lu.Posterior.fit(x, y, w, b, structure="shared-gaussian", prior_precision=TAU, bias_in_posterior=False)
+    assert shared.structure == other.structure == "shared"
+    assert np.array_equal(shared.precision(), other.precision())
     _, var = shared.predict(x[:3])
     v = np.einsum("nd,de,ne->n", x[:3], np.linalg.inv(TAU * np.eye(x.shape[1]) + x.T @ x), x[:3])
     assert var.shape == (3, 3) and rel(var, np.repeat(v[:, None], 3, axis=1)) < 1e-10

@@ -17,9 +17,8 @@ pub use durable::remove_dead_temporaries;
 pub use locked::{DEFAULT_LOCK_TIMEOUT, PosteriorFile};
 pub use npy::{parse_npy, read_npy, write_npy};
 pub use posterior_file::{
-    PosteriorHeader, accumulator_from_bytes, accumulator_to_bytes, load_accumulator, load_posterior, parse_structure,
-    peek_bytes, peek_posterior, posterior_from_bytes, posterior_to_bytes, save_accumulator, save_posterior,
-    structure_name,
+    PosteriorHeader, accumulator_from_bytes, accumulator_to_bytes, load_accumulator, load_posterior, peek_bytes,
+    peek_posterior, posterior_from_bytes, posterior_to_bytes, save_accumulator, save_posterior,
 };
 pub use safetensors_array::read_safetensors_tensor;
 

@@ -8,7 +8,7 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use super::durable::write_durably;
 use super::io_error;
-use crate::device::{Device, OutputWeighting};
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::posterior::{
     BiasMode, Calibration, Curvature, CurvatureAccumulator, Likelihood, Link, Posterior, RawPosterior, RawTensor,
@@ -67,29 +67,6 @@ pub struct PosteriorHeader {
     pub calibration: Calibration,
 }
 
-/// The metadata name of a structure.
-pub fn structure_name(s: Structure) -> &'static str {
-    match s {
-        Structure::Full => "full",
-        Structure::Shared(OutputWeighting::Gaussian) => "shared-gaussian",
-        Structure::Shared(OutputWeighting::Categorical) => "shared-categorical",
-        Structure::Diag => "diag",
-        Structure::Kron => "kron",
-    }
-}
-
-/// The structure of a metadata name ([`structure_name`]'s inverse).
-pub fn parse_structure(name: &str) -> Option<Structure> {
-    Some(match name {
-        "full" => Structure::Full,
-        "shared-gaussian" => Structure::Shared(OutputWeighting::Gaussian),
-        "shared-categorical" => Structure::Shared(OutputWeighting::Categorical),
-        "diag" => Structure::Diag,
-        "kron" => Structure::Kron,
-        _ => return None,
-    })
-}
-
 fn st_dtype(d: DType) -> Dtype {
     match d {
         DType::F32 => Dtype::F32,
@@ -130,7 +107,7 @@ fn common_parts<T: Scalar>(raw: &RawPosterior<T>, format: &str) -> Result<(Vec<N
     let metadata = vec![
         ("format", format.to_string()),
         ("version", VERSION.to_string()),
-        ("structure", structure_name(raw.structure).to_string()),
+        ("structure", raw.structure.name().to_string()),
         ("likelihood", likelihood.to_string()),
         ("sigma_noise", sigma),
         ("curvature", curvature.to_string()),
@@ -450,7 +427,7 @@ fn parse<'a>(bytes: &'a [u8], path: &Path) -> Result<(SafeTensors<'a>, Posterior
         |key: &str| -> Result<usize> { get(key)?.parse().map_err(|_| fail(format!("bad `{key}` in metadata"))) };
     let real = |key: &str| -> Result<f64> { get(key)?.parse().map_err(|_| fail(format!("bad `{key}` in metadata"))) };
     let structure = get("structure")?;
-    let structure = parse_structure(structure).ok_or_else(|| fail(format!("unknown structure `{structure}`")))?;
+    let structure = Structure::from_name(structure).map_err(|_| fail(format!("unknown structure `{structure}`")))?;
     let likelihood = match get("likelihood")? {
         "classification" => Likelihood::Classification,
         "regression" => Likelihood::Regression {

@@ -26,6 +26,53 @@ pub enum Structure {
     Kron,
 }
 
+impl Structure {
+    /// Every structure, in the order the names list them.
+    pub const ALL: [Structure; 5] = [
+        Structure::Full,
+        Structure::Shared(OutputWeighting::Gaussian),
+        Structure::Shared(OutputWeighting::Categorical),
+        Structure::Diag,
+        Structure::Kron,
+    ];
+
+    /// The structure's name, as the command line, Python and posterior files spell it: `full`,
+    /// `shared` (unit output weights, the seed paper's form), `shared-categorical`, `diag`,
+    /// `kron`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Structure::Full => "full",
+            Structure::Shared(OutputWeighting::Gaussian) => "shared",
+            Structure::Shared(OutputWeighting::Categorical) => "shared-categorical",
+            Structure::Diag => "diag",
+            Structure::Kron => "kron",
+        }
+    }
+
+    /// The structure of a [`Structure::name`], or of `shared-gaussian` (another spelling of
+    /// `shared`, which older posterior files hold).
+    ///
+    /// Errors: `InvalidArgument` for any other name.
+    ///
+    /// ```
+    /// use laplace_update::Structure;
+    /// for s in Structure::ALL {
+    ///     assert_eq!(Structure::from_name(s.name())?, s);
+    /// }
+    /// assert_eq!(Structure::from_name("shared-gaussian")?, Structure::from_name("shared")?);
+    /// # Ok::<(), laplace_update::Error>(())
+    /// ```
+    pub fn from_name(name: &str) -> Result<Structure> {
+        if name == "shared-gaussian" {
+            return Ok(Structure::Shared(OutputWeighting::Gaussian));
+        }
+        Structure::ALL.into_iter().find(|s| s.name() == name).ok_or_else(|| {
+            let names: Vec<&str> = Structure::ALL.iter().map(|s| s.name()).collect();
+            Error::invalid("structure", format!("unknown `{name}`; one of {}", names.join(", ")))
+        })
+    }
+}
+
 /// The likelihood of a target given the logits `f = W φ + b`.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Likelihood {

@@ -9,7 +9,7 @@ pub const TAU: f64 = 0.7;
 pub fn structures() -> [(Structure, &'static str); 3] {
     [
         (Structure::Full, "full"),
-        (Structure::Shared(OutputWeighting::Gaussian), "shared-gaussian"),
+        (Structure::Shared(OutputWeighting::Gaussian), "shared"),
         (Structure::Shared(OutputWeighting::Categorical), "shared-categorical"),
     ]
 }
@@ -832,7 +832,7 @@ pub fn check_bad_inputs_leave_posterior_unchanged<D: Device, T: Scalar>(dev: &D)
 /// ‖ΠΣ − I‖_max small, and refresh() resets it.
 pub fn check_drift<D: Device, T: Scalar>(dev: &D, bound: f64, d: usize, chunks: usize) {
     for (structure, name) in [
-        (Structure::Shared(OutputWeighting::Gaussian), "shared-gaussian"),
+        (Structure::Shared(OutputWeighting::Gaussian), "shared"),
         (Structure::Shared(OutputWeighting::Categorical), "shared-categorical"),
         (Structure::Full, "full"),
     ] {

@@ -87,6 +87,7 @@ enum StructureArg {
     /// Exact softmax GGN over all K·D weights.
     Full,
     /// One D × D covariance for all classes, unit output weights (the seed paper's form).
+    #[value(alias = "shared-gaussian")]
     Shared,
     /// Shared with output weights p_max(1 − p_max).
     SharedCategorical,
@@ -1247,7 +1248,7 @@ fn info(path: &Path) -> Result<()> {
     let h = peek_posterior(path)?;
     println!("file           {}", path.display());
     println!("format version {}", h.version);
-    println!("structure      {}", laplace_update::io::structure_name(h.structure));
+    println!("structure      {}", h.structure.name());
     println!("likelihood     {:?}", h.likelihood);
     println!("curvature      {:?}", h.curvature);
     println!("dtype          {}", h.dtype.name());

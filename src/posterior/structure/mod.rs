@@ -686,7 +686,7 @@ pub(crate) fn resident_bytes(structure: Structure, k: usize, da: usize, elem: us
 pub(crate) fn describe<T: Scalar>(structure: Structure, k: usize, da: usize) -> String {
     format!(
         "a {} posterior at K = {k}, D_aug = {da} ({})",
-        crate::io::structure_name(structure),
+        structure.name(),
         T::DTYPE.name()
     )
 }
@@ -758,13 +758,7 @@ pub(crate) fn cheaper_structures(structure: Structure, k: usize, da: usize, elem
     .filter(|s| std::mem::discriminant(s) != std::mem::discriminant(&structure))
     .map(|s| (s, fit_bytes(s, k, da, elem)))
     .filter(|&(_, bytes)| bytes <= available)
-    .map(|(s, bytes)| {
-        format!(
-            "{} {}",
-            crate::io::structure_name(s).split('-').next().unwrap_or("?"),
-            crate::memory::format_bytes(bytes)
-        )
-    })
+    .map(|(s, bytes)| format!("{} {}", s.name(), crate::memory::format_bytes(bytes)))
     .collect();
     match fitting.split_first() {
         None => String::new(),
