@@ -990,36 +990,42 @@ impl Posterior {
         with_any!(&*guard, |p: T| p.prior_precision().iter().map(|t| t.as_f64()).collect())
     }
 
+    /// K, the classes (or regression outputs): the head's rows.
     #[getter]
     fn classes(&self, py: Python<'_>) -> usize {
         let guard = read(py, &self.inner);
         with_any!(&*guard, |p: T| p.classes())
     }
 
+    /// D, the feature columns the head reads (without the bias column).
     #[getter]
     fn features(&self, py: Python<'_>) -> usize {
         let guard = read(py, &self.inner);
         with_any!(&*guard, |p: T| p.features())
     }
 
+    /// Samples folded in: the fit's, plus every update's, less every unlearned one.
     #[getter]
     fn samples_seen(&self, py: Python<'_>) -> usize {
         let guard = read(py, &self.inner);
         with_any!(&*guard, |p: T| p.samples_seen())
     }
 
+    /// The covariance structure: full, shared, shared-categorical, diag or kron.
     #[getter]
     fn structure(&self, py: Python<'_>) -> &'static str {
         let guard = read(py, &self.inner);
         with_any!(&*guard, |p: T| p.structure().name())
     }
 
+    /// The element type: float32 or float64.
     #[getter]
     fn dtype(&self, py: Python<'_>) -> &'static str {
         let guard = read(py, &self.inner);
         with_any!(&*guard, |_p: T| dtype_name::<T>())
     }
 
+    /// The device the posterior lives on: cpu, cuda or wgpu.
     #[getter]
     fn device(&self) -> String {
         self.device.clone()
