@@ -234,7 +234,14 @@ fn elementwise<R: Clone>(
 
 /// Mirrors the lower triangle of the n × n `y` onto the upper one.
 fn mirror<R: Clone>(rec: &mut impl Record<Raw = R>, dtype: DType, y: R, n: usize) -> Result<()> {
-    elementwise(rec, dtype, Kernel::MirrorLower, None, y, ElementwiseParams::square(n))
+    elementwise(
+        rec,
+        dtype,
+        Kernel::MirrorLower,
+        None,
+        y,
+        ElementwiseParams::matrix(n, n),
+    )
 }
 
 /// Records the blocked Cholesky factorisation of the n × n `a` in place (lower factor, upper
@@ -300,7 +307,7 @@ fn record_cholesky<Rt: Runtime, T: Scalar>(
         g.lower = true;
         g.record(dev, rec, dtype)?;
     }
-    elementwise(rec, dtype, Kernel::ZeroUpper, None, a, ElementwiseParams::square(n))
+    elementwise(rec, dtype, Kernel::ZeroUpper, None, a, ElementwiseParams::matrix(n, n))
 }
 
 /// Records `B ← L⁻¹ B` (`Op::N`) or `B ← L⁻ᵀ B` (`Op::T`) for the n × n lower-triangular `l`
@@ -642,11 +649,8 @@ pub(crate) fn kron_products<Rt: Runtime, T: Scalar>(
                     Some(raw(w)),
                     raw(&u),
                     ElementwiseParams {
-                        len: field(d * m),
-                        rows: field(d),
-                        cols: field(m),
                         flags: ElementwiseFlag::Sqrt.bit(),
-                        ..Default::default()
+                        ..ElementwiseParams::matrix(d, m)
                     },
                 )?;
             }
@@ -667,11 +671,8 @@ pub(crate) fn kron_products<Rt: Runtime, T: Scalar>(
                     Some(raw(w)),
                     raw(&g),
                     ElementwiseParams {
-                        len: field(m * m),
-                        rows: field(m),
-                        cols: field(m),
                         flags: ElementwiseFlag::Sqrt.bit(),
-                        ..Default::default()
+                        ..ElementwiseParams::matrix(m, m)
                     },
                 )?;
             }
@@ -763,12 +764,7 @@ pub(crate) fn kron_products<Rt: Runtime, T: Scalar>(
         Kernel::Symmetrize,
         None,
         raw(&g),
-        ElementwiseParams {
-            len: field(side * side),
-            rows: field(side),
-            cols: field(side),
-            ..Default::default()
-        },
+        ElementwiseParams::matrix(side, side),
     )?;
     rec.submit()?;
     Ok((u, g))
@@ -795,12 +791,7 @@ pub(crate) fn low_rank_update<Rt: Runtime, T: Scalar>(
         Kernel::Transpose,
         Some(raw(u)),
         vt.clone(),
-        ElementwiseParams {
-            len: field(n * r),
-            rows: field(n),
-            cols: field(r),
-            ..Default::default()
-        },
+        ElementwiseParams::matrix(n, r),
     )?;
     record_trsm::<Rt, T>(dev, &mut rec, raw(c_chol), r, vt.clone(), n, Op::N)?;
     let mut g = Gemm::new(
@@ -913,11 +904,6 @@ fn record_link<R: Clone>(
     if n == 0 {
         return Ok(());
     }
-    let layout = match layout {
-        CovLayout::Full => 0,
-        CovLayout::Isotropic => 1,
-        CovLayout::Diagonal => 2,
-    };
     let flags = PredictiveFlag::when(&[
         (first == 0, PredictiveFlag::FirstLaunch),
         (last == samples, PredictiveFlag::LastLaunch),
@@ -925,7 +911,7 @@ fn record_link<R: Clone>(
     let params = PredictiveParams {
         n: field(n),
         k: field(k),
-        cov_layout: layout,
+        cov_layout: layout.code(),
         samples: field(samples),
         first: field(first),
         last: field(last),
@@ -1081,11 +1067,8 @@ pub(crate) fn binary<Rt: Runtime, T: Scalar>(
         Some(raw(x)),
         raw(y),
         ElementwiseParams {
-            len: field(y.len()),
-            rows: field(rows),
-            cols: field(cols),
             alpha: alpha.as_f64(),
-            ..Default::default()
+            ..ElementwiseParams::matrix(rows, cols)
         },
     )?;
     rec.submit()
@@ -1106,12 +1089,7 @@ pub(crate) fn add_row<Rt: Runtime, T: Scalar>(
         Kernel::AddRow,
         Some(raw(row)),
         raw(a),
-        ElementwiseParams {
-            len: field(a.len()),
-            rows: field(rows),
-            cols: field(cols),
-            ..Default::default()
-        },
+        ElementwiseParams::matrix(rows, cols),
     )?;
     rec.submit()
 }
@@ -1135,12 +1113,9 @@ pub(crate) fn feature_rows<Rt: Runtime, T: Scalar>(
         Some(raw(x)),
         raw(&out),
         ElementwiseParams {
-            len: field(count * cols),
-            rows: field(count),
-            cols: field(cols),
             start: field(start),
             flags: ElementwiseFlag::when(&[(augment, ElementwiseFlag::AppendOnes)]),
-            ..Default::default()
+            ..ElementwiseParams::matrix(count, cols)
         },
     )?;
     rec.submit()?;
@@ -1178,12 +1153,7 @@ pub(crate) fn max_abs<Rt: Runtime, T: Scalar>(dev: &GpuDevice<Rt>, a: &GpuMatrix
     let result = dev.scratch::<T>(1, "max |a|")?;
     let mut rec = dev.recorder();
     if !a.is_empty() {
-        let params = ElementwiseParams {
-            len: field(a.len()),
-            rows: field(a.rows()),
-            cols: field(a.cols()),
-            ..Default::default()
-        };
+        let params = ElementwiseParams::matrix(a.rows(), a.cols());
         rec.launch(
             Kernel::MaxAbs,
             T::DTYPE,

@@ -441,7 +441,7 @@ impl<R: Runtime> Device for GpuDevice<R> {
 
 /// The launch checks every runtime runs before a kernel: a launch whose parameters reach past
 /// its buffers is a typed error and touches nothing; the same launch within them runs.
-#[cfg(test)]
+#[cfg(all(test, any(feature = "wgpu", feature = "cuda-emu")))]
 pub(crate) fn check_launches_are_bounded<R: Runtime>(device: &GpuDevice<R>) {
     use super::registry::{ElementwiseParams, GemmParams};
     let runtime = &device.runtime;

@@ -493,6 +493,28 @@ pub(crate) enum CovLayout {
     Diagonal,
 }
 
+impl CovLayout {
+    /// Every layout, in the order of the kernels' `cov_layout` codes.
+    #[cfg_attr(not(any(feature = "wgpu", feature = "cuda", feature = "cuda-emu")), allow(dead_code))]
+    const ALL: [CovLayout; 3] = [CovLayout::Full, CovLayout::Isotropic, CovLayout::Diagonal];
+
+    /// The kernels' `cov_layout` code (`kernels/predictive.cu`, `shaders/predictive.wgsl`).
+    #[cfg_attr(not(any(feature = "wgpu", feature = "cuda", feature = "cuda-emu")), allow(dead_code))]
+    pub(crate) fn code(self) -> u32 {
+        match self {
+            CovLayout::Full => 0,
+            CovLayout::Isotropic => 1,
+            CovLayout::Diagonal => 2,
+        }
+    }
+
+    /// The layout of a kernel code, if it is one.
+    #[cfg_attr(not(any(feature = "wgpu", feature = "cuda", feature = "cuda-emu")), allow(dead_code))]
+    pub(crate) fn of_code(code: u32) -> Option<CovLayout> {
+        CovLayout::ALL.get(code as usize).copied()
+    }
+}
+
 /// The layout of a logit-covariance matrix for n inputs and K classes (K ≥ 2).
 pub(crate) fn cov_layout<D: Device, T: Scalar>(mean: &Matrix<D, T>, cov: &Matrix<D, T>) -> Result<CovLayout> {
     let (n, k) = mean.shape();

@@ -8,6 +8,7 @@
 //! naga reflection, and every CUDA compile checks its struct with `static_assert`s generated
 //! from the entry ([`Family::cuda_source`]).
 
+use super::CovLayout;
 use crate::error::{Error, Result};
 use crate::scalar::DType;
 
@@ -515,12 +516,12 @@ params! {
 }
 
 impl ElementwiseParams {
-    /// All n² items of an n × n matrix, no flags, α = 0.
-    pub(crate) fn square(n: usize) -> Self {
+    /// All items of a rows × cols matrix, no flags, α = 0.
+    pub(crate) fn matrix(rows: usize, cols: usize) -> Self {
         ElementwiseParams {
-            len: field(n * n),
-            rows: field(n),
-            cols: field(n),
+            len: field(rows * cols),
+            rows: field(rows),
+            cols: field(cols),
             ..Default::default()
         }
     }
@@ -529,7 +530,7 @@ impl ElementwiseParams {
 /// Declares the flags of one family's `flags` field: an enum, each variant's bit, and the name
 /// of the constant both kernel languages declare for it (checked by a unit test below).
 macro_rules! flags {
-    ($(#[doc = $doc:literal])* $name:ident for $family:ident {
+    ($(#[doc = $doc:literal])* $name:ident {
         $($(#[doc = $vdoc:literal])* $variant:ident = $bit:literal as $constant:literal,)*
     }) => {
         $(#[doc = $doc])*
@@ -562,7 +563,7 @@ macro_rules! flags {
 
 flags! {
     /// `gemm` options.
-    GemmFlag for Gemm {
+    GemmFlag {
         /// Skip tiles strictly above the diagonal (a symmetric result, mirrored later).
         Lower = 1 as "GEMM_LOWER",
         /// Scale the contraction by the weights `w`.
@@ -578,7 +579,7 @@ flags! {
 
 flags! {
     /// `ggn` options.
-    GgnFlag for Ggn {
+    GgnFlag {
         /// No basis: R is the identity.
         IdentityBasis = 1 as "GGN_IDENTITY_BASIS",
     }
@@ -586,7 +587,7 @@ flags! {
 
 flags! {
     /// `cholesky` options.
-    CholeskyFlag for Cholesky {
+    CholeskyFlag {
         /// `trsm_block` solves with Lᵀ instead of L.
         Transposed = 1 as "CHOL_TRANSPOSED",
     }
@@ -594,7 +595,7 @@ flags! {
 
 flags! {
     /// `predictive` options.
-    PredictiveFlag for Predictive {
+    PredictiveFlag {
         /// The first Monte Carlo launch: factor Σ_f and clear the sums.
         FirstLaunch = 1 as "PRED_FIRST_LAUNCH",
         /// The last Monte Carlo launch: divide by the samples.
@@ -604,7 +605,7 @@ flags! {
 
 flags! {
     /// `elementwise` options.
-    ElementwiseFlag for Elementwise {
+    ElementwiseFlag {
         /// `scale_rows`, `scale_columns`: scale by the square roots of x.
         Sqrt = 1 as "ELEM_SQRT",
         /// `feature_rows`: append a column of ones (the bias).
@@ -737,7 +738,7 @@ pub(crate) fn slot_extents(
             vec![
                 matrix(p.a_off, m, p.a_rs, k, u(p.a_cs), p.a_bo, p.a_bi),
                 matrix(p.b_off, k, p.b_rs, n, u(p.b_cs), p.b_bo, p.b_bi),
-                match p.flags & 2 {
+                match p.flags & GemmFlag::Weighted.bit() {
                     0 => None,
                     _ => matrix(p.w_off, k, p.w_s, 1, 0, p.w_bo, p.w_bi),
                 },
@@ -750,7 +751,11 @@ pub(crate) fn slot_extents(
             match kernel {
                 Kernel::GgnWeights => vec![
                     elems(if n == 0 { 0 } else { (u(p.row0) + n) * k }),
-                    if p.flags & 1 == 1 { None } else { elems(k * kr) },
+                    if p.flags & GgnFlag::IdentityBasis.bit() != 0 {
+                        None
+                    } else {
+                        elems(k * kr)
+                    },
                     elems(n * kr * kr),
                 ],
                 Kernel::KronRows => {
@@ -788,11 +793,11 @@ pub(crate) fn slot_extents(
         Family::Predictive => {
             let p = PredictiveParams::of(params);
             let (n, k, d) = (u(p.n), u(p.k), u(p.d));
-            let cov = match p.cov_layout {
-                0 => elems(n * k * k),
-                1 => elems(n),
-                2 => elems(n * k),
-                _ => return refuse("a covariance layout other than 0, 1 or 2"),
+            let cov = match CovLayout::of_code(p.cov_layout) {
+                Some(CovLayout::Full) => elems(n * k * k),
+                Some(CovLayout::Isotropic) => elems(n),
+                Some(CovLayout::Diagonal) => elems(n * k),
+                None => return refuse("an unknown covariance layout"),
             };
             match kernel {
                 Kernel::RowDot => vec![
