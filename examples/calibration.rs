@@ -94,19 +94,23 @@ fn run(
         TensorMatrix::<f32>::new(&phi_test)?,
     );
     let (w, b) = net.head()?;
-    let config = FitConfig {
-        structure: Structure::Full,
-        prior_precision: tau,
-        ..Default::default()
+    let fit = |structure: Structure| -> AnyResult<Posterior<CpuDevice, f32>> {
+        let config = FitConfig {
+            structure,
+            prior_precision: tau,
+            ..Default::default()
+        };
+        let head = HostMatrix::new(&w, CLASSES, FEATURES)?;
+        Ok(Posterior::fit(
+            cpu,
+            phi_train.view(),
+            &y_train,
+            head,
+            Some(&b),
+            &config,
+        )?)
     };
-    let fitted = Posterior::fit(
-        cpu,
-        phi_train.view(),
-        &y_train,
-        HostMatrix::new(&w, CLASSES, FEATURES)?,
-        Some(&b),
-        &config,
-    )?;
+    let fitted = fit(Structure::Full)?;
     let test = |post: &Posterior<CpuDevice, f32>, link: Link| -> AnyResult<Scores> {
         let pred = post.predict(phi_test.view(), link)?;
         Ok(score(&pred.probs, &y_test, CLASSES, 15)?)
@@ -187,17 +191,7 @@ fn run(
         }
     }
     // A Diag posterior, one τ for all classes or one per class, by validation.
-    let diag = Posterior::fit(
-        cpu,
-        phi_train.view(),
-        &y_train,
-        HostMatrix::new(&w, CLASSES, FEATURES)?,
-        Some(&b),
-        &FitConfig {
-            structure: Structure::Diag,
-            ..config
-        },
-    )?;
+    let diag = fit(Structure::Diag)?;
     for per_class in [false, true] {
         let mut post = diag.try_clone()?;
         let report = post.tune_prior_precision(

@@ -1067,24 +1067,26 @@ fn validation_tuning_fit_tune_predict() {
     fit(&format!("--optimize-prior val {val}"), &tuned);
     let retuned = f.p("retuned.safetensors");
     ok(&format!("tune --posterior {plain} {val} --out {retuned}"));
-    // The library on the same posterior and validation data.
+    // The library on the same posterior file and validation data.
     let cpu = CpuDevice::new(1).unwrap();
-    let mut want: Posterior<CpuDevice, f64> = load_posterior(&cpu, Path::new(&plain)).unwrap();
     let x = read_npy(&f.dir.join("x_new.npy"))
         .unwrap()
         .to_matrix::<f64>()
         .unwrap()
         .0;
-    let report = want
-        .tune_prior_precision(
-            HostMatrix::new(&x, 10, 6).unwrap(),
-            &f.pb.labels[30..],
-            &laplace_update::TuneConfig {
-                temperature: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let tuned_by_library = |file: &str, per_class: bool| {
+        let mut post: Posterior<CpuDevice, f64> = load_posterior(&cpu, Path::new(file)).unwrap();
+        let config = laplace_update::TuneConfig {
+            temperature: true,
+            per_class,
+            ..Default::default()
+        };
+        let report = post
+            .tune_prior_precision(HostMatrix::new(&x, 10, 6).unwrap(), &f.pb.labels[30..], &config)
+            .unwrap();
+        (post, report)
+    };
+    let (want, report) = tuned_by_library(&plain, false);
     for file in [&tuned, &retuned] {
         let got: Posterior<CpuDevice, f64> = load_posterior(&cpu, Path::new(file)).unwrap();
         assert_eq!(got.prior_precision(), &[report.prior_precision][..], "{file}");
@@ -1126,18 +1128,7 @@ fn validation_tuning_fit_tune_predict() {
         "tune --posterior {diag} {val} --tune-per-class --out {per_class}"
     ));
     assert!(printed.contains("τ per class = ["), "{printed}");
-    let mut want: Posterior<CpuDevice, f64> = load_posterior(&cpu, Path::new(&diag)).unwrap();
-    let report = want
-        .tune_prior_precision(
-            HostMatrix::new(&x, 10, 6).unwrap(),
-            &f.pb.labels[30..],
-            &laplace_update::TuneConfig {
-                temperature: true,
-                per_class: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let (_, report) = tuned_by_library(&diag, true);
     let got: Posterior<CpuDevice, f64> = load_posterior(&cpu, Path::new(&per_class)).unwrap();
     assert_eq!(Some(got.prior_precision().to_vec()), report.class_prior_precision);
     fails(&format!(

@@ -933,12 +933,7 @@ impl Posterior {
     #[pyo3(signature = (data, device="cpu"))]
     fn from_bytes(py: Python<'_>, data: &[u8], device: &str) -> R<Posterior> {
         let header = io::peek_bytes(data).map_err(to_py)?;
-        let dtype = if header.dtype == laplace_update::DType::F32 {
-            "float32"
-        } else {
-            "float64"
-        };
-        let inner = build_any!(any_device(device)?, dtype_of(dtype)?, |d: T| detach(py, || {
+        let inner = build_any!(any_device(device)?, header.dtype, |d: T| detach(py, || {
             io::posterior_from_bytes::<_, T>(&d, data)
         })
         .map_err(to_py)?)
@@ -1170,12 +1165,7 @@ impl Accumulator {
     #[pyo3(signature = (data, device="cpu"))]
     fn from_bytes(py: Python<'_>, data: &[u8], device: &str) -> R<Accumulator> {
         let header = io::peek_bytes(data).map_err(to_py)?;
-        let dtype = if header.dtype == laplace_update::DType::F32 {
-            "float32"
-        } else {
-            "float64"
-        };
-        let inner = build_any!(any_device(device)?, dtype_of(dtype)?, |d: T| detach(py, || {
+        let inner = build_any!(any_device(device)?, header.dtype, |d: T| detach(py, || {
             io::accumulator_from_bytes::<_, T>(&d, data, ACC_CHUNK_ROWS)
         })
         .map_err(to_py)?)

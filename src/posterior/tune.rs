@@ -369,17 +369,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             1 => None,
             _ => Some(self.moments.state.curvature_spectrum(&self.device, &prior, k, da)?),
         };
-        // Per class, the variances stay per class and are centred when scored (Σ_f is diagonal).
-        let centre_when_scored = centred && config.per_class;
-        let mut validation = self.validation_pass(
-            &features,
-            targets,
-            spectrum.as_ref(),
-            centred && !centre_when_scored,
-            &shifts,
-        )?;
-        validation.centre_diagonal = centre_when_scored;
-        let validation = validation;
+        let validation = self.validation_pass(&features, targets, spectrum.as_ref(), centred, &shifts)?;
         // A choice: (score, column, T, λ).
         let scored = |c: usize, t: f64, l: f64| -> Result<f64> {
             Ok(config.metric.of(&validation.scores(&vec![c; k], t, l, k)?))
@@ -533,13 +523,16 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         // PASS_ELEMENTS f64 values.
         let per_row = k * (spectrum.map_or(da, |s| s.width(da)) + grid.len()) + da;
         let rows = (PASS_ELEMENTS / per_row).clamp(1, n.max(1));
+        // A diagonal Σ_f keeps its variances per class and is centred when scored, so that one
+        // τ per class can be chosen from the same pass.
+        let centre_diagonal = centred && matches!(spectrum, Some(Spectrum::Diagonal { .. }));
         let mut out = Validation {
             mean: Vec::with_capacity(n * k),
             variances: Vec::with_capacity(n * k * grid.len()),
             labels: Vec::with_capacity(n),
             targets: Vec::with_capacity(n * k),
             grid: grid.len(),
-            centre_diagonal: false,
+            centre_diagonal,
         };
         for start in (0..n).step_by(rows.max(1)) {
             crate::interrupt::check()?;
@@ -555,7 +548,8 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             match spectrum {
                 Some(spectrum) => {
                     let phi: Vec<f64> = self.device.download(&batch.phi)?.iter().map(|x| x.as_f64()).collect();
-                    out.variances.extend(spectrum.variances(&phi, r, k, da, centred, grid));
+                    out.variances
+                        .extend(spectrum.variances(&phi, r, k, da, centred && !centre_diagonal, grid));
                 }
                 None => {
                     let state = &self.moments.state;
@@ -665,22 +659,11 @@ impl Spectrum {
 
     /// The logit variances of r inputs Φ (r × D_aug, row-major) for every column `(τ, c)` of
     /// `grid`, the covariance `(c H + τ I)⁻¹` (c scales the curvature: a new σ of a Gaussian
-    /// likelihood), (r·K) × grid: `diag Σ_f`, or `diag CΣ_fC` (`centred`).
+    /// likelihood), (r·K) × grid: `diag Σ_f`, or `diag CΣ_fC` (`centred`; Diag's are never
+    /// centred here, the scores centre them).
     fn variances(&self, phi: &[f64], r: usize, k: usize, da: usize, centred: bool, grid: &[(f64, f64)]) -> Vec<f64> {
         let gn = grid.len();
         let kf = k as f64;
-        // Centring a per-class variance matrix v (r·K × grid) whose Σ_f is diagonal.
-        let centre_diagonal = |v: &mut Vec<f64>| {
-            for x in 0..r {
-                for g in 0..gn {
-                    let total: f64 = (0..k).map(|c| v[(x * k + c) * gn + g]).sum();
-                    for c in 0..k {
-                        let e = &mut v[(x * k + c) * gn + g];
-                        *e = *e * (1.0 - 2.0 / kf) + total / (kf * kf);
-                    }
-                }
-            }
-        };
         match self {
             Spectrum::Dense { h, vectors } => {
                 // B[x, k, i] = Σ_d φ[x, d] V[k·D_aug + d, i]; Σ_f(τ)[k, k] = Σ_i B² / (h_i + τ).
@@ -729,9 +712,7 @@ impl Spectrum {
                         out[(x * k + c) * gn..(x * k + c + 1) * gn].copy_from_slice(&v[x * gn..(x + 1) * gn]);
                     }
                 }
-                if centred {
-                    centre_diagonal(&mut out);
-                }
+                debug_assert!(!centred, "a diagonal Σ_f is centred when scored");
                 out
             }
             Spectrum::Kron { h, ua, ug } => {

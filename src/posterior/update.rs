@@ -313,40 +313,40 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let batch = self.upload_batch(features, targets, 0, m)?;
         let before = self.device.copy(&self.moments.head)?;
 
-        let outcome = match (rule, config.step) {
-            (UpdateRule::Joint, step) => {
+        let step = config.step;
+        let outcome = match rule {
+            UpdateRule::Joint => {
                 // In place: every fallible computation runs before the moments are written.
                 let (model, moments) = self.split();
                 step::solve(&model, moments, &batch, step, tau)?
             }
-            (UpdateRule::Sequential, step) => {
+            UpdateRule::Sequential => {
                 let mut work = self.moments.copy(&self.device)?;
-                let mut outcome = UpdateReport::empty();
-                let fused_rule = match step {
+                // The seed paper's rule runs fused on the device where the structure has it.
+                let fused_gamma = match step {
                     StepControl::Newton { gamma, iterations: 1 } if fused => {
                         let Moments { head, state } = &mut work;
-                        let done = state.sequential_fused(
-                            &self.device,
-                            head,
-                            self.fixed_bias.as_ref(),
-                            &batch,
-                            T::from_f64(gamma),
-                        )?;
-                        done.then_some(gamma)
+                        let bias = self.fixed_bias.as_ref();
+                        let gamma_t = T::from_f64(gamma);
+                        state
+                            .sequential_fused(&self.device, head, bias, &batch, gamma_t)?
+                            .then_some(gamma)
                     }
                     _ => None,
                 };
-                match fused_rule {
-                    Some(gamma) => outcome = UpdateReport::fixed(m, gamma),
+                let mut outcome = match fused_gamma {
+                    Some(gamma) => UpdateReport::fixed(m, gamma),
                     None => {
                         let model = self.model();
+                        let mut outcome = UpdateReport::empty();
                         for j in 0..m {
                             crate::interrupt::check()?;
                             let one = self.upload_batch(features, targets, j, 1)?;
                             outcome = outcome.then(step::solve(&model, &mut work, &one, step, tau)?);
                         }
+                        outcome
                     }
-                }
+                };
                 // The report's objective is the whole batch's under the posterior before it.
                 let model = self.model();
                 outcome.objective_before = step::log_likelihood(&model, &batch, &before)?;
