@@ -190,8 +190,9 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// is one eigendecomposition (Full: P³ order; Shared: D³; Diag, Kron: none) and
     /// O(n·K·P) per pass over the validation data for Full (O(n·K·D) for the others), whatever
     /// the number of grid points. With `per_class` (Diag), one τ per class is then chosen by
-    /// coordinate descent over the same scored τ values, each candidate costing O(n·K) with no
-    /// further pass. With `choose_link`, the probit, centred probit, Monte Carlo and bridge
+    /// coordinate descent over the same scored τ values with no further pass: for the NLL of
+    /// the plain probit O(n·K) per class and O(n) per candidate τ; for other metrics or the
+    /// centred probit O(n·K) per candidate, which is slow for large K. With `choose_link`, the probit, centred probit, Monte Carlo and bridge
     /// links are then scored by [`Posterior::predict`] at the chosen τ and T.
     ///
     /// A regression posterior (GGN curvature) is tuned for its Gaussian predictive NLL over τ
@@ -441,21 +442,35 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         };
         let (mut score_at, tau, temperature) = (choice.0, columns[choice.1], choice.2);
         // One τ per class: coordinate descent over the scored columns, each class in turn,
-        // keeping a change only when it lowers the metric.
+        // keeping a change only when it lowers the metric. The NLL of the plain probit scores a
+        // class's every column in O(n) each (the other classes' softmax terms summed once);
+        // other metrics and the centred probit rescore all classes, O(n·K) per column.
         let mut class_prior_precision = None;
         if config.per_class {
+            let (lambda, incremental) = (
+                choice.3,
+                config.metric == TuneMetric::Nll && !validation.centre_diagonal,
+            );
             let mut chosen = vec![choice.1; k];
             for _ in 0..PER_CLASS_SWEEPS {
                 let mut moved = false;
                 for c in 0..k {
                     crate::interrupt::check()?;
                     let kept = chosen[c];
+                    let by_column: Vec<f64> = match incremental {
+                        true => validation.class_nll(&chosen, c, temperature, lambda, k),
+                        false => (0..columns.len())
+                            .map(|j| {
+                                let mut trial = chosen.clone();
+                                trial[c] = j;
+                                Ok(config.metric.of(&validation.scores(&trial, temperature, lambda, k)?))
+                            })
+                            .collect::<Result<_>>()?,
+                    };
                     let mut best_here = kept;
-                    for candidate in (0..columns.len()).filter(|&j| j != kept) {
-                        chosen[c] = candidate;
-                        let s = config.metric.of(&validation.scores(&chosen, temperature, choice.3, k)?);
-                        if s < score_at {
-                            (score_at, best_here) = (s, candidate);
+                    for (j, &s) in by_column.iter().enumerate() {
+                        if s < by_column[best_here] {
+                            best_here = j;
                         }
                     }
                     chosen[c] = best_here;
@@ -464,6 +479,14 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 if !moved {
                     break;
                 }
+            }
+            // The exact score of the choice; rounding in the per-class sums never makes it worse
+            // than the scalar τ it started from.
+            let per_class = config.metric.of(&validation.scores(&chosen, temperature, lambda, k)?);
+            if per_class <= score_at {
+                score_at = per_class;
+            } else {
+                chosen = vec![choice.1; k];
             }
             class_prior_precision = Some(chosen.iter().map(|&j| columns[j]).collect::<Vec<f64>>());
         }
@@ -588,6 +611,45 @@ impl Validation {
             })
             .sum();
         total / n as f64
+    }
+
+    /// The mean NLL of the plain probit at temperature `t` for class `c`'s variance from each
+    /// column, the other classes' from `columns`: per input, `m + ln(e^{−m} Σ_{j≠c} e^{z_j} +
+    /// e^{z_c − m}) − z_y` with `m` the larger of the other classes' largest logit and `z_c`,
+    /// floored like [`score`]'s NLL. O(n·K) once, then O(n) per column.
+    fn class_nll(&self, columns: &[usize], c: usize, t: f64, lambda: f64, k: usize) -> Vec<f64> {
+        let n = self.labels.len();
+        let z = |x: usize, j: usize, column: usize| {
+            let v = self.variances[(x * k + j) * self.grid + column];
+            (self.mean[x * k + j] / t) / (1.0 + lambda * v / (t * t)).sqrt()
+        };
+        // Per input: the other classes' largest logit, their softmax sum relative to it, and
+        // the label's logit when the label is not c.
+        let others: Vec<(f64, f64, Option<f64>)> = (0..n)
+            .map(|x| {
+                let zs: Vec<f64> = (0..k).filter(|&j| j != c).map(|j| z(x, j, columns[j])).collect();
+                let top = zs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let sum = zs.iter().map(|v| (v - top).exp()).sum::<f64>();
+                let y = self.labels[x] as usize;
+                (top, sum, (y != c).then(|| z(x, y, columns[y])))
+            })
+            .collect();
+        let cap = -crate::numerics::PROBABILITY_FLOOR.ln();
+        (0..self.grid)
+            .map(|column| {
+                let total: f64 = others
+                    .iter()
+                    .enumerate()
+                    .map(|(x, &(top, sum, label))| {
+                        let zc = z(x, c, column);
+                        let m = top.max(zc);
+                        let lse = m + (sum * (top - m).exp() + (zc - m).exp()).ln();
+                        (lse - label.unwrap_or(zc)).min(cap)
+                    })
+                    .sum();
+                total / n.max(1) as f64
+            })
+            .collect()
     }
 
     /// The scores of the probit (λ; λ = 0 is the plain softmax) with class k's variance from
@@ -743,6 +805,49 @@ impl Spectrum {
                     out[x * k * gn..(x + 1) * k * gn].copy_from_slice(&block);
                 }
                 out
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-class NLL of every column equals the full scores' NLL with that class moved
+    /// there, including inputs whose moved class dominates the others and labels in and out of
+    /// the moved class.
+    #[test]
+    fn class_nll_matches_the_full_scores() {
+        let (n, k, grid) = (40, 5, 7);
+        let mut state = 11u64;
+        let mut uniform = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let validation = Validation {
+            mean: (0..n * k).map(|_| 12.0 * uniform() - 6.0).collect(),
+            variances: (0..n * k * grid).map(|_| 30.0 * uniform()).collect(),
+            labels: (0..n).map(|x| (x % k) as u32).collect(),
+            targets: Vec::new(),
+            grid,
+            centre_diagonal: false,
+        };
+        let columns: Vec<usize> = (0..k).map(|c| (3 * c) % grid).collect();
+        for (t, lambda) in [(1.0, Link::PROBIT_LAMBDA), (0.4, 2.0)] {
+            for c in 0..k {
+                let fast = validation.class_nll(&columns, c, t, lambda, k);
+                for (column, &got) in fast.iter().enumerate() {
+                    let mut moved = columns.clone();
+                    moved[c] = column;
+                    let want = validation.scores(&moved, t, lambda, k).unwrap().nll;
+                    assert!(
+                        (got - want).abs() <= 1e-12 * want.max(1.0),
+                        "c {c}, column {column}: {got} vs {want}"
+                    );
+                }
             }
         }
     }
