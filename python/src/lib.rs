@@ -881,6 +881,72 @@ impl Posterior {
             .map_err(to_py))
     }
 
+    /// Replaces τ (one value, or one per class for Full and Diag), keeping the curvature:
+    /// `Π ← Π − diag(τ_old) + diag(τ)`, `Σ ← Π⁻¹`. On error the posterior is unchanged.
+    fn set_prior_precision(&self, py: Python<'_>, prior_precision: Vec<f64>) -> R<()> {
+        let mut guard = write(py, &self.inner);
+        with_any!(&mut *guard, |p: T| detach(py, || p
+            .set_prior_precision(&prior_precision))
+        .map_err(to_py))
+    }
+
+    /// The evidence's Occam factor `log Z − Σ_n log p(y_n | ŵ)`:
+    /// `−½ Σ_k τ_k ‖ŵ_k‖² + ½ Σ_k D_aug log τ_k − ½ log det Π`.
+    fn log_occam_factor(&self, py: Python<'_>) -> R<f64> {
+        let guard = read(py, &self.inner);
+        with_any!(&*guard, |p: T| detach(py, || p.log_occam_factor()).map_err(to_py))
+    }
+
+    /// Kron's factors `(A, G, U_A, U_G, N)`: `Π = (A ⊗ G)/N + τ I` with the eigenvectors as
+    /// the columns of U_A (K × K) and U_G (D_aug × D_aug); None for the other structures.
+    #[allow(clippy::type_complexity)]
+    fn kron_factors<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> R<
+        Option<(
+            Bound<'py, PyAny>,
+            Bound<'py, PyAny>,
+            Bound<'py, PyAny>,
+            Bound<'py, PyAny>,
+            f64,
+        )>,
+    > {
+        let guard = read(py, &self.inner);
+        with_any!(&*guard, |p: T| {
+            let (k, da) = (p.classes(), p.augmented_features());
+            match (p.kron_factors().map_err(to_py)?, p.kron_weight()) {
+                (Some((a, g, ua, ug)), Some(n)) => Ok(Some((
+                    out(py, a, &[k, k])?,
+                    out(py, g, &[da, da])?,
+                    out(py, ua, &[k, k])?,
+                    out(py, ug, &[da, da])?,
+                    n,
+                ))),
+                _ => Ok(None),
+            }
+        })
+    }
+
+    /// `samples` heads `w_s = ŵ + L z_s ~ N(ŵ, Σ)` (`L Lᵀ = Σ`, `z_s` standard normal from
+    /// `seed`), as `samples × K × D_aug`: the bias column last when the bias is in the posterior.
+    #[pyo3(signature = (samples, seed=0))]
+    fn sample_heads<'py>(&self, py: Python<'py>, samples: usize, seed: u64) -> R<Bound<'py, PyAny>> {
+        let guard = read(py, &self.inner);
+        with_any!(&*guard, |p: T| {
+            let heads = detach(py, || p.sample_heads(samples, seed)).map_err(to_py)?;
+            out(py, heads, &[samples, p.classes(), p.augmented_features()])
+        })
+    }
+
+    /// Regression with the GGN: replaces σ, keeping the mean and τ (the data curvature scales
+    /// by `σ_old²/σ²`). On error the posterior is unchanged.
+    fn set_sigma_noise(&self, py: Python<'_>, sigma_noise: f64) -> R<()> {
+        let mut guard = write(py, &self.inner);
+        with_any!(&mut *guard, |p: T| detach(py, || p.set_sigma_noise(sigma_noise))
+            .map_err(to_py))
+    }
+
     /// Regression: maximises the marginal likelihood of the data over τ and σ jointly (the
     /// mean held fixed), sets them and returns `(τ, σ)`.
     fn optimize_prior_and_noise(
@@ -1347,7 +1413,7 @@ fn set_max_memory(limit: Option<&Bound<'_, PyAny>>) -> R<()> {
 }
 
 #[pymodule]
-#[pyo3(name = "laplace_update")]
+#[pyo3(name = "_core")]
 fn laplace_update_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     install_interrupts();
     m.add_class::<Posterior>()?;

@@ -43,9 +43,22 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 let outputs = self.device.download(&model.outputs(&batch.phi, &self.moments.head)?)?;
                 log_likelihood += self.log_likelihood(&outputs, &batch.host_targets);
             }
+            Ok(log_likelihood + self.log_occam_factor()?)
+        })
+    }
+
+    /// The evidence's Occam factor, `log Z − Σ_n log p(y_n | ŵ)`:
+    ///
+    /// `−½ Σ_k τ_k ‖ŵ_k‖² + ½ Σ_k D_aug log τ_k − ½ log det Π`.
+    ///
+    /// With the log-likelihood of the fitted data at ŵ kept from the fit (as a streaming
+    /// front end does), this gives [`Posterior::log_marginal_likelihood`] without the data.
+    /// Errors: `NotPositiveDefinite`.
+    pub fn log_occam_factor(&self) -> Result<f64> {
+        self.device.scope(|| {
             let tau: Vec<f64> = (0..self.classes).map(|k| self.prior_of(k).as_f64()).collect();
             let log_det = self.moments.state.log_det_precision(&self.device, self.classes)?;
-            Ok(log_likelihood + self.prior_terms(&tau)? - 0.5 * log_det)
+            Ok(self.prior_terms(&tau)? - 0.5 * log_det)
         })
     }
 

@@ -1,16 +1,4 @@
-"""Last-layer Laplace posteriors of trained networks, updated with new data in closed form.
-
-The head W (K × D) of a trained network is the mean of a Gaussian posterior whose precision is
-``Π = τ I + Σ_n H_n`` with the softmax GGN ``H_n = Λ_n ⊗ φ_n φ_nᵀ``. ``Posterior.update`` folds
-new labelled samples in by damped Newton steps to the mode of
-``Σ_j log p(y_j | w) − ½ (w − ŵ)ᵀ Π (w − ŵ)`` and keeps the Laplace approximation there;
-``Posterior.predict`` turns the logit covariance ``Σ_f = J Σ Jᵀ`` into probabilities.
-
->>> import numpy as np, laplace_update as lu
->>> x, y = np.random.default_rng(0).normal(size=(100, 8)), np.arange(100) % 3
->>> post = lu.Posterior.fit(x, y, np.zeros((3, 8)))
->>> probs, var = post.predict(x[:5])
-"""
+"""The compiled core of laplace_update; import it from the package."""
 
 from os import PathLike
 from typing import Any, Optional, Tuple, Union, final
@@ -165,6 +153,17 @@ class Posterior:
         """The Laplace evidence ``log p(y | τ)`` of the data the posterior was fitted on."""
     def optimize_prior_precision(self, per_class: bool = False) -> list[float]:
         """Chooses τ by marginal likelihood (one value, or one per class); returns it."""
+    def set_prior_precision(self, prior_precision: list[float]) -> None:
+        """Replaces τ (one value, or one per class for Full and Diag), keeping the curvature:
+        ``Π ← Π − diag(τ_old) + diag(τ)``, ``Σ ← Π⁻¹``."""
+    def log_occam_factor(self) -> float:
+        """``log Z − Σ_n log p(y_n | ŵ) = −½ Σ_k τ_k ‖ŵ_k‖² + ½ Σ_k D_aug log τ_k − ½ log det Π``."""
+    def kron_factors(self) -> Optional[Tuple[_Array, _Array, _Array, _Array, float]]:
+        """Kron's ``(A, G, U_A, U_G, N)`` with ``Π = (A ⊗ G)/N + τ I``; None for other structures."""
+    def sample_heads(self, samples: int, seed: int = 0) -> _Array:
+        """``samples`` heads ``ŵ + L z ~ N(ŵ, Σ)`` as samples × K × D_aug (bias column last)."""
+    def set_sigma_noise(self, sigma_noise: float) -> None:
+        """Regression with the GGN: replaces σ, keeping the mean and τ."""
     def optimize_prior_and_noise(self, features: _ArrayLike, targets: _ArrayLike) -> Tuple[float, float]:
         """Regression: τ and σ by marginal likelihood; returns (τ, σ)."""
     def save(self, path: Union[str, PathLike[str]]) -> None:
