@@ -85,6 +85,13 @@ def softmax(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(model(x), 1)
 
 
+def predictive(la: Laplace, x: torch.Tensor) -> torch.Tensor:
+    """The Laplace predictive's class probabilities (probit link)."""
+    probs = la(x, link_approx="probit")
+    assert isinstance(probs, torch.Tensor)
+    return probs
+
+
 def run(regime: str, decay: float, epochs: int, x: torch.Tensor, y: torch.Tensor) -> List[Dict[str, object]]:
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(SEED))
     end = INITIAL + BATCHES * BATCH
@@ -120,9 +127,9 @@ def run(regime: str, decay: float, epochs: int, x: torch.Tensor, y: torch.Tensor
 
     methods: List[Tuple[str, Callable[[], torch.Tensor], float]] = [
         ("network, no update", lambda: softmax(base, xt), 0.0),
-        ("Laplace, no update", lambda: frozen(xt), 0.0),
+        ("Laplace, no update", lambda: predictive(frozen, xt), 0.0),
         ("la.update → model(x)", lambda: softmax(la.model, xt), seconds["update"]),
-        ("la.update → Laplace predictive", lambda: la(xt), seconds["update"]),
+        ("la.update → Laplace predictive", lambda: predictive(la, xt), seconds["update"]),
         ("retrain head (AdamW 200)", lambda: softmax(head, xt), seconds["retrain head"]),
         ("fine-tune network (AdamW 200)", lambda: softmax(tuned, xt), seconds["fine-tune network"]),
     ]

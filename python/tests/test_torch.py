@@ -300,3 +300,26 @@ def test_last_layer_is_found_and_checked():
         LastLayer(softmaxed).collect(x[:4])
     with pytest.raises(ValueError, match="not an nn.Linear"):
         LastLayer(model, "1")
+
+
+def test_the_documented_examples_run():
+    import doctest
+
+    import laplace_update.torch as module
+
+    model, x, y = trained(torch.float32)
+    extra = {
+        "model": model,
+        "train_loader": loader(x[:200], y[:200]),
+        "val_loader": loader(x[200:], y[200:]),
+        "x_test": x[:10],
+    }
+    result = doctest.testmod(module, extraglobs=extra, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 15 and result.failed == 0, result
+
+
+def test_cpu_tensors_are_read_in_place():
+    from laplace_update.torch import _host
+
+    t = torch.randn(8, 5, dtype=torch.float64)
+    assert np.shares_memory(_host(t), t.numpy())
