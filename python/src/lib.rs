@@ -9,6 +9,8 @@
 
 // The functions mirror Python signatures with keyword arguments, one Rust argument each.
 #![allow(clippy::too_many_arguments)]
+// The doc comments are Python docstrings: `>>>` starts a doctest example, not a Markdown quote.
+#![allow(clippy::doc_lazy_continuation)]
 
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -315,6 +317,9 @@ fn detach<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
 }
 
 /// Class labels read in place.
+///
+/// >>> lu.Accumulator(w, b).count
+/// 0
 struct Labels<'a>(&'a [i64]);
 
 impl<T: Scalar> Targets<T> for Labels<'_> {
@@ -460,7 +465,12 @@ fn dtype_name<T: Scalar>() -> &'static str {
     }
 }
 
-/// A last-layer Laplace posterior `N(ŵ, Σ)` over a trained head, updated in closed form.
+/// A last-layer Laplace posterior `N(ŵ, Σ)` over a trained head, updated in closed form:
+/// `Π = τ I + Σ_n Λ_n ⊗ φ_n φ_nᵀ`, `Σ = Π⁻¹`.
+///
+/// >>> post = lu.Posterior.fit(x[:150], y[:150], w, b)
+/// >>> report = post.update(x_new, y_new)
+/// >>> probs, logit_var = post.predict(x[150:])
 #[pyclass(module = "laplace_update", frozen)]
 struct Posterior {
     inner: RwLock<Inner>,
@@ -548,6 +558,10 @@ impl Posterior {
     /// With `weights=None` the head is fitted first, as the command line does without
     /// `--weights`: the MAP of softmax regression (`classes` classes, by default the largest
     /// label + 1) or of ridge regression, under the prior `prior_precision`.
+    ///
+    /// >>> post = lu.Posterior.fit(x, y, w, b, structure="kron", prior_precision=2.0)
+    /// >>> post.structure, post.classes, post.features
+    /// ('kron', 3, 8)
     #[staticmethod]
     #[pyo3(signature = (features, labels, weights=None, bias=None, structure="full", likelihood="classification",
         prior_precision=1.0, bias_in_posterior=true, dtype="float64", device="cpu", curvature="ggn",
@@ -627,6 +641,10 @@ impl Posterior {
     /// `step="newton"` takes `iterations` (1) undamped steps `w ← w + γ Σ' ∇J(w)`, the seed
     /// paper's rule; giving `gamma` alone chooses it. The inverse Hessian comes by Woodbury
     /// (`rule="joint"`) or sample by sample (`"sequential"`).
+    ///
+    /// >>> report = post.update(x_new, y_new)
+    /// >>> report["steps"] >= 1 and report["objective_after"] >= report["objective_before"]
+    /// True
     #[pyo3(signature = (features, labels, rule="joint", step=None, gamma=None, iterations=None, tolerance=StepControl::DEFAULT_TOLERANCE, curvature_at="mode", forgetting=1.0))]
     #[allow(clippy::too_many_arguments)]
     fn update<'py>(
@@ -668,6 +686,11 @@ impl Posterior {
     /// Removes data an earlier Joint update folded in, given how it stepped (`step`, `gamma`,
     /// `iterations`, `curvature_at` as in `update`): in closed form after damped steps to the
     /// mode, by a fixed point after one Newton step of 0 < γ ≤ 1.
+    ///
+    /// >>> before = post.mean()[0].copy()
+    /// >>> _ = post.update(x_new, y_new); post.unlearn(x_new, y_new)
+    /// >>> bool(np.allclose(post.mean()[0], before))
+    /// True
     #[pyo3(signature = (features, labels, step=None, gamma=None, iterations=None, curvature_at="mode"))]
     #[allow(clippy::too_many_arguments)]
     fn unlearn(
@@ -697,6 +720,10 @@ impl Posterior {
     /// none; default: the posterior's own, as tuned) at the posterior's temperature (or
     /// `temperature`), and the logit covariance, N × K × K for Full and N × K (its diagonal)
     /// for the other structures.
+    ///
+    /// >>> probs, logit_var = post.predict(x[:4], link="probit")
+    /// >>> probs.shape, logit_var.shape, bool(np.allclose(probs.sum(1), 1))
+    /// ((4, 3), (4, 3, 3), True)
     #[pyo3(signature = (features, link=None, samples=100, seed=0, probit_lambda=None, temperature=None))]
     #[allow(clippy::too_many_arguments)]
     fn predict<'py>(
@@ -743,6 +770,10 @@ impl Posterior {
     /// of the predictive under `link` (probit, centred-probit, none) on validation data, sets
     /// them, and returns a dict: `prior_precision`, `class_prior_precision` (a list, or None),
     /// `temperature`, `link`, `score`, `curve` [(τ, score)], `links` [(link, score)].
+    ///
+    /// >>> report = post.tune_prior_precision(x_val, y_val, temperature=True)
+    /// >>> report["prior_precision"] == post.prior_precision[0] and len(report["curve"]) > 0
+    /// True
     #[pyo3(signature = (features, labels, metric="nll", link="centred-probit", grid_min=1e-4, grid_max=1e4, grid_points=41, prior=true, temperature=false, tune_lambda=false, choose_link=false, per_class=false))]
     #[allow(clippy::too_many_arguments)]
     fn tune_prior_precision<'py>(
@@ -800,6 +831,10 @@ impl Posterior {
     /// `brier`, `confidence` and `bins` [(count, correct, mean confidence)] over `bins`
     /// equal-width confidence bins (the reliability diagram). `link` and `temperature` as in
     /// `predict`.
+    ///
+    /// >>> scores = post.evaluate(x_val, y_val)
+    /// >>> sorted(scores)
+    /// ['laplace', 'network']
     #[pyo3(signature = (features, labels, link=None, temperature=None, bins=15))]
     fn evaluate<'py>(
         &self,
@@ -836,6 +871,9 @@ impl Posterior {
     }
 
     /// The logit temperature predictions use.
+    ///
+    /// >>> post.temperature
+    /// 1.0
     #[getter]
     fn temperature(&self, py: Python<'_>) -> R<f64> {
         let guard = read(py, &self.inner);
@@ -843,6 +881,9 @@ impl Posterior {
     }
 
     /// The link predictions use by default (as tuned).
+    ///
+    /// >>> post.link
+    /// 'centred-probit'
     #[getter]
     fn link(&self, py: Python<'_>) -> R<String> {
         let guard = read(py, &self.inner);
@@ -850,6 +891,10 @@ impl Posterior {
     }
 
     /// The log marginal likelihood of the data under the Laplace approximation.
+    ///
+    /// >>> lml = post.log_marginal_likelihood(x, y)
+    /// >>> bool(np.isclose(lml, post.log_occam_factor() + np.log(post.predict(x, link="none")[0][np.arange(len(y)), y]).sum()))
+    /// True
     fn log_marginal_likelihood(
         &self,
         py: Python<'_>,
@@ -869,6 +914,10 @@ impl Posterior {
 
     /// Chooses τ by maximising the marginal likelihood (one value, or one per class with
     /// `per_class=True`); returns it.
+    ///
+    /// >>> tau = post.optimize_prior_precision()
+    /// >>> tau == post.prior_precision
+    /// True
     #[pyo3(signature = (per_class=false))]
     fn optimize_prior_precision(&self, py: Python<'_>, per_class: bool) -> R<Vec<f64>> {
         let shape = if per_class {
@@ -883,6 +932,10 @@ impl Posterior {
 
     /// Replaces τ (one value, or one per class for Full and Diag), keeping the curvature:
     /// `Π ← Π − diag(τ_old) + diag(τ)`, `Σ ← Π⁻¹`. On error the posterior is unchanged.
+    ///
+    /// >>> post.set_prior_precision([4.0])
+    /// >>> post.prior_precision
+    /// [4.0]
     fn set_prior_precision(&self, py: Python<'_>, prior_precision: Vec<f64>) -> R<()> {
         let mut guard = write(py, &self.inner);
         with_any!(&mut *guard, |p: T| detach(py, || p
@@ -892,6 +945,9 @@ impl Posterior {
 
     /// The evidence's Occam factor `log Z − Σ_n log p(y_n | ŵ)`:
     /// `−½ Σ_k τ_k ‖ŵ_k‖² + ½ Σ_k D_aug log τ_k − ½ log det Π`.
+    ///
+    /// >>> post.log_occam_factor() < 0
+    /// True
     fn log_occam_factor(&self, py: Python<'_>) -> R<f64> {
         let guard = read(py, &self.inner);
         with_any!(&*guard, |p: T| detach(py, || p.log_occam_factor()).map_err(to_py))
@@ -899,6 +955,10 @@ impl Posterior {
 
     /// Kron's factors `(A, G, U_A, U_G, N)`: `Π = (A ⊗ G)/N + τ I` with the eigenvectors as
     /// the columns of U_A (K × K) and U_G (D_aug × D_aug); None for the other structures.
+    ///
+    /// >>> a, g, u_a, u_g, n = lu.Posterior.fit(x, y, w, b, structure="kron").kron_factors()
+    /// >>> a.shape, g.shape, n
+    /// ((3, 3), (9, 9), 200.0)
     #[allow(clippy::type_complexity)]
     fn kron_factors<'py>(
         &self,
@@ -930,6 +990,9 @@ impl Posterior {
 
     /// `samples` heads `w_s = ŵ + L z_s ~ N(ŵ, Σ)` (`L Lᵀ = Σ`, `z_s` standard normal from
     /// `seed`), as `samples × K × D_aug`: the bias column last when the bias is in the posterior.
+    ///
+    /// >>> post.sample_heads(5, seed=1).shape  # K × (D + 1): the bias column last
+    /// (5, 3, 9)
     #[pyo3(signature = (samples, seed=0))]
     fn sample_heads<'py>(&self, py: Python<'py>, samples: usize, seed: u64) -> R<Bound<'py, PyAny>> {
         let guard = read(py, &self.inner);
@@ -941,6 +1004,9 @@ impl Posterior {
 
     /// Regression with the GGN: replaces σ, keeping the mean and τ (the data curvature scales
     /// by `σ_old²/σ²`). On error the posterior is unchanged.
+    ///
+    /// >>> reg = lu.Posterior.fit(x, x[:, :2], None, likelihood="regression", sigma_noise=1.0)
+    /// >>> reg.set_sigma_noise(0.5)
     fn set_sigma_noise(&self, py: Python<'_>, sigma_noise: f64) -> R<()> {
         let mut guard = write(py, &self.inner);
         with_any!(&mut *guard, |p: T| detach(py, || p.set_sigma_noise(sigma_noise))
@@ -949,6 +1015,11 @@ impl Posterior {
 
     /// Regression: maximises the marginal likelihood of the data over τ and σ jointly (the
     /// mean held fixed), sets them and returns `(τ, σ)`.
+    ///
+    /// >>> reg = lu.Posterior.fit(x, x[:, :2] + 0.1, None, likelihood="regression")
+    /// >>> tau, sigma = reg.optimize_prior_and_noise(x, x[:, :2] + 0.1)
+    /// >>> tau > 0 and sigma > 0
+    /// True
     fn optimize_prior_and_noise(
         &self,
         py: Python<'_>,
@@ -965,6 +1036,10 @@ impl Posterior {
     }
 
     /// Saves the posterior file durably (a crash mid-write keeps any previous file).
+    ///
+    /// >>> post.save(tmp / "post.safetensors")
+    /// >>> lu.Posterior.load(tmp / "post.safetensors").samples_seen == post.samples_seen
+    /// True
     fn save(&self, py: Python<'_>, path: std::path::PathBuf) -> R<()> {
         let guard = read(py, &self.inner);
         with_any!(&*guard, |p: T| py
@@ -973,6 +1048,10 @@ impl Posterior {
     }
 
     /// Loads a posterior file onto `device`, in the file's dtype.
+    ///
+    /// >>> post.save(tmp / "post.safetensors")
+    /// >>> lu.Posterior.load(tmp / "post.safetensors").structure
+    /// 'full'
     #[staticmethod]
     #[pyo3(signature = (path, device="cpu"))]
     fn load(py: Python<'_>, path: std::path::PathBuf, device: &str) -> R<Posterior> {
@@ -986,6 +1065,9 @@ impl Posterior {
     }
 
     /// The posterior file's bytes.
+    ///
+    /// >>> lu.Posterior.from_bytes(post.to_bytes()).prior_precision == post.prior_precision
+    /// True
     fn to_bytes<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyBytes>> {
         let guard = read(py, &self.inner);
         let bytes = with_any!(&*guard, |p: T| py
@@ -995,6 +1077,10 @@ impl Posterior {
     }
 
     /// A posterior from the bytes of [`Posterior.to_bytes`] or of a posterior file.
+    ///
+    /// >>> import pickle
+    /// >>> pickle.loads(pickle.dumps(post)).classes  # pickles as these bytes
+    /// 3
     #[staticmethod]
     #[pyo3(signature = (data, device="cpu"))]
     fn from_bytes(py: Python<'_>, data: &[u8], device: &str) -> R<Posterior> {
@@ -1017,6 +1103,10 @@ impl Posterior {
     }
 
     /// The head W (K × D) and, with the bias in the posterior, the bias (K): the mean.
+    ///
+    /// >>> weights, bias = post.mean()
+    /// >>> weights.shape, bias.shape
+    /// ((3, 8), (3,))
     fn mean<'py>(&self, py: Python<'py>) -> R<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
         let guard = read(py, &self.inner);
         with_any!(&*guard, |p: T| {
@@ -1027,6 +1117,9 @@ impl Posterior {
 
     /// The covariance Σ in the structure's layout (P × P for Full, D_aug × D_aug for Shared,
     /// K × D_aug for Diag; Kron's factors are in `to_bytes`).
+    ///
+    /// >>> post.covariance().shape  # Full: P × P, P = K · (D + 1)
+    /// (27, 27)
     fn covariance<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyAny>> {
         let guard = read(py, &self.inner);
         with_any!(&*guard, |p: T| {
@@ -1036,6 +1129,9 @@ impl Posterior {
     }
 
     /// The precision Π, as [`Posterior.covariance`].
+    ///
+    /// >>> bool(np.allclose(post.precision() @ post.covariance(), np.eye(27)))
+    /// True
     fn precision<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyAny>> {
         let guard = read(py, &self.inner);
         with_any!(&*guard, |p: T| {
@@ -1045,6 +1141,9 @@ impl Posterior {
     }
 
     /// τ, one value or one per class.
+    ///
+    /// >>> post.prior_precision
+    /// [1.0]
     #[getter]
     fn prior_precision(&self, py: Python<'_>) -> Vec<f64> {
         let guard = read(py, &self.inner);
@@ -1052,6 +1151,9 @@ impl Posterior {
     }
 
     /// K, the classes (or regression outputs): the head's rows.
+    ///
+    /// >>> post.classes
+    /// 3
     #[getter]
     fn classes(&self, py: Python<'_>) -> usize {
         let guard = read(py, &self.inner);
@@ -1059,6 +1161,9 @@ impl Posterior {
     }
 
     /// D, the feature columns the head reads (without the bias column).
+    ///
+    /// >>> post.features
+    /// 8
     #[getter]
     fn features(&self, py: Python<'_>) -> usize {
         let guard = read(py, &self.inner);
@@ -1066,6 +1171,9 @@ impl Posterior {
     }
 
     /// Samples folded in: the fit's, plus every update's, less every unlearned one.
+    ///
+    /// >>> post.samples_seen
+    /// 150
     #[getter]
     fn samples_seen(&self, py: Python<'_>) -> usize {
         let guard = read(py, &self.inner);
@@ -1073,6 +1181,9 @@ impl Posterior {
     }
 
     /// The covariance structure: full, shared, shared-categorical, diag or kron.
+    ///
+    /// >>> post.structure
+    /// 'full'
     #[getter]
     fn structure(&self, py: Python<'_>) -> &'static str {
         let guard = read(py, &self.inner);
@@ -1080,6 +1191,9 @@ impl Posterior {
     }
 
     /// The element type: float32 or float64.
+    ///
+    /// >>> post.dtype
+    /// 'float64'
     #[getter]
     fn dtype(&self, py: Python<'_>) -> &'static str {
         let guard = read(py, &self.inner);
@@ -1087,6 +1201,9 @@ impl Posterior {
     }
 
     /// The device the posterior lives on: cpu, cuda or wgpu.
+    ///
+    /// >>> post.device
+    /// 'cpu'
     #[getter]
     fn device(&self) -> String {
         self.device.clone()
@@ -1116,7 +1233,12 @@ impl Kind for Accumulators {
 type AccInner = OnAnyDevice<Accumulators>;
 
 /// Curvature sums around one head, accumulated in parts (shards, workers) and merged:
-/// `finish` gives the posterior a single fit over all the parts gives.
+/// `finish` gives the posterior a single fit over all the parts gives, `Π = τ I + Σ_parts Σ_n H_n`.
+///
+/// >>> acc = lu.Accumulator(w, b, structure="full")
+/// >>> acc.accumulate(x[:150], y[:150])
+/// >>> bool(np.allclose(acc.finish(prior_precision=1.0).precision(), post.precision()))
+/// True
 #[pyclass(module = "laplace_update", frozen)]
 struct Accumulator {
     inner: RwLock<AccInner>,
@@ -1171,6 +1293,11 @@ impl Accumulator {
     }
 
     /// Adds the curvature of `features` with their `labels`.
+    ///
+    /// >>> acc = lu.Accumulator(w, b)
+    /// >>> acc.accumulate(x[:100], y[:100]); acc.accumulate(x[100:150], y[100:150])
+    /// >>> acc.count
+    /// 150
     fn accumulate(&self, py: Python<'_>, features: &Bound<'_, PyAny>, labels: &Bound<'_, PyAny>) -> R<()> {
         let mut guard = write(py, &self.inner);
         with_any!(&mut *guard, |a: T| {
@@ -1182,6 +1309,12 @@ impl Accumulator {
     }
 
     /// Adds another accumulator's sums (same head, settings, dtype and device).
+    ///
+    /// >>> left, right = lu.Accumulator(w, b), lu.Accumulator(w, b)
+    /// >>> left.accumulate(x[:75], y[:75]); right.accumulate(x[75:150], y[75:150])
+    /// >>> left.merge(right)
+    /// >>> bool(np.allclose(left.finish().precision(), post.precision()))
+    /// True
     fn merge(&self, py: Python<'_>, other: &Accumulator) -> R<()> {
         if std::ptr::eq(self, other) {
             return Err(invalid("other", "an accumulator cannot merge itself; merge a copy"));
@@ -1194,6 +1327,10 @@ impl Accumulator {
 
     /// The posterior with prior precision τ, or with τ chosen by marginal likelihood when
     /// `optimize_prior=True` (starting from `prior_precision`).
+    ///
+    /// >>> acc = lu.Accumulator(w, b); acc.accumulate(x[:150], y[:150])
+    /// >>> bool(np.allclose(acc.finish(prior_precision=1.0).covariance(), post.covariance()))
+    /// True
     #[pyo3(signature = (prior_precision=1.0, optimize_prior=false))]
     fn finish(&self, py: Python<'_>, prior_precision: f64, optimize_prior: bool) -> R<Posterior> {
         let guard = read(py, &self.inner);
@@ -1252,6 +1389,10 @@ impl Accumulator {
 /// Picks `batch` pool candidates (indices) for labelling by `strategy` (random, entropy,
 /// margin, least-confidence, bald, badge, bait, coreset, typiclust); with `update_driven`, one
 /// at a time, each folded in (with the posterior's own most probable label) before the next.
+///
+/// >>> picks = lu.select(post, x[150:], strategy="margin", batch=5)
+/// >>> len(picks), all(0 <= i < 50 for i in picks)
+/// (5, True)
 #[pyfunction]
 #[pyo3(signature = (post, pool_features, strategy="margin", batch=10, update_driven=false, seed=0, labeled_features=None))]
 fn select(
@@ -1296,6 +1437,9 @@ fn select(
 
 /// The backends of this build: `(name, available, detail)` each, `detail` the device's name
 /// or the reason it cannot be used.
+///
+/// >>> ("cpu", True) in [(name, ok) for name, ok, _ in lu.devices()]
+/// True
 #[pyfunction]
 fn devices(py: Python<'_>) -> Vec<(String, bool, String)> {
     detach(py, || {
@@ -1366,6 +1510,9 @@ fn _sample_error(variant: &str) -> R<PyErr> {
 
 /// `post.evaluate(features, labels, ...)`: the predictive's scores beside the network's
 /// softmax, and the reliability bins.
+///
+/// >>> lu.evaluate(post, x_val, y_val)["laplace"]["accuracy"] <= 1.0
+/// True
 #[pyfunction]
 #[pyo3(signature = (post, features, labels, link=None, temperature=None, bins=15))]
 fn evaluate<'py>(
@@ -1389,6 +1536,9 @@ fn evaluate<'py>(
 /// ```python
 /// lu.set_max_memory("2G")
 /// ```
+///
+/// >>> lu.set_max_memory("64G")
+/// >>> lu.set_max_memory(None)  # no cap
 #[pyfunction]
 #[pyo3(signature = (limit))]
 fn set_max_memory(limit: Option<&Bound<'_, PyAny>>) -> R<()> {

@@ -294,3 +294,27 @@ def test_tune_prior_precision_per_class_against_numpy():
             assert nll(taus) <= nll(moved) + 1e-9
     with pytest.raises(lu.UnsupportedError):
         lu.Posterior.fit(x[:30], y[:30], w, b, structure="kron").tune_prior_precision(x[30:], y[30:], per_class=True)
+
+
+def test_the_documented_examples_run(tmp_path):
+    """Every example in the compiled module's docstrings, on one shared small problem."""
+    import doctest
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8))
+    y = np.arange(200) % 3
+    w, b = 0.1 * rng.normal(size=(3, 8)), np.zeros(3)
+    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    attempted = 0
+    for obj in (lu.Posterior, lu.Accumulator, lu.select, lu.devices, lu.evaluate, lu.set_max_memory):
+        for test in finder.find(obj, obj.__name__, module=False):
+            # A fresh posterior per docstring, so that no example depends on another's.
+            test.globs = {
+                "np": np, "lu": lu, "x": x, "y": y, "w": w, "b": b, "tmp": tmp_path,
+                "x_new": x[150:170], "y_new": y[150:170], "x_val": x[170:], "y_val": y[170:],
+                "post": lu.Posterior.fit(x[:150], y[:150], w, b),
+            }
+            runner.run(test)
+            attempted += len(test.examples)
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0 and attempted >= 60, (result, attempted)
