@@ -143,13 +143,22 @@ class LastLayer:
         return phi, logits
 
     def weight(self) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """W (K × D) and b (K, or None) as host arrays."""
+        """W (K × D) and b (K, or None) as host arrays.
+
+        >>> w, b = LastLayer(model).weight()
+        >>> w.shape, b.shape
+        ((3, 16), (3,))
+        """
         w = _host(self.module.weight)
         b = None if self.module.bias is None else _host(self.module.bias)
         return w, b
 
     def write(self, weight: np.ndarray, bias: Optional[np.ndarray]) -> None:
-        """Copies W and b into the layer, in its dtype and on its device."""
+        """Copies W and b into the layer, in its dtype and on its device.
+
+        >>> head = LastLayer(model)
+        >>> head.write(*head.weight())  # unchanged
+        """
         with torch.no_grad():
             w = self.module.weight
             w.copy_(torch.as_tensor(weight).to(device=w.device, dtype=w.dtype))
@@ -277,7 +286,13 @@ class Laplace:
 
     def fit(self, train_loader: Iterable[Any], override: bool = True, progress_bar: bool = False) -> None:
         """Fits ``Π = τ I + Σ_n J_nᵀ Λ_n J_n`` at the model's last layer, streaming the loader's
-        ``(x, y)`` batches into an accumulator (the features are never all held at once)."""
+        ``(x, y)`` batches into an accumulator (the features are never all held at once).
+
+        >>> la = Laplace(model, "classification", hessian_structure="diag")
+        >>> la.fit(train_loader)
+        >>> la.posterior.samples_seen
+        200
+        """
         if not override:
             raise ValueError(
                 "fit(override=False) is not a last-layer operation; fold new data in with update()"
@@ -335,7 +350,11 @@ class Laplace:
 
     @property
     def posterior(self) -> _core.Posterior:
-        """The library's posterior (the numpy API), once fitted."""
+        """The library's posterior (the numpy API), once fitted.
+
+        >>> la.posterior.structure
+        'full'
+        """
         if self._posterior is None:
             raise RuntimeError("the Laplace approximation is not fitted yet; call fit() first")
         return self._posterior
@@ -344,7 +363,12 @@ class Laplace:
 
     @property
     def prior_precision(self) -> torch.Tensor:
-        """τ: one value, or one per class."""
+        """τ: one value, or one per class.
+
+        >>> la.prior_precision = 3.0
+        >>> la.prior_precision
+        tensor([3.])
+        """
         values = self._posterior.prior_precision if self._posterior is not None else self._initial_prior
         return torch.tensor(values, dtype=self.last_layer.dtype)
 
@@ -381,7 +405,13 @@ class Laplace:
 
         ``method="gridsearch"`` scores ``grid_size`` values of τ from ``10**log_prior_prec_min``
         to ``10**log_prior_prec_max`` by the validation NLL (``loss``: ``"nll"``, ``"brier"`` or
-        ``"ece"``) of the predictive under ``link_approx``, then refines between grid points."""
+        ``"ece"``) of the predictive under ``link_approx``, then refines between grid points.
+
+        >>> la.optimize_prior_precision(method="marglik")
+        >>> la.optimize_prior_precision(method="gridsearch", val_loader=val_loader, grid_size=21)
+        >>> bool(la.prior_precision > 0)
+        True
+        """
         post = self.posterior
         if pred_type not in ("glm", "nn"):
             raise ValueError(f"pred_type={pred_type!r}; 'glm' or 'nn'")
@@ -389,11 +419,6 @@ class Laplace:
             if prior_structure not in ("scalar", "per_class"):
                 raise NotImplementedError(
                     f"prior_structure={prior_structure!r}; 'scalar' or 'per_class' are supported"
-                )
-            if self.likelihood == "regression":
-                raise NotImplementedError(
-                    "marglik τ for regression without the data; use the numpy API's "
-                    "optimize_prior_and_noise(features, targets)"
                 )
             post.optimize_prior_precision(per_class=prior_structure == "per_class")
         elif method == "gridsearch":
@@ -453,7 +478,11 @@ class Laplace:
     ) -> torch.Tensor:
         """``log p(y | τ, σ) ≈ Σ_n log p(y_n | ŵ) − ½ τ ‖ŵ‖² + ½ P log τ − ½ log det Π`` of the
         fitted data. As in laplace-torch, a ``prior_precision`` or ``sigma_noise`` given here
-        replaces the stored one (the curvature is kept)."""
+        replaces the stored one (the curvature is kept).
+
+        >>> bool(la.log_marginal_likelihood(prior_precision=2.0) < 0)
+        True
+        """
         post = self.posterior
         if prior_precision is not None:
             self.prior_precision = prior_precision
@@ -496,7 +525,12 @@ class Laplace:
         """The predictive at ``x``: class probabilities ``E[softmax(f)]``, ``f ~ N(f_μ, Σ_f)``
         with ``Σ_f = J Σ Jᵀ``, under ``link_approx`` (probit: ``softmax(f_μ / √(1 + π/8
         diag Σ_f))``; mc: ``n_samples`` draws; bridge_norm: the normalised Laplace bridge); for
-        regression ``(f_μ, Σ_f)``, Σ_f as N × K × K or, with ``diagonal_output``, N × K."""
+        regression ``(f_μ, Σ_f)``, Σ_f as N × K × K or, with ``diagonal_output``, N × K.
+
+        >>> probs = la(x_test, link_approx="probit")
+        >>> probs.shape, bool(torch.allclose(probs.sum(1), torch.ones(10)))
+        (torch.Size([10, 3]), True)
+        """
         post = self.posterior
         phi, logits = self.last_layer.collect(x)
         out_dtype, out_device = logits.dtype, logits.device
@@ -514,12 +548,20 @@ class Laplace:
         return torch.as_tensor(probs).to(out_device, out_dtype)
 
     def predictive(self, x: torch.Tensor, **kwargs: Any) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
-        """``self(x, ...)``."""
+        """``self(x, ...)``.
+
+        >>> la.predictive(x_test).shape
+        torch.Size([10, 3])
+        """
         return self(x, **kwargs)
 
     def functional_variance(self, x: torch.Tensor) -> torch.Tensor:
         """``Σ_f = J Σ Jᵀ`` at ``x``, N × K × K, with ``J = I_K ⊗ [φᵀ, 1]`` the last layer's
-        Jacobian (in the model's dtype, on x's device)."""
+        Jacobian (in the model's dtype, on x's device).
+
+        >>> la.functional_variance(x_test).shape
+        torch.Size([10, 3, 3])
+        """
         phi, logits = self.last_layer.collect(x)
         _, f_var = self._functional(_host(phi))
         return torch.as_tensor(f_var).to(logits.device, logits.dtype)
@@ -555,7 +597,11 @@ class Laplace:
     ) -> torch.Tensor:
         """``n_samples`` draws of the predictive at ``x`` (n_samples × N × K): softmax of
         ``φ w_sᵀ`` with heads ``w_s ~ N(ŵ, Σ)`` (for a last layer the GLM and the network
-        predictive coincide), or ``f`` itself for regression."""
+        predictive coincide), or ``f`` itself for regression.
+
+        >>> la.predictive_samples(x_test, n_samples=50).shape
+        torch.Size([50, 10, 3])
+        """
         if diagonal_output:
             raise NotImplementedError("diagonal_output=True; draws use the full Σ_f")
         if pred_type not in ("glm", "nn"):
@@ -572,7 +618,11 @@ class Laplace:
 
     @property
     def n_params(self) -> int:
-        """P = K·D (+ K with a bias)."""
+        """P = K·D (+ K with a bias).
+
+        >>> la.n_params  # 3 × 16 weights and 3 biases
+        51
+        """
         k, d = self.last_layer.classes, self.last_layer.features
         return k * d + (k if self.last_layer.has_bias else 0)
 
@@ -586,7 +636,11 @@ class Laplace:
 
     @property
     def mean(self) -> torch.Tensor:
-        """ŵ in laplace-torch's order: W row-major, then b."""
+        """ŵ in laplace-torch's order: W row-major, then b.
+
+        >>> bool(torch.equal(la.mean[:48].reshape(3, 16), la.model[2].weight.detach()))
+        True
+        """
         w, b = self.posterior.mean()
         parts = [w.reshape(-1)] + ([b] if self.last_layer.has_bias else [])
         return torch.as_tensor(np.concatenate(parts)).to(self.last_layer.dtype)
@@ -612,17 +666,30 @@ class Laplace:
 
     @property
     def posterior_precision(self) -> torch.Tensor:
-        """Π (P × P; Diag: the P diagonal values) in laplace-torch's parameter order."""
+        """Π (P × P; Diag: the P diagonal values) in laplace-torch's parameter order.
+
+        >>> la.posterior_precision.shape
+        torch.Size([51, 51])
+        """
         return torch.as_tensor(self._dense("precision"))
 
     @property
     def posterior_covariance(self) -> torch.Tensor:
-        """Σ = Π⁻¹ (P × P; Diag: the P variances) in laplace-torch's parameter order."""
+        """Σ = Π⁻¹ (P × P; Diag: the P variances) in laplace-torch's parameter order.
+
+        >>> product = la.posterior_covariance.double() @ la.posterior_precision.double()
+        >>> bool(torch.allclose(product, torch.eye(51, dtype=torch.float64), atol=1e-3))
+        True
+        """
         return torch.as_tensor(self._dense("covariance"))
 
     @property
     def posterior_variance(self) -> torch.Tensor:
-        """diag Σ, the P marginal variances, in laplace-torch's parameter order."""
+        """diag Σ, the P marginal variances, in laplace-torch's parameter order.
+
+        >>> la.posterior_variance.shape
+        torch.Size([51])
+        """
         cov = self._dense("covariance")
         return torch.as_tensor(cov if cov.ndim == 1 else np.diagonal(cov).copy())
 
@@ -644,7 +711,13 @@ class Laplace:
         mean (``rule``, ``gamma``, ``iterations``, ``forgetting``, ``step`` as in
         ``Posterior.update``). ``x`` is a batch with labels ``y``, or a loader of (x, y) batches.
         With ``write_back`` the model's last layer then holds the new mean. Returns the update's
-        report (a list of them for a loader)."""
+        report (a list of them for a loader).
+
+        >>> report = la.update(x_test[:5], torch.tensor([0, 1, 2, 0, 1]))
+        >>> report["steps"] >= 1
+        True
+        >>> reports = la.update(val_loader, rule="sequential")  # a loader: one report per batch
+        """
 
         def one(xb: torch.Tensor, yb: torch.Tensor) -> Dict[str, Any]:
             phi, _ = self.last_layer.collect(xb)
@@ -668,7 +741,12 @@ class Laplace:
 
     def unlearn(self, x: torch.Tensor, y: torch.Tensor, write_back: bool = True) -> None:
         """Removes samples an update folded in (the exact inverse of that update), and with
-        ``write_back`` writes the mean back into the model's last layer."""
+        ``write_back`` writes the mean back into the model's last layer.
+
+        >>> y_new = torch.tensor([0, 1, 2, 0, 1])
+        >>> _ = la.update(x_test[:5], y_new)
+        >>> la.unlearn(x_test[:5], y_new)  # back to the fitted posterior
+        """
         phi, _ = self.last_layer.collect(x)
         self.posterior.unlearn(_host(phi), _labels(y, self.likelihood == "regression"))
         self.n_data -= int(phi.shape[0])
@@ -677,14 +755,21 @@ class Laplace:
             self.write_back()
 
     def write_back(self) -> None:
-        """Copies the posterior mean into the model's last layer."""
+        """Copies the posterior mean into the model's last layer.
+
+        >>> la.write_back()
+        """
         w, b = self.posterior.mean()
         self.last_layer.write(w, b)
 
     # -- state --------------------------------------------------------------------------------
 
     def state_dict(self) -> Dict[str, Any]:
-        """The posterior (the library's file bytes) and the fit's settings and evidence terms."""
+        """The posterior (the library's file bytes) and the fit's settings and evidence terms.
+
+        >>> sorted(la.state_dict())[:3]
+        ['hessian_structure', 'last_layer_name', 'likelihood']
+        """
         return {
             "posterior": self.posterior.to_bytes(),
             "likelihood": self.likelihood,
@@ -698,7 +783,11 @@ class Laplace:
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restores ``state_dict()``'s posterior and writes its mean into the model's last layer;
-        the likelihood, structure and layer must match this object's."""
+        the likelihood, structure and layer must match this object's.
+
+        >>> state = la.state_dict()
+        >>> la.load_state_dict(state)
+        """
         for key, mine in (
             ("likelihood", self.likelihood),
             ("hessian_structure", self.hessian_structure),
