@@ -280,7 +280,6 @@ class Laplace:
         self._log_likelihood: Optional[float] = None
         self._residuals: Optional[Tuple[float, int]] = None
         self.n_data = 0
-        self._draws = 0
 
     # -- fitting ------------------------------------------------------------------------------
 
@@ -505,8 +504,13 @@ class Laplace:
     # -- predictions --------------------------------------------------------------------------
 
     def _seed(self, generator: Optional[torch.Generator]) -> int:
-        self._draws += 1
         return int(torch.randint(0, 2**62, (1,), generator=generator).item())
+
+    def _augmented(self, phi: np.ndarray) -> np.ndarray:
+        """``[φ, 1]`` when the bias is in the posterior, else φ: the rows the head's columns read."""
+        if not self.last_layer.has_bias:
+            return phi
+        return np.hstack([phi, np.ones((phi.shape[0], 1), phi.dtype)])
 
     def _mean_logits(self, phi: np.ndarray) -> np.ndarray:
         w, b = self.posterior.mean()
@@ -576,8 +580,7 @@ class Laplace:
         if factors is not None:
             _, _, u_a, u_g, _ = factors
             s = post.covariance()  # K × D_aug: s_ij, A's eigenvalue i with G's j
-            aug = np.hstack([phi, np.ones((phi.shape[0], 1), phi.dtype)]) if self.last_layer.has_bias else phi
-            m = ((aug @ u_g) ** 2) @ s.T  # N × K
+            m = ((self._augmented(phi) @ u_g) ** 2) @ s.T  # N × K
             return f_mu, np.einsum("ki,ni,li->nkl", u_a, m, u_a)
         _, var = post.predict(phi, link="none")
         if var.ndim == 3:
@@ -608,9 +611,7 @@ class Laplace:
             raise ValueError("Only glm and nn supported as prediction types.")
         phi, logits = self.last_layer.collect(x)
         heads = self.posterior.sample_heads(n_samples, seed=self._seed(generator))
-        host = _host(phi)
-        aug = np.hstack([host, np.ones((host.shape[0], 1), host.dtype)]) if self.last_layer.has_bias else host
-        f = torch.as_tensor(np.einsum("nd,skd->snk", aug, heads))
+        f = torch.as_tensor(np.einsum("nd,skd->snk", self._augmented(_host(phi)), heads))
         draws = f if self.likelihood == "regression" else torch.softmax(f, dim=-1)
         return draws.to(logits.device, logits.dtype)
 
