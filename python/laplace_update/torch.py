@@ -59,6 +59,11 @@ _LINKS = {
 }
 
 
+#: The most parameters for which a Kron or Shared posterior is expanded to a dense P × P matrix
+#: (3.2 GB in f64); Full's is stored dense already.
+_DENSE_LIMIT = 20_000
+
+
 class LastLayer:
     """The last ``nn.Linear`` of a model (or the one named ``layer``): its inputs φ (the
     penultimate features), its weight W (K × D) and its bias b (K), read by a forward hook.
@@ -657,6 +662,11 @@ class Laplace:
         if structure == "diag":
             return stored.reshape(-1)[order]
         k = self.last_layer.classes
+        if len(order) > _DENSE_LIMIT:
+            raise NotImplementedError(
+                f"a dense {len(order)} × {len(order)} matrix of the {structure} structure (more "
+                f"than {_DENSE_LIMIT} parameters); read its factors from la.posterior instead"
+            )
         if structure == "kron":
             factors = post.kron_factors()
             assert factors is not None

@@ -292,6 +292,19 @@ def test_what_cannot_be_honoured_is_refused():
         ours.fit(loader(x, y), override=False)
 
 
+
+def test_a_dense_kron_matrix_too_large_is_refused(monkeypatch):
+    import laplace_update.torch as module
+
+    model, x, y = trained(torch.float64)
+    ours = Laplace(model, "classification", hessian_structure="kron")
+    ours.fit(loader(x, y))
+    assert ours.posterior_covariance.shape == (51, 51)
+    monkeypatch.setattr(module, "_DENSE_LIMIT", 50)
+    with pytest.raises(NotImplementedError, match="51 × 51"):
+        ours.posterior_precision
+
+
 def test_last_layer_is_found_and_checked():
     model, x, _ = trained(torch.float64)
     head = LastLayer(model)
