@@ -1,6 +1,7 @@
 //! Kernel workloads with their operation counts, shared by the criterion benches and the
 //! `profile` command: one definition of each kernel's work, timed the same way everywhere.
 
+use crate::device::ops;
 use std::time::{Duration, Instant};
 
 use crate::device::{Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign};
@@ -98,7 +99,7 @@ fn spd<D: Device, T: Scalar>(device: &D, n: usize, rng: &mut SplitMix64) -> Resu
 /// Probabilities: softmax of random logits, n × k.
 fn probabilities<D: Device, T: Scalar>(device: &D, n: usize, k: usize, rng: &mut SplitMix64) -> Result<Matrix<D, T>> {
     let mut p = device.upload(&random::<T>(rng, n * k, 3.0), n, k)?;
-    device.softmax_rows(&mut p)?;
+    ops::softmax_rows(device, &mut p)?;
     Ok(p)
 }
 
@@ -177,7 +178,7 @@ pub fn kernel_cases<'a, D: Device, T: Scalar>(
             shape: format!("N={n} D={d} K={k}"),
             work: Work::Flops(nf * pf * (pf + 1.0) + kf * nf * df * (df + 1.0)),
             run: Box::new(move || {
-                device.ggn_accumulate(&mut prec, &phi, &probs, None, T::one())?;
+                ops::ggn_accumulate(device, &mut prec, &phi, &probs, None, T::one())?;
                 sync()
             }),
         });
@@ -200,13 +201,13 @@ pub fn kernel_cases<'a, D: Device, T: Scalar>(
                 // factors (2PmK²); G: K products Φ U_a (2m²K²D) and their K-term sums (2m²K³).
                 work: Work::Flops(2.0 * pf * pf * mf + 2.0 * pf * mf * kf * kf + 2.0 * mf * mf * kf * kf * (df + kf)),
                 run: Box::new(move || {
-                    device.kron_products(&sigma, &phi_new, LowRankFactor::Kronecker { probs: &probs_new })?;
+                    ops::kron_products(device, &sigma, &phi_new, LowRankFactor::Kronecker { probs: &probs_new })?;
                     sync()
                 }),
             });
         }
         if wanted("low_rank_update") {
-            let (u, g) = device.kron_products(&sigma, &phi_new, LowRankFactor::Kronecker { probs: &probs_new })?;
+            let (u, g) = ops::kron_products(device, &sigma, &phi_new, LowRankFactor::Kronecker { probs: &probs_new })?;
             let mut c_chol = device.zeros::<T>(r, r)?;
             device.add_diagonal(&mut c_chol, T::one())?;
             device.axpy(&mut c_chol, T::one(), &g)?;
@@ -221,7 +222,7 @@ pub fn kernel_cases<'a, D: Device, T: Scalar>(
                     // Alternate signs so that repeated runs keep Σ where it started.
                     let sign = if flip { Sign::Plus } else { Sign::Minus };
                     flip = !flip;
-                    device.low_rank_update(&mut target, &u, &c_chol, sign)?;
+                    ops::low_rank_update(device, &mut target, &u, &c_chol, sign)?;
                     sync()
                 }),
             });
@@ -257,7 +258,8 @@ pub fn kernel_cases<'a, D: Device, T: Scalar>(
             // mean step (4KD), whatever blocking the kernel uses.
             work: Work::Flops(mf * (4.0 * df * df + 4.0 * kf * df)),
             run: Box::new(move || {
-                device.sherman_morrison_sequence(
+                ops::sherman_morrison_sequence(
+                    device,
                     &mut sigma_work,
                     &mut head_work,
                     None,
@@ -313,7 +315,7 @@ pub fn kernel_cases<'a, D: Device, T: Scalar>(
             shape: format!("N={n} K={k}"),
             work: Work::Bytes(bytes),
             run: Box::new(move || {
-                device.softmax_rows(&mut scratch)?;
+                ops::softmax_rows(device, &mut scratch)?;
                 sync()
             }),
         });

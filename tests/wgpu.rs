@@ -5,6 +5,8 @@
 
 mod common;
 
+use laplace_update::device::ops;
+
 fn device() -> laplace_update::Result<laplace_update::WgpuDevice> {
     laplace_update::WgpuDevice::new()
 }
@@ -113,18 +115,18 @@ fn chunked_paths_match_faer() {
     let phi = normals(n * d, 1.0);
     let logits = normals(n * k, 1.0);
     let mut probs = cpu.upload(&logits, n, k).unwrap();
-    cpu.softmax_rows(&mut probs).unwrap();
+    ops::softmax_rows(&cpu, &mut probs).unwrap();
     let probs = cpu.download(&probs).unwrap();
     let on_cpu = {
         let mut prec = cpu.zeros::<f32>(k * d, k * d).unwrap();
         let (x, p) = (cpu.upload(&phi, n, d).unwrap(), cpu.upload(&probs, n, k).unwrap());
-        cpu.ggn_accumulate(&mut prec, &x, &p, None, 1.0).unwrap();
+        ops::ggn_accumulate(&cpu, &mut prec, &x, &p, None, 1.0).unwrap();
         cpu.download(&prec).unwrap()
     };
     let on_gpu = {
         let mut prec = gpu.zeros::<f32>(k * d, k * d).unwrap();
         let (x, p) = (gpu.upload(&phi, n, d).unwrap(), gpu.upload(&probs, n, k).unwrap());
-        gpu.ggn_accumulate(&mut prec, &x, &p, None, 1.0).unwrap();
+        ops::ggn_accumulate(&gpu, &mut prec, &x, &p, None, 1.0).unwrap();
         gpu.download(&prec).unwrap()
     };
     compare("chunked ggn_accumulate", on_gpu, on_cpu, 1e-4);
@@ -257,10 +259,11 @@ fn grids_split_over_every_dimension_match_faer() {
     let (n, d, k) = (90, 20, 6);
     let phi = normals(n * d, 1.0);
     let mut probs = cpu.upload(&normals(n * k, 1.0), n, k).unwrap();
-    cpu.softmax_rows(&mut probs).unwrap();
+    ops::softmax_rows(&cpu, &mut probs).unwrap();
     let probs = cpu.download(&probs).unwrap();
     let mut want = cpu.zeros::<f32>(k * d, k * d).unwrap();
-    cpu.ggn_accumulate(
+    ops::ggn_accumulate(
+        &cpu,
         &mut want,
         &cpu.upload(&phi, n, d).unwrap(),
         &cpu.upload(&probs, n, k).unwrap(),
@@ -269,7 +272,8 @@ fn grids_split_over_every_dimension_match_faer() {
     )
     .unwrap();
     let mut got = gpu.zeros::<f32>(k * d, k * d).unwrap();
-    gpu.ggn_accumulate(
+    ops::ggn_accumulate(
+        &gpu,
         &mut got,
         &gpu.upload(&phi, n, d).unwrap(),
         &gpu.upload(&probs, n, k).unwrap(),

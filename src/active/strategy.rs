@@ -2,7 +2,7 @@
 
 use super::cluster::{Points, k_center, kmeans, kmeans_pp_seeds};
 use crate::device::Device;
-use crate::device::sherman_morrison::HostInverse;
+use crate::device::ops::sherman_morrison::HostInverse;
 use crate::error::{Error, Result};
 use crate::host::{HostMatrix, check_features};
 use crate::numerics::dot;

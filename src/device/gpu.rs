@@ -8,10 +8,9 @@
 
 use std::marker::PhantomData;
 
-use super::compose;
 use super::launch::{GridLimits, LaunchPolicy};
 pub use super::registry::{Args, Family, Grid, Kernel, KernelParams};
-use super::{Device, DeviceBuffer, LowRankFactor, Matrix, Op, Sign, check_upload};
+use super::{DeviceBuffer, Matrix, Op};
 use crate::error::{Error, Result};
 use crate::scalar::{DType, Scalar};
 
@@ -118,6 +117,11 @@ pub trait Record {
     /// Submits the launches and waits for them.
     fn submit(self) -> Result<()>;
 }
+
+/// The fused operations of every GPU runtime: kernel compositions (see [`ops`](super::ops)), the
+/// same for wgpu, CUDA and the CUDA emulator.
+#[derive(Debug, Clone, Copy)]
+pub struct Kernels;
 
 /// `len` elements of `T` in a runtime allocation.
 pub struct GpuBuffer<R: Runtime, T> {
@@ -241,201 +245,6 @@ impl<R: Runtime> GpuDevice<R> {
     /// Contraction, scratch and Monte Carlo sizes per launch.
     pub(crate) fn policy(&self) -> &LaunchPolicy {
         self.runtime.policy()
-    }
-}
-
-impl<R: Runtime> Device for GpuDevice<R> {
-    type Buffer<T: Scalar> = GpuBuffer<R, T>;
-
-    fn name(&self) -> String {
-        self.runtime.name()
-    }
-
-    fn free_memory(&self) -> Option<u64> {
-        self.runtime.free_memory()
-    }
-
-    fn upload<T: Scalar>(&self, data: &[T], rows: usize, cols: usize) -> Result<Matrix<Self, T>> {
-        check_upload(data.len(), rows, cols)?;
-        let buf = self.buffer::<T>(data.len(), "matrix")?;
-        if !data.is_empty() {
-            self.runtime.write(&buf.raw, bytemuck::cast_slice(data))?;
-        }
-        Matrix::from_parts(buf, rows, cols)
-    }
-
-    fn download<T: Scalar>(&self, m: &Matrix<Self, T>) -> Result<Vec<T>> {
-        let bytes = self.runtime.read(&m.buffer().raw, m.len() * std::mem::size_of::<T>())?;
-        Ok(bytemuck::pod_collect_to_vec(&bytes))
-    }
-
-    fn zeros<T: Scalar>(&self, rows: usize, cols: usize) -> Result<Matrix<Self, T>> {
-        let len = rows.checked_mul(cols).ok_or_else(|| Error::Device {
-            backend: "gpu",
-            reason: format!("a {rows} x {cols} matrix overflows"),
-        })?;
-        Matrix::from_parts(self.buffer::<T>(len, "matrix")?, rows, cols)
-    }
-
-    fn copy<T: Scalar>(&self, m: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
-        let out = self.zeros::<T>(m.rows(), m.cols())?;
-        if !m.is_empty() {
-            self.runtime
-                .copy(&m.buffer().raw, &out.buffer().raw, m.len() * std::mem::size_of::<T>())?;
-        }
-        Ok(out)
-    }
-
-    fn synchronize(&self) -> Result<()> {
-        self.runtime.synchronize()
-    }
-
-    fn gemm<T: Scalar>(
-        &self,
-        c: &mut Matrix<Self, T>,
-        beta: T,
-        a: &Matrix<Self, T>,
-        ta: Op,
-        b: &Matrix<Self, T>,
-        tb: Op,
-        alpha: T,
-    ) -> Result<()> {
-        compose::gemm(self, c, beta, a, ta, b, tb, alpha)
-    }
-
-    fn weighted_syrk<T: Scalar>(
-        &self,
-        c: &mut Matrix<Self, T>,
-        beta: T,
-        a: &Matrix<Self, T>,
-        weights: Option<&Matrix<Self, T>>,
-        alpha: T,
-    ) -> Result<()> {
-        compose::weighted_syrk(self, c, beta, a, weights, alpha)
-    }
-
-    fn ggn_accumulate<T: Scalar>(
-        &self,
-        precision: &mut Matrix<Self, T>,
-        phi: &Matrix<Self, T>,
-        probs: &Matrix<Self, T>,
-        basis: Option<&Matrix<Self, T>>,
-        alpha: T,
-    ) -> Result<()> {
-        compose::ggn_accumulate(self, precision, phi, probs, basis, alpha)
-    }
-
-    fn kron_congruence<T: Scalar>(
-        &self,
-        x: &Matrix<Self, T>,
-        basis: &Matrix<Self, T>,
-        complement: T,
-    ) -> Result<Matrix<Self, T>> {
-        compose::kron_congruence(self, x, basis, complement)
-    }
-
-    fn kron_rows<T: Scalar>(
-        &self,
-        factors: &Matrix<Self, T>,
-        phi: &Matrix<Self, T>,
-        rank: usize,
-    ) -> Result<Matrix<Self, T>> {
-        compose::kron_rows(self, factors, phi, rank)
-    }
-
-    fn kron_products<T: Scalar>(
-        &self,
-        sigma: &Matrix<Self, T>,
-        phi: &Matrix<Self, T>,
-        factor: LowRankFactor<'_, Self, T>,
-    ) -> Result<(Matrix<Self, T>, Matrix<Self, T>)> {
-        compose::kron_products(self, sigma, phi, factor)
-    }
-
-    fn low_rank_update<T: Scalar>(
-        &self,
-        sigma: &mut Matrix<Self, T>,
-        u: &Matrix<Self, T>,
-        c_chol: &Matrix<Self, T>,
-        sign: Sign,
-    ) -> Result<()> {
-        compose::low_rank_update(self, sigma, u, c_chol, sign)
-    }
-
-    fn cholesky<T: Scalar>(&self, a: &mut Matrix<Self, T>) -> Result<()> {
-        compose::cholesky(self, a)
-    }
-
-    fn triangular_solve<T: Scalar>(&self, l: &Matrix<Self, T>, b: &mut Matrix<Self, T>, op: Op) -> Result<()> {
-        compose::triangular_solve(self, l, b, op)
-    }
-
-    fn predictive_covariance<T: Scalar>(
-        &self,
-        sigma: &Matrix<Self, T>,
-        phi: &Matrix<Self, T>,
-    ) -> Result<Matrix<Self, T>> {
-        compose::predictive_covariance(self, sigma, phi)
-    }
-
-    fn softmax_rows<T: Scalar>(&self, logits: &mut Matrix<Self, T>) -> Result<()> {
-        compose::softmax_rows(self, logits)
-    }
-
-    fn probit_softmax<T: Scalar>(
-        &self,
-        mean: &Matrix<Self, T>,
-        cov: &Matrix<Self, T>,
-        lambda: T,
-    ) -> Result<Matrix<Self, T>> {
-        compose::probit_softmax(self, mean, cov, lambda)
-    }
-
-    fn monte_carlo_softmax<T: Scalar>(
-        &self,
-        mean: &Matrix<Self, T>,
-        cov: &Matrix<Self, T>,
-        eps: &Matrix<Self, T>,
-    ) -> Result<Matrix<Self, T>> {
-        compose::monte_carlo_softmax(self, mean, cov, eps)
-    }
-
-    fn bridge_dirichlet<T: Scalar>(&self, mean: &Matrix<Self, T>, cov: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
-        compose::bridge_dirichlet(self, mean, cov)
-    }
-
-    fn categorical_weights<T: Scalar>(&self, probs: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
-        compose::categorical_weights(self, probs)
-    }
-
-    fn axpy<T: Scalar>(&self, y: &mut Matrix<Self, T>, alpha: T, x: &Matrix<Self, T>) -> Result<()> {
-        compose::binary(self, Kernel::Axpy, y, x, alpha)
-    }
-
-    fn hadamard<T: Scalar>(&self, y: &mut Matrix<Self, T>, x: &Matrix<Self, T>) -> Result<()> {
-        compose::binary(self, Kernel::Hadamard, y, x, T::zero())
-    }
-
-    fn add_row<T: Scalar>(&self, a: &mut Matrix<Self, T>, row: &Matrix<Self, T>) -> Result<()> {
-        compose::add_row(self, a, row)
-    }
-
-    fn add_diagonal<T: Scalar>(&self, a: &mut Matrix<Self, T>, value: T) -> Result<()> {
-        compose::add_diagonal(self, a, value)
-    }
-
-    fn max_abs<T: Scalar>(&self, a: &Matrix<Self, T>) -> Result<T> {
-        compose::max_abs(self, a)
-    }
-
-    fn feature_rows<T: Scalar>(
-        &self,
-        x: &Matrix<Self, T>,
-        start: usize,
-        count: usize,
-        augment: bool,
-    ) -> Result<Matrix<Self, T>> {
-        compose::feature_rows(self, x, start, count, augment)
     }
 }
 

@@ -1,21 +1,20 @@
-//! The [`Device`] trait: device-resident buffers, a small set of primitives, and the fused
-//! operations of the posteriors written once over them.
+//! The [`Device`] trait: device-resident buffers and a small set of primitives; the fused
+//! operations of the posteriors are in [`ops`], one file each.
 //!
-//! A backend implements the storage methods and the primitives; every other method is provided
-//! ([`provided`]) and a backend overrides one only where it has a faster kernel. The faer
-//! implementation in [`cpu`] is the reference every backend is tested against; the GPU runtimes
-//! keep each kernel family in one source file named after it (`kernels/<family>.cu`,
-//! `shaders/<family>.wgsl`), registered once in `src/device/registry.rs`.
+//! A backend implements the storage methods and the primitives, and names in [`Device::Ops`] the
+//! type that carries its fused operations: [`ops::Faer`] for the CPU, [`ops::Kernels`] for every
+//! GPU runtime. An operation's file holds its composition over the primitives (the trait's
+//! default), the faer override and the GPU composition, so one file shows every implementation
+//! of an operation. The faer implementation in [`cpu`] is the reference every backend is tested
+//! against; the GPU runtimes keep each kernel family in one source file named after it
+//! (`kernels/<family>.cu`, `shaders/<family>.wgsl`), registered once in
+//! `src/device/registry.rs`.
 //!
 //! | | methods |
 //! |---|---|
-//! | storage | [`Device::upload`], [`Device::download`], [`Device::zeros`], [`Device::copy`], [`Device::synchronize`] |
-//! | primitives | [`Device::gemm`], [`Device::weighted_syrk`], [`Device::kron_rows`], [`Device::kron_congruence`], [`Device::low_rank_update`], [`Device::cholesky`], [`Device::triangular_solve`], [`Device::predictive_covariance`], [`Device::axpy`], [`Device::hadamard`], [`Device::add_row`], [`Device::add_diagonal`], [`Device::max_abs`], [`Device::feature_rows`] |
-//! | provided | [`Device::ggn_accumulate`], [`Device::kron_products`], [`Device::spd_inverse`], [`Device::sherman_morrison_sequence`], [`Device::probit_softmax`], [`Device::monte_carlo_softmax`], [`Device::bridge_dirichlet`], [`Device::softmax_rows`], [`Device::categorical_weights`] |
-//!
-//! The GPU device overrides every provided method with kernel compositions except the blocked
-//! Sherman–Morrison; the CPU overrides the GGN accumulation, the Woodbury products, the SPD
-//! inverse and the Sherman–Morrison loop with fused faer code.
+//! | storage | [`Device::upload`], [`Device::download`], [`Device::zeros`], [`Device::copy`], [`Device::synchronize`], [`Device::add_host_gram`] |
+//! | primitives | [`Device::gemm`], [`Device::weighted_syrk`], [`Device::cholesky`], [`Device::triangular_solve`], [`Device::predictive_covariance`], [`Device::axpy`], [`Device::hadamard`], [`Device::add_row`], [`Device::add_diagonal`], [`Device::max_abs`], [`Device::feature_rows`] |
+//! | fused ([`ops`]) | [`ops::ggn_accumulate`], [`ops::kron_rows`], [`ops::kron_congruence`], [`ops::kron_products`], [`ops::low_rank_update`], [`ops::sherman_morrison_sequence`], [`ops::spd_inverse()`], [`ops::probit_softmax`], [`ops::monte_carlo_softmax`], [`ops::bridge_dirichlet`], [`ops::softmax_rows`], [`ops::categorical_weights`] |
 //!
 //! Matrices are dense and row-major; their shape travels with the buffer. Data moves between
 //! host and device only through [`Device::upload`] and [`Device::download`].
@@ -31,10 +30,9 @@ pub mod dispatch;
 #[cfg(any(feature = "wgpu", feature = "cuda", feature = "cuda-emu"))]
 pub(crate) mod gpu;
 pub mod launch;
-pub mod provided;
+pub mod ops;
 #[cfg(any(feature = "wgpu", feature = "cuda", feature = "cuda-emu"))]
 mod registry;
-pub(crate) mod sherman_morrison;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
@@ -78,7 +76,7 @@ pub enum OutputWeighting {
     Categorical,
 }
 
-/// The low-rank factor B whose products [`Device::kron_products`] forms without building B.
+/// The low-rank factor B whose products [`ops::kron_products`] forms without building B.
 pub enum LowRankFactor<'a, D: Device, T: Scalar> {
     /// Full GGN: column (j, c) of B is `S_j[:, c] ⊗ φ_j` with `S_j = diag(√p_j) − p_j √p_jᵀ`,
     /// so `B Bᵀ = Σ_j Λ_j ⊗ φ_j φ_jᵀ`. `probs` is m × K.
@@ -224,6 +222,13 @@ impl<D: Device, T: Scalar> Matrix<D, T> {
 pub trait Device: Clone + Send + Sync + 'static {
     /// Storage for `T` elements on this device.
     type Buffer<T: Scalar>: DeviceBuffer;
+    /// The implementations of the fused operations of [`ops`] on this device.
+    type Ops: ops::Ggn<Self>
+        + ops::Kron<Self>
+        + ops::Woodbury<Self>
+        + ops::SpdInverse<Self>
+        + ops::Links<Self>
+        + ops::Softmax<Self>;
 
     /// Human-readable name, e.g. `"cpu: faer, 2 threads"`.
     fn name(&self) -> String;
@@ -319,92 +324,10 @@ pub trait Device: Clone + Send + Sync + 'static {
         }
         Ok(())
     }
-    /// `Π ← Π + α·Σ_n (Rᵀ Λ_n R) ⊗ φ_n φ_nᵀ` with `Λ_n = diag(p_n) − p_n p_nᵀ`, Φ n × D, P n × K,
-    /// and R (K × K') the `basis` (`None` = I_K); Π is (K'·D) × (K'·D). Block (a, b) is
-    /// `Σ_k R_ka R_kb Φᵀ diag(p_k) Φ − Ã_aᵀ Ã_b` with `Ã_a = diag(Pr_a) Φ`, streamed over n.
-    fn ggn_accumulate<T: Scalar>(
-        &self,
-        precision: &mut Matrix<Self, T>,
-        phi: &Matrix<Self, T>,
-        probs: &Matrix<Self, T>,
-        basis: Option<&Matrix<Self, T>>,
-        alpha: T,
-    ) -> Result<()> {
-        provided::ggn_accumulate(self, precision, phi, probs, basis, alpha)
-    }
-    /// `Y = (R ⊗ I_D) X (Rᵀ ⊗ I_D) + c·(I_K − R Rᵀ) ⊗ I_D` for X (K'D × K'D) symmetric and
-    /// R (K × K'): lifts a matrix from the span of R back to all K classes, with `c` on the
-    /// orthogonal complement when R has orthonormal columns.
-    fn kron_congruence<T: Scalar>(
-        &self,
-        x: &Matrix<Self, T>,
-        basis: &Matrix<Self, T>,
-        complement: T,
-    ) -> Result<Matrix<Self, T>>;
-    /// The rows `s_r ⊗ φ_{⌊r/rank⌋}` for the (n·rank) × K' factors S and Φ (n × D): returns
-    /// (n·rank) × (K'·D). Each sample n owns `rank` consecutive factor rows, the columns of its
-    /// output factor S_n with `S_n S_nᵀ` its output curvature; the rows A then give the curvature
-    /// `Σ_n (S_n S_nᵀ) ⊗ φ_n φ_nᵀ = Aᵀ A` (empirical and Monte Carlo Fisher, regression).
-    fn kron_rows<T: Scalar>(
-        &self,
-        factors: &Matrix<Self, T>,
-        phi: &Matrix<Self, T>,
-        rank: usize,
-    ) -> Result<Matrix<Self, T>>;
-    /// The Woodbury products `(U, G) = (Σ B, Bᵀ Σ B)` for the factor B of `factor`,
-    /// without forming B. Σ is (K·D) × (K·D) for `Kronecker`, D × D for `Shared`; Φ is m × D.
-    fn kron_products<T: Scalar>(
-        &self,
-        sigma: &Matrix<Self, T>,
-        phi: &Matrix<Self, T>,
-        factor: LowRankFactor<'_, Self, T>,
-    ) -> Result<(Matrix<Self, T>, Matrix<Self, T>)> {
-        provided::kron_products(self, sigma, phi, factor)
-    }
-    /// `Σ ← Σ ± U C⁻¹ Uᵀ` where `c_chol` is the lower Cholesky factor L of `C = L Lᵀ`.
-    fn low_rank_update<T: Scalar>(
-        &self,
-        sigma: &mut Matrix<Self, T>,
-        u: &Matrix<Self, T>,
-        c_chol: &Matrix<Self, T>,
-        sign: Sign,
-    ) -> Result<()>;
-    /// The seed paper's per-sample loop for the `Shared` structure, over all m samples.
-    ///
-    /// For each j in order: `u = Σφ_j`, `s = φ_jᵀu`, `p = softmax(Wφ_j + b)`, `m_j` from
-    /// `weighting`, `Σ ← Σ − m_j u uᵀ / (1 + m_j s)`, `W ← W + γ (t_j − p)(u / (1 + m_j s))ᵀ`
-    /// (the last factor is Σφ_j after the update). Returns the m × 1 weights `m_j` used.
-    /// Fails with `NotPositiveDefinite { index: j }` when `1 + m_j s` is not positive and
-    /// finite; Σ and W are then partially updated, so callers work on copies.
-    ///
-    /// Provided: blocks of 64 samples, each two gemms, one weighted SYRK and one gemm on the
-    /// device around a b × b recursion on the host, exactly the sequential recursion (see
-    /// `src/device/sherman_morrison.rs`).
-    #[allow(clippy::too_many_arguments)]
-    fn sherman_morrison_sequence<T: Scalar>(
-        &self,
-        sigma: &mut Matrix<Self, T>,
-        head: &mut Matrix<Self, T>,
-        bias: Option<&Matrix<Self, T>>,
-        phi: &Matrix<Self, T>,
-        targets: &Matrix<Self, T>,
-        gamma: T,
-        weighting: OutputWeighting,
-    ) -> Result<Matrix<Self, T>> {
-        provided::sherman_morrison_sequence(self, sigma, head, bias, phi, targets, gamma, weighting)
-    }
     /// In-place lower Cholesky factor `A = L Lᵀ`; the strict upper triangle is zeroed.
     fn cholesky<T: Scalar>(&self, a: &mut Matrix<Self, T>) -> Result<()>;
     /// `B ← L⁻¹ B` (`Op::N`) or `B ← L⁻ᵀ B` (`Op::T`) for lower-triangular L.
     fn triangular_solve<T: Scalar>(&self, l: &Matrix<Self, T>, b: &mut Matrix<Self, T>, op: Op) -> Result<()>;
-    /// `A⁻¹` of a symmetric positive definite A by Cholesky, both triangles;
-    /// `NotPositiveDefinite { index }` at the first failing pivot.
-    ///
-    /// Provided: `L = chol(A)`, `X = L⁻¹` by [`Device::triangular_solve`] on the identity, and
-    /// `A⁻¹ = XᵀX` by [`Device::weighted_syrk`], so the result is exactly symmetric.
-    fn spd_inverse<T: Scalar>(&self, a: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
-        provided::spd_inverse(self, a)
-    }
     /// Logit covariances `Σ_f[n, k, l] = φ_nᵀ Σ_{kl} φ_n` for Σ (K·D) × (K·D) and Φ (n × D);
     /// returns n × K² (row n holds the K × K matrix row-major). K = 1 gives `φ_nᵀ Σ φ_n`.
     fn predictive_covariance<T: Scalar>(
@@ -412,45 +335,6 @@ pub trait Device: Clone + Send + Sync + 'static {
         sigma: &Matrix<Self, T>,
         phi: &Matrix<Self, T>,
     ) -> Result<Matrix<Self, T>>;
-    /// Row-wise stable softmax in place.
-    fn softmax_rows<T: Scalar>(&self, logits: &mut Matrix<Self, T>) -> Result<()> {
-        provided::softmax_rows(self, logits)
-    }
-    /// Mean-field probit: `p_nk = softmax_k(f_nk / √(1 + λ Σ_f[n,k,k]))`. `cov` is n × K²,
-    /// n × K for a diagonal Σ_f, or n × 1 for an isotropic `v_n I`.
-    fn probit_softmax<T: Scalar>(
-        &self,
-        mean: &Matrix<Self, T>,
-        cov: &Matrix<Self, T>,
-        lambda: T,
-    ) -> Result<Matrix<Self, T>> {
-        provided::probit_softmax(self, mean, cov, lambda)
-    }
-    /// Monte Carlo link: `p_n = (1/S) Σ_s softmax(f_n + L_n ε_s)` with `L_n L_nᵀ = Σ_f[n]`, a
-    /// Cholesky factor in which pivots that are not positive count as zero, so semidefinite
-    /// covariances (rank K − 1 is usual for softmax) are fine. `cov` as in
-    /// [`Device::probit_softmax`]; `eps` is S × K.
-    fn monte_carlo_softmax<T: Scalar>(
-        &self,
-        mean: &Matrix<Self, T>,
-        cov: &Matrix<Self, T>,
-        eps: &Matrix<Self, T>,
-    ) -> Result<Matrix<Self, T>> {
-        provided::monte_carlo_softmax(self, mean, cov, eps)
-    }
-    /// Laplace bridge to a Dirichlet (Hobbhahn et al. 2022), normalised as in their paper and in
-    /// laplace-torch's `bridge_norm`, returning the Dirichlet mean `α / Σα` per row. Per row:
-    /// zero-mean correction `f ← f − s (1ᵀf)/S`, `Σ ← Σ − s sᵀ/S` (`s = Σ 1`, `S = 1ᵀΣ1`); with
-    /// `d = diag Σ` and `c = mean(d)/√(K/2)`: `f ← f/√c`, `d ← d/c`; then
-    /// `α_k = (1 − 2/K + e^{f_k} Σ_l e^{−f_l} / K²) / d_k`. Where the corrected variance vanishes
-    /// the bridge is undefined and the row is `softmax(f)`. `cov` as in [`Device::probit_softmax`].
-    fn bridge_dirichlet<T: Scalar>(&self, mean: &Matrix<Self, T>, cov: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
-        provided::bridge_dirichlet(self, mean, cov)
-    }
-    /// `m_n = p_max,n (1 − p_max,n)` for each row of `probs`; returns n × 1.
-    fn categorical_weights<T: Scalar>(&self, probs: &Matrix<Self, T>) -> Result<Matrix<Self, T>> {
-        provided::categorical_weights(self, probs)
-    }
     /// `Y ← Y + α X`, elementwise, same shapes.
     fn axpy<T: Scalar>(&self, y: &mut Matrix<Self, T>, alpha: T, x: &Matrix<Self, T>) -> Result<()>;
     /// `Y ← Y ∘ X`, the elementwise product, same shapes.
@@ -531,7 +415,7 @@ pub(crate) fn cov_layout<D: Device, T: Scalar>(mean: &Matrix<D, T>, cov: &Matrix
     }
 }
 
-/// The shapes of a [`Device::sherman_morrison_sequence`] call, `(m, d, k)`: Φ m × d, Σ d × d,
+/// The shapes of a [`ops::sherman_morrison_sequence`] call, `(m, d, k)`: Φ m × d, Σ d × d,
 /// W k × d, targets m × k, bias 1 × k.
 pub(crate) fn sherman_morrison_shapes<D: Device, T: Scalar>(
     sigma: &Matrix<D, T>,
@@ -563,7 +447,7 @@ pub(crate) fn check_upload(len: usize, rows: usize, cols: usize) -> Result<()> {
     Ok(())
 }
 
-/// The shapes of a [`Device::ggn_accumulate`] call, `(n, d, k, k', P)`: Φ n × D, probabilities
+/// The shapes of a [`ops::ggn_accumulate`] call, `(n, d, k, k', P)`: Φ n × D, probabilities
 /// n × K, basis K × K' (K' = K without one), precision P × P with P = K'·D.
 pub(crate) fn ggn_shapes<D: Device, T: Scalar>(
     precision: &Matrix<D, T>,
@@ -583,7 +467,7 @@ pub(crate) fn ggn_shapes<D: Device, T: Scalar>(
     Ok((n, d, k, kr, p))
 }
 
-/// The shapes of a [`Device::kron_congruence`] call, `(K, K', D)`: X (K'·D)², basis K × K'.
+/// The shapes of a [`ops::kron_congruence`] call, `(K, K', D)`: X (K'·D)², basis K × K'.
 pub(crate) fn congruence_shapes<D: Device, T: Scalar>(
     x: &Matrix<D, T>,
     basis: &Matrix<D, T>,
@@ -596,7 +480,7 @@ pub(crate) fn congruence_shapes<D: Device, T: Scalar>(
     Ok((k, kr, n_red / kr))
 }
 
-/// The shapes of a [`Device::low_rank_update`] call, `(n, r)`: Σ n × n, U n × r, L r × r.
+/// The shapes of a [`ops::low_rank_update`] call, `(n, r)`: Σ n × n, U n × r, L r × r.
 pub(crate) fn low_rank_shapes<D: Device, T: Scalar>(
     sigma: &Matrix<D, T>,
     u: &Matrix<D, T>,

@@ -2,6 +2,7 @@
 //! "retrain" baseline every update is compared against.
 
 use super::{logits, positive};
+use crate::device::ops;
 use crate::device::{Device, Op};
 use crate::error::{Error, Result};
 use crate::host::{HostMatrix, Label, check_features, check_labels, feature_rows};
@@ -233,10 +234,10 @@ pub fn fit_head<D: Device, T: Scalar, L: Label>(
         let cast = |v: &[f64]| v.iter().map(|&x| T::from_f64(x)).collect::<Vec<T>>();
         let head = device.upload(&cast(w), classes, da)?;
         let mut probs = logits(device, &phi, &head, None)?;
-        device.softmax_rows(&mut probs)?;
+        ops::softmax_rows(device, &mut probs)?;
         let mut hessian = device.zeros(dim, dim)?;
         device.add_diagonal(&mut hessian, T::from_f64(tau))?;
-        device.ggn_accumulate(&mut hessian, &phi, &probs, None, T::one())?;
+        ops::ggn_accumulate(device, &mut hessian, &phi, &probs, None, T::one())?;
         device.cholesky(&mut hessian)?;
         let mut x = device.upload(&cast(g), dim, 1)?;
         device.triangular_solve(&hessian, &mut x, Op::N)?;

@@ -3,6 +3,7 @@
 //! the closed forms the structures reduce it to.
 
 use super::{Curvature, Likelihood, logits};
+use crate::device::ops;
 use crate::device::{Device, Matrix, Op};
 use crate::error::Result;
 use crate::random::SplitMix64;
@@ -317,7 +318,7 @@ impl<D: Device, T: Scalar> Model<'_, D, T> {
     pub fn outputs(&self, phi: &Matrix<D, T>, head: &Matrix<D, T>) -> Result<Matrix<D, T>> {
         let mut f = logits(self.device, phi, head, self.fixed_bias)?;
         if self.is_classification() {
-            self.device.softmax_rows(&mut f)?;
+            ops::softmax_rows(self.device, &mut f)?;
         }
         Ok(f)
     }

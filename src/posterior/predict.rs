@@ -1,5 +1,6 @@
 //! [`Posterior::predict`]: the predictive distribution at new inputs.
 
+use crate::device::ops;
 use std::sync::Arc;
 
 use super::Features;
@@ -34,7 +35,7 @@ pub enum Link {
         seed: u64,
     },
     /// The normalised Laplace bridge to a Dirichlet (Hobbhahn et al. 2022), its mean
-    /// `α / Σα`; see [`Device::bridge_dirichlet`](crate::Device::bridge_dirichlet).
+    /// `α / Σα`; see [`ops::bridge_dirichlet`].
     Bridge,
     /// Plain `softmax(f)`, ignoring the covariance.
     None,
@@ -325,14 +326,14 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let link_of = |mean: &Matrix<D, T>, cov: &Matrix<D, T>| -> Result<Matrix<D, T>> {
             Ok(match (link, &eps) {
                 _ if self.is_regression() => device.copy(mean)?,
-                (Link::Probit { lambda }, _) => device.probit_softmax(mean, cov, T::from_f64(lambda))?,
+                (Link::Probit { lambda }, _) => ops::probit_softmax(device, mean, cov, T::from_f64(lambda))?,
                 (Link::CentredProbit { .. }, _) => unreachable!("the centred probit reads centred variances"),
-                (Link::MonteCarlo { .. }, Some(eps)) => device.monte_carlo_softmax(mean, cov, eps)?,
+                (Link::MonteCarlo { .. }, Some(eps)) => ops::monte_carlo_softmax(device, mean, cov, eps)?,
                 (Link::MonteCarlo { .. }, None) => unreachable!("the draws are made for every Monte Carlo link"),
-                (Link::Bridge, _) => device.bridge_dirichlet(mean, cov)?,
+                (Link::Bridge, _) => ops::bridge_dirichlet(device, mean, cov)?,
                 (Link::None, _) => {
                     let mut p = device.copy(mean)?;
-                    device.softmax_rows(&mut p)?;
+                    ops::softmax_rows(device, &mut p)?;
                     p
                 }
             })
@@ -341,7 +342,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             _ if self.is_regression() => link_of(&mean, &cov)?,
             (Link::CentredProbit { lambda }, _) => {
                 let variances = logit_variances(device, link_cov, basis, self.classes, true)?;
-                device.probit_softmax(link_mean, &variances, T::from_f64(lambda))?
+                ops::probit_softmax(device, link_mean, &variances, T::from_f64(lambda))?
             }
             (Link::Probit { .. }, Some(_)) => {
                 let variances = state.logit_variances(device, &phi, self.classes)?;

@@ -3,6 +3,7 @@
 //! Instantiated per backend by `complete_suite!`.
 
 use super::*;
+use laplace_update::device::ops;
 use laplace_update::io::{load_accumulator, save_accumulator};
 use laplace_update::*;
 
@@ -400,10 +401,10 @@ pub fn check_structures<D: Device, T: Scalar>(dev: &D) {
                             .collect();
                         let eps = dev.upload(&eps, samples, pb.k).unwrap();
                         for (link, want) in [
-                            (Link::Bridge, dev.bridge_dirichlet(&mean, &cov).unwrap()),
+                            (Link::Bridge, ops::bridge_dirichlet(dev, &mean, &cov).unwrap()),
                             (
                                 Link::MonteCarlo { samples, seed },
-                                dev.monte_carlo_softmax(&mean, &cov, &eps).unwrap(),
+                                ops::monte_carlo_softmax(dev, &mean, &cov, &eps).unwrap(),
                             ),
                         ] {
                             let got = post.predict(HostMatrix::new(&x, 3, pb.d).unwrap(), link).unwrap();

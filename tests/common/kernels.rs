@@ -2,6 +2,7 @@
 //! backend and dtype. Instantiated per backend by `kernel_suite!`.
 
 use super::*;
+use laplace_update::device::ops;
 use laplace_update::*;
 
 /// Sizes that straddle tile and vector widths.
@@ -166,14 +167,14 @@ pub fn check_ggn_accumulate<D: Device, T: Scalar>(dev: &D) {
         for i in 0..n {
             want = want.add(&ggn(phi.row(i), p.row(i)), 1.5);
         }
-        // The device's method, and the provided composition it may override.
+        // The device's implementation, and the composition over the primitives it may override.
         for provided in [false, true] {
             let mut prec = up::<D, T>(dev, &base);
             let (x, pr, alpha) = (up(dev, &phi), up(dev, &p), T::from_f64(1.5));
             if provided {
-                laplace_update::device::provided::ggn_accumulate(dev, &mut prec, &x, &pr, None, alpha)
+                <ops::Composed as ops::Ggn<D>>::ggn_accumulate(dev, &mut prec, &x, &pr, None, alpha)
             } else {
-                dev.ggn_accumulate(&mut prec, &x, &pr, None, alpha)
+                ops::ggn_accumulate(dev, &mut prec, &x, &pr, None, alpha)
             }
             .unwrap();
             let e = rel_err(&down(dev, &prec), &want.a);
@@ -227,9 +228,9 @@ pub fn check_ggn_basis_and_congruence<D: Device, T: Scalar>(dev: &D) {
             let mut prec = up::<D, T>(dev, &base);
             let (x, pr, alpha) = (up(dev, &phi), up(dev, &p), T::from_f64(0.5));
             if provided {
-                laplace_update::device::provided::ggn_accumulate(dev, &mut prec, &x, &pr, Some(&rd), alpha)
+                <ops::Composed as ops::Ggn<D>>::ggn_accumulate(dev, &mut prec, &x, &pr, Some(&rd), alpha)
             } else {
-                dev.ggn_accumulate(&mut prec, &x, &pr, Some(&rd), alpha)
+                ops::ggn_accumulate(dev, &mut prec, &x, &pr, Some(&rd), alpha)
             }
             .unwrap();
             let e = rel_err(&down(dev, &prec), &want.a);
@@ -246,7 +247,7 @@ pub fn check_ggn_basis_and_congruence<D: Device, T: Scalar>(dev: &D) {
             .mul(&x)
             .mul(&kron(&r.t(), &eye_d))
             .add(&kron(&Dense::identity(k).add(&r.mul(&r.t()), -1.0), &eye_d), c);
-        let y = dev.kron_congruence(&up::<D, T>(dev, &x), &rd, T::from_f64(c)).unwrap();
+        let y = ops::kron_congruence(dev, &up::<D, T>(dev, &x), &rd, T::from_f64(c)).unwrap();
         assert_eq!(y.shape(), (k * d, k * d));
         let e = rel_err(&down(dev, &y), &want.a);
         assert!(
@@ -292,9 +293,9 @@ pub fn check_kron_products<D: Device, T: Scalar>(dev: &D) {
             let (s, x) = (up(dev, &sigma), up(dev, &phi));
             let factor = LowRankFactor::Kronecker { probs: &pd };
             let (u, g) = if provided {
-                laplace_update::device::provided::kron_products(dev, &s, &x, factor)
+                <ops::Composed as ops::Kron<D>>::kron_products(dev, &s, &x, factor)
             } else {
-                dev.kron_products(&s, &x, factor)
+                ops::kron_products(dev, &s, &x, factor)
             }
             .unwrap();
             assert_eq!((u.shape(), g.shape()), ((k * d, m * k), (m * k, m * k)));
@@ -325,9 +326,9 @@ pub fn check_kron_products<D: Device, T: Scalar>(dev: &D) {
             let (s, x) = (up(dev, &sigma), up(dev, &phi));
             let factor = LowRankFactor::Shared { weights: Some(&wd) };
             let (u, g) = if provided {
-                laplace_update::device::provided::kron_products(dev, &s, &x, factor)
+                <ops::Composed as ops::Kron<D>>::kron_products(dev, &s, &x, factor)
             } else {
-                dev.kron_products(&s, &x, factor)
+                ops::kron_products(dev, &s, &x, factor)
             }
             .unwrap();
             let e = rel_err(&down(dev, &u), &sigma.mul(&b).a);
@@ -371,9 +372,9 @@ pub fn check_cholesky_family<D: Device, T: Scalar>(dev: &D) {
         for provided in [false, true] {
             let a_dev = up::<D, T>(dev, &a);
             let inv = if provided {
-                laplace_update::device::provided::spd_inverse(dev, &a_dev)
+                <ops::Composed as ops::SpdInverse<D>>::spd_inverse(dev, &a_dev)
             } else {
-                dev.spd_inverse(&a_dev)
+                ops::spd_inverse(dev, &a_dev)
             }
             .unwrap();
             let e = rel_err(&down(dev, &inv), &a.inverse().a);
@@ -386,7 +387,7 @@ pub fn check_cholesky_family<D: Device, T: Scalar>(dev: &D) {
         &Dense::from(3, 3, vec![4.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0]),
     );
     assert!(matches!(
-        dev.spd_inverse(&bad),
+        ops::spd_inverse(dev, &bad),
         Err(Error::NotPositiveDefinite { index: 1 })
     ));
     assert_eq!(dev.cholesky(&mut bad), Err(Error::NotPositiveDefinite { index: 1 }));
@@ -408,7 +409,7 @@ pub fn check_low_rank_update<D: Device, T: Scalar>(dev: &D) {
             let corr = u.mul(&c.inverse()).mul(&u.t());
             for (sign, s) in [(Sign::Minus, -1.0), (Sign::Plus, 1.0)] {
                 let mut sg = up::<D, T>(dev, &sigma);
-                dev.low_rank_update(&mut sg, &up(dev, &u), &l, sign).unwrap();
+                ops::low_rank_update(dev, &mut sg, &up(dev, &u), &l, sign).unwrap();
                 let e = rel_err(&down(dev, &sg), &sigma.add(&corr, s).a);
                 assert!(e < tol::<T>(n, 20.0), "low_rank_update n={n} r={r} {sign:?}: err {e}");
             }
@@ -454,8 +455,7 @@ pub fn check_predictive<D: Device, T: Scalar>(dev: &D) {
     for (cov, iso) in [(&cov_iso, true), (&full, false)] {
         let got = down(
             dev,
-            &dev.probit_softmax(&up(dev, &mean), &up(dev, cov), T::from_f64(lambda))
-                .unwrap(),
+            &ops::probit_softmax(dev, &up(dev, &mean), &up(dev, cov), T::from_f64(lambda)).unwrap(),
         );
         for i in 0..3 {
             let scaled: Vec<f64> = (0..4)
@@ -472,14 +472,14 @@ pub fn check_predictive<D: Device, T: Scalar>(dev: &D) {
         }
     }
     let mut logits = up::<D, T>(dev, &mean);
-    dev.softmax_rows(&mut logits).unwrap();
+    ops::softmax_rows(dev, &mut logits).unwrap();
     let got = down(dev, &logits);
     for i in 0..3 {
         let e = rel_err(&got[i * 4..(i + 1) * 4], &softmax(mean.row(i)));
         assert!(e < tol::<T>(4, 8.0), "softmax row {i}: err {e}");
     }
     let p = probs(&mut Rng::new(8), 5, 3);
-    let w = down(dev, &dev.categorical_weights(&up::<D, T>(dev, &p)).unwrap());
+    let w = down(dev, &ops::categorical_weights(dev, &up::<D, T>(dev, &p)).unwrap());
     let want: Vec<f64> = (0..5).map(|i| shared_weight(p.row(i), true)).collect();
     assert!(rel_err(&w, &want) < tol::<T>(3, 4.0));
     // Isotropic (n × 1) and diagonal (n × K) covariances against the same draws through
@@ -501,12 +501,11 @@ pub fn check_predictive<D: Device, T: Scalar>(dev: &D) {
     for (compact, dense, name) in [(&iso, &iso_dense, "isotropic"), (&diag, &diag_dense, "diagonal")] {
         let got = down(
             dev,
-            &dev.monte_carlo_softmax(&up(dev, &mean), &up(dev, compact), &eps)
-                .unwrap(),
+            &ops::monte_carlo_softmax(dev, &up(dev, &mean), &up(dev, compact), &eps).unwrap(),
         );
         let via_dense = down(
             dev,
-            &dev.monte_carlo_softmax(&up(dev, &mean), &up(dev, dense), &eps).unwrap(),
+            &ops::monte_carlo_softmax(dev, &up(dev, &mean), &up(dev, dense), &eps).unwrap(),
         );
         for i in 0..n {
             let mut want = vec![0.0; k];
@@ -530,7 +529,10 @@ pub fn check_predictive<D: Device, T: Scalar>(dev: &D) {
     // Zero covariance: Monte Carlo is the plain softmax whatever the draws.
     let eps = up::<D, T>(dev, &random(&mut Rng::new(9), 50, 4));
     let zero = up::<D, T>(dev, &Dense::zeros(3, 1));
-    let mc = down(dev, &dev.monte_carlo_softmax(&up(dev, &mean), &zero, &eps).unwrap());
+    let mc = down(
+        dev,
+        &ops::monte_carlo_softmax(dev, &up(dev, &mean), &zero, &eps).unwrap(),
+    );
     for i in 0..3 {
         let e = rel_err(&mc[i * 4..(i + 1) * 4], &softmax(mean.row(i)));
         assert!(
@@ -574,11 +576,11 @@ pub fn check_bridge<D: Device, T: Scalar>(dev: &D) {
         }
         let full = down(
             dev,
-            &dev.bridge_dirichlet(&up::<D, T>(dev, &mean), &up(dev, &covs)).unwrap(),
+            &ops::bridge_dirichlet(dev, &up::<D, T>(dev, &mean), &up(dev, &covs)).unwrap(),
         );
         let isotropic = down(
             dev,
-            &dev.bridge_dirichlet(&up::<D, T>(dev, &mean), &up(dev, &iso)).unwrap(),
+            &ops::bridge_dirichlet(dev, &up::<D, T>(dev, &mean), &up(dev, &iso)).unwrap(),
         );
         for i in 0..n {
             let c = Dense::from(k, k, covs.a[i * k * k..(i + 1) * k * k].to_vec());
@@ -594,7 +596,7 @@ pub fn check_bridge<D: Device, T: Scalar>(dev: &D) {
     let cov = Dense::from(2, 1, vec![2.0, 0.0]);
     let p = down(
         dev,
-        &dev.bridge_dirichlet(&up::<D, T>(dev, &mean), &up(dev, &cov)).unwrap(),
+        &ops::bridge_dirichlet(dev, &up::<D, T>(dev, &mean), &up(dev, &cov)).unwrap(),
     );
     assert!(p.iter().all(|x| x.is_finite()) && (p[..3].iter().map(|x| x.as_f64()).sum::<f64>() - 1.0).abs() < 1e-5);
     assert!(rel_err(&p[3..], &softmax(mean.row(1))) < tol::<T>(3, 8.0));
@@ -702,8 +704,8 @@ pub fn check_sherman_morrison<D: Device, T: Scalar>(dev: &D) {
         } else {
             OutputWeighting::Gaussian
         };
-        // The device's method, and the provided blocked routine it may override.
-        for provided in [false, true] {
+        // The one blocked recursion, on every backend.
+        {
             let mut sg = up::<D, T>(dev, &sigma0);
             let mut hd = up::<D, T>(dev, &head0);
             let bias = up::<D, T>(dev, &bias0);
@@ -713,14 +715,9 @@ pub fn check_sherman_morrison<D: Device, T: Scalar>(dev: &D) {
                 up(dev, &targets),
                 T::from_f64(gamma),
             );
-            let got_used = if provided {
-                laplace_update::device::provided::sherman_morrison_sequence(
-                    dev, &mut sg, &mut hd, args.0, &args.1, &args.2, args.3, weighting,
-                )
-            } else {
-                dev.sherman_morrison_sequence(&mut sg, &mut hd, args.0, &args.1, &args.2, args.3, weighting)
-            }
-            .unwrap();
+            let got_used =
+                ops::sherman_morrison_sequence(dev, &mut sg, &mut hd, args.0, &args.1, &args.2, args.3, weighting)
+                    .unwrap();
             let e = rel_err(&down(dev, &sg), &sigma.a);
             assert!(
                 e < tol::<T>(m * d, 8.0),
@@ -744,7 +741,8 @@ pub fn check_sherman_morrison<D: Device, T: Scalar>(dev: &D) {
     let mut hd = up::<D, T>(dev, &Dense::zeros(2, d));
     let phi = up::<D, T>(dev, &Dense::from(2, d, vec![0.0, 0.0, 0.0, 2.0, 0.0, 0.0]));
     let targets = up::<D, T>(dev, &Dense::from(2, 2, vec![1.0, 0.0, 0.0, 1.0]));
-    let result = dev.sherman_morrison_sequence(
+    let result = ops::sherman_morrison_sequence(
+        dev,
         &mut sg,
         &mut hd,
         None,

@@ -10,6 +10,7 @@ use super::{
     dense_curvature_eigenvalues, dense_drift, dense_inverse, dense_log_det, dense_spectrum, host_curvature,
     woodbury_factor, woodbury_rows,
 };
+use crate::device::ops;
 use crate::device::{Device, LowRankFactor, Matrix, Op, Sign};
 use crate::error::Result;
 use crate::numerics::TAU_RANGE;
@@ -56,7 +57,7 @@ fn add_term<D: Device, T: Scalar>(
     basis: Option<&Matrix<D, T>>,
 ) -> Result<()> {
     match term {
-        CurvatureTerm::Softmax { probs } => device.ggn_accumulate(target, phi, probs, basis, alpha),
+        CurvatureTerm::Softmax { probs } => ops::ggn_accumulate(device, target, phi, probs, basis, alpha),
         CurvatureTerm::Rows { rows } => device.weighted_syrk(target, T::one(), rows, None, alpha),
         _ => Err(crate::error::Error::Unsupported(
             "a non-Full curvature term for Full".into(),
@@ -111,7 +112,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         let (values, width) = reduce_factors(values, k, basis);
         let s = device.upload_owned(from_f64s::<T>(&values), n * rank, width)?;
         Ok(CurvatureTerm::Rows {
-            rows: device.kron_rows(&s, &batch.phi, rank)?,
+            rows: ops::kron_rows(device, &s, &batch.phi, rank)?,
         })
     }
 
@@ -146,8 +147,8 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         Ok(Box::new(match basis {
             Some(r) => Full {
                 pair: StoredPair {
-                    precision: device.kron_congruence(&precision, r, tau)?,
-                    covariance: device.kron_congruence(&covariance, r, T::one() / tau)?,
+                    precision: ops::kron_congruence(device, &precision, r, tau)?,
+                    covariance: ops::kron_congruence(device, &covariance, r, T::one() / tau)?,
                 },
             },
             None => Full {
@@ -169,7 +170,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         if 2 * woodbury_rank(phi, term) < sigma.rows() {
             let products = match term {
                 CurvatureTerm::Softmax { probs } => {
-                    device.kron_products(sigma, phi, LowRankFactor::Kronecker { probs })?
+                    ops::kron_products(device, sigma, phi, LowRankFactor::Kronecker { probs })?
                 }
                 CurvatureTerm::Rows { rows } => {
                     let mut u = device.zeros(sigma.rows(), rows.rows())?;
@@ -221,7 +222,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         term: &CurvatureTerm<D, T>,
         sign: Sign,
     ) -> Result<()> {
-        device.low_rank_update(&mut self.pair.covariance, &woodbury.u, &woodbury.c_chol, sign)?;
+        ops::low_rank_update(device, &mut self.pair.covariance, &woodbury.u, &woodbury.c_chol, sign)?;
         let alpha = if sign == Sign::Minus { T::one() } else { -T::one() };
         add_term(device, &mut self.pair.precision, phi, term, alpha, None)
     }
@@ -295,7 +296,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         for _ in 0..500 {
             let mut p = curvature.clone();
             (0..n).for_each(|i| p[i * n + i] += T::from_f64(tau[i / da]));
-            let sigma = device.download(&device.spd_inverse(&device.upload_owned(p, n, n)?)?)?;
+            let sigma = device.download(&ops::spd_inverse(device, &device.upload_owned(p, n, n)?)?)?;
             let mut change: f64 = 0.0;
             for c in 0..k {
                 let trace: f64 = (c * da..(c + 1) * da).map(|i| sigma[i * n + i].as_f64()).sum();

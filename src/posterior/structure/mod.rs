@@ -17,6 +17,7 @@ pub(crate) use kron::KronFactors;
 
 use super::model::{Batch, Model};
 use super::{Likelihood, Structure};
+use crate::device::ops;
 use crate::device::{Device, Matrix, Op, OutputWeighting, Sign};
 use crate::error::{Error, Result};
 use crate::scalar::Scalar;
@@ -165,7 +166,13 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
         sign: Sign,
     ) -> Result<Box<dyn CovarianceStructure<D, T>>> {
         let mut next = self.copy(device)?;
-        device.low_rank_update(&mut next.pair_mut().covariance, &woodbury.u, &woodbury.c_chol, sign)?;
+        ops::low_rank_update(
+            device,
+            &mut next.pair_mut().covariance,
+            &woodbury.u,
+            &woodbury.c_chol,
+            sign,
+        )?;
         Ok(next)
     }
 
@@ -276,7 +283,8 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
             return Ok(false);
         };
         let pair = self.pair_mut();
-        let used = device.sherman_morrison_sequence(
+        let used = ops::sherman_morrison_sequence(
+            device,
             &mut pair.covariance,
             head,
             fixed_bias,
@@ -869,7 +877,7 @@ fn elementwise_drift<D: Device, T: Scalar>(
 
 /// The checked Cholesky inverse of a dense SPD precision.
 fn dense_inverse<D: Device, T: Scalar>(device: &D, precision: &Matrix<D, T>) -> Result<Matrix<D, T>> {
-    let covariance = device.spd_inverse(precision)?;
+    let covariance = ops::spd_inverse(device, precision)?;
     check_inverse(device, precision, &covariance)?;
     Ok(covariance)
 }

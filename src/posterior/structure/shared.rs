@@ -10,6 +10,7 @@ use super::{
     dense_curvature_eigenvalues, dense_drift, dense_inverse, dense_log_det, dense_spectrum, host_curvature,
     woodbury_factor, woodbury_rows,
 };
+use crate::device::ops;
 use crate::device::{Device, LowRankFactor, Matrix, Op, OutputWeighting, Sign};
 use crate::error::{Error, Result};
 use crate::numerics::from_f64s;
@@ -77,7 +78,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Shared<D, T> {
         let device = model.device;
         if model.softmax_ggn() {
             return Ok(CurvatureTerm::Weighted {
-                weights: Some(device.categorical_weights(outputs)?),
+                weights: Some(ops::categorical_weights(device, outputs)?),
             });
         }
         let mut storage = Default::default();
@@ -130,7 +131,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Shared<D, T> {
     ) -> Result<CovarianceStep<D, T>> {
         let weights = weights(term)?;
         if 2 * phi.rows() < self.pair.covariance.rows() {
-            let products = device.kron_products(&self.pair.covariance, phi, LowRankFactor::Shared { weights })?;
+            let products = ops::kron_products(device, &self.pair.covariance, phi, LowRankFactor::Shared { weights })?;
             return Ok(CovarianceStep::Woodbury(woodbury_factor(
                 device, products, sign, scale,
             )?));
@@ -153,7 +154,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Shared<D, T> {
         term: &CurvatureTerm<D, T>,
         sign: Sign,
     ) -> Result<()> {
-        device.low_rank_update(&mut self.pair.covariance, &woodbury.u, &woodbury.c_chol, sign)?;
+        ops::low_rank_update(device, &mut self.pair.covariance, &woodbury.u, &woodbury.c_chol, sign)?;
         let alpha = if sign == Sign::Minus { T::one() } else { -T::one() };
         device.weighted_syrk(&mut self.pair.precision, T::one(), phi, weights(term)?, alpha)
     }

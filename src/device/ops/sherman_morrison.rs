@@ -1,5 +1,9 @@
-//! The sequential Sherman–Morrison recursion of the Shared structure, blocked, written once over
-//! the [`Device`] primitives (gemm, weighted SYRK, upload, download).
+//! The sequential Sherman–Morrison recursion of the Shared structure, blocked: one implementation
+//! for every backend, written over the [`Device`] primitives (gemm, weighted SYRK, upload,
+//! download). Its precision is the same everywhere: the recursion's scalars (`P`, `c_j`, `d_j`,
+//! the logits) in f64 on the host, Σ and W updated in the posterior's element type by the
+//! backend's gemm and SYRK. BAIT's rank-one downdates of a small host inverse (`HostInverse`)
+//! live here too, in f64.
 //!
 //! For samples j = 1..m in order, with `u_j = Σ_{j−1} φ_j`, `s_j = φ_jᵀ u_j`, `p_j =
 //! softmax(W_{j−1} φ_j + b)`, the weight `m_j` and `d_j = 1 + m_j s_j`:
@@ -15,7 +19,7 @@
 //! `W ← W + (Rᵀ diag(1/d) M) Y` (one gemm). Exactly the sequential recursion, in two gemms, one
 //! SYRK and one gemm per block on the device, plus one small download and two small uploads.
 
-use super::{Device, Matrix, Op, OutputWeighting, sherman_morrison_shapes};
+use crate::device::{Device, Matrix, Op, OutputWeighting, sherman_morrison_shapes};
 use crate::error::{Error, Result};
 use crate::numerics::dot;
 use crate::scalar::Scalar;
@@ -23,13 +27,15 @@ use crate::scalar::Scalar;
 /// Samples per block.
 pub(crate) const BLOCK: usize = 64;
 
-/// [`Device::sherman_morrison_sequence`] by blocks of 64 samples, on any device: the provided
-/// method, callable directly where a backend overrides it.
+/// The sequential rule over the samples of Φ in order (see the module notes), by blocks of 64
+/// samples: Σ and the head (with the optional bias) are updated in place, and the returned
+/// m × 1 matrix holds each sample's curvature weight `m_j`. `targets` are one-hot rows (or
+/// regression targets) and `weighting` chooses `m_j`.
 ///
 /// Errors: `ShapeMismatch`; `NotPositiveDefinite { index: j }` at the first `1 + m_j s_j` that
 /// is not positive and finite (Σ and W then hold the blocks before j's).
 #[allow(clippy::too_many_arguments)]
-pub fn blocked<D: Device, T: Scalar>(
+pub fn sherman_morrison_sequence<D: Device, T: Scalar>(
     dev: &D,
     sigma: &mut Matrix<D, T>,
     head: &mut Matrix<D, T>,
