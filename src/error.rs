@@ -109,8 +109,8 @@ pub enum Error {
     /// An operation needs more memory than is available, found before anything was allocated.
     #[error(
         "{what} needs {}; {} is available (bounded by {bound}){advice}",
-        crate::memory::format_bytes(*needed),
-        crate::memory::format_bytes(*available)
+        format_bytes(*needed),
+        format_bytes(*available)
     )]
     OutOfMemory {
         /// Peak bytes the operation would allocate.
@@ -180,5 +180,21 @@ fn position(index: usize, columns: usize) -> String {
     match columns {
         0 | 1 => format!("index {index}"),
         c => format!("row {}, column {} (flat index {index})", index / c, index % c),
+    }
+}
+
+/// `bytes` for people: "1.9 GB", "12 MB", "123 KB", "512 B" (powers of 1000).
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} B"),
+        _ if value < 10.0 => format!("{value:.1} {}", UNITS[unit]),
+        _ => format!("{value:.0} {}", UNITS[unit]),
     }
 }

@@ -23,6 +23,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use crate::error::format_bytes;
 use crate::error::{Error, Result};
 
 /// The user's cap on this process's memory, in bytes; `u64::MAX` when none is set.
@@ -141,22 +142,6 @@ fn fits(
             advice: advice(a.bytes),
         }),
         _ => Ok(()),
-    }
-}
-
-/// `bytes` for people: "1.9 GB", "12 MB", "123 KB", "512 B" (powers of 1000).
-pub fn format_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit + 1 < UNITS.len() {
-        value /= 1000.0;
-        unit += 1;
-    }
-    match unit {
-        0 => format!("{bytes} B"),
-        _ if value < 10.0 => format!("{value:.1} {}", UNITS[unit]),
-        _ => format!("{value:.0} {}", UNITS[unit]),
     }
 }
 

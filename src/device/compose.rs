@@ -1,10 +1,11 @@
-//! The kernel compositions of [`GpuDevice`], shared by every GPU runtime.
+//! [`GpuDevice`]'s storage and primitives, shared by every GPU runtime, and the launch helpers
+//! the fused operations of `src/device/ops/` record with.
 //!
 //! Every runtime ships the same kernel families (`shaders/<family>.wgsl`, `kernels/<family>.cu`)
-//! with the same parameters, so every [`Device`](crate::Device) method is written here once, as
-//! a sequence of launches: the Full-GGN accumulation is the gemm kernel weighted per block, the
-//! Cholesky factorisation is diagonal block, panel solve and gemm trailing update, and so on.
-//! A runtime supplies allocations, a [`Record`] that launches kernels, and readback.
+//! with the same parameters, so every [`Device`](crate::Device) primitive is written here once, as
+//! a sequence of launches: the Cholesky factorisation is diagonal block, panel solve and gemm
+//! trailing update, and so on. A runtime supplies allocations, a [`Record`] that launches
+//! kernels, and readback.
 
 use crate::device::gpu::{Args, GpuBuffer, GpuDevice, GpuMatrix, Grid, Kernel, Kernels, Record, Runtime, raw};
 use crate::device::launch::{GridPart, gemm_launches};

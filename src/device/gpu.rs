@@ -1,8 +1,8 @@
 //! [`GpuDevice`]: the one GPU [`Device`], written once over a small [`Runtime`] trait.
 //!
-//! A runtime allocates, copies and launches; everything else (every kernel composition in
-//! `src/device/compose.rs`, the launch plans of [`launch`](super::launch), the 32-bit
-//! indexing limit, shape checks) lives here and is shared. [`WgpuDevice`](super::WgpuDevice)
+//! A runtime allocates, copies and launches; everything else (the primitives' kernel
+//! compositions in `src/device/compose.rs`, the fused operations' in `src/device/ops/`, the
+//! launch plans of [`launch`](super::launch), the 32-bit indexing limit, shape checks) is shared. [`WgpuDevice`](super::WgpuDevice)
 //! and [`CudaDevice`](super::cuda::CudaDevice) are `GpuDevice` over their runtimes; a new
 //! runtime (Metal, ROCm, a CPU emulator of the kernels) is one file implementing [`Runtime`].
 
@@ -18,7 +18,7 @@ use crate::scalar::{DType, Scalar};
 ///
 /// Buffers are byte allocations; [`GpuDevice`] tracks their element type and length. The
 /// trait, like the whole runtime layer, is private to the crate: kernels launch only from the
-/// compositions in `compose.rs`.
+/// compositions in `compose.rs` and `ops/`.
 pub trait Runtime: Clone + Send + Sync + std::fmt::Debug + 'static {
     /// A handle to a device allocation, cheap to clone; the allocation lives while a handle does.
     type Raw: Clone + Send + Sync;

@@ -213,3 +213,214 @@ impl FitConfig {
         Ok(())
     }
 }
+
+/// How the m new samples are folded in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpdateRule {
+    /// One sample after another, as in the seed paper's code: each sample is an update of its
+    /// own, with the posterior left by the one before as its prior.
+    Sequential,
+    /// All m samples in one update: one Woodbury step per Newton step.
+    #[default]
+    Joint,
+}
+
+/// Where the curvature of the covariance an update stores is evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CurvatureAt {
+    /// At the new mean w': `Π' = Π + Σ_j H_j(w')`, the Laplace approximation at the new mode.
+    #[default]
+    Mode,
+    /// At the mean the update started from: `Π' = Π + Σ_j H_j(ŵ)`.
+    Start,
+}
+
+/// How an update moves the mean.
+///
+/// Both controls maximise the new samples' log-likelihood under the old posterior as prior,
+/// `J(w) = Σ_j log p(y_j | w) − ½ (w − ŵ)ᵀ Π (w − ŵ)`, by Newton steps
+/// `d = (Π + Σ_j H_j(w))⁻¹ ∇J(w)` through the structure's own Woodbury or refactor path.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StepControl {
+    /// Newton steps with a backtracking (Armijo) line search, `w ← w + α d` with the largest
+    /// `α ∈ {1, ½, ¼, …}` such that `J(w + α d) ≥ J(w) + 10⁻⁴ α λ²`, until the Newton decrement
+    /// `λ² = ∇Jᵀ d` satisfies `λ²/2 ≤ tolerance · max(1, |J|)` (the tolerance is at least the
+    /// element type's ε) or `max_iterations` steps were taken. `J` never decreases, so a batch
+    /// of confidently wrong samples cannot throw the head off. The default.
+    Damped {
+        /// Cap on the Newton steps (≥ 1).
+        max_iterations: usize,
+        /// Relative tolerance on the Newton decrement (≥ 0).
+        tolerance: f64,
+        /// Where the stored covariance's curvature is evaluated.
+        curvature_at: CurvatureAt,
+    },
+    /// The seed paper's rule: `iterations` undamped steps `w ← w + γ d`, the covariance of the
+    /// last one kept (its curvature at the iterate that step started from). γ = 1 with one
+    /// iteration is one full Newton step; the seed paper tuned γ = 10 for the Sequential rule.
+    Newton {
+        /// Step scale γ (finite).
+        gamma: f64,
+        /// Newton steps (≥ 1).
+        iterations: usize,
+    },
+}
+
+impl Default for StepControl {
+    /// `Damped { max_iterations: 25, tolerance: 1e-10, curvature_at: Mode }`.
+    fn default() -> Self {
+        StepControl::Damped {
+            max_iterations: Self::DEFAULT_MAX_ITERATIONS,
+            tolerance: Self::DEFAULT_TOLERANCE,
+            curvature_at: CurvatureAt::Mode,
+        }
+    }
+}
+
+impl StepControl {
+    /// The step scale the seed paper tuned for its Sequential rule.
+    pub const PAPER_GAMMA: f64 = 10.0;
+    /// The default cap on damped steps.
+    pub const DEFAULT_MAX_ITERATIONS: usize = 25;
+    /// The default relative tolerance on the Newton decrement of damped steps.
+    pub const DEFAULT_TOLERANCE: f64 = 1e-10;
+
+    /// The step control that the command line's and Python's options name: `step` `"damped"`
+    /// or `"newton"` (left out: `"newton"` when only γ is given, else `"damped"`); γ 1 and one
+    /// step for `"newton"` where left out, the cap [`Self::DEFAULT_MAX_ITERATIONS`] for
+    /// `"damped"`; `curvature_at` `"mode"` or `"start"`.
+    ///
+    /// ```
+    /// use laplace_update::StepControl;
+    /// assert_eq!(StepControl::from_options(None, Some(10.0), None, 1e-10, "mode")?, StepControl::newton(10.0));
+    /// assert_eq!(StepControl::from_options(None, None, None, 1e-10, "mode")?, StepControl::default());
+    /// assert!(StepControl::from_options(Some("damped"), Some(2.0), None, 1e-10, "mode").is_err());
+    /// # Ok::<(), laplace_update::Error>(())
+    /// ```
+    ///
+    /// Errors: `InvalidArgument` for an unknown name, γ with damped steps, or settings
+    /// [`StepControl::validate`] refuses.
+    pub fn from_options(
+        step: Option<&str>,
+        gamma: Option<f64>,
+        iterations: Option<usize>,
+        tolerance: f64,
+        curvature_at: &str,
+    ) -> Result<Self> {
+        let curvature_at = match curvature_at {
+            "mode" => CurvatureAt::Mode,
+            "start" => CurvatureAt::Start,
+            other => {
+                return Err(Error::invalid(
+                    "curvature_at",
+                    format!("`mode` or `start`, got `{other}`"),
+                ));
+            }
+        };
+        let control = match (step, gamma) {
+            (Some("damped"), Some(_)) => {
+                return Err(Error::invalid("gamma", "applies to Newton steps, not to damped ones"));
+            }
+            (Some("damped"), None) | (None, None) => StepControl::Damped {
+                max_iterations: iterations.unwrap_or(Self::DEFAULT_MAX_ITERATIONS),
+                tolerance,
+                curvature_at,
+            },
+            (Some("newton"), _) | (None, Some(_)) => StepControl::Newton {
+                gamma: gamma.unwrap_or(1.0),
+                iterations: iterations.unwrap_or(1),
+            },
+            (Some(other), _) => {
+                return Err(Error::invalid("step", format!("`damped` or `newton`, got `{other}`")));
+            }
+        };
+        control.validate()?;
+        Ok(control)
+    }
+
+    /// One undamped Newton step of scale γ.
+    pub fn newton(gamma: f64) -> Self {
+        StepControl::Newton { gamma, iterations: 1 }
+    }
+
+    /// Checks the settings: γ finite, at least one step, a finite tolerance ≥ 0.
+    ///
+    /// Errors: `InvalidArgument`.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            StepControl::Damped {
+                max_iterations,
+                tolerance,
+                ..
+            } => {
+                if max_iterations == 0 {
+                    return Err(Error::invalid("iterations", "must be at least 1"));
+                }
+                if !(tolerance.is_finite() && tolerance >= 0.0) {
+                    return Err(Error::invalid(
+                        "tolerance",
+                        format!("must be finite and >= 0, got {tolerance}"),
+                    ));
+                }
+            }
+            StepControl::Newton { gamma, iterations } => {
+                if !gamma.is_finite() {
+                    return Err(Error::invalid("gamma", format!("must be finite, got {gamma}")));
+                }
+                if iterations == 0 {
+                    return Err(Error::invalid("iterations", "must be at least 1"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Settings of [`Posterior::update`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdateConfig {
+    /// Update rule.
+    pub rule: UpdateRule,
+    /// How the mean moves: damped Newton steps to the mode (the default), or fixed-scale steps.
+    pub step: StepControl,
+    /// Forgetting ρ ∈ (0, 1], for streams that drift; 1 (the default) forgets nothing. Before
+    /// the new samples are folded in, the data part of the precision is scaled by ρ:
+    /// `Π ← ρ(Π − Π₀) + Π₀` with Π₀ the prior, so that after batches B_1..B_t the precision is
+    /// `Π₀ + Σ_s ρ^{t−s} H(B_s)`. Exact for every structure; it costs one refactor of Σ (Full:
+    /// O(P³), Shared: O(D³), Diag and Kron: O(K·D)) on top of the update. [`Posterior::unlearn`]
+    /// removes samples at full weight, so unlearn only samples added since the last forgetting.
+    pub forgetting: f64,
+}
+
+impl Default for UpdateConfig {
+    /// Joint rule, damped steps to the mode, no forgetting.
+    fn default() -> Self {
+        UpdateConfig {
+            rule: UpdateRule::Joint,
+            step: StepControl::default(),
+            forgetting: 1.0,
+        }
+    }
+}
+
+impl UpdateConfig {
+    /// The default settings with one undamped Newton step of scale γ (the seed paper's rule).
+    pub fn newton(gamma: f64) -> Self {
+        UpdateConfig {
+            step: StepControl::newton(gamma),
+            ..Default::default()
+        }
+    }
+
+    /// Checks the settings: the step control's, and forgetting in (0, 1].
+    ///
+    /// Errors: `InvalidArgument`.
+    pub fn validate(&self) -> Result<()> {
+        self.step.validate()?;
+        let rho = self.forgetting;
+        if !(rho > 0.0 && rho <= 1.0) {
+            return Err(Error::invalid("forgetting", format!("must be in (0, 1], got {rho}")));
+        }
+        Ok(())
+    }
+}

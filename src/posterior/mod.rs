@@ -36,8 +36,9 @@ pub use refresh::RefreshPolicy;
 pub(crate) use structure::{RawTensor, resident_bytes};
 pub use tune::{TuneConfig, TuneMetric, TuneReport};
 
+pub use config::{CurvatureAt, StepControl, UpdateConfig, UpdateRule};
+pub use step::UpdateReport;
 pub use unlearn::UnlearnConfig;
-pub use update::{CurvatureAt, StepControl, UpdateConfig, UpdateReport, UpdateRule};
 
 use crate::device::{Device, Matrix, OutputWeighting};
 use crate::error::{Error, Result};

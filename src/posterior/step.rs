@@ -5,9 +5,9 @@
 //! `J(w) = Σ_j log p(y_j | w) − ½ (w − ŵ)ᵀ Π (w − ŵ)`; a step at w is
 //! `d = (Π + Σ_j H_j(w))⁻¹ ∇J(w)`, and the Newton decrement `λ² = ∇J(w)ᵀ d`.
 
+use super::config::{CurvatureAt, StepControl};
 use super::model::{Batch, Model, OutputCurvature};
 use super::structure::{self, CovarianceStep, CurvatureTerm, Operand, Preconditioner};
-use super::update::{CurvatureAt, StepControl, UpdateReport};
 use super::{Likelihood, Moments, logits};
 use crate::device::{Device, Matrix, Sign};
 use crate::error::{Error, Result};
@@ -18,6 +18,31 @@ use crate::scalar::Scalar;
 const ARMIJO: f64 = 1e-4;
 /// Halvings of the step length before the line search gives up (α ≥ 2⁻⁴⁰).
 const HALVINGS: usize = 40;
+
+/// What an update did, returned by [`Posterior::update`].
+///
+/// The objective is the batch's `J(w) = Σ_j log p(y_j | w) − ½ (w − ŵ)ᵀ Π (w − ŵ)` under the
+/// posterior before the update (for regression, the log-likelihood without its constant).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdateReport {
+    /// Newton steps taken (summed over the samples for the Sequential rule).
+    pub steps: usize,
+    /// The length α of the last step taken (γ for [`StepControl::Newton`]; the smallest over
+    /// the samples for the Sequential rule).
+    pub step_length: f64,
+    /// `J(ŵ)`, at the mean before the update.
+    pub objective_before: f64,
+    /// `J(w')`, at the mean after it.
+    pub objective_after: f64,
+    /// `‖w' − ŵ‖ / ‖ŵ‖` (Frobenius norms of the head, bias included when in the posterior).
+    pub relative_step: f64,
+    /// Whether the line search rejected a full Newton step (a step of length 1 would have
+    /// lowered J).
+    pub undamped_rejected: bool,
+    /// Whether the damped steps met their tolerance within the cap (always true for
+    /// [`StepControl::Newton`]).
+    pub converged: bool,
+}
 
 impl UpdateReport {
     /// Nothing done yet: the identity of [`UpdateReport::then`].

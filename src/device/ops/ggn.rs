@@ -36,10 +36,9 @@ use rayon::prelude::*;
 /// The GGN accumulation of a backend; the default is the composition over the primitives.
 pub trait Ggn<D: Device> {
     /// `Π += α Σ_n (Rᵀ Λ_n R) ⊗ φ_nφ_nᵀ` for Φ (n × D), probabilities (n × K) and the optional
-    /// basis R (K × K'); Π is (K'·D)².
-    /// [`ggn_accumulate`] over [`kron_rows`](super::kron_rows) and [`Device::weighted_syrk`]:
-    /// `Π += α (rows)ᵀ(rows)` for the rows `(Rᵀ s_{n,c}) ⊗ φ_n`, in passes of at most 2²⁴ factor
-    /// row elements.
+    /// basis R (K × K'); Π is (K'·D)². The composition: `Π += α (rows)ᵀ(rows)` for the rows
+    /// `(Rᵀ s_{n,c}) ⊗ φ_n` by [`kron_rows`](super::kron_rows) and [`Device::weighted_syrk`], in
+    /// passes of at most 2²⁴ factor row elements.
     fn ggn_accumulate<T: Scalar>(
         dev: &D,
         precision: &mut Matrix<D, T>,
