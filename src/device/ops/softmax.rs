@@ -32,7 +32,7 @@ pub trait Softmax<D: Device> {
             return Ok(());
         }
         let mut host = dev.download(logits)?;
-        host.par_chunks_mut(k).for_each(crate::numerics::softmax_in_place);
+        host.par_chunks_mut(k).for_each(softmax_in_place);
         *logits = dev.upload_owned(host, n, k)?;
         Ok(())
     }

@@ -19,9 +19,9 @@ use faer::{MatMut, MatRef};
 
 /// The SPD inverse of a backend; the default is the composition over the primitives.
 pub trait SpdInverse<D: Device> {
-    /// `A⁻¹` of a symmetric positive definite A.
-    /// [`spd_inverse()`]: `L = chol(A)`, `X = L⁻¹` by [`Device::triangular_solve`] on the
-    /// identity, `A⁻¹ = XᵀX` by [`Device::weighted_syrk`], so the result is exactly symmetric.
+    /// `A⁻¹` of a symmetric positive definite A. The composition: `L = chol(A)`, `X = L⁻¹` by
+    /// [`Device::triangular_solve`] on the identity, `A⁻¹ = XᵀX` by [`Device::weighted_syrk`],
+    /// so the result is exactly symmetric.
     fn spd_inverse<T: Scalar>(dev: &D, a: &Matrix<D, T>) -> Result<Matrix<D, T>> {
         let n = a.expect_square("a")?;
         let mut l = dev.copy(a)?;
@@ -47,7 +47,7 @@ pub fn spd_inverse<D: Device, T: Scalar>(dev: &D, a: &Matrix<D, T>) -> Result<Ma
 impl<D: Device> SpdInverse<D> for Composed {}
 
 impl SpdInverse<CpuDevice> for Faer {
-    /// Overrides the provided composition with faer's fused Cholesky inverse.
+    /// faer's fused Cholesky inverse.
     fn spd_inverse<T: Scalar>(dev: &CpuDevice, a: &Matrix<CpuDevice, T>) -> Result<Matrix<CpuDevice, T>> {
         let n = a.expect_square("a")?;
         dev.run_sized(n * n * n, |par| {
