@@ -376,7 +376,7 @@ impl StepControl {
     }
 }
 
-/// Settings of [`Posterior::update`].
+/// Settings of [`Posterior::update`](super::Posterior::update).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct UpdateConfig {
     /// Update rule.
@@ -387,7 +387,7 @@ pub struct UpdateConfig {
     /// the new samples are folded in, the data part of the precision is scaled by ρ:
     /// `Π ← ρ(Π − Π₀) + Π₀` with Π₀ the prior, so that after batches B_1..B_t the precision is
     /// `Π₀ + Σ_s ρ^{t−s} H(B_s)`. Exact for every structure; it costs one refactor of Σ (Full:
-    /// O(P³), Shared: O(D³), Diag and Kron: O(K·D)) on top of the update. [`Posterior::unlearn`]
+    /// O(P³), Shared: O(D³), Diag and Kron: O(K·D)) on top of the update. [`Posterior::unlearn`](super::Posterior::unlearn)
     /// removes samples at full weight, so unlearn only samples added since the last forgetting.
     pub forgetting: f64,
 }

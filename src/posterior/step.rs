@@ -19,7 +19,7 @@ const ARMIJO: f64 = 1e-4;
 /// Halvings of the step length before the line search gives up (α ≥ 2⁻⁴⁰).
 const HALVINGS: usize = 40;
 
-/// What an update did, returned by [`Posterior::update`].
+/// What an update did, returned by [`Posterior::update`](super::Posterior::update).
 ///
 /// The objective is the batch's `J(w) = Σ_j log p(y_j | w) − ½ (w − ŵ)ᵀ Π (w − ŵ)` under the
 /// posterior before the update (for regression, the log-likelihood without its constant).

@@ -22,7 +22,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// log-likelihood gradient `g_j = (e_{y_j} − p_j) ⊗ φ_j` (or `(y_j − f_j)/σ² ⊗ φ_j`). The
     /// steps are damped to the mode by default, or of fixed scale γ
     /// ([`StepControl`]); the stored precision is `Π' = Π + Σ_j H_j` at the point
-    /// [`CurvatureAt`] names.
+    /// [`CurvatureAt`](super::CurvatureAt) names.
     ///
     /// The update is a transaction: on any error the posterior is exactly as before. After it,
     /// the [`RefreshPolicy`](super::RefreshPolicy) may recompute Σ from Π to bound drift.
