@@ -58,7 +58,7 @@ impl Strided {
     }
     /// The view moved `steps` along the contraction: columns of a left operand, rows of a
     /// right one.
-    pub(crate) fn advance(self, steps: usize, rows: bool) -> Self {
+    fn advance(self, steps: usize, rows: bool) -> Self {
         let stride = if rows { self.rs } else { self.cs };
         Strided {
             off: self.off + steps * stride,
@@ -70,16 +70,16 @@ impl Strided {
 /// One gemm: `C ← β C + α op(A) diag(w) op(B)` over a batch of `outer × inner` entries.
 #[derive(Clone)]
 pub(crate) struct Gemm<R: Clone> {
-    pub(crate) m: usize,
-    pub(crate) n: usize,
-    pub(crate) k: usize,
-    pub(crate) a: (R, Strided),
-    pub(crate) b: (R, Strided),
+    m: usize,
+    n: usize,
+    k: usize,
+    a: (R, Strided),
+    b: (R, Strided),
     /// Weights along the contraction: offset and stride in `Strided::{off, rs}`, batch strides.
     pub(crate) w: Option<(R, Strided)>,
-    pub(crate) c: (R, Strided),
-    pub(crate) alpha: f64,
-    pub(crate) beta: f64,
+    c: (R, Strided),
+    alpha: f64,
+    beta: f64,
     /// Skip tiles strictly above the diagonal (the caller mirrors).
     pub(crate) lower: bool,
     /// Skip batch entries whose inner index exceeds the outer one.
@@ -151,7 +151,7 @@ impl<R: Clone> Gemm<R> {
 
     /// One launch over the tiles and batch entries of `part`, which the kernel offsets by the
     /// part's origin.
-    pub(crate) fn record_launch(&self, rec: &mut impl Record<Raw = R>, dtype: DType, part: GridPart) -> Result<()> {
+    fn record_launch(&self, rec: &mut impl Record<Raw = R>, dtype: DType, part: GridPart) -> Result<()> {
         let flags = GemmFlag::when(&[
             (self.lower, GemmFlag::Lower),
             (self.w.is_some(), GemmFlag::Weighted),
@@ -243,7 +243,7 @@ pub(crate) fn mirror<R: Clone>(rec: &mut impl Record<Raw = R>, dtype: DType, y: 
 
 /// Records the blocked Cholesky factorisation of the n × n `a` in place (lower factor, upper
 /// triangle zeroed); failing pivots go to `status`.
-pub(crate) fn record_cholesky<Rt: Runtime, T: Scalar>(
+fn record_cholesky<Rt: Runtime, T: Scalar>(
     dev: &GpuDevice<Rt>,
     rec: &mut Rt::Rec,
     a: Rt::Raw,
@@ -456,14 +456,13 @@ impl<Rt: Runtime> Device for GpuDevice<Rt> {
         tb: Op,
         alpha: T,
     ) -> Result<()> {
-        let dev = self;
         let (m, k) = if ta == Op::N { a.shape() } else { (a.cols(), a.rows()) };
         let (kb, n) = if tb == Op::N { b.shape() } else { (b.cols(), b.rows()) };
         if k != kb {
             return Err(Error::shape("b", (k, n), (kb, n)));
         }
         c.expect_shape("c", m, n)?;
-        let vendor = dev.runtime.vendor_gemm(
+        let vendor = self.runtime.vendor_gemm(
             T::DTYPE,
             (m, n, k),
             (&raw(a), ta, a.cols()),
@@ -475,7 +474,7 @@ impl<Rt: Runtime> Device for GpuDevice<Rt> {
         if vendor {
             return Ok(());
         }
-        let mut rec = dev.recorder();
+        let mut rec = self.recorder();
         Gemm::new(
             (m, n, k),
             (raw(a), Strided::op(0, a.cols(), ta)),
@@ -484,7 +483,7 @@ impl<Rt: Runtime> Device for GpuDevice<Rt> {
             alpha.as_f64(),
             beta.as_f64(),
         )
-        .record(dev, &mut rec, T::DTYPE)?;
+        .record(self, &mut rec, T::DTYPE)?;
         rec.submit()
     }
 
@@ -496,15 +495,14 @@ impl<Rt: Runtime> Device for GpuDevice<Rt> {
         weights: Option<&GpuMatrix<Rt, T>>,
         alpha: T,
     ) -> Result<()> {
-        let dev = self;
         let (n, d) = a.shape();
         c.expect_shape("c", d, d)?;
         if let Some(w) = weights {
             w.expect_shape("weights", n, 1)?;
         }
-        let mut rec = dev.recorder();
+        let mut rec = self.recorder();
         if weights.is_none()
-            && dev
+            && self
                 .runtime
                 .vendor_syrk(T::DTYPE, (n, d), &raw(a), &raw(c), alpha.as_f64(), beta.as_f64())?
         {
@@ -521,32 +519,30 @@ impl<Rt: Runtime> Device for GpuDevice<Rt> {
         );
         g.w = weights.map(|w| (raw(w), Strided::rows(0, 1)));
         g.lower = true;
-        g.record(dev, &mut rec, T::DTYPE)?;
+        g.record(self, &mut rec, T::DTYPE)?;
         mirror(&mut rec, T::DTYPE, raw(c), d)?;
         rec.submit()
     }
 
     fn cholesky<T: Scalar>(&self, a: &mut GpuMatrix<Rt, T>) -> Result<()> {
-        let dev = self;
         let n = a.expect_square("a")?;
-        let status = dev.status()?;
-        let mut rec = dev.recorder();
-        record_cholesky::<Rt, T>(dev, &mut rec, raw(a), n, status.clone())?;
+        let status = self.status()?;
+        let mut rec = self.recorder();
+        record_cholesky::<Rt, T>(self, &mut rec, raw(a), n, status.clone())?;
         rec.submit()?;
-        match dev.failed_at(&status)? {
+        match self.failed_at(&status)? {
             Some(index) => Err(Error::NotPositiveDefinite { index }),
             None => Ok(()),
         }
     }
 
     fn triangular_solve<T: Scalar>(&self, l: &GpuMatrix<Rt, T>, b: &mut GpuMatrix<Rt, T>, op: Op) -> Result<()> {
-        let dev = self;
         let n = l.expect_square("l")?;
         if b.rows() != n {
             return Err(Error::shape("b", (n, b.cols()), b.shape()));
         }
-        let mut rec = dev.recorder();
-        record_trsm::<Rt, T>(dev, &mut rec, raw(l), n, raw(b), b.cols(), op)?;
+        let mut rec = self.recorder();
+        record_trsm::<Rt, T>(self, &mut rec, raw(l), n, raw(b), b.cols(), op)?;
         rec.submit()
     }
 
@@ -555,17 +551,16 @@ impl<Rt: Runtime> Device for GpuDevice<Rt> {
         sigma: &GpuMatrix<Rt, T>,
         phi: &GpuMatrix<Rt, T>,
     ) -> Result<GpuMatrix<Rt, T>> {
-        let dev = self;
         let (n, d, k) = predictive_shapes(sigma, phi)?;
         let p = k * d;
         let dtype = T::DTYPE;
-        let out = dev.zeros::<T>(n, k * k)?;
+        let out = self.zeros::<T>(n, k * k)?;
         if n == 0 {
             return Ok(out);
         }
-        let chunk = dev.policy().rows_per_chunk(n, k * p);
-        let t = dev.scratch::<T>(k * chunk * p, "Φ Σ")?;
-        let mut rec = dev.recorder();
+        let chunk = self.policy().rows_per_chunk(n, k * p);
+        let t = self.scratch::<T>(k * chunk * p, "Φ Σ")?;
+        let mut rec = self.recorder();
         for start in (0..n).step_by(chunk) {
             let c = chunk.min(n - start);
             let mut g = Gemm::new(
@@ -577,7 +572,7 @@ impl<Rt: Runtime> Device for GpuDevice<Rt> {
                 0.0,
             );
             g.outer = k;
-            g.record(dev, &mut rec, dtype)?;
+            g.record(self, &mut rec, dtype)?;
             let params = PredictiveParams {
                 n: field(c),
                 k: field(k),
@@ -611,9 +606,8 @@ impl<Rt: Runtime> Device for GpuDevice<Rt> {
     }
 
     fn add_row<T: Scalar>(&self, a: &mut GpuMatrix<Rt, T>, row: &GpuMatrix<Rt, T>) -> Result<()> {
-        let dev = self;
         row.expect_shape("row", 1, a.cols())?;
-        let mut rec = dev.recorder();
+        let mut rec = self.recorder();
         let (rows, cols) = a.shape();
         elementwise(
             &mut rec,
@@ -627,9 +621,8 @@ impl<Rt: Runtime> Device for GpuDevice<Rt> {
     }
 
     fn add_diagonal<T: Scalar>(&self, a: &mut GpuMatrix<Rt, T>, value: T) -> Result<()> {
-        let dev = self;
         let n = a.expect_square("a")?;
-        let mut rec = dev.recorder();
+        let mut rec = self.recorder();
         elementwise(
             &mut rec,
             T::DTYPE,
@@ -648,9 +641,8 @@ impl<Rt: Runtime> Device for GpuDevice<Rt> {
     }
 
     fn max_abs<T: Scalar>(&self, a: &GpuMatrix<Rt, T>) -> Result<T> {
-        let dev = self;
-        let result = dev.scratch::<T>(1, "max |a|")?;
-        let mut rec = dev.recorder();
+        let result = self.scratch::<T>(1, "max |a|")?;
+        let mut rec = self.recorder();
         if !a.is_empty() {
             let params = ElementwiseParams::matrix(a.rows(), a.cols());
             rec.launch(
@@ -666,8 +658,8 @@ impl<Rt: Runtime> Device for GpuDevice<Rt> {
         }
         rec.submit()?;
         Ok(match T::DTYPE {
-            DType::F32 => T::from_f64(f32::from_le_bytes(dev.read_bytes(&result)?) as f64),
-            DType::F64 => T::from_f64(f64::from_le_bytes(dev.read_bytes(&result)?)),
+            DType::F32 => T::from_f64(f32::from_le_bytes(self.read_bytes(&result)?) as f64),
+            DType::F64 => T::from_f64(f64::from_le_bytes(self.read_bytes(&result)?)),
         })
     }
 
@@ -678,11 +670,10 @@ impl<Rt: Runtime> Device for GpuDevice<Rt> {
         count: usize,
         augment: bool,
     ) -> Result<GpuMatrix<Rt, T>> {
-        let dev = self;
         crate::device::check_row_range(x, start, count)?;
         let cols = x.cols() + usize::from(augment);
-        let out = dev.zeros::<T>(count, cols)?;
-        let mut rec = dev.recorder();
+        let out = self.zeros::<T>(count, cols)?;
+        let mut rec = self.recorder();
         elementwise(
             &mut rec,
             T::DTYPE,

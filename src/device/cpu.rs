@@ -17,17 +17,17 @@ use crate::error::{Error, Result};
 use crate::host::HostMatrix;
 use crate::scalar::Scalar;
 
-/// Rows of Φ handled per pass of the chunked kernels; bounds the scratch of `ggn_accumulate`
-/// and `predictive_covariance` to about this many elements.
+/// Rows of Φ handled per pass of the chunked kernels; bounds the scratch of the GGN
+/// accumulation (`ops::ggn`) and `predictive_covariance` to about this many elements.
 pub(crate) const SCRATCH_ELEMENTS: usize = 1 << 26;
 /// Side of the square tiles used when mirroring or transposing triangles.
-pub(crate) const MIRROR_TILE: usize = 64;
+const MIRROR_TILE: usize = 64;
 /// Multiply-adds below which a dense kernel runs on the calling thread: a round trip through
 /// the pool costs microseconds, the time of about 2¹⁷ multiply-adds on one core, and the small
 /// products of an update's inner iterations (K × D_aug heads, m × K logits) are far below it.
-pub(crate) const SEQUENTIAL_WORK: usize = 1 << 17;
+const SEQUENTIAL_WORK: usize = 1 << 17;
 /// Elements below which an elementwise pass runs on the calling thread.
-pub(crate) const SEQUENTIAL_ELEMENTS: usize = 1 << 15;
+const SEQUENTIAL_ELEMENTS: usize = 1 << 15;
 
 /// The fused operations of [`CpuDevice`]: faer where it has a faster fused
 /// routine, the compositions elsewhere (see [`ops`](super::ops)).
@@ -134,7 +134,7 @@ impl CpuDevice {
     /// keeps the threads in step at every panel. Contractions over more than
     /// [`FULL_GEMM_MAX_RANK`] rows run the AVX2 Gram kernel
     /// ([`cpu_gram`](super::cpu_gram)) where the CPU has it. Runs inside the pool.
-    pub(crate) fn gram_add<T: Scalar>(&self, c: &mut [T], a: &[T], b: &[T], n: usize, d: usize, alpha: T) {
+    fn gram_add<T: Scalar>(&self, c: &mut [T], a: &[T], b: &[T], n: usize, d: usize, alpha: T) {
         let threads = self.threads;
         let tall = threads > 1
             && n >= TALL_RATIO * d * threads
@@ -268,7 +268,7 @@ pub(crate) fn settle_vector_state() {
     }
 }
 
-pub(crate) fn scale_in_place<T: Scalar>(buf: &mut [T], beta: T) {
+fn scale_in_place<T: Scalar>(buf: &mut [T], beta: T) {
     if beta == T::zero() {
         buf.par_iter_mut().for_each(|x| *x = T::zero());
     } else if beta != T::one() {
@@ -320,14 +320,6 @@ pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
 unsafe impl<T: Send> Send for SyncPtr<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send> Sync for SyncPtr<T> {}
-
-/// Feature widths from which the CPU's softmax GGN is summed class pair by class pair
-/// ([`ggn_by_class_pairs`]); narrower features keep one SYRK over the `K'·D`-wide rows
-/// `p̃_n ⊗ φ_n`, whose per-pair blocks would be too small to run well.
-pub(crate) const PAIR_GGN_MIN_FEATURES: usize = 32;
-/// Rows of Φ per pass of [`ggn_by_class_pairs`]: the pass's rows and each thread's weighted
-/// copy of them (2 MB at D = 512 in f32) stay in cache across the pairs.
-pub(crate) const PAIR_GGN_ROWS: usize = 1024;
 
 /// A zero-filled vector whose pages are written now, in parallel. `vec![0; n]` maps zero pages
 /// lazily, and the faults then land inside GEMM writes, where they cost far more (measured:
@@ -387,7 +379,7 @@ pub(crate) fn transposed<T: Scalar>(x: &[T], rows: usize, cols: usize) -> Vec<T>
 }
 
 /// `Σ_n x_n` of the row-major rows of `data` (d columns), in f64, over blocks of rows in parallel.
-pub(crate) fn column_sums<T: Scalar>(data: &[T], d: usize) -> Vec<f64> {
+fn column_sums<T: Scalar>(data: &[T], d: usize) -> Vec<f64> {
     data.par_chunks(d.max(1) * 4096)
         .map(|block| {
             let mut sums = vec![0.0; d];
@@ -408,13 +400,13 @@ pub(crate) fn column_sums<T: Scalar>(data: &[T], d: usize) -> Vec<f64> {
 /// Rank up to which a symmetric update computes both triangles with one plain GEMM: below it,
 /// the multiply-adds saved by symmetry cost less than mirroring the triangle (measured on
 /// D = 1536 rank-100 updates: the full product wins at this size).
-pub(crate) const FULL_GEMM_MAX_RANK: usize = 128;
+const FULL_GEMM_MAX_RANK: usize = 128;
 
 /// A weighted SYRK whose contraction is this many times the output side per thread is split
 /// over the rows (one sequential d × d sum per thread) …
-pub(crate) const TALL_RATIO: usize = 8;
+const TALL_RATIO: usize = 8;
 /// … when the per-thread sums take at most this much memory.
-pub(crate) const TALL_SCRATCH_BYTES: usize = 64 << 20;
+const TALL_SCRATCH_BYTES: usize = 64 << 20;
 
 /// Adds `alpha · L Rᵀ` to the square `dst`, where `L` and `R` are n × r with rows contiguous along
 /// the contracted dimension r, and `L Rᵀ` is symmetric. Small r writes both triangles; large r
@@ -754,16 +746,4 @@ pub(crate) fn cholesky_col_major<T: Scalar>(buf: &mut [T], n: usize, par: Par) -
     cholesky_in_place(a, Default::default(), par, MemStack::new(&mut mem), Default::default())
         .map(|_| ())
         .map_err(|LltError::NonPositivePivot { index }| Error::NotPositiveDefinite { index })
-}
-
-/// `G ← (G + Gᵀ) / 2` for a small row-major square matrix.
-pub(crate) fn symmetrize_small<T: Scalar>(g: &mut [T], n: usize) {
-    let half = T::from_f64(0.5);
-    for i in 0..n {
-        for j in i + 1..n {
-            let v = (g[i * n + j] + g[j * n + i]) * half;
-            g[i * n + j] = v;
-            g[j * n + i] = v;
-        }
-    }
 }

@@ -16,8 +16,7 @@ use super::{Composed, Faer};
 #[cfg(any(feature = "wgpu", feature = "cuda", feature = "cuda-emu"))]
 use crate::device::compose::{Gemm, Strided, mirror};
 use crate::device::cpu::{
-    Fill, PAIR_GGN_MIN_FEATURES, PAIR_GGN_ROWS, SCRATCH_ELEMENTS, fill_triangle, kernel_gram, row_major, symmetric_add,
-    transposed, view, view_mut, zeroed,
+    Fill, SCRATCH_ELEMENTS, fill_triangle, kernel_gram, row_major, symmetric_add, transposed, view, view_mut, zeroed,
 };
 #[cfg(any(feature = "wgpu", feature = "cuda", feature = "cuda-emu"))]
 use crate::device::gpu::{Args, GpuMatrix, Grid, Kernel, Record, raw};
@@ -114,6 +113,14 @@ pub(super) fn softmax_factor_rows<T: Scalar>(probs: &[T], k: usize, basis: Optio
     }
     out
 }
+
+/// Feature widths from which the CPU's softmax GGN is summed class pair by class pair
+/// ([`ggn_by_class_pairs`]); narrower features keep one SYRK over the `K'·D`-wide rows
+/// `p̃_n ⊗ φ_n`, whose per-pair blocks would be too small to run well.
+const PAIR_GGN_MIN_FEATURES: usize = 32;
+/// Rows of Φ per pass of [`ggn_by_class_pairs`]: the pass's rows and each thread's weighted
+/// copy of them (2 MB at D = 512 in f32) stay in cache across the pairs.
+const PAIR_GGN_ROWS: usize = 1024;
 
 impl<D: Device> Ggn<D> for Composed {}
 

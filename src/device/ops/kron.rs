@@ -14,7 +14,7 @@ use super::ggn::softmax_factor_rows;
 use super::{Composed, Faer};
 #[cfg(any(feature = "wgpu", feature = "cuda", feature = "cuda-emu"))]
 use crate::device::compose::{Gemm, Strided, elementwise, mirror};
-use crate::device::cpu::{Fill, SyncPtr, fill_triangle, reserve, symmetrize_small, view, zeroed};
+use crate::device::cpu::{Fill, SyncPtr, fill_triangle, reserve, view, zeroed};
 #[cfg(any(feature = "wgpu", feature = "cuda", feature = "cuda-emu"))]
 use crate::device::gpu::{Args, GpuMatrix, Grid, Kernel, Record, raw};
 #[cfg(any(feature = "wgpu", feature = "cuda", feature = "cuda-emu"))]
@@ -583,5 +583,17 @@ impl<Rt: Runtime> Kron<GpuDevice<Rt>> for Kernels {
         )?;
         rec.submit()?;
         Ok((u, g))
+    }
+}
+
+/// `G ← (G + Gᵀ) / 2` for a small row-major square matrix.
+fn symmetrize_small<T: Scalar>(g: &mut [T], n: usize) {
+    let half = T::from_f64(0.5);
+    for i in 0..n {
+        for j in i + 1..n {
+            let v = (g[i * n + j] + g[j * n + i]) * half;
+            g[i * n + j] = v;
+            g[j * n + i] = v;
+        }
     }
 }
