@@ -1,8 +1,9 @@
 //! Calibration of the Laplace predictive on the bundled digits: the network's own softmax, the
 //! network with a temperature tuned on validation data, and the Laplace predictive with τ by
 //! marginal likelihood (alone, or with the temperature and the probit's λ tuned on validation
-//! data) or by validation (with and without a temperature), for the probit and the centred
-//! probit, on held-out test digits.
+//! data) or by validation (with and without a temperature; the largest τ within one standard
+//! error of the best, and for the centred probit also the best τ itself), for the probit and
+//! the centred probit, on held-out test digits.
 //!
 //! ```sh
 //! cargo run --release --features candle,cli --example calibration [SEEDS]
@@ -23,7 +24,7 @@ use laplace_update::candle::TensorMatrix;
 use laplace_update::metrics::{Scores, score};
 use laplace_update::random::SplitMix64;
 use laplace_update::{
-    Calibration, CpuDevice, FitConfig, HostMatrix, Link, Posterior, PriorShape, Structure, TuneConfig,
+    Calibration, CpuDevice, FitConfig, HostMatrix, Link, Posterior, PriorShape, Structure, TuneConfig, TuneSelection,
 };
 use mlp::{AnyResult, CLASSES, FEATURES, Network, digit_rows, train};
 
@@ -160,7 +161,11 @@ fn run(
         "Laplace, τ by m. l., T and λ by validation".into(),
         test(&marglik_t, link)?,
     ));
-    for (link, name) in [(probit, "probit"), (centred, "centred probit")] {
+    for (link, name, selection) in [
+        (probit, "probit", TuneSelection::OneStandardError),
+        (centred, "centred probit", TuneSelection::OneStandardError),
+        (centred, "centred, best τ", TuneSelection::Best),
+    ] {
         for temperature in [false, true] {
             let mut post = fitted.try_clone()?;
             let report = post.tune_prior_precision(
@@ -169,6 +174,7 @@ fn run(
                 &TuneConfig {
                     link,
                     temperature,
+                    selection,
                     ..Default::default()
                 },
             )?;

@@ -68,8 +68,8 @@ pub use host::{HostMatrix, Label, Targets};
 pub use posterior::{
     BiasMode, Calibration, Curvature, CurvatureAccumulator, CurvatureAt, Features, FitConfig, HeadConfig, HeadFit,
     HeadSolver, HeadTargets, Likelihood, Link, Posterior, Prediction, PriorShape, RefreshPolicy, StepControl,
-    Structure, TuneConfig, TuneMetric, TuneReport, UnlearnConfig, UpdateConfig, UpdateReport, UpdateRule, fit_head,
-    fit_head_gaussian, fit_map_head,
+    Structure, TuneConfig, TuneMetric, TuneReport, TuneSelection, UnlearnConfig, UpdateConfig, UpdateReport,
+    UpdateRule, fit_head, fit_head_gaussian, fit_map_head,
 };
 pub use scalar::{DType, Scalar};
 

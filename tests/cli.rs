@@ -1074,11 +1074,12 @@ fn validation_tuning_fit_tune_predict() {
         .to_matrix::<f64>()
         .unwrap()
         .0;
-    let tuned_by_library = |file: &str, per_class: bool| {
+    let tuned_by = |file: &str, per_class: bool, selection: laplace_update::TuneSelection| {
         let mut post: Posterior<CpuDevice, f64> = load_posterior(&cpu, Path::new(file)).unwrap();
         let config = laplace_update::TuneConfig {
             temperature: true,
             per_class,
+            selection,
             ..Default::default()
         };
         let report = post
@@ -1086,7 +1087,16 @@ fn validation_tuning_fit_tune_predict() {
             .unwrap();
         (post, report)
     };
+    let tuned_by_library = |file: &str, per_class: bool| tuned_by(file, per_class, Default::default());
     let (want, report) = tuned_by_library(&plain, false);
+    // --val-selection best: the library's best τ.
+    let best = f.p("best.safetensors");
+    ok(&format!(
+        "tune --posterior {plain} {val} --val-selection best --out {best}"
+    ));
+    let (_, best_report) = tuned_by(&plain, false, laplace_update::TuneSelection::Best);
+    let got: Posterior<CpuDevice, f64> = load_posterior(&cpu, Path::new(&best)).unwrap();
+    assert_eq!(got.prior_precision(), &[best_report.prior_precision][..]);
     for file in [&tuned, &retuned] {
         let got: Posterior<CpuDevice, f64> = load_posterior(&cpu, Path::new(file)).unwrap();
         assert_eq!(got.prior_precision(), &[report.prior_precision][..], "{file}");

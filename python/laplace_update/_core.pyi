@@ -127,6 +127,8 @@ class Posterior:
         grid_min: float = 1e-4,
         grid_max: float = 1e4,
         grid_points: int = 41,
+        extend_grid: bool = True,
+        selection: str = "one-se",
         prior: bool = True,
         temperature: bool = False,
         tune_lambda: bool = False,

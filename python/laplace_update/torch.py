@@ -409,7 +409,9 @@ class Laplace:
 
         ``method="gridsearch"`` scores ``grid_size`` values of τ from ``10**log_prior_prec_min``
         to ``10**log_prior_prec_max`` by the validation NLL (``loss``: ``"nll"``, ``"brier"`` or
-        ``"ece"``) of the predictive under ``link_approx``, then refines between grid points.
+        ``"ece"``) of the predictive under ``link_approx`` and keeps the best, as laplace-torch
+        does, then refines between grid points (``Posterior.tune_prior_precision`` also scores
+        past the grid and by default picks the largest τ within one standard error of the best).
 
         >>> la.optimize_prior_precision(method="marglik")
         >>> la.optimize_prior_precision(method="gridsearch", val_loader=val_loader, grid_size=21)
@@ -443,6 +445,8 @@ class Laplace:
                 grid_min=10.0**log_prior_prec_min,
                 grid_max=10.0**log_prior_prec_max,
                 grid_points=grid_size,
+                extend_grid=False,
+                selection="best",
                 per_class=prior_structure == "per_class",
             )
         else:

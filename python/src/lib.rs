@@ -20,8 +20,8 @@ use laplace_update::io;
 use laplace_update::{
     AnyDevice, BiasMode, Calibration, CpuDevice, Curvature, CurvatureAccumulator, DType, Device, Error, FitConfig,
     HeadTargets, HostMatrix, Likelihood, Link, Posterior as Post, PriorShape, Scalar, StepControl, Structure, Targets,
-    TuneConfig, TuneMetric, UnlearnConfig, UpdateConfig, UpdateRule, build_any, fit_map_head, map_any, with_any,
-    with_any_pair,
+    TuneConfig, TuneMetric, TuneSelection, UnlearnConfig, UpdateConfig, UpdateRule, build_any, fit_map_head, map_any,
+    with_any, with_any_pair,
 };
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::BoundObject;
@@ -764,7 +764,10 @@ impl Posterior {
         })
     }
 
-    /// Chooses τ (unless `prior=False`; and with `temperature=True` a logit temperature; with
+    /// Chooses τ on the log grid `grid_min … grid_max` and 6 decades past it (unless
+    /// `extend_grid=False`), the largest within one standard error of the best
+    /// (`selection="one-se"`) or the best (`"best"`) (unless `prior=False`; and with
+    /// `temperature=True` a logit temperature; with
     /// `tune_lambda=True` the probit's λ; with `choose_link=True` the link; with
     /// `per_class=True`, then one τ per class, Diag only) minimising `metric` (nll, brier, ece)
     /// of the predictive under `link` (probit, centred-probit, none) on validation data, sets
@@ -774,7 +777,7 @@ impl Posterior {
     /// >>> report = post.tune_prior_precision(x_val, y_val, temperature=True)
     /// >>> report["prior_precision"] == post.prior_precision[0] and len(report["curve"]) > 0
     /// True
-    #[pyo3(signature = (features, labels, metric="nll", link="centred-probit", grid_min=1e-4, grid_max=1e4, grid_points=41, prior=true, temperature=false, tune_lambda=false, choose_link=false, per_class=false))]
+    #[pyo3(signature = (features, labels, metric="nll", link="centred-probit", grid_min=1e-4, grid_max=1e4, grid_points=41, extend_grid=true, selection="one-se", prior=true, temperature=false, tune_lambda=false, choose_link=false, per_class=false))]
     #[allow(clippy::too_many_arguments)]
     fn tune_prior_precision<'py>(
         &self,
@@ -786,6 +789,8 @@ impl Posterior {
         grid_min: f64,
         grid_max: f64,
         grid_points: usize,
+        extend_grid: bool,
+        selection: &str,
         prior: bool,
         temperature: bool,
         tune_lambda: bool,
@@ -798,6 +803,8 @@ impl Posterior {
             grid_min,
             grid_max,
             grid_points,
+            extend_grid,
+            selection: TuneSelection::from_name(selection).map_err(to_py)?,
             prior,
             temperature,
             lambda: tune_lambda,

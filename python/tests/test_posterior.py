@@ -198,19 +198,30 @@ def test_tune_prior_precision_against_numpy(link):
     post = lu.Posterior.fit(x[:30], y[:30], w, b, structure="full", prior_precision=TAU, bias_in_posterior=False)
     k, p = w.shape[0], w.size
     curvature = post.precision() - TAU * np.eye(p)
-    report = post.tune_prior_precision(x[30:], y[30:], link=link, grid_points=7)
-    assert len(report["curve"]) == 7 and report["link"] == link
+    start = lu.Posterior.fit(x[:30], y[:30], w, b, structure="full", prior_precision=TAU, bias_in_posterior=False)
+    report = post.tune_prior_precision(x[30:], y[30:], link=link, grid_points=7, selection="best")
+    # The grid and 6 decades past it.
+    assert len(report["curve"]) == 13 and report["link"] == link
+    assert [t for t, _ in report["curve"][7:]] == pytest.approx([1e4 * 10.0**j for j in range(1, 7)])
     f = logits(x[30:], w, b)
     centre = np.eye(k) - np.ones((k, k)) / k
+    rows = []
     for tau, value in report["curve"]:
         sf = logit_covariance(x[30:], np.linalg.inv(curvature + tau * np.eye(p)), k, False)
         if link == "centred-probit":
             sf = centre @ sf @ centre
         probs = probit(f, np.einsum("nkk->nk", sf))
-        nll = -np.mean(np.log(probs[np.arange(len(y) - 30), y[30:]]))
-        assert abs(value - nll) < 1e-8 * max(1.0, nll)
+        rows.append(-np.log(probs[np.arange(len(y) - 30), y[30:]]))
+        assert abs(value - rows[-1].mean()) < 1e-8 * max(1.0, rows[-1].mean())
     assert post.prior_precision == [report["prior_precision"]]
     assert report["score"] <= min(v for _, v in report["curve"]) + 1e-12
+    # The default: the largest τ whose excess over the best, row by row, is within its
+    # standard error.
+    chosen = start.tune_prior_precision(x[30:], y[30:], link=link, grid_points=7)["prior_precision"]
+    best = int(np.argmin([r.mean() for r in rows]))
+    within = [i for i, r in enumerate(rows)
+              if (r - rows[best]).mean() <= (r - rows[best]).std(ddof=1) / np.sqrt(len(r))]
+    assert chosen == report["curve"][max(within, key=lambda i: report["curve"][i][0])][0]
     assert post.link == link and post.temperature == 1.0
     probs, _ = post.predict(x[30:])
     same, _ = post.predict(x[30:], link=link)

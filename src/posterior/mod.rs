@@ -34,7 +34,7 @@ pub use predict::{Calibration, Link, Prediction};
 pub(crate) use raw::RawPosterior;
 pub use refresh::RefreshPolicy;
 pub(crate) use structure::{RawTensor, resident_bytes};
-pub use tune::{TuneConfig, TuneMetric, TuneReport};
+pub use tune::{TuneConfig, TuneMetric, TuneReport, TuneSelection};
 
 pub use config::{CurvatureAt, StepControl, UpdateConfig, UpdateRule};
 pub use step::UpdateReport;

@@ -57,6 +57,36 @@ impl TuneMetric {
     }
 }
 
+/// How [`Posterior::tune_prior_precision`] picks τ from the scored points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TuneSelection {
+    /// The largest τ (the narrowest posterior, the nearest to the network itself) whose metric
+    /// is within one standard error of the best: the mean over validation rows of its excess
+    /// over the best row by row, `m`, against that excess's standard error `s/√n`, `m ≤ s/√n`.
+    /// A τ away from the network is kept only where the validation data show it to be better.
+    /// ECE, which has no per-row value, selects as [`TuneSelection::Best`] does.
+    #[default]
+    OneStandardError,
+    /// The best τ, refined between the grid points beside it.
+    Best,
+}
+
+impl TuneSelection {
+    /// The rule of a name: `one-se` or `best`.
+    ///
+    /// Errors: `InvalidArgument`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "one-se" => Ok(TuneSelection::OneStandardError),
+            "best" => Ok(TuneSelection::Best),
+            other => Err(Error::invalid(
+                "selection",
+                format!("unknown selection {other:?}: one-se or best"),
+            )),
+        }
+    }
+}
+
 /// Settings of [`Posterior::tune_prior_precision`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TuneConfig {
@@ -72,6 +102,13 @@ pub struct TuneConfig {
     pub grid_max: f64,
     /// Points of the log grid (≥ 2); 3 more inside each interval refine the best.
     pub grid_points: usize,
+    /// Also score τ past the grid, `grid_max·10^j` for j = 1 … 6. A larger τ narrows the
+    /// posterior toward the network itself (`Σ → 0`, the predictive → the mean's softmax), so
+    /// the network, at the tuned temperature, is a candidate. The posterior stays a valid one
+    /// at any such τ.
+    pub extend_grid: bool,
+    /// How τ is picked from the scored points.
+    pub selection: TuneSelection,
     /// Choose τ (else keep the posterior's: only the temperature and link are chosen, as
     /// for a τ that also sets how far updates move the head).
     pub prior: bool,
@@ -92,8 +129,8 @@ pub struct TuneConfig {
 }
 
 impl Default for TuneConfig {
-    /// NLL, the centred probit (the default link), τ chosen on 41 points of 10⁻⁴ … 10⁴, T = 1,
-    /// the link kept.
+    /// NLL, the centred probit (the default link), τ chosen on 41 points of 10⁻⁴ … 10⁴ and 6
+    /// decades past it, the largest within one standard error of the best; T = 1, the link kept.
     fn default() -> Self {
         TuneConfig {
             metric: TuneMetric::Nll,
@@ -101,6 +138,8 @@ impl Default for TuneConfig {
             grid_min: 1e-4,
             grid_max: 1e4,
             grid_points: 41,
+            extend_grid: true,
+            selection: TuneSelection::OneStandardError,
             prior: true,
             temperature: false,
             lambda: false,
@@ -156,7 +195,8 @@ pub struct TuneReport {
     pub link: Link,
     /// The metric at the choice.
     pub score: f64,
-    /// `(τ, metric)` over the grid (at the best temperature of each τ).
+    /// `(τ, metric)` over the grid and the decades scored past its end (at the best
+    /// temperature of each τ).
     pub curve: Vec<(f64, f64)>,
     /// `(link, metric)` of each link compared at the chosen τ and T (empty unless
     /// `choose_link`).
@@ -178,6 +218,10 @@ const PASS_ELEMENTS: usize = 1 << 23;
 const TEMPERATURE_POINTS: usize = 41;
 /// Most sweeps of the per-class coordinate descent over τ.
 const PER_CLASS_SWEEPS: usize = 5;
+/// Decades past `grid_max` scored with `extend_grid`, one τ each: at `10⁴·10⁶` the logit
+/// variances of unit features are `10⁻¹⁰`, the network's own predictive to any metric's
+/// precision.
+const EXTENSION_DECADES: usize = 6;
 
 impl<D: Device, T: Scalar> Posterior<D, T> {
     /// Chooses the prior precision τ that minimises `config.metric` of the predictive on the
@@ -185,19 +229,22 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// then sets them (τ by [`Posterior::set_prior_precision`], T and the link in
     /// [`Posterior::calibration`]). The mean is held fixed.
     ///
-    /// τ runs over a log grid, then over the 3 points scored inside each interval next to the best;
+    /// τ runs over a log grid (and, with `extend_grid`, 6 decades past it), each τ at its best T;
+    /// `selection` picks the largest of these τ within one standard error of the best, or the
+    /// best, which is then refined over the 3 points scored inside each interval next to it;
     /// every τ is scored from one spectrum of the curvature (see the module notes), so the cost
     /// is one eigendecomposition (Full: P³ order; Shared: D³; Diag, Kron: none) and
     /// O(n·K·P) per pass over the validation data for Full (O(n·K·D) for the others), whatever
     /// the number of grid points. With `per_class` (Diag), one τ per class is then chosen by
     /// coordinate descent over the same scored τ values with no further pass: for the NLL of
     /// the plain probit O(n·K) per class and O(n) per candidate τ; for other metrics or the
-    /// centred probit O(n·K) per candidate, which is slow for large K. With `choose_link`, the probit, centred probit, Monte Carlo and bridge
-    /// links are then scored by [`Posterior::predict`] at the chosen τ and T.
+    /// centred probit O(n·K) per candidate, which is slow for large K. With `choose_link`, the
+    /// probit, centred probit, Monte Carlo and bridge links are then scored by
+    /// [`Posterior::predict`] at the chosen τ and T.
     ///
     /// A regression posterior (GGN curvature) is tuned for its Gaussian predictive NLL over τ
-    /// and σ jointly (σ over `σ₀·10^(−1 … 1)`), both set; the report's `sigma_noise` is the
-    /// chosen σ.
+    /// (the grid alone) and σ jointly (σ over `σ₀·10^(−1 … 1)`), both set; the report's
+    /// `sigma_noise` is the chosen σ.
     ///
     /// Errors: those of [`Posterior::update`]'s inputs, `InvalidArgument` (the config; for
     /// regression, a temperature, a link choice or a metric other than NLL; `per_class` without
@@ -216,7 +263,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// let mut post = Posterior::fit(&cpu, features, &y[..], HostMatrix::new(&head, 2, 1)?, None, &FitConfig::default())?;
     /// let report = post.tune_prior_precision(features, &y[..], &TuneConfig::default())?;
     /// assert_eq!(post.prior_precision()[0], report.prior_precision);
-    /// assert_eq!(report.curve.len(), 41);
+    /// assert!(report.curve.len() >= 41); // the grid, and the decades scored past its end
     /// # Ok::<(), laplace_update::Error>(())
     /// ```
     pub fn tune_prior_precision<F: Features<D, T> + Copy, Y: Targets<T> + ?Sized>(
@@ -255,7 +302,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         // The curvature's spectrum (an eigendecomposition beside Π: about 3× the posterior)
         // and every validation row's logit variances at each grid column, in f64.
         let (kind, k, da) = (self.structure(), self.classes, self.augmented_features());
-        let columns = (config.grid_points as u64).saturating_mul(4);
+        let columns = (config.grid_points as u64).saturating_mul(4) + EXTENSION_DECADES as u64;
         let needed = super::resident_bytes(kind, k, da, 8).saturating_mul(3).saturating_add(
             (features.rows() as u64)
                 .saturating_mul(k as u64)
@@ -357,13 +404,21 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 .collect(),
             false => vec![lambda],
         };
-        // One pass scores the grid and SUBDIVISIONS points inside each of its intervals:
-        // point i of the grid is column i·(SUBDIVISIONS + 1).
+        // One pass scores the grid and SUBDIVISIONS points inside each of its intervals (point
+        // i of the grid is column i·(SUBDIVISIONS + 1)), then the decades past its end.
         let stride = SUBDIVISIONS + 1;
-        let columns: Vec<f64> = match grid.len() {
+        let mut columns: Vec<f64> = match grid.len() {
             1 => grid.clone(),
             _ => log_points(grid[0], grid[grid.len() - 1], (grid.len() - 1) * stride + 1),
         };
+        let grid_columns = columns.len();
+        let extension: Vec<f64> = match grid.len() > 1 && config.extend_grid {
+            true => (1..=EXTENSION_DECADES as i32)
+                .map(|j| grid[grid.len() - 1] * 10f64.powi(j))
+                .collect(),
+            false => Vec::new(),
+        };
+        columns.extend(&extension);
         let shifts: Vec<(f64, f64)> = columns.iter().map(|&tau| (tau, 1.0)).collect();
         // One τ, the posterior's own: its covariance serves, with no spectrum.
         let spectrum = match columns.len() {
@@ -375,31 +430,61 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let scored = |c: usize, t: f64, l: f64| -> Result<f64> {
             Ok(config.metric.of(&validation.scores(&vec![c; k], t, l, k)?))
         };
-        // The best temperature and λ of each grid τ, and the curve.
-        let mut curve = Vec::with_capacity(grid.len());
-        let mut best = (f64::INFINITY, 0, 1.0, lambda);
-        for (g, &tau) in grid.iter().enumerate() {
+        // The best temperature and λ at column c: (score, T, λ).
+        let best_at = |c: usize| -> Result<(f64, f64, f64)> {
             let mut here = (f64::INFINITY, 1.0, lambda);
             for &l in &lambdas {
                 for &t in &temperatures {
-                    let s = scored(g * stride, t, l)?;
+                    let s = scored(c, t, l)?;
                     if s < here.0 {
                         here = (s, t, l);
                     }
                 }
             }
+            Ok(here)
+        };
+        // Every point of the grid and of the decades past it at its best T and λ: the curve.
+        let points: Vec<(usize, f64)> = (0..grid.len())
+            .map(|g| (g * stride, grid[g]))
+            .chain((0..extension.len()).map(|j| (grid_columns + j, extension[j])))
+            .collect();
+        let mut curve = Vec::with_capacity(points.len());
+        let mut at = Vec::with_capacity(points.len());
+        for &(c, tau) in &points {
+            let here = best_at(c)?;
             curve.push((tau, here.0));
-            if here.0 < best.0 {
-                best = (here.0, g * stride, here.1, here.2);
+            at.push((here.0, c, here.1, here.2));
+        }
+        let best = at
+            .iter()
+            .copied()
+            .fold((f64::INFINITY, 0, 1.0, lambda), |b, a| if a.0 < b.0 { a } else { b });
+        // One standard error: the largest τ whose excess over the best, per validation row, has
+        // a mean within its standard error.
+        let mut choice = best;
+        let one_standard_error =
+            config.selection == TuneSelection::OneStandardError && config.metric != TuneMetric::Ece;
+        if one_standard_error {
+            let losses = |(_, c, t, l): (f64, usize, f64, f64)| validation.losses(config.metric, c, t, l, k);
+            let reference = losses(best)?;
+            let mut by_tau: Vec<usize> = (0..points.len()).collect();
+            by_tau.sort_by(|&a, &b| points[b].1.total_cmp(&points[a].1));
+            for i in by_tau {
+                let excess: Vec<f64> = losses(at[i])?.iter().zip(&reference).map(|(a, b)| a - b).collect();
+                if within_one_standard_error(&excess) {
+                    choice = at[i];
+                    break;
+                }
             }
         }
-        // Refine τ over the points between the best grid point's neighbours, at its T and λ.
-        let mut choice = best;
-        let span = best.1.saturating_sub(stride)..(best.1 + stride + 1).min(columns.len());
-        for c in span {
-            let s = scored(c, best.2, best.3)?;
-            if s < choice.0 {
-                choice = (s, c, best.2, best.3);
+        // The best, when it is a grid point: refined over the points between its neighbours,
+        // at its T and λ.
+        if !one_standard_error && best.1 < grid_columns {
+            for c in best.1.saturating_sub(stride)..(best.1 + stride + 1).min(grid_columns) {
+                let s = scored(c, best.2, best.3)?;
+                if s < choice.0 {
+                    choice = (s, c, best.2, best.3);
+                }
             }
         }
         // Refine T, then λ, at the chosen τ: golden-section searches on their logarithms
@@ -656,6 +741,30 @@ impl Validation {
     /// column `columns[k]` and temperature `t`: `softmax_k((f_k/t) / √(1 + λ v_k/t²))`, where
     /// a centred diagonal reads `v_k (1 − 2/K) + Σ_j v_j / K²`.
     fn scores(&self, columns: &[usize], t: f64, lambda: f64, k: usize) -> Result<Scores> {
+        score(&self.probs(columns, t, lambda, k), &self.labels, k, 15)
+    }
+
+    /// Each row's NLL `−ln p_y` (floored like [`score`]'s) or Brier score `Σ_k (p_k − y_k)²`
+    /// under [`Validation::scores`]' predictive at `column` for every class.
+    fn losses(&self, metric: TuneMetric, column: usize, t: f64, lambda: f64, k: usize) -> Result<Vec<f64>> {
+        let probs = self.probs(&vec![column; k], t, lambda, k);
+        let rows = probs.chunks_exact(k).zip(&self.labels);
+        Ok(match metric {
+            TuneMetric::Nll => rows.map(|(p, &y)| crate::numerics::label_nll(p[y as usize])).collect(),
+            TuneMetric::Brier => rows
+                .map(|(p, &y)| {
+                    p.iter()
+                        .enumerate()
+                        .map(|(c, &v)| (v - f64::from(u8::from(c == y as usize))).powi(2))
+                        .sum()
+                })
+                .collect(),
+            TuneMetric::Ece => return Err(Error::invalid("metric", "ECE has no per-row value")),
+        })
+    }
+
+    /// The predictive's probabilities (n × K) of [`Validation::scores`].
+    fn probs(&self, columns: &[usize], t: f64, lambda: f64, k: usize) -> Vec<f64> {
         let mut probs = vec![0.0; self.mean.len()];
         let kf = k as f64;
         let mut v = vec![0.0; k];
@@ -676,14 +785,28 @@ impl Validation {
             let total: f64 = p.iter().sum();
             p.iter_mut().for_each(|v| *v /= total);
         }
-        score(&probs, &self.labels, k, 15)
+        probs
     }
 }
 
-/// `points` log-spaced values from `lo` to `hi` (both included).
+/// Whether the mean of the row-by-row excesses `e` is within its standard error:
+/// `ē ≤ √(Σ (e − ē)² / (n − 1)) / √n`.
+fn within_one_standard_error(excess: &[f64]) -> bool {
+    let n = excess.len() as f64;
+    let mean = excess.iter().sum::<f64>() / n;
+    let variance = excess.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    mean <= (variance / n).sqrt()
+}
+
+/// `points` log-spaced values from `lo` to `hi`, both ends exactly.
 fn log_points(lo: f64, hi: f64, points: usize) -> Vec<f64> {
+    let last = (points - 1).max(1);
     (0..points)
-        .map(|i| (lo.ln() + (hi.ln() - lo.ln()) * i as f64 / (points - 1).max(1) as f64).exp())
+        .map(|i| match i {
+            0 => lo,
+            i if i == last => hi,
+            i => (lo.ln() + (hi.ln() - lo.ln()) * i as f64 / last as f64).exp(),
+        })
         .collect()
 }
 

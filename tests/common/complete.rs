@@ -1043,6 +1043,154 @@ fn classification_structures() -> [Structure; 5] {
     ]
 }
 
+/// Past the grid: on validation labels that are the network's own predictions every variance
+/// costs NLL, so the best τ lies past `grid_max`; the decades past it are scored as a refit
+/// would score them, the choice ends within a hair of the network's own softmax NLL, and stays
+/// at `grid_max` with `extend_grid: false`.
+pub fn check_tune_extends_past_the_grid<D: Device, T: Scalar>(dev: &D) {
+    let rel = if T::DTYPE == DType::F64 { 1e-8 } else { 2e-3 };
+    for s in classification_structures() {
+        let case = Case::new(93, 60, 5, 4, true);
+        let start = case
+            .fit::<D, T>(dev, 30, &case.config(s, Likelihood::Classification, Curvature::Ggn, 7))
+            .unwrap();
+        let phi = Problem::cast::<T>(&case.pb.phi[30 * case.pb.d..]);
+        let val = HostMatrix::new(&phi, 30, case.pb.d).unwrap();
+        let (k, n) = (case.pb.k, 30);
+        // The network's softmax and its argmax as the labels, from the head in f64.
+        let head = case.pb.head_aug();
+        let logits: Vec<f64> = (0..n).flat_map(|x| case.logits(&head, 30 + x)).collect();
+        let labels: Vec<u32> = logits
+            .chunks(k)
+            .map(|z| (0..k).max_by(|&a, &b| z[a].total_cmp(&z[b])).unwrap() as u32)
+            .collect();
+        let network_nll = logits
+            .chunks(k)
+            .zip(&labels)
+            .map(|(z, &y)| {
+                let top = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                top + z.iter().map(|v| (v - top).exp()).sum::<f64>().ln() - z[y as usize]
+            })
+            .sum::<f64>()
+            / n as f64;
+        for link in [
+            Link::Probit {
+                lambda: Link::PROBIT_LAMBDA,
+            },
+            Link::default(),
+        ] {
+            let name = format!("{s:?}/{}", link.name());
+            let config = TuneConfig {
+                link,
+                grid_points: 9,
+                grid_max: 1e2,
+                ..Default::default()
+            };
+            let mut post = start.try_clone().unwrap();
+            let report = post.tune_prior_precision(val, &labels[..], &config).unwrap();
+            assert!(
+                report.prior_precision > 1e2,
+                "{name}: stayed at {}",
+                report.prior_precision
+            );
+            assert_eq!(report.curve.len(), 15, "{name}");
+            for &(tau, value) in &report.curve[9..] {
+                assert!(
+                    (tau / 1e2).log10().fract().abs() < 1e-9,
+                    "{name}: τ = {tau} is no decade"
+                );
+                let mut p = start.try_clone().unwrap();
+                p.set_prior_precision(&[tau]).unwrap();
+                let pred = p.predict(val, link).unwrap();
+                let brute = laplace_update::metrics::score(&pred.probs, &labels, k, 15).unwrap().nll;
+                assert!(
+                    (value - brute).abs() <= rel * brute.max(1.0),
+                    "{name}: τ = {tau}: {value} vs {brute}"
+                );
+            }
+            assert!(
+                report.score >= network_nll - rel,
+                "{name}: {} beats the network's {network_nll}",
+                report.score
+            );
+            assert!(
+                report.score <= network_nll + rel * network_nll.max(1.0),
+                "{name}: {} vs the network's {network_nll}",
+                report.score
+            );
+            let mut kept = start.try_clone().unwrap();
+            let bounded = TuneConfig {
+                extend_grid: false,
+                ..config
+            };
+            let report = kept.tune_prior_precision(val, &labels[..], &bounded).unwrap();
+            assert_eq!(report.prior_precision, 1e2, "{name}");
+            assert_eq!(report.curve.len(), 9, "{name}");
+        }
+    }
+}
+
+/// The one-standard-error rule against brute force: every scored τ refitted and its per-row
+/// NLL taken from `predict`; the choice is the largest τ whose mean excess over the best τ's,
+/// row by row, is within the excess's standard error.
+pub fn check_tune_one_standard_error<D: Device, T: Scalar>(dev: &D) {
+    let mut moved = 0;
+    for s in classification_structures() {
+        for seed in [95u64, 96, 97] {
+            let case = Case::new(seed, 90, 5, 4, true);
+            let start = case
+                .fit::<D, T>(dev, 40, &case.config(s, Likelihood::Classification, Curvature::Ggn, 7))
+                .unwrap();
+            let phi = Problem::cast::<T>(&case.pb.phi[40 * case.pb.d..]);
+            let val = HostMatrix::new(&phi, 50, case.pb.d).unwrap();
+            let labels = &case.pb.labels[40..];
+            let link = Link::Probit {
+                lambda: Link::PROBIT_LAMBDA,
+            };
+            let config = TuneConfig {
+                link,
+                grid_points: 9,
+                ..Default::default()
+            };
+            let mut post = start.try_clone().unwrap();
+            let report = post.tune_prior_precision(val, labels, &config).unwrap();
+            let rows = |tau: f64| -> Vec<f64> {
+                let mut p = start.try_clone().unwrap();
+                p.set_prior_precision(&[tau]).unwrap();
+                let probs = p.predict(val, link).unwrap().probs;
+                labels
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &y)| -probs[i * case.pb.k + y as usize].as_f64().max(1e-300).ln())
+                    .collect()
+            };
+            let taus: Vec<f64> = report.curve.iter().map(|c| c.0).collect();
+            let nll: Vec<Vec<f64>> = taus.iter().map(|&t| rows(t)).collect();
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+            let best = (0..taus.len())
+                .min_by(|&a, &b| mean(&nll[a]).total_cmp(&mean(&nll[b])))
+                .unwrap();
+            let mut expected = best;
+            for i in (0..taus.len()).rev() {
+                let e: Vec<f64> = nll[i].iter().zip(&nll[best]).map(|(a, b)| a - b).collect();
+                let m = mean(&e);
+                let sd = (e.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (e.len() - 1) as f64).sqrt();
+                if m <= sd / (e.len() as f64).sqrt() {
+                    expected = i;
+                    break;
+                }
+            }
+            assert_eq!(
+                report.prior_precision, taus[expected],
+                "{s:?} seed {seed}: {:?}",
+                report.curve
+            );
+            moved += usize::from(expected != best);
+        }
+    }
+    assert!(moved > 0, "the rule never chose other than the best");
+}
+
 /// Validation tuning against brute force: at every grid τ, a copy refitted by
 /// `set_prior_precision` and scored by `predict` on the validation rows gives the curve's value,
 /// for the probit, the centred probit and no link; the chosen τ is the refined argmin (no grid
@@ -1077,12 +1225,14 @@ pub fn check_tune_prior_precision<D: Device, T: Scalar>(dev: &D) {
                 link,
                 grid_points: 9,
                 temperature,
+                selection: TuneSelection::Best,
                 ..Default::default()
             };
             let mut post = start.try_clone().unwrap();
             let report = post.tune_prior_precision(val, labels, &config).unwrap();
-            // No link: τ does not enter the predictive and is kept.
-            let points = if link == Link::None { 1 } else { 9 };
+            // No link: τ does not enter the predictive and is kept. Otherwise the grid and the
+            // 6 decades past it.
+            let points = if link == Link::None { 1 } else { 15 };
             assert_eq!(report.curve.len(), points, "{name}");
             if link == Link::None {
                 assert_eq!(report.prior_precision, start.prior_precision()[0].as_f64(), "{name}");
@@ -1482,6 +1632,8 @@ macro_rules! complete_suite {
             forgetting => check_forgetting,
             resident_features => check_resident_features,
             tune_prior_precision_matches_brute_force => check_tune_prior_precision,
+            tune_prior_precision_past_the_grid => check_tune_extends_past_the_grid,
+            tune_prior_precision_one_standard_error => check_tune_one_standard_error,
             noise_and_prior_for_regression => check_noise_tuning,
             centred_probit_matches_dense => check_centred_probit,
         ]);

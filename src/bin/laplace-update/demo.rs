@@ -436,6 +436,8 @@ const PREDICTIVE_ONLY: TuneConfig = TuneConfig {
     grid_min: 1e-4,
     grid_max: 1e4,
     grid_points: 41,
+    extend_grid: true,
+    selection: laplace_update::TuneSelection::OneStandardError,
     prior: false,
     temperature: true,
     lambda: true,

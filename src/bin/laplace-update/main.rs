@@ -20,7 +20,7 @@ use laplace_update::{
     Likelihood, Link, OutputWeighting, Posterior, PriorShape, Result, Scalar, Structure, Targets, UnlearnConfig,
     UpdateConfig, UpdateRule, fit_map_head,
 };
-use laplace_update::{Calibration, StepControl, TuneConfig, TuneMetric, UpdateReport};
+use laplace_update::{Calibration, StepControl, TuneConfig, TuneMetric, TuneSelection, UpdateReport};
 
 #[derive(Parser)]
 #[command(
@@ -233,6 +233,10 @@ struct TuneArgs {
     /// Metric minimised on the validation data.
     #[arg(long, value_enum, default_value = "nll")]
     val_metric: MetricArg,
+    /// How τ is picked: the largest within one standard error of the best (nearest the
+    /// network), or the best.
+    #[arg(long, value_enum, default_value = "one-se")]
+    val_selection: SelectionArg,
     /// Tune the logit temperature jointly with τ.
     #[arg(long)]
     tune_temperature: bool,
@@ -256,6 +260,12 @@ struct TuneArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum SelectionArg {
+    OneSe,
+    Best,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum TuneLinkArg {
     Probit,
     CentredProbit,
@@ -275,6 +285,10 @@ impl TuneArgs {
                 TuneLinkArg::Probit => Link::Probit { lambda },
                 TuneLinkArg::CentredProbit => Link::CentredProbit { lambda },
                 TuneLinkArg::None => Link::None,
+            },
+            selection: match self.val_selection {
+                SelectionArg::OneSe => TuneSelection::OneStandardError,
+                SelectionArg::Best => TuneSelection::Best,
             },
             prior: !self.keep_prior,
             temperature: self.tune_temperature,
