@@ -162,8 +162,8 @@ fn run(
         test(&marglik_t, link)?,
     ));
     for (link, name, selection) in [
-        (probit, "probit", TuneSelection::OneStandardError),
-        (centred, "centred probit", TuneSelection::OneStandardError),
+        (probit, "probit", TuneSelection::Auto),
+        (centred, "centred probit", TuneSelection::Auto),
         (centred, "centred, best τ", TuneSelection::Best),
     ] {
         for temperature in [false, true] {

@@ -128,7 +128,7 @@ class Posterior:
         grid_max: float = 1e4,
         grid_points: int = 41,
         extend_grid: bool = True,
-        selection: str = "one-se",
+        selection: str = "auto",
         prior: bool = True,
         temperature: bool = False,
         tune_lambda: bool = False,

@@ -411,7 +411,8 @@ class Laplace:
         to ``10**log_prior_prec_max`` by the validation NLL (``loss``: ``"nll"``, ``"brier"`` or
         ``"ece"``) of the predictive under ``link_approx`` and keeps the best, as laplace-torch
         does, then refines between grid points (``Posterior.tune_prior_precision`` also scores
-        past the grid and by default picks the largest τ within one standard error of the best).
+        past the grid, and with a temperature picks the largest τ within one standard error of
+        the best).
 
         >>> la.optimize_prior_precision(method="marglik")
         >>> la.optimize_prior_precision(method="gridsearch", val_loader=val_loader, grid_size=21)

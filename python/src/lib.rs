@@ -766,7 +766,8 @@ impl Posterior {
 
     /// Chooses τ on the log grid `grid_min … grid_max` and 6 decades past it (unless
     /// `extend_grid=False`), the largest within one standard error of the best
-    /// (`selection="one-se"`) or the best (`"best"`) (unless `prior=False`; and with
+    /// (`selection="one-se"`) or the best (`"best"`); `"auto"`, the first with `temperature=True`,
+    /// else the second (unless `prior=False`; and with
     /// `temperature=True` a logit temperature; with
     /// `tune_lambda=True` the probit's λ; with `choose_link=True` the link; with
     /// `per_class=True`, then one τ per class, Diag only) minimising `metric` (nll, brier, ece)
@@ -777,7 +778,7 @@ impl Posterior {
     /// >>> report = post.tune_prior_precision(x_val, y_val, temperature=True)
     /// >>> report["prior_precision"] == post.prior_precision[0] and len(report["curve"]) > 0
     /// True
-    #[pyo3(signature = (features, labels, metric="nll", link="centred-probit", grid_min=1e-4, grid_max=1e4, grid_points=41, extend_grid=true, selection="one-se", prior=true, temperature=false, tune_lambda=false, choose_link=false, per_class=false))]
+    #[pyo3(signature = (features, labels, metric="nll", link="centred-probit", grid_min=1e-4, grid_max=1e4, grid_points=41, extend_grid=true, selection="auto", prior=true, temperature=false, tune_lambda=false, choose_link=false, per_class=false))]
     #[allow(clippy::too_many_arguments)]
     fn tune_prior_precision<'py>(
         &self,

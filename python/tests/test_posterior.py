@@ -217,7 +217,7 @@ def test_tune_prior_precision_against_numpy(link):
     assert report["score"] <= min(v for _, v in report["curve"]) + 1e-12
     # The default: the largest τ whose excess over the best, row by row, is within its
     # standard error.
-    chosen = start.tune_prior_precision(x[30:], y[30:], link=link, grid_points=7)["prior_precision"]
+    chosen = start.tune_prior_precision(x[30:], y[30:], link=link, grid_points=7, selection="one-se")["prior_precision"]
     best = int(np.argmin([r.mean() for r in rows]))
     within = [i for i, r in enumerate(rows)
               if (r - rows[best]).mean() <= (r - rows[best]).std(ddof=1) / np.sqrt(len(r))]

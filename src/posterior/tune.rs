@@ -60,28 +60,35 @@ impl TuneMetric {
 /// How [`Posterior::tune_prior_precision`] picks τ from the scored points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TuneSelection {
+    /// [`TuneSelection::OneStandardError`] when the temperature is tuned with τ, else
+    /// [`TuneSelection::Best`]. Jointly, the probit's logits `f/√(T² + λ v(τ))` depend on τ and
+    /// T mostly through `T² + λ v(τ)`: a ridge of near-equal scores (a wide posterior with a
+    /// sharp temperature, or the network with its own) along which the best pair follows the
+    /// validation split's noise.
+    #[default]
+    Auto,
     /// The largest τ (the narrowest posterior, the nearest to the network itself) whose metric
     /// is within one standard error of the best: the mean over validation rows of its excess
     /// over the best row by row, `m`, against that excess's standard error `s/√n`, `m ≤ s/√n`.
     /// A τ away from the network is kept only where the validation data show it to be better.
     /// ECE, which has no per-row value, selects as [`TuneSelection::Best`] does.
-    #[default]
     OneStandardError,
     /// The best τ, refined between the grid points beside it.
     Best,
 }
 
 impl TuneSelection {
-    /// The rule of a name: `one-se` or `best`.
+    /// The rule of a name: `auto`, `one-se` or `best`.
     ///
     /// Errors: `InvalidArgument`.
     pub fn from_name(name: &str) -> Result<Self> {
         match name {
+            "auto" => Ok(TuneSelection::Auto),
             "one-se" => Ok(TuneSelection::OneStandardError),
             "best" => Ok(TuneSelection::Best),
             other => Err(Error::invalid(
                 "selection",
-                format!("unknown selection {other:?}: one-se or best"),
+                format!("unknown selection {other:?}: auto, one-se or best"),
             )),
         }
     }
@@ -130,7 +137,7 @@ pub struct TuneConfig {
 
 impl Default for TuneConfig {
     /// NLL, the centred probit (the default link), τ chosen on 41 points of 10⁻⁴ … 10⁴ and 6
-    /// decades past it, the largest within one standard error of the best; T = 1, the link kept.
+    /// decades past it ([`TuneSelection::Auto`]); T = 1, the link kept.
     fn default() -> Self {
         TuneConfig {
             metric: TuneMetric::Nll,
@@ -139,7 +146,7 @@ impl Default for TuneConfig {
             grid_max: 1e4,
             grid_points: 41,
             extend_grid: true,
-            selection: TuneSelection::OneStandardError,
+            selection: TuneSelection::Auto,
             prior: true,
             temperature: false,
             lambda: false,
@@ -230,8 +237,9 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// [`Posterior::calibration`]). The mean is held fixed.
     ///
     /// τ runs over a log grid (and, with `extend_grid`, 6 decades past it), each τ at its best T;
-    /// `selection` picks the largest of these τ within one standard error of the best, or the
-    /// best, which is then refined over the 3 points scored inside each interval next to it;
+    /// `selection` picks the largest of these τ within one standard error of the best (by
+    /// default when T is tuned too), or the best, which is then refined over the 3 points scored
+    /// inside each interval next to it;
     /// every τ is scored from one spectrum of the curvature (see the module notes), so the cost
     /// is one eigendecomposition (Full: P³ order; Shared: D³; Diag, Kron: none) and
     /// O(n·K·P) per pass over the validation data for Full (O(n·K·D) for the others), whatever
@@ -334,7 +342,10 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let (k, da) = (self.classes, self.augmented_features());
         let sigma0 = self.gaussian_noise()?;
         let prior = self.prior_values();
-        let spectrum = self.moments.state.curvature_spectrum(&self.device, &prior, k, da)?;
+        let spectrum = self
+            .moments
+            .state
+            .curvature_spectrum(&self.device, &prior, k, da, false)?;
         let grid = match config.prior {
             true => log_points(config.grid_min, config.grid_max, config.grid_points),
             false => prior[..1].to_vec(),
@@ -423,7 +434,11 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         // One τ, the posterior's own: its covariance serves, with no spectrum.
         let spectrum = match columns.len() {
             1 => None,
-            _ => Some(self.moments.state.curvature_spectrum(&self.device, &prior, k, da)?),
+            _ => Some(
+                self.moments
+                    .state
+                    .curvature_spectrum(&self.device, &prior, k, da, true)?,
+            ),
         };
         let validation = self.validation_pass(&features, targets, spectrum.as_ref(), centred, &shifts)?;
         // A choice: (score, column, T, λ).
@@ -462,8 +477,12 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         // One standard error: the largest τ whose excess over the best, per validation row, has
         // a mean within its standard error.
         let mut choice = best;
-        let one_standard_error =
-            config.selection == TuneSelection::OneStandardError && config.metric != TuneMetric::Ece;
+        let one_standard_error = config.metric != TuneMetric::Ece
+            && match config.selection {
+                TuneSelection::Auto => config.temperature,
+                TuneSelection::OneStandardError => true,
+                TuneSelection::Best => false,
+            };
         if one_standard_error {
             let losses = |(_, c, t, l): (f64, usize, f64, f64)| validation.losses(config.metric, c, t, l, k);
             let reference = losses(best)?;

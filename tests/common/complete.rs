@@ -1150,10 +1150,34 @@ pub fn check_tune_one_standard_error<D: Device, T: Scalar>(dev: &D) {
             let config = TuneConfig {
                 link,
                 grid_points: 9,
+                selection: TuneSelection::OneStandardError,
                 ..Default::default()
             };
             let mut post = start.try_clone().unwrap();
             let report = post.tune_prior_precision(val, labels, &config).unwrap();
+            // Auto without a temperature is the best τ, refined.
+            let mut auto = start.try_clone().unwrap();
+            let best = TuneConfig {
+                selection: TuneSelection::Best,
+                ..config
+            };
+            assert_eq!(
+                auto.tune_prior_precision(
+                    val,
+                    labels,
+                    &TuneConfig {
+                        selection: TuneSelection::Auto,
+                        ..config
+                    }
+                )
+                .unwrap(),
+                start
+                    .try_clone()
+                    .unwrap()
+                    .tune_prior_precision(val, labels, &best)
+                    .unwrap(),
+                "{s:?}"
+            );
             let rows = |tau: f64| -> Vec<f64> {
                 let mut p = start.try_clone().unwrap();
                 p.set_prior_precision(&[tau]).unwrap();
@@ -1424,7 +1448,7 @@ fn check_per_class_tuning<D: Device, T: Scalar>(
             )
             .unwrap();
         // The descent starts from the scalar choice; in the probit case it moves (the
-        // centred one's scalar optimum is the grid's end, which no class can pass).
+        // centred one's scalar optimum is the largest τ scored, which no class can pass).
         assert!(
             report.score <= scalar.score && (!temperature || report.score < scalar.score),
             "{name}: per class {} vs scalar {}",

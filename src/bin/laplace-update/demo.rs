@@ -437,7 +437,7 @@ const PREDICTIVE_ONLY: TuneConfig = TuneConfig {
     grid_max: 1e4,
     grid_points: 41,
     extend_grid: true,
-    selection: laplace_update::TuneSelection::OneStandardError,
+    selection: laplace_update::TuneSelection::Auto,
     prior: false,
     temperature: true,
     lambda: true,

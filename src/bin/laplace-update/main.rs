@@ -234,8 +234,8 @@ struct TuneArgs {
     #[arg(long, value_enum, default_value = "nll")]
     val_metric: MetricArg,
     /// How τ is picked: the largest within one standard error of the best (nearest the
-    /// network), or the best.
-    #[arg(long, value_enum, default_value = "one-se")]
+    /// network), or the best; `auto`, the first with --tune-temperature, else the second.
+    #[arg(long, value_enum, default_value = "auto")]
     val_selection: SelectionArg,
     /// Tune the logit temperature jointly with τ.
     #[arg(long)]
@@ -261,6 +261,7 @@ struct TuneArgs {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum SelectionArg {
+    Auto,
     OneSe,
     Best,
 }
@@ -287,6 +288,7 @@ impl TuneArgs {
                 TuneLinkArg::None => Link::None,
             },
             selection: match self.val_selection {
+                SelectionArg::Auto => TuneSelection::Auto,
                 SelectionArg::OneSe => TuneSelection::OneStandardError,
                 SelectionArg::Best => TuneSelection::Best,
             },

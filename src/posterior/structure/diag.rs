@@ -176,7 +176,14 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Diag<D, T> {
         Ok((row_curvature_eigenvalues(device, &self.pair.precision, prior, da)?, 1.0))
     }
 
-    fn curvature_spectrum(&self, device: &D, prior: &[f64], _k: usize, da: usize) -> Result<Spectrum> {
+    fn curvature_spectrum(
+        &self,
+        device: &D,
+        prior: &[f64],
+        _k: usize,
+        da: usize,
+        _shift_null: bool,
+    ) -> Result<Spectrum> {
         Ok(Spectrum::Diagonal {
             h: row_curvature_eigenvalues(device, &self.pair.precision, prior, da)?,
         })

@@ -272,9 +272,9 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         Ok((dense_curvature_eigenvalues(device, &self.pair.precision, of)?, 1.0))
     }
 
-    fn curvature_spectrum(&self, device: &D, prior: &[f64], _k: usize, da: usize) -> Result<Spectrum> {
+    fn curvature_spectrum(&self, device: &D, prior: &[f64], k: usize, da: usize, shift_null: bool) -> Result<Spectrum> {
         let of = |i: usize| prior[if prior.len() == 1 { 0 } else { i / da }];
-        let (h, vectors) = dense_spectrum(device, &self.pair.precision, of)?;
+        let (h, vectors) = dense_spectrum(device, &self.pair.precision, of, shift_null.then_some(k))?;
         Ok(Spectrum::Dense { h, vectors })
     }
 

@@ -316,7 +316,14 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Kron<D, T> {
         Ok((row_curvature_eigenvalues(device, &self.pair.precision, prior, da)?, 1.0))
     }
 
-    fn curvature_spectrum(&self, device: &D, prior: &[f64], _k: usize, da: usize) -> Result<Spectrum> {
+    fn curvature_spectrum(
+        &self,
+        device: &D,
+        prior: &[f64],
+        _k: usize,
+        da: usize,
+        _shift_null: bool,
+    ) -> Result<Spectrum> {
         let host =
             |m: &Matrix<D, T>| -> Result<Vec<f64>> { Ok(device.download(m)?.iter().map(|x| x.as_f64()).collect()) };
         Ok(Spectrum::Kron {

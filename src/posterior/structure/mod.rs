@@ -213,8 +213,10 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
 
     /// The data curvature `H = Π − T` (T the prior `prior`, 1 or K values) in weight space as
     /// `U diag(h) Uᵀ`, in the form the structure holds it (see [`Spectrum`]): one
-    /// eigendecomposition for Full and Shared, none for Diag and Kron.
-    fn curvature_spectrum(&self, device: &D, prior: &[f64], k: usize, da: usize) -> Result<Spectrum>;
+    /// eigendecomposition for Full and Shared, none for Diag and Kron. `shift_null`: H is null
+    /// on a shift of all K logits together, `1_K ⊗ v` (a softmax likelihood's curvature), which
+    /// Full's eigendecomposition then leaves out.
+    fn curvature_spectrum(&self, device: &D, prior: &[f64], k: usize, da: usize, shift_null: bool) -> Result<Spectrum>;
 
     /// Whether the structure takes one τ per class.
     fn per_class_prior(&self) -> bool;
@@ -934,23 +936,102 @@ pub(crate) enum Spectrum {
     Kron { h: Vec<f64>, ua: Vec<f64>, ug: Vec<f64> },
 }
 
-/// The spectrum of `precision − diag(τ)` (Full, Shared): its eigendecomposition, eigenvalues
-/// clamped at 0.
+/// The spectrum of `H = precision − diag(τ)` (Full, Shared): its eigendecomposition,
+/// eigenvalues clamped at 0, eigenvectors as the columns of a row-major n × n matrix.
+///
+/// With `shift_null = Some(K)` (H null on every `1_K ⊗ v`, v of length n/K), only the other
+/// class directions are decomposed: with Q a K × K orthogonal matrix whose first column is
+/// `1/√K` and `Q₁` its other columns, `H = (Q₁ ⊗ I) H₁ (Q₁ ⊗ I)ᵀ` for the `(K − 1)·n/K` square
+/// `H₁ = (Q₁ ⊗ I)ᵀ H (Q₁ ⊗ I)`, whose eigenpairs `(h, W)` give H's as `(h, (Q₁ ⊗ I) W)`,
+/// beside `(0, e_d/√K)` on the null space: `((K − 1)/K)³` of the dense eigendecomposition's work.
 fn dense_spectrum<D: Device, T: Scalar>(
     device: &D,
     precision: &Matrix<D, T>,
     tau_of: impl Fn(usize) -> f64,
+    shift_null: Option<usize>,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
     let n = precision.rows();
     let mut p = device.download(precision)?;
     for i in 0..n {
         p[i * n + i] -= T::from_f64(tau_of(i));
     }
-    let (h, vectors) = symmetric_eigen(&p, n)?;
-    Ok((
-        h.into_iter().map(|x| x.max(0.0)).collect(),
-        vectors.iter().map(|x| x.as_f64()).collect(),
-    ))
+    let k = match shift_null {
+        Some(k) if k > 1 && n % k == 0 => k,
+        _ => {
+            let (h, vectors) = symmetric_eigen(&p, n)?;
+            return Ok((
+                h.into_iter().map(|x| x.max(0.0)).collect(),
+                vectors.iter().map(|x| x.as_f64()).collect(),
+            ));
+        }
+    };
+    let da = n / k;
+    let q = shift_basis(k);
+    // G = (Q₁ ⊗ I)ᵀ H ((K − 1)·n/K × n), then H₁ = G (Q₁ ⊗ I): block (a, b) of H₁ is
+    // Σ_l G_{a, l} Q[l, b].
+    let m = (k - 1) * da;
+    let mut g = vec![0.0f64; m * n];
+    for a in 1..k {
+        for c in 0..k {
+            let w = q[c * k + a];
+            for i in 0..da {
+                let (from, to) = ((c * da + i) * n, ((a - 1) * da + i) * n);
+                for (t, s) in g[to..to + n].iter_mut().zip(&p[from..from + n]) {
+                    *t += w * s.as_f64();
+                }
+            }
+        }
+    }
+    let mut reduced = vec![T::zero(); m * m];
+    let mut row = vec![0.0f64; m];
+    for a in 1..k {
+        for i in 0..da {
+            row.iter_mut().for_each(|v| *v = 0.0);
+            let source = &g[((a - 1) * da + i) * n..((a - 1) * da + i + 1) * n];
+            for l in 0..k {
+                for b in 1..k {
+                    let w = q[l * k + b];
+                    let (out, from) = (&mut row[(b - 1) * da..b * da], &source[l * da..(l + 1) * da]);
+                    out.iter_mut().zip(from).for_each(|(o, s)| *o += w * s);
+                }
+            }
+            let at = ((a - 1) * da + i) * m;
+            reduced[at..at + m]
+                .iter_mut()
+                .zip(&row)
+                .for_each(|(r, v)| *r = T::from_f64(*v));
+        }
+    }
+    drop(g);
+    let (h1, w1) = symmetric_eigen(&reduced, m)?;
+    // Columns: the null space's n/K, then (Q₁ ⊗ I) W.
+    let mut h = vec![0.0; da];
+    h.extend(h1.into_iter().map(|x| x.max(0.0)));
+    let mut vectors = vec![0.0f64; n * n];
+    let root = 1.0 / (k as f64).sqrt();
+    for c in 0..k {
+        for i in 0..da {
+            let out = &mut vectors[(c * da + i) * n..(c * da + i + 1) * n];
+            out[i] = root;
+            for b in 1..k {
+                let w = q[c * k + b];
+                let from = &w1[((b - 1) * da + i) * m..((b - 1) * da + i + 1) * m];
+                out[da..].iter_mut().zip(from).for_each(|(o, s)| *o += w * s.as_f64());
+            }
+        }
+    }
+    Ok((h, vectors))
+}
+
+/// A K × K orthogonal matrix (row-major) whose first column is `1/√K`: the Householder
+/// reflection `I − 2 u uᵀ / uᵀu` with `u = e₁ − 1/√K`, which maps e₁ to `1/√K`.
+fn shift_basis(k: usize) -> Vec<f64> {
+    let root = 1.0 / (k as f64).sqrt();
+    let u: Vec<f64> = (0..k).map(|i| f64::from(u8::from(i == 0)) - root).collect();
+    let norm: f64 = u.iter().map(|v| v * v).sum();
+    (0..k * k)
+        .map(|i| f64::from(u8::from(i / k == i % k)) - 2.0 * u[i / k] * u[i % k] / norm)
+        .collect()
 }
 
 /// `K × D_aug` eigenvalues (Diag, Kron) with `delta` added to class k's row.

@@ -196,8 +196,15 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Shared<D, T> {
         ))
     }
 
-    fn curvature_spectrum(&self, device: &D, prior: &[f64], _k: usize, _da: usize) -> Result<Spectrum> {
-        let (h, vectors) = dense_spectrum(device, &self.pair.precision, |_| prior[0])?;
+    fn curvature_spectrum(
+        &self,
+        device: &D,
+        prior: &[f64],
+        _k: usize,
+        _da: usize,
+        _shift_null: bool,
+    ) -> Result<Spectrum> {
+        let (h, vectors) = dense_spectrum(device, &self.pair.precision, |_| prior[0], None)?;
         Ok(Spectrum::Shared { h, vectors })
     }
 
