@@ -139,10 +139,13 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             let da = self.augmented_features();
             let tau = match shape {
                 PriorShape::Scalar => {
-                    let (h, multiplicity) =
-                        self.moments
-                            .state
-                            .curvature_eigenvalues(&self.device, &prior, self.classes, da)?;
+                    let (h, multiplicity) = self.moments.state.curvature_eigenvalues(
+                        &self.device,
+                        &prior,
+                        self.classes,
+                        da,
+                        !self.is_regression(),
+                    )?;
                     let norm: f64 = self.head_row_norms()?.iter().sum();
                     vec![evidence_root(&h, multiplicity, norm)]
                 }
@@ -275,6 +278,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
                 &prior,
                 self.classes,
                 self.augmented_features(),
+                false,
             )?;
             let norm: f64 = self.head_row_norms()?.iter().sum();
             let p = multiplicity * h.len() as f64;

@@ -172,7 +172,14 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Diag<D, T> {
         row_log_det(device, &self.pair.precision)
     }
 
-    fn curvature_eigenvalues(&self, device: &D, prior: &[f64], _k: usize, da: usize) -> Result<(Vec<f64>, f64)> {
+    fn curvature_eigenvalues(
+        &self,
+        device: &D,
+        prior: &[f64],
+        _k: usize,
+        da: usize,
+        _shift_null: bool,
+    ) -> Result<(Vec<f64>, f64)> {
         Ok((row_curvature_eigenvalues(device, &self.pair.precision, prior, da)?, 1.0))
     }
 

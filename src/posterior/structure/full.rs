@@ -267,9 +267,17 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         dense_log_det(device, &self.pair.precision)
     }
 
-    fn curvature_eigenvalues(&self, device: &D, prior: &[f64], _k: usize, da: usize) -> Result<(Vec<f64>, f64)> {
+    fn curvature_eigenvalues(
+        &self,
+        device: &D,
+        prior: &[f64],
+        k: usize,
+        da: usize,
+        shift_null: bool,
+    ) -> Result<(Vec<f64>, f64)> {
         let of = |i: usize| prior[if prior.len() == 1 { 0 } else { i / da }];
-        Ok((dense_curvature_eigenvalues(device, &self.pair.precision, of)?, 1.0))
+        let h = dense_curvature_eigenvalues(device, &self.pair.precision, of, shift_null.then_some(k))?;
+        Ok((h, 1.0))
     }
 
     fn curvature_spectrum(&self, device: &D, prior: &[f64], k: usize, da: usize, shift_null: bool) -> Result<Spectrum> {

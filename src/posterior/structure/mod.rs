@@ -208,8 +208,16 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
     fn log_det_precision(&self, device: &D, k: usize) -> Result<f64>;
 
     /// The eigenvalues `h_i ≥ 0` of the data term `Π − diag(τ)` (`prior` holds τ per class)
-    /// and how many weights each stands for.
-    fn curvature_eigenvalues(&self, device: &D, prior: &[f64], k: usize, da: usize) -> Result<(Vec<f64>, f64)>;
+    /// and how many weights each stands for; `shift_null` as for
+    /// [`CovarianceStructure::curvature_spectrum`].
+    fn curvature_eigenvalues(
+        &self,
+        device: &D,
+        prior: &[f64],
+        k: usize,
+        da: usize,
+        shift_null: bool,
+    ) -> Result<(Vec<f64>, f64)>;
 
     /// The data curvature `H = Π − T` (T the prior `prior`, 1 or K values) in weight space as
     /// `U diag(h) Uᵀ`, in the form the structure holds it (see [`Spectrum`]): one
@@ -911,13 +919,25 @@ fn dense_curvature_eigenvalues<D: Device, T: Scalar>(
     device: &D,
     precision: &Matrix<D, T>,
     tau_of: impl Fn(usize) -> f64,
+    shift_null: Option<usize>,
 ) -> Result<Vec<f64>> {
     let n = precision.rows();
     let mut p = device.download(precision)?;
     for i in 0..n {
         p[i * n + i] -= T::from_f64(tau_of(i));
     }
-    Ok(symmetric_eigenvalues(&p, n)?.into_iter().map(|x| x.max(0.0)).collect())
+    let h = match shift_null {
+        Some(k) if k > 1 && n.is_multiple_of(k) => {
+            let mut h = vec![0.0; n / k];
+            h.extend(symmetric_eigenvalues(
+                &shift_reduced(&p, n, k, &shift_basis(k)),
+                n - n / k,
+            )?);
+            h
+        }
+        _ => symmetric_eigenvalues(&p, n)?,
+    };
+    Ok(h.into_iter().map(|x| x.max(0.0)).collect())
 }
 
 /// A structure's data curvature `H = U diag(h) Uᵀ` in weight space (P = K·D_aug, weights
@@ -956,7 +976,7 @@ fn dense_spectrum<D: Device, T: Scalar>(
         p[i * n + i] -= T::from_f64(tau_of(i));
     }
     let k = match shift_null {
-        Some(k) if k > 1 && n % k == 0 => k,
+        Some(k) if k > 1 && n.is_multiple_of(k) => k,
         _ => {
             let (h, vectors) = symmetric_eigen(&p, n)?;
             return Ok((
@@ -965,11 +985,35 @@ fn dense_spectrum<D: Device, T: Scalar>(
             ));
         }
     };
-    let da = n / k;
-    let q = shift_basis(k);
+    let (da, m, q) = (n / k, n - n / k, shift_basis(k));
+    let reduced = shift_reduced(&p, n, k, &q);
+    drop(p);
+    let (h1, w1) = symmetric_eigen(&reduced, m)?;
+    // Columns: the null space's n/K, then (Q₁ ⊗ I) W.
+    let mut h = vec![0.0; da];
+    h.extend(h1.into_iter().map(|x| x.max(0.0)));
+    let mut vectors = vec![0.0f64; n * n];
+    let root = 1.0 / (k as f64).sqrt();
+    for c in 0..k {
+        for i in 0..da {
+            let out = &mut vectors[(c * da + i) * n..(c * da + i + 1) * n];
+            out[i] = root;
+            for b in 1..k {
+                let w = q[c * k + b];
+                let from = &w1[((b - 1) * da + i) * m..((b - 1) * da + i + 1) * m];
+                out[da..].iter_mut().zip(from).for_each(|(o, s)| *o += w * s.as_f64());
+            }
+        }
+    }
+    Ok((h, vectors))
+}
+
+/// `H₁ = (Q₁ ⊗ I)ᵀ H (Q₁ ⊗ I)`, the `(K − 1)·n/K` square of the row-major n × n H (`p`) in the
+/// class directions other than the common shift (Q from [`shift_basis`]), summed in f64.
+fn shift_reduced<T: Scalar>(p: &[T], n: usize, k: usize, q: &[f64]) -> Vec<T> {
+    let (da, m) = (n / k, n - n / k);
     // G = (Q₁ ⊗ I)ᵀ H ((K − 1)·n/K × n), then H₁ = G (Q₁ ⊗ I): block (a, b) of H₁ is
     // Σ_l G_{a, l} Q[l, b].
-    let m = (k - 1) * da;
     let mut g = vec![0.0f64; m * n];
     for a in 1..k {
         for c in 0..k {
@@ -1002,25 +1046,7 @@ fn dense_spectrum<D: Device, T: Scalar>(
                 .for_each(|(r, v)| *r = T::from_f64(*v));
         }
     }
-    drop(g);
-    let (h1, w1) = symmetric_eigen(&reduced, m)?;
-    // Columns: the null space's n/K, then (Q₁ ⊗ I) W.
-    let mut h = vec![0.0; da];
-    h.extend(h1.into_iter().map(|x| x.max(0.0)));
-    let mut vectors = vec![0.0f64; n * n];
-    let root = 1.0 / (k as f64).sqrt();
-    for c in 0..k {
-        for i in 0..da {
-            let out = &mut vectors[(c * da + i) * n..(c * da + i + 1) * n];
-            out[i] = root;
-            for b in 1..k {
-                let w = q[c * k + b];
-                let from = &w1[((b - 1) * da + i) * m..((b - 1) * da + i + 1) * m];
-                out[da..].iter_mut().zip(from).for_each(|(o, s)| *o += w * s.as_f64());
-            }
-        }
-    }
-    Ok((h, vectors))
+    reduced
 }
 
 /// A K × K orthogonal matrix (row-major) whose first column is `1/√K`: the Householder

@@ -189,9 +189,16 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Shared<D, T> {
     }
 
     /// The eigenvalues of `Π_D − τ I`, each standing for K weights.
-    fn curvature_eigenvalues(&self, device: &D, prior: &[f64], k: usize, _da: usize) -> Result<(Vec<f64>, f64)> {
+    fn curvature_eigenvalues(
+        &self,
+        device: &D,
+        prior: &[f64],
+        k: usize,
+        _da: usize,
+        _shift_null: bool,
+    ) -> Result<(Vec<f64>, f64)> {
         Ok((
-            dense_curvature_eigenvalues(device, &self.pair.precision, |_| prior[0])?,
+            dense_curvature_eigenvalues(device, &self.pair.precision, |_| prior[0], None)?,
             k as f64,
         ))
     }
