@@ -119,7 +119,8 @@ pub struct TuneConfig {
     /// Choose τ (else keep the posterior's: only the temperature and link are chosen, as
     /// for a τ that also sets how far updates move the head).
     pub prior: bool,
-    /// Tune the logit temperature T jointly with τ (else T = 1).
+    /// Tune the logit temperature T jointly with τ (else T = 1). T stays 1 where the mean
+    /// ranks every validation label first: there the NLL falls as T → 0, with no minimiser.
     pub temperature: bool,
     /// Tune the probit's λ jointly (0, or the link's λ·10^(−3 … 1)): a scale of the logit
     /// variances the predictive reads, which calibrates it without changing τ, and so without
@@ -403,11 +404,6 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             Link::None => prior[..1].to_vec(),
             _ => log_points(config.grid_min, config.grid_max, config.grid_points),
         };
-        let temperatures = if config.temperature {
-            log_points(0.1, 10.0, TEMPERATURE_POINTS)
-        } else {
-            vec![1.0]
-        };
         // λ = 0 (the mean's softmax) and λ₀·10^(−3 … 1).
         let lambdas: Vec<f64> = match config.lambda && lambda > 0.0 {
             true => std::iter::once(0.0)
@@ -441,6 +437,14 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             ),
         };
         let validation = self.validation_pass(&features, targets, spectrum.as_ref(), centred, &shifts)?;
+        // Where the mean already ranks every label first, the validation NLL falls as T → 0 and
+        // has no minimiser: T is not identified there, and stays 1.
+        let temperature = config.temperature && !validation.separated(k);
+        let temperatures = if temperature {
+            log_points(0.1, 10.0, TEMPERATURE_POINTS)
+        } else {
+            vec![1.0]
+        };
         // A choice: (score, column, T, λ).
         let scored = |c: usize, t: f64, l: f64| -> Result<f64> {
             Ok(config.metric.of(&validation.scores(&vec![c; k], t, l, k)?))
@@ -479,7 +483,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let mut choice = best;
         let one_standard_error = config.metric != TuneMetric::Ece
             && match config.selection {
-                TuneSelection::Auto => config.temperature,
+                TuneSelection::Auto => temperature,
                 TuneSelection::OneStandardError => true,
                 TuneSelection::Best => false,
             };
@@ -521,7 +525,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             }
             Ok((0.5 * (a + b)).exp())
         };
-        if config.temperature {
+        if temperature {
             let step = (10f64).powf(2.0 / (TEMPERATURE_POINTS - 1) as f64);
             let (c, l) = (choice.1, choice.3);
             let t = golden(choice.2 / step, choice.2 * step, &|t| scored(c, t, l))?;
@@ -761,6 +765,14 @@ impl Validation {
     /// a centred diagonal reads `v_k (1 − 2/K) + Σ_j v_j / K²`.
     fn scores(&self, columns: &[usize], t: f64, lambda: f64, k: usize) -> Result<Scores> {
         score(&self.probs(columns, t, lambda, k), &self.labels, k, 15)
+    }
+
+    /// Whether every row's label is the strict argmax of its mean logits.
+    fn separated(&self, k: usize) -> bool {
+        self.mean
+            .chunks_exact(k)
+            .zip(&self.labels)
+            .all(|(f, &y)| f.iter().enumerate().all(|(c, &v)| c == y as usize || v < f[y as usize]))
     }
 
     /// Each row's NLL `−ln p_y` (floored like [`score`]'s) or Brier score `Σ_k (p_k − y_k)²`

@@ -1045,8 +1045,9 @@ fn classification_structures() -> [Structure; 5] {
 
 /// Past the grid: on validation labels that are the network's own predictions every variance
 /// costs NLL, so the best τ lies past `grid_max`; the decades past it are scored as a refit
-/// would score them, the choice ends within a hair of the network's own softmax NLL, and stays
-/// at `grid_max` with `extend_grid: false`.
+/// would score them, the choice ends within a hair of the network's own softmax NLL, the
+/// temperature is left at 1 (the NLL has no minimiser in T), and τ stays at `grid_max` with
+/// `extend_grid: false`.
 pub fn check_tune_extends_past_the_grid<D: Device, T: Scalar>(dev: &D) {
     let rel = if T::DTYPE == DType::F64 { 1e-8 } else { 2e-3 };
     for s in classification_structures() {
@@ -1118,6 +1119,15 @@ pub fn check_tune_extends_past_the_grid<D: Device, T: Scalar>(dev: &D) {
                 "{name}: {} vs the network's {network_nll}",
                 report.score
             );
+            // Every label already first: the NLL falls as T → 0, so T is not tuned.
+            let mut hot = start.try_clone().unwrap();
+            let with_t = TuneConfig {
+                temperature: true,
+                ..config
+            };
+            let report_t = hot.tune_prior_precision(val, &labels[..], &with_t).unwrap();
+            assert_eq!(report_t.temperature, 1.0, "{name}");
+            assert_eq!(hot.calibration().temperature, 1.0, "{name}");
             let mut kept = start.try_clone().unwrap();
             let bounded = TuneConfig {
                 extend_grid: false,
