@@ -1058,10 +1058,16 @@ fn validation_tuning_fit_tune_predict() {
         ))
     };
     fit("", &plain);
+    // One validation label off the head's argmax: where every label is ranked first the NLL
+    // has no minimiser in T, and T is not tuned.
+    let mut val_labels = f.pb.labels[30..].to_vec();
+    let p = f.pb.probs(&f.pb.head_aug(), f.pb.x(30));
+    val_labels[0] = (0..3).min_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap() as u32;
+    write_labels(&f.dir.join("y_val.npy"), &val_labels);
     let val = format!(
         "--val-features {} --val-labels {} --tune-temperature",
         f.p("x_new.npy"),
-        f.p("y_new.npy")
+        f.p("y_val.npy")
     );
     let tuned = f.p("tuned.safetensors");
     fit(&format!("--optimize-prior val {val}"), &tuned);
@@ -1083,7 +1089,7 @@ fn validation_tuning_fit_tune_predict() {
             ..Default::default()
         };
         let report = post
-            .tune_prior_precision(HostMatrix::new(&x, 10, 6).unwrap(), &f.pb.labels[30..], &config)
+            .tune_prior_precision(HostMatrix::new(&x, 10, 6).unwrap(), &val_labels[..], &config)
             .unwrap();
         (post, report)
     };
