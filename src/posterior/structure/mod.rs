@@ -921,13 +921,9 @@ fn dense_curvature_eigenvalues<D: Device, T: Scalar>(
     tau_of: impl Fn(usize) -> f64,
     shift_null: Option<usize>,
 ) -> Result<Vec<f64>> {
-    let n = precision.rows();
-    let mut p = device.download(precision)?;
-    for i in 0..n {
-        p[i * n + i] -= T::from_f64(tau_of(i));
-    }
-    let h = match shift_null {
-        Some(k) if k > 1 && n.is_multiple_of(k) => {
+    let (n, p) = (precision.rows(), host_curvature_matrix(device, precision, tau_of)?);
+    let h = match shift_classes(shift_null, n) {
+        Some(k) => {
             let mut h = vec![0.0; n / k];
             h.extend(symmetric_eigenvalues(
                 &shift_reduced(&p, n, k, &shift_basis(k)),
@@ -935,7 +931,7 @@ fn dense_curvature_eigenvalues<D: Device, T: Scalar>(
             )?);
             h
         }
-        _ => symmetric_eigenvalues(&p, n)?,
+        None => symmetric_eigenvalues(&p, n)?,
     };
     Ok(h.into_iter().map(|x| x.max(0.0)).collect())
 }
@@ -970,14 +966,10 @@ fn dense_spectrum<D: Device, T: Scalar>(
     tau_of: impl Fn(usize) -> f64,
     shift_null: Option<usize>,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
-    let n = precision.rows();
-    let mut p = device.download(precision)?;
-    for i in 0..n {
-        p[i * n + i] -= T::from_f64(tau_of(i));
-    }
-    let k = match shift_null {
-        Some(k) if k > 1 && n.is_multiple_of(k) => k,
-        _ => {
+    let (n, p) = (precision.rows(), host_curvature_matrix(device, precision, tau_of)?);
+    let k = match shift_classes(shift_null, n) {
+        Some(k) => k,
+        None => {
             let (h, vectors) = symmetric_eigen(&p, n)?;
             return Ok((
                 h.into_iter().map(|x| x.max(0.0)).collect(),
@@ -1047,6 +1039,25 @@ fn shift_reduced<T: Scalar>(p: &[T], n: usize, k: usize, q: &[f64]) -> Vec<T> {
         }
     }
     reduced
+}
+
+/// `precision − diag(τ)` on the host, row-major.
+fn host_curvature_matrix<D: Device, T: Scalar>(
+    device: &D,
+    precision: &Matrix<D, T>,
+    tau_of: impl Fn(usize) -> f64,
+) -> Result<Vec<T>> {
+    let n = precision.rows();
+    let mut p = device.download(precision)?;
+    for i in 0..n {
+        p[i * n + i] -= T::from_f64(tau_of(i));
+    }
+    Ok(p)
+}
+
+/// The class count K of a `shift_null` that reduces an n × n curvature: K > 1 dividing n.
+fn shift_classes(shift_null: Option<usize>, n: usize) -> Option<usize> {
+    shift_null.filter(|&k| k > 1 && n.is_multiple_of(k))
 }
 
 /// A K × K orthogonal matrix (row-major) whose first column is `1/√K`: the Householder
