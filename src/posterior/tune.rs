@@ -11,7 +11,7 @@
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 
-use super::structure::Spectrum;
+use super::structure::{Spectrum, shift_reflector};
 use super::{Calibration, Features, Link, Posterior, Structure, logits};
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -644,7 +644,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         &self,
         features: &F,
         targets: &Y,
-        spectrum: Option<&Spectrum>,
+        spectrum: Option<&Spectrum<T>>,
         centred: bool,
         grid: &[(f64, f64)],
     ) -> Result<Validation> {
@@ -678,7 +678,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
             }
             match spectrum {
                 Some(spectrum) => {
-                    let phi: Vec<f64> = self.device.download(&batch.phi)?.iter().map(|x| x.as_f64()).collect();
+                    let phi = self.device.download(&batch.phi)?;
                     out.variances
                         .extend(spectrum.variances(&phi, r, k, da, centred && !centre_diagonal, grid));
                 }
@@ -841,15 +841,15 @@ fn log_points(lo: f64, hi: f64, points: usize) -> Vec<f64> {
         .collect()
 }
 
-/// `out = a · b` for row-major a (m × n) and b (n × p), in f64.
-fn product(a: &[f64], b: &[f64], m: usize, n: usize, p: usize) -> Vec<f64> {
-    let mut out = vec![0.0; m * p];
+/// `out = a · b` for row-major a (m × n) and b (n × p).
+fn product<T: Scalar>(a: &[T], b: &[T], m: usize, n: usize, p: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); m * p];
     matmul(
         MatMut::from_row_major_slice_mut(&mut out, m, p),
         Accum::Replace,
         MatRef::from_row_major_slice(a, m, n),
         MatRef::from_row_major_slice(b, n, p),
-        1.0,
+        T::one(),
         Par::rayon(0),
     );
     crate::device::cpu::settle_vector_state();
@@ -857,13 +857,100 @@ fn product(a: &[f64], b: &[f64], m: usize, n: usize, p: usize) -> Vec<f64> {
 }
 
 /// `S[j, g] = 1/(c_g h_j + τ_g)` for the columns `(τ_g, c_g)`, len(h) × len(columns).
-fn inverse_shifts(h: &[f64], columns: &[(f64, f64)]) -> Vec<f64> {
+fn inverse_shifts<T: Scalar>(h: &[f64], columns: &[(f64, f64)]) -> Vec<T> {
     h.iter()
-        .flat_map(|&h| columns.iter().map(move |&(tau, c)| 1.0 / (c * h + tau)))
+        .flat_map(|&h| columns.iter().map(move |&(tau, c)| T::from_f64(1.0 / (c * h + tau))))
         .collect()
 }
 
-impl Spectrum {
+/// Full's logit variances (see [`Spectrum::variances`]), in T. With the common shift left
+/// out (`classes`), the logit weights of input x on the reduced eigenvectors are
+/// `B[x, c, ·] = Σ_{b ≥ 1} Q[c, b] Z_b[x, ·]` with `Z_b = Φ W_b` (W_b: W's rows of class
+/// direction b) and `Q = I − β u uᵀ`, so `B[x, c] = [c ≥ 1] Z_c[x] − β u_c Σ_{b ≥ 1} u_b Z_b[x]`;
+/// these sum to 0 over c (already centred), and the null space adds `‖φ_x‖²/(K τ)` to every
+/// class's uncentred variance.
+#[allow(clippy::too_many_arguments)]
+fn dense_variances<T: Scalar>(
+    h: &[f64],
+    vectors: &[T],
+    classes: Option<usize>,
+    phi: &[T],
+    r: usize,
+    k: usize,
+    da: usize,
+    centred: bool,
+    grid: &[(f64, f64)],
+) -> Vec<T> {
+    let (p, gn) = (h.len(), grid.len());
+    if classes.is_none() {
+        // B[x, c, i] = Σ_d φ[x, d] V[c·D_aug + d, i]; Σ_f(τ)[c, c] = Σ_i B² / (h_i + τ).
+        let mut b = vec![T::zero(); r * k * p];
+        for c in 0..k {
+            let block = product(phi, &vectors[c * da * p..(c + 1) * da * p], r, da, p);
+            for x in 0..r {
+                b[(x * k + c) * p..(x * k + c + 1) * p].copy_from_slice(&block[x * p..(x + 1) * p]);
+            }
+        }
+        if centred {
+            let kf = T::from_f64(k as f64);
+            for x in 0..r {
+                for i in 0..p {
+                    let mean = (0..k).map(|c| b[(x * k + c) * p + i]).fold(T::zero(), |s, v| s + v) / kf;
+                    (0..k).for_each(|c| b[(x * k + c) * p + i] -= mean);
+                }
+            }
+        }
+        b.iter_mut().for_each(|v| *v = *v * *v);
+        return product(&b, &inverse_shifts(h, grid), r * k, p, gn);
+    }
+    let m = p - da;
+    let (u, beta) = shift_reflector(k);
+    let mut b = vec![T::zero(); r * k * m];
+    let mut t = vec![T::zero(); r * m];
+    for c in 1..k {
+        let z = product(phi, &vectors[(c - 1) * da * m..c * da * m], r, da, m);
+        let uc = T::from_f64(u[c]);
+        for x in 0..r {
+            let zx = &z[x * m..(x + 1) * m];
+            b[(x * k + c) * m..(x * k + c + 1) * m].copy_from_slice(zx);
+            t[x * m..(x + 1) * m]
+                .iter_mut()
+                .zip(zx)
+                .for_each(|(t, z)| *t += uc * *z);
+        }
+    }
+    for x in 0..r {
+        let tx = &t[x * m..(x + 1) * m];
+        for (c, &uc) in u.iter().enumerate() {
+            let s = T::from_f64(-beta * uc);
+            b[(x * k + c) * m..(x * k + c + 1) * m]
+                .iter_mut()
+                .zip(tx)
+                .for_each(|(o, t)| {
+                    let v = *o + s * *t;
+                    *o = v * v;
+                });
+        }
+    }
+    let mut out = product(&b, &inverse_shifts(&h[da..], grid), r * k, m, gn);
+    if !centred {
+        for x in 0..r {
+            let norm = phi[x * da..(x + 1) * da]
+                .iter()
+                .map(|v| v.as_f64() * v.as_f64())
+                .sum::<f64>()
+                / k as f64;
+            for c in 0..k {
+                for (o, &(tau, _)) in out[(x * k + c) * gn..(x * k + c + 1) * gn].iter_mut().zip(grid) {
+                    *o += T::from_f64(norm / tau);
+                }
+            }
+        }
+    }
+    out
+}
+
+impl<T: Scalar> Spectrum<T> {
     /// Columns of the logit weights of one input (the length of h, or D_aug for Diag and Kron,
     /// which reduce per class).
     fn width(&self, da: usize) -> usize {
@@ -876,35 +963,20 @@ impl Spectrum {
     /// The logit variances of r inputs Φ (r × D_aug, row-major) for every column `(τ, c)` of
     /// `grid`, the covariance `(c H + τ I)⁻¹` (c scales the curvature: a new σ of a Gaussian
     /// likelihood), (r·K) × grid: `diag Σ_f`, or `diag CΣ_fC` (`centred`; Diag's are never
-    /// centred here, the scores centre them).
-    fn variances(&self, phi: &[f64], r: usize, k: usize, da: usize, centred: bool, grid: &[(f64, f64)]) -> Vec<f64> {
+    /// centred here, the scores centre them). Full's products run in T, the rest in f64.
+    fn variances(&self, phi: &[T], r: usize, k: usize, da: usize, centred: bool, grid: &[(f64, f64)]) -> Vec<f64> {
         let gn = grid.len();
         let kf = k as f64;
+        let widen = |v: Vec<T>| v.into_iter().map(|x| x.as_f64()).collect::<Vec<f64>>();
+        let wide = || widen(phi.to_vec());
         match self {
-            Spectrum::Dense { h, vectors } => {
-                // B[x, k, i] = Σ_d φ[x, d] V[k·D_aug + d, i]; Σ_f(τ)[k, k] = Σ_i B² / (h_i + τ).
-                let p = h.len();
-                let mut b = vec![0.0; r * k * p];
-                for c in 0..k {
-                    let block = product(phi, &vectors[c * da * p..(c + 1) * da * p], r, da, p);
-                    for x in 0..r {
-                        b[(x * k + c) * p..(x * k + c + 1) * p].copy_from_slice(&block[x * p..(x + 1) * p]);
-                    }
-                }
-                if centred {
-                    for x in 0..r {
-                        for i in 0..p {
-                            let mean = (0..k).map(|c| b[(x * k + c) * p + i]).sum::<f64>() / kf;
-                            (0..k).for_each(|c| b[(x * k + c) * p + i] -= mean);
-                        }
-                    }
-                }
-                b.iter_mut().for_each(|v| *v *= *v);
-                product(&b, &inverse_shifts(h, grid), r * k, p, gn)
+            Spectrum::Dense { h, vectors, classes } => {
+                widen(dense_variances(h, vectors, *classes, phi, r, k, da, centred, grid))
             }
             Spectrum::Shared { h, vectors } => {
+                let phi = wide();
                 // Σ_f = v I_K, v = Σ_g (Vᵀφ)_g² / (h_g + τ); centred: v (1 − 1/K).
-                let mut z = product(phi, vectors, r, da, da);
+                let mut z = product(&phi, vectors, r, da, da);
                 z.iter_mut().for_each(|v| *v *= *v);
                 let v = product(&z, &inverse_shifts(h, grid), r, da, gn);
                 let scale = if centred { 1.0 - 1.0 / kf } else { 1.0 };
@@ -920,6 +992,7 @@ impl Spectrum {
             }
             Spectrum::Diagonal { h } => {
                 // Σ_f[k, k] = Σ_i φ_i² / (h_ki + τ), per class.
+                let phi = wide();
                 let squares: Vec<f64> = phi.iter().map(|v| v * v).collect();
                 let mut out = vec![0.0; r * k * gn];
                 for c in 0..k {
@@ -934,7 +1007,8 @@ impl Spectrum {
             Spectrum::Kron { h, ua, ug } => {
                 // e[x, a] = Σ_j (U_Gᵀφ)_j² / (h_aj + τ); Σ_f[k, k] = Σ_a w[k, a] e[x, a] with
                 // w = U_A² (or (C U_A)²).
-                let mut z = product(phi, ug, r, da, da);
+                let phi = wide();
+                let mut z = product(&phi, ug, r, da, da);
                 z.iter_mut().for_each(|v| *v *= *v);
                 let mut e = vec![0.0; r * k * gn];
                 for a in 0..k {

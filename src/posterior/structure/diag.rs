@@ -190,7 +190,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Diag<D, T> {
         _k: usize,
         da: usize,
         _shift_null: bool,
-    ) -> Result<Spectrum> {
+    ) -> Result<Spectrum<T>> {
         Ok(Spectrum::Diagonal {
             h: row_curvature_eigenvalues(device, &self.pair.precision, prior, da)?,
         })

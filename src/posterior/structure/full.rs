@@ -280,10 +280,17 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         Ok((h, 1.0))
     }
 
-    fn curvature_spectrum(&self, device: &D, prior: &[f64], k: usize, da: usize, shift_null: bool) -> Result<Spectrum> {
+    fn curvature_spectrum(
+        &self,
+        device: &D,
+        prior: &[f64],
+        k: usize,
+        da: usize,
+        shift_null: bool,
+    ) -> Result<Spectrum<T>> {
         let of = |i: usize| prior[if prior.len() == 1 { 0 } else { i / da }];
-        let (h, vectors) = dense_spectrum(device, &self.pair.precision, of, shift_null.then_some(k))?;
-        Ok(Spectrum::Dense { h, vectors })
+        let (h, vectors, classes) = dense_spectrum(device, &self.pair.precision, of, shift_null.then_some(k))?;
+        Ok(Spectrum::Dense { h, vectors, classes })
     }
 
     fn per_class_prior(&self) -> bool {

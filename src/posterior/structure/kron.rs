@@ -330,7 +330,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Kron<D, T> {
         _k: usize,
         da: usize,
         _shift_null: bool,
-    ) -> Result<Spectrum> {
+    ) -> Result<Spectrum<T>> {
         let host =
             |m: &Matrix<D, T>| -> Result<Vec<f64>> { Ok(device.download(m)?.iter().map(|x| x.as_f64()).collect()) };
         Ok(Spectrum::Kron {

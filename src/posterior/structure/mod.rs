@@ -224,7 +224,14 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
     /// eigendecomposition for Full and Shared, none for Diag and Kron. `shift_null`: H is null
     /// on a shift of all K logits together, `1_K ⊗ v` (a softmax likelihood's curvature), which
     /// Full's eigendecomposition then leaves out.
-    fn curvature_spectrum(&self, device: &D, prior: &[f64], k: usize, da: usize, shift_null: bool) -> Result<Spectrum>;
+    fn curvature_spectrum(
+        &self,
+        device: &D,
+        prior: &[f64],
+        k: usize,
+        da: usize,
+        shift_null: bool,
+    ) -> Result<Spectrum<T>>;
 
     /// Whether the structure takes one τ per class.
     fn per_class_prior(&self) -> bool;
@@ -921,17 +928,18 @@ fn dense_curvature_eigenvalues<D: Device, T: Scalar>(
     tau_of: impl Fn(usize) -> f64,
     shift_null: Option<usize>,
 ) -> Result<Vec<f64>> {
-    let (n, p) = (precision.rows(), host_curvature_matrix(device, precision, tau_of)?);
+    let (n, mut p) = (precision.rows(), host_curvature_matrix(device, precision, tau_of)?);
     let h = match shift_classes(shift_null, n) {
         Some(k) => {
-            let mut h = vec![0.0; n / k];
+            let da = n / k;
+            reflect_classes(&mut p, n, k);
+            let mut h = vec![0.0; da];
             h.extend(symmetric_eigenvalues(
-                &shift_reduced(&p, n, k, &shift_basis(k)),
-                n - n / k,
+                faer::MatRef::from_row_major_slice(&p, n, n).submatrix(da, da, n - da, n - da),
             )?);
             h
         }
-        None => symmetric_eigenvalues(&p, n)?,
+        None => symmetric_eigenvalues(faer::MatRef::from_row_major_slice(&p, n, n))?,
     };
     Ok(h.into_iter().map(|x| x.max(0.0)).collect())
 }
@@ -939,9 +947,16 @@ fn dense_curvature_eigenvalues<D: Device, T: Scalar>(
 /// A structure's data curvature `H = U diag(h) Uᵀ` in weight space (P = K·D_aug, weights
 /// ordered class by class), from which the covariance at any prior τ is
 /// `Σ(τ) = U diag(1/(h + τ)) Uᵀ` without another factorisation.
-pub(crate) enum Spectrum {
-    /// Full: U = V, P × P (row-major, one eigenvector per column), h of length P.
-    Dense { h: Vec<f64>, vectors: Vec<f64> },
+pub(crate) enum Spectrum<T> {
+    /// Full, h of length P. `classes: None`: U = V, the P × P `vectors` (row-major, one
+    /// eigenvector per column). `classes: Some(K)` (H null on every `1_K ⊗ v`):
+    /// `U = [1_K/√K ⊗ I | (Q₁ ⊗ I) W]`, h's first D_aug values 0, and `vectors` the
+    /// `(P − D_aug)`-square W of `H₁` (see [`dense_spectrum`]).
+    Dense {
+        h: Vec<f64>,
+        vectors: Vec<T>,
+        classes: Option<usize>,
+    },
     /// Shared: `U = I_K ⊗ V` with V D_aug × D_aug (row-major, columns); h of length D_aug,
     /// the same for every class.
     Shared { h: Vec<f64>, vectors: Vec<f64> },
@@ -952,93 +967,82 @@ pub(crate) enum Spectrum {
     Kron { h: Vec<f64>, ua: Vec<f64>, ug: Vec<f64> },
 }
 
-/// The spectrum of `H = precision − diag(τ)` (Full, Shared): its eigendecomposition,
-/// eigenvalues clamped at 0, eigenvectors as the columns of a row-major n × n matrix.
+/// The spectrum of `H = precision − diag(τ)` (Full, Shared): eigenvalues clamped at 0,
+/// eigenvectors as the columns of a row-major matrix in the precision's own T.
 ///
 /// With `shift_null = Some(K)` (H null on every `1_K ⊗ v`, v of length n/K), only the other
-/// class directions are decomposed: with Q a K × K orthogonal matrix whose first column is
-/// `1/√K` and `Q₁` its other columns, `H = (Q₁ ⊗ I) H₁ (Q₁ ⊗ I)ᵀ` for the `(K − 1)·n/K` square
-/// `H₁ = (Q₁ ⊗ I)ᵀ H (Q₁ ⊗ I)`, whose eigenpairs `(h, W)` give H's as `(h, (Q₁ ⊗ I) W)`,
-/// beside `(0, e_d/√K)` on the null space: `((K − 1)/K)³` of the dense eigendecomposition's work.
+/// class directions are decomposed: with Q the K × K reflection of [`shift_basis`], whose
+/// first column is `1/√K`, and `Q₁` its other columns, `H = (Q₁ ⊗ I) H₁ (Q₁ ⊗ I)ᵀ` for the
+/// `(K − 1)·n/K` square `H₁ = (Q₁ ⊗ I)ᵀ H (Q₁ ⊗ I)` ([`reflect_classes`]), whose eigenpairs
+/// `(h, W)` give H's as `(h, (Q₁ ⊗ I) W)`, beside `(0, 1_K/√K ⊗ e_d)` on the null space:
+/// `((K − 1)/K)³` of the dense eigendecomposition's work. Returns `(h, vectors, classes)` as
+/// [`Spectrum::Dense`] holds them.
 fn dense_spectrum<D: Device, T: Scalar>(
     device: &D,
     precision: &Matrix<D, T>,
     tau_of: impl Fn(usize) -> f64,
     shift_null: Option<usize>,
-) -> Result<(Vec<f64>, Vec<f64>)> {
-    let (n, p) = (precision.rows(), host_curvature_matrix(device, precision, tau_of)?);
-    let k = match shift_classes(shift_null, n) {
-        Some(k) => k,
-        None => {
-            let (h, vectors) = symmetric_eigen(&p, n)?;
-            return Ok((
-                h.into_iter().map(|x| x.max(0.0)).collect(),
-                vectors.iter().map(|x| x.as_f64()).collect(),
-            ));
-        }
+) -> Result<(Vec<f64>, Vec<T>, Option<usize>)> {
+    let (n, mut p) = (precision.rows(), host_curvature_matrix(device, precision, tau_of)?);
+    let clamp = |h: Vec<f64>| h.into_iter().map(|x| x.max(0.0));
+    let Some(k) = shift_classes(shift_null, n) else {
+        let (h, vectors) = symmetric_eigen_of(faer::MatRef::from_row_major_slice(&p, n, n))?;
+        return Ok((clamp(h).collect(), vectors, None));
     };
-    let (da, m, q) = (n / k, n - n / k, shift_basis(k));
-    let reduced = shift_reduced(&p, n, k, &q);
-    drop(p);
-    let (h1, w1) = symmetric_eigen(&reduced, m)?;
-    // Columns: the null space's n/K, then (Q₁ ⊗ I) W.
+    let da = n / k;
+    reflect_classes(&mut p, n, k);
+    let (h1, w) = symmetric_eigen_of(faer::MatRef::from_row_major_slice(&p, n, n).submatrix(da, da, n - da, n - da))?;
     let mut h = vec![0.0; da];
-    h.extend(h1.into_iter().map(|x| x.max(0.0)));
-    let mut vectors = vec![0.0f64; n * n];
-    let root = 1.0 / (k as f64).sqrt();
-    for c in 0..k {
-        for i in 0..da {
-            let out = &mut vectors[(c * da + i) * n..(c * da + i + 1) * n];
-            out[i] = root;
-            for b in 1..k {
-                let w = q[c * k + b];
-                let from = &w1[((b - 1) * da + i) * m..((b - 1) * da + i + 1) * m];
-                out[da..].iter_mut().zip(from).for_each(|(o, s)| *o += w * s.as_f64());
-            }
-        }
-    }
-    Ok((h, vectors))
+    h.extend(clamp(h1));
+    Ok((h, w, Some(k)))
 }
 
-/// `H₁ = (Q₁ ⊗ I)ᵀ H (Q₁ ⊗ I)`, the `(K − 1)·n/K` square of the row-major n × n H (`p`) in the
-/// class directions other than the common shift (Q from [`shift_basis`]), summed in f64.
-fn shift_reduced<T: Scalar>(p: &[T], n: usize, k: usize, q: &[f64]) -> Vec<T> {
-    let (da, m) = (n / k, n - n / k);
-    // G = (Q₁ ⊗ I)ᵀ H ((K − 1)·n/K × n), then H₁ = G (Q₁ ⊗ I): block (a, b) of H₁ is
-    // Σ_l G_{a, l} Q[l, b].
-    let mut g = vec![0.0f64; m * n];
-    for a in 1..k {
-        for c in 0..k {
-            let w = q[c * k + a];
-            for i in 0..da {
-                let (from, to) = ((c * da + i) * n, ((a - 1) * da + i) * n);
-                for (t, s) in g[to..to + n].iter_mut().zip(&p[from..from + n]) {
-                    *t += w * s.as_f64();
-                }
-            }
+/// `H ← (Q ⊗ I) H (Q ⊗ I)` in place for the row-major n × n symmetric H (`p`) and the K × K
+/// reflection `Q = I − β u uᵀ` of [`shift_basis`], summed in f64: with `Y = H (u ⊗ I)`
+/// (n × n/K) and `S = (u ⊗ I)ᵀ Y`, the new `H[(a,i),(b,j)]` is
+/// `H[(a,i),(b,j)] − β u_b Y[(a,i),j] − β u_a Y[(b,j),i] + β² u_a u_b S[i,j]`. Its trailing
+/// `(K − 1)·n/K` square is then `H₁ = (Q₁ ⊗ I)ᵀ H (Q₁ ⊗ I)`. O(n²) work and n²/K f64 beside H.
+fn reflect_classes<T: Scalar>(p: &mut [T], n: usize, k: usize) {
+    let da = n / k;
+    let (u, beta) = shift_reflector(k);
+    // Y (n × da) and its transpose, so that both of an entry's Y terms read along a row.
+    let mut y = vec![0.0f64; n * da];
+    for (row, out) in y.chunks_exact_mut(da).enumerate() {
+        for (c, &uc) in u.iter().enumerate() {
+            let from = &p[row * n + c * da..row * n + (c + 1) * da];
+            out.iter_mut().zip(from).for_each(|(t, v)| *t += uc * v.as_f64());
         }
     }
-    let mut reduced = vec![T::zero(); m * m];
-    let mut row = vec![0.0f64; m];
-    for a in 1..k {
+    let mut yt = vec![0.0f64; da * n];
+    for (row, from) in y.chunks_exact(da).enumerate() {
+        from.iter().enumerate().for_each(|(d, v)| yt[d * n + row] = *v);
+    }
+    let mut s = vec![0.0f64; da * da];
+    for (c, &uc) in u.iter().enumerate() {
+        for (i, out) in s.chunks_exact_mut(da).enumerate() {
+            let from = &y[(c * da + i) * da..(c * da + i + 1) * da];
+            out.iter_mut().zip(from).for_each(|(t, v)| *t += uc * v);
+        }
+    }
+    for a in 0..k {
         for i in 0..da {
-            row.iter_mut().for_each(|v| *v = 0.0);
-            let source = &g[((a - 1) * da + i) * n..((a - 1) * da + i + 1) * n];
-            for l in 0..k {
-                for b in 1..k {
-                    let w = q[l * k + b];
-                    let (out, from) = (&mut row[(b - 1) * da..b * da], &source[l * da..(l + 1) * da]);
-                    out.iter_mut().zip(from).for_each(|(o, s)| *o += w * s);
+            let row = a * da + i;
+            let (y_row, y_col, s_row) = (
+                &y[row * da..(row + 1) * da],
+                &yt[i * n..(i + 1) * n],
+                &s[i * da..(i + 1) * da],
+            );
+            for (b, &ub) in u.iter().enumerate() {
+                let out = &mut p[row * n + b * da..row * n + (b + 1) * da];
+                let y_col = &y_col[b * da..(b + 1) * da];
+                for (j, o) in out.iter_mut().enumerate() {
+                    let v =
+                        o.as_f64() - beta * ub * y_row[j] - beta * u[a] * y_col[j] + beta * beta * u[a] * ub * s_row[j];
+                    *o = T::from_f64(v);
                 }
             }
-            let at = ((a - 1) * da + i) * m;
-            reduced[at..at + m]
-                .iter_mut()
-                .zip(&row)
-                .for_each(|(r, v)| *r = T::from_f64(*v));
         }
     }
-    reduced
 }
 
 /// `precision − diag(τ)` on the host, row-major.
@@ -1060,15 +1064,14 @@ fn shift_classes(shift_null: Option<usize>, n: usize) -> Option<usize> {
     shift_null.filter(|&k| k > 1 && n.is_multiple_of(k))
 }
 
-/// A K × K orthogonal matrix (row-major) whose first column is `1/√K`: the Householder
-/// reflection `I − 2 u uᵀ / uᵀu` with `u = e₁ − 1/√K`, which maps e₁ to `1/√K`.
-fn shift_basis(k: usize) -> Vec<f64> {
+/// The reflection `Q = I − β u uᵀ` (K × K, symmetric and orthogonal) with `u = e₁ − 1_K/√K`
+/// and `β = 2/uᵀu`, which maps e₁ to `1_K/√K`: its other columns `Q₁` span the class
+/// directions orthogonal to a common shift. Returns `(u, β)`.
+pub(crate) fn shift_reflector(k: usize) -> (Vec<f64>, f64) {
     let root = 1.0 / (k as f64).sqrt();
     let u: Vec<f64> = (0..k).map(|i| f64::from(u8::from(i == 0)) - root).collect();
-    let norm: f64 = u.iter().map(|v| v * v).sum();
-    (0..k * k)
-        .map(|i| f64::from(u8::from(i / k == i % k)) - 2.0 * u[i / k] * u[i % k] / norm)
-        .collect()
+    let beta = 2.0 / u.iter().map(|v| v * v).sum::<f64>();
+    (u, beta)
 }
 
 /// `K × D_aug` eigenvalues (Diag, Kron) with `delta` added to class k's row.
@@ -1145,27 +1148,34 @@ pub(crate) fn host_curvature<'a, D: Device, T: Scalar>(
     ))
 }
 
-/// Eigendecomposition of the symmetric n × n matrix whose lower triangle the row-major `a` holds,
-/// on the host in the matrix's own precision T: ascending eigenvalues and the eigenvectors as
-/// the columns of a row-major n × n matrix. In f32 it runs about 2.7× faster than in f64 at
-/// n = 3,100 (half the bytes through the tridiagonalisation's matrix-vector products), with
-/// backward error `O(ε_T ‖A‖)`, the order of the rounding A was summed with.
+/// Eigendecomposition of the symmetric n × n matrix whose lower triangle the row-major `a` holds
+/// ([`symmetric_eigen_of`]).
 pub(crate) fn symmetric_eigen<T: Scalar>(a: &[T], n: usize) -> Result<(Vec<f64>, Vec<T>)> {
-    let eig = faer::MatRef::from_row_major_slice(&a[..n * n], n, n)
-        .self_adjoint_eigen(faer::Side::Lower)
-        .map_err(|e| Error::Device {
-            backend: "cpu",
-            reason: format!("eigendecomposition failed: {e:?}"),
-        })?;
+    symmetric_eigen_of(faer::MatRef::from_row_major_slice(&a[..n * n], n, n))
+}
+
+/// Eigendecomposition of the symmetric matrix whose lower triangle `a` holds, on the host in
+/// its own precision T: ascending eigenvalues and the eigenvectors as the columns of a
+/// row-major n × n matrix. In f32 it runs about 2.7× faster than in f64 at n = 3,100 (half the
+/// bytes through the tridiagonalisation's matrix-vector products), with backward error
+/// `O(ε_T ‖A‖)`, the order of the rounding A was summed with.
+fn symmetric_eigen_of<T: Scalar>(a: faer::MatRef<'_, T>) -> Result<(Vec<f64>, Vec<T>)> {
+    let n = a.nrows();
+    let eig = a.self_adjoint_eigen(faer::Side::Lower).map_err(|e| Error::Device {
+        backend: "cpu",
+        reason: format!("eigendecomposition failed: {e:?}"),
+    })?;
     let values = (0..n).map(|i| eig.S()[i].as_f64()).collect();
     let mut vectors = vec![T::zero(); n * n];
     faer::MatMut::from_row_major_slice_mut(&mut vectors, n, n).copy_from(eig.U());
     Ok((values, vectors))
 }
 
-/// Ascending eigenvalues of a symmetric n × n matrix, in f64 on the host.
-pub(crate) fn symmetric_eigenvalues<T: Scalar>(a: &[T], n: usize) -> Result<Vec<f64>> {
-    let m = faer::Mat::<f64>::from_fn(n, n, |i, j| 0.5 * (a[i * n + j].as_f64() + a[j * n + i].as_f64()));
+/// Ascending eigenvalues of a symmetric matrix, in f64 on the host.
+fn symmetric_eigenvalues<T: Scalar>(a: faer::MatRef<'_, T>) -> Result<Vec<f64>> {
+    let m = faer::Mat::<f64>::from_fn(a.nrows(), a.ncols(), |i, j| {
+        0.5 * (a[(i, j)].as_f64() + a[(j, i)].as_f64())
+    });
     m.self_adjoint_eigenvalues(faer::Side::Lower)
         .map_err(|e| Error::Device {
             backend: "cpu",

@@ -210,9 +210,12 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Shared<D, T> {
         _k: usize,
         _da: usize,
         _shift_null: bool,
-    ) -> Result<Spectrum> {
-        let (h, vectors) = dense_spectrum(device, &self.pair.precision, |_| prior[0], None)?;
-        Ok(Spectrum::Shared { h, vectors })
+    ) -> Result<Spectrum<T>> {
+        let (h, vectors, _) = dense_spectrum(device, &self.pair.precision, |_| prior[0], None)?;
+        Ok(Spectrum::Shared {
+            h,
+            vectors: vectors.iter().map(|v| v.as_f64()).collect(),
+        })
     }
 
     fn per_class_prior(&self) -> bool {
