@@ -971,7 +971,7 @@ pub(crate) enum Spectrum<T> {
 /// eigenvectors as the columns of a row-major matrix in the precision's own T.
 ///
 /// With `shift_null = Some(K)` (H null on every `1_K ⊗ v`, v of length n/K), only the other
-/// class directions are decomposed: with Q the K × K reflection of [`shift_basis`], whose
+/// class directions are decomposed: with Q the K × K reflection of [`shift_reflector`], whose
 /// first column is `1/√K`, and `Q₁` its other columns, `H = (Q₁ ⊗ I) H₁ (Q₁ ⊗ I)ᵀ` for the
 /// `(K − 1)·n/K` square `H₁ = (Q₁ ⊗ I)ᵀ H (Q₁ ⊗ I)` ([`reflect_classes`]), whose eigenpairs
 /// `(h, W)` give H's as `(h, (Q₁ ⊗ I) W)`, beside `(0, 1_K/√K ⊗ e_d)` on the null space:
@@ -998,7 +998,7 @@ fn dense_spectrum<D: Device, T: Scalar>(
 }
 
 /// `H ← (Q ⊗ I) H (Q ⊗ I)` in place for the row-major n × n symmetric H (`p`) and the K × K
-/// reflection `Q = I − β u uᵀ` of [`shift_basis`], summed in f64: with `Y = H (u ⊗ I)`
+/// reflection `Q = I − β u uᵀ` of [`shift_reflector`], summed in f64: with `Y = H (u ⊗ I)`
 /// (n × n/K) and `S = (u ⊗ I)ᵀ Y`, the new `H[(a,i),(b,j)]` is
 /// `H[(a,i),(b,j)] − β u_b Y[(a,i),j] − β u_a Y[(b,j),i] + β² u_a u_b S[i,j]`. Its trailing
 /// `(K − 1)·n/K` square is then `H₁ = (Q₁ ⊗ I)ᵀ H (Q₁ ⊗ I)`. O(n²) work and n²/K f64 beside H.
