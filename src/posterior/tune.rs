@@ -864,7 +864,7 @@ fn inverse_shifts<T: Scalar>(h: &[f64], columns: &[(f64, f64)]) -> Vec<T> {
 }
 
 /// Full's logit variances (see [`Spectrum::variances`]), in T. With the common shift left
-/// out (`classes`), the logit weights of input x on the reduced eigenvectors are
+/// out (`reduced`), the logit weights of input x on the reduced eigenvectors are
 /// `B[x, c, ·] = Σ_{b ≥ 1} Q[c, b] Z_b[x, ·]` with `Z_b = Φ W_b` (W_b: W's rows of class
 /// direction b) and `Q = I − β u uᵀ`, so `B[x, c] = [c ≥ 1] Z_c[x] − β u_c Σ_{b ≥ 1} u_b Z_b[x]`;
 /// these sum to 0 over c (already centred), and the null space adds `‖φ_x‖²/(K τ)` to every
@@ -873,7 +873,7 @@ fn inverse_shifts<T: Scalar>(h: &[f64], columns: &[(f64, f64)]) -> Vec<T> {
 fn dense_variances<T: Scalar>(
     h: &[f64],
     vectors: &[T],
-    classes: Option<usize>,
+    reduced: bool,
     phi: &[T],
     r: usize,
     k: usize,
@@ -882,7 +882,7 @@ fn dense_variances<T: Scalar>(
     grid: &[(f64, f64)],
 ) -> Vec<T> {
     let (p, gn) = (h.len(), grid.len());
-    if classes.is_none() {
+    if !reduced {
         // B[x, c, i] = Σ_d φ[x, d] V[c·D_aug + d, i]; Σ_f(τ)[c, c] = Σ_i B² / (h_i + τ).
         let mut b = vec![T::zero(); r * k * p];
         for c in 0..k {
@@ -967,11 +967,13 @@ impl<T: Scalar> Spectrum<T> {
     fn variances(&self, phi: &[T], r: usize, k: usize, da: usize, centred: bool, grid: &[(f64, f64)]) -> Vec<f64> {
         let gn = grid.len();
         let kf = k as f64;
-        let widen = |v: Vec<T>| v.into_iter().map(|x| x.as_f64()).collect::<Vec<f64>>();
-        let wide = || widen(phi.to_vec());
+        let wide = || phi.iter().map(|x| x.as_f64()).collect::<Vec<f64>>();
         match self {
-            Spectrum::Dense { h, vectors, classes } => {
-                widen(dense_variances(h, vectors, *classes, phi, r, k, da, centred, grid))
+            Spectrum::Dense { h, vectors, reduced } => {
+                dense_variances(h, vectors, *reduced, phi, r, k, da, centred, grid)
+                    .into_iter()
+                    .map(|x| x.as_f64())
+                    .collect()
             }
             Spectrum::Shared { h, vectors } => {
                 let phi = wide();

@@ -275,8 +275,12 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         da: usize,
         shift_null: bool,
     ) -> Result<(Vec<f64>, f64)> {
-        let of = |i: usize| prior[if prior.len() == 1 { 0 } else { i / da }];
-        let h = dense_curvature_eigenvalues(device, &self.pair.precision, of, shift_null.then_some(k))?;
+        let h = dense_curvature_eigenvalues(
+            device,
+            &self.pair.precision,
+            row_prior(prior, da),
+            shift_null.then_some(k),
+        )?;
         Ok((h, 1.0))
     }
 
@@ -288,9 +292,13 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
         da: usize,
         shift_null: bool,
     ) -> Result<Spectrum<T>> {
-        let of = |i: usize| prior[if prior.len() == 1 { 0 } else { i / da }];
-        let (h, vectors, classes) = dense_spectrum(device, &self.pair.precision, of, shift_null.then_some(k))?;
-        Ok(Spectrum::Dense { h, vectors, classes })
+        let (h, vectors, reduced) = dense_spectrum(
+            device,
+            &self.pair.precision,
+            row_prior(prior, da),
+            shift_null.then_some(k),
+        )?;
+        Ok(Spectrum::Dense { h, vectors, reduced })
     }
 
     fn per_class_prior(&self) -> bool {
@@ -373,4 +381,9 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
     fn sum_names(&self) -> &'static [&'static str] {
         &["sum"]
     }
+}
+
+/// τ of weight row i (class i / D_aug) from one τ or one per class.
+fn row_prior(prior: &[f64], da: usize) -> impl Fn(usize) -> f64 + '_ {
+    move |i| prior[if prior.len() == 1 { 0 } else { i / da }]
 }

@@ -921,26 +921,19 @@ fn dense_log_det<D: Device, T: Scalar>(device: &D, precision: &Matrix<D, T>) -> 
 }
 
 /// Eigenvalues of a dense precision less its prior diagonal (`tau_of(i)` for row i), clipped
-/// at 0.
+/// at 0; `shift_null` as for [`dense_spectrum`].
 fn dense_curvature_eigenvalues<D: Device, T: Scalar>(
     device: &D,
     precision: &Matrix<D, T>,
     tau_of: impl Fn(usize) -> f64,
     shift_null: Option<usize>,
 ) -> Result<Vec<f64>> {
-    let (n, mut p) = (precision.rows(), host_curvature_matrix(device, precision, tau_of)?);
-    let h = match shift_classes(shift_null, n) {
-        Some(k) => {
-            let da = n / k;
-            reflect_classes(&mut p, n, k);
-            let mut h = vec![0.0; da];
-            h.extend(symmetric_eigenvalues(
-                faer::MatRef::from_row_major_slice(&p, n, n).submatrix(da, da, n - da, n - da),
-            )?);
-            h
-        }
-        None => symmetric_eigenvalues(faer::MatRef::from_row_major_slice(&p, n, n))?,
-    };
+    let (n, (p, null)) = (
+        precision.rows(),
+        host_curvature_matrix(device, precision, tau_of, shift_null)?,
+    );
+    let mut h = vec![0.0; null];
+    h.extend(symmetric_eigenvalues(decomposed(&p, n, null))?);
     Ok(h.into_iter().map(|x| x.max(0.0)).collect())
 }
 
@@ -948,14 +941,14 @@ fn dense_curvature_eigenvalues<D: Device, T: Scalar>(
 /// ordered class by class), from which the covariance at any prior τ is
 /// `Σ(τ) = U diag(1/(h + τ)) Uᵀ` without another factorisation.
 pub(crate) enum Spectrum<T> {
-    /// Full, h of length P. `classes: None`: U = V, the P × P `vectors` (row-major, one
-    /// eigenvector per column). `classes: Some(K)` (H null on every `1_K ⊗ v`):
+    /// Full, h of length P. Not `reduced`: U = V, the P × P `vectors` (row-major, one
+    /// eigenvector per column). `reduced` (H null on every `1_K ⊗ v`):
     /// `U = [1_K/√K ⊗ I | (Q₁ ⊗ I) W]`, h's first D_aug values 0, and `vectors` the
     /// `(P − D_aug)`-square W of `H₁` (see [`dense_spectrum`]).
     Dense {
         h: Vec<f64>,
         vectors: Vec<T>,
-        classes: Option<usize>,
+        reduced: bool,
     },
     /// Shared: `U = I_K ⊗ V` with V D_aug × D_aug (row-major, columns); h of length D_aug,
     /// the same for every class.
@@ -975,26 +968,52 @@ pub(crate) enum Spectrum<T> {
 /// first column is `1/√K`, and `Q₁` its other columns, `H = (Q₁ ⊗ I) H₁ (Q₁ ⊗ I)ᵀ` for the
 /// `(K − 1)·n/K` square `H₁ = (Q₁ ⊗ I)ᵀ H (Q₁ ⊗ I)` ([`reflect_classes`]), whose eigenpairs
 /// `(h, W)` give H's as `(h, (Q₁ ⊗ I) W)`, beside `(0, 1_K/√K ⊗ e_d)` on the null space:
-/// `((K − 1)/K)³` of the dense eigendecomposition's work. Returns `(h, vectors, classes)` as
+/// `((K − 1)/K)³` of the dense eigendecomposition's work. Returns `(h, vectors, reduced)` as
 /// [`Spectrum::Dense`] holds them.
 fn dense_spectrum<D: Device, T: Scalar>(
     device: &D,
     precision: &Matrix<D, T>,
     tau_of: impl Fn(usize) -> f64,
     shift_null: Option<usize>,
-) -> Result<(Vec<f64>, Vec<T>, Option<usize>)> {
-    let (n, mut p) = (precision.rows(), host_curvature_matrix(device, precision, tau_of)?);
-    let clamp = |h: Vec<f64>| h.into_iter().map(|x| x.max(0.0));
-    let Some(k) = shift_classes(shift_null, n) else {
-        let (h, vectors) = symmetric_eigen_of(faer::MatRef::from_row_major_slice(&p, n, n))?;
-        return Ok((clamp(h).collect(), vectors, None));
-    };
-    let da = n / k;
-    reflect_classes(&mut p, n, k);
-    let (h1, w) = symmetric_eigen_of(faer::MatRef::from_row_major_slice(&p, n, n).submatrix(da, da, n - da, n - da))?;
-    let mut h = vec![0.0; da];
-    h.extend(clamp(h1));
-    Ok((h, w, Some(k)))
+) -> Result<(Vec<f64>, Vec<T>, bool)> {
+    let (n, (p, null)) = (
+        precision.rows(),
+        host_curvature_matrix(device, precision, tau_of, shift_null)?,
+    );
+    let (values, vectors) = symmetric_eigen_of(decomposed(&p, n, null))?;
+    let mut h = vec![0.0; null];
+    h.extend(values.into_iter().map(|x| x.max(0.0)));
+    Ok((h, vectors, null > 0))
+}
+
+/// `H = precision − diag(τ)` on the host (row-major n × n), and the rows of the null space it
+/// leaves out: with `shift_null = Some(K)` (K > 1 dividing n) H is reflected in place
+/// ([`reflect_classes`]) and its first n/K rows and columns are the common shift's, else none
+/// are left out.
+fn host_curvature_matrix<D: Device, T: Scalar>(
+    device: &D,
+    precision: &Matrix<D, T>,
+    tau_of: impl Fn(usize) -> f64,
+    shift_null: Option<usize>,
+) -> Result<(Vec<T>, usize)> {
+    let n = precision.rows();
+    let mut p = device.download(precision)?;
+    for i in 0..n {
+        p[i * n + i] -= T::from_f64(tau_of(i));
+    }
+    match shift_null.filter(|&k| k > 1 && n.is_multiple_of(k)) {
+        Some(k) => {
+            reflect_classes(&mut p, n, k);
+            Ok((p, n / k))
+        }
+        None => Ok((p, 0)),
+    }
+}
+
+/// The trailing `(n − null)` square of the row-major n × n `p`: what [`host_curvature_matrix`] leaves
+/// to decompose.
+fn decomposed<T: Scalar>(p: &[T], n: usize, null: usize) -> faer::MatRef<'_, T> {
+    faer::MatRef::from_row_major_slice(p, n, n).submatrix(null, null, n - null, n - null)
 }
 
 /// `H ← (Q ⊗ I) H (Q ⊗ I)` in place for the row-major n × n symmetric H (`p`) and the K × K
@@ -1043,25 +1062,6 @@ fn reflect_classes<T: Scalar>(p: &mut [T], n: usize, k: usize) {
             }
         }
     }
-}
-
-/// `precision − diag(τ)` on the host, row-major.
-fn host_curvature_matrix<D: Device, T: Scalar>(
-    device: &D,
-    precision: &Matrix<D, T>,
-    tau_of: impl Fn(usize) -> f64,
-) -> Result<Vec<T>> {
-    let n = precision.rows();
-    let mut p = device.download(precision)?;
-    for i in 0..n {
-        p[i * n + i] -= T::from_f64(tau_of(i));
-    }
-    Ok(p)
-}
-
-/// The class count K of a `shift_null` that reduces an n × n curvature: K > 1 dividing n.
-fn shift_classes(shift_null: Option<usize>, n: usize) -> Option<usize> {
-    shift_null.filter(|&k| k > 1 && n.is_multiple_of(k))
 }
 
 /// The reflection `Q = I − β u uᵀ` (K × K, symmetric and orthogonal) with `u = e₁ − 1_K/√K`
