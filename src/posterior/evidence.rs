@@ -1,6 +1,7 @@
 //! The Laplace log marginal likelihood and the prior precision that maximises it.
 
 use super::Features;
+use super::structure::Spectrum;
 use super::{Likelihood, Posterior};
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -173,6 +174,12 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
     /// Errors: `InvalidArgument` (a τ ≤ 0 or not finite, wrong count), `Unsupported` (K values
     /// for Shared or Kron), `NotPositiveDefinite`.
     pub fn set_prior_precision(&mut self, tau: &[f64]) -> Result<()> {
+        self.set_prior_precision_with(tau, None)
+    }
+
+    /// [`set_prior_precision`](Self::set_prior_precision), with Σ from `spectrum` (the
+    /// curvature's at the current τ) where it gives one for a single τ.
+    pub(crate) fn set_prior_precision_with(&mut self, tau: &[f64], spectrum: Option<&Spectrum<T>>) -> Result<()> {
         if tau.iter().any(|t| !(t.is_finite() && *t > 0.0)) {
             return Err(Error::invalid("prior_precision", "every τ must be finite and > 0"));
         }
@@ -200,7 +207,8 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         let da = self.augmented_features();
         let state = &mut self.moments.state;
         let base = device.copy(state.precision())?;
-        state.reprior(device, base, &delta, da)?;
+        let spectrum = spectrum.filter(|_| !per_class).map(|s| (s, tau[0]));
+        state.reprior(device, base, &delta, da, spectrum)?;
         self.prior_precision = tau.iter().map(|&t| T::from_f64(t)).collect();
         Ok(())
     }

@@ -600,7 +600,7 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         }
         // Everything that can fail before the posterior changes: the refactor runs on a copy.
         let mut tuned = self.try_clone()?;
-        tuned.set_prior_precision(class_prior_precision.as_deref().unwrap_or(&[tau]))?;
+        tuned.set_prior_precision_with(class_prior_precision.as_deref().unwrap_or(&[tau]), spectrum.as_ref())?;
         tuned.set_calibration(Calibration { temperature, link })?;
         let mut report = TuneReport {
             prior_precision: tau,

@@ -144,6 +144,6 @@ impl<D: Device, T: Scalar> Posterior<D, T> {
         device.axpy(&mut scaled, T::from_f64(rho), state.precision())?;
         let keep: Vec<f64> = self.prior_precision.iter().map(|t| (1.0 - rho) * t.as_f64()).collect();
         state.scale_sums(device, rho)?;
-        state.reprior(device, scaled, &keep, da)
+        state.reprior(device, scaled, &keep, da, None)
     }
 }

@@ -1264,6 +1264,21 @@ pub fn check_tune_prior_precision<D: Device, T: Scalar>(dev: &D) {
             };
             let mut post = start.try_clone().unwrap();
             let report = post.tune_prior_precision(val, labels, &config).unwrap();
+            // Σ is Π⁻¹ at the chosen τ (Full's formed from the spectrum the tuning decomposed).
+            // An inverse's forward error is bounded by about P·ε·κ (κ: Π's ∞-norm condition).
+            let (prec, cov) = dense_of(&post);
+            let inverse = prec.inverse();
+            let norm = |m: &Dense| {
+                m.a.chunks(m.cols)
+                    .map(|r| r.iter().map(|v| v.abs()).sum::<f64>())
+                    .fold(0.0, f64::max)
+            };
+            let kappa = norm(&prec) * norm(&inverse);
+            let e = rel_err(&cov.a, &inverse.a);
+            assert!(
+                e < tol::<T>(prec.rows, 1.0) * kappa,
+                "{name}: Σ vs Π⁻¹ {e:.2e}, κ = {kappa:.1e}"
+            );
             // No link: τ does not enter the predictive and is kept. Otherwise the grid and the
             // 6 decades past it.
             let points = if link == Link::None { 1 } else { 15 };

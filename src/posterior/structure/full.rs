@@ -340,7 +340,7 @@ impl<D: Device, T: Scalar> CovarianceStructure<D, T> for Full<D, T> {
     }
 
     fn shift_prior(&self, device: &D, precision: Matrix<D, T>, delta: &[f64], da: usize) -> Result<Matrix<D, T>> {
-        if delta.len() == 1 {
+        if delta.iter().all(|&d| d == delta[0]) {
             let mut p = precision;
             device.add_diagonal(&mut p, T::from_f64(delta[0]))?;
             return Ok(p);

@@ -275,9 +275,29 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
     /// `Σ ← Π⁻¹`: a new prior, or forgetting. On error nothing changes.
     ///
     /// [`shift_prior`]: CovarianceStructure::shift_prior
-    fn reprior(&mut self, device: &D, base: Matrix<D, T>, delta: &[f64], da: usize) -> Result<()> {
+    ///
+    /// With `spectrum`, the spectrum of `base` less its prior, and one τ for every class, Σ comes
+    /// from it ([`Spectrum::dense_covariance`]) where the structure's spectrum gives Σ in the
+    /// stored layout, in place of a Cholesky inverse.
+    fn reprior(
+        &mut self,
+        device: &D,
+        base: Matrix<D, T>,
+        delta: &[f64],
+        da: usize,
+        spectrum: Option<(&Spectrum<T>, f64)>,
+    ) -> Result<()> {
         let precision = self.shift_prior(device, base, delta, da)?;
-        let covariance = self.covariance_of(device, &precision)?;
+        let k = precision.rows() / da.max(1);
+        let covariance = match spectrum.and_then(|(s, tau)| s.dense_covariance(tau, k)) {
+            Some(sigma) => {
+                let n = precision.rows();
+                let covariance = device.upload_owned(sigma, n, n)?;
+                check_inverse(device, &precision, &covariance)?;
+                covariance
+            }
+            None => self.covariance_of(device, &precision)?,
+        };
         *self.pair_mut() = StoredPair { precision, covariance };
         Ok(())
     }
@@ -1061,6 +1081,49 @@ fn reflect_classes<T: Scalar>(p: &mut [T], n: usize, k: usize) {
                 }
             }
         }
+    }
+}
+
+impl<T: Scalar> Spectrum<T> {
+    /// `Σ = (H + τI)⁻¹` from a [`Spectrum::Dense`] (row-major P × P in T; `None` for the other
+    /// spectra): `W diag(1/(h + τ)) Wᵀ`, one triangular GEMM of W's side (a third of a Cholesky
+    /// inverse's work at P). Where `reduced`, that is H₁'s block, beside `I/τ` on the common
+    /// shift's rows, and the whole is reflected back ([`reflect_classes`]: `(Q ⊗ I)` is its own
+    /// inverse).
+    pub(crate) fn dense_covariance(&self, tau: f64, k: usize) -> Option<Vec<T>> {
+        let Spectrum::Dense { h, vectors, reduced } = self else {
+            return None;
+        };
+        let n = h.len();
+        let side = vectors.len().isqrt();
+        let null = n - side;
+        // A = W diag(1/√(h + τ)), so that Σ₁ = A Aᵀ, formed in Σ's trailing block.
+        let scale: Vec<T> = h[null..]
+            .iter()
+            .map(|&v| T::from_f64((v + tau).recip().sqrt()))
+            .collect();
+        let a = faer::Mat::<T>::from_fn(side, side, |i, j| vectors[i * side + j] * scale[j]);
+        let mut sigma = vec![T::zero(); n * n];
+        faer::linalg::matmul::triangular::matmul(
+            faer::MatMut::from_row_major_slice_mut(&mut sigma, n, n).submatrix_mut(null, null, side, side),
+            faer::linalg::matmul::triangular::BlockStructure::TriangularLower,
+            faer::Accum::Replace,
+            a.as_ref(),
+            faer::linalg::matmul::triangular::BlockStructure::Rectangular,
+            a.transpose(),
+            faer::linalg::matmul::triangular::BlockStructure::Rectangular,
+            T::one(),
+            faer::Par::rayon(0),
+        );
+        crate::device::cpu::settle_vector_state();
+        for i in 0..null {
+            sigma[i * n + i] = T::from_f64(tau.recip());
+        }
+        crate::device::cpu::fill_triangle(&mut sigma, n, crate::device::cpu::Fill::LowerToUpper);
+        if *reduced {
+            reflect_classes(&mut sigma, n, k);
+        }
+        Some(sigma)
     }
 }
 
