@@ -288,8 +288,7 @@ pub(crate) trait CovarianceStructure<D: Device, T: Scalar>: Send + Sync {
         spectrum: Option<(&Spectrum<T>, f64)>,
     ) -> Result<()> {
         let precision = self.shift_prior(device, base, delta, da)?;
-        let k = precision.rows() / da.max(1);
-        let covariance = match spectrum.and_then(|(s, tau)| s.dense_covariance(tau, k)) {
+        let covariance = match spectrum.and_then(|(s, tau)| s.dense_covariance(tau)) {
             Some(sigma) => {
                 let n = precision.rows();
                 let covariance = device.upload_owned(sigma, n, n)?;
@@ -1088,9 +1087,9 @@ impl<T: Scalar> Spectrum<T> {
     /// `Σ = (H + τI)⁻¹` from a [`Spectrum::Dense`] (row-major P × P in T; `None` for the other
     /// spectra): `W diag(1/(h + τ)) Wᵀ`, one triangular GEMM of W's side (a third of a Cholesky
     /// inverse's work at P). Where `reduced`, that is H₁'s block, beside `I/τ` on the common
-    /// shift's rows, and the whole is reflected back ([`reflect_classes`]: `(Q ⊗ I)` is its own
-    /// inverse).
-    pub(crate) fn dense_covariance(&self, tau: f64, k: usize) -> Option<Vec<T>> {
+    /// shift's rows (n/K of them, so K = n/null), and the whole is reflected back
+    /// ([`reflect_classes`]: `(Q ⊗ I)` is its own inverse).
+    pub(crate) fn dense_covariance(&self, tau: f64) -> Option<Vec<T>> {
         let Spectrum::Dense { h, vectors, reduced } = self else {
             return None;
         };
@@ -1121,7 +1120,7 @@ impl<T: Scalar> Spectrum<T> {
         }
         crate::device::cpu::fill_triangle(&mut sigma, n, crate::device::cpu::Fill::LowerToUpper);
         if *reduced {
-            reflect_classes(&mut sigma, n, k);
+            reflect_classes(&mut sigma, n, n / null);
         }
         Some(sigma)
     }
